@@ -1,0 +1,194 @@
+"""Shared base for attacks: threat-model projection, pass counting, the invariants every attack keeps.
+
+Conventions (DESIGN.md): inputs are pixel space [0,1]; the model (already wrapped with its
+normalization) is passed at run time and stays in eval mode with its weights untouched; per-sample
+losses are summed, never averaged, before differentiating w.r.t. the input.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..geometry.margin import cross_entropy, margin
+from ..registry import Registry
+from ..threat import Norm, ThreatModel
+
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackOutput",
+    "PassCounter",
+    "LOSSES",
+    "input_gradient",
+    "project",
+    "normalize_direction",
+    "lp_norm",
+]
+
+ATTACKS: Registry[type["Attack"]] = Registry(
+    "attack", "robaudit.attacks", builtin_modules=("robaudit.attacks.fgsm", "robaudit.attacks.pgd")
+)
+
+
+def _cw_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """C&W margin loss to maximise: max_{i≠y} Z_i − Z_y = −L(x) (Carlini & Wagner 2017, f_6)."""
+    return -margin(logits, y)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "ce": cross_entropy,
+    "cw": _cw_loss,
+}
+
+
+@dataclass
+class PassCounter:
+    """Counts sample-level forward and backward passes (a batch of B counts B)."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def add(self, batch: int, backward: bool) -> None:
+        self.forward += batch
+        if backward:
+            self.backward += batch
+
+
+@dataclass(frozen=True)
+class AttackOutput:
+    """x_adv: float adversarial inputs in [0,1] (never quantized); success: model(x_adv) ≠ y."""
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+
+
+def lp_norm(v: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Per-sample ‖v‖ (ℓ∞ or ℓ2) over all non-batch dimensions."""
+    flat = v.flatten(1)
+    return flat.abs().amax(dim=1) if norm is Norm.LINF else flat.norm(p=2, dim=1)
+
+
+def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def normalize_direction(g: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Steepest-ascent direction of unit size: sign(g) for ℓ∞, g/‖g‖₂ for ℓ2 (zero stays zero)."""
+    if norm is Norm.LINF:
+        return g.sign()
+    n = g.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+    return g / _view(n, g)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """Project onto {x+δ : ‖δ‖ ≤ ε} ∩ [0,1]^d (ℓ∞: exact; ℓ2: radial rescale, then clip)."""
+    delta = x_adv - x
+    if threat.norm is Norm.LINF:
+        delta = delta.clamp(-threat.eps, threat.eps)
+    else:
+        n = delta.flatten(1).norm(p=2, dim=1)
+        factor = (threat.eps / n.clamp_min(1e-12)).clamp(max=1.0)
+        delta = delta * _view(factor, delta)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def random_start(x: torch.Tensor, threat: ThreatModel, generator: torch.Generator | None) -> torch.Tensor:
+    """A uniform point of the ε-ball (ℓ∞: uniform cube; ℓ2: uniform in the ball), clipped to [0,1]."""
+    if threat.norm is Norm.LINF:
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        delta = (2 * u - 1) * threat.eps
+    else:
+        d = x[0].numel()
+        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        g = g / _view(g.flatten(1).norm(p=2, dim=1).clamp_min(1e-12), g)
+        r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
+        delta = g * _view(r * threat.eps, g)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def input_gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    counter: PassCounter | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward + one backward: (per-sample loss [B], logits [B,K], ∂loss_i/∂x_i [B,...]).
+
+    The per-sample losses are summed, so each row of the gradient is that sample's own gradient
+    (samples don't interact in eval mode). Only the input gradient is computed, never the weights'.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    if counter is not None:
+        counter.add(x.shape[0], backward=True)
+    return loss.detach(), logits.detach(), grad.detach()
+
+
+def predict(model: nn.Module, x: torch.Tensor, counter: PassCounter | None = None) -> torch.Tensor:
+    """Logits without a graph."""
+    with torch.no_grad():
+        logits = model(x)
+    if counter is not None:
+        counter.add(x.shape[0], backward=False)
+    return logits
+
+
+@dataclass
+class Attack(ABC):
+    """An attack under a threat model. Subclasses are dataclasses whose fields are the
+    hyper-parameters (with the paper's defaults) and implement :meth:`_perturb`.
+
+    ``name`` is the registry key; ``norms`` the threat models it supports.
+    """
+
+    name: ClassVar[str] = "attack"
+    norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
+    counter: PassCounter = field(default_factory=PassCounter, repr=False, compare=False)
+
+    def params(self) -> dict:
+        """Hyper-parameters as plain values (for provenance in ScanResult)."""
+        from dataclasses import fields
+
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "counter"}
+
+    @abstractmethod
+    def _perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Return x_adv (any point; the base projects it and checks success)."""
+
+    def run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        generator: torch.Generator | None = None,
+    ) -> AttackOutput:
+        """Attack a batch. The model's mode and weights are left exactly as they were."""
+        if threat.norm not in self.norms:
+            raise UsageError(
+                f"attack {self.name!r} does not support the {threat.norm.value} threat model "
+                f"(supports: {', '.join(n.value for n in self.norms)})"
+            )
+        was_training = model.training
+        if was_training:  # exported graphs can't switch modes; only touch a module that needs it
+            model.eval()
+        try:
+            x = x.detach()
+            x_adv = project(self._perturb(model, x, y, threat, generator).detach(), x, threat)
+            success = predict(model, x_adv, self.counter).argmax(dim=1) != y
+        finally:
+            if was_training:
+                model.train()
+        return AttackOutput(x_adv=x_adv, success=success)
+

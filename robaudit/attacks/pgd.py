@@ -1,0 +1,84 @@
+"""PGD — Madry, Makelov, Schmidt, Tsipras & Vladu, *Towards Deep Learning Models Resistant to
+Adversarial Attacks* (ICLR 2018).
+
+Projected steepest ascent on the loss inside the ε-ball ∩ [0,1]^d, from a uniform random start,
+with restarts. Defaults: 20 steps, step size α = 2.5·ε/steps (Madry et al.'s rule, so the walk
+can cross the ball), 1 restart, cross-entropy loss (``loss="cw"`` gives the C&W margin loss
+inside ℓ∞ PGD, the "C&W" column of Yu et al.'s tables). A sample counts as broken if *any*
+iterate of any restart is misclassified: the iterate is kept, so later steps can't undo a success.
+Cost per step: 1 forward + 1 backward of the batch.
+
+    >>> PGD(steps=20).run(model, x, y, ThreatModel(Norm.LINF, 8/255), generator)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UsageError
+from ..threat import ThreatModel
+from .base import ATTACKS, LOSSES, Attack, input_gradient, normalize_direction, predict, project, random_start
+
+
+@ATTACKS.register("pgd")
+@dataclass
+class PGD(Attack):
+    """steps: iterations per restart; step_size: α as a multiple of ε per step, default 2.5/steps
+    (None); restarts: independent random starts; random_start: False starts at x (BIM)."""
+
+    name = "pgd"
+    steps: int = 20
+    step_size: float | None = None
+    restarts: int = 1
+    random_start: bool = True
+    loss: str = "ce"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.restarts < 1:
+            raise UsageError(f"{self.name}: steps and restarts must be >= 1")
+        if self.loss not in LOSSES:
+            raise UsageError(f"{self.name}: unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
+
+    def _alpha(self, threat: ThreatModel) -> float:
+        rel = self.step_size if self.step_size is not None else 2.5 / self.steps
+        return rel * threat.eps
+
+    def _perturb(self, model, x, y, threat: ThreatModel, generator) -> torch.Tensor:
+        loss_fn = LOSSES[self.loss]
+        alpha = self._alpha(threat)
+        best = x.clone()
+        broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for _ in range(self.restarts):
+            todo = ~broken
+            if not todo.any():
+                break
+            xs, ys = x[todo], y[todo]
+            x_adv = random_start(xs, threat, generator) if self.random_start else xs.clone()
+            found = torch.zeros(xs.shape[0], dtype=torch.bool, device=x.device)
+            kept = x_adv.clone()
+            for _ in range(self.steps):
+                _, logits, grad = input_gradient(model, x_adv, ys, loss_fn, self.counter)
+                newly = (logits.argmax(1) != ys) & ~found
+                kept[newly] = x_adv[newly]
+                found |= newly
+                x_adv = project(x_adv + alpha * normalize_direction(grad, threat.norm), xs, threat)
+            last_wrong = predict(model, x_adv, self.counter).argmax(1) != ys
+            final = torch.where(found.view(-1, *[1] * (x.dim() - 1)), kept, x_adv)
+            idx = todo.nonzero().squeeze(1)
+            best[idx] = final
+            broken[idx] = found | last_wrong
+        return best
+
+
+@ATTACKS.register("bim")
+@dataclass
+class BIM(PGD):
+    """BIM / I-FGSM — Kurakin, Goodfellow & Bengio, *Adversarial examples in the physical world*
+    (ICLR workshop 2017): PGD started at x (no random start). Defaults: 10 steps of α = ε/10, so
+    the walk can reach the ball's surface along any sign pattern."""
+
+    name = "bim"
+    steps: int = 10
+    step_size: float | None = 0.1
+    random_start: bool = False

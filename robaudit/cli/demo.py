@@ -1,0 +1,42 @@
+"""`robaudit demo`: the whole loop on the embedded Fashion-MNIST model and data, offline."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..config import ScanConfig, parse_attack_list
+from ..data import DataRequest, load_dataset
+from ..engine import run_scan
+from ..models import check_fits, load_model
+from ..report.terminal import print_summary
+from ..threat import Norm, parse_eps_list
+from ._common import command_line, error_boundary
+
+DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "assets" / "demo_fashion_mnist_small_cnn.safetensors"
+
+
+def demo(
+    n: int = typer.Option(500, "--n", "-n", help="How many of the 1,000 embedded test images to scan."),
+    eps: str = typer.Option("0.05,0.1", "--eps", help="ℓ∞ radii on the [0,1] pixel scale."),
+    out: Path = typer.Option(Path("robaudit-demo"), "--out", help="Folder for results.json."),
+    device: str = typer.Option("auto", "--device"),
+    seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    debug: bool = typer.Option(False, "--debug"),
+) -> None:
+    """Scan the embedded naturally trained Fashion-MNIST CNN on embedded test images (no network)."""
+    with error_boundary(debug):
+        data = load_dataset("demo", DataRequest(n=n))
+        loaded = load_model(str(DEMO_MODEL))
+        check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
+        config = ScanConfig(norm=Norm.LINF, eps=tuple(parse_eps_list(eps)), attacks=parse_attack_list("quick"), seed=seed, device=device)
+        result = run_scan(loaded, data, config, quiet=quiet, command_line=command_line())
+        out.mkdir(parents=True, exist_ok=True)
+        result.write_json(out / "results.json")
+        if not quiet:
+            console = Console()
+            print_summary(result, console)
+            console.print(f"  [dim]result written to {out / 'results.json'}[/dim]")

@@ -1,0 +1,31 @@
+"""The `robaudit` Typer app. Exit codes: 0 ok · 1 gate failed · 2 usage · 3 input · 4 runtime."""
+from __future__ import annotations
+
+import typer
+
+from .. import __version__
+from .demo import demo
+from .listing import list_command
+from .scan import scan
+
+app = typer.Typer(
+    name="robaudit",
+    help="How robust is an image classifier, why, and did a change make it better?",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("scan")(scan)
+app.command("demo")(demo)
+app.command("list")(list_command)
+
+
+@app.command("version")
+def version() -> None:
+    """Print robaudit's version."""
+    typer.echo(__version__)
+
+
+def run() -> None:
+    app()

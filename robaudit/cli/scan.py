@@ -1,0 +1,109 @@
+"""`robaudit scan CHECKPOINT --dataset NAME`: load, check it fits, run the battery, summarize."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..config import DEFAULT_CHECKS, ScanConfig, parse_attack_list
+from ..data import DataRequest, load_dataset
+from ..engine import run_scan
+from ..errors import UsageError
+from ..models import check_fits, load_model, parse_arch_kwargs
+from ..report.terminal import print_summary
+from ..results import ScanResult
+from ..threat import Norm, parse_eps_list
+from ._common import command_line, error_boundary, parse_floats, parse_shape
+
+
+def scan(
+    checkpoint: Path = typer.Argument(..., help="Model file: .safetensors, .pt2 (torch.export), TorchScript, or a pickled state dict."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="cifar10, cifar100, mnist, fashion-mnist, svhn, demo, imagefolder:PATH, or a .npz/.safetensors/.pt tensor file."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset lives (also $ROBAUDIT_DATA)."),
+    download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing (needs internet)."),
+    split: str = typer.Option("test", "--split", help="test or train."),
+    n: Optional[int] = typer.Option(None, "--n", "-n", help="Use the first N samples in the dataset's order."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="imagefolder: resize short side + centre crop."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: a built-in name, torchvision:NAME, or path/to/net.py:Class."),
+    arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON object or k=v,k=v for the architecture."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of the model (default: metadata, else the dataset's)."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W the model expects (default: metadata, else the dataset's)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel normalization mean the model expects, e.g. 0.4914,0.4822,0.4465."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel normalization std."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickles that can run code. Only for files you trust."),
+    norm: str = typer.Option("linf", "--norm", help="Threat model: linf or l2."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="Radii on the [0,1] pixel scale: 0.1,0.2 or 8/255 (default: 0.1 for 1-channel data, 8/255 for colour)."),
+    attacks: str = typer.Option("quick", "--attacks", help="Preset (quick) or a list, e.g. pgd:steps=50:restarts=2,fgsm."),
+    checks: str = typer.Option(",".join(DEFAULT_CHECKS), "--checks", help="Checks to run (see `robaudit list checks`)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Batch size; halves automatically on out-of-memory."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random draw (attack starts); same seed + device → same result."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the ScanResult as JSON here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Audit a checkpoint: clean accuracy, robust accuracy under attacks, margins."""
+    with error_boundary(debug):
+        result = scan_command(
+            checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, download=download, split=split, n=n,
+            image_size=image_size, arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes,
+            input_shape=input_shape, mean=mean, std=std, trust_checkpoint=trust_checkpoint, norm=norm, eps=eps,
+            attacks=attacks, checks=checks, device=device, batch_size=batch_size, seed=seed, quiet=quiet,
+        )
+        if json_path is not None:
+            result.write_json(json_path)
+        if not quiet:
+            print_summary(result, Console())
+            if json_path is not None:
+                Console().print(f"  [dim]result written to {json_path}[/dim]")
+
+
+def scan_command(
+    *, checkpoint, dataset, data_dir=None, download=False, split="test", n=None, image_size=None, arch=None,
+    arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
+    norm="linf", eps=None, attacks="quick", checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
+    seed=0, quiet=True,
+) -> ScanResult:
+    """Parse every option first (usage errors before any heavy work), then load and scan."""
+    if n is not None and n < 1:
+        raise UsageError("--n must be >= 1")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    config = ScanConfig(
+        norm=Norm.parse(norm),
+        eps=tuple(parse_eps_list(eps)) if eps else (),
+        attacks=parse_attack_list(attacks),
+        checks=_parse_checks(checks),
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+    )
+    kwargs = parse_arch_kwargs(arch_kwargs) if arch_kwargs else None
+    shape = parse_shape(input_shape)
+    mean_t, std_t = parse_floats(mean, "--mean"), parse_floats(std, "--std")
+    if (mean_t is None) != (std_t is None):
+        raise UsageError("--mean and --std go together; give both or neither")
+    data = load_dataset(
+        dataset,
+        DataRequest(split=split, n=n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
+    )
+    loaded = load_model(
+        str(checkpoint), arch=arch, arch_kwargs=kwargs, num_classes=num_classes or None, input_shape=shape,
+        mean=mean_t, std=std_t, trust_checkpoint=trust_checkpoint,
+        default_num_classes=data.num_classes, default_input_shape=data.input_shape,
+    )
+    check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
+    return run_scan(loaded, data, config, quiet=quiet, command_line=command_line())
+
+
+def _parse_checks(text: str) -> tuple[str, ...]:
+    from ..checks import CHECKS
+
+    names = tuple(c.strip().lower() for c in text.split(",") if c.strip())
+    if not names:
+        raise UsageError("--checks is empty; e.g. --checks clean,attacks,margins")
+    for name in names:
+        CHECKS.get(name)  # unknown → UsageError with did-you-mean
+    return names

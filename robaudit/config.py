@@ -1,0 +1,117 @@
+"""Typed scan configuration. Strings from the CLI or TOML become these at the boundary."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+from .threat import Norm, parse_eps
+
+__all__ = ["AttackSpec", "ScanConfig", "parse_attack_list", "ATTACK_PRESETS", "DEFAULT_CHECKS", "default_eps"]
+
+# Presets expand to attack specs; each attack's own defaults follow its paper (see its docstring).
+ATTACK_PRESETS: dict[str, str] = {
+    "quick": "fgsm,pgd:steps=20",
+}
+
+DEFAULT_CHECKS = ("clean", "attacks", "margins")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An attack by registry name plus hyper-parameter overrides, e.g. ``pgd:steps=50:restarts=2``."""
+
+    name: str
+    params: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """Name used in results: ``pgd`` or ``pgd[steps=50]`` when overridden from the defaults."""
+        if not self.params:
+            return self.name
+        return f"{self.name}[{','.join(f'{k}={v}' for k, v in self.params)}]"
+
+    def build(self):
+        from .attacks import ATTACKS
+
+        cls = ATTACKS.get(self.name)
+        try:
+            return cls(**dict(self.params))
+        except TypeError as exc:
+            import dataclasses
+
+            names = [f.name for f in dataclasses.fields(cls) if f.name != "counter"]
+            raise UsageError(f"attack {self.name!r}: {exc}; its parameters are: {', '.join(names)}") from None
+
+
+def _parse_value(text: str) -> object:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return parse_eps(text) if "/" in text else float(text)
+    except (ValueError, UsageError):
+        return text
+
+
+def parse_attack_list(text: str) -> tuple[AttackSpec, ...]:
+    """``quick`` | ``pgd:steps=50:restarts=2,fgsm`` | ``pgd:steps=50,restarts=2,fgsm``.
+
+    Parameters follow the name after ``:``; a comma-separated ``k=v`` without a name continues
+    the previous attack's parameters. Presets (``quick``) expand in place.
+    """
+    specs: list[tuple[str, list[tuple[str, object]]]] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        if "=" in token and ":" not in token:
+            if not specs:
+                raise UsageError(f"attack list {text!r} starts with a parameter; write name:param=value")
+            k, v = token.split("=", 1)
+            specs[-1][1].append((k.strip().replace("-", "_"), _parse_value(v.strip())))
+            continue
+        name, *params = token.split(":")
+        name = name.strip().lower()
+        if name in ATTACK_PRESETS and not params:
+            for spec in parse_attack_list(ATTACK_PRESETS[name]):
+                specs.append((spec.name, list(spec.params)))
+            continue
+        parsed = []
+        for p in params:
+            if "=" not in p:
+                raise UsageError(f"attack parameter {p!r} in {token!r} must be written name=value")
+            k, v = p.split("=", 1)
+            parsed.append((k.strip().replace("-", "_"), _parse_value(v.strip())))
+        specs.append((name, parsed))
+    if not specs:
+        raise UsageError("empty attack list; use e.g. --attacks quick or --attacks pgd:steps=50,fgsm")
+    out = tuple(AttackSpec(n, tuple(p)) for n, p in specs)
+    for spec in out:
+        spec.build()  # validate names and parameters now, not halfway through a scan
+    return out
+
+
+def default_eps(input_shape: tuple[int, ...], norm: Norm) -> tuple[float, ...]:
+    """ε columns used by the papers: 0.1/0.2/0.3 for 1-channel MNIST-like data, 8/255 for colour
+    images (ℓ∞); ℓ2: 1.5 for MNIST-like, 0.5 for colour (RobustBench's CIFAR ℓ2 radius)."""
+    grey = input_shape[0] == 1
+    if norm is Norm.LINF:
+        return (0.1,) if grey else (8 / 255,)
+    return (1.5,) if grey else (0.5,)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    norm: Norm = Norm.LINF
+    eps: tuple[float, ...] = ()  # empty → default_eps for the data
+    attacks: tuple[AttackSpec, ...] = field(default_factory=lambda: parse_attack_list("quick"))
+    checks: tuple[str, ...] = DEFAULT_CHECKS
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 256
+    keep_examples: int = 8  # weakest samples whose adversarial examples are kept for the report

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny models and data, no network. Real Fashion-MNIST tests skip without the Debian data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def pytest_configure(config):
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def fashion_available() -> Path:
+    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    return FASHION_DIR
+
+
+class TinyCNN(nn.Module):
+    """A few thousand parameters: fast enough for attack tests on 2 cores."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.fc = nn.Linear(4 * 16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+@pytest.fixture
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyCNN().eval()
