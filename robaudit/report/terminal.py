@@ -4,6 +4,8 @@ Colour is decoration only: every status is also a word, so NO_COLOR terminals re
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 
@@ -24,7 +26,7 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
     attacks = result.section("attacks")
     margins = result.section("margins")
 
-    head = f"[bold]robaudit[/bold] {p.checkpoint} on {p.dataset} ({p.split}, n={p.n})"
+    head = f"[bold]robaudit[/bold] {Path(p.checkpoint).name} on {p.dataset} ({p.split}, n={p.n})"
     console.print(head)
     verdict = []
     if clean is not None:
