@@ -6,14 +6,32 @@ from dataclasses import dataclass, field
 from .errors import UsageError
 from .threat import Norm, parse_eps
 
-__all__ = ["AttackSpec", "ScanConfig", "parse_attack_list", "ATTACK_PRESETS", "DEFAULT_CHECKS", "default_eps"]
+__all__ = [
+    "AttackSpec",
+    "ScanConfig",
+    "parse_attack_list",
+    "ATTACK_PRESETS",
+    "PRESET_MODE",
+    "PAPER_EPS",
+    "DEFAULT_CHECKS",
+    "default_eps",
+    "ensemble_mode_for",
+]
 
 # Presets expand to attack specs; each attack's own defaults follow its paper (see its docstring).
 ATTACK_PRESETS: dict[str, str] = {
     "quick": "fgsm,pgd:steps=20",
+    # AutoAttack's standard recipe (Croce & Hein 2020) minus FAB-T: APGD-CE, APGD-T, Square, in cascade.
+    "standard": "apgd-ce,apgd-t,square",
+    # The columns of Yu et al.'s Tables 1-4: FGSM, BIM and the C&W margin loss inside ℓ∞ PGD.
+    "paper": "fgsm,bim,cw-pgd",
 }
+# How the ensemble runs for a preset when --ensemble isn't given: cascade skips samples already broken.
+PRESET_MODE = {"quick": "independent", "standard": "cascade", "paper": "independent"}
+# ε columns of Yu et al.'s tables, used by the paper preset when --eps isn't given.
+PAPER_EPS = {"grey": (0.1, 0.2, 0.3), "colour": (3 / 255, 6 / 255, 9 / 255)}
 
-DEFAULT_CHECKS = ("clean", "attacks", "margins")
+DEFAULT_CHECKS = ("clean", "sanity", "attacks", "margins")
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,16 @@ def parse_attack_list(text: str) -> tuple[AttackSpec, ...]:
     return out
 
 
+def ensemble_mode_for(attacks_text: str, requested: str | None) -> str:
+    """``--ensemble`` if given, else the preset's mode (cascade for ``standard``), else independent."""
+    if requested is not None:
+        mode = requested.strip().lower()
+        if mode not in ("independent", "cascade"):
+            raise UsageError(f"--ensemble must be 'independent' or 'cascade', got {requested!r}")
+        return mode
+    return PRESET_MODE.get(attacks_text.strip().lower(), "independent")
+
+
 def default_eps(input_shape: tuple[int, ...], norm: Norm) -> tuple[float, ...]:
     """ε columns used by the papers: 0.1/0.2/0.3 for 1-channel MNIST-like data, 8/255 for colour
     images (ℓ∞); ℓ2: 1.5 for MNIST-like, 0.5 for colour (RobustBench's CIFAR ℓ2 radius)."""
@@ -111,6 +139,7 @@ class ScanConfig:
     eps: tuple[float, ...] = ()  # empty → default_eps for the data
     attacks: tuple[AttackSpec, ...] = field(default_factory=lambda: parse_attack_list("quick"))
     checks: tuple[str, ...] = DEFAULT_CHECKS
+    ensemble: str = "independent"  # or "cascade" (see checks/attacks.py)
     seed: int = 0
     device: str = "auto"
     batch_size: int = 256

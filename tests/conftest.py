@@ -11,7 +11,8 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def pytest_configure(config):
-    torch.set_num_threads(2)
+    # Tiny models: one thread avoids intra-op overhead and keeps results reproducible.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

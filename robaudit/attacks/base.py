@@ -31,7 +31,16 @@ __all__ = [
 ]
 
 ATTACKS: Registry[type["Attack"]] = Registry(
-    "attack", "robaudit.attacks", builtin_modules=("robaudit.attacks.fgsm", "robaudit.attacks.pgd")
+    "attack",
+    "robaudit.attacks",
+    builtin_modules=(
+        "robaudit.attacks.fgsm",
+        "robaudit.attacks.pgd",
+        "robaudit.attacks.cw",
+        "robaudit.attacks.deepfool",
+        "robaudit.attacks.spsa",
+        "robaudit.attacks.least_likely",
+    ),
 )
 
 
@@ -127,7 +136,11 @@ def input_gradient(
     with torch.enable_grad():
         logits = model(x)
         loss = loss_fn(logits, y)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
+        if loss.requires_grad:
+            (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
+        else:  # the output does not depend on the input at all (the sanity check flags it)
+            grad = None
+        grad = torch.zeros_like(x) if grad is None else grad
     if counter is not None:
         counter.add(x.shape[0], backward=True)
     return loss.detach(), logits.detach(), grad.detach()
@@ -152,6 +165,10 @@ class Attack(ABC):
 
     name: ClassVar[str] = "attack"
     norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
+    # "white-box" (uses input gradients), "black-box" (scores only) or "gradient-free" (estimates
+    # gradients from scores); validity flags compare the kinds (docs/flags.md).
+    kind: ClassVar[str] = "white-box"
+    single_step: ClassVar[bool] = False
     counter: PassCounter = field(default_factory=PassCounter, repr=False, compare=False)
 
     def params(self) -> dict:

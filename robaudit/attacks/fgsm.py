@@ -21,6 +21,7 @@ class FGSM(Attack):
     """loss: "ce" (cross-entropy, the paper's) or "cw" (C&W margin loss)."""
 
     name = "fgsm"
+    single_step = True
     loss: str = "ce"
 
     def _perturb(self, model, x, y, threat: ThreatModel, generator) -> torch.Tensor:

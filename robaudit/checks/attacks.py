@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attacks.base import lp_norm
-from ..results import Section, section
+from ..results import Flag, Section, section
 from ..threat import ThreatModel, format_eps
 from .base import CHECKS, Check
 
@@ -35,12 +35,17 @@ def decode_tensor(text: str, shape: tuple[int, ...]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class AttackRun:
-    """One attack at one ε. robust_accuracy: fraction of all n samples correct and not broken.
-    success_rate: fraction of the clean-correct samples the attack broke. mean_perturbation: mean
-    ‖δ‖ (in the threat model's norm, pixel scale) over broken samples. forward/backward_per_sample:
-    model passes per attacked sample; seconds: wall time."""
+    """One attack at one ε.
+
+    robust_accuracy: fraction of all n samples still robust after this attack — on its own in
+    ``independent`` mode, after it and every earlier attack at this ε in ``cascade`` mode.
+    success_rate: fraction of the samples it attacked that it broke. mean_perturbation: mean ‖δ‖
+    (threat-model norm, pixel scale [0,1]) over the samples it broke. forward/backward_per_sample:
+    model passes per attacked sample; seconds: wall time. attacked/broken: per sample."""
 
     attack: str
+    kind: str
+    single_step: bool
     params: dict
     norm: str
     eps: float
@@ -52,6 +57,8 @@ class AttackRun:
     backward_per_sample: float
     seconds: float
     robust: tuple[bool, ...]
+    attacked: tuple[bool, ...]
+    broken: tuple[bool, ...]
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,13 @@ class AdversarialExample:
 @section("attacks")
 @dataclass(frozen=True)
 class AttacksSection(Section):
+    """mode: ``independent`` (every attack on every clean-correct sample) or ``cascade`` (each
+    attack only on the samples the earlier ones at that ε left robust, as AutoAttack does).
+    ensemble: per ε, the fraction of samples robust against every attack at that ε *and* every
+    smaller ε (an adversarial example within a smaller radius lies within the larger one too)."""
+
     norm: str
+    mode: str
     eps: tuple[float, ...]
     runs: tuple[AttackRun, ...]
     ensemble: dict[str, float]  # format_eps(ε) → worst-case robust accuracy
@@ -95,82 +108,101 @@ class AttacksCheck(Check):
         cfg = ctx.config
         n = ctx.data.n
         clean_correct = torch.tensor(ctx.sections["clean"].correct, dtype=torch.bool)
-        targets = clean_correct.nonzero().squeeze(1)
         runs: list[AttackRun] = []
-        ensemble: dict[str, float] = {}
-        ensemble_robust: dict[str, tuple[bool, ...]] = {}
-        worst_adv: dict[int, tuple[torch.Tensor, str, float]] = {}  # smallest ε that broke it
-        for eps in ctx.eps:
+        raw_ensemble: dict[float, torch.Tensor] = {}
+        weakest: dict[int, tuple[torch.Tensor, str, float]] = {}  # sample → adversarial at the smallest ε
+        for eps in sorted(ctx.eps):
             threat = ThreatModel(cfg.norm, eps)
             robust_all = clean_correct.clone()
             for spec in cfg.attacks:
-                attack = spec.build()
-                robust = clean_correct.clone()
-                norms: list[torch.Tensor] = []
-                gen = ctx.generator(f"attack:{spec.label}:{threat}")
-                t0 = time.perf_counter()
-
-                def batch(x, y, sl, attack=attack, robust=robust, norms=norms, gen=gen, eps=eps, label=spec.label):
-                    out = attack.run(ctx.model, x, y, threat, gen)
-                    idx = targets[sl]
-                    robust[idx] = ~out.success.cpu()
-                    if out.success.any():
-                        delta = (out.x_adv - x)[out.success]
-                        norms.append(lp_norm(delta, cfg.norm).cpu())
-                        for j in out.success.nonzero().squeeze(1).tolist():
-                            i = int(idx[j])
-                            if i not in worst_adv or worst_adv[i][2] > eps:
-                                worst_adv[i] = (out.x_adv[j].detach().cpu(), label, eps)
-
-                ctx.map_batches(batch, indices=targets, description=f"{spec.label} {threat}")
-                seconds = time.perf_counter() - t0
-                attacked = max(int(targets.numel()), 1)
-                all_norms = torch.cat(norms) if norms else None
-                runs.append(
-                    AttackRun(
-                        attack=spec.label,
-                        params=attack.params(),
-                        norm=cfg.norm.value,
-                        eps=eps,
-                        robust_accuracy=float(robust.float().mean()) if n else 0.0,
-                        success_rate=float((clean_correct & ~robust).sum()) / attacked,
-                        n_attacked=int(targets.numel()),
-                        mean_perturbation=float(all_norms.mean()) if all_norms is not None else None,
-                        forward_per_sample=attack.counter.forward / attacked,
-                        backward_per_sample=attack.counter.backward / attacked,
-                        seconds=round(seconds, 4),
-                        robust=tuple(bool(v) for v in robust.tolist()),
-                    )
-                )
-                robust_all &= robust
-            key = format_eps(eps)
-            ensemble[key] = float(robust_all.float().mean()) if n else 0.0
-            ensemble_robust[key] = tuple(bool(v) for v in robust_all.tolist())
-        return AttacksSection(
+                targets = (robust_all if cfg.ensemble == "cascade" else clean_correct).nonzero().squeeze(1)
+                run = self._run_one(ctx, spec, threat, targets, clean_correct, robust_all, weakest)
+                runs.append(run)
+                robust_all &= ~torch.tensor(run.broken)
+            raw_ensemble[eps] = robust_all
+        ensemble: dict[str, float] = {}
+        ensemble_robust: dict[str, tuple[bool, ...]] = {}
+        carried = clean_correct.clone()
+        for eps in sorted(raw_ensemble):
+            carried &= raw_ensemble[eps]
+            ensemble[format_eps(eps)] = float(carried.float().mean()) if n else 0.0
+            ensemble_robust[format_eps(eps)] = tuple(bool(v) for v in carried.tolist())
+        section_ = AttacksSection(
             norm=cfg.norm.value,
-            eps=tuple(ctx.eps),
+            mode=cfg.ensemble,
+            eps=tuple(sorted(ctx.eps)),
             runs=tuple(runs),
             ensemble=ensemble,
             ensemble_robust=ensemble_robust,
-            examples=self._examples(ctx, worst_adv),
+            examples=self._examples(ctx, weakest),
+        )
+        ctx.flags.extend(attack_flags(section_, raw_ensemble, n))
+        return section_
+
+    @staticmethod
+    def _run_one(ctx, spec, threat, targets, clean_correct, robust_all, weakest) -> AttackRun:
+        cfg = ctx.config
+        attack = spec.build()
+        broken = torch.zeros(ctx.data.n, dtype=torch.bool)
+        attacked = torch.zeros(ctx.data.n, dtype=torch.bool)
+        attacked[targets] = True
+        norms: list[torch.Tensor] = []
+        gen = ctx.generator(f"attack:{spec.label}:{threat}")
+        t0 = time.perf_counter()
+
+        def batch(x, y, sl):
+            out = attack.run(ctx.model, x, y, threat, gen)
+            idx = targets[sl]
+            broken[idx] = out.success.cpu()
+            if out.success.any():
+                delta = (out.x_adv - x)[out.success]
+                norms.append(lp_norm(delta, cfg.norm).cpu())
+                for j in out.success.nonzero().squeeze(1).tolist():
+                    i = int(idx[j])
+                    if i not in weakest or weakest[i][2] > threat.eps:
+                        weakest[i] = (out.x_adv[j].detach().cpu(), spec.label, threat.eps)
+
+        if targets.numel():
+            ctx.map_batches(batch, indices=targets, description=f"{spec.label} {threat}")
+        seconds = time.perf_counter() - t0
+        n_att = int(targets.numel())
+        robust = (robust_all if cfg.ensemble == "cascade" else clean_correct) & ~broken
+        all_norms = torch.cat(norms) if norms else None
+        return AttackRun(
+            attack=spec.label,
+            kind=type(attack).kind,
+            single_step=type(attack).single_step,
+            params=attack.params(),
+            norm=cfg.norm.value,
+            eps=threat.eps,
+            robust_accuracy=float(robust.float().mean()) if ctx.data.n else 0.0,
+            success_rate=float(broken.sum()) / max(n_att, 1),
+            n_attacked=n_att,
+            mean_perturbation=float(all_norms.mean()) if all_norms is not None else None,
+            forward_per_sample=attack.counter.forward / max(n_att, 1),
+            backward_per_sample=attack.counter.backward / max(n_att, 1),
+            seconds=round(seconds, 4),
+            robust=tuple(bool(v) for v in robust.tolist()),
+            attacked=tuple(bool(v) for v in attacked.tolist()),
+            broken=tuple(bool(v) for v in broken.tolist()),
         )
 
     @staticmethod
-    def _examples(ctx, worst_adv) -> tuple[AdversarialExample, ...]:
+    def _examples(ctx, weakest) -> tuple[AdversarialExample, ...]:
         """The ``keep_examples`` broken samples with the smallest clean margin (the weakest)."""
-        if not worst_adv or ctx.data.x[0].numel() > _MAX_EXAMPLE_NUMEL or ctx.config.keep_examples <= 0:
+        if not weakest or ctx.data.x[0].numel() > _MAX_EXAMPLE_NUMEL or ctx.config.keep_examples <= 0:
             return ()
         from ..geometry.margin import margin
 
         logits = ctx.cache["clean_logits"]
         margins = margin(logits, ctx.data.y)
-        chosen = sorted(worst_adv, key=lambda i: float(margins[i]))[: ctx.config.keep_examples]
-        advs = torch.stack([worst_adv[i][0] for i in chosen]).to(ctx.device)
+        chosen = sorted(weakest, key=lambda i: float(margins[i]))[: ctx.config.keep_examples]
+        advs = torch.stack([weakest[i][0] for i in chosen]).to(ctx.device)
         with torch.no_grad():
             preds = ctx.model(advs).argmax(1).cpu().tolist()
         out = []
         for i, pred in zip(chosen, preds):
-            adv, label, eps = worst_adv[i]
+            adv, label, eps = weakest[i]
             out.append(
                 AdversarialExample(
                     index=int(i),
@@ -185,3 +217,46 @@ class AttacksCheck(Check):
                 )
             )
         return tuple(out)
+
+
+def attack_flags(sec: AttacksSection, raw_ensemble: dict[float, torch.Tensor], n: int) -> list[Flag]:
+    """Gradient-masking flags from the attack results (docs/flags.md)."""
+    flags: list[Flag] = []
+    by_eps: dict[float, list[AttackRun]] = {}
+    for r in sec.runs:
+        by_eps.setdefault(r.eps, []).append(r)
+    for eps, runs in sorted(by_eps.items()):
+        key = format_eps(eps)
+        white = [r for r in runs if r.kind == "white-box"]
+        black = [r for r in runs if r.kind != "white-box"]
+        if white and black:
+            # samples every white-box attack attacked and failed on, that a black-box one broke
+            survived = torch.ones(n, dtype=torch.bool)
+            for r in white:
+                survived &= torch.tensor(r.attacked) & ~torch.tensor(r.broken)
+            bb = torch.zeros(n, dtype=torch.bool)
+            for r in black:
+                bb |= torch.tensor(r.broken)
+            count = int((survived & bb).sum())
+            if count:
+                flags.append(Flag("blackbox-beats-whitebox", f"at ε={key}, {count} sample(s) survived every white-box attack but were broken by {', '.join(r.attack for r in black)}: gradients may be masked"))
+        single = [r for r in white if r.single_step]
+        multi = [r for r in white if not r.single_step]
+        if sec.mode == "independent" and single and multi:
+            best_single = min(r.robust_accuracy for r in single)
+            best_multi = min(r.robust_accuracy for r in multi)
+            if best_single < best_multi:
+                flags.append(Flag("single-step-stronger", f"at ε={key}, a single-step attack leaves {best_single:.1%} robust but the best multi-step attack {best_multi:.1%}: the loss surface may be masking gradients"))
+    ordered = sorted(raw_ensemble)
+    for a, b in zip(ordered, ordered[1:]):
+        acc_a, acc_b = float(raw_ensemble[a].float().mean()), float(raw_ensemble[b].float().mean())
+        if acc_b > acc_a:
+            flags.append(Flag("non-monotone-eps", f"robust accuracy rises from {acc_a:.1%} at ε={format_eps(a)} to {acc_b:.1%} at ε={format_eps(b)} before carrying adversarial examples over: the attacks are not converging"))
+    if sec.mode == "independent":
+        for name in {r.attack for r in sec.runs}:
+            accs = [(r.eps, r.robust_accuracy) for r in sec.runs if r.attack == name]
+            accs.sort()
+            for (ea, aa), (eb, ab) in zip(accs, accs[1:]):
+                if ab > aa:
+                    flags.append(Flag("non-monotone-eps", f"{name}: robust accuracy rises from {aa:.1%} at ε={format_eps(ea)} to {ab:.1%} at ε={format_eps(eb)}: the attack is not converging"))
+    return flags

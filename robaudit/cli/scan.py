@@ -1,13 +1,14 @@
 """`robaudit scan CHECKPOINT --dataset NAME`: load, check it fits, run the battery, summarize."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from ..config import DEFAULT_CHECKS, ScanConfig, parse_attack_list
+from ..config import DEFAULT_CHECKS, PAPER_EPS, ScanConfig, ensemble_mode_for, parse_attack_list
 from ..data import DataRequest, load_dataset
 from ..engine import run_scan
 from ..errors import UsageError
@@ -35,7 +36,8 @@ def scan(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickles that can run code. Only for files you trust."),
     norm: str = typer.Option("linf", "--norm", help="Threat model: linf or l2."),
     eps: Optional[str] = typer.Option(None, "--eps", help="Radii on the [0,1] pixel scale: 0.1,0.2 or 8/255 (default: 0.1 for 1-channel data, 8/255 for colour)."),
-    attacks: str = typer.Option("quick", "--attacks", help="Preset (quick) or a list, e.g. pgd:steps=50:restarts=2,fgsm."),
+    attacks: str = typer.Option("quick", "--attacks", help="Preset (quick, standard, paper) or a list, e.g. pgd:steps=50:restarts=2,fgsm."),
+    ensemble: Optional[str] = typer.Option(None, "--ensemble", help="independent (every attack on every sample) or cascade (skip samples already broken); default: cascade for standard, else independent."),
     checks: str = typer.Option(",".join(DEFAULT_CHECKS), "--checks", help="Checks to run (see `robaudit list checks`)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     batch_size: int = typer.Option(256, "--batch-size", help="Batch size; halves automatically on out-of-memory."),
@@ -50,7 +52,7 @@ def scan(
             checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, download=download, split=split, n=n,
             image_size=image_size, arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes,
             input_shape=input_shape, mean=mean, std=std, trust_checkpoint=trust_checkpoint, norm=norm, eps=eps,
-            attacks=attacks, checks=checks, device=device, batch_size=batch_size, seed=seed, quiet=quiet,
+            attacks=attacks, ensemble=ensemble, checks=checks, device=device, batch_size=batch_size, seed=seed, quiet=quiet,
         )
         if json_path is not None:
             result.write_json(json_path)
@@ -63,7 +65,7 @@ def scan(
 def scan_command(
     *, checkpoint, dataset, data_dir=None, download=False, split="test", n=None, image_size=None, arch=None,
     arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
-    norm="linf", eps=None, attacks="quick", checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
+    norm="linf", eps=None, attacks="quick", ensemble=None, checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
     seed=0, quiet=True,
 ) -> ScanResult:
     """Parse every option first (usage errors before any heavy work), then load and scan."""
@@ -75,6 +77,7 @@ def scan_command(
         norm=Norm.parse(norm),
         eps=tuple(parse_eps_list(eps)) if eps else (),
         attacks=parse_attack_list(attacks),
+        ensemble=ensemble_mode_for(attacks, ensemble),
         checks=_parse_checks(checks),
         seed=seed,
         device=device,
@@ -95,6 +98,8 @@ def scan_command(
         default_num_classes=data.num_classes, default_input_shape=data.input_shape,
     )
     check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
+    if not config.eps and attacks.strip().lower() == "paper":
+        config = replace(config, eps=PAPER_EPS["grey" if data.input_shape[0] == 1 else "colour"])
     return run_scan(loaded, data, config, quiet=quiet, command_line=command_line())
 
 

@@ -36,7 +36,7 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             verdict.append(f"robust accuracy ({attacks.norm}, ε={key}, worst case) [bold]{_pct(acc)}[/bold]")
     console.print("  " + " · ".join(verdict))
     for flag in result.flags:
-        console.print(f"  [yellow]FLAG[/yellow] {flag.code}: {flag.message}")
+        console.print(f"  [yellow]FLAG[/yellow] {flag.code}: {flag.message} (docs/flags.md#flag-{flag.code})")
     for w in result.model_warnings:
         console.print(f"  [yellow]WARNING[/yellow] {w}")
     console.print(
@@ -45,7 +45,8 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
     )
 
     if attacks is not None and attacks.runs:
-        t = Table(title=f"Robust accuracy ({attacks.norm}, pixel space [0,1])", title_justify="left")
+        mode = "each attack alone" if attacks.mode == "independent" else "cascade: after this and earlier attacks"
+        t = Table(title=f"Robust accuracy ({attacks.norm}, pixel space [0,1]; {mode})", title_justify="left")
         for col, just in [
             ("attack", "left"),
             ("ε", "right"),
