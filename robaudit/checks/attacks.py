@@ -125,7 +125,7 @@ class AttacksCheck(Check):
         carried = clean_correct.clone()
         for eps in sorted(raw_ensemble):
             carried &= raw_ensemble[eps]
-            ensemble[format_eps(eps)] = float(carried.float().mean()) if n else 0.0
+            ensemble[format_eps(eps)] = float(carried.double().mean()) if n else 0.0
             ensemble_robust[format_eps(eps)] = tuple(bool(v) for v in carried.tolist())
         section_ = AttacksSection(
             norm=cfg.norm.value,
@@ -175,7 +175,7 @@ class AttacksCheck(Check):
             params=attack.params(),
             norm=cfg.norm.value,
             eps=threat.eps,
-            robust_accuracy=float(robust.float().mean()) if ctx.data.n else 0.0,
+            robust_accuracy=float(robust.double().mean()) if ctx.data.n else 0.0,
             success_rate=float(broken.sum()) / max(n_att, 1),
             n_attacked=n_att,
             mean_perturbation=float(all_norms.mean()) if all_norms is not None else None,
@@ -249,7 +249,7 @@ def attack_flags(sec: AttacksSection, raw_ensemble: dict[float, torch.Tensor], n
                 flags.append(Flag("single-step-stronger", f"at ε={key}, a single-step attack leaves {best_single:.1%} robust but the best multi-step attack {best_multi:.1%}: the loss surface may be masking gradients"))
     ordered = sorted(raw_ensemble)
     for a, b in zip(ordered, ordered[1:]):
-        acc_a, acc_b = float(raw_ensemble[a].float().mean()), float(raw_ensemble[b].float().mean())
+        acc_a, acc_b = float(raw_ensemble[a].double().mean()), float(raw_ensemble[b].double().mean())
         if acc_b > acc_a:
             flags.append(Flag("non-monotone-eps", f"robust accuracy rises from {acc_a:.1%} at ε={format_eps(a)} to {acc_b:.1%} at ε={format_eps(b)} before carrying adversarial examples over: the attacks are not converging"))
     if sec.mode == "independent":

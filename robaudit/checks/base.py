@@ -27,5 +27,11 @@ class Check(ABC):
 CHECKS: Registry[type[Check]] = Registry(
     "check",
     "robaudit.checks",
-    builtin_modules=("robaudit.checks.clean", "robaudit.checks.sanity", "robaudit.checks.attacks", "robaudit.checks.margins"),
+    builtin_modules=(
+        "robaudit.checks.clean",
+        "robaudit.checks.sanity",
+        "robaudit.checks.attacks",
+        "robaudit.checks.margins",
+        "robaudit.checks.minimal",
+    ),
 )

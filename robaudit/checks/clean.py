@@ -52,10 +52,10 @@ class CleanCheck(Check):
         per_class = []
         for c in range(ctx.data.num_classes):
             mask = ctx.data.y == c
-            per_class.append(float(correct[mask].float().mean()) if mask.any() else None)
+            per_class.append(float(correct[mask].double().mean()) if mask.any() else None)
         return CleanSection(
             n=n,
-            accuracy=float(correct.float().mean()),
+            accuracy=float(correct.double().mean()),
             per_class=tuple(per_class),
             correct=tuple(bool(v) for v in correct.tolist()),
             predictions=tuple(int(v) for v in pred.tolist()),

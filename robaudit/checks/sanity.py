@@ -94,7 +94,7 @@ class SanityCheck(Check):
                 max_diff = float((z1 - z2).abs().max()) / scale
 
         ctx.map_batches(batch, description="sanity: input gradients")
-        fm, fc = float(zero_margin.float().mean()), float(zero_ce.float().mean())
+        fm, fc = float(zero_margin.double().mean()), float(zero_ce.double().mean())
         if fm > ZERO_GRAD_FRACTION:
             ctx.flags.append(Flag("zero-gradients", f"{fm:.0%} of samples have a zero, NaN or vanishing input gradient of the margin; gradient attacks cannot work there (masked gradients?)"))
         elif fc > ZERO_GRAD_FRACTION:
@@ -129,4 +129,4 @@ class SanityCheck(Check):
             robust[sl] = ~attack.run(ctx.model, x, y, threat, gen).success.cpu()
 
         ctx.map_batches(batch, indices=idx, description=f"sanity: PGD at ℓ∞ ε={LARGE_EPS}")
-        return float(robust.float().mean()), int(idx.numel())
+        return float(robust.double().mean()), int(idx.numel())
