@@ -86,6 +86,7 @@ class ScanContext:
     eps: tuple[float, ...]
     progress: object = field(default_factory=_NullProgress)
     batch_size: int = 256
+    train_data: DataSpec | None = None  # first --train-n training samples, for train/test comparisons
     cache: dict = field(default_factory=dict)
     sections: dict = field(default_factory=dict)
     flags: list[Flag] = field(default_factory=list)
@@ -101,11 +102,14 @@ class ScanContext:
         fn: Callable[[torch.Tensor, torch.Tensor, slice], None],
         indices: torch.Tensor | None = None,
         description: str = "",
+        data: DataSpec | None = None,
     ) -> None:
         """Call ``fn(x, y, sl)`` on consecutive batches (x, y on the device; ``sl`` indexes
-        ``indices``). On out-of-memory the batch size halves and the batch is retried; at batch
-        size 1 it is a RuntimeFailure. The halved size sticks for the rest of the scan."""
-        idx = torch.arange(self.data.n) if indices is None else indices
+        ``indices``) of ``data`` (default: the scanned data). On out-of-memory the batch size halves
+        and the batch is retried; at batch size 1 it is a RuntimeFailure. The halved size sticks
+        for the rest of the scan."""
+        data = self.data if data is None else data
+        idx = torch.arange(data.n) if indices is None else indices
         total = int(idx.numel())
         task = self.progress.add_task(description or "working", total=total)
         start = 0
@@ -113,8 +117,8 @@ class ScanContext:
             while start < total:
                 stop = min(start + self.batch_size, total)
                 sel = idx[start:stop]
-                x = self.data.x[sel].to(self.device, non_blocking=True)
-                y = self.data.y[sel].to(self.device, non_blocking=True)
+                x = data.x[sel].to(self.device, non_blocking=True)
+                y = data.y[sel].to(self.device, non_blocking=True)
                 try:
                     fn(x, y, slice(start, stop))
                 except Exception as exc:  # noqa: BLE001 - only OOM is handled
@@ -161,15 +165,19 @@ def run_scan(
     quiet: bool = True,
     command_line: str | None = None,
     log: Callable[[str], None] | None = None,
+    train_data: DataSpec | None = None,
 ) -> ScanResult:
-    """Run ``config.checks`` in order on ``data`` and return the ScanResult."""
+    """Run ``config.checks`` in order on ``data`` and return the ScanResult. ``train_data`` (optional)
+    lets checks compare training and test samples (margins: the loss gap)."""
     from .checks import CHECKS
 
     device = resolve_device(config.device)
     checks = [CHECKS.get(name)() for name in _with_requirements(config.checks)]
     eps = tuple(config.eps) if config.eps else default_eps(data.input_shape, config.norm)
     model = loaded.model.to(device)
-    ctx = ScanContext(model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size)
+    ctx = ScanContext(
+        model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size, train_data=train_data
+    )
     timings: dict[str, float] = {}
     torch.manual_seed(config.seed)
     with _progress(quiet) as progress:

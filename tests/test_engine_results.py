@@ -98,3 +98,14 @@ def test_l2_scan(tiny_cnn):
     result = run_scan(loaded, data, _config(norm=Norm.L2, eps=(0.5,)), command_line="t")
     assert result.section("attacks").norm == "l2"
     assert "robust_acc.ensemble.l2@0.5" in result.metrics()
+
+
+def test_train_margins_and_loss_gap(tiny_cnn):
+    loaded, data = _setup(tiny_cnn, n=20)
+    _, train = _setup(tiny_cnn, n=30)
+    result = run_scan(loaded, data, _config(eps=(0.05,)), command_line="t", train_data=train)
+    m = result.section("margins")
+    assert m.train_n == 30 and len(m.train_margins) == 30
+    assert m.loss_gap == pytest.approx(m.mean_loss - m.train_mean_loss)
+    assert result.metrics()["margins.loss_gap"] == m.loss_gap
+    assert ScanResult.from_dict(json.loads(result.to_json())) == result

@@ -33,6 +33,13 @@ class MarginSection(Section):
     margins: tuple[float, ...]
     true_class_probability: tuple[float, ...]
     loss: tuple[float, ...]
+    # With --train-n: the same on the first N training samples, and the generalization gap
+    # mean test CE − mean train CE (nats), as in the ICML 2020 paper's margin/loss-gap analysis.
+    train_n: int = 0
+    train_median: float | None = None
+    train_mean_loss: float | None = None
+    loss_gap: float | None = None
+    train_margins: tuple[float, ...] = ()
 
     def metrics(self) -> dict[str, float]:
         out = {
@@ -42,6 +49,9 @@ class MarginSection(Section):
             "margins.mean_loss": self.mean_loss,
         }
         out.update({f"margins.q{k}": v for k, v in self.quantiles.items()})
+        if self.loss_gap is not None:
+            out["margins.loss_gap"] = self.loss_gap
+            out["margins.train_median"] = self.train_median
         return out
 
 
@@ -62,6 +72,7 @@ class MarginCheck(Check):
         for c in range(ctx.data.num_classes):
             mask = y == c
             per_class.append(float(m[mask].mean()) if mask.any() else None)
+        train = self._train(ctx)
         return MarginSection(
             function="L(x) = Z_y - max_{i!=y} Z_i on logits, pixel-space inputs [0,1]",
             mean=float(m.mean()),
@@ -75,4 +86,28 @@ class MarginCheck(Check):
             margins=tuple(round(float(v), 6) for v in m),
             true_class_probability=tuple(round(float(v), 6) for v in p),
             loss=tuple(round(float(v), 6) for v in loss),
+            **train,
         )
+
+    @staticmethod
+    def _train(ctx) -> dict:
+        data = ctx.train_data
+        if data is None:
+            return {}
+        logits = torch.empty(data.n, data.num_classes, dtype=torch.float64)
+
+        def batch(x, y, sl):
+            with torch.no_grad():
+                logits[sl] = ctx.model(x).double().cpu()
+
+        ctx.map_batches(batch, description="margins: training samples", data=data)
+        m = margin(logits, data.y)
+        train_loss = float(cross_entropy(logits, data.y).mean())
+        test_loss = float(cross_entropy(ctx.cache["clean_logits"].double(), ctx.data.y).mean())
+        return {
+            "train_n": data.n,
+            "train_median": float(m.median()),
+            "train_mean_loss": train_loss,
+            "loss_gap": test_loss - train_loss,
+            "train_margins": tuple(round(float(v), 6) for v in m),
+        }

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -17,6 +17,7 @@ from ..report.terminal import print_summary
 from ..results import ScanResult
 from ..threat import Norm, parse_eps_list
 from ._common import command_line, error_boundary, parse_floats, parse_shape
+from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option
 
 
 def scan(
@@ -26,6 +27,7 @@ def scan(
     download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing (needs internet)."),
     split: str = typer.Option("test", "--split", help="test or train."),
     n: Optional[int] = typer.Option(None, "--n", "-n", help="Use the first N samples in the dataset's order."),
+    train_n: Optional[int] = typer.Option(None, "--train-n", help="Also compute margins and loss on the first N training samples (train/test loss gap)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="imagefolder: resize short side + centre crop."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: a built-in name, torchvision:NAME, or path/to/net.py:Class."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON object or k=v,k=v for the architecture."),
@@ -43,27 +45,45 @@ def scan(
     batch_size: int = typer.Option(256, "--batch-size", help="Batch size; halves automatically on out-of-memory."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random draw (attack starts); same seed + device → same result."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the ScanResult as JSON here."),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Write the self-contained HTML report here."),
+    csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Write samples.csv and robust_accuracy.csv into this folder."),
+    gate_file: Optional[Path] = gate_file_option(),
+    require: Optional[List[str]] = require_option(),
+    junit: Optional[Path] = junit_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Audit a checkpoint: clean accuracy, robust accuracy under attacks, margins."""
     with error_boundary(debug):
+        gates = load_gates(gate_file, require, junit=junit)  # usage errors before any heavy work
         result = scan_command(
-            checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, download=download, split=split, n=n,
+            checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, download=download, split=split, n=n, train_n=train_n,
             image_size=image_size, arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes,
             input_shape=input_shape, mean=mean, std=std, trust_checkpoint=trust_checkpoint, norm=norm, eps=eps,
             attacks=attacks, ensemble=ensemble, checks=checks, device=device, batch_size=batch_size, seed=seed, quiet=quiet,
         )
         if json_path is not None:
             result.write_json(json_path)
+        outcome = evaluate(result, gates)
+        if html_path is not None:
+            from ..report.html import write_html
+
+            write_html(result, html_path, outcome)
+        if csv_dir is not None:
+            from ..report.tables import write_csv
+
+            write_csv(result, csv_dir)
         if not quiet:
             print_summary(result, Console())
             if json_path is not None:
                 Console().print(f"  [dim]result written to {json_path}[/dim]")
+            if html_path is not None:
+                Console().print(f"  [dim]report written to {html_path}[/dim]")
+        finish(outcome, junit, Console(), quiet=quiet)
 
 
 def scan_command(
-    *, checkpoint, dataset, data_dir=None, download=False, split="test", n=None, image_size=None, arch=None,
+    *, checkpoint, dataset, data_dir=None, download=False, split="test", n=None, train_n=None, image_size=None, arch=None,
     arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
     norm="linf", eps=None, attacks="quick", ensemble=None, checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
     seed=0, quiet=True,
@@ -71,6 +91,8 @@ def scan_command(
     """Parse every option first (usage errors before any heavy work), then load and scan."""
     if n is not None and n < 1:
         raise UsageError("--n must be >= 1")
+    if train_n is not None and train_n < 1:
+        raise UsageError("--train-n must be >= 1")
     if batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     config = ScanConfig(
@@ -100,7 +122,13 @@ def scan_command(
     check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
     if not config.eps and attacks.strip().lower() == "paper":
         config = replace(config, eps=PAPER_EPS["grey" if data.input_shape[0] == 1 else "colour"])
-    return run_scan(loaded, data, config, quiet=quiet, command_line=command_line())
+    train = None
+    if train_n is not None:
+        train = load_dataset(
+            dataset,
+            DataRequest(split="train", n=train_n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
+        )
+    return run_scan(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
 
 
 def _parse_checks(text: str) -> tuple[str, ...]:

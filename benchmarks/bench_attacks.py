@@ -1,0 +1,108 @@
+"""PGD-20 and APGD-CE-100 in robaudit vs torchattacks and ART (when installed), same model, data, batch.
+
+Prints wall time, the ratio to torchattacks, robust accuracy side by side, and robaudit's overhead
+over the model's own forward+backward cost. Targets (issue): robaudit not slower than torchattacks
+and equal or lower robust accuracy.
+
+    python benchmarks/bench_attacks.py [--n 500] [--eps 0.1] [--device cpu] [--threads 2]
+    pip install 'robaudit[bench]'   # torchattacks, adversarial-robustness-toolbox
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from robaudit.attacks import ATTACKS
+from robaudit.cli.demo import DEMO_MODEL
+from robaudit.data import DataRequest, load_dataset
+from robaudit.engine import resolve_device
+from robaudit.models import load_model
+from robaudit.threat import Norm, ThreatModel
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def robust_acc(model, x_adv, y) -> float:
+    with torch.no_grad():
+        return float((model(x_adv).argmax(1) == y).double().mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--eps", type=float, default=0.1)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model = load_model(str(DEMO_MODEL)).model.to(device).eval()
+    data = load_dataset("demo", DataRequest(n=args.n))
+    x, y = data.x.to(device), data.y.to(device)
+    threat = ThreatModel(Norm.LINF, args.eps)
+
+    def model_cost():
+        xr = x.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(xr), y, reduction="sum")
+        torch.autograd.grad(loss, xr)
+
+    model_cost()
+    _, fb = timed(model_cost, device)
+    print(f"device {device}, n={args.n}, linf eps={args.eps}; one forward+backward of the batch: {fb * 1e3:.1f} ms")
+    print(f"clean accuracy: {robust_acc(model, x, y):.3f}\n")
+
+    rows = []
+    g = torch.Generator(device=device)
+    for label, name, kwargs, iters in [("PGD-20", "pgd", {"steps": 20}, 20), ("APGD-CE-100", "apgd-ce", {}, 100)]:
+        if name not in ATTACKS:
+            continue
+        g.manual_seed(0)
+        attack = ATTACKS.get(name)(**kwargs)
+        out, t = timed(lambda: attack.run(model, x, y, threat, g), device)
+        rows.append((label, "robaudit", t, robust_acc(model, out.x_adv, y), t / (iters * fb)))
+    try:
+        import torchattacks
+
+        alpha = 2.5 * args.eps / 20
+        for label, atk, iters in [
+            ("PGD-20", torchattacks.PGD(model, eps=args.eps, alpha=alpha, steps=20, random_start=True), 20),
+            ("APGD-CE-100", torchattacks.APGD(model, norm="Linf", eps=args.eps, steps=100, n_restarts=1, loss="ce", seed=0), 100),
+        ]:
+            torch.manual_seed(0)
+            adv, t = timed(lambda: atk(x, y), device)
+            rows.append((label, "torchattacks", t, robust_acc(model, adv, y), t / (iters * fb)))
+    except ImportError:
+        print("torchattacks not installed: pip install torchattacks")
+    try:
+        from art.attacks.evasion import ProjectedGradientDescentPyTorch
+        from art.estimators.classification import PyTorchClassifier
+
+        clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                                nb_classes=data.num_classes, clip_values=(0.0, 1.0), device_type="gpu" if device.type == "cuda" else "cpu")
+        art_pgd = ProjectedGradientDescentPyTorch(clf, norm=float("inf"), eps=args.eps, eps_step=2.5 * args.eps / 20,
+                                                  max_iter=20, num_random_init=1, batch_size=args.n, verbose=False)
+        xa, t = timed(lambda: art_pgd.generate(x.cpu().numpy(), y.cpu().numpy()), device)
+        rows.append(("PGD-20", "ART", t, robust_acc(model, torch.from_numpy(xa).to(device), y), t / (20 * fb)))
+    except ImportError:
+        print("ART not installed: pip install adversarial-robustness-toolbox")
+
+    ref = {label: t for label, lib, t, _, _ in rows if lib == "torchattacks"}
+    print(f"{'attack':<12} {'library':<13} {'time (s)':>9} {'÷ torchattacks':>15} {'robust acc':>11} {'time ÷ (iters × fwd+bwd)':>25}")
+    for label, lib, t, acc, over in rows:
+        ratio = f"{t / ref[label]:.2f}" if label in ref else "—"
+        print(f"{label:<12} {lib:<13} {t:>9.2f} {ratio:>15} {acc:>11.3f} {over:>25.2f}")
+
+
+if __name__ == "__main__":
+    main()
