@@ -40,6 +40,8 @@ ATTACKS: Registry[type["Attack"]] = Registry(
         "robaudit.attacks.deepfool",
         "robaudit.attacks.spsa",
         "robaudit.attacks.least_likely",
+        "robaudit.attacks.apgd",
+        "robaudit.attacks.square",
     ),
 )
 

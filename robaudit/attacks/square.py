@@ -1,0 +1,227 @@
+"""Square Attack — Andriushchenko, Croce, Flammarion & Hein, *Square Attack: a query-efficient
+black-box adversarial attack via random search* (ECCV 2020).
+
+Score-based black-box random search: it only queries the model's logits (forward passes, never a
+gradient). Each iteration proposes a change of the current best perturbation inside a random
+square window whose side follows a decreasing schedule, and keeps it if the margin loss
+z_y − max_{i≠y} z_i decreases. A sample stops being queried as soon as it is misclassified.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from ..errors import UsageError
+from ..geometry.margin import margin
+from ..threat import Norm, ThreatModel
+from .base import ATTACKS, Attack, predict
+
+__all__ = ["SquareAttack"]
+
+# the paper's schedule: p halves after these iterations (of a 10 000-query budget)
+_P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def _signs(shape, generator, like: torch.Tensor) -> torch.Tensor:
+    """Uniform ±1 of ``like``'s dtype and device."""
+    return torch.randint(0, 2, shape, generator=generator, device=like.device).to(like.dtype) * 2 - 1
+
+
+def _nonempty_flips(n: int, c: int, generator, like: torch.Tensor) -> torch.Tensor:
+    """[n,c,1,1] of ±1, uniform over the 2^c − 1 patterns with at least one −1 (c ≤ 30; above,
+    uniform over all patterns, where the all-(+1) one has probability 2^−c)."""
+    if c > 30:
+        return _signs((n, c, 1, 1), generator, like)
+    r = torch.randint(1, 2**c, (n, 1), generator=generator, device=like.device)
+    bits = (r >> torch.arange(c, device=like.device)[None, :]) & 1
+    return (1 - 2 * bits).to(like.dtype).view(n, c, 1, 1)
+
+
+def _randint(high: int, n: int, generator, device) -> torch.Tensor:
+    return torch.randint(0, high, (n,), generator=generator, device=device)
+
+
+def _window(pos_h: torch.Tensor, pos_w: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
+    """Per-sample boolean mask [n,1,h,w] of the s×s square whose top-left corner is (pos_h, pos_w)."""
+    rows = torch.arange(h, device=pos_h.device)[None, :]
+    cols = torch.arange(w, device=pos_h.device)[None, :]
+    in_h = (rows >= pos_h[:, None]) & (rows < pos_h[:, None] + s)
+    in_w = (cols >= pos_w[:, None]) & (cols < pos_w[:, None] + s)
+    return (in_h[:, :, None] & in_w[:, None, :])[:, None]
+
+
+def _place(pattern: torch.Tensor, pos_h: torch.Tensor, pos_w: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Per-sample patterns [n,s,s] written at (pos_h, pos_w) of a zero [n,1,h,w] canvas."""
+    n, s = pattern.shape[0], pattern.shape[1]
+    rows = torch.arange(h, device=pattern.device)[None, :] - pos_h[:, None]  # [n,h]
+    cols = torch.arange(w, device=pattern.device)[None, :] - pos_w[:, None]  # [n,w]
+    inside = ((rows >= 0) & (rows < s))[:, :, None] & ((cols >= 0) & (cols < s))[:, None, :]
+    flat = rows.clamp(0, s - 1)[:, :, None] * s + cols.clamp(0, s - 1)[:, None, :]  # [n,h,w]
+    values = pattern.reshape(n, s * s).gather(1, flat.reshape(n, h * w)).reshape(n, h, w)
+    return (values * inside)[:, None]
+
+
+def _pseudo_gaussian_rectangle(a: int, b: int) -> torch.Tensor:
+    """An a×b bump: concentric rectangles around the centre weighted 1/(k+1)², unit ℓ2 norm."""
+    delta = torch.zeros(a, b, dtype=torch.float64)
+    if a == 0 or b == 0:
+        return delta
+    ch, cw = a // 2, b // 2
+    for k in range(max(ch, cw) + 1):
+        delta[max(ch - k, 0) : min(ch + k + 1, a), max(cw - k, 0) : min(cw + k + 1, b)] += 1.0 / (k + 1) ** 2
+    return delta / delta.norm()
+
+
+@lru_cache(maxsize=64)
+def _square_pattern(s: int) -> torch.Tensor:
+    """The paper's ℓ2 update shape for an s×s window: a positive bump on the top half and a
+    negative one on the bottom half, unit ℓ2 norm (float64, CPU; cast at use)."""
+    delta = torch.zeros(s, s, dtype=torch.float64)
+    delta[: s // 2] = _pseudo_gaussian_rectangle(s // 2, s)
+    delta[s // 2 :] = -_pseudo_gaussian_rectangle(s - s // 2, s)
+    return delta / delta.norm()
+
+
+@ATTACKS.register("square")
+@dataclass
+class SquareAttack(Attack):
+    """Square Attack — Andriushchenko, Croce, Flammarion & Hein, *Square Attack: a query-efficient
+    black-box adversarial attack via random search* (ECCV 2020). Norms: ℓ∞, ℓ2.
+
+    Score-based black-box: forward passes only, on the margin loss z_y − max_{i≠y} z_i (minimised).
+    Arguments: n_queries=5000 queries per sample at most (the initialization included);
+    p_init=0.8 (AutoAttack's value for both norms), the initial fraction of pixels a square
+    covers, halved after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of a
+    10 000-query budget (rescaled to n_queries). ℓ∞ starts from vertical stripes of ±ε and
+    proposes ±ε per channel on a square; ℓ2 starts from a grid of ±pseudo-Gaussian bumps and moves
+    mass between two squares. Samples stop being queried once misclassified. Needs [B,C,H,W] inputs.
+
+        >>> SquareAttack(n_queries=5000).run(model, x, y, ThreatModel(Norm.LINF, 8/255), generator)
+    """
+
+    name = "square"
+    kind = "black-box"
+    norms = (Norm.LINF, Norm.L2)
+    n_queries: int = 5000
+    p_init: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.n_queries < 1:
+            raise UsageError(f"{self.name}: n_queries must be >= 1")
+        if not 0.0 < self.p_init <= 1.0:
+            raise UsageError(f"{self.name}: p_init must be in (0, 1], got {self.p_init}")
+
+    def _p(self, it: int) -> float:
+        """Fraction of pixels of the square at iteration ``it`` (0-based)."""
+        scaled = int(it / self.n_queries * 10000)
+        return self.p_init / 2 ** sum(scaled > t for t in _P_HALVINGS)
+
+    # -- initializations ---------------------------------------------------------------------
+
+    def _init_linf(self, x: torch.Tensor, eps: float, generator) -> torch.Tensor:
+        n, c, _, w = x.shape
+        return (x + eps * _signs((n, c, 1, w), generator, x)).clamp(0.0, 1.0)
+
+    def _init_l2(self, x: torch.Tensor, eps: float, generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        s = max(min(h, w) // 5, 1)
+        nh, nw = h // s, w // s
+        top, left = (h - s * nh) // 2, (w - s * nw) // 2
+        pat = _square_pattern(s).to(device=x.device, dtype=x.dtype)
+        tiled, tiled_t = pat.repeat(nh, nw), pat.T.repeat(nh, nw)  # [nh·s, nw·s]
+        flip = torch.rand((n, 1, nh, nw), generator=generator, device=x.device) > 0.5
+        flip = flip.repeat_interleave(s, 2).repeat_interleave(s, 3)
+        sign = _signs((n, c, nh, nw), generator, x).repeat_interleave(s, 2).repeat_interleave(s, 3)
+        delta = torch.zeros_like(x)
+        delta[:, :, top : top + nh * s, left : left + nw * s] = torch.where(flip, tiled_t, tiled) * sign
+        nrm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return (x + delta / nrm * eps).clamp(0.0, 1.0)
+
+    # -- proposals ---------------------------------------------------------------------------
+
+    def _propose_linf(self, xc, xb, eps: float, p: float, generator) -> torch.Tensor:
+        n, c, h, w = xc.shape
+        s = max(min(int(round(math.sqrt(p * h * w))), min(h, w) - 1), 1)
+        pos_h, pos_w = _randint(h - s + 1, n, generator, xc.device), _randint(w - s + 1, n, generator, xc.device)
+        mask = _window(pos_h, pos_w, s, h, w)
+        delta = xb - xc
+        sign = _signs((n, c, 1, 1), generator, xc)
+        x_new = (xc + torch.where(mask, eps * sign, delta)).clamp(0.0, 1.0)
+        # The paper resamples a proposal that leaves the square unchanged (it already holds ±ε per
+        # channel there). For ε > 0 only one sign vector can do that, so resampling until it
+        # changes is drawing uniformly among the others: flip a uniform non-empty set of channels.
+        same = (((x_new - xb).abs() < 1e-7) | ~mask).flatten(1).all(dim=1)
+        if eps > 0 and bool(same.any()):
+            sign = torch.where(same.view(-1, 1, 1, 1), sign * _nonempty_flips(n, c, generator, xc), sign)
+            x_new = (xc + torch.where(mask, eps * sign, delta)).clamp(0.0, 1.0)
+        return x_new
+
+    def _propose_l2(self, xc, xb, eps: float, p: float, generator) -> torch.Tensor:
+        n, c, h, w = xc.shape
+        s = max(int(round(math.sqrt(p * h * w))), 3)
+        s = min(s + 1 if s % 2 == 0 else s, min(h, w))
+        dev = xc.device
+        h1, w1 = _randint(h - s + 1, n, generator, dev), _randint(w - s + 1, n, generator, dev)
+        h2, w2 = _randint(h - s + 1, n, generator, dev), _randint(w - s + 1, n, generator, dev)
+        m1 = _window(h1, w1, s, h, w).to(xc.dtype)
+        m2 = _window(h2, w2, s, h, w).to(xc.dtype)
+        delta = xb - xc
+        norm_window = (delta * m1).pow(2).sum((2, 3), keepdim=True).sqrt()  # [n,c,1,1]
+        norm_image = delta.pow(2).sum((1, 2, 3), keepdim=True).sqrt()  # [n,1,1,1]
+        norm_windows = (delta * torch.maximum(m1, m2)).pow(2).sum((2, 3), keepdim=True).sqrt()
+
+        pat = _square_pattern(s).to(device=dev, dtype=xc.dtype)
+        flip = (torch.rand(n, generator=generator, device=dev) > 0.5).view(-1, 1, 1)
+        pats = torch.where(flip, pat.T, pat).expand(n, s, s)
+        new = _place(pats, h1, w1, h, w) * _signs((n, c, 1, 1), generator, xc)
+        new = new + delta * m1 / (1e-10 + norm_window)
+        # spend the budget freed in both windows (and any unused ε) on window 1, per channel
+        budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
+        new = new / new.pow(2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12) * budget
+        delta = torch.where(m1.bool(), new, delta * (1 - m2))
+        nrm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return (xc + delta / nrm * eps).clamp(0.0, 1.0)
+
+    # -- driver ------------------------------------------------------------------------------
+
+    def _perturb(self, model, x, y, threat: ThreatModel, generator) -> torch.Tensor:
+        if x.dim() != 4:
+            raise UsageError(f"attack {self.name!r} needs image inputs [B,C,H,W]; got shape {tuple(x.shape)}")
+        eps = threat.eps
+        linf = threat.norm is Norm.LINF
+        clean = predict(model, x, self.counter)
+        broken = clean.argmax(1) != y  # already misclassified: keep x
+        x_best = x.clone()
+        best_margin = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=clean.dtype)
+        idx = (~broken).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return x_best
+        xs = x[idx]
+        x_init = self._init_linf(xs, eps, generator) if linf else self._init_l2(xs, eps, generator)
+        logits = predict(model, x_init, self.counter)
+        x_best[idx] = x_init
+        best_margin[idx] = margin(logits, y[idx])
+        broken[idx] = logits.argmax(1) != y[idx]
+
+        for it in range(self.n_queries - 1):  # the initialization used one query
+            idx = (~broken).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            xc, xb, yc = x[idx], x_best[idx], y[idx]
+            p = self._p(it)
+            if linf:
+                x_new = self._propose_linf(xc, xb, eps, p, generator)
+            else:
+                x_new = self._propose_l2(xc, xb, eps, p, generator)
+            logits = predict(model, x_new, self.counter)
+            m = margin(logits, yc)
+            wrong = logits.argmax(1) != yc
+            better = (m < best_margin[idx]) | wrong
+            take = idx[better]
+            x_best[take] = x_new[better]
+            best_margin[take] = m[better]
+            broken[idx] = wrong
+        return x_best
