@@ -42,11 +42,26 @@ def parse_eps(text: "str | float") -> float:
 
 
 def parse_eps_list(text: str) -> list[float]:
-    """``'0.1,0.2'`` or ``'2/255,8/255'`` → sorted unique floats."""
-    parts = [p for p in str(text).split(",") if p.strip()]
+    """``'0.1,0.2'``, ``'2/255,8/255'`` or a sweep ``'0:0.3:7'`` (start:stop:count, evenly spaced,
+    both ends included) → sorted unique floats on the [0,1] pixel scale."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
     if not parts:
-        raise UsageError("empty epsilon list; give e.g. --eps 8/255 or --eps 0.1,0.2")
-    return sorted({parse_eps(p) for p in parts})
+        raise UsageError("empty epsilon list; give e.g. --eps 8/255, --eps 0.1,0.2 or a sweep --eps 0:0.3:7")
+    values: set[float] = set()
+    for part in parts:
+        if part.count(":") == 2:
+            start, stop, count = part.split(":")
+            lo, hi = parse_eps(start), parse_eps(stop)
+            try:
+                k = int(count)
+            except ValueError:
+                k = 0
+            if k < 2 or hi <= lo:
+                raise UsageError(f"epsilon sweep {part!r} must be start:stop:count with start < stop and count >= 2")
+            values.update(round(lo + (hi - lo) * i / (k - 1), 12) for i in range(k))
+        else:
+            values.add(parse_eps(part))
+    return sorted(values)
 
 
 def format_eps(eps: float) -> str:

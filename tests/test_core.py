@@ -14,6 +14,9 @@ from robaudit.threat import Norm, format_eps, parse_eps, parse_eps_list
 def test_eps_parsing():
     assert parse_eps("8/255") == pytest.approx(8 / 255)
     assert parse_eps_list("0.3,0.1,0.1") == [0.1, 0.3]
+    assert parse_eps_list("0:0.3:4") == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    with pytest.raises(UsageError, match="sweep"):
+        parse_eps_list("0.3:0.1:4")
     assert format_eps(8 / 255) == "8/255"
     assert format_eps(0.1) == "0.1"
     for bad in ("abc", "-0.1", "1/0", "nan"):
