@@ -99,6 +99,12 @@ class ScanResult:
                 out.update(sec.metrics())
         return out
 
+    def to_html(self, gate_outcome=None) -> str:
+        """The self-contained HTML report (robaudit.report.html.render_html)."""
+        from .report.html import render_html
+
+        return render_html(self, gate_outcome)
+
     # --- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {

@@ -103,6 +103,8 @@ def test_demo_runs_offline(tmp_path):
     ens = data["sections"]["attacks"]["ensemble"]["0.1"]
     assert 0.0 <= ens <= clean
     assert "robust accuracy" in res.output
+    html = (tmp_path / "report.html").read_text()
+    assert "<html" in html.lower() and "data:image/png;base64," in html
 
 
 class _Pwn:

@@ -20,6 +20,7 @@ class CleanSection(Section):
     per_class: tuple[float | None, ...]
     correct: tuple[bool, ...]
     predictions: tuple[int, ...]
+    labels: tuple[int, ...] = ()
 
     def metrics(self) -> dict[str, float]:
         return {"clean.accuracy": self.accuracy}
@@ -59,4 +60,5 @@ class CleanCheck(Check):
             per_class=tuple(per_class),
             correct=tuple(bool(v) for v in correct.tolist()),
             predictions=tuple(int(v) for v in pred.tolist()),
+            labels=tuple(int(v) for v in ctx.data.y.tolist()),
         )

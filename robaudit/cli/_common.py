@@ -8,6 +8,7 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import RobauditError, UsageError
 
@@ -29,7 +30,7 @@ def error_boundary(debug: bool) -> Iterator[None]:
     except RobauditError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/bold red] {exc}", markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -39,7 +40,7 @@ def error_boundary(debug: bool) -> Iterator[None]:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         err_console.print(
-            f"[bold red]internal error:[/bold red] {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+            f"[bold red]internal error:[/bold red] {type(exc).__name__}: {escape(first)} (rerun with --debug for the traceback)",
             soft_wrap=True,
         )
         raise typer.Exit(4) from None

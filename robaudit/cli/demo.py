@@ -21,7 +21,7 @@ DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "assets" / "dem
 def demo(
     n: int = typer.Option(500, "--n", "-n", help="How many of the 1,000 embedded test images to scan."),
     eps: str = typer.Option("0.05,0.1", "--eps", help="ℓ∞ radii on the [0,1] pixel scale."),
-    out: Path = typer.Option(Path("robaudit-demo"), "--out", help="Folder for results.json."),
+    out: Path = typer.Option(Path("robaudit-demo"), "--out", help="Folder for results.json and report.html."),
     device: str = typer.Option("auto", "--device"),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -36,7 +36,10 @@ def demo(
         result = run_scan(loaded, data, config, quiet=quiet, command_line=command_line())
         out.mkdir(parents=True, exist_ok=True)
         result.write_json(out / "results.json")
+        from ..report.html import write_html
+
+        write_html(result, out / "report.html")
         if not quiet:
             console = Console()
             print_summary(result, console)
-            console.print(f"  [dim]result written to {out / 'results.json'}[/dim]")
+            console.print(f"  [dim]written: {out / 'results.json'}, {out / 'report.html'}[/dim]")

@@ -4,8 +4,12 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
+from .compare import compare
 from .demo import demo
+from .harden import harden_cli
+from .gate_options import gate
 from .listing import list_command
+from .report import report
 from .scan import scan
 
 app = typer.Typer(
@@ -18,7 +22,11 @@ app = typer.Typer(
 )
 app.command("scan")(scan)
 app.command("demo")(demo)
+app.command("harden")(harden_cli)
 app.command("list")(list_command)
+app.command("report")(report)
+app.command("compare")(compare)
+app.command("gate")(gate)
 
 
 @app.command("version")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..results import ScanResult
@@ -26,7 +27,7 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
     attacks = result.section("attacks")
     margins = result.section("margins")
 
-    head = f"[bold]robaudit[/bold] {Path(p.checkpoint).name} on {p.dataset} ({p.split}, n={p.n})"
+    head = f"[bold]robaudit[/bold] {escape(Path(p.checkpoint).name)} on {escape(p.dataset)} ({p.split}, n={p.n})"
     console.print(head)
     verdict = []
     if clean is not None:
@@ -36,9 +37,9 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             verdict.append(f"robust accuracy ({attacks.norm}, ε={key}, worst case) [bold]{_pct(acc)}[/bold]")
     console.print("  " + " · ".join(verdict))
     for flag in result.flags:
-        console.print(f"  [yellow]FLAG[/yellow] {flag.code}: {flag.message} (docs/flags.md#flag-{flag.code})")
+        console.print(f"  [yellow]FLAG[/yellow] {flag.code}: {escape(flag.message)} (docs/flags.md#flag-{flag.code})")
     for w in result.model_warnings:
-        console.print(f"  [yellow]WARNING[/yellow] {w}")
+        console.print(f"  [yellow]WARNING[/yellow] {escape(w)}")
     console.print(
         f"  [dim]{p.checkpoint_format} sha256:{p.checkpoint_sha256[:12]} · arch {p.arch or 'embedded'} · "
         f"device {p.device} · seed {p.seed} · pixel space [0,1][/dim]"
@@ -59,7 +60,7 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             t.add_column(col, justify=just)
         for r in attacks.runs:
             t.add_row(
-                r.attack,
+                escape(r.attack),
                 format_eps(r.eps),
                 _pct(r.robust_accuracy),
                 _pct(r.success_rate),

@@ -1,0 +1,114 @@
+"""Gate options shared by `scan`, `report` and `gate`: --gate FILE, --require EXPR, --junit PATH.
+
+Parse first (:func:`load_gates`, before any heavy work), evaluate on the result (:func:`evaluate`),
+then :func:`finish`: JUnit file, a table of the gates, and exit 1 (GateFailed) if any failed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..errors import GateFailed, UsageError
+from ..gate import GateOutcome, GateSpec, evaluate_gates, find_gate_file, load_gate_file, parse_requires, write_junit
+
+__all__ = ["gate_file_option", "require_option", "junit_option", "load_gates", "evaluate", "finish", "print_outcome"]
+
+
+def gate_file_option():
+    return typer.Option(
+        None, "--gate", help="Thresholds file: robaudit.toml (table 'gate') or pyproject.toml (table 'tool.robaudit.gate').",
+    )
+
+
+def require_option():
+    return typer.Option(
+        None, "--require", help="Threshold '<metric> <op> <number>', e.g. 'robust_acc.pgd.linf@8/255 >= 0.40' (repeatable).",
+    )
+
+
+def junit_option():
+    return typer.Option(None, "--junit", help="Write the gate outcomes as JUnit XML here (one testcase per gate).")
+
+
+def load_gates(
+    gate_file: Optional[Path], requires: Optional[List[str]], *, junit: Optional[Path] = None, discover: bool = False
+) -> GateSpec | None:
+    """The gates asked for, or None. With ``discover`` and nothing given, look for robaudit.toml /
+    pyproject.toml in the current directory; finding none is a usage error. ``--junit`` without
+    gates is a usage error."""
+    spec = parse_requires(requires or [])
+    if gate_file is not None:
+        spec = load_gate_file(gate_file).merged(spec)
+    elif discover and not spec:
+        found = find_gate_file(Path.cwd())
+        if found is None:
+            raise UsageError(
+                "no thresholds: give --require '<metric> <op> <number>' or --gate FILE, or put a [gate] table in "
+                "./robaudit.toml ([tool.robaudit.gate] in ./pyproject.toml)"
+            )
+        spec = load_gate_file(found)
+    if junit is not None and not spec:
+        raise UsageError("--junit needs gates: give --require '<metric> <op> <number>' or --gate FILE")
+    return spec if spec else None
+
+
+def evaluate(result, spec: GateSpec | None) -> GateOutcome | None:
+    return evaluate_gates(result, spec) if spec else None
+
+
+def print_outcome(outcome: GateOutcome, console: Console, *, failures_only: bool = False) -> None:
+    rows = outcome.failures if failures_only else outcome.results
+    title = "Failed gates" if failures_only else "Gates"
+    table = Table(title=title, title_justify="left")
+    for col, just in (("gate", "left"), ("actual", "right"), ("threshold", "right"), ("result", "left"), ("source", "left")):
+        table.add_column(col, justify=just, overflow="fold")
+    for r in rows:
+        threshold = f"{r.op} {r.threshold:.6g}" if r.threshold is not None else "absent"
+        actual = "—" if r.actual is None else f"{r.actual:.6g}"
+        status = Text("pass", style="green") if r.passed else Text("FAIL", style="bold red")
+        table.add_row(Text(r.expression), Text(actual), Text(threshold), status, Text(r.source, style="dim"))
+    console.print(table)
+    if not outcome.passed:
+        for r in outcome.failures:
+            console.print(Text(f"  {r.message}"))
+
+
+def finish(outcome: GateOutcome | None, junit: Optional[Path], console: Console, *, quiet: bool = False) -> None:
+    """Write JUnit, show the gates (only failures when quiet), raise GateFailed (exit 1) on failure."""
+    if outcome is None:
+        return
+    if junit is not None:
+        write_junit(outcome, junit)
+    if outcome.passed:
+        if not quiet:
+            print_outcome(outcome, console)
+            console.print(f"  all {len(outcome.results)} gates passed")
+        return
+    print_outcome(outcome, console, failures_only=quiet)
+    raise GateFailed(f"{len(outcome.failures)} of {len(outcome.results)} gates failed")
+
+
+def gate(
+    results: Path = typer.Argument(..., help="A results.json written by `robaudit scan --json`."),
+    gate_file: Optional[Path] = gate_file_option(),
+    require: Optional[List[str]] = require_option(),
+    junit: Optional[Path] = junit_option(),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Show only failed gates."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Check an existing result against thresholds; exit 1 if any gate fails.
+
+    Without --require/--gate, reads the 'gate' table of ./robaudit.toml or 'tool.robaudit.gate' of ./pyproject.toml.
+    """
+    from ..results import ScanResult
+    from ._common import error_boundary
+
+    with error_boundary(debug):
+        spec = load_gates(gate_file, require, junit=junit, discover=True)
+        result = ScanResult.read_json(results)
+        finish(evaluate(result, spec), junit, Console(), quiet=quiet)

@@ -1,0 +1,45 @@
+"""`robaudit report results.json -o report.html`: re-render a saved result (nothing is recomputed)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from ._common import error_boundary
+from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option
+
+
+def report(
+    results: Path = typer.Argument(..., help="A results.json written by `robaudit scan --json`."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file to write (default: next to the JSON, .html)."),
+    csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Also write samples.csv and robust_accuracy.csv into this folder."),
+    gate_file: Optional[Path] = gate_file_option(),
+    require: Optional[List[str]] = require_option(),
+    junit: Optional[Path] = junit_option(),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and failed gates."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Render the self-contained HTML report (and CSV tables) from a saved result.
+
+    With --gate/--require the gate outcomes go into the report's verdict and a failed gate exits 1.
+    """
+    from ..report.html import write_html
+    from ..report.tables import write_csv
+    from ..results import ScanResult
+
+    with error_boundary(debug):
+        spec = load_gates(gate_file, require, junit=junit)
+        result = ScanResult.read_json(results)
+        outcome = evaluate(result, spec)
+        out = output if output is not None else results.with_suffix(".html")
+        write_html(result, out, outcome)
+        console = Console()
+        if not quiet:
+            console.print(f"  report written to {out}")
+        if csv_dir is not None:
+            paths = write_csv(result, csv_dir)
+            if not quiet:
+                console.print("  tables written to " + ", ".join(str(p) for p in paths))
+        finish(outcome, junit, console, quiet=quiet)

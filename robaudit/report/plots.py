@@ -1,0 +1,362 @@
+"""Figures for the HTML report, as deterministic base64 PNG data URIs.
+
+Scales, everywhere: ε and perturbations on the pixel scale [0,1]; accuracies are fractions in
+[0,1] drawn as percentages; the margin L(x) = Z_y − max_{i≠y} Z_i in logits; the loss in nats.
+
+Each section's figures come from one function registered with :func:`plots_for` under the
+section's name (``SECTION_PLOTS``); the HTML renderer looks it up by name and hands the result to
+that section's template partial as ``fig``. Rendering uses matplotlib's Agg canvas directly (no
+pyplot, no global state) with fixed style and PNG metadata, so the same result gives the same bytes.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "NATURAL",
+    "ADVERSARIAL",
+    "MISCLASSIFIED",
+    "BEFORE",
+    "AFTER",
+    "SECTION_PLOTS",
+    "plots_for",
+    "figure",
+    "to_data_uri",
+    "image_data_uri",
+    "perturbation_data_uri",
+    "attack_colors",
+    "norm_symbol",
+    "plain",
+    "compare_curve",
+]
+
+# Colours, defined once: natural (clean) inputs, adversarial inputs / the worst case, samples
+# already misclassified without an attack; compare's before/after.
+NATURAL = "#1f77b4"
+ADVERSARIAL = "#d62728"
+MISCLASSIFIED = "#7f7f7f"
+BEFORE = "#7f7f7f"
+AFTER = "#1f77b4"
+# Individual attacks (neither natural nor worst case), assigned in order of first appearance.
+_ATTACK_CYCLE = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79")
+
+DPI = 100
+_STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "text.usetex": False,
+    "svg.hashsalt": "robaudit",
+    "path.simplify": True,
+}
+
+PlotFn = Callable[[Any, Any], dict[str, Any]]
+SECTION_PLOTS: dict[str, PlotFn] = {}
+
+
+def plots_for(name: str) -> Callable[[PlotFn], PlotFn]:
+    """Register ``fn(section, result) -> dict`` as the figures of section ``name``.
+
+    Values are data URIs (``str``) or lists of dicts (e.g. a gallery); the partial
+    ``templates/sections/<name>.html.j2`` reads them as ``fig.<key>``.
+    """
+
+    def deco(fn: PlotFn) -> PlotFn:
+        SECTION_PLOTS[name] = fn
+        return fn
+
+    return deco
+
+
+# --- primitives ------------------------------------------------------------------------------------
+def figure(width: float = 6.4, height: float = 3.4):
+    """A new Agg-backed Figure with the report style (use inside :func:`styled`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def styled(fn: Callable) -> Callable:
+    """Run a plotting function under the fixed report rcParams."""
+
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(_STYLE):
+            return fn(*args, **kwargs)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def to_data_uri(fig) -> str:
+    """PNG bytes of ``fig`` as a data URI; no Software/date metadata, so bytes are reproducible."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _png_uri(array: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _to_uint8(img: np.ndarray, scale: int) -> np.ndarray:
+    """(C,H,W) in [0,1] → (H·s, W·s[, 3]) uint8, nearest-neighbour upscaled so pixels stay visible."""
+    arr = np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0)
+    arr = np.rint(arr * 255).astype(np.uint8)
+    arr = arr[0] if arr.shape[0] == 1 else np.transpose(arr[:3], (1, 2, 0))
+    return np.repeat(np.repeat(arr, scale, axis=0), scale, axis=1)
+
+
+def _upscale(shape: tuple[int, ...], target: int = 112) -> int:
+    return max(1, math.ceil(target / max(shape[-2:])))
+
+
+def image_data_uri(img: np.ndarray) -> str:
+    """A (C,H,W) image on the pixel scale [0,1] as a PNG data URI (upscaled to about 112 px)."""
+    return _png_uri(_to_uint8(img, _upscale(img.shape)))
+
+
+def perturbation_data_uri(clean: np.ndarray, adversarial: np.ndarray) -> tuple[str, float]:
+    """δ = adversarial − clean drawn as 0.5 + δ·k with k = 0.5 / max|δ| (mid-grey = no change,
+    black/white = the largest change), i.e. amplified to the full range. Returns (uri, k)."""
+    delta = np.asarray(adversarial, dtype=np.float64) - np.asarray(clean, dtype=np.float64)
+    peak = float(np.abs(delta).max()) if delta.size else 0.0
+    gain = 0.5 / peak if peak > 0 else 0.0
+    return image_data_uri(0.5 + delta * gain), gain
+
+
+def attack_colors(labels) -> dict[str, str]:
+    """A stable colour per attack label, in order of first appearance."""
+    out: dict[str, str] = {}
+    for label in labels:
+        if label not in out:
+            out[label] = _ATTACK_CYCLE[len(out) % len(_ATTACK_CYCLE)]
+    return out
+
+
+def norm_symbol(norm: str) -> str:
+    return {"linf": "ℓ∞", "l2": "ℓ2"}.get(norm, norm)
+
+
+def plain(text: Any) -> str:
+    """Text for a matplotlib label: ``$`` escaped so user strings never turn into mathtext."""
+    return str(text).replace("\\", "\\\\").replace("$", r"\$")
+
+
+# --- section figures -------------------------------------------------------------------------------
+@plots_for("clean")
+@styled
+def clean_figures(sec, result) -> dict[str, Any]:
+    """Per-class clean accuracy (%) as bars; classes ranked by accuracy when there are more than 30."""
+    names = result.provenance.class_names
+    acc = [(i, v) for i, v in enumerate(sec.per_class) if v is not None]
+    if not acc:
+        return {}
+    many = len(acc) > 30
+    fig = figure(6.4, 3.2 if not many else 2.8)
+    ax = fig.add_subplot()
+    if many:
+        values = sorted(v for _, v in acc)
+        ax.plot(range(1, len(values) + 1), [100 * v for v in values], color=NATURAL)
+        ax.set_xlabel(f"class rank (1 = least accurate of {len(values)})")
+    else:
+        labels = [plain(names[i]) if i < len(names) else str(i) for i, _ in acc]
+        ax.bar(range(len(acc)), [100 * v for _, v in acc], color=NATURAL)
+        ax.set_xticks(range(len(acc)), labels, rotation=45 if len(acc) > 6 else 0, ha="right" if len(acc) > 6 else "center")
+        ax.set_xlabel("class")
+    ax.axhline(100 * sec.accuracy, color="black", linewidth=1, linestyle="--")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("clean accuracy (%)")
+    ax.set_title(f"Clean accuracy per class, natural inputs (n={sec.n}; dashed: overall {100 * sec.accuracy:.1f}%)")
+    return {"per_class": to_data_uri(fig)}
+
+
+@plots_for("attacks")
+@styled
+def attacks_figures(sec, result) -> dict[str, Any]:
+    """Robust accuracy vs ε per attack + worst case, and the gallery of the weakest samples."""
+    out: dict[str, Any] = {}
+    if sec.runs:
+        out["curve"] = _robust_curve(sec, result)
+    if sec.examples:
+        out["gallery"] = _gallery(sec, result)
+    return out
+
+
+def _clean_accuracy(result) -> float | None:
+    clean = result.section("clean")
+    return getattr(clean, "accuracy", None)
+
+
+def _robust_curve(sec, result) -> str:
+    from ..threat import format_eps
+
+    fig = figure(7.6, 3.6)
+    ax = fig.add_subplot()
+    clean_acc = _clean_accuracy(result)
+    colors = attack_colors(r.attack for r in sec.runs)
+    for label, color in colors.items():
+        pts = sorted((r.eps, r.robust_accuracy) for r in sec.runs if r.attack == label)
+        if clean_acc is not None:
+            pts = [(0.0, clean_acc)] + pts
+        ax.plot([e for e, _ in pts], [100 * a for _, a in pts], marker="o", markersize=3, linestyle="--", linewidth=1.2,
+                color=color, label=plain(label), zorder=3)
+    worst = sorted((e, sec.ensemble.get(format_eps(e))) for e in sec.eps)
+    worst = [(e, a) for e, a in worst if a is not None]
+    if clean_acc is not None:
+        worst = [(0.0, clean_acc)] + worst
+    if worst:
+        ax.plot([e for e, _ in worst], [100 * a for _, a in worst], marker="s", markersize=4, linewidth=2.2,
+                color=ADVERSARIAL, label="worst case over attacks (adversarial)", zorder=2)
+    if clean_acc is not None:
+        ax.plot([0.0], [100 * clean_acc], marker="o", markersize=7, linestyle="none", color=NATURAL,
+                label=f"clean (natural), ε=0: {100 * clean_acc:.1f}%", zorder=4)
+    sym = norm_symbol(sec.norm)
+    ax.set_xlabel(f"ε ({sym} radius, pixel scale [0,1])")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_xlim(left=0)
+    ticks = sorted({0.0, *sec.eps})
+    ax.set_xticks(ticks, ["0"] + [format_eps(e) for e in ticks[1:]], rotation=30 if len(ticks) > 5 else 0)
+    ax.set_title(f"Robust accuracy vs ε ({sym}, n={result.provenance.n})")
+    fig.legend(loc="outside right upper")
+    return to_data_uri(fig)
+
+
+def _gallery(sec, result) -> list[dict[str, Any]]:
+    """Per weak sample: clean image, adversarial image, amplified perturbation, labels, margin."""
+    from ..checks.attacks import decode_tensor
+
+    items = []
+    for ex in sec.examples:
+        shape = tuple(ex.shape)
+        clean = decode_tensor(ex.image, shape).numpy()
+        adv = decode_tensor(ex.adversarial, shape).numpy()
+        pert_uri, gain = perturbation_data_uri(clean, adv)
+        delta = adv.astype(np.float64) - clean.astype(np.float64)
+        items.append(
+            {
+                "example": ex,
+                "clean": image_data_uri(clean),
+                "adversarial": image_data_uri(adv),
+                "perturbation": pert_uri,
+                "gain": gain,
+                "linf": float(np.abs(delta).max()) if delta.size else 0.0,
+                "l2": float(np.sqrt((delta**2).sum())),
+            }
+        )
+    return items
+
+
+@plots_for("margins")
+@styled
+def margins_figures(sec, result) -> dict[str, Any]:
+    """Histograms of L(x) (logits), softmax(Z)_y and CE loss (nats), split by what an attack did."""
+    groups = _sample_groups(sec, result)
+    return {
+        "margin": _hist(sec.margins, groups, "margin L(x) (logits)", "Margin L(x) = Z_y − max_{i≠y} Z_i", zero_line=True),
+        "probability": _hist(sec.true_class_probability, groups, "true-class probability softmax(Z)_y", "True-class probability", bounds=(0.0, 1.0)),
+        "loss": _hist(sec.loss, groups, "cross-entropy loss (nats)", "Cross-entropy loss"),
+    }
+
+
+def _sample_groups(sec, result) -> list[tuple[str, str, np.ndarray]]:
+    """(label, colour, mask) per group: misclassified / broken at the largest ε / robust; or all."""
+    from ..threat import format_eps
+
+    n = len(sec.margins)
+    clean = result.section("clean")
+    attacks = result.section("attacks")
+    correct = np.asarray(getattr(clean, "correct", ()), dtype=bool)
+    if correct.shape != (n,):
+        return [("all samples (natural inputs)", NATURAL, np.ones(n, dtype=bool))]
+    groups = []
+    if attacks is not None and getattr(attacks, "eps", None):
+        key = format_eps(max(attacks.eps))
+        robust = np.asarray(attacks.ensemble_robust.get(key, ()), dtype=bool)
+        if robust.shape == (n,):
+            groups.append((f"robust at ε={key}", NATURAL, correct & robust))
+            groups.append((f"broken by an attack at ε≤{key} (adversarial)", ADVERSARIAL, correct & ~robust))
+    if not groups:
+        groups.append(("correctly classified (natural inputs)", NATURAL, correct))
+    groups.append(("misclassified without attack", MISCLASSIFIED, ~correct))
+    return groups
+
+
+def _hist(values, groups, xlabel: str, title: str, zero_line: bool = False, bounds=None) -> str:
+    arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    fig = figure(4.6, 3.5)
+    ax = fig.add_subplot()
+    finite = arr[np.isfinite(arr)]
+    if finite.size:
+        lo, hi = bounds if bounds else (float(finite.min()), float(finite.max()))
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        bins = np.linspace(lo, hi, 31)
+        data, colors, labels = [], [], []
+        for label, color, mask in groups:
+            sel = arr[mask & np.isfinite(arr)]
+            data.append(sel)
+            colors.append(color)
+            labels.append(f"{label} ({sel.size})")
+        ax.hist(data, bins=bins, stacked=True, histtype="stepfilled", color=colors, label=labels)
+        pairs = sorted(zip(*ax.get_legend_handles_labels()), key=lambda hl: labels.index(hl[1]))
+        fig.legend([h for h, _ in pairs], [n for _, n in pairs], loc="outside lower center", fontsize=7)
+    if zero_line:
+        ax.axvline(0.0, color="black", linewidth=1, linestyle="--")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("samples")
+    ax.set_title(title)
+    return to_data_uri(fig)
+
+
+# --- compare ---------------------------------------------------------------------------------------
+@styled
+def compare_curve(before, after, before_label: str, after_label: str) -> str | None:
+    """Worst-case robust accuracy (%) vs ε for two results (None when neither has attacks)."""
+    from ..threat import format_eps
+
+    curves = []
+    for res, label, color in ((before, before_label, BEFORE), (after, after_label, AFTER)):
+        sec = res.section("attacks")
+        if sec is None or isinstance(sec, dict) or not getattr(sec, "eps", None):
+            continue
+        pts = [(e, sec.ensemble.get(format_eps(e))) for e in sorted(sec.eps)]
+        pts = [(e, a) for e, a in pts if a is not None]
+        acc = _clean_accuracy(res)
+        if acc is not None:
+            pts = [(0.0, acc)] + pts
+        curves.append((label, color, pts, sec.norm))
+    if not curves:
+        return None
+    fig = figure(6.4, 3.4)
+    ax = fig.add_subplot()
+    for label, color, pts, _ in curves:
+        ax.plot([e for e, _ in pts], [100 * a for _, a in pts], marker="o", color=color, label=plain(label))
+    sym = norm_symbol(curves[0][3])
+    ax.set_xlabel(f"ε ({sym} radius, pixel scale [0,1]; 0 = clean)")
+    ax.set_ylabel("worst-case robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_xlim(left=0)
+    ax.set_title("Worst case over attacks: before vs after")
+    ax.legend(loc="upper right")
+    return to_data_uri(fig)
