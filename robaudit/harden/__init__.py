@@ -1,0 +1,265 @@
+"""``robaudit harden``: fine-tune a checkpoint for robustness and show what changed.
+
+    >>> from robaudit.harden import harden
+    >>> result = harden("model.safetensors", "fashion-mnist", "hardened.safetensors", method="cure", epochs=3)
+
+Methods (``HARDENERS``; see :mod:`robaudit.harden.regularizers` for the formulas, scales, the
+BatchNorm rule and the measured defaults): ``cure``, ``jacobian``, ``ce-grad``, ``pgd-at``;
+``combine="pgd-at"`` adds PGD adversarial training to a regularizer.
+
+Data: the TRAIN split (first ``train_n`` samples) for training, the first ``eval_n`` samples
+of the TEST split for the per-epoch quick evaluation and the before/after scan (a tensor file
+has no splits: the same file serves both unless ``eval_dataset`` is given). Optimizer: Adam,
+learning rate decaying log-linearly per step from ``lr`` to ``lr/100`` (CURE's 1e-4 → 1e-6).
+The output is a safetensors file with the parent's architecture, class names, input shape and
+normalization plus ``robaudit.harden.*`` provenance, so ``robaudit scan OUT --dataset ...``
+needs no other flag. Only checkpoints whose architecture robaudit can rebuild (safetensors or
+pickled weights + an architecture) can be fine-tuned: TorchScript and torch.export archives are
+frozen graphs (their parameters are constants or lifted buffers; train-mode behaviour is fixed
+at export time), so they are refused with an InputError.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import InputError, UsageError
+from ..threat import Norm, ThreatModel, parse_eps
+from .checkpointing import ckpt_path_for
+from .regularizers import HARDENERS, Hardener, build_hardener
+from .trainer import HardenInterrupted, NullReporter, Reporter, TrainConfig, measure_label, seed_for, train
+
+__all__ = ["harden", "HardenResult", "HardenInterrupted", "HARDENERS", "DEFAULT_EPOCHS", "DEFAULT_LR"]
+
+DEFAULT_EPOCHS = 5
+DEFAULT_LR = 1e-4
+LR_DECAY = 0.01  # final lr = lr · LR_DECAY (CURE: 1e-4 → 1e-6)
+
+
+@dataclass
+class HardenResult:
+    """out: the hardened safetensors; history: per-epoch rows (row 0 = the parent);
+    before/after: ScanResults of the held-out slice (None with scan=False)."""
+
+    out: Path
+    sha256: str
+    method: str
+    hyperparameters: dict[str, Any]
+    history: list[dict[str, Any]]
+    before: Any = None
+    after: Any = None
+    device: str = "cpu"
+    measure_name: str = "measure"
+    notes: list[str] = field(default_factory=list)
+
+    def comparison(self) -> list[tuple[str, float | None, float | None]]:
+        """(metric, before, after) for clean accuracy, each attack's robust accuracy, mean margin."""
+        if self.before is None or self.after is None:
+            return []
+        b, a = self.before.metrics(), self.after.metrics()
+        keys = ["clean.accuracy"] + sorted(k for k in b if k.startswith("robust_acc.")) + ["margins.mean", "margins.median"]
+        return [(k, b.get(k), a.get(k)) for k in keys if k in b or k in a]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out), "sha256": self.sha256, "method": self.method, "device": self.device,
+            "measure_name": self.measure_name,
+            "hyperparameters": self.hyperparameters,
+            "history": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                        for r in self.history],
+            "comparison": [{"metric": k, "before": bv, "after": av} for k, bv, av in self.comparison()],
+        }
+
+
+def harden(
+    checkpoint: str | os.PathLike[str],
+    dataset: str,
+    out: str | os.PathLike[str],
+    *,
+    method: str = "cure",
+    data_dir: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    eval_dataset: str | None = None,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | str | None = None,
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    trust_checkpoint: bool = False,
+    train_n: int | None = None,
+    eval_n: int = 500,
+    epochs: int = DEFAULT_EPOCHS,
+    lr: float = DEFAULT_LR,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str = "auto",
+    norm: str = "linf",
+    eps: float | str | None = None,
+    gamma: float | None = None,
+    h: float | None = None,
+    h_ramp_epochs: float | None = None,
+    reg_weight: float | None = None,
+    reg_norm: str | None = None,
+    projections: int | None = None,
+    pgd_steps: int | None = None,
+    combine: str | None = None,
+    resume: bool = False,
+    scan: bool = True,
+    scan_batch_size: int = 256,
+    reporter: Reporter | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> HardenResult:
+    """Fine-tune ``checkpoint`` with ``method`` on ``dataset``'s train split; write ``out``.
+
+    Raises UsageError (options), InputError (checkpoint/data), RuntimeFailure, and
+    HardenInterrupted (a KeyboardInterrupt) on Ctrl-C after saving ``<out>.ckpt``.
+    """
+    from ..data import DataRequest, load_dataset
+    from ..data.files import TENSOR_SUFFIXES
+    from ..engine import resolve_device
+    from ..models import check_fits, detect_format, load_model, save_model
+
+    log = log or (lambda _msg: None)
+    # --- options first: usage errors before any heavy work ---
+    for name, value, lo in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--eval-n", eval_n, 1)):
+        if value < lo:
+            raise UsageError(f"{name} must be >= {lo}")
+    if train_n is not None and train_n < 1:
+        raise UsageError("--train-n must be >= 1")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise UsageError("--lr must be a positive number")
+    threat_norm = Norm.parse(norm)
+    hardener = build_hardener(
+        method,
+        {"gamma": gamma, "h": h, "h_ramp_epochs": h_ramp_epochs, "reg_weight": reg_weight, "reg_norm": reg_norm,
+         "projections": projections, "pgd_steps": pgd_steps},
+        combine,
+    )
+    dev = resolve_device(device)
+    out = Path(out)
+    ckpt = ckpt_path_for(out)
+    if ckpt.exists() and not resume:
+        raise UsageError(
+            f"{ckpt} exists (an interrupted run); add --resume to continue it, or delete it to start over"
+        )
+    fmt = detect_format(checkpoint)
+    if fmt in ("torchscript", "torch-export"):
+        raise InputError(
+            f"{checkpoint} is a {fmt} archive: a frozen graph whose weights are baked-in constants and whose "
+            f"train/eval behaviour was fixed at export, so it can't be fine-tuned reliably. Harden the original "
+            f"weights instead: save model.state_dict() (or safetensors) and pass --arch"
+        )
+
+    # --- data and model ---
+    req = dict(data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size)
+    train_data = load_dataset(dataset, DataRequest(split="train", n=train_n, **req))
+    eval_data = load_dataset(eval_dataset or dataset, DataRequest(split="test", n=eval_n, **req))
+    if eval_dataset is None and (Path(dataset).suffix.lower() in TENSOR_SUFFIXES
+                                 or train_data.source == eval_data.source and train_data.split == eval_data.split):
+        log(f"{dataset} has no train/test split: the evaluation slice is its first {eval_data.n} samples, "
+            f"which are also trained on (--eval-dataset gives a held-out set)")
+    loaded = load_model(
+        str(checkpoint), arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes, input_shape=input_shape,
+        mean=mean, std=std, trust_checkpoint=trust_checkpoint,
+        default_num_classes=train_data.num_classes, default_input_shape=train_data.input_shape,
+    )
+    info = loaded.info
+    if not info.arch:
+        raise InputError(
+            f"{checkpoint} holds a complete pickled module without a robaudit architecture name, so the hardened "
+            f"weights could not be rebuilt by `scan`; save its state_dict and pass --arch"
+        )
+    check_fits(loaded, input_shape=train_data.input_shape, num_classes=train_data.num_classes,
+               dataset_name=train_data.name)
+    check_fits(loaded, input_shape=eval_data.input_shape, num_classes=eval_data.num_classes,
+               dataset_name=eval_data.name)
+    eps_value = parse_eps(eps) if eps is not None else _default_eps(train_data.input_shape, threat_norm)
+    if eps_value <= 0:
+        raise UsageError("--eps must be > 0")
+    threat = ThreatModel(threat_norm, eps_value)
+    hyper = {
+        "method": hardener.name, **hardener.params(), "epochs": epochs, "lr": lr, "lr_final": lr * LR_DECAY,
+        "optimizer": "adam", "batch_size": batch_size, "seed": seed, "train_n": train_data.n,
+        "dataset": train_data.name, "norm": threat_norm.value, "eps": eps_value,
+    }
+    fingerprint = {**hyper, "parent_sha256": info.sha256, "device_type": dev.type}
+
+    # --- train ---
+    net = loaded.model
+    torch.manual_seed(seed_for(seed, "torch"))
+    history = train(
+        net, hardener, train_data.x, train_data.y, eval_data.x, eval_data.y,
+        TrainConfig(epochs=epochs, lr=lr, lr_final=lr * LR_DECAY, batch_size=batch_size, seed=seed, threat=threat,
+                    device=dev, fingerprint=fingerprint),
+        ckpt, resume=resume, reporter=reporter or NullReporter(), on_step=on_step,
+    )
+
+    # --- write the hardened model ---
+    class_names = _class_names(info.metadata) or list(train_data.class_names)
+    extra = {
+        "robaudit.harden.method": hardener.name,
+        "robaudit.harden.hyperparameters": json.dumps(hyper, sort_keys=True),
+        "robaudit.harden.parent_sha256": info.sha256,
+        "robaudit.harden.parent": Path(info.path).name,
+        "robaudit.harden.epochs": str(epochs),
+    }
+    digest = save_model(
+        out, net, arch=info.arch, arch_kwargs=info.arch_kwargs or None, num_classes=int(info.num_classes or train_data.num_classes),
+        input_shape=info.input_shape or train_data.input_shape, class_names=class_names, extra_metadata=extra,
+    )
+    ckpt.unlink(missing_ok=True)
+    result = HardenResult(out=out, sha256=digest, method=hardener.name, hyperparameters=hyper, history=history,
+                          device=str(dev), measure_name=measure_label(hardener))
+
+    # --- before/after scan on the held-out slice ---
+    if scan:
+        result.before, result.after = _scan_pair(
+            checkpoint, out, loaded_kwargs=dict(arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes,
+                                                input_shape=input_shape, mean=mean, std=std,
+                                                trust_checkpoint=trust_checkpoint),
+            data=eval_data, threat=threat, seed=seed, device=device, batch_size=scan_batch_size, log=log,
+        )
+    return result
+
+
+def _default_eps(input_shape: Sequence[int], norm: Norm) -> float:
+    from ..config import default_eps
+
+    return float(default_eps(tuple(input_shape), norm)[0])
+
+
+def _class_names(metadata: dict[str, str]) -> list[str] | None:
+    raw = metadata.get("robaudit.class_names")
+    if not raw:
+        return None
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        return None
+    return [str(c) for c in names] if isinstance(names, list) else None
+
+
+def _scan_pair(parent, out, *, loaded_kwargs, data, threat, seed, device, batch_size, log):
+    """Scan the parent and the hardened model on the evaluation slice: clean, quick attacks, margins."""
+    from ..config import ScanConfig, parse_attack_list
+    from ..engine import run_scan
+    from ..models import load_model
+
+    config = ScanConfig(norm=threat.norm, eps=(threat.eps,), attacks=parse_attack_list("quick"),
+                        checks=("clean", "attacks", "margins"), seed=seed, device=device, batch_size=batch_size)
+    results = []
+    for label, path, kwargs in (("before", parent, loaded_kwargs), ("after", out, {})):
+        loaded = load_model(str(path), default_num_classes=data.num_classes, default_input_shape=data.input_shape,
+                            **kwargs)
+        log(f"scanning the {label} model on {data.n} test samples")
+        results.append(run_scan(loaded, data, config, quiet=True, command_line=f"robaudit harden ({label} scan)"))
+    return results[0], results[1]

@@ -1,0 +1,496 @@
+"""Hardening methods: one training loss per method, registered in ``HARDENERS``.
+
+Every method turns a batch (pixel space [0,1], the ``NormalizedModel`` in train mode) into a
+scalar loss whose graph reaches the weights. Input gradients are per-sample: the per-sample
+losses are SUMMED before differentiating w.r.t. x (never averaged, so there is no 1/B factor),
+and the penalty is a per-sample quantity averaged over the batch afterwards. Double-backward
+methods build their input gradients with ``create_graph=True`` so the penalty trains the weights
+(Drucker & Le Cun 1991 "double backpropagation").
+
+Methods (all gradients are w.r.t. the [0,1] pixel input, i.e. through the model's normalization):
+
+``cure`` — Moosavi-Dezfooli, Fawzi, Uesato & Frossard, *Robustness via curvature
+    regularization, and vice versa* (CVPR 2019):
+    ``ℓ(x) + γ ‖∇ℓ(x + h z) − ∇ℓ(x)‖²``, ``z = sign(∇ℓ(x)) / ‖sign(∇ℓ(x))‖₂`` (computed, then
+    detached), ℓ = cross-entropy. ``(∇ℓ(x+hz) − ∇ℓ(x))/h ≈ Hz``; the 1/h² is absorbed into γ as
+    in the paper. h ramps linearly from 0 over the first ``h_ramp_epochs`` epochs.
+    The measured quantity is the mean ‖Hz‖₂ = ‖∇ℓ(x+hz) − ∇ℓ(x)‖₂ / h at the full h.
+
+    **Scale of h.** ‖z‖₂ = 1, so h is the ℓ2 length of the finite-difference step. The paper
+    states h = 1.5 on the [0,255] pixel scale, i.e. 1.5/255 ≈ 0.006 on robaudit's [0,1] scale: a
+    step of at most 0.006/√d per pixel, far inside an ε = 0.1 ℓ∞ ball (whose corner lies at ℓ2
+    distance ε√d = 0.1·28 = 2.8 on 28×28 inputs; 8/255·√3072 ≈ 1.74 on CIFAR). The authors'
+    code steps in *normalized* units (÷ std ≈ 0.25 on CIFAR) with h up to 3, i.e. ≈ 0.75 in
+    [0,1] ℓ2 units — two orders of magnitude larger. robaudit's default was chosen by
+    measurement (module constants below; the measurement is in the docstring of
+    ``CURE_DEFAULTS``): h = ``DEFAULT_H`` in [0,1] ℓ2 units (≈ 0.8·ε√d for ε = 0.1 on 28×28;
+    scale it with ε√d for other inputs), γ = ``DEFAULT_GAMMA``. To reproduce the paper's literal
+    setting pass ``--h 0.0059`` (and a γ of order 1/h² larger to keep the penalty's size).
+    x + hz is not clipped to [0,1] (a finite difference along z, as in the paper and the
+    authors' code).
+
+``jacobian`` — Yu, Liu, Wang & Chen, *Interpreting Adversarial Robustness: A View from Decision
+    Surface in Input Space* (2018), Eq. 11–12: ``CE + c · R(∂L/∂x)`` on the margin
+    L(x) = Z_y − max_{i≠y} Z_i, R = ℓ1 (default; the dual norm of the ℓ∞ threat model, the
+    first-order term ε‖J‖₁ of the paper's Eq. 9) or squared ℓ2, per sample, summed over the
+    pixels. The paper's c = 500 on [0,1]-scaled MNIST does not say how R is reduced; as a sum
+    over 784 pixels it would weigh the penalty ~10⁴× the CE of a natural model (‖J‖₁ ≈ 500 per
+    the paper's §4), so it must be a mean over the pixels (tf.reduce_mean), i.e. c_sum =
+    500/784 ≈ 0.64 in robaudit's per-sample-sum form. robaudit's default ``DEFAULT_C`` was
+    chosen by measurement (``JACOBIAN_DEFAULTS``). ``projections = k > 0`` replaces the
+    margin gradient by Hoffman, Roberts & Yaida (2019)'s random-projection estimate of the full
+    logit Jacobian's squared Frobenius norm, ‖J‖²_F ≈ (C/k) Σ_j ‖∇_x (v_jᵀ Z)‖², v_j uniform on
+    the unit sphere of ℝ^C (for many-class models; R is then squared ℓ2).
+    The measured quantity is the mean ‖∂L/∂x‖ (in the R norm).
+
+``ce-grad`` — Ross & Doshi-Velez, *Improving the adversarial robustness and interpretability
+    of deep neural networks by regularizing their input gradients* (AAAI 2018):
+    ``CE + λ ‖∇_x CE‖₂²`` per sample (λ = ``reg_weight``).
+
+``pgd-at`` — Madry, Makelov, Schmidt, Tsipras & Vladu (ICLR 2018): robaudit's PGD (10 steps,
+    α = 2.5ε/10, random start, eval mode) builds the adversarial batch, the training step is CE
+    on it. ``--combine pgd-at`` adds this adversarial CE to a regularizer's loss (Yu et al.
+    Table 2, "Ours+AdvTrain").
+
+**BatchNorm / dropout.** Exactly one forward per step runs in train mode: the one whose CE is
+the method's primary loss (the clean batch for the regularizers, the adversarial batch for
+pgd-at), so BatchNorm statistics are updated from the data the model is trained on, as in
+ordinary fine-tuning. Every other pass — the regularizer's input-gradient passes at x and
+x + hz, the margin gradient, the PGD attack and the adversarial CE of ``--combine pgd-at`` —
+runs in eval mode (running statistics, no dropout). That keeps the per-sample input gradients
+exact (train-mode BN couples the samples of a batch, so the gradient of a sum would not be
+per-sample), keeps perturbed inputs out of the running statistics, and is what the CURE
+authors' code does (``net.eval()`` inside the regularizer). The BN affine weights still get
+the penalty's gradient. For models without such layers train and eval mode compute the same
+function, so the CE and the penalty share one forward pass (no extra cost).
+
+**Precision.** Double-backward methods always run in float32 (no autocast/AMP): the CURE
+penalty is a difference of two nearly equal gradients (catastrophic cancellation in half
+precision), the penalties' second-order graphs underflow in fp16, and GradScaler does not
+scale ``autograd.grad(create_graph=True)`` results, so its inf/NaN protection would not cover
+them.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..geometry.margin import cross_entropy, margin
+from ..registry import Registry
+from ..threat import Norm, ThreatModel
+
+__all__ = [
+    "HARDENERS",
+    "Hardener",
+    "StepContext",
+    "StepOutput",
+    "Cure",
+    "JacobianReg",
+    "CEGrad",
+    "PGDAT",
+    "Combined",
+    "has_mode_dependent_layers",
+    "eval_mode",
+    "build_hardener",
+    "DEFAULT_H",
+    "DEFAULT_GAMMA",
+    "DEFAULT_C",
+    "DEFAULT_CE_GRAD",
+]
+
+HARDENERS: Registry[type["Hardener"]] = Registry(
+    "hardener", "robaudit.hardeners", builtin_modules=("robaudit.harden.regularizers",)
+)
+
+# --- defaults (measured; see CURE_DEFAULTS / JACOBIAN_DEFAULTS below) --------------------------
+DEFAULT_H = 2.0
+DEFAULT_GAMMA = 1.0
+DEFAULT_H_RAMP = 1.0
+DEFAULT_C = 0.05
+DEFAULT_CE_GRAD = 1.0
+
+CURE_DEFAULTS = """(filled in by the measurement; see robaudit/harden/README notes)"""
+JACOBIAN_DEFAULTS = """(filled in by the measurement)"""
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+_MODE_DEPENDENT = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+def has_mode_dependent_layers(model: nn.Module) -> bool:
+    """True when train and eval mode compute different functions (BatchNorm, dropout, ...)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats:
+            continue
+        if isinstance(m, _MODE_DEPENDENT):
+            return True
+    return False
+
+
+@contextmanager
+def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Run a block with ``model`` in eval mode, then restore its mode."""
+    was = model.training
+    if enabled and was:
+        model.eval()
+    try:
+        yield
+    finally:
+        if enabled and was:
+            model.train()
+
+
+def _per_sample_sq(v: torch.Tensor) -> torch.Tensor:
+    return v.flatten(1).pow(2).sum(1)
+
+
+def _sign_direction(g: torch.Tensor) -> torch.Tensor:
+    """z = sign(g)/‖sign(g)‖₂ per sample (a zero gradient gives z = 0), detached."""
+    s = g.detach().sign()
+    n = s.flatten(1).norm(p=2, dim=1).clamp_min(1.0)
+    return s / n.view(-1, *([1] * (g.dim() - 1)))
+
+
+def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn, create_graph: bool):
+    """(per-sample f [B], logits, ∂f_i/∂x_i) for f = fn(logits, y); the per-sample values are summed
+    before differentiating, so each gradient row is that sample's own."""
+    xr = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xr)
+        f = fn(logits, y)
+        (g,) = torch.autograd.grad(f.sum(), xr, create_graph=create_graph)
+    return f, logits, g
+
+
+@dataclass
+class StepContext:
+    """What a method sees at a training step.
+
+    progress: epochs done as a float (epoch + step/steps_per_epoch), for ramps.
+    generator: a generator on the training device (attack random starts, projections); its
+    state is part of the resume checkpoint.
+    separate_eval: the model has mode-dependent layers, so the regularizer's passes run in eval
+    mode in a separate forward (see the module docstring).
+    threat: the threat model of pgd-at and the evaluation.
+    """
+
+    progress: float
+    generator: torch.Generator | None
+    separate_eval: bool
+    threat: ThreatModel
+
+
+@dataclass
+class StepOutput:
+    """loss: the scalar to backpropagate. ce: mean clean (or adversarial, pgd-at) CE; penalty:
+    mean unweighted penalty; adv_ce: the adversarial CE of --combine pgd-at (nan if absent)."""
+
+    loss: torch.Tensor
+    ce: float
+    penalty: float
+    adv_ce: float = math.nan
+
+
+@dataclass
+class Hardener(ABC):
+    """A hardening method. Subclasses are dataclasses whose fields are the hyper-parameters."""
+
+    name: ClassVar[str] = "hardener"
+    description: ClassVar[str] = ""
+    measure_name: ClassVar[str] = ""
+    double_backward: ClassVar[bool] = True
+    # which CLI options map onto which fields: option name → field name
+    options: ClassVar[dict[str, str]] = {}
+
+    def params(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @abstractmethod
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepOutput:
+        """The training loss on one batch (model in train mode)."""
+
+    @abstractmethod
+    def measure(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+        """The per-sample quantity the method drives down (model in eval mode, no weight graph)."""
+
+
+# --- CURE ------------------------------------------------------------------------------------
+
+
+@HARDENERS.register("cure")
+@dataclass
+class Cure(Hardener):
+    """CURE: CE + γ‖∇ℓ(x+hz) − ∇ℓ(x)‖², h in [0,1]-pixel ℓ2 units, linear ramp over h_ramp_epochs."""
+
+    name: ClassVar[str] = "cure"
+    description: ClassVar[str] = "curvature regularization (Moosavi-Dezfooli et al. 2019)"
+    measure_name: ClassVar[str] = "‖Hz‖₂"
+    options: ClassVar[dict[str, str]] = {"gamma": "gamma", "h": "h", "h_ramp_epochs": "h_ramp_epochs"}
+
+    gamma: float = DEFAULT_GAMMA
+    h: float = DEFAULT_H
+    h_ramp_epochs: float = DEFAULT_H_RAMP
+
+    def __post_init__(self) -> None:
+        if not (self.gamma >= 0 and self.h > 0 and self.h_ramp_epochs >= 0):
+            raise UsageError("cure: need --gamma >= 0, --h > 0 and --h-ramp-epochs >= 0")
+
+    def h_at(self, progress: float) -> float:
+        if self.h_ramp_epochs <= 0:
+            return self.h
+        return self.h * min(1.0, progress / self.h_ramp_epochs)
+
+    def loss(self, model, x, y, ctx):
+        h = self.h_at(ctx.progress)
+        if ctx.separate_eval:
+            ce = cross_entropy(model(x), y)
+            with eval_mode(model):
+                _, _, g = input_grad(model, x, y, cross_entropy, create_graph=True)
+        else:
+            ce, _, g = input_grad(model, x, y, cross_entropy, create_graph=True)
+        if h == 0.0 or self.gamma == 0.0:
+            return StepOutput(loss=ce.mean(), ce=float(ce.detach().mean()), penalty=0.0)
+        z = _sign_direction(g)
+        with eval_mode(model, ctx.separate_eval):
+            _, _, g_pos = input_grad(model, x + h * z, y, cross_entropy, create_graph=True)
+        penalty = _per_sample_sq(g_pos - g).mean()
+        return StepOutput(loss=ce.mean() + self.gamma * penalty, ce=float(ce.detach().mean()),
+                          penalty=float(penalty.detach()))
+
+    def measure(self, model, x, y, threat):
+        _, _, g = input_grad(model, x, y, cross_entropy, create_graph=False)
+        z = _sign_direction(g)
+        _, _, g_pos = input_grad(model, x + self.h * z, y, cross_entropy, create_graph=False)
+        return _per_sample_sq(g_pos - g).sqrt() / self.h
+
+
+# --- Jacobian (Yu et al.) --------------------------------------------------------------------
+
+
+@HARDENERS.register("jacobian")
+@dataclass
+class JacobianReg(Hardener):
+    """Yu et al. Eq. 11–12: CE + c·R(∂L/∂x) on the margin L; R = l1 or squared l2 (per sample)."""
+
+    name: ClassVar[str] = "jacobian"
+    description: ClassVar[str] = "margin-Jacobian regularization by double backprop (Yu et al. 2018)"
+    measure_name: ClassVar[str] = "‖∂L/∂x‖"
+    options: ClassVar[dict[str, str]] = {"reg_weight": "reg_weight", "reg_norm": "reg_norm", "projections": "projections"}
+
+    reg_weight: float = DEFAULT_C
+    reg_norm: str = "l1"
+    projections: int = 0
+
+    def __post_init__(self) -> None:
+        self.reg_norm = str(self.reg_norm).lower().replace("ℓ", "l")
+        if self.reg_norm not in ("l1", "l2"):
+            raise UsageError(f"jacobian: --reg-norm must be l1 or l2, got {self.reg_norm!r}")
+        if self.reg_weight < 0:
+            raise UsageError("jacobian: --reg-weight must be >= 0")
+        if self.projections < 0:
+            raise UsageError("jacobian: --projections must be >= 0")
+        if self.projections and self.reg_norm != "l2":
+            raise UsageError(
+                "jacobian: --projections estimates the squared Frobenius norm of the logit Jacobian; use --reg-norm l2"
+            )
+
+    @property
+    def measure_label(self) -> str:
+        return "‖∂L/∂x‖₁" if self.reg_norm == "l1" else "‖∂L/∂x‖₂"
+
+    def _r(self, g: torch.Tensor) -> torch.Tensor:
+        flat = g.flatten(1)
+        return flat.abs().sum(1) if self.reg_norm == "l1" else flat.pow(2).sum(1)
+
+    def loss(self, model, x, y, ctx):
+        if self.projections:
+            return self._projected_loss(model, x, y, ctx)
+        if ctx.separate_eval:
+            ce = cross_entropy(model(x), y)
+            with eval_mode(model):
+                _, _, g = input_grad(model, x, y, margin, create_graph=True)
+        else:
+            xr = x.detach().requires_grad_(True)
+            logits = model(xr)
+            ce = cross_entropy(logits, y)
+            (g,) = torch.autograd.grad(margin(logits, y).sum(), xr, create_graph=True)
+        penalty = self._r(g).mean()
+        return StepOutput(loss=ce.mean() + self.reg_weight * penalty, ce=float(ce.detach().mean()),
+                          penalty=float(penalty.detach()))
+
+    def _projected_loss(self, model, x, y, ctx):
+        xr = x.detach().requires_grad_(True)
+        if ctx.separate_eval:
+            ce = cross_entropy(model(x), y)
+            with eval_mode(model):
+                logits = model(xr)
+        else:
+            logits = model(xr)
+            ce = cross_entropy(logits, y)
+        c = logits.shape[1]
+        total = torch.zeros((), device=x.device, dtype=logits.dtype)
+        for j in range(self.projections):
+            v = torch.randn(logits.shape, generator=ctx.generator, device=x.device, dtype=logits.dtype)
+            v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            (g,) = torch.autograd.grad((logits * v).sum(), xr, create_graph=True,
+                                       retain_graph=True)
+            total = total + _per_sample_sq(g).mean()
+        penalty = total * (c / self.projections)
+        return StepOutput(loss=ce.mean() + self.reg_weight * penalty, ce=float(ce.detach().mean()),
+                          penalty=float(penalty.detach()))
+
+    def measure(self, model, x, y, threat):
+        _, _, g = input_grad(model, x, y, margin, create_graph=False)
+        flat = g.flatten(1)
+        return flat.abs().sum(1) if self.reg_norm == "l1" else flat.norm(p=2, dim=1)
+
+
+# --- CE input-gradient penalty (Ross & Doshi-Velez) --------------------------------------------
+
+
+@HARDENERS.register("ce-grad")
+@dataclass
+class CEGrad(Hardener):
+    """Ross & Doshi-Velez 2018: CE + λ‖∇_x CE‖₂² per sample."""
+
+    name: ClassVar[str] = "ce-grad"
+    description: ClassVar[str] = "cross-entropy input-gradient penalty (Ross & Doshi-Velez 2018)"
+    measure_name: ClassVar[str] = "‖∇CE‖₂"
+    options: ClassVar[dict[str, str]] = {"reg_weight": "reg_weight"}
+
+    reg_weight: float = DEFAULT_CE_GRAD
+
+    def __post_init__(self) -> None:
+        if self.reg_weight < 0:
+            raise UsageError("ce-grad: --reg-weight must be >= 0")
+
+    def loss(self, model, x, y, ctx):
+        if ctx.separate_eval:
+            ce = cross_entropy(model(x), y)
+            with eval_mode(model):
+                _, _, g = input_grad(model, x, y, cross_entropy, create_graph=True)
+        else:
+            ce, _, g = input_grad(model, x, y, cross_entropy, create_graph=True)
+        penalty = _per_sample_sq(g).mean()
+        return StepOutput(loss=ce.mean() + self.reg_weight * penalty, ce=float(ce.detach().mean()),
+                          penalty=float(penalty.detach()))
+
+    def measure(self, model, x, y, threat):
+        _, _, g = input_grad(model, x, y, cross_entropy, create_graph=False)
+        return g.flatten(1).norm(p=2, dim=1)
+
+
+# --- PGD adversarial training ------------------------------------------------------------------
+
+
+def _pgd(steps: int):
+    from ..attacks.pgd import PGD
+
+    return PGD(steps=steps)
+
+
+def adversarial_batch(model, x, y, ctx: StepContext, steps: int) -> torch.Tensor:
+    """robaudit's PGD (eval mode, weights untouched) at ctx.threat."""
+    return _pgd(steps).run(model, x, y, ctx.threat, ctx.generator).x_adv.detach()
+
+
+@HARDENERS.register("pgd-at")
+@dataclass
+class PGDAT(Hardener):
+    """Madry et al. 2018: train on robaudit's PGD adversarial examples (steps PGD steps, α = 2.5ε/steps)."""
+
+    name: ClassVar[str] = "pgd-at"
+    description: ClassVar[str] = "PGD adversarial training (Madry et al. 2018)"
+    measure_name: ClassVar[str] = "‖∇CE‖₂"
+    double_backward: ClassVar[bool] = False
+    options: ClassVar[dict[str, str]] = {"pgd_steps": "steps"}
+
+    steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UsageError("pgd-at: --pgd-steps must be >= 1")
+
+    def loss(self, model, x, y, ctx):
+        x_adv = adversarial_batch(model, x, y, ctx, self.steps)
+        ce = cross_entropy(model(x_adv), y)  # train mode: the primary loss
+        return StepOutput(loss=ce.mean(), ce=float(ce.detach().mean()), penalty=math.nan)
+
+    def measure(self, model, x, y, threat):
+        _, _, g = input_grad(model, x, y, cross_entropy, create_graph=False)
+        return g.flatten(1).norm(p=2, dim=1)
+
+
+@dataclass
+class Combined(Hardener):
+    """A regularizer plus the adversarial CE of pgd-at (Yu et al. Table 2 "Ours+AdvTrain").
+
+    The adversarial CE runs in eval mode (the clean batch is the train-mode pass)."""
+
+    base: Hardener = field(default_factory=Cure)
+    steps: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.base, (PGDAT, Combined)):
+            raise UsageError("--combine pgd-at adds PGD adversarial training to a regularizer; "
+                             "use it with cure, jacobian or ce-grad")
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"{self.base.name}+pgd-at"
+
+    @property
+    def measure_name(self) -> str:  # type: ignore[override]
+        return self.base.measure_name
+
+    def params(self) -> dict:
+        return {**self.base.params(), "combine": "pgd-at", "pgd_steps": self.steps}
+
+    def loss(self, model, x, y, ctx):
+        x_adv = adversarial_batch(model, x, y, ctx, self.steps)
+        out = self.base.loss(model, x, y, ctx)
+        with eval_mode(model, ctx.separate_eval):
+            adv_ce = cross_entropy(model(x_adv), y).mean()
+        return StepOutput(loss=out.loss + adv_ce, ce=out.ce, penalty=out.penalty, adv_ce=float(adv_ce.detach()))
+
+    def measure(self, model, x, y, threat):
+        return self.base.measure(model, x, y, threat)
+
+
+def build_hardener(method: str, options: dict[str, object], combine: str | None = None) -> Hardener:
+    """The method's hardener with the given CLI-style options (None = the method's default).
+
+    An option the method doesn't take is a usage error (e.g. --gamma with jacobian)."""
+    cls = HARDENERS.get(method)
+    given = {k: v for k, v in options.items() if v is not None}
+    pgd_steps = given.pop("pgd_steps", None) if combine else None
+    kwargs = {}
+    for opt, value in given.items():
+        if opt not in cls.options:
+            flag = "--" + opt.replace("_", "-")
+            takes = ", ".join("--" + o.replace("_", "-") for o in cls.options) or "no options"
+            raise UsageError(f"{flag} does not apply to --method {cls.name} (it takes {takes})")
+        kwargs[cls.options[opt]] = value
+    hardener = cls(**kwargs)
+    if combine:
+        if combine.strip().lower() != "pgd-at":
+            raise UsageError(f"--combine {combine!r}: only pgd-at can be combined with a regularizer")
+        return Combined(base=hardener, steps=int(pgd_steps) if pgd_steps is not None else 10)
+    return hardener

@@ -1,0 +1,318 @@
+"""The fine-tuning loop of ``robaudit harden``: Adam, log-linear LR decay, per-epoch quick
+evaluation, atomic resume checkpoints, Ctrl-C handling.
+
+Determinism: every random draw comes from an explicit generator — the data order from a CPU
+``torch.Generator`` seeded with ``seed`` (one ``randperm`` per epoch), attack starts and random
+projections from a generator on the training device seeded from ``seed``, the quick evaluation
+from a fresh generator per epoch — and all of them are saved in the checkpoint, so an
+interrupted run resumed with ``--resume`` ends with bit-identical weights on the CPU.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from ..errors import RuntimeFailure
+from ..threat import ThreatModel
+from .checkpointing import capture_rng, check_fingerprint, load_state, restore_rng, save_state
+from .regularizers import Hardener, StepContext, has_mode_dependent_layers
+
+__all__ = ["measure_label", "TrainConfig", "Reporter", "NullReporter", "HardenInterrupted", "train", "quick_eval", "seed_for"]
+
+
+def seed_for(seed: int, tag: str) -> int:
+    digest = hashlib.sha256(f"harden:{seed}:{tag}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class HardenInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``harden``: the state was saved (or the last epoch's is intact) at ``checkpoint``."""
+
+    def __init__(self, checkpoint: Path, epoch: int, step: int, steps_per_epoch: int, saved: bool):
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+        self.step = step
+        self.steps_per_epoch = steps_per_epoch
+        self.saved = saved
+        where = f"epoch {epoch + 1}, step {step}/{steps_per_epoch}" if step else f"the start of epoch {epoch + 1}"
+        what = "state saved to" if saved else "the last end-of-epoch state is in"
+        super().__init__(f"interrupted at {where}; {what} {checkpoint}")
+
+
+class Reporter(Protocol):
+    def start(self, info: dict[str, Any]) -> None: ...
+    def step(self, epoch: int, step: int, steps: int, running: dict[str, float]) -> None: ...
+    def epoch(self, row: dict[str, Any]) -> None: ...
+    def end(self) -> None: ...
+
+
+class NullReporter:
+    def start(self, info):
+        pass
+
+    def step(self, epoch, step, steps, running):
+        pass
+
+    def epoch(self, row):
+        pass
+
+    def end(self):
+        pass
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    lr: float
+    lr_final: float
+    batch_size: int
+    seed: int
+    threat: ThreatModel
+    device: torch.device
+    eval_pgd_steps: int = 10
+    eval_batch_size: int = 250
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+def _pgd(steps: int):
+    from ..attacks.pgd import PGD
+
+    return PGD(steps=steps)
+
+
+def quick_eval(
+    model: nn.Module, hardener: Hardener, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+    device: torch.device, seed: int, steps: int = 10, batch_size: int = 250,
+) -> dict[str, float]:
+    """Clean accuracy, PGD-``steps`` robust accuracy and the method's measured quantity (mean) on x, y."""
+    was = model.training
+    model.eval()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    attack = _pgd(steps)
+    correct = robust = 0
+    measures: list[torch.Tensor] = []
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            with torch.no_grad():
+                ok = model(xb).argmax(1) == yb
+            correct += int(ok.sum())
+            if ok.any():
+                out = attack.run(model, xb[ok], yb[ok], threat, gen)
+                robust += int((~out.success).sum())
+            measures.append(hardener.measure(model, xb, yb, threat).detach().float().cpu())
+    finally:
+        model.train(was)
+    n = max(int(x.shape[0]), 1)
+    m = torch.cat(measures) if measures else torch.zeros(0)
+    finite = m[torch.isfinite(m)]
+    return {
+        "clean_acc": correct / n,
+        "robust_acc": robust / n,
+        "measure": float(finite.mean()) if finite.numel() else math.nan,
+    }
+
+
+def _lr_lambda(ratio: float, total: int) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        return ratio ** (min(step, total) / max(total, 1))
+
+    return fn
+
+
+def train(
+    net: nn.Module,
+    hardener: Hardener,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    eval_x: torch.Tensor,
+    eval_y: torch.Tensor,
+    config: TrainConfig,
+    ckpt: Path,
+    *,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Fine-tune ``net`` (a NormalizedModel) in place; return the per-epoch history.
+
+    Row 0 of the history is the parent (epoch 0: quick evaluation only). ``on_step(epoch, step)``
+    is called after every completed optimizer step (tests use it to interrupt). Raises
+    ``HardenInterrupted`` on Ctrl-C after saving the state.
+    """
+    reporter = reporter or NullReporter()
+    device = config.device
+    n = int(train_x.shape[0])
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    net.to(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeFailure("the model has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.lr_final / config.lr, total_steps))
+    data_gen = torch.Generator()  # CPU: the data order doesn't depend on the device
+    data_gen.manual_seed(seed_for(config.seed, "data"))
+    dev_gen = torch.Generator(device=device)
+    dev_gen.manual_seed(seed_for(config.seed, "device"))
+    separate_eval = has_mode_dependent_layers(net)
+    fingerprint = json.dumps(config.fingerprint, sort_keys=True)
+
+    history: list[dict[str, Any]] = []
+    epoch, start_step = 0, 0
+    running = _zero_running()
+    epoch_start_state = data_gen.get_state()
+    if resume:
+        state = load_state(ckpt)
+        check_fingerprint(state["fingerprint"], config.fingerprint, ckpt)
+        inner = getattr(net, "inner", net)
+        inner.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        epoch_start_state = restore_rng(state["rng"], dev_gen)
+        epoch, start_step = int(state["epoch"]), int(state["step"])
+        running = {k: float(v) for k, v in state["running"].items()}
+        history = [dict(r) for r in state["history"]]
+
+    def snapshot(ep: int, st: int) -> dict[str, Any]:
+        inner = getattr(net, "inner", net)
+        return {
+            "fingerprint": fingerprint,
+            "epoch": ep,
+            "step": st,
+            "model": {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()},
+            "optimizer": _cpu(optimizer.state_dict()),
+            "scheduler": scheduler.state_dict(),
+            "rng": capture_rng(epoch_start_state, dev_gen),
+            "running": dict(running),
+            "history": [dict(r) for r in history],
+        }
+
+    reporter.start({"method": hardener.name, "measure_name": measure_label(hardener), "epochs": config.epochs, "steps_per_epoch": steps_per_epoch, "n_train": n,
+                    "separate_eval": separate_eval, "resumed_at": (epoch, start_step) if resume else None})
+    if not history:
+        row = {"epoch": 0, **quick_eval(net, hardener, eval_x, eval_y, config.threat, device,
+                                        seed_for(config.seed, "eval"), config.eval_pgd_steps, config.eval_batch_size),
+               "loss": math.nan, "ce": math.nan, "penalty": math.nan, "adv_ce": math.nan, "seconds": math.nan,
+               "lr": config.lr}
+        history.append(row)
+        reporter.epoch(row)
+
+    done_steps = start_step
+    updating = False
+    try:
+        while epoch < config.epochs:
+            data_gen.set_state(epoch_start_state)
+            perm = torch.randperm(n, generator=data_gen)
+            t0 = time.perf_counter()
+            net.train()
+            for step in range(start_step, steps_per_epoch):
+                idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
+                x = train_x[idx].to(device, non_blocking=True)
+                y = train_y[idx].to(device, non_blocking=True)
+                ctx = StepContext(progress=epoch + step / steps_per_epoch, generator=dev_gen,
+                                  separate_eval=separate_eval, threat=config.threat)
+                optimizer.zero_grad(set_to_none=True)
+                out = hardener.loss(net, x, y, ctx)
+                if not torch.isfinite(out.loss.detach()):
+                    raise RuntimeFailure(
+                        f"the {hardener.name} loss became {float(out.loss)} at epoch {epoch + 1}, step {step + 1}; "
+                        f"lower --lr or the regularization weight"
+                    )
+                # inputs=params: the pixel leaves created for input gradients get no .grad, which
+                # spares e.g. the first conv's input-gradient in the final backward
+                torch.autograd.backward(out.loss, inputs=params)
+                updating = True
+                optimizer.step()
+                scheduler.step()
+                updating = False
+                done_steps = step + 1
+                b = int(y.shape[0])
+                running["count"] += b
+                running["loss"] += float(out.loss.detach()) * b
+                running["ce"] += out.ce * b
+                running["penalty"] += (0.0 if math.isnan(out.penalty) else out.penalty) * b
+                running["adv_ce"] += (0.0 if math.isnan(out.adv_ce) else out.adv_ce) * b
+                running["seconds"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                reporter.step(epoch, done_steps, steps_per_epoch, _averages(running))
+                if on_step is not None:
+                    on_step(epoch, done_steps)
+            # end of epoch: quick evaluation, history row, checkpoint for the next epoch
+            ev = quick_eval(net, hardener, eval_x, eval_y, config.threat, device,
+                            seed_for(config.seed, f"eval:{epoch + 1}"), config.eval_pgd_steps, config.eval_batch_size)
+            avg = _averages(running)
+            row = {"epoch": epoch + 1, **ev, **avg, "seconds": running["seconds"],
+                   "lr": float(optimizer.param_groups[0]["lr"])}
+            if math.isnan(out_penalty_or_nan(hardener)):
+                row["penalty"] = math.nan
+            if not _combined(hardener):
+                row["adv_ce"] = math.nan
+            history.append(row)
+            epoch += 1
+            start_step = done_steps = 0
+            running = _zero_running()
+            epoch_start_state = data_gen.get_state()
+            save_state(ckpt, snapshot(epoch, 0))
+            reporter.epoch(row)
+    except KeyboardInterrupt:
+        saved = False
+        if not updating:
+            try:
+                save_state(ckpt, snapshot(epoch, done_steps))
+                saved = True
+            except KeyboardInterrupt:  # a second Ctrl-C while saving: the previous file is intact
+                saved = False
+        raise HardenInterrupted(ckpt, epoch, done_steps, steps_per_epoch, saved) from None
+    finally:
+        reporter.end()
+        net.eval()
+    return history
+
+
+def measure_label(hardener: Hardener) -> str:
+    """The name of the quantity ``hardener.measure`` returns (e.g. ‖Hz‖₂, ‖∂L/∂x‖₁)."""
+    base = getattr(hardener, "base", hardener)
+    return str(getattr(base, "measure_label", base.measure_name))
+
+
+def out_penalty_or_nan(hardener: Hardener) -> float:
+    """nan for methods without a penalty term (pgd-at), else 0."""
+    from .regularizers import PGDAT
+
+    return math.nan if isinstance(hardener, PGDAT) else 0.0
+
+
+def _combined(hardener: Hardener) -> bool:
+    from .regularizers import Combined
+
+    return isinstance(hardener, Combined)
+
+
+def _zero_running() -> dict[str, float]:
+    return {"count": 0.0, "loss": 0.0, "ce": 0.0, "penalty": 0.0, "adv_ce": 0.0, "seconds": 0.0}
+
+
+def _averages(running: dict[str, float]) -> dict[str, float]:
+    c = running["count"] or math.nan
+    return {k: running[k] / c for k in ("loss", "ce", "penalty", "adv_ce")}
+
+
+def _cpu(obj: Any) -> Any:
+    """Optimizer state on the CPU (tensors, dicts, lists, primitives only)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
