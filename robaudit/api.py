@@ -1,0 +1,114 @@
+"""The Python API: the CLI is a thin layer over these.
+
+    >>> import robaudit
+    >>> result = robaudit.scan(net, "fashion-mnist", eps="0.1", attacks="quick", n=500)
+    >>> outcome = robaudit.gate(result, ["robust_acc.ensemble.linf@0.1 >= 0.3"])
+    >>> html = result.to_html()
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .config import DEFAULT_CHECKS, ScanConfig, ensemble_mode_for, parse_attack_list
+from .data import DataRequest, DataSpec, load_dataset
+from .engine import run_scan
+from .errors import UsageError
+from .models import LoadedModel, ModelInfo, NormalizedModel, check_fits, load_model
+from .results import ScanResult
+from .threat import Norm, parse_eps_list
+
+__all__ = ["scan", "gate"]
+
+
+def _as_data(data, n: int | None, split: str, data_dir: str | None) -> DataSpec:
+    if isinstance(data, DataSpec):
+        return data
+    if isinstance(data, str):
+        return load_dataset(data, DataRequest(split=split, n=n, data_dir=data_dir))
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+        x, y = torch.as_tensor(x), torch.as_tensor(y).long()
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+        if x.min() < 0 or x.max() > 1:
+            raise UsageError("x must be pixels in [0,1] (or uint8); normalization belongs inside the model (mean=, std=)")
+        if n is not None:
+            x, y = x[:n], y[:n]
+        k = int(y.max()) + 1
+        return DataSpec("tensors", split, x.float(), y, tuple(str(i) for i in range(k)), "in-memory tensors")
+    raise UsageError("data must be a DataSpec, a dataset name/path, or an (x, y) pair of tensors")
+
+
+def _as_model(model, mean, std) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str, Path)):
+        return load_model(str(model), mean=mean, std=std)
+    if isinstance(model, nn.Module):
+        wrapped = model if isinstance(model, NormalizedModel) else NormalizedModel(model, mean, std)
+        return LoadedModel(wrapped, ModelInfo(path=f"<{type(model).__name__}>", format="in-memory", sha256="", mean=mean, std=std))
+    raise UsageError("model must be an nn.Module, a LoadedModel or a checkpoint path")
+
+
+def scan(
+    model,
+    data,
+    *,
+    eps: str | Sequence[float] | None = None,
+    norm: str = "linf",
+    attacks: str = "quick",
+    checks: Sequence[str] = DEFAULT_CHECKS,
+    ensemble: str | None = None,
+    n: int | None = None,
+    split: str = "test",
+    data_dir: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    batch_size: int = 256,
+    progress: bool = False,
+) -> ScanResult:
+    """Scan ``model`` (an nn.Module taking [0,1] pixels — pass ``mean``/``std`` if it expects
+    normalized inputs — or a checkpoint path) on ``data`` (a dataset name, a DataSpec or an
+    ``(x, y)`` pair). The module's train/eval mode and weights are left as they were."""
+    was_training = model.training if isinstance(model, nn.Module) else None
+    loaded = _as_model(model, mean, std)  # wrapping puts the module in eval mode
+    spec = _as_data(data, n, split, data_dir)
+    if isinstance(eps, str):
+        eps_t = tuple(parse_eps_list(eps))
+    else:
+        eps_t = tuple(float(e) for e in eps) if eps else ()
+    config = ScanConfig(
+        norm=Norm.parse(norm),
+        eps=eps_t,
+        attacks=parse_attack_list(attacks),
+        ensemble=ensemble_mode_for(attacks, ensemble),
+        checks=tuple(checks),
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+    )
+    check_fits(loaded, input_shape=spec.input_shape, num_classes=spec.num_classes, dataset_name=spec.name)
+    try:
+        return run_scan(loaded, spec, config, quiet=not progress, command_line="robaudit.scan()")
+    finally:
+        if was_training is not None:
+            model.train(was_training)
+
+
+def gate(result: ScanResult, thresholds: Iterable[str] | str | Path):
+    """Evaluate gates: a list of ``'metric op value'`` strings or a robaudit.toml path → GateOutcome
+    (``.passed``, per-gate results)."""
+    from .gate import evaluate_gates, load_gate_file, parse_requires
+
+    spec = load_gate_file(thresholds) if isinstance(thresholds, (str, Path)) and Path(thresholds).is_file() else None
+    if spec is None:
+        if isinstance(thresholds, str):
+            thresholds = [thresholds]
+        spec = parse_requires(list(thresholds))
+    return evaluate_gates(result, spec)

@@ -1,0 +1,25 @@
+"""The Python API on an in-memory module and tensors."""
+from __future__ import annotations
+
+import torch
+
+import robaudit
+from robaudit.cli.demo import DEMO_MODEL
+from robaudit.data import DataRequest, load_dataset
+from robaudit.models import load_model
+
+
+def test_scan_gate_html_on_a_plain_module():
+    net = load_model(str(DEMO_MODEL)).model.inner
+    net.train()
+    data = load_dataset("demo", DataRequest(n=32))
+    result = robaudit.scan(net, (data.x, data.y), eps="0.1", attacks="fgsm", checks=("clean", "attacks"), device="cpu")
+    assert net.training, "the caller's mode is restored"
+    acc = result.metrics()["clean.accuracy"]
+    assert robaudit.gate(result, [f"clean.accuracy >= {acc}"]).passed
+    assert not robaudit.gate(result, [f"clean.accuracy > {acc}"]).passed
+    assert "<html" in result.to_html().lower()
+    path_result = robaudit.scan(str(DEMO_MODEL), data, eps=[0.1], attacks="fgsm", checks=("clean", "attacks"), device="cpu")
+    assert path_result.metrics()["clean.accuracy"] == acc
+    assert isinstance(result, robaudit.ScanResult)
+    assert torch.is_tensor(data.x)
