@@ -104,7 +104,7 @@ def scan(
 def gate(result: ScanResult, thresholds: Iterable[str] | str | Path):
     """Evaluate gates: a list of ``'metric op value'`` strings or a robaudit.toml path → GateOutcome
     (``.passed``, per-gate results)."""
-    from .gate import evaluate_gates, load_gate_file, parse_requires
+    from .gating import evaluate_gates, load_gate_file, parse_requires
 
     spec = load_gate_file(thresholds) if isinstance(thresholds, (str, Path)) and Path(thresholds).is_file() else None
     if spec is None:

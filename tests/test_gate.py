@@ -12,7 +12,7 @@ from robaudit.checks.clean import CleanSection
 from robaudit.cli.demo import DEMO_MODEL
 from robaudit.cli.main import app
 from robaudit.errors import UsageError
-from robaudit.gate import GateSpec, evaluate_gates, junit_xml, load_gate_file, parse_requires, parse_threshold
+from robaudit.gating import GateSpec, evaluate_gates, junit_xml, load_gate_file, parse_requires, parse_threshold
 from robaudit.results import Flag, Provenance, ScanResult
 
 runner = CliRunner()

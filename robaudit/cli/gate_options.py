@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import GateFailed, UsageError
-from ..gate import GateOutcome, GateSpec, evaluate_gates, find_gate_file, load_gate_file, parse_requires, write_junit
+from ..gating import GateOutcome, GateSpec, evaluate_gates, find_gate_file, load_gate_file, parse_requires, write_junit
 
 __all__ = ["gate_file_option", "require_option", "junit_option", "load_gates", "evaluate", "finish", "print_outcome"]
 
