@@ -14,6 +14,7 @@ __all__ = [
     "PRESET_MODE",
     "PAPER_EPS",
     "DEFAULT_CHECKS",
+    "ALL_CHECKS",
     "default_eps",
     "ensemble_mode_for",
 ]
@@ -31,7 +32,11 @@ PRESET_MODE = {"quick": "independent", "standard": "cascade", "paper": "independ
 # ε columns of Yu et al.'s tables, used by the paper preset when --eps isn't given.
 PAPER_EPS = {"grey": (0.1, 0.2, 0.3), "colour": (3 / 255, 6 / 255, 9 / 255)}
 
-DEFAULT_CHECKS = ("clean", "sanity", "attacks", "margins")
+DEFAULT_CHECKS = ("clean", "sanity", "attacks", "margins", "jacobian", "spectra")
+# The whole battery in a sensible order (``--checks all``); minimal before indicator so it reuses the radii.
+ALL_CHECKS = (
+    "clean", "sanity", "attacks", "margins", "minimal", "jacobian", "curvature", "indicator", "spectra", "surfaces", "landscape",
+)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,17 @@
 """Battery units. Each check writes one ScanResult section; built-ins register like plugins do."""
-from . import attacks, clean, margins, minimal, sanity  # noqa: F401  (register built-in checks and section types)
+from . import (  # noqa: F401  (register built-in checks and section types)
+    attacks,
+    clean,
+    curvature,
+    indicator,
+    jacobian,
+    landscape,
+    margins,
+    minimal,
+    sanity,
+    spectra,
+    surfaces,
+)
 from .base import CHECKS, Check
 
 __all__ = ["CHECKS", "Check"]

@@ -33,5 +33,11 @@ CHECKS: Registry[type[Check]] = Registry(
         "robaudit.checks.attacks",
         "robaudit.checks.margins",
         "robaudit.checks.minimal",
+        "robaudit.checks.jacobian",
+        "robaudit.checks.curvature",
+        "robaudit.checks.indicator",
+        "robaudit.checks.spectra",
+        "robaudit.checks.surfaces",
+        "robaudit.checks.landscape",
     ),
 )

@@ -40,7 +40,7 @@ def scan(
     eps: Optional[str] = typer.Option(None, "--eps", help="Radii on the [0,1] pixel scale: 0.1,0.2 or 8/255 (default: 0.1 for 1-channel data, 8/255 for colour)."),
     attacks: str = typer.Option("quick", "--attacks", help="Preset (quick, standard, paper) or a list, e.g. pgd:steps=50:restarts=2,fgsm."),
     ensemble: Optional[str] = typer.Option(None, "--ensemble", help="independent (every attack on every sample) or cascade (skip samples already broken); default: cascade for standard, else independent."),
-    checks: str = typer.Option(",".join(DEFAULT_CHECKS), "--checks", help="Checks to run (see `robaudit list checks`)."),
+    checks: str = typer.Option(",".join(DEFAULT_CHECKS), "--checks", help="Checks to run, or 'all' (see `robaudit list checks`)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     batch_size: int = typer.Option(256, "--batch-size", help="Batch size; halves automatically on out-of-memory."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random draw (attack starts); same seed + device → same result."),
@@ -134,7 +134,11 @@ def scan_command(
 def _parse_checks(text: str) -> tuple[str, ...]:
     from ..checks import CHECKS
 
-    names = tuple(c.strip().lower() for c in text.split(",") if c.strip())
+    from ..config import ALL_CHECKS
+
+    names: tuple[str, ...] = ()
+    for c in (c.strip().lower() for c in text.split(",") if c.strip()):
+        names += ALL_CHECKS if c == "all" else (c,)
     if not names:
         raise UsageError("--checks is empty; e.g. --checks clean,attacks,margins")
     for name in names:

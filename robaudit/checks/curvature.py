@@ -1,0 +1,585 @@
+"""Check ``curvature``: input-space curvature of the cross-entropy loss (Moosavi-Dezfooli et al., 002).
+
+On the first ``k`` clean-correct samples (dataset order; default :data:`K_SAMPLES` = 32) of the
+scan, for the per-sample cross-entropy ``ℓ(x) = −log softmax(Z(x))_y`` in **nats**, w.r.t. the
+**pixel-space** input ``x ∈ [0,1]^d`` (the model carries its normalization):
+
+* **Spectra of the Hessian H = ∇²ℓ(x)**, two of them, each labelled in the section:
+
+  - ``exact``: the exact second derivative. For a piecewise-linear network (ReLU / max-pool /
+    affine — detected by an exact Hessian-vector product of a random combination of the logits
+    being exactly 0) it is ``Jᵀ(diag p − ppᵀ)J`` with ``J = ∂Z/∂x`` (rank ≤ C−1, every other
+    eigenvalue exactly 0), computed from the C×C matrix ``A^½ J Jᵀ A^½`` in C backward passes,
+    whatever d. For any other network: the full Hessian by forward-over-reverse / double backward
+    (:func:`robaudit.geometry.full_hessian`) when ``d ≤`` :data:`FULL_SPECTRUM_MAX_DIM`, else
+    the top-k and bottom-k eigenvalues by Lanczos (:data:`LANCZOS_K`, :data:`LANCZOS_ITERS`).
+  - ``finite_difference``: the curvature over the threat model's neighbourhood, as 002 does for a
+    ReLU network (whose exact Hessian is only the softmax part). Each Hessian-vector product is
+    ``H v ≈ (∇ℓ(x + t v) − ∇ℓ(x))/t`` with **the longest step t that keeps x + t v inside the
+    scan's ε-ball**: ``t = ε_max/‖v‖`` in the threat norm (ℓ∞ or ℓ2, ``ε_max`` = the largest
+    scan ε, times :data:`FD_BALL_FRACTION`). For the full spectrum (``d ≤``
+    :data:`FULL_SPECTRUM_MAX_DIM`) the columns are taken along the pixel basis ``e_i``, so every
+    column moves one pixel by ``h = ε_max`` (ℓ∞ and ℓ2 alike; the matrix is symmetrized,
+    ``(H+Hᵀ)/2``, before ``eigh``); above that, Lanczos with the same per-vector rule. The
+    steps are not clipped to [0,1]. Conversions: 002's h = 1.5 on the [0,255] scale is a step
+    of ℓ2 length 0.0059 here, far inside an ε = 0.1 ℓ∞ ball (corner at ℓ2 distance 0.1·√784 =
+    2.8); robaudit's CURE hardener penalizes ‖Hz‖ at an ℓ2 step of 2.0 ≈ 0.8·ε√d on 28×28.
+
+  Per spectrum: per-sample λ_max, λ_min, the fraction of |λ| < :data:`HESSIAN_ZERO_THRESHOLD`
+  (Yu et al.'s "10e-10", 000 footnote 3; absolute, in nats/pixel²; only for complete spectra),
+  the alignment ``|gᵀu|/‖g‖`` of the gradient ``g = ∇ℓ(x)`` with the top eigenvector u (002
+  Remark 3: 0.43 natural vs 0.90 adversarially fine-tuned on CIFAR-10) and the curvature profile
+  = eigenvalues sorted descending, per rank the mean and the 25/75 % quantiles over the samples,
+  on at most :data:`PROFILE_POINTS` ranks (all of the first and last 50, evenly spaced between).
+* ``‖H‖_F`` per sample by Hutchinson (``E‖Hz‖² = ‖H‖²_F`` over Rademacher z;
+  :data:`HUTCHINSON_PROBES` probes), with its standard error, for the exact HVP and for the
+  finite-difference HVP at the ball step (each pixel ±ε for ℓ∞, ℓ2 length ε for ℓ2).
+* ``‖Hz‖`` at CURE's direction ``z = sign(∇ℓ)/‖sign(∇ℓ)‖₂`` (unit ℓ2), exact and finite
+  difference at the ball step: for ℓ∞ ``t = ε√(nnz)``, i.e. x + t z is **the FGSM point**
+  ``x + ε·sign(∇ℓ)``, so the finite-difference ‖Hz‖ is ``‖∇ℓ(x_FGSM) − ∇ℓ(x)‖₂ / (ε√d)``.
+
+All Hessian work runs in float64 on a copy of the model when the model converts (``dtype`` in
+the section says which; :data:`HESSIAN_FLOAT64`). Units: eigenvalues and ‖H‖_F, ‖Hz‖ in nats per
+pixel² ([0,1] scale).
+
+Reading (measured on the demo Fashion-MNIST CNN vs. the same net after one epoch of PGD
+fine-tuning at ε = 0.1, tests/test_geometry_real.py): ‖Hz‖ at the FGSM point falls 10× and
+Yu et al.'s margin-Hessian max|λ| 14×, but the pixel-basis finite-difference λ_max *rises* (0.30
+→ 0.87) and the exact λ_max barely moves (0.35 → 0.34): single-pixel ε-moves flip ReLUs of the
+fine-tuned net's first layer more often. At the ε-ball step of a ReLU network nearly every pixel
+flips some unit, so the finite-difference near-zero fraction is ≈ 0; the exact spectrum's is
+1 − rank/d ≥ 1 − (C−1)/d.
+
+Cost per sample: d + 1 gradients (finite-difference spectrum; Lanczos: LANCZOS_ITERS), C backward
+passes (exact spectrum of a piecewise-linear net; otherwise d Hessian-vector products), 2 ×
+HUTCHINSON_PROBES + 2 Hessian-vector products. Measured: 45 s for the 32 default samples of the
+demo Fashion-MNIST CNN (d = 784) on one CPU thread, float64 (about 4× less in float32).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..attacks.base import lp_norm
+from ..geometry.bounds import alignment
+from ..geometry.hessian import (
+    cure_direction,
+    full_hessian,
+    hutchinson_frobenius,
+    hvp_exact,
+    hvp_fd,
+    hvp_operator,
+    lanczos,
+    near_zero_fraction,
+)
+from ..geometry.jacobian import input_jacobian, resolve_fn
+from ..results import Section, section
+from ..threat import Norm
+from .base import CHECKS, Check
+
+__all__ = [
+    "K_SAMPLES",
+    "FULL_SPECTRUM_MAX_DIM",
+    "SpectrumSummary",
+    "CurvatureSection",
+    "CurvatureCheck",
+    "select_correct",
+    "analysis_model",
+    "ball_step",
+    "is_piecewise_linear",
+    "fd_spectrum",
+    "full_spectra",
+    "profile_ranks",
+    "lanczos_k_for",
+    "lanczos_ranks",
+]
+
+K_SAMPLES = 32  # first k clean-correct samples
+FULL_SPECTRUM_MAX_DIM = 4096  # full spectra up to this input dimension, Lanczos above
+LANCZOS_K = 20  # top-k / bottom-k eigenvalues in Lanczos mode
+LANCZOS_ITERS = 80
+HUTCHINSON_PROBES = 16
+PROFILE_POINTS = 200
+HESSIAN_ZERO_THRESHOLD = 1e-9  # Yu et al. footnote 3 ("10e-10"), absolute
+FD_BALL_FRACTION = 1.0  # finite-difference steps reach this fraction of the ε-ball's boundary
+# Hessian work in float64 (a copy of the model): ~4x slower than float32 on CPU, but float32 rounding
+# in gradient differences hides exact zeros (near-zero fractions) and pollutes small-step differences
+HESSIAN_FLOAT64 = True
+_FULL_GROUP_BYTES = 256 * 2**20  # memory for full d×d Hessians held at once
+_EIGH_MAX_DIM = 1024  # above: eigvalsh + Lanczos on the explicit matrix for the top eigenvector
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def select_correct(ctx, k: int) -> torch.Tensor:
+    """Indices (dataset order) of the first ``k`` clean-correct samples."""
+    correct = torch.tensor(ctx.sections["clean"].correct, dtype=torch.bool)
+    return correct.nonzero().squeeze(1)[: max(0, int(k))]
+
+
+def analysis_model(model: nn.Module, sample: torch.Tensor) -> tuple[nn.Module, torch.dtype]:
+    """A float64 copy of ``model`` for second-order work (finite differences cancel badly in
+    float32); the model itself, in ``sample``'s dtype, when :data:`HESSIAN_FLOAT64` is off or the
+    model can't be copied or converted (some exported graphs bake in their dtype)."""
+    if not HESSIAN_FLOAT64:
+        return model, sample.dtype
+    try:
+        m64 = copy.deepcopy(model).double()
+        m64.eval()
+        with torch.no_grad():
+            out = m64(sample[:1].double())
+        if out.dtype == torch.float64 and bool(torch.isfinite(out).all()):
+            return m64, torch.float64
+    except Exception:  # noqa: BLE001 - any failure means "use the original model"
+        pass
+    return model, sample.dtype
+
+
+def ball_step(v: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
+    """Per-sample step ``t = eps/‖v‖`` (threat norm) that puts ``x + t v`` on the ε-ball's boundary
+    (``[B]``; directions with zero norm get t = eps)."""
+    n = lp_norm(v, norm)
+    return torch.where(n > 0, eps / n.clamp_min(torch.finfo(n.dtype).tiny), torch.full_like(n, eps))
+
+
+def is_piecewise_linear(model: nn.Module, x: torch.Tensor, num_classes: int, generator=None) -> bool:
+    """True when the exact Hessian-vector product of a random combination of the logits is exactly
+    zero at ``x`` (ReLU / max-pool / affine networks): the logits are then locally affine."""
+    gdev = generator.device if generator is not None else x.device
+    w = torch.randn(num_classes, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
+    v = torch.randn(x.shape, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
+    y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    hv = hvp_exact(model, x, y, v, lambda z, _y: (z * w).sum(1))
+    return bool((hv == 0).all())
+
+
+def _logit_jacobian(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [B,C], J [B,C,d])``: one forward, one backward per class (sum trick)."""
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        z = model(xg)
+        C = z.shape[1]
+        rows = [torch.autograd.grad(z[:, c].sum(), xg, retain_graph=c < C - 1)[0].flatten(1) for c in range(C)]
+    return z.detach(), torch.stack(rows, dim=1)
+
+
+def _gauss_newton_spectrum(model: nn.Module, x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact CE-Hessian spectrum of a locally affine network: ``H = Jᵀ A J``, ``A = diag p − ppᵀ``.
+
+    The nonzero eigenvalues of H are those of the C×C matrix ``S = A^½ J Jᵀ A^½``; the top
+    eigenvector is ``Jᵀ A^½ w / ‖·‖``. Returns ``(eigvals [B, d] descending, u_top [B, d])``."""
+    logits, J = _logit_jacobian(model, x)
+    J = J.to(torch.float64)
+    p = logits.to(torch.float64).softmax(dim=1)
+    A = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    w, V = torch.linalg.eigh(A)
+    A_half = V @ torch.diag_embed(w.clamp_min(0).sqrt()) @ V.transpose(1, 2)
+    M = A_half @ J  # [B, C, d]
+    S = M @ M.transpose(1, 2)
+    mu, W = torch.linalg.eigh(0.5 * (S + S.transpose(1, 2)))  # ascending
+    mu = mu.flip(-1)
+    W = W.flip(-1)
+    C = mu.shape[1]
+    if d >= C:
+        eig = torch.cat([mu, mu.new_zeros(mu.shape[0], d - C)], dim=1)
+    else:
+        eig = mu[:, :d]
+    eig, _ = eig.sort(dim=1, descending=True)
+    u = torch.einsum("bcd,bc->bd", M, W[:, :, 0])
+    u = u / u.norm(dim=1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
+    return eig, u
+
+
+def _top_eigvec(H: torch.Tensor, generator=None) -> torch.Tensor:
+    """Unit top eigenvector of each symmetric ``H [B, d, d]`` (eigh up to 1024, else Lanczos on the
+    explicit matrix)."""
+    d = H.shape[-1]
+    if d <= _EIGH_MAX_DIM:
+        return torch.linalg.eigh(H)[1][:, :, -1]
+    _, _, vecs = lanczos(
+        lambda v: torch.bmm(H, v.unsqueeze(-1)).squeeze(-1), d, 1, min(d, 300), generator,
+        batch=H.shape[0], dtype=H.dtype, device=H.device, tol=1e-10, which="top",
+    )
+    return vecs[:, 0]
+
+
+def _full_spectrum(H: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(eigvals [B, d] descending, top unit eigenvector [B, d])`` of symmetric ``H``."""
+    H = H.to(torch.float64)
+    if H.shape[-1] <= _EIGH_MAX_DIM:
+        w, V = torch.linalg.eigh(H)
+        return w.flip(-1), V[:, :, -1]
+    return torch.linalg.eigvalsh(H).flip(-1), _top_eigvec(H, generator)
+
+
+def full_spectra(model, x, y, fn, method: str, chunk: int, h: float | None = None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(eigvals [B, d] descending, top eigvec [B, d])`` of every sample's full Hessian
+    (:func:`robaudit.geometry.full_hessian` with ``method``/``h``), built for groups of samples
+    whose d×d float64 matrices fit :data:`_FULL_GROUP_BYTES`."""
+    d = x[0].numel()
+    group = max(1, _FULL_GROUP_BYTES // (d * d * 8))
+    eigs, vecs = [], []
+    for s in range(0, x.shape[0], group):
+        H = full_hessian(model, x[s : s + group], y[s : s + group], fn, method=method, h=h, chunk=chunk)
+        e, u = _full_spectrum(H, generator)
+        eigs.append(e)
+        vecs.append(u)
+    return torch.cat(eigs), torch.cat(vecs)
+
+
+def _fd_operator(model, x, y, fn, norm: Norm, eps: float, grad0: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v ↦ (∇f(x + t v) − ∇f(x))/t`` with the per-sample ball step ``t = eps/‖v‖`` (flat ``[B, d]``)."""
+
+    def op(v: torch.Tensor) -> torch.Tensor:
+        vv = v.reshape(x.shape).to(x.dtype)
+        t = ball_step(vv, norm, eps)
+        return hvp_fd(model, x, y, vv, t, fn, grad_at_x=grad0).reshape(v.shape).to(v.dtype)
+
+    return op
+
+
+def fd_spectrum(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn, norm: Norm, eps: float, *,
+    full: bool, chunk: int, generator=None, lanczos_k: int = LANCZOS_K, lanczos_iters: int = LANCZOS_ITERS,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Finite-difference Hessian spectrum of ``fn`` ("ce" or "margin") at the ball step.
+
+    ``full``: pixel-basis columns at ``h = eps`` (each column moves one pixel by eps, the largest
+    move of one pixel inside the ℓ∞ or ℓ2 ball), symmetrized, all eigenvalues; returns
+    ``(eigvals [B, d] desc, top eigvec [B, d], bottom eigvals = None)``. Otherwise Lanczos with
+    the per-vector ball step: ``(top [B, k] desc, top eigvec [B, d], bottom [B, k] asc)``.
+    Full Hessians are built for groups of samples that fit :data:`_FULL_GROUP_BYTES`.
+    """
+    d = x[0].numel()
+    if full:
+        e, u = full_spectra(model, x, y, fn, "fd", chunk, h=eps, generator=generator)
+        return e, u, None
+    f = resolve_fn(fn)
+    _, g0 = input_jacobian(model, x, y, f)
+    op = _fd_operator(model, x, y, f, norm, eps, g0)
+    k = lanczos_k_for(d, lanczos_k)
+    top, bottom, vecs = lanczos(op, d, k, max(k, min(lanczos_iters, d)), generator, batch=x.shape[0], device=x.device)
+    return top, vecs[:, 0], bottom
+
+
+def lanczos_k_for(d: int, k: int = LANCZOS_K) -> int:
+    """Eigenvalues taken from each end in Lanczos mode (at most d/2, so the ends don't overlap)."""
+    return max(1, min(int(k), d // 2))
+
+
+def lanczos_ranks(d: int, k: int = LANCZOS_K) -> list[int]:
+    """Ranks (0 = largest) of Lanczos mode's columns: top k descending, then bottom k descending."""
+    kk = lanczos_k_for(d, k)
+    return list(range(kk)) + list(range(d - kk, d))
+
+
+def profile_ranks(d: int, points: int = PROFILE_POINTS) -> list[int]:
+    """At most ``points`` ranks of a d-long sorted spectrum: the first and last quarter of the
+    budget densely (the extremes carry the information), the rest evenly spaced in between."""
+    if d <= points:
+        return list(range(d))
+    edge = points // 4
+    mid = points - 2 * edge
+    inner = torch.linspace(edge, d - edge - 1, mid).round().long().tolist()
+    return sorted(set(range(edge)) | set(inner) | set(range(d - edge, d)))
+
+
+def _r(v: float | None, digits: int = 7) -> float | None:
+    if v is None or not math.isfinite(v):
+        return None
+    return float(f"{v:.{digits}g}")
+
+
+def _tup(t: torch.Tensor | None, digits: int = 7) -> tuple[float | None, ...] | None:
+    if t is None:
+        return None
+    return tuple(_r(float(v), digits) for v in t.detach().double().cpu().tolist())
+
+
+def _median(t: torch.Tensor | None) -> float | None:
+    if t is None:
+        return None
+    t = t[torch.isfinite(t)]
+    return float(t.median()) if t.numel() else None
+
+
+def _mean(t: torch.Tensor | None) -> float | None:
+    if t is None:
+        return None
+    t = t[torch.isfinite(t)]
+    return float(t.mean()) if t.numel() else None
+
+
+# --------------------------------------------------------------------------- section
+
+
+@dataclass(frozen=True)
+class SpectrumSummary:
+    """One Hessian spectrum over the samples (units: nats per pixel², pixel scale [0,1]).
+
+    kind: how it was computed (exact / finite difference, basis, step). complete: all d
+    eigenvalues (False: only the top and bottom ``LANCZOS_K`` by Lanczos). Per sample:
+    ``lambda_max``, ``lambda_min`` (the smallest computed), ``near_zero_fraction`` (|λ| <
+    ``zero_threshold``; None unless complete), ``alignment`` = |gᵀu|/‖g‖₂ with u the unit top
+    eigenvector, ``gu`` = |gᵀu| (nats/pixel). Profile: eigenvalue ranks (0 = largest) and, per
+    rank, the mean and 25/75 % quantiles over the samples; ``frobenius`` = √Σλ² per sample
+    (complete spectra only)."""
+
+    kind: str
+    complete: bool
+    zero_threshold: float
+    lambda_max: tuple[float | None, ...]
+    lambda_min: tuple[float | None, ...]
+    near_zero_fraction: tuple[float | None, ...] | None
+    alignment: tuple[float | None, ...]
+    gu: tuple[float | None, ...]
+    frobenius: tuple[float | None, ...] | None
+    profile_ranks: tuple[int, ...]
+    profile_mean: tuple[float | None, ...]
+    profile_q25: tuple[float | None, ...]
+    profile_q75: tuple[float | None, ...]
+    lambda_max_median: float | None
+    lambda_max_mean: float | None
+    lambda_min_median: float | None
+    near_zero_fraction_mean: float | None
+    alignment_mean: float | None
+
+
+@section("curvature")
+@dataclass(frozen=True)
+class CurvatureSection(Section):
+    """Input-space curvature of the per-sample cross-entropy (nats) on the first ``n_samples``
+    clean-correct samples (``indices``, dataset order), pixel space [0,1], d = C·H·W.
+
+    ``exact`` and ``finite_difference`` are the two spectra (see :class:`SpectrumSummary` and the
+    module docstring for the step rule); ``fd_step`` = ε_max·FD_BALL_FRACTION, the per-pixel step
+    of the pixel-basis finite differences (and of the Rademacher probes under ℓ∞). Per sample:
+    ``loss`` ℓ(x) (nats), ``grad_norm`` ‖∇ℓ(x)‖₂ (nats/pixel), ``frobenius_*`` Hutchinson
+    estimates of ‖H‖_F with standard errors ``*_se`` (``n_probes`` Rademacher probes), ``hz_*``
+    = ‖Hz‖₂ at CURE's z, ``cure_step`` = the ℓ2 length of the finite-difference step along z.
+    ``dtype``: precision of the Hessian work. ``exact_method``: "gauss-newton" (the network is
+    piecewise linear: exact), "full" or "lanczos"."""
+
+    loss: str
+    scale: str
+    norm: str
+    eps: float
+    fd_step: float
+    d: int
+    dtype: str
+    n_samples: int
+    indices: tuple[int, ...]
+    exact_method: str
+    piecewise_linear: bool
+    loss_values: tuple[float | None, ...]
+    grad_norm: tuple[float | None, ...]
+    exact: SpectrumSummary | None
+    finite_difference: SpectrumSummary | None
+    n_probes: int
+    frobenius_exact: tuple[float | None, ...]
+    frobenius_exact_se: tuple[float | None, ...]
+    frobenius_fd: tuple[float | None, ...]
+    frobenius_fd_se: tuple[float | None, ...]
+    hz_exact: tuple[float | None, ...]
+    hz_fd: tuple[float | None, ...]
+    cure_step: tuple[float | None, ...]
+
+    def _med(self, values) -> float | None:
+        vals = [v for v in values if v is not None]
+        return float(torch.tensor(vals, dtype=torch.float64).median()) if vals else None
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float | None] = {}
+        fd, ex = self.finite_difference, self.exact
+        if fd is not None:
+            out.update({
+                "curvature.lambda_max_median": fd.lambda_max_median,
+                "curvature.lambda_max_mean": fd.lambda_max_mean,
+                "curvature.lambda_min_median": fd.lambda_min_median,
+                "curvature.near_zero_fraction_mean": fd.near_zero_fraction_mean,
+                "curvature.alignment_mean": fd.alignment_mean,
+            })
+        if ex is not None:
+            out.update({
+                "curvature.exact.lambda_max_median": ex.lambda_max_median,
+                "curvature.exact.near_zero_fraction_mean": ex.near_zero_fraction_mean,
+                "curvature.exact.alignment_mean": ex.alignment_mean,
+            })
+        out["curvature.frobenius_median"] = self._med(self.frobenius_fd)
+        out["curvature.exact.frobenius_median"] = self._med(self.frobenius_exact)
+        out["curvature.hz_median"] = self._med(self.hz_fd)
+        out["curvature.exact.hz_median"] = self._med(self.hz_exact)
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def _summary(kind: str, eig: torch.Tensor, ranks: list[int], complete: bool, g: torch.Tensor, u: torch.Tensor,
+             lam_min: torch.Tensor | None = None) -> SpectrumSummary:
+    """``eig [B, m]`` descending (complete: m = d; else the computed ranks in ``ranks`` order)."""
+    eig = eig.to(torch.float64).cpu()
+    lam_max = eig[:, 0]
+    lam_min = eig[:, -1] if lam_min is None else lam_min.to(torch.float64).cpu()
+    nz = near_zero_fraction(eig, HESSIAN_ZERO_THRESHOLD) if complete else None
+    al = alignment(g.flatten(1).to(torch.float64).cpu(), u.to(torch.float64).cpu())
+    gu = al * g.flatten(1).to(torch.float64).cpu().norm(dim=1)
+    sel = eig[:, ranks] if complete else eig
+    q = torch.quantile(sel, torch.tensor([0.25, 0.75], dtype=torch.float64), dim=0) if sel.shape[0] else None
+    return SpectrumSummary(
+        kind=kind,
+        complete=complete,
+        zero_threshold=HESSIAN_ZERO_THRESHOLD,
+        lambda_max=_tup(lam_max),
+        lambda_min=_tup(lam_min),
+        near_zero_fraction=_tup(nz),
+        alignment=_tup(al),
+        gu=_tup(gu),
+        frobenius=_tup(eig.pow(2).sum(1).sqrt()) if complete else None,
+        profile_ranks=tuple(int(r) for r in ranks),
+        profile_mean=_tup(sel.mean(0)) if sel.shape[0] else (),
+        profile_q25=_tup(q[0]) if q is not None else (),
+        profile_q75=_tup(q[1]) if q is not None else (),
+        lambda_max_median=_median(lam_max),
+        lambda_max_mean=_mean(lam_max),
+        lambda_min_median=_median(lam_min),
+        near_zero_fraction_mean=_mean(nz),
+        alignment_mean=_mean(al),
+    )
+
+
+# --------------------------------------------------------------------------- check
+
+
+@CHECKS.register("curvature")
+class CurvatureCheck(Check):
+    """Hessian spectra (exact and at the ε-ball's finite-difference scale), ‖H‖_F, ‖Hz‖ at CURE's
+    direction and gradient/top-eigenvector alignment, on the first ``k`` clean-correct samples."""
+
+    name = "curvature"
+    requires = ("clean",)
+    description = "input-space curvature of the loss: Hessian spectra, ||H||_F, ||Hz|| (Moosavi-Dezfooli et al.)"
+
+    k: int = K_SAMPLES
+    full_max_dim: int = FULL_SPECTRUM_MAX_DIM
+    n_probes: int = HUTCHINSON_PROBES
+
+    def run(self, ctx) -> CurvatureSection:
+        norm = ctx.config.norm
+        eps_max = float(max(ctx.eps))
+        eps = eps_max * FD_BALL_FRACTION  # the finite-difference step scale
+        idx = select_correct(ctx, self.k)
+        d = int(math.prod(ctx.data.input_shape))
+        full = d <= self.full_max_dim
+        gen = ctx.generator("curvature")
+        K = int(idx.numel())
+        acc: dict[str, dict[int, torch.Tensor]] = {}
+        state: dict = {}
+
+        def batch(x, y, sl):
+            def put(key, value):  # keyed by batch start: a batch retried after OOM overwrites its entries
+                acc.setdefault(key, {})[sl.start] = value.detach().cpu()
+
+            if "model" not in state:
+                state["model"], state["dtype"] = analysis_model(ctx.model, x)
+                state["pl"] = is_piecewise_linear(state["model"], x[:1].to(state["dtype"]), ctx.data.num_classes, gen)
+            model, dt = state["model"], state["dtype"]
+            x = x.to(dt)
+            chunk = max(1, int(ctx.batch_size))
+            loss, g = input_jacobian(model, x, y, "ce")
+            put("loss", loss)
+            put("g", g.flatten(1))
+            # exact spectrum
+            if state["pl"]:
+                eig, u = _gauss_newton_spectrum(model, x, d)
+                put("ex_eig", eig)
+                put("ex_u", u)
+                state["exact_method"] = "gauss-newton"
+            elif full:
+                try:
+                    eig, u = full_spectra(model, x, y, "ce", "func", chunk, generator=gen)
+                except Exception:  # noqa: BLE001 - torch.func can't trace some models (TorchScript)
+                    eig, u = full_spectra(model, x, y, "ce", "exact", chunk, generator=gen)
+                put("ex_eig", eig)
+                put("ex_u", u)
+                state["exact_method"] = "full"
+            else:
+                op = hvp_operator(model, x, y, "ce", method="exact")
+                kk = lanczos_k_for(d)
+                top, bot, vecs = lanczos(op, d, kk, max(kk, min(LANCZOS_ITERS, d)), gen, batch=x.shape[0], device=x.device)
+                put("ex_eig", torch.cat([top, bot.flip(-1)], dim=1))
+                put("ex_u", vecs[:, 0])
+                state["exact_method"] = "lanczos"
+            # finite-difference spectrum at the ball step
+            e, u, bottom = fd_spectrum(model, x, y, "ce", norm, eps, full=full, chunk=chunk, generator=gen)
+            put("fd_eig", e if bottom is None else torch.cat([e, bottom.flip(-1)], dim=1))
+            put("fd_u", u)
+            # Hutchinson (Rademacher probes), exact and finite difference
+            shape = tuple(x.shape)
+            f_ex, se_ex = hutchinson_frobenius(hvp_operator(model, x, y, "ce", method="exact"), shape, self.n_probes, gen, dtype=dt, device=x.device)
+            f_fd, se_fd = hutchinson_frobenius(_fd_operator(model, x, y, resolve_fn("ce"), norm, eps, g), shape, self.n_probes, gen, dtype=dt, device=x.device)
+            put("fro_ex", f_ex.clamp_min(0).sqrt())
+            put("fro_fd", f_fd.clamp_min(0).sqrt())
+            # standard error of ‖H‖_F from that of ‖H‖_F² (delta method: se/(2‖H‖_F))
+            put("fro_ex_se", se_ex / (2 * f_ex.clamp_min(0).sqrt()).clamp_min(1e-300))
+            put("fro_fd_se", se_fd / (2 * f_fd.clamp_min(0).sqrt()).clamp_min(1e-300))
+            # ‖Hz‖ at CURE's direction
+            z = cure_direction(g)
+            t = ball_step(z, norm, eps)
+            put("hz_ex", hvp_exact(model, x, y, z, "ce").flatten(1).norm(dim=1))
+            put("hz_fd", hvp_fd(model, x, y, z, t, "ce", grad_at_x=g).flatten(1).norm(dim=1))
+            put("cure_step", t * z.flatten(1).norm(dim=1))
+
+        if K:
+            ctx.map_batches(batch, indices=idx, description=f"curvature ({K} samples)")
+        cat = {k: torch.cat([v[s] for s in sorted(v)]) for k, v in acc.items()}
+        dtype_name = str(state.get("dtype", torch.float32)).replace("torch.", "")
+        exact = fd = None
+        if K:
+            g = cat["g"]
+            ranks_full = profile_ranks(d)
+            kk = lanczos_k_for(d)
+            l_ranks = lanczos_ranks(d)
+            ex_complete = state["exact_method"] != "lanczos"
+            exact_kind = {
+                "gauss-newton": "exact: J^T (diag p - p p^T) J (the network is piecewise linear, so this is the exact Hessian a.e.)",
+                "full": "exact: full Hessian by forward-over-reverse autodiff",
+                "lanczos": f"exact: top/bottom {kk} eigenvalues by Lanczos on exact Hessian-vector products",
+            }[state["exact_method"]]
+            exact = _summary(exact_kind, cat["ex_eig"], ranks_full if ex_complete else l_ranks, ex_complete, g, cat["ex_u"])
+            fd_kind = (
+                f"finite difference: pixel-basis columns (grad(x + h e_i) - grad(x))/h, h = {eps:g} per pixel "
+                f"(the largest single-pixel move inside the {norm.value} eps-ball), symmetrized"
+                if full
+                else f"finite difference: top/bottom {kk} eigenvalues by Lanczos, each step to the {norm.value} eps-ball's boundary (eps = {eps:g})"
+            )
+            fd = _summary(fd_kind, cat["fd_eig"], ranks_full if full else l_ranks, full, g, cat["fd_u"])
+        empty: tuple = ()
+        return CurvatureSection(
+            loss="cross-entropy (nats), per sample",
+            scale="pixel space [0,1]; eigenvalues, ||H||_F and ||Hz|| in nats per pixel^2",
+            norm=norm.value,
+            eps=eps_max,
+            fd_step=eps,
+            d=d,
+            dtype=dtype_name,
+            n_samples=K,
+            indices=tuple(int(i) for i in idx.tolist()),
+            exact_method=state.get("exact_method", "none"),
+            piecewise_linear=bool(state.get("pl", False)),
+            loss_values=_tup(cat["loss"]) if K else empty,
+            grad_norm=_tup(cat["g"].norm(dim=1)) if K else empty,
+            exact=exact,
+            finite_difference=fd,
+            n_probes=int(self.n_probes),
+            frobenius_exact=_tup(cat["fro_ex"]) if K else empty,
+            frobenius_exact_se=_tup(cat["fro_ex_se"]) if K else empty,
+            frobenius_fd=_tup(cat["fro_fd"]) if K else empty,
+            frobenius_fd_se=_tup(cat["fro_fd_se"]) if K else empty,
+            hz_exact=_tup(cat["hz_ex"]) if K else empty,
+            hz_fd=_tup(cat["hz_fd"]) if K else empty,
+            cure_step=_tup(cat["cure_step"]) if K else empty,
+        )
