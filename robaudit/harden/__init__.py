@@ -10,7 +10,8 @@ BatchNorm rule and the measured defaults): ``cure``, ``jacobian``, ``ce-grad``, 
 Data: the TRAIN split (first ``train_n`` samples) for training, the first ``eval_n`` samples
 of the TEST split for the per-epoch quick evaluation and the before/after scan (a tensor file
 has no splits: the same file serves both unless ``eval_dataset`` is given). Optimizer: Adam,
-learning rate decaying log-linearly per step from ``lr`` to ``lr/100`` (CURE's 1e-4 → 1e-6).
+learning rate decaying log-linearly per step from ``lr`` (default 1e-3) to ``lr/100``, the
+shape of CURE's 1e-4 → 1e-6 (see regularizers.py for why the default starts higher).
 The output is a safetensors file with the parent's architecture, class names, input shape and
 normalization plus ``robaudit.harden.*`` provenance, so ``robaudit scan OUT --dataset ...``
 needs no other flag. Only checkpoints whose architecture robaudit can rebuild (safetensors or
@@ -32,13 +33,13 @@ import torch
 from ..errors import InputError, UsageError
 from ..threat import Norm, ThreatModel, parse_eps
 from .checkpointing import ckpt_path_for
-from .regularizers import HARDENERS, Hardener, build_hardener
+from .regularizers import HARDENERS, build_hardener
 from .trainer import HardenInterrupted, NullReporter, Reporter, TrainConfig, measure_label, seed_for, train
 
 __all__ = ["harden", "HardenResult", "HardenInterrupted", "HARDENERS", "DEFAULT_EPOCHS", "DEFAULT_LR"]
 
 DEFAULT_EPOCHS = 5
-DEFAULT_LR = 1e-4
+DEFAULT_LR = 1e-3  # CURE's paper: 1e-4 over 20 epochs; see regularizers.py for the measurement
 LR_DECAY = 0.01  # final lr = lr · LR_DECAY (CURE: 1e-4 → 1e-6)
 
 
@@ -186,6 +187,7 @@ def harden(
     if eps_value <= 0:
         raise UsageError("--eps must be > 0")
     threat = ThreatModel(threat_norm, eps_value)
+    hardener.resolve(threat, train_data.input_shape)
     hyper = {
         "method": hardener.name, **hardener.params(), "epochs": epochs, "lr": lr, "lr_final": lr * LR_DECAY,
         "optimizer": "adam", "batch_size": batch_size, "seed": seed, "train_n": train_data.n,

@@ -23,9 +23,9 @@ from torch import nn
 from ..errors import RuntimeFailure
 from ..threat import ThreatModel
 from .checkpointing import capture_rng, check_fingerprint, load_state, restore_rng, save_state
-from .regularizers import Hardener, StepContext, has_mode_dependent_layers
+from .regularizers import PGDAT, Combined, Hardener, StepContext, has_mode_dependent_layers
 
-__all__ = ["measure_label", "TrainConfig", "Reporter", "NullReporter", "HardenInterrupted", "train", "quick_eval", "seed_for"]
+__all__ = ["forward_backward", "measure_label", "TrainConfig", "Reporter", "NullReporter", "HardenInterrupted", "train", "quick_eval", "seed_for"]
 
 
 def seed_for(seed: int, tag: str) -> int:
@@ -122,6 +122,22 @@ def quick_eval(
     }
 
 
+def forward_backward(net, hardener: Hardener, params, optimizer, x, y, ctx: StepContext, where=(0, 0)):
+    """One training step up to (not including) the optimizer update: zero grads, the method's
+    loss, backward into the parameters only. Returns the StepOutput."""
+    optimizer.zero_grad(set_to_none=True)
+    out = hardener.loss(net, x, y, ctx)
+    if not torch.isfinite(out.loss.detach()):
+        raise RuntimeFailure(
+            f"the {hardener.name} loss became {float(out.loss)} at epoch {where[0] + 1}, step {where[1] + 1}; "
+            f"lower --lr or the regularization weight"
+        )
+    # inputs=params: the pixel leaves created for input gradients get no .grad, which spares
+    # e.g. the first conv's input gradient in the final backward
+    torch.autograd.backward(out.loss, inputs=params)
+    return out
+
+
 def _lr_lambda(ratio: float, total: int) -> Callable[[int], float]:
     def fn(step: int) -> float:
         return ratio ** (min(step, total) / max(total, 1))
@@ -197,8 +213,9 @@ def train(
             "history": [dict(r) for r in history],
         }
 
-    reporter.start({"method": hardener.name, "measure_name": measure_label(hardener), "epochs": config.epochs, "steps_per_epoch": steps_per_epoch, "n_train": n,
-                    "separate_eval": separate_eval, "resumed_at": (epoch, start_step) if resume else None})
+    reporter.start({"method": hardener.name, "measure_name": measure_label(hardener), "epochs": config.epochs,
+                    "steps_per_epoch": steps_per_epoch, "n_train": n, "separate_eval": separate_eval,
+                    "resumed_at": (epoch, start_step) if resume else None})
     if not history:
         row = {"epoch": 0, **quick_eval(net, hardener, eval_x, eval_y, config.threat, device,
                                         seed_for(config.seed, "eval"), config.eval_pgd_steps, config.eval_batch_size),
@@ -221,16 +238,7 @@ def train(
                 y = train_y[idx].to(device, non_blocking=True)
                 ctx = StepContext(progress=epoch + step / steps_per_epoch, generator=dev_gen,
                                   separate_eval=separate_eval, threat=config.threat)
-                optimizer.zero_grad(set_to_none=True)
-                out = hardener.loss(net, x, y, ctx)
-                if not torch.isfinite(out.loss.detach()):
-                    raise RuntimeFailure(
-                        f"the {hardener.name} loss became {float(out.loss)} at epoch {epoch + 1}, step {step + 1}; "
-                        f"lower --lr or the regularization weight"
-                    )
-                # inputs=params: the pixel leaves created for input gradients get no .grad, which
-                # spares e.g. the first conv's input-gradient in the final backward
-                torch.autograd.backward(out.loss, inputs=params)
+                out = forward_backward(net, hardener, params, optimizer, x, y, ctx, where=(epoch, step))
                 updating = True
                 optimizer.step()
                 scheduler.step()
@@ -253,9 +261,9 @@ def train(
             avg = _averages(running)
             row = {"epoch": epoch + 1, **ev, **avg, "seconds": running["seconds"],
                    "lr": float(optimizer.param_groups[0]["lr"])}
-            if math.isnan(out_penalty_or_nan(hardener)):
+            if isinstance(hardener, PGDAT):  # no penalty term
                 row["penalty"] = math.nan
-            if not _combined(hardener):
+            if not isinstance(hardener, Combined):
                 row["adv_ce"] = math.nan
             history.append(row)
             epoch += 1
@@ -283,19 +291,6 @@ def measure_label(hardener: Hardener) -> str:
     """The name of the quantity ``hardener.measure`` returns (e.g. ‖Hz‖₂, ‖∂L/∂x‖₁)."""
     base = getattr(hardener, "base", hardener)
     return str(getattr(base, "measure_label", base.measure_name))
-
-
-def out_penalty_or_nan(hardener: Hardener) -> float:
-    """nan for methods without a penalty term (pgd-at), else 0."""
-    from .regularizers import PGDAT
-
-    return math.nan if isinstance(hardener, PGDAT) else 0.0
-
-
-def _combined(hardener: Hardener) -> bool:
-    from .regularizers import Combined
-
-    return isinstance(hardener, Combined)
 
 
 def _zero_running() -> dict[str, float]:
