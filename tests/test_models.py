@@ -186,6 +186,17 @@ def test_metadata_round_trip(workdir, x):
     assert load_model(path).info.std == (0.5,)
 
 
+def test_save_model_bytes_depend_only_on_content(workdir):
+    """safetensors writes metadata from a hash map; save_model sorts it so equal content hashes equal."""
+    net = tiny_cnn()
+    kw = dict(arch="small-cnn", arch_kwargs=CNN_KWARGS, num_classes=10, input_shape=SHAPE, mean=[0.25], std=[0.5],
+              class_names=[f"c{i}" for i in range(10)], extra_metadata={"a": "1", "b": "2", "é": "ü"})
+    digests = {save_model(workdir / f"det{i}.safetensors", net, **kw) for i in range(4)}
+    assert len(digests) == 1
+    loaded = load_model(workdir / "det0.safetensors")
+    assert loaded.info.metadata["é"] == "ü" and loaded.info.sha256 in digests
+
+
 def test_torchscript_metadata_extra_file(workdir):
     path = workdir / "ts_meta.pt"
     meta = metadata_strings(num_classes=10, input_shape=SHAPE, mean=[0.5], std=[0.25])

@@ -162,12 +162,37 @@ def save_model(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        _sort_safetensors_metadata(tmp)
         digest = sha256_file(tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return digest
+
+
+def _sort_safetensors_metadata(path: str) -> None:
+    """Rewrite a safetensors header with its ``__metadata__`` keys sorted, in place.
+
+    The safetensors writer stores metadata from a hash map, so the same weights and metadata give
+    different bytes (and sha256) on every save; sorting makes the file a function of its content,
+    so provenance hashes (``robaudit.harden.parent_sha256``) and resumed runs compare equal.
+    """
+    import json
+    import struct
+
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n).decode("utf-8"))
+        data = fh.read()
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the format pads the header to 8-byte alignment
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        fh.write(data)
 
 
 def metadata_strings(
