@@ -14,6 +14,18 @@ from ..errors import RobauditError, UsageError
 
 err_console = Console(stderr=True, highlight=False)
 
+# Width when the output is not a terminal (CI logs, pipes): Rich's default of 80 columns truncates
+# the tables' headers and numbers; $COLUMNS still wins.
+PIPE_WIDTH = 120
+
+
+def make_console(stderr: bool = False) -> Console:
+    """The console every command prints through: a terminal's own width, 120 columns in a pipe."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=PIPE_WIDTH)
+    return console
+
 
 @contextmanager
 def error_boundary(debug: bool) -> Iterator[None]:

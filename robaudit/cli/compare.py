@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import GateFailed, UsageError
-from ._common import error_boundary
+from ._common import error_boundary, make_console
 
 
 def compare(
@@ -33,7 +33,7 @@ def compare(
             ScanResult.read_json(before), ScanResult.read_json(after), force=force,
             before_label=str(before), after_label=str(after),
         )
-        console = Console()
+        console = make_console()
         regressions = comparison.regressions(max_drop) if max_drop is not None else ()
         for problem in comparison.problems:
             console.print(Text(f"  warning (--force): {problem}", style="yellow"))

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-from rich.console import Console
 
 from ..config import ScanConfig, parse_attack_list
 from ..data import DataRequest, load_dataset
@@ -13,7 +11,7 @@ from ..engine import run_scan
 from ..models import check_fits, load_model
 from ..report.terminal import print_summary
 from ..threat import Norm, parse_eps_list
-from ._common import command_line, error_boundary
+from ._common import command_line, error_boundary, make_console
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "assets" / "demo_fashion_mnist_small_cnn.safetensors"
 
@@ -40,6 +38,6 @@ def demo(
 
         write_html(result, out / "report.html")
         if not quiet:
-            console = Console()
+            console = make_console()
             print_summary(result, console)
             console.print(f"  [dim]written: {out / 'results.json'}, {out / 'report.html'}[/dim]")

@@ -106,9 +106,9 @@ def gate(
     Without --require/--gate, reads the 'gate' table of ./robaudit.toml or 'tool.robaudit.gate' of ./pyproject.toml.
     """
     from ..results import ScanResult
-    from ._common import error_boundary
+    from ._common import error_boundary, make_console
 
     with error_boundary(debug):
         spec = load_gates(gate_file, require, junit=junit, discover=True)
         result = ScanResult.read_json(results)
-        finish(evaluate(result, spec), junit, Console(), quiet=quiet)
+        finish(evaluate(result, spec), junit, make_console(), quiet=quiet)

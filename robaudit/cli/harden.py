@@ -18,7 +18,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ..models import parse_arch_kwargs
-from ._common import command_line, err_console, error_boundary, parse_floats, parse_shape
+from ._common import command_line, err_console, error_boundary, parse_floats, parse_shape, make_console
 
 __all__ = ["harden_cli", "RichReporter"]
 
@@ -77,8 +77,8 @@ def harden_cli(
         if (mean_t is None) != (std_t is None):
             raise UsageError("--mean and --std go together; give both or neither")
         kwargs = parse_arch_kwargs(arch_kwargs) if arch_kwargs else None
-        console = Console()
-        reporter = None if quiet else RichReporter(Console(stderr=True), method)
+        console = make_console()
+        reporter = None if quiet else RichReporter(make_console(stderr=True), method)
         try:
             result = harden(
                 checkpoint, dataset, out, method=method, data_dir=str(data_dir) if data_dir else None,

@@ -5,9 +5,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
-from ._common import error_boundary
+from ._common import error_boundary, make_console
 from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option
 
 
@@ -35,7 +34,7 @@ def report(
         outcome = evaluate(result, spec)
         out = output if output is not None else results.with_suffix(".html")
         write_html(result, out, outcome)
-        console = Console()
+        console = make_console()
         if not quiet:
             console.print(f"  report written to {out}")
         if csv_dir is not None:

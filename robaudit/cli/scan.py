@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
 from ..config import DEFAULT_CHECKS, PAPER_EPS, ScanConfig, ensemble_mode_for, parse_attack_list
 from ..data import DataRequest, load_dataset
@@ -16,7 +15,7 @@ from ..models import check_fits, load_model, parse_arch_kwargs
 from ..report.terminal import print_summary
 from ..results import ScanResult
 from ..threat import Norm, parse_eps_list
-from ._common import command_line, error_boundary, parse_floats, parse_shape
+from ._common import command_line, error_boundary, parse_floats, parse_shape, make_console
 from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option
 
 
@@ -73,13 +72,14 @@ def scan(
             from ..report.tables import write_csv
 
             write_csv(result, csv_dir)
+        console = make_console()
         if not quiet:
-            print_summary(result, Console())
+            print_summary(result, console)
             if json_path is not None:
-                Console().print(f"  [dim]result written to {json_path}[/dim]")
+                console.print(f"  [dim]result written to {json_path}[/dim]")
             if html_path is not None:
-                Console().print(f"  [dim]report written to {html_path}[/dim]")
-        finish(outcome, junit, Console(), quiet=quiet)
+                console.print(f"  [dim]report written to {html_path}[/dim]")
+        finish(outcome, junit, console, quiet=quiet)
 
 
 def scan_command(
