@@ -8,11 +8,15 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test venv clean
 
-$(VENV)/.installed: pyproject.toml
+EXAMPLE_PLUGIN := plugins/robaudit-example
+
+$(VENV)/.installed: pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# the example plugin: its tests are in pytest's testpaths (pyproject.toml), so `make test` runs them
+	$(PY) -m pip install --quiet -e ./$(EXAMPLE_PLUGIN)
 	touch $@
 
 venv: $(VENV)/.installed
@@ -25,4 +29,4 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 clean:
-	rm -rf $(VENV) build *.egg-info robaudit-demo
+	rm -rf $(VENV) build *.egg-info robaudit-demo $(EXAMPLE_PLUGIN)/src/*.egg-info

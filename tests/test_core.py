@@ -60,6 +60,9 @@ def test_registry_loads_plugins_reports_broken_and_collisions(monkeypatch):
     monkeypatch.setattr(reg, "_entry_points", _fake_entry_points(eps))
     r = Registry("thing", "robaudit.test")
     assert r.get("mine") == 42
+    assert "broken" in r and not r.load_errors  # declared; imported only on lookup (lazy)
+    with pytest.raises(UsageError, match="bad-plugin"):
+        r.get("broken")
     assert "broken" not in r
     assert any("bad-plugin" in m for m in r.load_errors)
     entry = next(e for e in r.entries() if e.name == "mine")

@@ -1,4 +1,5 @@
-"""`robaudit list KIND`: what is registered (built-ins and plugins) for architectures, datasets, attacks, checks."""
+"""`robaudit list KIND`: what is registered (built-ins and plugins) for architectures, datasets, attacks,
+checks and hardeners. Plugins are listed from their metadata, without importing them."""
 from __future__ import annotations
 
 import typer
@@ -13,16 +14,18 @@ def _registries():
     from ..attacks import ATTACKS
     from ..checks import CHECKS
     from ..data import DATASETS
+    from ..harden import HARDENERS
     from ..models import ARCHITECTURES
 
-    return {"architectures": ARCHITECTURES, "datasets": DATASETS, "attacks": ATTACKS, "checks": CHECKS}
+    return {"architectures": ARCHITECTURES, "datasets": DATASETS, "attacks": ATTACKS, "checks": CHECKS,
+            "hardeners": HARDENERS}
 
 
 def list_command(
-    kind: str = typer.Argument("all", help="architectures, datasets, attacks, checks, or all."),
+    kind: str = typer.Argument("all", help="architectures, datasets, attacks, checks, hardeners, or all."),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
-    """List the registered architectures, datasets, attacks and checks, with where each comes from."""
+    """List the registered architectures, datasets, attacks, checks and hardeners, with where each comes from."""
     with error_boundary(debug):
         regs = _registries()
         if kind != "all" and kind not in regs:

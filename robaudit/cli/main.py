@@ -9,6 +9,7 @@ from .demo import demo
 from .harden import harden_cli
 from .gate_options import gate
 from .listing import list_command
+from .plugins import plugins_command
 from .report import report
 from .scan import scan
 
@@ -24,6 +25,7 @@ app.command("scan")(scan)
 app.command("demo")(demo)
 app.command("harden")(harden_cli)
 app.command("list")(list_command)
+app.command("plugins")(plugins_command)
 app.command("report")(report)
 app.command("compare")(compare)
 app.command("gate")(gate)

@@ -1,0 +1,73 @@
+"""Check installed plugins: import each entry point and verify its object fits its group's interface.
+
+The interfaces are documented in docs/plugins.md; this is what ``robaudit plugins --check`` runs.
+Importing a plugin runs its code, so this only happens on request, never when listing.
+"""
+from __future__ import annotations
+
+import inspect
+from importlib import metadata
+
+from .registry import PluginInfo
+
+__all__ = ["load_plugin", "interface_problem", "check_plugin"]
+
+
+def load_plugin(info: PluginInfo):
+    """Import the entry point's ``module:attribute`` (raises whatever the import raises)."""
+    return metadata.EntryPoint(name=info.name, value=info.target, group=info.group).load()
+
+
+def _is_subclass(obj, dotted: str) -> bool:
+    module, _, name = dotted.rpartition(".")
+    import importlib
+
+    base = getattr(importlib.import_module(module), name)
+    return inspect.isclass(obj) and issubclass(obj, base)
+
+
+def interface_problem(group: str, obj) -> str | None:
+    """None if ``obj`` satisfies ``group``'s interface, else what is wrong (one line)."""
+    if group == "robaudit.attacks":
+        if not _is_subclass(obj, "robaudit.attacks.base.Attack"):
+            return "not a subclass of robaudit.attacks.Attack"
+        import dataclasses
+
+        if not dataclasses.is_dataclass(obj):
+            return "an Attack subclass must be a @dataclass (its fields are the hyper-parameters)"
+        if inspect.isabstract(obj):
+            return "does not implement _perturb"
+    elif group == "robaudit.checks":
+        if not _is_subclass(obj, "robaudit.checks.base.Check"):
+            return "not a subclass of robaudit.checks.Check"
+        if not isinstance(getattr(obj, "name", None), str):
+            return "a Check needs a class attribute name (its section name)"
+        if inspect.isabstract(obj):
+            return "does not implement run(ctx)"
+    elif group == "robaudit.hardeners":
+        if not _is_subclass(obj, "robaudit.harden.regularizers.Hardener"):
+            return "not a subclass of robaudit.harden.regularizers.Hardener"
+        if inspect.isabstract(obj):
+            return "does not implement loss() and measure()"
+    elif group in ("robaudit.architectures", "robaudit.datasets"):
+        if not callable(obj):
+            return "not callable"
+        if group == "robaudit.architectures":
+            try:
+                params = inspect.signature(obj).parameters
+            except (TypeError, ValueError):
+                return None
+            takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+            missing = [k for k in ("num_classes", "in_channels") if k not in params and not takes_any]
+            if missing:
+                return f"factory must accept {', '.join(missing)}"
+    return None
+
+
+def check_plugin(info: PluginInfo) -> str | None:
+    """Import one plugin and check its interface: None when it is fine, else the problem."""
+    try:
+        obj = load_plugin(info)
+    except Exception as exc:  # noqa: BLE001 - report, don't crash
+        return f"import failed: {type(exc).__name__}: {exc}"
+    return interface_problem(info.group, obj)
