@@ -162,3 +162,18 @@ def test_list_and_version():
     for name in ("small-cnn", "wrn-28-10", "fashion-mnist", "pgd", "margins"):
         assert name in res.output
     assert runner.invoke(app, ["list", "nonsense"]).exit_code == 2
+
+
+def test_cli_startup_and_plugin_listing_import_no_torch():
+    """`robaudit --help`, `version` and `plugins` stay fast: torch loads only when work needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from typer.testing import CliRunner; from robaudit.cli.main import app; "
+        "r = CliRunner().invoke(app, ['plugins']); assert r.exit_code == 0, r.output; "
+        "r = CliRunner().invoke(app, ['version']); assert r.exit_code == 0, r.output; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr

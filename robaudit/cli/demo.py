@@ -6,9 +6,6 @@ from pathlib import Path
 import typer
 
 from ..config import ScanConfig, parse_attack_list
-from ..data import DataRequest, load_dataset
-from ..engine import run_scan
-from ..models import check_fits, load_model
 from ..report.terminal import print_summary
 from ..threat import Norm, parse_eps_list
 from ._common import command_line, error_boundary, make_console
@@ -26,6 +23,10 @@ def demo(
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
     """Scan the embedded naturally trained Fashion-MNIST CNN on embedded test images (no network)."""
+    from ..data import DataRequest, load_dataset  # torch-heavy: imported when the demo runs
+    from ..engine import run_scan
+    from ..models import check_fits, load_model
+
     with error_boundary(debug):
         data = load_dataset("demo", DataRequest(n=n))
         loaded = load_model(str(DEMO_MODEL))

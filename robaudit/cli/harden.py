@@ -17,7 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import UsageError
-from ..models import parse_arch_kwargs
 from ._common import command_line, err_console, error_boundary, parse_floats, parse_shape, make_console
 
 __all__ = ["harden_cli", "RichReporter"]
@@ -76,6 +75,8 @@ def harden_cli(
         mean_t, std_t = parse_floats(mean, "--mean"), parse_floats(std, "--std")
         if (mean_t is None) != (std_t is None):
             raise UsageError("--mean and --std go together; give both or neither")
+        from ..models import parse_arch_kwargs  # torch-heavy: imported when hardening runs
+
         kwargs = parse_arch_kwargs(arch_kwargs) if arch_kwargs else None
         console = make_console()
         reporter = None if quiet else RichReporter(make_console(stderr=True), method)

@@ -8,10 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..config import DEFAULT_CHECKS, PAPER_EPS, ScanConfig, ensemble_mode_for, parse_attack_list
-from ..data import DataRequest, load_dataset
-from ..engine import run_scan
 from ..errors import UsageError
-from ..models import check_fits, load_model, parse_arch_kwargs
 from ..report.terminal import print_summary
 from ..results import ScanResult
 from ..threat import Norm, parse_eps_list
@@ -89,6 +86,10 @@ def scan_command(
     seed=0, quiet=True,
 ) -> ScanResult:
     """Parse every option first (usage errors before any heavy work), then load and scan."""
+    from ..data import DataRequest, load_dataset  # torch-heavy: imported when a scan runs, not for --help
+    from ..engine import run_scan
+    from ..models import check_fits, load_model, parse_arch_kwargs
+
     if n is not None and n < 1:
         raise UsageError("--n must be >= 1")
     if train_n is not None and train_n < 1:
