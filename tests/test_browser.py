@@ -1,4 +1,4 @@
-"""The report in a real browser: headless Chromium loads it offline, every image decodes, no console errors.
+"""The report of a scan with every check in a real browser: headless Chromium loads it offline, every image decodes, no console errors.
 
 Skipped when /usr/bin/chromium is absent (Debian package ``chromium``; .ci/run installs it).
 """
@@ -15,6 +15,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+import robaudit.checks.curvature as curvature_mod
+import robaudit.checks.landscape as landscape_mod
+import robaudit.checks.surfaces as surfaces_mod
 from robaudit.config import ScanConfig, parse_attack_list
 from robaudit.data.spec import DataSpec
 from robaudit.engine import run_scan
@@ -44,7 +47,13 @@ pytestmark = [
 ]
 
 
-def _rgb_result():
+def _rgb_result(monkeypatch):
+    """Every check (the geometry battery with small k and grids) on 20 random 3×8×8 images."""
+    monkeypatch.setattr(curvature_mod.CurvatureCheck, "k", 4)
+    monkeypatch.setattr(landscape_mod.LandscapeCheck, "steps_1d", 5)
+    monkeypatch.setattr(landscape_mod.LandscapeCheck, "steps_2d", 5)
+    monkeypatch.setattr(surfaces_mod.SurfacesCheck, "steps", 9)
+    monkeypatch.setattr(surfaces_mod.SurfacesCheck, "n_samples", 1)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 5)).eval()
     x = torch.rand(20, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -54,7 +63,8 @@ def _rgb_result():
     data = DataSpec("synthetic-rgb", "test", x, y, ("cat", "dog", "<ship>", "truck & van", "frog"), "memory")
     loaded = LoadedModel(net, ModelInfo(path="rgb.safetensors", format="safetensors", sha256="f" * 64, arch="tiny-rgb"))
     config = ScanConfig(eps=(2 / 255, 8 / 255), attacks=parse_attack_list("fgsm,pgd:steps=3"), device="cpu",
-                        checks=("clean", "attacks", "margins"), keep_examples=4)
+                        checks=("clean", "sanity", "attacks", "margins", "minimal", "jacobian", "curvature", "indicator",
+                                "spectra", "surfaces", "landscape"), keep_examples=4)
     return run_scan(loaded, data, config, command_line="t")
 
 
@@ -66,8 +76,8 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_report_loads_and_images_decode(tmp_path):
-    html = render_html(_rgb_result())
+def test_report_loads_and_images_decode(tmp_path, monkeypatch):
+    html = render_html(_rgb_result(monkeypatch))
     srcs = re.findall(r'<img [^>]*src="([^"]+)"', html)
     assert len(srcs) >= 4 + 3 * 4
     for src in srcs:  # decode every embedded PNG in Python too

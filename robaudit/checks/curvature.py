@@ -328,7 +328,8 @@ class SpectrumSummary:
     ``lambda_max``, ``lambda_min`` (the smallest computed), ``near_zero_fraction`` (|λ| <
     ``zero_threshold``; None unless complete), ``alignment`` = |gᵀu|/‖g‖₂ with u the unit top
     eigenvector, ``gu`` = |gᵀu| (nats/pixel). Profile: eigenvalue ranks (0 = largest) and, per
-    rank, the mean and 25/75 % quantiles over the samples; ``frobenius`` = √Σλ² per sample
+    rank, the mean, median and 25/75 % quantiles over the samples (the mean follows the few samples
+    with large curvature, the median the typical one); ``frobenius`` = √Σλ² per sample
     (complete spectra only)."""
 
     kind: str
@@ -349,6 +350,7 @@ class SpectrumSummary:
     lambda_min_median: float | None
     near_zero_fraction_mean: float | None
     alignment_mean: float | None
+    profile_median: tuple[float | None, ...] = ()  # per rank; () in results written before 0.1.0's report
 
 
 @section("curvature")
@@ -428,7 +430,7 @@ def _summary(kind: str, eig: torch.Tensor, ranks: list[int], complete: bool, g: 
     al = alignment(g.flatten(1).to(torch.float64).cpu(), u.to(torch.float64).cpu())
     gu = al * g.flatten(1).to(torch.float64).cpu().norm(dim=1)
     sel = eig[:, ranks] if complete else eig
-    q = torch.quantile(sel, torch.tensor([0.25, 0.75], dtype=torch.float64), dim=0) if sel.shape[0] else None
+    q = torch.quantile(sel, torch.tensor([0.25, 0.75, 0.5], dtype=torch.float64), dim=0) if sel.shape[0] else None
     return SpectrumSummary(
         kind=kind,
         complete=complete,
@@ -443,6 +445,7 @@ def _summary(kind: str, eig: torch.Tensor, ranks: list[int], complete: bool, g: 
         profile_mean=_tup(sel.mean(0)) if sel.shape[0] else (),
         profile_q25=_tup(q[0]) if q is not None else (),
         profile_q75=_tup(q[1]) if q is not None else (),
+        profile_median=_tup(q[2]) if q is not None else (),
         lambda_max_median=_median(lam_max),
         lambda_max_mean=_mean(lam_max),
         lambda_min_median=_median(lam_min),

@@ -27,7 +27,8 @@ class MinimalSection(Section):
     """radii: per sample (None where no adversarial example was found; 0 where misclassified);
     summaries over the clean-correct samples with a finite radius; norm: ℓ∞ or ℓ2, pixel scale.
     robust_fraction_at: per configured ε, fraction of all samples whose radius exceeds ε (a
-    cross-check of the attack table)."""
+    cross-check of the attack table). deepfool_radii: per sample, DeepFool's unrefined radius
+    before bisection (same conventions; empty in results written before it was stored)."""
 
     norm: str
     method: str
@@ -39,6 +40,7 @@ class MinimalSection(Section):
     per_class_median: tuple[float | None, ...]
     robust_fraction_at: dict[str, float]
     radii: tuple[float | None, ...]
+    deepfool_radii: tuple[float | None, ...] = ()
 
     def metrics(self) -> dict[str, float]:
         out = {f"minimal.q{k}": v for k, v in self.quantiles.items()}
@@ -47,6 +49,11 @@ class MinimalSection(Section):
         if self.mean is not None:
             out["minimal.mean"] = self.mean
         return out
+
+
+def _rounded(radii: torch.Tensor) -> tuple[float | None, ...]:
+    """Per-sample radii rounded to 7 decimals (pixel scale); None where none was found."""
+    return tuple(None if not math.isfinite(v) else round(float(v), 7) for v in radii.tolist())
 
 
 @CHECKS.register("minimal")
@@ -61,11 +68,13 @@ class MinimalCheck(Check):
         correct = torch.tensor(ctx.sections["clean"].correct, dtype=torch.bool)
         targets = correct.nonzero().squeeze(1)
         radii = torch.where(correct, torch.full((n,), math.inf, dtype=torch.float64), torch.zeros(n, dtype=torch.float64))
+        deepfool_radii = radii.clone()
         deepfool = DeepFool()
         gen = ctx.generator("minimal:bisection")
 
         def batch(x, y, sl):
             _, upper = deepfool.minimal_perturbation(ctx.model, x, y, norm)
+            deepfool_radii[targets[sl]] = upper.detach().double().cpu()
             refined = refine_minimal_perturbation(ctx.model, x, y, norm, upper, lambda: PGD(steps=20), steps=8, generator=gen)
             radii[targets[sl]] = refined.detach().double().cpu()
 
@@ -87,5 +96,6 @@ class MinimalCheck(Check):
             quantiles={f"{int(k * 100):02d}": float(v) for k, v in zip(QUANTILES, q)} if q is not None else {},
             per_class_median=tuple(per_class),
             robust_fraction_at={format_eps(e): float((radii > e).double().mean()) for e in sorted(ctx.eps)},
-            radii=tuple(None if not math.isfinite(v) else round(float(v), 7) for v in radii.tolist()),
+            radii=_rounded(radii),
+            deepfool_radii=_rounded(deepfool_radii),
         )

@@ -25,7 +25,7 @@ import jinja2
 
 from ..results import ScanResult, to_jsonable
 from ..threat import format_eps
-from . import plots
+from . import geometry_plots, plots  # noqa: F401  (geometry_plots registers its figures)
 
 __all__ = ["render_html", "write_html", "render_compare_html", "write_compare_html", "SECTION_TITLES", "canonical"]
 
@@ -35,6 +35,13 @@ SECTION_TITLES = {
     "sanity": "Sanity checks",
     "attacks": "Robust accuracy under attack",
     "margins": "Margins, true-class probability and loss",
+    "minimal": "Minimal adversarial perturbations",
+    "jacobian": "Input Jacobians of the margin and the loss",
+    "curvature": "Curvature of the loss in input space",
+    "indicator": "Theorem-1 bounds and the second-order indicator",
+    "spectra": "Layer spectra (singular values of the weights)",
+    "surfaces": "Decision and loss surfaces in input space",
+    "landscape": "Loss landscape in parameter space",
 }
 _TEMPLATE_NAME = re.compile(r"^[a-z0-9_-]+$")
 
@@ -106,7 +113,8 @@ def _env() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(pct=pct, num=num, eps=format_eps, slug=slug, norm_symbol=plots.norm_symbol)
-    env.globals.update(colors={"natural": plots.NATURAL, "adversarial": plots.ADVERSARIAL, "misclassified": plots.MISCLASSIFIED})
+    env.globals.update(colors={"natural": plots.NATURAL, "adversarial": plots.ADVERSARIAL, "misclassified": plots.MISCLASSIFIED},
+                       directions=geometry_plots.SURFACE_DIRECTIONS)
     return env
 
 

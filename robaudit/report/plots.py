@@ -79,12 +79,13 @@ def plots_for(name: str) -> Callable[[PlotFn], PlotFn]:
 
 
 # --- primitives ------------------------------------------------------------------------------------
-def figure(width: float = 6.4, height: float = 3.4):
-    """A new Agg-backed Figure with the report style (use inside :func:`styled`)."""
+def figure(width: float = 6.4, height: float = 3.4, layout: str | None = "constrained"):
+    """A new Agg-backed Figure with the report style (use inside :func:`styled`); ``layout=None``
+    for manual placement (constrained layout is slow with 3-D axes)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -243,9 +244,13 @@ def _robust_curve(sec, result) -> str:
 
 
 def _gallery(sec, result) -> list[dict[str, Any]]:
-    """Per weak sample: clean image, adversarial image, amplified perturbation, labels, margin."""
+    """Per weak sample: clean image, adversarial image, amplified perturbation, labels, margin, and
+    the margin-Jacobian heatmap when the jacobian section stored one for the same sample."""
     from ..checks.attacks import decode_tensor
+    from .geometry_plots import jacobian_heatmap_uri
 
+    jacobian = result.section("jacobian")
+    heatmaps = {h.index: h for h in getattr(jacobian, "heatmaps", ()) or ()}
     items = []
     for ex in sec.examples:
         shape = tuple(ex.shape)
@@ -264,6 +269,8 @@ def _gallery(sec, result) -> list[dict[str, Any]]:
                 "l2": float(np.sqrt((delta**2).sum())),
             }
         )
+        if ex.index in heatmaps:
+            items[-1]["jacobian"], items[-1]["jacobian_peak"] = jacobian_heatmap_uri(heatmaps[ex.index])
     return items
 
 

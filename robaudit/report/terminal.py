@@ -13,11 +13,147 @@ from rich.table import Table
 from ..results import ScanResult
 from ..threat import format_eps
 
-__all__ = ["print_summary"]
+__all__ = ["print_summary", "geometry_tables"]
 
 
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def _num(v, digits: int = 4) -> str:
+    """A number to ``digits`` significant digits; '—' for none."""
+    return "—" if v is None else f"{float(v):.{digits}g}"
+
+
+def _table(title: str, columns: list[str], row: list[str]) -> Table:
+    """A one-row table: a few key numbers of one section."""
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col, justify="right")
+    t.add_row(*row)
+    return t
+
+
+def _typed(result: ScanResult, name: str):
+    sec = result.section(name)
+    return None if sec is None or isinstance(sec, dict) else sec
+
+
+def _median(values) -> float | None:
+    vals = sorted(float(v) for v in values or () if v is not None)
+    if not vals:
+        return None
+    mid = len(vals) // 2
+    return vals[mid] if len(vals) % 2 else 0.5 * (vals[mid - 1] + vals[mid])
+
+
+def _minimal_table(sec) -> Table:
+    """Minimal perturbation ‖δ‖ (threat norm, pixel scale): median and quantiles."""
+    q = sec.quantiles
+    return _table(
+        f"Minimal perturbation ‖δ‖ ({sec.norm}, pixel space [0,1]; attack-found upper bounds)",
+        ["found / attacked", "q05", "q25", "median", "q75", "q95", "mean"],
+        [f"{sec.n_found}/{sec.n_attacked}", _num(q.get("05")), _num(q.get("25")), _num(sec.median), _num(q.get("75")),
+         _num(q.get("95")), _num(sec.mean)],
+    )
+
+
+def _jacobian_table(sec) -> Table:
+    """Margin and loss gradients (per unit pixel intensity): ℓ1 norms and near-zero entries."""
+    m, c = sec.margin, sec.ce
+    return _table(
+        "Input Jacobian (pixel space [0,1]; ∂L/∂x in logits/pixel, ∇ℓ in nats/pixel)",
+        ["mean ‖∂L/∂x‖₁", "median ‖∂L/∂x‖₁", f"∂L/∂x entries < {sec.zero_threshold:g}", "mean ‖∇ℓ‖₁", "∇ℓ entries near 0"],
+        [_num(m.mean_l1), _num(m.median_l1), _pct(m.mean_zero_fraction), _num(c.mean_l1), _pct(c.mean_zero_fraction)],
+    )
+
+
+def _curvature_table(sec) -> Table:
+    """Hessian of the loss (nats/pixel²): λ_max, alignment, ‖Hz‖ medians."""
+    ex, fd = sec.exact, sec.finite_difference
+    return _table(
+        f"Curvature of the loss ({sec.n_samples} samples; nats/pixel², pixel space [0,1])",
+        ["λ_max exact (median)", "λ_max FD (median)", "alignment exact", "alignment FD", "‖Hz‖ exact", "‖Hz‖ FD"],
+        [_num(getattr(ex, "lambda_max_median", None)), _num(getattr(fd, "lambda_max_median", None)),
+         _num(getattr(ex, "alignment_mean", None), 3), _num(getattr(fd, "alignment_mean", None), 3),
+         _num(_median(sec.hz_exact)), _num(_median(sec.hz_fd))],
+    )
+
+
+def _indicator_table(sec) -> Table:
+    """Theorem-1 coverage (fractions) and the Eq. 9 indicator (radii, pixel scale) with Spearman ρ."""
+    fd = sec.theorem1.get("finite_difference")
+    ex = sec.theorem1.get("exact")
+    return _table(
+        f"Bounds and indicator ({sec.n_samples} samples; median radii, pixel scale; ρ vs attack radii)",
+        ["Thm 1 within, FD", "Thm 1 within, exact", "indicator ℓ∞", "ρ ℓ∞", "indicator ℓ2", "ρ ℓ2"],
+        [_pct(getattr(fd, "fraction_within", None)), _pct(getattr(ex, "fraction_within", None)), _num(sec.indicator_linf),
+         _num(sec.spearman_linf, 3), _num(sec.indicator_l2), _num(sec.spearman_l2, 3)],
+    )
+
+
+def _spectra_table(sec) -> Table | None:
+    """Largest spectral norm, mean per-layer std and worst condition ratio (weight units)."""
+    if not sec.layers:
+        return None
+    largest = max(sec.layers, key=lambda l: l.sigma_max)
+    ratios = [l.ratio for l in sec.layers if l.ratio is not None]
+    return _table(
+        f"Layer spectra ({len(sec.layers)} weight matrices; singular values in weight units)",
+        ["largest σ_max", "in layer", "mean std of σ", "largest σ_max/σ_min"],
+        [_num(largest.sigma_max), escape(largest.name), _num(sum(l.std for l in sec.layers) / len(sec.layers)),
+         _num(max(ratios)) if ratios else "—"],
+    )
+
+
+def _surfaces_table(sec) -> Table | None:
+    """Per plane, averaged over the samples: misclassified fraction within ε and min margin (logits)."""
+    metrics = sec.metrics()
+    names = [k.split(".")[1] for k in metrics if k.endswith(".fraction_misclassified_within_eps")]
+    if not names:
+        return None
+    t = Table(title=f"Decision surfaces ({len(sec.samples)} samples, {sec.norm} ε={sec.eps:g})",
+              title_justify="left")
+    for col, just in (("plane u", "left"), ("misclassified within ε", "right"), ("min L within ε (logits)", "right")):
+        t.add_column(col, justify=just)
+    for name in names:
+        t.add_row(escape(name), _pct(metrics[f"surfaces.{name}.fraction_misclassified_within_eps"]),
+                  _num(metrics[f"surfaces.{name}.min_margin_within_eps"]))
+    return t
+
+
+def _landscape_table(sec) -> Table | None:
+    """Parameter-space landscape: loss at θ and its rises (nats)."""
+    if sec.skipped:
+        return None
+    return _table(
+        f"Loss landscape, weight space (n={sec.n_samples}; nats)",
+        ["loss at θ", "accuracy at θ", "sharpness 1-D", "mean rise 2-D"],
+        [_num(sec.center_loss), _pct(sec.center_accuracy), _num(sec.sharpness_1d), _num(sec.mean_increase_2d)],
+    )
+
+
+_GEOMETRY_TABLES = {
+    "minimal": _minimal_table,
+    "jacobian": _jacobian_table,
+    "curvature": _curvature_table,
+    "indicator": _indicator_table,
+    "spectra": _spectra_table,
+    "surfaces": _surfaces_table,
+    "landscape": _landscape_table,
+}
+
+
+def geometry_tables(result: ScanResult) -> list[Table]:
+    """Compact tables for the geometry sections present, in the result's section order."""
+    tables = []
+    for name in result.sections:
+        fn = _GEOMETRY_TABLES.get(name)
+        sec = _typed(result, name) if fn else None
+        table = fn(sec) if sec is not None else None
+        if table is not None:
+            tables.append(table)
+    return tables
 
 
 def print_summary(result: ScanResult, console: Console | None = None) -> None:
@@ -89,5 +225,7 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             f"{margins.mean_loss:.3f}",
         )
         console.print(t)
+    for table in geometry_tables(result):
+        console.print(table)
     if result.timings:
         console.print("  [dim]time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()) + "[/dim]")

@@ -1,0 +1,537 @@
+"""Figures of the geometry sections (minimal, jacobian, curvature, indicator, spectra, surfaces,
+landscape), registered in :data:`robaudit.report.plots.SECTION_PLOTS` like the core sections'.
+
+Scales, as the sections store them: inputs, perturbations and radii on the pixel scale [0,1] (ℓ∞
+or ℓ2 as labelled); the margin L(x) = Z_y − max_{i≠y} Z_i in logits; losses in nats; margin
+gradients ∂L/∂x in logits per unit of pixel intensity; Hessian eigenvalues in nats per pixel²;
+weight singular values in weight units. Colours: blue = natural / correct (L > 0), red =
+adversarial / misclassified (L < 0), as in the rest of the report.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .plots import (
+    _ATTACK_CYCLE,
+    ADVERSARIAL,
+    MISCLASSIFIED,
+    NATURAL,
+    figure,
+    image_data_uri,
+    norm_symbol,
+    plain,
+    plots_for,
+    styled,
+    to_data_uri,
+)
+
+__all__ = [
+    "BOUNDARY",
+    "DEEPFOOL",
+    "floats",
+    "finite_radii",
+    "eps_values",
+    "jacobian_map",
+    "jacobian_heatmap_uri",
+    "draw_boundary",
+    "SURFACE_DIRECTIONS",
+]
+
+BOUNDARY = "black"  # the decision boundary L = 0, in every surface plot
+DEEPFOOL = _ATTACK_CYCLE[0]  # DeepFool's unrefined radii (the refined ones are ADVERSARIAL)
+EXACT, FINITE_DIFFERENCE = NATURAL, _ATTACK_CYCLE[1]
+HEATMAP_CMAP = "magma"
+
+SURFACE_DIRECTIONS_SHORT = {
+    "random": "random",
+    "fgsm": "FGSM (CE gradient)",
+    "least_likely": "least-likely attack",
+    "cw": "C&W-ℓ2",
+    "deepfool": "DeepFool-ℓ2",
+}
+SURFACE_DIRECTIONS = {
+    "random": "random direction",
+    "fgsm": "FGSM direction (cross-entropy gradient)",
+    "least_likely": "least-likely attack's perturbation",
+    "cw": "C&W-ℓ2 minimal perturbation",
+    "deepfool": "DeepFool-ℓ2 perturbation (normal to the nearest boundary)",
+}
+
+
+# --- small helpers -----------------------------------------------------------------------------------
+def floats(values) -> np.ndarray:
+    """A sequence with None → NaN as a float64 array."""
+    return np.asarray([np.nan if v is None else float(v) for v in (values or ())], dtype=np.float64)
+
+
+def _section(result, name: str):
+    sec = result.section(name)
+    return None if isinstance(sec, dict) else sec
+
+
+def _correct_mask(result, n: int) -> np.ndarray:
+    """Clean-correct samples (all True when the clean section is missing or of another length)."""
+    clean = _section(result, "clean")
+    correct = np.asarray(getattr(clean, "correct", ()), dtype=bool)
+    return correct if correct.shape == (n,) else np.ones(n, dtype=bool)
+
+
+def finite_radii(values, mask: np.ndarray | None = None) -> np.ndarray:
+    """Finite radii (pixel scale) of the selected samples."""
+    arr = floats(values)
+    if mask is not None and mask.shape == arr.shape:
+        arr = arr[mask]
+    return arr[np.isfinite(arr)]
+
+
+def eps_values(sec, result) -> list[float]:
+    """The scan's ε values (pixel scale): the attacks section's, else the minimal section's keys."""
+    attacks = _section(result, "attacks")
+    if attacks is not None and getattr(attacks, "eps", None):
+        return sorted(float(e) for e in attacks.eps)
+    from ..threat import parse_eps
+
+    out = []
+    for key in getattr(sec, "robust_fraction_at", {}) or {}:
+        try:
+            out.append(float(parse_eps(key)))
+        except Exception:  # noqa: BLE001 - a foreign key is just not marked
+            continue
+    return sorted(out)
+
+
+def _log_bins(data: list[np.ndarray], count: int = 30) -> tuple[np.ndarray, bool]:
+    """Bins over all positive values: logarithmic when they span more than a decade."""
+    allv = np.concatenate([d for d in data if d.size] or [np.zeros(0)])
+    pos = allv[allv > 0]
+    if pos.size and pos.max() / pos.min() > 10:
+        return np.geomspace(pos.min() * 0.95, pos.max() * 1.05, count + 1), True
+    lo, hi = (float(allv.min()), float(allv.max())) if allv.size else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 0.5 * max(abs(lo), 1e-3), hi + 0.5 * max(abs(hi), 1e-3)
+    return np.linspace(lo, hi, count + 1), False
+
+
+def _symlog_threshold(values: np.ndarray) -> float:
+    """Linear range of a symlog axis: 10⁻³ of the largest |value| (at least 1e-12)."""
+    finite = np.abs(values[np.isfinite(values)])
+    peak = float(finite.max()) if finite.size else 1.0
+    return max(peak * 1e-3, 1e-12)
+
+
+def _no_minor_labels(ax) -> None:
+    """Log axes: label only the decades (minor labels overlap on short ranges)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+# --- minimal -----------------------------------------------------------------------------------------
+@plots_for("minimal")
+@styled
+def minimal_figures(sec, result) -> dict[str, Any]:
+    """Histogram of the per-sample minimal perturbation ‖δ‖ (threat norm, pixel scale) of the
+    clean-correct samples: refined (PGD bisection) and DeepFool's when stored; ε as vertical lines."""
+    n = len(sec.radii)
+    mask = _correct_mask(result, n)
+    series = [("DeepFool + PGD bisection (refined, reported)", ADVERSARIAL, finite_radii(sec.radii, mask))]
+    deepfool = getattr(sec, "deepfool_radii", ()) or ()
+    if len(deepfool) == n:
+        series.append(("DeepFool alone (before bisection)", DEEPFOOL, finite_radii(deepfool, mask)))
+    if not any(d.size for _, _, d in series):
+        return {}
+    sym = norm_symbol(sec.norm)
+    fig = figure(6.8, 3.4)
+    ax = fig.add_subplot()
+    bins, logx = _log_bins([d for _, _, d in series])
+    for i, (label, color, data) in enumerate(series):
+        ax.hist(data, bins=bins, histtype="stepfilled" if i == 0 else "step", alpha=0.55 if i == 0 else 1.0,
+                linewidth=1.6, color=color, label=f"{label} ({data.size})")
+    from ..threat import format_eps
+
+    for j, e in enumerate(eps_values(sec, result)):
+        ax.axvline(e, color="black", linestyle=(0, (4, 2)), linewidth=1, label="scan ε" if j == 0 else None)
+        ax.annotate(f"ε={format_eps(e)}", (e, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                    ha="right", va="top", fontsize=7)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"minimal perturbation ‖δ‖ ({sym}, pixel scale [0,1]{', log scale' if logx else ''})")
+    ax.set_ylabel("clean-correct samples")
+    ax.set_title(f"Minimal adversarial perturbation per sample ({sym}; attack-found upper bounds)")
+    fig.legend(loc="outside lower center", ncols=3)
+    return {"histogram": to_data_uri(fig)}
+
+
+# --- jacobian ----------------------------------------------------------------------------------------
+def jacobian_map(gradient: np.ndarray) -> np.ndarray:
+    """(C,H,W) margin gradient → (H,W) map of Σ_c |∂L/∂x_c| (logits per unit pixel intensity)."""
+    g = np.abs(np.asarray(gradient, dtype=np.float64))
+    return g.sum(axis=0) if g.ndim == 3 else g
+
+
+def _heatmap_rgb(values: np.ndarray, peak: float) -> np.ndarray:
+    """(H,W) non-negative values → (3,H,W) colours in [0,1] on the heatmap colormap, 0..peak."""
+    from matplotlib import colormaps
+
+    scaled = np.clip(values / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(values)
+    return np.transpose(colormaps[HEATMAP_CMAP](scaled)[..., :3], (2, 0, 1))
+
+
+def jacobian_heatmap_uri(heatmap) -> tuple[str, float]:
+    """A stored JacobianHeatmap as a small PNG (|∂L/∂x| summed over channels, black = 0, bright =
+    the sample's largest entry). Returns (uri, largest value in logits per unit pixel intensity)."""
+    from ..checks.attacks import decode_tensor
+
+    values = jacobian_map(decode_tensor(heatmap.gradient, tuple(heatmap.shape)).numpy())
+    peak = float(values.max()) if values.size else 0.0
+    return image_data_uri(_heatmap_rgb(values, peak)), peak
+
+
+@plots_for("jacobian")
+@styled
+def jacobian_figures(sec, result) -> dict[str, Any]:
+    """Per-sample norm histograms and the heatmaps of the stored lowest-margin samples."""
+    out: dict[str, Any] = {"norms": _jacobian_norms(sec, result)}
+    if sec.heatmaps:
+        out["heatmaps"] = _jacobian_heatmaps(sec)
+    return out
+
+
+def _jacobian_norms(sec, result) -> str:
+    """‖∂L/∂x‖₁ (log x) and the near-zero fraction per sample, split correct / misclassified."""
+    n = len(sec.margin.l1)
+    correct = _correct_mask(result, n)
+    groups = [("correctly classified (natural inputs)", NATURAL, correct), ("misclassified without attack", MISCLASSIFIED, ~correct)]
+    fig = figure(8.0, 3.2)
+    ax1, ax2 = fig.subplots(1, 2)
+    l1 = floats(sec.margin.l1)
+    zf = floats(sec.margin.zero_fraction)
+    bins, logx = _log_bins([l1[np.isfinite(l1)]], 25)
+    for ax, values, b in ((ax1, l1, bins), (ax2, 100 * zf, np.linspace(0, 100, 26))):
+        data = [values[m & np.isfinite(values)] for _, _, m in groups]
+        ax.hist(data, bins=b, stacked=True, histtype="stepfilled", color=[c for _, c, _ in groups],
+                label=[f"{label} ({d.size})" for (label, _, _), d in zip(groups, data)])
+        ax.set_ylabel("samples")
+    if logx:
+        ax1.set_xscale("log")
+    ax1.set_xlabel("‖∂L/∂x‖₁ (logits per unit pixel intensity, [0,1] scale)")
+    ax1.set_title("ℓ1 norm of the margin Jacobian")
+    ax2.set_xlabel(f"entries with |∂L/∂x| < {sec.zero_threshold:g} (% of d = {sec.d})")
+    ax2.set_title("Near-zero Jacobian entries")
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2)
+    return to_data_uri(fig)
+
+
+def _jacobian_heatmaps(sec) -> str:
+    """Row 1: input image; row 2: Σ_c |∂L/∂x_c| on one colour scale shared by all samples."""
+    from ..checks.attacks import decode_tensor
+
+    maps = [jacobian_map(decode_tensor(h.gradient, tuple(h.shape)).numpy()) for h in sec.heatmaps]
+    peak = max((float(m.max()) for m in maps if m.size), default=0.0) or 1.0
+    k = len(maps)
+    fig = figure(max(3.2, 1.7 * k + 1.2), 3.9)
+    axes = fig.subplots(2, k, squeeze=False)
+    image = None
+    for j, (h, m) in enumerate(zip(sec.heatmaps, maps)):
+        img = np.clip(decode_tensor(h.image, tuple(h.shape)).numpy(), 0, 1)
+        top, bottom = axes[0][j], axes[1][j]
+        top.imshow(img[0] if img.shape[0] == 1 else np.transpose(img[:3], (1, 2, 0)), cmap="gray", vmin=0, vmax=1,
+                   interpolation="nearest")
+        top.set_title(f"#{h.index}, L(x)={h.margin:.3g}", fontsize=8)
+        image = bottom.imshow(m, cmap=HEATMAP_CMAP, vmin=0, vmax=peak, interpolation="nearest")
+        bottom.set_title(f"‖∂L/∂x‖₁={h.l1:.3g}", fontsize=8)
+        for ax in (top, bottom):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+    axes[0][0].set_ylabel("input")
+    axes[1][0].set_ylabel("|∂L/∂x|")
+    fig.colorbar(image, ax=[a[-1] for a in axes], label="Σ_c |∂L/∂x_c| (logits / unit pixel)", shrink=0.9)
+    fig.suptitle("Margin Jacobian of the lowest-margin correct samples", fontsize=10)
+    return to_data_uri(fig)
+
+
+# --- curvature ---------------------------------------------------------------------------------------
+def _runs(ranks: np.ndarray) -> list[slice]:
+    """Contiguous stretches of ``ranks`` (Lanczos keeps only both ends of the spectrum)."""
+    if ranks.size == 0:
+        return []
+    breaks = np.nonzero(np.diff(ranks) > max(1, np.median(np.diff(ranks)) * 5 if ranks.size > 1 else 1))[0] + 1
+    edges = [0, *breaks.tolist(), ranks.size]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+@plots_for("curvature")
+@styled
+def curvature_figures(sec, result) -> dict[str, Any]:
+    """The curvature profile: Hessian eigenvalues sorted descending, median (solid), mean (dashed)
+    and 25–75 % band over the samples, per spectrum (exact, finite difference), on a symlog y axis (nats per pixel²)."""
+    spectra = [(label, color, s) for label, color, s in (("exact Hessian", EXACT, sec.exact), ("finite difference at the ε-ball step", FINITE_DIFFERENCE, sec.finite_difference)) if s is not None and s.profile_ranks]
+    if not spectra:
+        return {}
+    fig = figure(7.2, 3.6)
+    ax = fig.add_subplot()
+    allv = []
+    for label, color, s in spectra:
+        ranks = np.asarray(s.profile_ranks, dtype=np.int64)
+        mean, q25, q75 = floats(s.profile_mean), floats(s.profile_q25), floats(s.profile_q75)
+        median = floats(s.profile_median) if s.profile_median else None
+        allv.extend([mean, q25, q75])
+        ends = "" if s.complete else " (Lanczos: both ends only)"
+        for i, sl in enumerate(_runs(ranks)):
+            ax.fill_between(ranks[sl], q25[sl], q75[sl], color=color, alpha=0.2, linewidth=0,
+                            label=f"{label}: 25–75 % of samples" if i == 0 else None)
+            marker = "." if ranks[sl].size < 60 else None
+            if median is not None:  # the typical sample; the mean follows the few with large curvature
+                ax.plot(ranks[sl], median[sl], color=color, linewidth=1.6, marker=marker,
+                        label=f"{label}: median{ends}" if i == 0 else None)
+            ax.plot(ranks[sl], mean[sl], color=color, linewidth=1.0, linestyle="--" if median is not None else "-",
+                    marker=None if median is not None else marker,
+                    label=f"{label}: mean{'' if median is not None else ends}" if i == 0 else None)
+    ax.set_yscale("symlog", linthresh=_symlog_threshold(np.concatenate(allv)))
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"eigenvalue rank (0 = largest, of d = {sec.d})")
+    ax.set_ylabel("λ of ∇²ℓ(x) (nats / pixel², symlog)")
+    ax.set_title(f"Curvature profile of the cross-entropy, {sec.n_samples} correct samples (pixel space [0,1])")
+    fig.legend(loc="outside lower center", ncols=2)
+    return {"profile": to_data_uri(fig)}
+
+
+# --- indicator ---------------------------------------------------------------------------------------
+def _pairs(radius, attack) -> tuple[np.ndarray, np.ndarray]:
+    r, a = floats(radius), floats(attack)
+    ok = np.isfinite(r) & np.isfinite(a) & (r > 0) & (a > 0)
+    return r[ok], a[ok]
+
+
+def _rho(v) -> str:
+    return "n/a" if v is None else f"{v:+.2f}"
+
+
+@plots_for("indicator")
+@styled
+def indicator_figures(sec, result) -> dict[str, Any]:
+    """Eq. 9 indicator radius vs attack-found minimal radius per sample (ℓ∞ and ℓ2, log–log, pixel
+    scale) with Spearman's ρ; Theorem-1 bounds against the attack-found ℓ2 radius."""
+    out: dict[str, Any] = {}
+    panels = [("ℓ∞", sec.radius_linf, sec.radii_linf, sec.spearman_linf), ("ℓ2", sec.radius_l2, sec.radii_l2, sec.spearman_l2)]
+    if any(_pairs(r, a)[0].size for _, r, a, _ in panels):
+        out["scatter"] = _indicator_scatter(panels)
+    if sec.theorem1 and any(np.isfinite(floats(sec.radii_l2))):
+        out["theorem1"] = _theorem1_bounds(sec)
+    return out
+
+
+def _indicator_scatter(panels) -> str:
+    fig = figure(8.0, 3.6)
+    axes = fig.subplots(1, 2)
+    for ax, (sym, radius, attack, rho) in zip(axes, panels):
+        r, a = _pairs(radius, attack)
+        ax.set_title(f"{sym}: Spearman ρ = {_rho(rho)} (n = {r.size})")
+        ax.set_xlabel(f"attack-found minimal radius ({sym}, pixel scale [0,1])")
+        ax.set_ylabel(f"Eq. 9 indicator radius ({sym}, pixel scale)")
+        if not r.size:
+            ax.text(0.5, 0.5, "no sample with both radii", transform=ax.transAxes, ha="center")
+            continue
+        ax.scatter(a, r, s=16, color=ADVERSARIAL, alpha=0.8, label="sample", zorder=3)
+        lo, hi = float(min(a.min(), r.min())), float(max(a.max(), r.max()))
+        ax.plot([lo, hi], [lo, hi], color="black", linestyle="--", linewidth=1, label="indicator = attack radius")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _no_minor_labels(ax)
+    axes[0].legend(loc="upper left")
+    fig.suptitle("Yu et al.'s second-order indicator vs the attack-found minimal perturbation", fontsize=10)
+    return to_data_uri(fig)
+
+
+def _theorem1_bounds(sec) -> str:
+    """Per sample (sorted by attack radius): [lower, upper] of each Hessian as a bar, attack ℓ2 radius as a dot."""
+    r2 = floats(sec.radii_l2)
+    order = [i for i in np.argsort(np.where(np.isfinite(r2), r2, np.inf), kind="stable") if np.isfinite(r2[i])]
+    fig = figure(7.2, 3.4)
+    ax = fig.add_subplot()
+    x = np.arange(len(order), dtype=np.float64)
+    colors = {"finite_difference": FINITE_DIFFERENCE, "exact": EXACT}
+    for k, (key, res) in enumerate(sorted(sec.theorem1.items())):
+        lo, up = floats(res.lower)[order], floats(res.upper)[order]
+        ok = np.isfinite(lo) & np.isfinite(up) & (lo > 0) & (up > 0)
+        offset = -0.15 + 0.3 * k
+        ax.vlines(x[ok] + offset, lo[ok], up[ok], color=colors.get(key, _ATTACK_CYCLE[2 + k]), linewidth=3, alpha=0.7,
+                  label=f"Theorem 1 [lower, upper], {key.replace('_', ' ')} Hessian")
+    ax.scatter(x, r2[order], color=ADVERSARIAL, s=18, zorder=3, label="attack-found minimal ℓ2 radius")
+    ax.set_yscale("log")
+    _no_minor_labels(ax)
+    ax.set_xticks(x, [str(sec.indices[i]) for i in order], rotation=90 if len(order) > 12 else 0, fontsize=7)
+    ax.set_xlabel("sample (dataset index), sorted by attack radius")
+    ax.set_ylabel("ℓ2 radius (pixel scale [0,1], log)")
+    ax.set_title("Theorem 1 bounds (quadratic model of the loss) vs attack-found radius")
+    fig.legend(loc="outside lower center", ncols=2)
+    return to_data_uri(fig)
+
+
+# --- spectra -----------------------------------------------------------------------------------------
+@plots_for("spectra")
+@styled
+def spectra_figures(sec, result) -> dict[str, Any]:
+    """Per layer: σ_max as a bar, mean σ ± std as a dot with error bar, σ_min as a tick (weight units)."""
+    if not sec.layers:
+        return {}
+    layers = sec.layers
+    x = np.arange(len(layers))
+    fig = figure(max(5.0, 0.7 * len(layers) + 2.5), 3.6)
+    ax = fig.add_subplot()
+    smax = np.asarray([l.sigma_max for l in layers], dtype=np.float64)
+    ax.bar(x, smax, color=NATURAL, alpha=0.8, label="σ_max (spectral norm)")
+    ax.errorbar(x, [l.mean for l in layers], yerr=[l.std for l in layers], fmt="o", color="black", markersize=3,
+                capsize=3, label="mean σ ± std")
+    smin = np.asarray([l.sigma_min for l in layers], dtype=np.float64)
+    ax.scatter(x, smin, marker="_", s=120, color=_ATTACK_CYCLE[0], label="σ_min", zorder=3)
+    pos = np.concatenate([smax[smax > 0], smin[smin > 0]])
+    if pos.size and pos.max() / pos.min() > 100:
+        ax.set_yscale("log")
+    names = [plain(l.name[: -len(".weight")] if l.name.endswith(".weight") else l.name) for l in layers]
+    ax.set_xticks(x, names, rotation=45 if len(layers) > 4 else 0, ha="right" if len(layers) > 4 else "center", fontsize=7)
+    ax.set_xlabel("layer (weights read as out × in matrices)")
+    ax.set_ylabel("singular value (weight units)")
+    ax.set_title(f"Singular values of the weight matrices ({len(layers)} layers)")
+    ax.legend(loc="upper right")
+    return {"bars": to_data_uri(fig)}
+
+
+# --- surfaces ----------------------------------------------------------------------------------------
+def draw_boundary(ax, a: np.ndarray, b: np.ndarray, margin_grid: np.ndarray):
+    """Draw the decision boundary L = 0 of ``margin_grid`` [rows along a][columns along b] as one
+    black contour at level 0 on a 2-D axes (x = a, y = b). Returns the ContourSet, or None when L
+    does not change sign on the grid (no boundary in view)."""
+    m = np.asarray(margin_grid, dtype=np.float64)
+    finite = m[np.isfinite(m)]
+    if not finite.size or finite.min() > 0 or finite.max() < 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ax.contour(a, b, m.T, levels=[0.0], colors=BOUNDARY, linewidths=2.2)
+
+
+def _eps_box(ax, eps: float) -> None:
+    """Dashed lines at ±ε along both axes: where the ε-ball's boundary crosses each axis."""
+    for v in (-eps, eps):
+        ax.axvline(v, color="0.35", linestyle=":", linewidth=1)
+        ax.axhline(v, color="0.35", linestyle=":", linewidth=1)
+
+
+def _margin_contours(ax, a: np.ndarray, plane, eps: float, norm):
+    """One 2-D panel: filled contours of the margin L (logits; blue > 0 correct, red < 0) with the
+    decision boundary L = 0 drawn on top, the sample as a star and ±ε dotted."""
+    m = np.asarray(plane.margin, dtype=np.float64)
+    cs = ax.contourf(a, a, m.T, levels=21, cmap="RdBu", norm=norm)
+    boundary = draw_boundary(ax, a, a, m)
+    _eps_box(ax, eps)
+    ax.plot([0], [0], marker="*", color="white", markeredgecolor="black", markersize=9, linestyle="none")
+    ax.grid(False)
+    return cs, boundary
+
+
+def _surface_3d(ax, a: np.ndarray, plane) -> None:
+    """The loss surface (nats) over the plane, with the L = 0 boundary projected on its floor."""
+    loss = np.asarray(plane.loss, dtype=np.float64)
+    m = np.asarray(plane.margin, dtype=np.float64)
+    A, B = np.meshgrid(a, a, indexing="ij")  # rows along u, as stored
+    ax.plot_surface(A, B, loss, cmap="viridis", linewidth=0, antialiased=False, rcount=len(a), ccount=len(a))
+    floor = float(np.nanmin(loss)) if np.isfinite(loss).any() else 0.0
+    if np.isfinite(m).any() and np.nanmin(m) <= 0 <= np.nanmax(m):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ax.contour(A, B, m, levels=[0.0], colors=BOUNDARY, linewidths=2, zdir="z", offset=floor)
+    ax.set_zlim(bottom=floor)
+    ax.set_xlabel("a (u)", fontsize=7, labelpad=-4)
+    ax.set_ylabel("b (v)", fontsize=7, labelpad=-4)
+    ax.set_zlabel("loss (nats)", fontsize=7, labelpad=-4)
+    ax.tick_params(labelsize=6, pad=-2)
+    ax.view_init(elev=30, azim=-60)
+
+
+@styled
+def surface_sample_figure(sec, sample) -> str:
+    """For one sample, one column per plane: top, margin contours with the L = 0 boundary (a along
+    u horizontal, b along v vertical; threat norm, pixel scale, unclipped); bottom, the 3-D loss
+    surface (nats) with the boundary projected on its floor. One colour scale for the margins."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    a = np.asarray(sec.axis, dtype=np.float64)
+    planes = [p for p in sample.planes if p.margin]
+    sym = norm_symbol(sec.norm)
+    k = len(planes)
+    fig = figure(2.25 * k + 1.0, 5.0, layout=None)  # constrained layout with 3-D axes costs seconds
+    fig.subplots_adjust(left=0.05, right=0.9, top=0.84, bottom=0.03, wspace=0.3, hspace=0.25)
+    allm = np.concatenate([np.asarray(p.margin, dtype=np.float64).ravel() for p in planes])
+    finite = allm[np.isfinite(allm)]
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=float(min(finite.min(), -1e-6)) if finite.size else -1.0,
+                        vmax=float(max(finite.max(), 1e-6)) if finite.size else 1.0)
+    cs = None
+    for j, plane in enumerate(planes):
+        top = fig.add_subplot(2, k, j + 1)
+        cs, boundary = _margin_contours(top, a, plane, sec.eps, norm)
+        top.set_title(f"u: {SURFACE_DIRECTIONS_SHORT.get(plane.name, plain(plane.name))}"
+                      + ("" if boundary is not None else "\n(no L = 0 in view)"), fontsize=8)
+        top.set_xlabel(f"a along u ({sym})", fontsize=7, labelpad=1)
+        if j == 0:
+            top.set_ylabel(f"b along v = random ({sym})", fontsize=7)
+        top.tick_params(labelsize=6)
+        _surface_3d(fig.add_subplot(2, k, k + j + 1, projection="3d"), a, plane)
+    cax = fig.add_axes((0.92, 0.55, 0.012, 0.29))
+    fig.colorbar(cs, cax=cax, label="margin L (logits)")
+    fig.suptitle(f"Sample #{sample.index}: margin L on planes x + a·u + b·v (black: decision boundary L = 0, ★ = the sample, "
+                 f"dotted: ±ε = {sec.eps:.3g}); below: loss surface in 3-D", fontsize=9)
+    return to_data_uri(fig)
+
+
+@plots_for("surfaces")
+def surfaces_figures(sec, result) -> dict[str, Any]:
+    """One figure per stored sample (all its planes): ``fig.samples[i] = {"sample", "figure"}``."""
+    if not sec.axis:
+        return {}
+    out = [{"sample": s, "figure": surface_sample_figure(sec, s)} for s in sec.samples if any(p.margin for p in s.planes)]
+    return {"samples": out} if out else {}
+
+
+# --- landscape ---------------------------------------------------------------------------------------
+@plots_for("landscape")
+@styled
+def landscape_figures(sec, result) -> dict[str, Any]:
+    """Filter-normalized parameter-space landscape: 1-D loss (nats) and accuracy (%) along d₁, and
+    the 2-D loss contours over (d₁, d₂); a = 1 moves every filter by its own norm."""
+    if sec.skipped or not sec.loss_1d:
+        return {}
+    fig = figure(9.0, 3.5)
+    ax1 = fig.add_subplot(1, 2, 1)
+    x1 = np.asarray(sec.axis_1d, dtype=np.float64)
+    ax1.plot(x1, sec.loss_1d, color=NATURAL, marker="o", markersize=3, label="loss (nats)")
+    ax1.set_xlabel("a along d₁ (filter-normalized units)")
+    ax1.set_ylabel("batch-mean cross-entropy (nats)")
+    twin = ax1.twinx()
+    twin.plot(x1, 100 * np.asarray(sec.accuracy_1d, dtype=np.float64), color=_ATTACK_CYCLE[2], linestyle="--", label="accuracy (%)")
+    twin.set_ylabel("accuracy (%)")
+    twin.set_ylim(-2, 102)
+    twin.grid(False)
+    lines = ax1.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax1.legend(lines, [l.get_label() for l in lines], loc="upper center")
+    ax1.set_title(f"1-D landscape (n = {sec.n_samples}; sharpness {sec.sharpness_1d:.3g} nats)")
+    if sec.loss_2d:
+        ax2 = fig.add_subplot(1, 2, 2)
+        x2 = np.asarray(sec.axis_2d, dtype=np.float64)
+        loss = np.asarray(sec.loss_2d, dtype=np.float64)
+        cs = ax2.contourf(x2, x2, loss.T, levels=15, cmap="viridis")
+        ax2.contour(x2, x2, loss.T, levels=15, colors="white", linewidths=0.4)
+        ax2.plot([0], [0], marker="*", color="white", markeredgecolor="black", markersize=10, linestyle="none")
+        fig.colorbar(cs, ax=ax2, label="cross-entropy (nats)")
+        ax2.set_xlabel("a along d₁ (filter-normalized)")
+        ax2.set_ylabel("b along d₂ (filter-normalized)")
+        ax2.set_title("2-D loss landscape (★ = trained weights)")
+        ax2.grid(False)
+    return {"landscape": to_data_uri(fig)}
+
