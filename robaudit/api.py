@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .config import DEFAULT_CHECKS, ScanConfig, ensemble_mode_for, parse_attack_list
+from .config import DEFAULT_CHECKS, ScanConfig, ensemble_mode_for, parse_attack_list, parse_check_list
 from .data import DataRequest, DataSpec, load_dataset
 from .engine import run_scan
 from .errors import UsageError
@@ -61,7 +61,7 @@ def scan(
     eps: str | Sequence[float] | None = None,
     norm: str = "linf",
     attacks: str = "quick",
-    checks: Sequence[str] = DEFAULT_CHECKS,
+    checks: str | Sequence[str] = DEFAULT_CHECKS,
     ensemble: str | None = None,
     n: int | None = None,
     split: str = "test",
@@ -83,12 +83,14 @@ def scan(
         eps_t = tuple(parse_eps_list(eps))
     else:
         eps_t = tuple(float(e) for e in eps) if eps else ()
+    check_names, check_options = parse_check_list(checks)
     config = ScanConfig(
         norm=Norm.parse(norm),
         eps=eps_t,
         attacks=parse_attack_list(attacks),
         ensemble=ensemble_mode_for(attacks, ensemble),
-        checks=tuple(checks),
+        checks=check_names,
+        check_options=check_options,
         seed=seed,
         device=device,
         batch_size=batch_size,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from .errors import UsageError
 from .threat import Norm, parse_eps
@@ -10,6 +11,8 @@ __all__ = [
     "AttackSpec",
     "ScanConfig",
     "parse_attack_list",
+    "parse_check_list",
+    "build_check",
     "ATTACK_PRESETS",
     "PRESET_MODE",
     "PAPER_EPS",
@@ -82,11 +85,11 @@ def _parse_value(text: str) -> object:
         return text
 
 
-def parse_attack_list(text: str) -> tuple[AttackSpec, ...]:
-    """``quick`` | ``pgd:steps=50:restarts=2,fgsm`` | ``pgd:steps=50,restarts=2,fgsm``.
+def parse_spec_list(text: str, kind: str) -> list[tuple[str, list[tuple[str, object]]]]:
+    """``pgd:steps=50:restarts=2,fgsm`` or ``pgd:steps=50,restarts=2,fgsm`` → [(name, [(k, v), ...]), ...].
 
-    Parameters follow the name after ``:``; a comma-separated ``k=v`` without a name continues
-    the previous attack's parameters. Presets (``quick``) expand in place.
+    Parameters follow the name after ``:``; a comma-separated ``k=v`` without a name continues the
+    previous entry's parameters. Names are lower-cased, ``-`` in parameter names becomes ``_``.
     """
     specs: list[tuple[str, list[tuple[str, object]]]] = []
     for token in (t.strip() for t in text.split(",")):
@@ -94,29 +97,93 @@ def parse_attack_list(text: str) -> tuple[AttackSpec, ...]:
             continue
         if "=" in token and ":" not in token:
             if not specs:
-                raise UsageError(f"attack list {text!r} starts with a parameter; write name:param=value")
+                raise UsageError(f"{kind} list {text!r} starts with a parameter; write name:param=value")
             k, v = token.split("=", 1)
             specs[-1][1].append((k.strip().replace("-", "_"), _parse_value(v.strip())))
             continue
         name, *params = token.split(":")
-        name = name.strip().lower()
-        if name in ATTACK_PRESETS and not params:
-            for spec in parse_attack_list(ATTACK_PRESETS[name]):
-                specs.append((spec.name, list(spec.params)))
-            continue
         parsed = []
         for p in params:
             if "=" not in p:
-                raise UsageError(f"attack parameter {p!r} in {token!r} must be written name=value")
+                raise UsageError(f"{kind} parameter {p!r} in {token!r} must be written name=value")
             k, v = p.split("=", 1)
             parsed.append((k.strip().replace("-", "_"), _parse_value(v.strip())))
-        specs.append((name, parsed))
+        specs.append((name.strip().lower(), parsed))
+    return specs
+
+
+def parse_attack_list(text: str) -> tuple[AttackSpec, ...]:
+    """``quick`` | ``pgd:steps=50:restarts=2,fgsm`` | ``pgd:steps=50,restarts=2,fgsm``.
+
+    Syntax of :func:`parse_spec_list`; presets (``quick``) expand in place.
+    """
+    specs: list[tuple[str, list[tuple[str, object]]]] = []
+    for name, params in parse_spec_list(text, "attack"):
+        if name in ATTACK_PRESETS and not params:
+            specs.extend((spec.name, list(spec.params)) for spec in parse_attack_list(ATTACK_PRESETS[name]))
+        else:
+            specs.append((name, params))
     if not specs:
         raise UsageError("empty attack list; use e.g. --attacks quick or --attacks pgd:steps=50,fgsm")
     out = tuple(AttackSpec(n, tuple(p)) for n, p in specs)
     for spec in out:
         spec.build()  # validate names and parameters now, not halfway through a scan
     return out
+
+
+CheckOptions = tuple[tuple[str, tuple[tuple[str, object], ...]], ...]
+
+
+def check_parameters(cls) -> dict[str, object]:
+    """A check's settable parameters: its annotated, non-ClassVar class attributes and their defaults."""
+    out: dict[str, object] = {}
+    for klass in reversed(cls.__mro__):
+        for key, ann in vars(klass).get("__annotations__", {}).items():
+            if "ClassVar" not in str(ann) and not key.startswith("_") and hasattr(cls, key):
+                out[key] = getattr(cls, key)
+    return out
+
+
+def build_check(name: str, params=()):
+    """The registered check ``name`` with parameter overrides (``surfaces:steps=41``) applied."""
+    from .checks import CHECKS
+
+    cls = CHECKS.get(name)
+    allowed = check_parameters(cls)
+    check = cls()
+    for key, value in params:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise UsageError(f"check {name!r} has no parameter {key!r}; its parameters are: {known}")
+        default = allowed[key]
+        if isinstance(default, bool) != isinstance(value, bool) or (
+            isinstance(default, (int, float)) and not isinstance(value, (int, float))
+        ):
+            raise UsageError(f"check {name!r}: {key}={value!r} must be {type(default).__name__} like its default {default!r}")
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        setattr(check, key, value)
+    return check
+
+
+def parse_check_list(text: str | Sequence[str]) -> tuple[tuple[str, ...], CheckOptions]:
+    """``clean,attacks,surfaces:steps=41:extent_factor=3`` (or a sequence of such entries; ``all``
+    expands to :data:`ALL_CHECKS`) → (names, per-check parameter overrides), validated now."""
+    text = text if isinstance(text, str) else ",".join(text)
+    names: list[str] = []
+    options: dict[str, tuple[tuple[str, object], ...]] = {}
+    for name, params in parse_spec_list(text, "check"):
+        expanded = ALL_CHECKS if name == "all" and not params else (name,)
+        for n in expanded:
+            if n not in names:
+                names.append(n)
+        if params:
+            options[name] = options.get(name, ()) + tuple(params)
+    if not names:
+        raise UsageError("--checks is empty; e.g. --checks clean,attacks,margins")
+    for n in names:
+        build_check(n, options.get(n, ()))  # unknown names/parameters → UsageError now
+    return tuple(names), tuple(options.items())
 
 
 def ensemble_mode_for(attacks_text: str, requested: str | None) -> str:
@@ -144,6 +211,7 @@ class ScanConfig:
     eps: tuple[float, ...] = ()  # empty → default_eps for the data
     attacks: tuple[AttackSpec, ...] = field(default_factory=lambda: parse_attack_list("quick"))
     checks: tuple[str, ...] = DEFAULT_CHECKS
+    check_options: CheckOptions = ()  # (check name, ((parameter, value), ...)) overrides, see parse_check_list
     ensemble: str = "independent"  # or "cascade" (see checks/attacks.py)
     seed: int = 0
     device: str = "auto"

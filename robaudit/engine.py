@@ -169,10 +169,11 @@ def run_scan(
 ) -> ScanResult:
     """Run ``config.checks`` in order on ``data`` and return the ScanResult. ``train_data`` (optional)
     lets checks compare training and test samples (margins: the loss gap)."""
-    from .checks import CHECKS
+    from .config import build_check
 
     device = resolve_device(config.device)
-    checks = [CHECKS.get(name)() for name in _with_requirements(config.checks)]
+    options = dict(config.check_options)
+    checks = [build_check(name, options.get(name, ())) for name in _with_requirements(config.checks)]
     eps = tuple(config.eps) if config.eps else default_eps(data.input_shape, config.norm)
     model = loaded.model.to(device)
     ctx = ScanContext(

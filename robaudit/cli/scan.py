@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ..config import DEFAULT_CHECKS, PAPER_EPS, ScanConfig, ensemble_mode_for, parse_attack_list
+from ..config import DEFAULT_CHECKS, PAPER_EPS, ScanConfig, ensemble_mode_for, parse_attack_list, parse_check_list
 from ..errors import UsageError
 from ..report.terminal import print_summary
 from ..results import ScanResult
@@ -96,12 +96,14 @@ def scan_command(
         raise UsageError("--train-n must be >= 1")
     if batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
+    check_names, check_options = parse_check_list(checks)
     config = ScanConfig(
         norm=Norm.parse(norm),
         eps=tuple(parse_eps_list(eps)) if eps else (),
         attacks=parse_attack_list(attacks),
         ensemble=ensemble_mode_for(attacks, ensemble),
-        checks=_parse_checks(checks),
+        checks=check_names,
+        check_options=check_options,
         seed=seed,
         device=device,
         batch_size=batch_size,
@@ -132,16 +134,3 @@ def scan_command(
     return run_scan(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
 
 
-def _parse_checks(text: str) -> tuple[str, ...]:
-    from ..checks import CHECKS
-
-    from ..config import ALL_CHECKS
-
-    names: tuple[str, ...] = ()
-    for c in (c.strip().lower() for c in text.split(",") if c.strip()):
-        names += ALL_CHECKS if c == "all" else (c,)
-    if not names:
-        raise UsageError("--checks is empty; e.g. --checks clean,attacks,margins")
-    for name in names:
-        CHECKS.get(name)  # unknown → UsageError with did-you-mean
-    return names
