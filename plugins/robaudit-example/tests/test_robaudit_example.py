@@ -109,12 +109,13 @@ def test_cli_scan_with_plugin_attack_check_and_report(tmp_path):
     out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
     res = CliRunner().invoke(app, [
         "scan", str(DEMO_MODEL), "--dataset", "demo", "--n", "24", "--eps", "0.1", "--device", "cpu",
-        "--attacks", "mi-fgsm:steps=3", "--checks", "clean,attacks,confidence-calibration",
+        "--attacks", "mi-fgsm:steps=3", "--checks", "clean,attacks,confidence-calibration:bins=10",
         "--json", str(out_json), "--html", str(out_html), "-q",
     ])
     assert res.exit_code == 0, res.output
     data = json.loads(out_json.read_text())
     assert math.isfinite(data["sections"]["confidence-calibration"]["ece"])
+    assert data["sections"]["confidence-calibration"]["n_bins"] == 10  # the check parameter reached the run
     runs = data["sections"]["attacks"]["runs"]
     assert [r["attack"] for r in runs] == ["mi-fgsm[steps=3]"]
     html = out_html.read_text()

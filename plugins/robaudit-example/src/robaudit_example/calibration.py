@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from robaudit.errors import UsageError
 from robaudit.checks import Check
 from robaudit.results import Section, section
 
@@ -66,13 +67,17 @@ class CalibrationCheck(Check):
     requires = ("clean",)
     description = "expected calibration error of clean predictions (Guo et al. 2017, 15 bins)"
 
+    bins: int = N_BINS  # a parameter: --checks confidence-calibration:bins=30
+
     def run(self, ctx) -> CalibrationSection:
+        if self.bins < 1:
+            raise UsageError("confidence-calibration: bins must be >= 1")
         logits = ctx.cache["clean_logits"]
-        ece, mce, count, conf, acc = calibration_bins(logits, ctx.data.y, N_BINS)
+        ece, mce, count, conf, acc = calibration_bins(logits, ctx.data.y, self.bins)
         probs = torch.softmax(logits.double(), dim=1).max(dim=1)
         none_if_nan = lambda t: tuple(None if v != v else float(v) for v in t.tolist())  # noqa: E731
         return CalibrationSection(
-            n=int(logits.shape[0]), n_bins=N_BINS, ece=ece, mce=mce,
+            n=int(logits.shape[0]), n_bins=self.bins, ece=ece, mce=mce,
             mean_confidence=float(probs.values.mean()),
             accuracy=float((probs.indices == ctx.data.y).double().mean()),
             bin_count=tuple(int(c) for c in count.tolist()),
