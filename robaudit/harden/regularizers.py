@@ -207,6 +207,29 @@ def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn, create_gr
     return f, logits, g
 
 
+def train_ce_and_input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn, separate_eval: bool):
+    """(per-sample CE of the train-mode pass [B], ∂f_i/∂x_i with its graph) for f = fn(logits, y).
+
+    The CE and the input gradient share one forward unless the model has mode-dependent layers
+    (``separate_eval``); then the CE is the single train-mode forward and the gradient comes from
+    a separate eval-mode pass (the BatchNorm rule in the module docstring)."""
+    if separate_eval:
+        ce = cross_entropy(model(x), y)
+        with eval_mode(model):
+            _, _, g = input_grad(model, x, y, fn, create_graph=True)
+        return ce, g
+    xr = x.detach().requires_grad_(True)
+    logits = model(xr)
+    (g,) = torch.autograd.grad(fn(logits, y).sum(), xr, create_graph=True)
+    return cross_entropy(logits, y), g
+
+
+def ce_grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample ‖∇ₓCE‖₂ (nats per unit pixel, [0,1] scale), no weight graph."""
+    _, _, g = input_grad(model, x, y, cross_entropy, create_graph=False)
+    return g.flatten(1).norm(p=2, dim=1)
+
+
 @dataclass
 class StepContext:
     """What a method sees at a training step.
@@ -299,12 +322,7 @@ class Cure(Hardener):
 
     def loss(self, model, x, y, ctx):
         h = self.h_at(ctx.progress, self._h(ctx.threat, x))
-        if ctx.separate_eval:
-            ce = cross_entropy(model(x), y)
-            with eval_mode(model):
-                _, _, g = input_grad(model, x, y, cross_entropy, create_graph=True)
-        else:
-            ce, _, g = input_grad(model, x, y, cross_entropy, create_graph=True)
+        ce, g = train_ce_and_input_grad(model, x, y, cross_entropy, ctx.separate_eval)
         if h == 0.0 or self.gamma == 0.0:
             return StepOutput(loss=ce.mean(), ce=float(ce.detach().mean()), penalty=0.0)
         z = _sign_direction(g)
@@ -363,15 +381,7 @@ class JacobianReg(Hardener):
     def loss(self, model, x, y, ctx):
         if self.projections:
             return self._projected_loss(model, x, y, ctx)
-        if ctx.separate_eval:
-            ce = cross_entropy(model(x), y)
-            with eval_mode(model):
-                _, _, g = input_grad(model, x, y, margin, create_graph=True)
-        else:
-            xr = x.detach().requires_grad_(True)
-            logits = model(xr)
-            ce = cross_entropy(logits, y)
-            (g,) = torch.autograd.grad(margin(logits, y).sum(), xr, create_graph=True)
+        ce, g = train_ce_and_input_grad(model, x, y, margin, ctx.separate_eval)
         penalty = self._r(g).mean()
         return StepOutput(loss=ce.mean() + self.reg_weight * penalty, ce=float(ce.detach().mean()),
                           penalty=float(penalty.detach()))
@@ -423,19 +433,13 @@ class CEGrad(Hardener):
             raise UsageError("ce-grad: --reg-weight must be >= 0")
 
     def loss(self, model, x, y, ctx):
-        if ctx.separate_eval:
-            ce = cross_entropy(model(x), y)
-            with eval_mode(model):
-                _, _, g = input_grad(model, x, y, cross_entropy, create_graph=True)
-        else:
-            ce, _, g = input_grad(model, x, y, cross_entropy, create_graph=True)
+        ce, g = train_ce_and_input_grad(model, x, y, cross_entropy, ctx.separate_eval)
         penalty = _per_sample_sq(g).mean()
         return StepOutput(loss=ce.mean() + self.reg_weight * penalty, ce=float(ce.detach().mean()),
                           penalty=float(penalty.detach()))
 
     def measure(self, model, x, y, threat):
-        _, _, g = input_grad(model, x, y, cross_entropy, create_graph=False)
-        return g.flatten(1).norm(p=2, dim=1)
+        return ce_grad_norm(model, x, y)
 
 
 # --- PGD adversarial training ------------------------------------------------------------------
@@ -475,8 +479,7 @@ class PGDAT(Hardener):
         return StepOutput(loss=ce.mean(), ce=float(ce.detach().mean()), penalty=math.nan)
 
     def measure(self, model, x, y, threat):
-        _, _, g = input_grad(model, x, y, cross_entropy, create_graph=False)
-        return g.flatten(1).norm(p=2, dim=1)
+        return ce_grad_norm(model, x, y)
 
 
 @dataclass
