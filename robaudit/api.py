@@ -13,13 +13,12 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .config import DEFAULT_CHECKS, ScanConfig, ensemble_mode_for, parse_attack_list, parse_check_list
+from .config import DEFAULT_CHECKS, ScanConfig
 from .data import DataRequest, DataSpec, load_dataset
 from .engine import run_scan
 from .errors import UsageError
 from .models import LoadedModel, ModelInfo, NormalizedModel, check_fits, load_model
 from .results import ScanResult
-from .threat import Norm, parse_eps_list
 
 __all__ = ["scan", "gate"]
 
@@ -79,22 +78,8 @@ def scan(
     was_training = model.training if isinstance(model, nn.Module) else None
     loaded = _as_model(model, mean, std)  # wrapping puts the module in eval mode
     spec = _as_data(data, n, split, data_dir)
-    if isinstance(eps, str):
-        eps_t = tuple(parse_eps_list(eps))
-    else:
-        eps_t = tuple(float(e) for e in eps) if eps else ()
-    check_names, check_options = parse_check_list(checks)
-    config = ScanConfig(
-        norm=Norm.parse(norm),
-        eps=eps_t,
-        attacks=parse_attack_list(attacks),
-        ensemble=ensemble_mode_for(attacks, ensemble),
-        checks=check_names,
-        check_options=check_options,
-        seed=seed,
-        device=device,
-        batch_size=batch_size,
-    )
+    config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,
+                              device=device, batch_size=batch_size)
     check_fits(loaded, input_shape=spec.input_shape, num_classes=spec.num_classes, dataset_name=spec.name)
     try:
         return run_scan(loaded, spec, config, quiet=not progress, command_line="robaudit.scan()")

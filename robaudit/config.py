@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .errors import UsageError
-from .threat import Norm, parse_eps
+from .threat import Norm, parse_eps, parse_eps_list
 
 __all__ = [
     "AttackSpec",
@@ -196,10 +196,13 @@ def ensemble_mode_for(attacks_text: str, requested: str | None) -> str:
     return PRESET_MODE.get(attacks_text.strip().lower(), "independent")
 
 
-def default_eps(input_shape: tuple[int, ...], norm: Norm) -> tuple[float, ...]:
-    """ε columns used by the papers: 0.1/0.2/0.3 for 1-channel MNIST-like data, 8/255 for colour
-    images (ℓ∞); ℓ2: 1.5 for MNIST-like, 0.5 for colour (RobustBench's CIFAR ℓ2 radius)."""
+def default_eps(input_shape: tuple[int, ...], norm: Norm, preset: str | None = None) -> tuple[float, ...]:
+    """ε when none is given, on the [0,1] pixel scale: the ``paper`` preset's Yu et al. columns
+    (:data:`PAPER_EPS`); otherwise 0.1 for 1-channel MNIST-like data, 8/255 for colour images
+    (ℓ∞); ℓ2: 1.5 for MNIST-like, 0.5 for colour (RobustBench's CIFAR ℓ2 radius)."""
     grey = input_shape[0] == 1
+    if preset == "paper":
+        return PAPER_EPS["grey" if grey else "colour"]
     if norm is Norm.LINF:
         return (0.1,) if grey else (8 / 255,)
     return (1.5,) if grey else (0.5,)
@@ -217,3 +220,25 @@ class ScanConfig:
     device: str = "auto"
     batch_size: int = 256
     keep_examples: int = 8  # weakest samples whose adversarial examples are kept for the report
+    preset: str | None = None  # the attack preset the list came from (its ε default: default_eps)
+
+    @classmethod
+    def parse(
+        cls, *, norm: str = "linf", eps: str | Sequence[float] | None = None, attacks: str = "quick",
+        ensemble: str | None = None, checks: str | Sequence[str] = DEFAULT_CHECKS, seed: int = 0,
+        device: str = "auto", batch_size: int = 256,
+    ) -> "ScanConfig":
+        """The config from the CLI's / API's strings, every usage error raised here, before heavy work."""
+        if batch_size < 1:
+            raise UsageError("--batch-size must be >= 1")
+        if isinstance(eps, str):
+            eps_t = tuple(parse_eps_list(eps)) if eps.strip() else ()
+        else:
+            eps_t = tuple(float(e) for e in eps) if eps else ()
+        names, options = parse_check_list(checks)
+        preset = attacks.strip().lower()
+        return cls(
+            norm=Norm.parse(norm), eps=eps_t, attacks=parse_attack_list(attacks),
+            ensemble=ensemble_mode_for(attacks, ensemble), checks=names, check_options=options,
+            seed=seed, device=device, batch_size=batch_size, preset=preset if preset in ATTACK_PRESETS else None,
+        )

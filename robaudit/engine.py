@@ -174,7 +174,7 @@ def run_scan(
     device = resolve_device(config.device)
     options = dict(config.check_options)
     checks = [build_check(name, options.get(name, ())) for name in _with_requirements(config.checks)]
-    eps = tuple(config.eps) if config.eps else default_eps(data.input_shape, config.norm)
+    eps = tuple(config.eps) if config.eps else default_eps(data.input_shape, config.norm, config.preset)
     model = loaded.model.to(device)
     ctx = ScanContext(
         model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size, train_data=train_data

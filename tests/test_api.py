@@ -23,3 +23,19 @@ def test_scan_gate_html_on_a_plain_module():
     assert path_result.metrics()["clean.accuracy"] == acc
     assert isinstance(result, robaudit.ScanResult)
     assert torch.is_tensor(data.x)
+
+
+def test_api_and_cli_share_config_parsing():
+    """robaudit.scan takes the same strings as the CLI: the paper preset's ε columns, check options,
+    and the same usage errors."""
+    import pytest
+
+    from robaudit.config import PAPER_EPS, ScanConfig
+    from robaudit.errors import UsageError
+
+    data = load_dataset("demo", DataRequest(n=8))
+    result = robaudit.scan(str(DEMO_MODEL), data, attacks="paper", checks="clean,attacks", device="cpu")
+    assert tuple(result.section("attacks").eps) == PAPER_EPS["grey"]
+    assert ScanConfig.parse(attacks="quick").preset == "quick" and ScanConfig.parse(attacks="pgd").preset is None
+    with pytest.raises(UsageError, match="batch-size"):
+        robaudit.scan(str(DEMO_MODEL), data, batch_size=0)

@@ -1,17 +1,15 @@
 """`robaudit scan CHECKPOINT --dataset NAME`: load, check it fits, run the battery, summarize."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from ..config import DEFAULT_CHECKS, PAPER_EPS, ScanConfig, ensemble_mode_for, parse_attack_list, parse_check_list
+from ..config import DEFAULT_CHECKS, ScanConfig
 from ..errors import UsageError
 from ..report.terminal import print_summary
 from ..results import ScanResult
-from ..threat import Norm, parse_eps_list
 from ._common import command_line, error_boundary, parse_floats, parse_shape, make_console
 from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option
 
@@ -94,20 +92,8 @@ def scan_command(
         raise UsageError("--n must be >= 1")
     if train_n is not None and train_n < 1:
         raise UsageError("--train-n must be >= 1")
-    if batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
-    check_names, check_options = parse_check_list(checks)
-    config = ScanConfig(
-        norm=Norm.parse(norm),
-        eps=tuple(parse_eps_list(eps)) if eps else (),
-        attacks=parse_attack_list(attacks),
-        ensemble=ensemble_mode_for(attacks, ensemble),
-        checks=check_names,
-        check_options=check_options,
-        seed=seed,
-        device=device,
-        batch_size=batch_size,
-    )
+    config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,
+                              device=device, batch_size=batch_size)
     kwargs = parse_arch_kwargs(arch_kwargs) if arch_kwargs else None
     shape = parse_shape(input_shape)
     mean_t, std_t = parse_floats(mean, "--mean"), parse_floats(std, "--std")
@@ -123,8 +109,6 @@ def scan_command(
         default_num_classes=data.num_classes, default_input_shape=data.input_shape,
     )
     check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
-    if not config.eps and attacks.strip().lower() == "paper":
-        config = replace(config, eps=PAPER_EPS["grey" if data.input_shape[0] == 1 else "colour"])
     train = None
     if train_n is not None:
         train = load_dataset(
