@@ -59,6 +59,19 @@ def cw_linear(_one_thread):
     return model, x, y, exact, x_adv, norms, attack
 
 
+def _eps_between_radii(radii: torch.Tensor, min_rel_gap: float = 1e-3) -> list[float]:
+    """Radii ε strictly between consecutive sorted values of ``radii`` (their geometric mean),
+    only in gaps wide enough (relative width > ``min_rel_gap``) that float rounding of an attack
+    cannot put a sample on the other side; at least a few, or the test would assert nothing."""
+    r = radii.double().sort().values
+    r = r[torch.isfinite(r) & (r > 0)]
+    lo, hi = r[:-1], r[1:]
+    wide = hi > lo * (1 + min_rel_gap)
+    eps = [float((a * b).sqrt()) for a, b in zip(lo[wide], hi[wide])]
+    assert len(eps) >= 3, "the test data must have gaps between radii"
+    return eps
+
+
 # -- invariants -----------------------------------------------------------------------------------
 
 
@@ -143,10 +156,14 @@ def test_deepfool_does_not_stall_on_the_boundary():
 
 @pytest.mark.parametrize("norm", [Norm.LINF, Norm.L2])
 def test_deepfool_under_threat_model_matches_its_norms(norm):
+    """On an affine model DeepFool steps along the optimal direction to (1 + overshoot) × the exact
+    radius r; projected onto the ε-ball that point still crosses the boundary iff r < ε. Every ε
+    between two consecutive radii (never on one: there rounding decides) must split the samples
+    exactly there."""
     model, x, y, exact = _binary_linear()
-    eps = float(exact[norm].median())
-    out = DeepFool().run(model, x, y, ThreatModel(norm, eps))
-    assert torch.equal(out.success, 1.02 * exact[norm] <= eps)
+    for eps in _eps_between_radii(exact[norm]):
+        out = DeepFool().run(model, x, y, ThreatModel(norm, eps))
+        assert torch.equal(out.success, exact[norm] < eps), eps
 
 
 @pytest.mark.parametrize("norm", [Norm.LINF, Norm.L2])
@@ -197,10 +214,18 @@ def test_cw_under_threat_model_counts_only_within_eps():
     model, x, y, exact = _binary_linear()
     kw = dict(binary_search_steps=3, max_iterations=20)
     _, norms = CarliniWagnerL2(**kw).minimal_perturbation(model, x, y)
-    eps = float(exact[Norm.L2].median()) * 1.1
-    out = CarliniWagnerL2(**kw).run(model, x, y, ThreatModel(Norm.L2, eps))
-    assert torch.equal(out.success, norms <= eps)
-    assert (exact[Norm.L2][out.success] <= eps).all()
+    # C&W's point is projected onto the ε-ball: it certainly counts when its norm is within ε, it
+    # can never count when even the exact minimum is beyond ε; in between the projection decides.
+    # ε sits in a gap of both radius lists, so rounding cannot move a sample across.
+    checked = 0
+    for eps in _eps_between_radii(torch.cat([exact[Norm.L2], norms.double()])):
+        out = CarliniWagnerL2(**kw).run(model, x, y, ThreatModel(Norm.L2, eps))
+        assert out.success[norms < eps].all(), eps
+        assert not out.success[exact[Norm.L2] > eps].any(), eps
+        checked += int((norms < eps).sum()) > 0 and int((exact[Norm.L2] > eps).sum()) > 0
+        if checked >= 3:
+            break
+    assert checked >= 3
     with pytest.raises(UsageError):
         CarliniWagnerL2().run(model, x, y, ThreatModel(Norm.LINF, 0.1))
 
