@@ -71,8 +71,8 @@ def test_same_clean_accuracy_in_every_format(formats, fashion_available, tmp_pat
         "plain safetensors + user arch": [d / "plain.safetensors", "--arch", arch],
         "nested pickle + user arch": [d / "nested.pth", "--arch", arch],
         "state dict .bin + built-in arch": [d / "state.bin", "--arch", "small-cnn", "--arch-kwargs", "width=16,hidden=128"],
-        "torchscript": [d / "scripted.pt"],
-        "torch.export": [d / "exported.pt2"],
+        "torchscript": [d / "scripted.pt", "--trust-checkpoint"],  # code formats: docs/security.md
+        "torch.export": [d / "exported.pt2", "--trust-checkpoint"],
     }
     accs = {}
     for name, args in cases.items():
@@ -90,7 +90,8 @@ def test_same_clean_accuracy_in_every_format(formats, fashion_available, tmp_pat
 
 def test_static_batch_export_is_an_input_error(formats):
     d, _ = formats
-    res = runner.invoke(app, ["scan", str(d / "static_batch.pt2"), "--dataset", "demo", "--n", "8", "--quiet"])
+    res = runner.invoke(app, ["scan", str(d / "static_batch.pt2"), "--trust-checkpoint", "--dataset", "demo", "--n", "8",
+                              "--quiet"])
     assert res.exit_code == 3, res.output
     assert "dynamic_shapes" in res.output
 

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
@@ -37,7 +38,7 @@ def harden_cli(
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W the model expects (default: metadata, else the dataset's)."),
     mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel normalization mean the model expects."),
     std: Optional[str] = typer.Option(None, "--std", help="Per-channel normalization std."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickles that can run code. Only for files you trust."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Load a checkpoint that can run code: TorchScript, torch.export (.pt2), or a pickle of arbitrary Python objects. Only for files you trust (docs/security.md)."),
     train_n: Optional[int] = typer.Option(None, "--train-n", help="Train on the first N training samples (default: all)."),
     eval_n: int = typer.Option(500, "--eval-n", help="Held-out test samples for the per-epoch evaluation and the before/after scan."),
     epochs: int = typer.Option(5, "--epochs", help="Fine-tuning epochs."),
@@ -105,8 +106,10 @@ def harden_cli(
         if not quiet:
             print_history(result, console)
             print_comparison(result, console)
-            console.print(f"  [dim]hardened model written to {result.out} (sha256:{result.sha256[:12]}); "
-                          f"scan it with: robaudit scan {result.out} --dataset {dataset}[/dim]", soft_wrap=True)
+            again = f" --arch {arch}" if arch else ""  # a typed file.py:Class is never read back from metadata
+            console.print(f"  [dim]hardened model written to {escape(str(result.out))} (sha256:{result.sha256[:12]}); "
+                          f"scan it with: robaudit scan {escape(str(result.out))} --dataset {escape(dataset)}{escape(again)}[/dim]",
+                          soft_wrap=True)
 
 
 # --- rendering -------------------------------------------------------------------------------

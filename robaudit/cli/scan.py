@@ -29,7 +29,7 @@ def scan(
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W the model expects (default: metadata, else the dataset's)."),
     mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel normalization mean the model expects, e.g. 0.4914,0.4822,0.4465."),
     std: Optional[str] = typer.Option(None, "--std", help="Per-channel normalization std."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickles that can run code. Only for files you trust."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Load a checkpoint that can run code: TorchScript, torch.export (.pt2), or a pickle of arbitrary Python objects. Only for files you trust (docs/security.md)."),
     norm: str = typer.Option("linf", "--norm", help="Threat model: linf or l2."),
     eps: Optional[str] = typer.Option(None, "--eps", help="Radii on the [0,1] pixel scale: 0.1,0.2 or 8/255 (default: 0.1 for 1-channel data, 8/255 for colour)."),
     attacks: str = typer.Option("quick", "--attacks", help="Preset (quick, standard, paper) or a list, e.g. pgd:steps=50:restarts=2,fgsm."),

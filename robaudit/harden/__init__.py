@@ -259,7 +259,10 @@ def _scan_pair(parent, out, *, loaded_kwargs, data, threat, seed, device, batch_
     config = ScanConfig(norm=threat.norm, eps=(threat.eps,), attacks=parse_attack_list("quick"),
                         checks=("clean", "attacks", "margins"), seed=seed, device=device, batch_size=batch_size)
     results = []
-    for label, path, kwargs in (("before", parent, loaded_kwargs), ("after", out, {})):
+    # the hardened file's metadata names the parent's architecture; one the user typed (a file.py:Class)
+    # must be typed again, since robaudit never imports a file named in metadata
+    typed = {k: loaded_kwargs[k] for k in ("arch", "arch_kwargs")} if loaded_kwargs.get("arch") else {}
+    for label, path, kwargs in (("before", parent, loaded_kwargs), ("after", out, typed)):
         loaded = load_model(str(path), default_num_classes=data.num_classes, default_input_shape=data.input_shape,
                             **kwargs)
         log(f"scanning the {label} model on {data.n} test samples")

@@ -54,7 +54,8 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, unexpected objects
-        raise CheckpointError(f"{p} is not a readable robaudit harden checkpoint ({type(exc).__name__}: {exc})") from None
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:200]  # torch's are many lines
+        raise CheckpointError(f"{p} is not a readable robaudit harden checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a robaudit harden checkpoint (format {FORMAT})")
     return state

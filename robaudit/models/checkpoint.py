@@ -1,13 +1,15 @@
 """``load_model`` / ``save_model``: every supported checkpoint format in, one ``LoadedModel`` out.
 
-Formats (detected by content, see ``detect_format``): safetensors (robaudit's own format, with
-metadata), torch.save pickles (loaded with ``weights_only=True``; arbitrary objects only with
-``trust_checkpoint``), TorchScript and torch.export archives (which carry their own code, so no
-``--arch``). Nothing from an untrusted checkpoint is ever executed.
+Formats (detected by content, see ``detect_format``) and the trust model (``_trust``, docs/security.md):
+safetensors (robaudit's own format, with metadata) and torch.save pickles (``weights_only=True``)
+are data and load without a flag; TorchScript and torch.export archives carry code (their own
+graph, so no ``--arch``) and load only with ``trust_checkpoint``, as do pickles of arbitrary objects.
+An architecture named in a file's metadata must be a registry name; a ``file.py:Class`` is only
+ever the caller's ``arch`` argument.
 
-Metadata keys (safetensors header, or a ``robaudit.json`` extra file in TorchScript/torch.export
-archives), all strings: ``robaudit.arch``, ``robaudit.arch_kwargs`` (JSON object),
-``robaudit.num_classes``, ``robaudit.input_shape`` (JSON [C,H,W]), ``robaudit.mean``,
+Metadata keys (safetensors header, a pickle's top-level dict, or a ``robaudit.json`` extra file in
+TorchScript/torch.export archives), all strings: ``robaudit.arch``, ``robaudit.arch_kwargs`` (JSON
+object), ``robaudit.num_classes``, ``robaudit.input_shape`` (JSON [C,H,W]), ``robaudit.mean``,
 ``robaudit.std`` (JSON lists), ``robaudit.class_names`` (JSON list), ``robaudit.version``.
 """
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, UnsafeCheckpointError, UsageError
+from ..errors import CheckpointError, UsageError
 from ._formats import check_exists, detect_format, sha256_file
 from ._pickle_load import load_pickle
-from ._safe_export import unsafe_export_members
+from ._trust import metadata_architecture, quiet_loading, refuse_code
 from ._state_dict import (
     classifier_key, extract_weights, first_conv_key, fit_keys, is_state_dict, load_strict, nonfinite_warning,
 )
@@ -92,8 +93,11 @@ def load_model(
     contents = reader(p, trust_checkpoint)
     s = _merge(given, _parse_metadata(contents.metadata, p), contents.input_shape)
     notes = list(contents.warnings)
+    builds = contents.module is None
+    if builds and not arch and s.arch:  # named by the file, not by the caller: a registry name only
+        s.arch = metadata_architecture(s.arch, p)
 
-    if contents.module is not None:
+    if not builds:
         net = contents.module
         if arch is not None:
             notes.append(f"--arch {arch} ignored: {p.name} contains a complete model")
@@ -247,10 +251,11 @@ def _read_pickle(p: Path, trust: bool) -> _Contents:
 
 
 def _read_torchscript(p: Path, trust: bool) -> _Contents:
+    if not trust:
+        raise refuse_code(p, "torchscript")
     extra = {EXTRA_FILE: ""}
     try:
-        with warnings.catch_warnings():  # supported on purpose; torch marks TorchScript deprecated
-            warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=FutureWarning)
+        with quiet_loading():  # supported on purpose; torch marks TorchScript deprecated
             net = torch.jit.load(str(p), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{p} is not a loadable TorchScript archive: {_first_line(exc)}") from None
@@ -258,17 +263,13 @@ def _read_torchscript(p: Path, trust: bool) -> _Contents:
 
 
 def _read_export(p: Path, trust: bool) -> _Contents:
-    problems = unsafe_export_members(p)
-    if problems and not trust:
-        raise UnsafeCheckpointError(
-            f"{p} needs arbitrary Python objects or native code to load ({'; '.join(problems[:3])}) and could run code; "
-            f"re-export it without them, save a state dict or safetensors, or pass --trust-checkpoint if you trust its source"
-        )
+    if not trust:
+        raise refuse_code(p, "torch-export")
     extra = {EXTRA_FILE: ""}
     try:
-        with open(p, "rb") as f:
+        with quiet_loading(), open(p, "rb") as f:
             program = torch.export.load(f, extra_files=extra)
-        net = program.module()
+            net = program.module()
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{p} is not a loadable torch.export archive: {_first_line(exc)}") from None
     contents = _Contents(module=net, metadata=_extra_meta(extra[EXTRA_FILE]))
