@@ -77,6 +77,7 @@ class Provenance:
     normalization_mean: tuple[float, ...] | None = None
     normalization_std: tuple[float, ...] | None = None
     command_line: str = ""
+    weights: str | None = None  # published weights chosen by name, e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2
 
 
 @dataclass(frozen=True)
