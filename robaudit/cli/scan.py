@@ -87,7 +87,7 @@ def scan_command(
     """Parse every option first (usage errors before any heavy work), then load and scan."""
     from ..data import DataRequest, load_dataset  # torch-heavy: imported when a scan runs, not for --help
     from ..engine import run_scan
-    from ..models import check_fits, open_model, parse_arch_kwargs
+    from ..models import align_labels, check_fits, open_model, parse_arch_kwargs
 
     if n is not None and n < 1:
         raise UsageError("--n must be >= 1")
@@ -111,13 +111,14 @@ def scan_command(
         DataRequest(split=split, n=n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
     )
     loaded = opened.build(default_num_classes=data.num_classes, default_input_shape=data.input_shape)
+    data = align_labels(data, loaded.info)
     check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
     train = None
     if train_n is not None:
-        train = load_dataset(
+        train = align_labels(load_dataset(
             dataset,
             DataRequest(split="train", n=train_n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
-        )
+        ), loaded.info)
     return run_scan(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
 
 

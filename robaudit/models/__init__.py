@@ -4,7 +4,7 @@ from .architectures import ARCHITECTURES, build_architecture, parse_arch_kwargs
 from .checkpoint import OpenedModel, detect_format, load_model, open_model, save_model
 from .sources import ModelSource, model_sources, parse_arch
 from .spec import LoadedModel, ModelInfo, Preprocessing
-from .validate import check_fits
+from .validate import align_labels, check_fits
 from .wrapper import NormalizedModel
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "ARCHITECTURES",
     "NormalizedModel",
     "check_fits",
+    "align_labels",
     "LoadedModel",
     "ModelInfo",
     "Preprocessing",
