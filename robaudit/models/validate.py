@@ -48,8 +48,9 @@ def _forward(model: torch.nn.Module, shape: list[int], batch: int, dataset_name:
         reason = _first_line(exc)
         if batch > 1 and _accepts_other_batch(model, shape, device, batch):
             raise InputError(
-                f"model only accepts a fixed batch size ({reason}); if it is a torch.export archive, re-export it "
-                f"with dynamic_shapes={{'x': {{0: torch.export.Dim('batch')}}}}"
+                f"model only accepts a fixed batch size ({reason}); re-export it with a dynamic batch axis "
+                f"(torch.export: dynamic_shapes={{'x': {{0: torch.export.Dim('batch')}}}}; "
+                f"ONNX: dynamic_axes={{'x': {{0: 'batch'}}}})"
             ) from None
         raise InputError(
             f"model does not accept inputs of shape {shape} from dataset {dataset_name}: {reason}; "
