@@ -354,6 +354,7 @@ def test_onnx_is_recognised_by_content(onnx_pair, tmp_path):
 
 def test_onnx_unsupported_operator_names_it(tmp_path):
     onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx2torch")
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(

@@ -133,22 +133,20 @@ def named_weights(name: str, *, download: bool) -> dict[str, Any]:
 
     cache = hub_cache_dir()
     files = [getattr(cfg, "hf_hub_filename", None)] if getattr(cfg, "hf_hub_filename", None) else list(WEIGHT_FILES)
-    for filename in files:
-        found = try_to_load_from_cache(repo, filename, cache_dir=str(cache))
-        if isinstance(found, str) and Path(found).is_file():
-            return {"path": Path(found), "label": label, "preprocessing": preprocessing(full),
-                    "class_names": None, "num_classes": getattr(cfg, "num_classes", None), "warnings": []}
-    if not download:
+    path = next((Path(found) for found in (try_to_load_from_cache(repo, f, cache_dir=str(cache)) for f in files)
+                 if isinstance(found, str) and Path(found).is_file()), None)
+    if path is None and not download:
         raise CheckpointError(
             f"{label} is not in the Hugging Face cache {cache}: expected {' or '.join(files)} of the repository {repo} "
             f"(under {cache / ('models--' + repo.replace('/', '--'))}/snapshots/); set HF_HOME or HF_HUB_CACHE to the cache "
             f"that holds it, pass the weights file itself, or pass --download"
         )
-    from huggingface_hub import hf_hub_download
+    if path is None:
+        from huggingface_hub import hf_hub_download
 
-    try:
-        path = hf_hub_download(repo, files[0], cache_dir=str(cache))
-    except Exception as exc:  # noqa: BLE001 - network, missing file, auth
-        raise CheckpointError(f"downloading {files[0]} of {repo} failed: {type(exc).__name__}: {exc}") from None
-    return {"path": Path(path), "label": label, "preprocessing": preprocessing(full),
+        try:
+            path = Path(hf_hub_download(repo, files[0], cache_dir=str(cache)))
+        except Exception as exc:  # noqa: BLE001 - network, missing file, auth
+            raise CheckpointError(f"downloading {files[0]} of {repo} failed: {type(exc).__name__}: {exc}") from None
+    return {"path": path, "label": label, "preprocessing": preprocessing(full),
             "class_names": None, "num_classes": getattr(cfg, "num_classes", None), "warnings": []}
