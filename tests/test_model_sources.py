@@ -370,6 +370,26 @@ def test_onnx_unsupported_operator_names_it(tmp_path):
     assert "Hardmax (opset 17)" in line and "com.example:Mystery (custom domain)" in line and "cannot convert" in line
 
 
+def test_onnx_metadata_props_carry_normalization(onnx_pair, tmp_path):
+    """robaudit.* keys in an ONNX model's metadata_props are read like safetensors metadata (data)."""
+    import onnx
+
+    from robaudit.models.checkpoint import metadata_strings
+
+    model = onnx.load(str(onnx_pair["path"]))
+    for key, value in metadata_strings(mean=[0.25], std=[0.5], class_names=[str(i) for i in range(10)]).items():
+        model.metadata_props.add(key=key, value=value)
+    path = tmp_path / "meta.onnx"
+    onnx.save(model, str(path))
+    loaded = load_model(path)
+    assert (loaded.info.mean, loaded.info.std, loaded.info.class_names[3]) == ((0.25,), (0.5,), "3")
+    x = torch.rand(2, *SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), onnx_pair["net"]((x - 0.25) / 0.5), atol=1e-5)
+    with pytest.raises(UsageError, match="conflicts with 0.25"):
+        load_model(path, mean=[0.5], std=[0.5])
+
+
 def test_onnx_static_batch_is_noted(tmp_path, onnx_pair):
     path = export_onnx(onnx_pair["net"], tmp_path / "static.onnx", dynamic=False)
     info = load_model(path).info

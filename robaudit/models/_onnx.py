@@ -56,8 +56,9 @@ def _modules():
     return onnx, onnx2torch, get_converter
 
 
-def read_onnx(path: Path) -> tuple[nn.Module, tuple[int, int, int] | None, list[str]]:
-    """Parse, check and convert ``path``; return (module, input shape C,H,W or None, warnings)."""
+def read_onnx(path: Path) -> tuple[nn.Module, tuple[int, int, int] | None, list[str], dict[str, str]]:
+    """Parse, check and convert ``path``; return (module, input shape C,H,W or None, warnings,
+    ``metadata_props`` as strings: robaudit.mean/std/class_names there are read like safetensors metadata)."""
     onnx, onnx2torch, _ = _modules()
     try:
         model = onnx.load_model_from_string(path.read_bytes())
@@ -72,7 +73,8 @@ def read_onnx(path: Path) -> tuple[nn.Module, tuple[int, int, int] | None, list[
         raise CheckpointError(f"onnx2torch could not convert {path}: {_first_line(exc)}") from None
     _check_converted(path, net)
     shape, warnings = _input_shape(model)
-    return net.eval(), shape, warnings
+    metadata = {str(p.key): str(p.value) for p in model.metadata_props}
+    return net.eval(), shape, warnings, metadata
 
 
 def _check_operators(path: Path, model: Any) -> None:

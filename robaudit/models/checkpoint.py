@@ -7,8 +7,8 @@ graph, so no ``--arch``) and load only with ``trust_checkpoint``, as do pickles 
 An architecture named in a file's metadata must be a registry name; a ``file.py:Class`` is only
 ever the caller's ``arch`` argument.
 
-Metadata keys (safetensors header, a pickle's top-level dict, or a ``robaudit.json`` extra file in
-TorchScript/torch.export archives), all strings: ``robaudit.arch``, ``robaudit.arch_kwargs`` (JSON
+Metadata keys (safetensors header, a pickle's top-level dict, a ``robaudit.json`` extra file in
+TorchScript/torch.export archives, an ONNX model's ``metadata_props``), all strings: ``robaudit.arch``, ``robaudit.arch_kwargs`` (JSON
 object), ``robaudit.num_classes``, ``robaudit.input_shape`` (JSON [C,H,W]), ``robaudit.mean``,
 ``robaudit.std`` (JSON lists), ``robaudit.class_names`` (JSON list), ``robaudit.version``.
 """
@@ -388,8 +388,8 @@ def _read_torchscript(p: Path, trust: bool) -> _Contents:
 
 def _read_onnx(p: Path, trust: bool) -> _Contents:
     """ONNX is data: converted by onnx2torch after robaudit's checks (``_onnx``), whatever ``trust`` says."""
-    net, shape, warnings = read_onnx(p)
-    return _Contents(module=net, input_shape=shape, warnings=warnings)
+    net, shape, warnings, metadata = read_onnx(p)
+    return _Contents(module=net, input_shape=shape, warnings=warnings, metadata=metadata)
 
 
 def _read_export(p: Path, trust: bool) -> _Contents:
