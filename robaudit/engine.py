@@ -208,6 +208,7 @@ def run_scan(
         normalization_mean=info.mean,
         normalization_std=info.std,
         command_line=command_line if command_line is not None else shlex.join(["robaudit", *sys.argv[1:]]),
+        weights=info.weights,
     )
     return ScanResult(
         provenance=provenance,

@@ -77,6 +77,7 @@ class Provenance:
     normalization_mean: tuple[float, ...] | None = None
     normalization_std: tuple[float, ...] | None = None
     command_line: str = ""
+    weights: str | None = None  # published weights chosen by name, e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,21 @@ class ScanResult:
             if hasattr(sec, "metrics"):
                 out.update(sec.metrics())
         return out
+
+    def samples(self):
+        """A pandas DataFrame, one row per scanned sample in dataset order: index, label, prediction,
+        correct, margin, true-class probability, loss, robust flags per attack and ε, and the
+        per-sample geometry the sections hold (columns: robaudit.report.tables)."""
+        from .report.tables import samples_table
+
+        return samples_table(self)
+
+    def per_class(self):
+        """A pandas DataFrame, one row per class: n, clean and robust accuracy, margin / minimal
+        radius / Jacobian summaries (robaudit.report.tables.per_class_table)."""
+        from .report.tables import per_class_table
+
+        return per_class_table(self)
 
     def to_html(self, gate_outcome=None) -> str:
         """The self-contained HTML report (robaudit.report.html.render_html)."""

@@ -183,8 +183,11 @@ def test_metadata_round_trip(workdir, x):
     assert info.metadata["trained_by"] == "test" and "robaudit.version" in info.metadata
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), net((x - 0.25) / 0.5))
-    # explicit arguments override metadata; a NormalizedModel is unwrapped when saved
-    assert load_model(path, mean=[0.0], std=[1.0]).info.mean == (0.0,)
+    # given mean/std must agree with the metadata's (issue 14): equal is fine, different is a usage error
+    assert load_model(path, mean=[0.25], std=[0.5]).info.mean == (0.25,)
+    with pytest.raises(UsageError, match="--mean 0 conflicts with 0.25 from the robaudit metadata"):
+        load_model(path, mean=[0.0], std=[1.0])
+    # a NormalizedModel is unwrapped when saved
     save_model(path, loaded.model, arch="small-cnn", arch_kwargs=CNN_KWARGS, num_classes=10, input_shape=SHAPE)
     assert load_model(path).info.std == (0.5,)
 

@@ -635,3 +635,136 @@ def test_identical_outputs_with_trust(legit):
 def test_legitimate_code_formats_need_the_flag(legit, tmp_path, caplog, name):
     line = refused(scan(legit["dir"] / name), tmp_path / "marker", caplog)
     assert "--trust-checkpoint" in line
+
+
+# --- ONNX: data, converted only after robaudit's checks (robaudit/models/_onnx.py) ----------------
+
+
+@pytest.fixture(scope="module")
+def onnx_base(tmp_path_factory) -> dict:
+    """small-cnn exported to ONNX (dynamic batch), and the same graph with its weights in an external file."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx2torch")
+    d = tmp_path_factory.mktemp("onnx")
+    net = tiny_cnn()
+    path = d / "model.onnx"
+    _quiet(torch.onnx.export, net, (torch.zeros(1, *SHAPE),), str(path), dynamo=False, input_names=["x"],
+           output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    return {"onnx": onnx, "net": net, "path": path, "proto": onnx.load(str(path))}
+
+
+def _exec_name(first: str, marker: Path) -> str:
+    """A node name that closes onnx2torch's ``getattr(self, "NAME")`` in torch.fx's generated forward
+    and calls exec: opening ``marker`` when the converted model runs (no dots: onnx2torch turns them into /)."""
+    code = "+".join(f"chr({ord(c)})" for c in f"open({str(marker)!r}, 'w')")
+    return f'{first}"), exec({code}), getattr(self, "{first}'
+
+
+def onnx_node_name_payload(base: dict, dst: Path, marker: Path) -> Path:
+    proto = base["onnx"].ModelProto()
+    proto.CopyFrom(base["proto"])
+    proto.graph.node[0].name = "first"
+    proto.graph.node[1].name = _exec_name("first", marker)
+    base["onnx"].save(proto, str(dst))
+    return dst
+
+
+def test_onnx_node_name_code_never_runs(onnx_base, tmp_path):
+    """robaudit renames every node before converting: the hostile name is inert and the model scans."""
+    marker = tmp_path / "marker"
+    path = onnx_node_name_payload(onnx_base, tmp_path / "named.onnx", marker)
+    res = runner.invoke(app, scan(path, "--checks", "clean,attacks", "--attacks", "fgsm", "-q"))
+    assert res.exit_code == 0, res.output
+    assert not marker.exists(), "the payload ran"
+    x = torch.rand(4, *SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(load_model(path).model(x), onnx_base["net"](x), atol=1e-5)
+    assert not marker.exists()
+
+
+def test_control_onnx_node_name_payload_is_live(onnx_base, tmp_path):
+    """onnx2torch on its own writes the node name into the code torch.fx execs: calling the model runs it."""
+    import onnx2torch
+
+    marker = tmp_path / "marker"
+    path = onnx_node_name_payload(onnx_base, tmp_path / "named.onnx", marker)
+    converted = onnx2torch.convert(onnx_base["onnx"].load(str(path)))
+    with pytest.raises(Exception):  # noqa: B017 - the tuple the payload leaves behind breaks the next layer
+        converted(torch.rand(4, *SHAPE))
+    assert marker.exists()
+
+
+def _external(base: dict, folder: Path, location: str, data_file: Path | None = None, **entries) -> Path:
+    """The model with every initializer in one external file (written as ``folder/weights.data``), its
+    location then rewritten to ``location`` (and other external_data entries set)."""
+    onnx = base["onnx"]
+    folder.mkdir(parents=True, exist_ok=True)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(base["proto"])
+    onnx.save_model(proto, str(folder / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.data", size_threshold=0)
+    if data_file is not None:
+        data_file.parent.mkdir(parents=True, exist_ok=True)
+        data_file.write_bytes((folder / "weights.data").read_bytes())
+    proto = onnx.load(str(folder / "ext.onnx"), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+            elif entry.key in entries:
+                entry.value = str(entries[entry.key])
+    onnx.save(proto, str(folder / "ext.onnx"))
+    return folder / "ext.onnx"
+
+
+def test_onnx_external_data_inside_the_folder_loads(onnx_base, tmp_path, monkeypatch):
+    path = _external(onnx_base, tmp_path / "m", "weights.data")
+    monkeypatch.chdir(tmp_path)  # resolved against the model's folder, not the working directory
+    x = torch.rand(3, *SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(load_model(path).model(x), onnx_base["net"](x), atol=1e-5)
+
+
+ONNX_EXTERNAL_CASES = {
+    "parent-traversal": lambda t: ("../secret.data", t / "secret.data", "leaves the model's folder (..)"),
+    "deep-traversal": lambda t: ("sub/../../secret.data", t / "secret.data", "leaves the model's folder (..)"),
+    "absolute": lambda t: (str(t / "secret.data"), t / "secret.data", "is an absolute path"),
+    "missing": lambda t: ("nowhere.data", None, "does not exist next to the model"),
+    "folder": lambda t: ("sub", None, "is not a regular file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONNX_EXTERNAL_CASES))
+def test_onnx_external_data_outside_the_folder_is_refused(onnx_base, tmp_path, caplog, case):
+    location, data_file, why = ONNX_EXTERNAL_CASES[case](tmp_path)
+    path = _external(onnx_base, tmp_path / "m", location, data_file)
+    (tmp_path / "m" / "sub").mkdir(exist_ok=True)
+    line = refused(scan(path), tmp_path / "marker", caplog)
+    assert "external file" in line and why in line and str(tmp_path / "m") in line
+
+
+def test_onnx_external_data_symlink_out_of_the_folder_is_refused(onnx_base, tmp_path, caplog):
+    secret = tmp_path / "secret.data"
+    path = _external(onnx_base, tmp_path / "m", "link.data", secret)
+    (tmp_path / "m" / "link.data").symlink_to(secret)
+    line = refused(scan(path), tmp_path / "marker", caplog)
+    assert "through a symlink" in line
+
+
+def test_onnx_external_data_out_of_bounds_is_refused(onnx_base, tmp_path, caplog):
+    path = _external(onnx_base, tmp_path / "m", "weights.data", offset=10**9)
+    line = refused(scan(path), tmp_path / "marker", caplog)
+    assert "asks for bytes" in line
+
+
+def test_onnx_model_local_functions_are_refused(onnx_base, tmp_path, caplog):
+    onnx = onnx_base["onnx"]
+    from onnx import helper
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(onnx_base["proto"])
+    proto.functions.append(helper.make_function("evil.domain", "Payload", ["a"], ["b"], [helper.make_node("Identity", ["a"], ["b"])],
+                                                [helper.make_opsetid("", 17)]))
+    onnx.save(proto, str(tmp_path / "f.onnx"))
+    line = refused(scan(tmp_path / "f.onnx"), tmp_path / "marker", caplog)
+    assert "evil.domain:Payload" in line and "own ONNX functions" in line

@@ -24,15 +24,16 @@ __all__ = ["harden_cli", "RichReporter"]
 
 
 def harden_cli(
-    checkpoint: Path = typer.Argument(..., help="Model to fine-tune: .safetensors or pickled weights whose architecture robaudit can rebuild."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="Model to fine-tune: .safetensors or pickled weights whose architecture robaudit can rebuild. Omit it for published weights named by --arch/--weights."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="fashion-mnist, mnist, cifar10, ..., or a .npz/.safetensors/.pt tensor file. Training uses the train split."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the hardened model (safetensors)."),
     method: str = typer.Option("cure", "--method", "-m", help="cure, jacobian, ce-grad or pgd-at (see `robaudit harden --help`)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset lives (also $ROBAUDIT_DATA)."),
-    download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing (needs internet)."),
+    download: bool = typer.Option(False, "--download", help="Download the dataset or the published weights if missing (needs internet)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="imagefolder: resize short side + centre crop."),
     eval_dataset: Optional[str] = typer.Option(None, "--eval-dataset", help="Evaluate on this dataset's test split instead (default: --dataset)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: a built-in name, torchvision:NAME, or path/to/net.py:Class."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: a built-in name, torchvision:NAME[:WEIGHTS], timm:NAME[.TAG], or path/to/net.py:Class."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Published weights of a torchvision:/timm: --arch from the local cache (IMAGENET1K_V2, DEFAULT; a timm tag), or a weights file."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON object or k=v,k=v for the architecture."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of the model (default: metadata, else the dataset's)."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W the model expects (default: metadata, else the dataset's)."),
@@ -79,6 +80,7 @@ def harden_cli(
         from ..models import parse_arch_kwargs  # torch-heavy: imported when hardening runs
 
         kwargs = parse_arch_kwargs(arch_kwargs) if arch_kwargs else None
+        checkpoint, arch, mean_t, std_t = published_weights(checkpoint, arch, weights, mean_t, std_t, download)
         console = make_console()
         reporter = None if quiet else RichReporter(make_console(stderr=True), method)
         try:
@@ -110,6 +112,19 @@ def harden_cli(
             console.print(f"  [dim]hardened model written to {escape(str(result.out))} (sha256:{result.sha256[:12]}); "
                           f"scan it with: robaudit scan {escape(str(result.out))} --dataset {escape(dataset)}{escape(again)}[/dim]",
                           soft_wrap=True)
+
+
+def published_weights(checkpoint, arch, weights, mean, std, download):
+    """Resolve ``--weights`` / ``--arch torchvision:NAME:WEIGHTS`` to the cached file, the bare
+    architecture and the weights' own mean/std (a conflicting --mean/--std is a usage error)."""
+    from ..models import open_model, parse_arch
+
+    if weights is None and not (arch and parse_arch(arch).weights):
+        if checkpoint is None:
+            raise UsageError("no model: give a CHECKPOINT file, or published weights with --arch torchvision:NAME --weights NAME")
+        return checkpoint, arch, mean, std
+    opened = open_model(checkpoint, arch=arch, weights=weights, mean=mean, std=std, download=download)
+    return opened.path, opened.settings.arch, opened.settings.mean, opened.settings.std
 
 
 # --- rendering -------------------------------------------------------------------------------

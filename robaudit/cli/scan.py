@@ -15,15 +15,16 @@ from .gate_options import evaluate, finish, gate_file_option, junit_option, load
 
 
 def scan(
-    checkpoint: Path = typer.Argument(..., help="Model file: .safetensors, .pt2 (torch.export), TorchScript, or a pickled state dict."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="Model file: .safetensors, a pickled state dict, .onnx, TorchScript or .pt2 (torch.export). Omit it for published weights named by --arch/--weights."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="cifar10, cifar100, mnist, fashion-mnist, svhn, demo, imagefolder:PATH, or a .npz/.safetensors/.pt tensor file."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset lives (also $ROBAUDIT_DATA)."),
-    download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing (needs internet)."),
+    download: bool = typer.Option(False, "--download", help="Download the dataset or the published weights if missing (needs internet)."),
     split: str = typer.Option("test", "--split", help="test or train."),
     n: Optional[int] = typer.Option(None, "--n", "-n", help="Use the first N samples in the dataset's order."),
     train_n: Optional[int] = typer.Option(None, "--train-n", help="Also compute margins and loss on the first N training samples (train/test loss gap)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="imagefolder: resize short side + centre crop."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: a built-in name, torchvision:NAME, or path/to/net.py:Class."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: a built-in name, torchvision:NAME[:WEIGHTS], timm:NAME[.TAG], or path/to/net.py:Class."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Published weights of a torchvision:/timm: --arch from the local cache (IMAGENET1K_V2, DEFAULT; a timm tag), or a weights file."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON object or k=v,k=v for the architecture."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of the model (default: metadata, else the dataset's)."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W the model expects (default: metadata, else the dataset's)."),
@@ -52,7 +53,7 @@ def scan(
         gates = load_gates(gate_file, require, junit=junit)  # usage errors before any heavy work
         result = scan_command(
             checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, download=download, split=split, n=n, train_n=train_n,
-            image_size=image_size, arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes,
+            image_size=image_size, arch=arch, weights=weights, arch_kwargs=arch_kwargs, num_classes=num_classes,
             input_shape=input_shape, mean=mean, std=std, trust_checkpoint=trust_checkpoint, norm=norm, eps=eps,
             attacks=attacks, ensemble=ensemble, checks=checks, device=device, batch_size=batch_size, seed=seed, quiet=quiet,
         )
@@ -79,14 +80,14 @@ def scan(
 
 def scan_command(
     *, checkpoint, dataset, data_dir=None, download=False, split="test", n=None, train_n=None, image_size=None, arch=None,
-    arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
+    weights=None, arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
     norm="linf", eps=None, attacks="quick", ensemble=None, checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
     seed=0, quiet=True,
 ) -> ScanResult:
     """Parse every option first (usage errors before any heavy work), then load and scan."""
     from ..data import DataRequest, load_dataset  # torch-heavy: imported when a scan runs, not for --help
     from ..engine import run_scan
-    from ..models import check_fits, load_model, parse_arch_kwargs
+    from ..models import align_labels, check_fits, open_model, parse_arch_kwargs
 
     if n is not None and n < 1:
         raise UsageError("--n must be >= 1")
@@ -99,22 +100,37 @@ def scan_command(
     mean_t, std_t = parse_floats(mean, "--mean"), parse_floats(std, "--std")
     if (mean_t is None) != (std_t is None):
         raise UsageError("--mean and --std go together; give both or neither")
+    opened = open_model(
+        str(checkpoint) if checkpoint is not None else None, arch=arch, weights=weights, arch_kwargs=kwargs,
+        num_classes=num_classes or None, input_shape=shape, mean=mean_t, std=std_t, trust_checkpoint=trust_checkpoint,
+        download=download,
+    )
+    image_size = model_image_size(opened, image_size)
     data = load_dataset(
         dataset,
         DataRequest(split=split, n=n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
     )
-    loaded = load_model(
-        str(checkpoint), arch=arch, arch_kwargs=kwargs, num_classes=num_classes or None, input_shape=shape,
-        mean=mean_t, std=std_t, trust_checkpoint=trust_checkpoint,
-        default_num_classes=data.num_classes, default_input_shape=data.input_shape,
-    )
+    loaded = opened.build(default_num_classes=data.num_classes, default_input_shape=data.input_shape)
+    data = align_labels(data, loaded.info)
     check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
     train = None
     if train_n is not None:
-        train = load_dataset(
+        train = align_labels(load_dataset(
             dataset,
             DataRequest(split="train", n=train_n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
-        )
+        ), loaded.info)
     return run_scan(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
 
 
+def model_image_size(opened, image_size: int | None) -> int | None:
+    """The image side to ask the data for: ``--image-size``, else the model's own (its weights' crop
+    size or square input shape). Both given and different is a usage error.
+
+    The hand-off to the data loaders: image folders resize the short side to this size and
+    centre-crop it; ``opened.preprocessing.resize_size`` is the weights' own resize (e.g. 232 before
+    a 224 crop), for a loader that resizes and crops separately."""
+    wanted = opened.image_size
+    if image_size is not None and wanted is not None and image_size != wanted:
+        source = opened.preprocessing.source if opened.preprocessing is not None else "the model's input shape"
+        raise UsageError(f"--image-size {image_size} conflicts with the {wanted}-pixel input from {source}; drop --image-size")
+    return image_size if image_size is not None else wanted

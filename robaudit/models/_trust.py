@@ -33,8 +33,9 @@ CODE_FORMATS = {
     ),
 }
 
-# a registry name (built-in or plugin) or torchvision:NAME; nothing that could be a path
-_REGISTRY_NAME = re.compile(r"(torchvision:)?[A-Za-z0-9][A-Za-z0-9_.+-]*")
+# a registry name (built-in or plugin), torchvision:NAME or timm:NAME; nothing that could be a path
+_REGISTRY_NAME = re.compile(r"(torchvision:|timm:)?[A-Za-z0-9][A-Za-z0-9_.+-]*")
+_LIBRARIES = ("torchvision:", "timm:")
 
 
 def refuse_code(path: Path, fmt: str) -> UnsafeCheckpointError:
@@ -47,11 +48,14 @@ def refuse_code(path: Path, fmt: str) -> UnsafeCheckpointError:
 
 
 def metadata_architecture(name: str, path: Path) -> str:
-    """``name`` if it is an installed registry name or ``torchvision:NAME``; raise CheckpointError otherwise.
+    """``name`` if it is an installed registry name, ``torchvision:NAME`` or ``timm:NAME``; raise CheckpointError otherwise.
 
     Used for architectures read from a checkpoint's metadata, never for ``--arch`` (the user's own choice).
+    torchvision and timm names are looked up in those libraries' own registries when the model is
+    built; published weights are never named by metadata (the file holds the weights).
     """
-    bare = name[len("torchvision:"):] if name.startswith("torchvision:") else name
+    library = next((prefix for prefix in _LIBRARIES if name.startswith(prefix)), "")
+    bare = name[len(library):]
     pathlike = any(c in bare for c in "/\\:") or ".py" in bare.lower() or ".." in bare
     if pathlike or not _REGISTRY_NAME.fullmatch(name):
         kind = "a Python file or path" if pathlike else "not an architecture name"
@@ -59,7 +63,7 @@ def metadata_architecture(name: str, path: Path) -> str:
             f"{path} names the architecture {name!r} in its metadata, which is {kind}; robaudit never imports code "
             f"named inside a checkpoint. If you have read that file and trust it, pass it yourself: --arch path/to/net.py:Class"
         )
-    if not name.startswith("torchvision:") and name not in ARCHITECTURES:
+    if not library and name not in ARCHITECTURES:
         raise CheckpointError(
             f"{path} names the architecture {name!r} in its metadata, which is not installed here "
             f"(known: {', '.join(ARCHITECTURES.names())}); install the plugin that provides it or pass --arch"
