@@ -106,7 +106,25 @@ def test_unknown_metric_did_you_mean():
     with pytest.raises(UsageError) as exc:
         _gate(make_result(), "clean.acuracy >= 0.5")
     msg = str(exc.value)
-    assert "did you mean 'clean.accuracy'" in msg and "available:" in msg and "robust_acc.pgd.linf@8/255" in msg
+    assert "did you mean 'clean.accuracy'" in msg and "--list-metrics" in msg
+    assert "robust_acc.pgd.linf@8/255" not in msg, "the message suggests close names, it does not dump the list"
+
+
+def test_did_you_mean_names_at_most_three_of_many():
+    many = {f"robust_acc.pgd[steps={k}].linf@0.1": 0.5 for k in range(1, 90)}
+    result = ScanResult(provenance=_prov(), sections={"clean": _clean(), "extra": _Metrics(many)})
+    with pytest.raises(UsageError) as exc:
+        _gate(result, "robust_acc.pgd[steps=100].linf@0.1 >= 0.5")
+    msg = str(exc.value)
+    assert 1 <= msg.count("robust_acc.") <= 4  # the name asked for + at most three suggestions
+    assert "lists all 90" in msg and len(msg) < 400
+
+
+def test_canonical_attack_spelling_resolves():
+    """A name with an attack's default parameters spelled out resolves to the canonical name."""
+    result = ScanResult(provenance=_prov(), sections={"extra": _Metrics({"robust_acc.pgd.linf@0.1": 0.3})})
+    outcome = _gate(result, "robust_acc.pgd[steps=20].linf@1/10 >= 0.3")
+    assert outcome.passed and outcome.results[0].metric == "robust_acc.pgd.linf@0.1"
 
 
 def test_flag_gates():

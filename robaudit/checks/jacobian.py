@@ -100,16 +100,16 @@ class JacobianSection(Section):
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for key, st in (("margin", self.margin), ("ce", self.ce)):
-            out.update({
-                f"jacobian.{key}.l1_mean": st.mean_l1,
-                f"jacobian.{key}.l1_median": st.median_l1,
-                f"jacobian.{key}.l2_mean": st.mean_l2,
-                f"jacobian.{key}.l2_median": st.median_l2,
-                f"jacobian.{key}.linf_mean": st.mean_linf,
-                f"jacobian.{key}.zero_fraction_mean": st.mean_zero_fraction,
-                f"jacobian.{key}.zero_fraction_median": st.median_zero_fraction,
-            })
+            out.update({f"jacobian.{key}.{name}": getattr(st, attr) for name, attr in _METRIC_FIELDS.items()})
         return out
+
+
+# metric suffix → JacobianStats field, for jacobian.<margin|ce>.<suffix>
+_METRIC_FIELDS = {
+    "l1_mean": "mean_l1", "l1_median": "median_l1", "l2_mean": "mean_l2", "l2_median": "median_l2",
+    "linf_mean": "mean_linf", "zero_fraction_mean": "mean_zero_fraction", "zero_fraction_median": "median_zero_fraction",
+}
+JACOBIAN_METRICS = tuple(f"jacobian.{key}.{name}" for key in ("margin", "ce") for name in _METRIC_FIELDS)
 
 
 def _stats(function: str, per: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int) -> JacobianStats:
@@ -155,6 +155,9 @@ class JacobianCheck(Check):
     name = "jacobian"
     requires = ("clean",)
     description = "input gradients of the margin and the loss: norms, near-zero entries, heatmaps (Yu et al.)"
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return JACOBIAN_METRICS
 
     zero_threshold: float = ZERO_THRESHOLD
     n_heatmaps: int = N_HEATMAPS
