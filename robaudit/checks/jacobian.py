@@ -86,8 +86,8 @@ class JacobianHeatmap:
 class JacobianSection(Section):
     """Input gradients of the margin (``margin``: logit units per pixel unit) and of the
     cross-entropy (``ce``: nats per pixel unit) over all ``n`` samples, pixel space [0,1].
-    ``zero_threshold``: the |entry| below which an entry counts as zero. ``heatmaps``: the
-    lowest-margin correct samples' margin gradients."""
+    ``zero_threshold``: the |entry| below which an entry counts as zero. ``heatmaps``: the margin
+    gradients of the lowest-margin correct samples and of the attack gallery's samples."""
 
     scale: str
     zero_threshold: float
@@ -162,11 +162,23 @@ class JacobianCheck(Check):
     zero_threshold: float = ZERO_THRESHOLD
     n_heatmaps: int = N_HEATMAPS
 
+    def _heatmap_samples(self, ctx) -> list[int]:
+        """The ``n_heatmaps`` lowest-margin correct samples, plus every sample the attacks section
+        kept an adversarial example of (so each card of the report's gallery has its heatmap),
+        in ascending margin."""
+        keep = lowest_margin_correct(ctx, self.n_heatmaps)
+        attacks = ctx.sections.get("attacks")
+        extra = [int(ex.index) for ex in getattr(attacks, "examples", ()) or ()]
+        if not extra:
+            return keep
+        m = margin(ctx.cache["clean_logits"].double(), ctx.data.y)
+        return sorted(dict.fromkeys(keep + extra), key=lambda i: (float(m[i]), i))
+
     def run(self, ctx) -> JacobianSection:
         n = ctx.data.n
         d = int(torch.tensor(ctx.data.input_shape).prod())
         per = {fn: {k: torch.empty(n, dtype=torch.float64) for k in _STATS} for fn in ("margin", "ce")}
-        keep = lowest_margin_correct(ctx, self.n_heatmaps) if d <= MAX_HEATMAP_NUMEL else []
+        keep = self._heatmap_samples(ctx) if d <= MAX_HEATMAP_NUMEL else []
         kept: dict[int, torch.Tensor] = {}
         keep_set = set(keep)
 

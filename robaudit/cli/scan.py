@@ -56,10 +56,10 @@ def scan(
     with error_boundary(debug):
         gates = load_gates(gate_file, require, junit=junit)  # usage errors before any heavy work
 
-        def before_scan(config, data, loaded, train) -> bool:
+        def before_scan(config, data, loaded) -> bool:
             """Gate names checked against the names this scan will produce; --list-metrics prints them."""
             predicted = predict_metric_names(config, input_shape=data.input_shape, num_classes=data.num_classes,
-                                             model=loaded.model, train_n=train.n if train is not None else None)
+                                             model=loaded.model, train_n=train_n)
             if list_metrics:
                 print_metric_names(predicted, make_console())
                 return False
@@ -104,8 +104,9 @@ def scan_command(
 ) -> ScanResult | None:
     """Parse every option first (usage errors before any heavy work), then load and scan.
 
-    ``before_scan(config, data, loaded, train_data)``, when given, runs after loading and before any
-    forward pass; if it returns False nothing is scanned and the result is None."""
+    ``before_scan(config, data, loaded)``, when given, runs after loading the data and the model and
+    before any forward pass (the fit check included); if it returns False nothing else runs and the
+    result is None."""
     from ..data import DataRequest, load_dataset  # torch-heavy: imported when a scan runs, not for --help
     from ..engine import run_scan
     from ..models import check_fits, load_model, parse_arch_kwargs
@@ -130,6 +131,8 @@ def scan_command(
         mean=mean_t, std=std_t, trust_checkpoint=trust_checkpoint,
         default_num_classes=data.num_classes, default_input_shape=data.input_shape,
     )
+    if before_scan is not None and not before_scan(config, data, loaded):
+        return None
     check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
     train = None
     if train_n is not None:
@@ -137,8 +140,6 @@ def scan_command(
             dataset,
             DataRequest(split="train", n=train_n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
         )
-    if before_scan is not None and not before_scan(config, data, loaded, train):
-        return None
     return run_scan(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
 
 
