@@ -141,8 +141,9 @@ def compare_results(
             + "; ".join(problems)
             + " (use --force to compare anyway)"
         )
-    mb, ma = before.metrics(), after.metrics()
-    ob, oa = ({}, {}) if unpaired else (before.outcomes(), after.outcomes())
+    # canonical names, so a result written before names were canonical (pgd[steps=20]) still pairs up
+    mb, ma = _canonical(before.metrics()), _canonical(after.metrics())
+    ob, oa = ({}, {}) if unpaired else (_canonical(before.outcomes()), _canonical(after.outcomes()))
     deltas = []
     for name in sorted(set(mb) & set(ma)):
         b, a = _value(mb[name]), _value(ma[name])
@@ -161,6 +162,12 @@ def compare_results(
         problems=tuple(problems),
         unpaired=unpaired,
     )
+
+
+def _canonical(values: dict) -> dict:
+    from .metric_names import canonical_metric
+
+    return {canonical_metric(k): v for k, v in values.items()}
 
 
 def _value(v) -> float | None:

@@ -300,7 +300,7 @@ def check_metric_names(gates: "GateSpec | None", predicted, listing: str) -> Non
     for t in gates.thresholds if gates else ():
         if not predicted.may_produce(t.metric):
             raise UsageError(f"{t.source}: " + unknown_metric_message(t.metric, predicted.names, "for this scan", listing))
-        if t.bound and not has_interval(t.metric):
+        if t.bound and not has_interval(t.metric) and t.metric.split(".", 1)[0] in predicted.prefixes:
             raise UsageError(f"{t.source}: {t.bound}({t.metric}): only accuracies have a 95% interval "
                              "(clean.accuracy, robust_acc.*, sanity.large_eps_robust_accuracy)")
 

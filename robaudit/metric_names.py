@@ -31,6 +31,7 @@ __all__ = [
     "canonical_params",
     "attack_label",
     "robust_acc_name",
+    "parse_attack_label",
     "canonical_metric",
     "closest",
     "has_interval",
@@ -99,7 +100,7 @@ def robust_acc_name(label: str, norm: str, eps: float | str) -> str:
     return f"robust_acc.{label}.{norm}@{eps if isinstance(eps, str) else format_eps(eps)}"
 
 
-def _parse_label(text: str) -> tuple[str, list[tuple[str, object]]] | None:
+def parse_attack_label(text: str) -> tuple[str, list[tuple[str, object]]] | None:
     """``pgd[steps=50,restarts=2]`` → ("pgd", [("steps", 50), ...]); None if it isn't one."""
     from .config import _parse_value
 
@@ -133,7 +134,7 @@ def canonical_metric(name: str) -> str:
         norm = Norm.parse(norm_text).value
     except (ValueError, ZeroDivisionError, UsageError):
         return name
-    parsed = _parse_label(middle)
+    parsed = parse_attack_label(middle)
     if parsed is None or not middle:
         return name
     label = "ensemble" if parsed[0] == "ensemble" and not parsed[1] else attack_label(*parsed)

@@ -45,10 +45,14 @@ def boundary_projection(points: torch.Tensor, w: torch.Tensor, b: torch.Tensor, 
     w = w * sign[:, None]
     c = c * sign
     aw = w.abs()
-    room = torch.where(w > 0, 1.0 - points, torch.where(w < 0, points, torch.zeros_like(points))).clamp_min(0.0)
-    scale = torch.ones_like(aw) if norm is Norm.LINF else aw
+    room = torch.where(w > 0, 1.0 - points, points)  # distance to the box along sign(w_i); unused where w_i = 0
     active = aw > 0
-    t = torch.where(active, room / torch.where(active, scale, torch.ones_like(scale)), torch.full_like(room, _BIG))
+    if norm is Norm.LINF:
+        scale = torch.ones_like(aw)
+        t = torch.where(active, room, _BIG)
+    else:
+        scale = aw
+        t = torch.where(active, room / torch.where(active, aw, 1.0), _BIG)
     t_sorted, order = t.sort(dim=1)
     saturated = (aw * room).gather(1, order)  # a coordinate's contribution once it hits the box
     slope = (aw * scale).gather(1, order)  # its contribution per unit t before that

@@ -274,7 +274,9 @@ def _errorbar(ax, points, intervals, **style) -> None:
     ys = [100 * a for _, a in points]
     lo = [100 * (a - p.lower) if p is not None else 0.0 for (_, a), p in zip(points, intervals)]
     hi = [100 * (p.upper - a) if p is not None else 0.0 for (_, a), p in zip(points, intervals)]
-    linestyle = style.pop("linestyle", "-") if len(points) > 1 else "none"
+    linestyle = style.pop("linestyle", "-")
+    if len(points) < 2:
+        linestyle = "none"
     ax.errorbar(xs, ys, yerr=[lo, hi], capsize=3, linestyle=linestyle, **style)
 
 
