@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from ..results import ScanResult, to_jsonable
 from ..stats import Proportion, proportion
 from ..threat import format_eps
 from . import geometry_plots, plots  # noqa: F401  (geometry_plots registers its figures)
-from .bibliography import REFERENCES, cite, cite_attack, cited_keys
+from .bibliography import REFERENCES, cite, cite_attack, cited_keys, link_mentions
 from .flag_docs import flag_explanations
 from .verdict import headline as headline_numbers
 from .verdict import recipe
@@ -133,7 +134,8 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(pct=pct, num=num, eps=format_eps, slug=slug, norm_symbol=plots.norm_symbol, ci=ci)
+    env.filters.update(pct=pct, num=num, eps=format_eps, slug=slug, norm_symbol=plots.norm_symbol, ci=ci,
+                       cites=lambda text: link_mentions(str(markupsafe.escape(text))))
     env.globals.update(colors={"natural": plots.NATURAL, "adversarial": plots.ADVERSARIAL, "misclassified": plots.MISCLASSIFIED},
                        directions=geometry_plots.SURFACE_DIRECTIONS, cite=cite, cite_attack=cite_attack,
                        fraction_interval=fraction_interval, proportion=proportion)

@@ -427,18 +427,22 @@ def compare_curve(before, after, before_label: str, after_label: str) -> str | N
         return None
     fig = figure(6.4, 3.4)
     ax = fig.add_subplot()
-    for res, label, color, pts, norm in curves:
+    top = max((e for c in curves for e, _ in c[3]), default=0.0) or 1.0
+    for i, (res, label, color, pts, norm) in enumerate(curves):
         intervals = res.intervals()
-        _errorbar(ax, pts, [intervals.get(robust_acc_name("ensemble", norm, e)) for e, _ in pts],
-                  marker="o", color=color, label=plain(label))
+        shift = (i - 0.5) * 0.012 * top if len(curves) > 1 else 0.0  # side by side, so both bars show
+        cis = [intervals.get(robust_acc_name("ensemble", norm, e)) for e, _ in pts]
+        _errorbar(ax, [(e + shift, a) for e, a in pts], cis, marker="o", color=color, label=plain(label))
         acc = _clean_accuracy(res)
         if acc is not None:
-            _errorbar(ax, [(0.0, acc)], [intervals.get("clean.accuracy")], marker="D", color=color)
+            _errorbar(ax, [(shift, acc)], [intervals.get("clean.accuracy")], marker="D", color=color)
     sym = norm_symbol(curves[0][4])
     ax.set_xlabel(f"ε ({sym} radius, pixel scale [0,1]; 0 = clean)")
     ax.set_ylabel("worst-case robust accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.set_xlim(left=-0.02 * max(e for c in curves for e, _ in c[3] or [(1.0, 0)]))
+    ax.set_xlim(left=-0.03 * top, right=1.05 * top)
+    ticks = sorted({0.0, *(e for c in curves for e, _ in c[3])})
+    ax.set_xticks(ticks, ["0"] + [format_eps(e) for e in ticks[1:]], rotation=30 if len(ticks) > 5 else 0)
     ax.set_title("Worst case over attacks (◆ at 0: clean accuracy; bars: 95% intervals)")
     ax.legend(loc="upper right")
     return to_data_uri(fig)
