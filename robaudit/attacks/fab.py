@@ -25,7 +25,7 @@ import torch
 
 from ..errors import UsageError
 from ..threat import Norm, ThreatModel
-from .base import ATTACKS, Attack, input_gradient, lp_norm, predict
+from .base import ATTACKS, Attack, _view, input_gradient, lp_norm, predict
 
 __all__ = ["FABTargeted", "boundary_projection"]
 
@@ -71,10 +71,6 @@ def boundary_projection(points: torch.Tensor, w: torch.Tensor, b: torch.Tensor, 
     t_star = ((c[:, None] - sat_before) / slope_before.clamp_min(1e-30)).clamp(min=t_lo, max=t_sorted.gather(1, kk))
     t_star = torch.where(feasible[:, None], t_star, torch.full_like(t_star, _BIG))
     return torch.sign(w) * torch.minimum(t_star * scale, room)
-
-
-def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 @ATTACKS.register("fab-t")
@@ -156,14 +152,14 @@ class FABTargeted(Attack):
             d1, d2 = step[: x.shape[0]].view_as(x), step[x.shape[0]:].view_as(x)
             a1 = lp_norm(d1, norm).clamp_min(1e-8)
             a2 = lp_norm(d2, norm).clamp_min(1e-8)
-            alpha = _bview((a1 / (a1 + a2)).clamp(0.0, self.alpha_max), x)
+            alpha = _view((a1 / (a1 + a2)).clamp(0.0, self.alpha_max), x)
             x1 = ((1 - alpha) * (x1 + self.eta * d1) + alpha * (x + self.eta * d2)).clamp(0.0, 1.0)
             wrong = predict(model, x1, self.counter).argmax(1) != y
             size = lp_norm(x1 - x, norm)
             improved = wrong & (size < best_norm)
-            best = torch.where(_bview(improved, x), x1, best)
+            best = torch.where(_view(improved, x), x1, best)
             best_norm = torch.where(improved, size, best_norm)
-            x1 = torch.where(_bview(wrong, x), x + self.beta * (x1 - x), x1)
+            x1 = torch.where(_view(wrong, x), x + self.beta * (x1 - x), x1)
         return best, best_norm
 
     @staticmethod
@@ -173,5 +169,5 @@ class FABTargeted(Attack):
             t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
         else:
             t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        t = t / _bview(lp_norm(t, threat.norm).clamp_min(1e-12), t)
+        t = t / _view(lp_norm(t, threat.norm).clamp_min(1e-12), t)
         return (x + 0.5 * threat.eps * t).clamp(0.0, 1.0)
