@@ -24,9 +24,10 @@ __all__ = [
 
 # Presets expand to attack specs; each attack's own defaults follow its paper (see its docstring).
 ATTACK_PRESETS: dict[str, str] = {
-    "quick": "fgsm,pgd:steps=20",
-    # AutoAttack's standard recipe (Croce & Hein 2020) minus FAB-T: APGD-CE, APGD-T, Square, in cascade.
-    "standard": "apgd-ce,apgd-t,square",
+    # FGSM + PGD-20 (PGD's defaults): fast, and *not* AutoAttack-grade (the verdict says so).
+    "quick": "fgsm,pgd",
+    # AutoAttack's standard recipe (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T, Square, in cascade.
+    "standard": "apgd-ce,apgd-t,fab-t,square",
     # The columns of Yu et al.'s Tables 1-4: FGSM, BIM and the C&W margin loss inside ℓ∞ PGD.
     "paper": "fgsm,bim,cw-pgd",
 }
@@ -51,10 +52,11 @@ class AttackSpec:
 
     @property
     def label(self) -> str:
-        """Name used in results: ``pgd`` or ``pgd[steps=50]`` when overridden from the defaults."""
-        if not self.params:
-            return self.name
-        return f"{self.name}[{','.join(f'{k}={v}' for k, v in self.params)}]"
+        """Name used in results: ``pgd`` at the defaults, ``pgd[steps=50]`` for the parameters that
+        differ from them (canonical spelling: :mod:`robaudit.metric_names`)."""
+        from .metric_names import attack_label
+
+        return attack_label(self.name, self.params)
 
     def build(self):
         from .attacks import ATTACKS
@@ -128,7 +130,9 @@ def parse_attack_list(text: str) -> tuple[AttackSpec, ...]:
     out = tuple(AttackSpec(n, tuple(p)) for n, p in specs)
     for spec in out:
         spec.build()  # validate names and parameters now, not halfway through a scan
-    return out
+    from .metric_names import canonical_params
+
+    return tuple(AttackSpec(s.name, canonical_params(s.name, s.params)) for s in out)
 
 
 CheckOptions = tuple[tuple[str, tuple[tuple[str, object], ...]], ...]
@@ -221,6 +225,10 @@ class ScanConfig:
     batch_size: int = 256
     keep_examples: int = 8  # weakest samples whose adversarial examples are kept for the report
     preset: str | None = None  # the attack preset the list came from (its ε default: default_eps)
+
+    def resolved_eps(self, input_shape: tuple[int, ...]) -> tuple[float, ...]:
+        """The radii a scan of data shaped ``input_shape`` uses: ``eps``, else :func:`default_eps`."""
+        return tuple(self.eps) if self.eps else default_eps(tuple(input_shape), self.norm, self.preset)
 
     @classmethod
     def parse(

@@ -20,6 +20,9 @@ from typing import Any, ClassVar, Mapping
 
 from .errors import InputError
 
+if typing.TYPE_CHECKING:
+    from .stats import Proportion
+
 __all__ = ["SCHEMA_VERSION", "Section", "section", "Provenance", "Flag", "ScanResult", "to_jsonable", "from_jsonable"]
 
 SCHEMA_VERSION = 1
@@ -39,12 +42,31 @@ def section(name: str):
 
 
 class Section:
-    """Mixin for section dataclasses."""
+    """Mixin for section dataclasses.
+
+    ``metrics()``: the values gates and ``compare`` read. ``metric_names()``: every name this
+    section can produce given its settings, also those without a value in this result (a gate on
+    one fails with "no value" instead of "unknown metric"). ``outcomes()``: for metrics that are a
+    proportion of the scanned samples (accuracies), the per-sample booleans they count, in
+    dataset order; they give each such metric its n, its 95% interval (:mod:`robaudit.stats`) and
+    compare's paired test."""
 
     section_name: ClassVar[str] = ""
 
     def metrics(self) -> dict[str, float]:
         return {}
+
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(self.metrics())
+
+    def outcomes(self) -> dict[str, tuple[bool, ...]]:
+        return {}
+
+    def intervals(self) -> dict[str, "Proportion"]:
+        """k, n and the 95% interval of each proportion metric (from :meth:`outcomes` by default)."""
+        from .stats import proportion
+
+        return {name: proportion(values) for name, values in self.outcomes().items()}
 
 
 @dataclass(frozen=True)
@@ -115,6 +137,33 @@ class ScanResult:
 
         return per_class_table(self)
 
+    def metric_names(self) -> tuple[str, ...]:
+        """Every metric name the sections can produce, with or without a value in this result."""
+        names: dict[str, None] = {}
+        for sec in self.sections.values():
+            if hasattr(sec, "metric_names"):
+                names.update(dict.fromkeys(sec.metric_names()))
+            elif hasattr(sec, "metrics"):
+                names.update(dict.fromkeys(sec.metrics()))
+        names.update(dict.fromkeys(self.metrics()))
+        return tuple(names)
+
+    def outcomes(self) -> dict[str, tuple[bool, ...]]:
+        """Per-sample booleans behind every proportion metric (accuracies), in dataset order."""
+        out: dict[str, tuple[bool, ...]] = {}
+        for sec in self.sections.values():
+            if hasattr(sec, "outcomes"):
+                out.update(sec.outcomes())
+        return out
+
+    def intervals(self) -> dict[str, "Proportion"]:
+        """Metric name → k, n and the 95% Clopper–Pearson interval, for every proportion metric."""
+        out: dict[str, Proportion] = {}
+        for sec in self.sections.values():
+            if hasattr(sec, "intervals"):
+                out.update(sec.intervals())
+        return out
+
     def to_html(self, gate_outcome=None) -> str:
         """The self-contained HTML report (robaudit.report.html.render_html)."""
         from .report.html import render_html
@@ -130,6 +179,22 @@ class ScanResult:
             "flags": [to_jsonable(f) for f in self.flags],
             "model_warnings": list(self.model_warnings),
             "timings": dict(self.timings),
+            "intervals": self._intervals_json(),
+        }
+
+    def _intervals_json(self) -> dict:
+        """Derived from the per-sample outcomes, written for readers of the JSON; ignored on load."""
+        from .stats import LEVEL, METHOD
+
+        per_class = {}
+        for sec in self.sections.values():
+            if hasattr(sec, "per_class_intervals"):
+                per_class.update({k: [None if p is None else p.to_dict() for p in v] for k, v in sec.per_class_intervals().items()})
+        return {
+            "method": METHOD,
+            "level": LEVEL,
+            "metrics": {name: p.to_dict() for name, p in self.intervals().items()},
+            "per_class": per_class,
         }
 
     def to_json(self, indent: int | None = 1) -> str:

@@ -42,6 +42,7 @@ ATTACKS: Registry[type["Attack"]] = Registry(
         "robaudit.attacks.least_likely",
         "robaudit.attacks.apgd",
         "robaudit.attacks.square",
+        "robaudit.attacks.fab",
     ),
 )
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attacks.base import lp_norm
+from ..metric_names import robust_acc_name
 from ..results import Flag, Section, section
 from ..threat import ThreatModel, format_eps
 from .base import CHECKS, Check
@@ -91,10 +92,17 @@ class AttacksSection(Section):
     ensemble: dict[str, float]  # format_eps(ε) → worst-case robust accuracy
     ensemble_robust: dict[str, tuple[bool, ...]]
     examples: tuple[AdversarialExample, ...] = ()
+    preset: str | None = None  # the --attacks preset the list came from (quick, standard, paper), if any
 
     def metrics(self) -> dict[str, float]:
-        out = {f"robust_acc.{r.attack}.{r.norm}@{format_eps(r.eps)}": r.robust_accuracy for r in self.runs}
-        out.update({f"robust_acc.ensemble.{self.norm}@{k}": v for k, v in self.ensemble.items()})
+        out = {robust_acc_name(r.attack, r.norm, r.eps): r.robust_accuracy for r in self.runs}
+        out.update({robust_acc_name("ensemble", self.norm, k): v for k, v in self.ensemble.items()})
+        return out
+
+    def outcomes(self) -> dict[str, tuple[bool, ...]]:
+        """Per sample, robust (correct and not broken) for each run and for the worst case."""
+        out = {robust_acc_name(r.attack, r.norm, r.eps): tuple(r.robust) for r in self.runs}
+        out.update({robust_acc_name("ensemble", self.norm, k): tuple(v) for k, v in self.ensemble_robust.items()})
         return out
 
 
@@ -103,6 +111,11 @@ class AttacksCheck(Check):
     name = "attacks"
     requires = ("clean",)
     description = "robust accuracy under the attack list at each epsilon"
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        norm = plan.config.norm.value
+        names = [robust_acc_name(spec.label, norm, eps) for eps in sorted(plan.eps) for spec in plan.config.attacks]
+        return tuple(names) + tuple(robust_acc_name("ensemble", norm, eps) for eps in sorted(plan.eps))
 
     def run(self, ctx) -> AttacksSection:
         cfg = ctx.config
@@ -135,6 +148,7 @@ class AttacksCheck(Check):
             ensemble=ensemble,
             ensemble_robust=ensemble_robust,
             examples=self._examples(ctx, weakest),
+            preset=cfg.preset,
         )
         ctx.flags.extend(attack_flags(section_, raw_ensemble, n))
         return section_

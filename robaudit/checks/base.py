@@ -2,14 +2,31 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..registry import Registry
 
 if TYPE_CHECKING:
+    from ..config import ScanConfig
     from ..engine import ScanContext
 
-__all__ = ["Check", "CHECKS"]
+__all__ = ["Check", "CHECKS", "MetricPlan"]
+
+
+@dataclass(frozen=True)
+class MetricPlan:
+    """What a scan is about to do, known before any forward pass: enough to name its metrics.
+
+    eps: the radii it will use (pixel scale [0,1]); model: the loaded, wrapped model (its parameter
+    names), or None when not loaded; train_n: ``--train-n`` or None."""
+
+    config: "ScanConfig"
+    eps: tuple[float, ...]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    train_n: int | None = None
+    model: Any = None
 
 
 class Check(ABC):
@@ -22,6 +39,12 @@ class Check(ABC):
     @abstractmethod
     def run(self, ctx: "ScanContext"):
         """Return a section dataclass (registered with :func:`robaudit.results.section`)."""
+
+    def metric_names(self, plan: MetricPlan) -> tuple[str, ...] | None:
+        """Every metric name :meth:`run`'s section can have, predicted without running it (used by
+        ``scan --list-metrics`` and to reject unknown gate names before a scan). None: this check
+        can't tell in advance, so names under its prefix are checked only after the scan."""
+        return None
 
 
 CHECKS: Registry[type[Check]] = Registry(

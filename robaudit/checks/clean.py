@@ -25,11 +25,29 @@ class CleanSection(Section):
     def metrics(self) -> dict[str, float]:
         return {"clean.accuracy": self.accuracy}
 
+    def outcomes(self) -> dict[str, tuple[bool, ...]]:
+        return {"clean.accuracy": tuple(self.correct)}
+
+    def per_class_intervals(self) -> dict[str, list]:
+        """``{"clean.accuracy": [Proportion or None per class]}`` (needs ``labels``; {} without)."""
+        if len(self.labels) != len(self.correct):
+            return {}
+        from ..stats import proportion
+
+        out = []
+        for c in range(len(self.per_class)):
+            hits = [ok for ok, y in zip(self.correct, self.labels) if y == c]
+            out.append(proportion(hits) if hits else None)
+        return {"clean.accuracy": out}
+
 
 @CHECKS.register("clean")
 class CleanCheck(Check):
     name = "clean"
     description = "accuracy on unperturbed inputs"
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return ("clean.accuracy",)
 
     def run(self, ctx) -> CleanSection:
         n = ctx.data.n

@@ -419,6 +419,17 @@ class CurvatureSection(Section):
         out["curvature.exact.hz_median"] = self._med(self.hz_exact)
         return {k: v for k, v in out.items() if v is not None}
 
+    def metric_names(self) -> tuple[str, ...]:
+        return CURVATURE_METRICS
+
+
+CURVATURE_METRICS = (
+    "curvature.lambda_max_median", "curvature.lambda_max_mean", "curvature.lambda_min_median",
+    "curvature.near_zero_fraction_mean", "curvature.alignment_mean", "curvature.exact.lambda_max_median",
+    "curvature.exact.near_zero_fraction_mean", "curvature.exact.alignment_mean", "curvature.frobenius_median",
+    "curvature.exact.frobenius_median", "curvature.hz_median", "curvature.exact.hz_median",
+)
+
 
 def _summary(kind: str, eig: torch.Tensor, ranks: list[int], complete: bool, g: torch.Tensor, u: torch.Tensor,
              lam_min: torch.Tensor | None = None) -> SpectrumSummary:
@@ -464,6 +475,9 @@ class CurvatureCheck(Check):
 
     name = "curvature"
     requires = ("clean",)
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return CURVATURE_METRICS
     description = "input-space curvature of the loss: Hessian spectra, ||H||_F, ||Hz|| (Moosavi-Dezfooli et al.)"
 
     k: int = K_SAMPLES

@@ -175,6 +175,17 @@ class IndicatorSection(Section):
             out[f"indicator.theorem1.{key}.fraction_within_bracket"] = res.fraction_within_bracket
         return {k: v for k, v in out.items() if v is not None}
 
+    def metric_names(self) -> tuple[str, ...]:
+        return INDICATOR_METRICS
+
+
+INDICATOR_METRICS = (
+    "indicator.radius_linf_median", "indicator.radius_l2_median", "indicator.mean_j_l1", "indicator.mean_lambda_abs_max",
+    "indicator.margin_hessian_near_zero_fraction_mean", "indicator.spearman_linf", "indicator.spearman_l2",
+) + tuple(
+    f"indicator.theorem1.{key}.{name}" for key in ("finite_difference", "exact") for name in ("fraction_within", "fraction_within_bracket")
+)
+
 
 def _opt(values) -> torch.Tensor:
     return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64)
@@ -210,6 +221,9 @@ class IndicatorCheck(Check):
     name = "indicator"
     requires = ("clean", "curvature")
     description = "Theorem 1 bounds (Moosavi-Dezfooli et al.) and Eq. 9 robustness indicator (Yu et al.) vs attack radii"
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return INDICATOR_METRICS
 
     def _radii(self, ctx, idx: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, str]:
         minimal = ctx.sections.get("minimal")

@@ -86,8 +86,8 @@ class JacobianHeatmap:
 class JacobianSection(Section):
     """Input gradients of the margin (``margin``: logit units per pixel unit) and of the
     cross-entropy (``ce``: nats per pixel unit) over all ``n`` samples, pixel space [0,1].
-    ``zero_threshold``: the |entry| below which an entry counts as zero. ``heatmaps``: the
-    lowest-margin correct samples' margin gradients."""
+    ``zero_threshold``: the |entry| below which an entry counts as zero. ``heatmaps``: the margin
+    gradients of the lowest-margin correct samples and of the attack gallery's samples."""
 
     scale: str
     zero_threshold: float
@@ -100,16 +100,16 @@ class JacobianSection(Section):
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for key, st in (("margin", self.margin), ("ce", self.ce)):
-            out.update({
-                f"jacobian.{key}.l1_mean": st.mean_l1,
-                f"jacobian.{key}.l1_median": st.median_l1,
-                f"jacobian.{key}.l2_mean": st.mean_l2,
-                f"jacobian.{key}.l2_median": st.median_l2,
-                f"jacobian.{key}.linf_mean": st.mean_linf,
-                f"jacobian.{key}.zero_fraction_mean": st.mean_zero_fraction,
-                f"jacobian.{key}.zero_fraction_median": st.median_zero_fraction,
-            })
+            out.update({f"jacobian.{key}.{name}": getattr(st, attr) for name, attr in _METRIC_FIELDS.items()})
         return out
+
+
+# metric suffix → JacobianStats field, for jacobian.<margin|ce>.<suffix>
+_METRIC_FIELDS = {
+    "l1_mean": "mean_l1", "l1_median": "median_l1", "l2_mean": "mean_l2", "l2_median": "median_l2",
+    "linf_mean": "mean_linf", "zero_fraction_mean": "mean_zero_fraction", "zero_fraction_median": "median_zero_fraction",
+}
+JACOBIAN_METRICS = tuple(f"jacobian.{key}.{name}" for key in ("margin", "ce") for name in _METRIC_FIELDS)
 
 
 def _stats(function: str, per: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int) -> JacobianStats:
@@ -156,14 +156,29 @@ class JacobianCheck(Check):
     requires = ("clean",)
     description = "input gradients of the margin and the loss: norms, near-zero entries, heatmaps (Yu et al.)"
 
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return JACOBIAN_METRICS
+
     zero_threshold: float = ZERO_THRESHOLD
     n_heatmaps: int = N_HEATMAPS
+
+    def _heatmap_samples(self, ctx) -> list[int]:
+        """The ``n_heatmaps`` lowest-margin correct samples, plus every sample the attacks section
+        kept an adversarial example of (so each card of the report's gallery has its heatmap),
+        in ascending margin."""
+        keep = lowest_margin_correct(ctx, self.n_heatmaps)
+        attacks = ctx.sections.get("attacks")
+        extra = [int(ex.index) for ex in getattr(attacks, "examples", ()) or ()]
+        if not extra:
+            return keep
+        m = margin(ctx.cache["clean_logits"].double(), ctx.data.y)
+        return sorted(dict.fromkeys(keep + extra), key=lambda i: (float(m[i]), i))
 
     def run(self, ctx) -> JacobianSection:
         n = ctx.data.n
         d = int(torch.tensor(ctx.data.input_shape).prod())
         per = {fn: {k: torch.empty(n, dtype=torch.float64) for k in _STATS} for fn in ("margin", "ce")}
-        keep = lowest_margin_correct(ctx, self.n_heatmaps) if d <= MAX_HEATMAP_NUMEL else []
+        keep = self._heatmap_samples(ctx) if d <= MAX_HEATMAP_NUMEL else []
         kept: dict[int, torch.Tensor] = {}
         keep_set = set(keep)
 

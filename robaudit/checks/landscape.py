@@ -72,6 +72,12 @@ class LandscapeSection(Section):
         }
         return {k: v for k, v in out.items() if v is not None}
 
+    def metric_names(self) -> tuple[str, ...]:
+        return LANDSCAPE_METRICS
+
+
+LANDSCAPE_METRICS = ("landscape.center_loss", "landscape.sharpness_1d", "landscape.mean_increase_2d")
+
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     out = {f"p:{k}": v.detach().clone() for k, v in model.named_parameters()}
@@ -90,6 +96,9 @@ class LandscapeCheck(Check):
     name = "landscape"
     requires = ("clean",)
     description = "parameter-space loss landscape with filter normalization (Li et al. 2018; Xu et al.)"
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return LANDSCAPE_METRICS
 
     n_samples: int = N_SAMPLES
     steps_1d: int = STEPS_1D

@@ -14,6 +14,11 @@ from ..results import Section, section
 from .base import CHECKS, Check
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+QUANTILE_KEYS = tuple(f"{int(q * 100):02d}" for q in QUANTILES)
+MARGIN_METRICS = ("margins.mean", "margins.median", "margins.fraction_negative", "margins.mean_loss") + tuple(
+    f"margins.q{k}" for k in QUANTILE_KEYS
+)
+TRAIN_METRICS = ("margins.loss_gap", "margins.train_median")  # with --train-n
 
 
 @section("margins")
@@ -54,12 +59,18 @@ class MarginSection(Section):
             out["margins.train_median"] = self.train_median
         return out
 
+    def metric_names(self) -> tuple[str, ...]:
+        return MARGIN_METRICS + (TRAIN_METRICS if self.train_n else ())
+
 
 @CHECKS.register("margins")
 class MarginCheck(Check):
     name = "margins"
     requires = ("clean",)
     description = "distribution of the logit margin L(x), true-class probability and loss"
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return MARGIN_METRICS + (TRAIN_METRICS if plan.train_n else ())
 
     def run(self, ctx) -> MarginSection:
         logits = ctx.cache["clean_logits"].double()
@@ -78,7 +89,7 @@ class MarginCheck(Check):
             mean=float(m.mean()),
             median=float(m.median()),
             std=float(m.std()) if m.numel() > 1 else 0.0,
-            quantiles={f"{int(k * 100):02d}": float(v) for k, v in zip(QUANTILES, q)},
+            quantiles={k: float(v) for k, v in zip(QUANTILE_KEYS, q)},
             fraction_negative=float((m < 0).double().mean()),
             per_class_mean=tuple(per_class),
             mean_true_class_probability=float(p.mean()),

@@ -19,6 +19,8 @@ from ..threat import format_eps
 from .base import CHECKS, Check
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+QUANTILE_KEYS = tuple(f"{int(q * 100):02d}" for q in QUANTILES)
+MINIMAL_METRICS = tuple(f"minimal.q{k}" for k in QUANTILE_KEYS) + ("minimal.median", "minimal.mean")
 
 
 @section("minimal")
@@ -50,6 +52,9 @@ class MinimalSection(Section):
             out["minimal.mean"] = self.mean
         return out
 
+    def metric_names(self) -> tuple[str, ...]:
+        return MINIMAL_METRICS
+
 
 def _rounded(radii: torch.Tensor) -> tuple[float | None, ...]:
     """Per-sample radii rounded to 7 decimals (pixel scale); None where none was found."""
@@ -61,6 +66,9 @@ class MinimalCheck(Check):
     name = "minimal"
     requires = ("clean",)
     description = "minimal adversarial perturbation per sample (DeepFool, refined by PGD bisection)"
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return MINIMAL_METRICS
 
     def run(self, ctx) -> MinimalSection:
         norm = ctx.config.norm
@@ -93,7 +101,7 @@ class MinimalCheck(Check):
             n_attacked=int(targets.numel()),
             mean=float(found.mean()) if found.numel() else None,
             median=float(found.median()) if found.numel() else None,
-            quantiles={f"{int(k * 100):02d}": float(v) for k, v in zip(QUANTILES, q)} if q is not None else {},
+            quantiles={k: float(v) for k, v in zip(QUANTILE_KEYS, q)} if q is not None else {},
             per_class_median=tuple(per_class),
             robust_fraction_at={format_eps(e): float((radii > e).double().mean()) for e in sorted(ctx.eps)},
             radii=_rounded(radii),

@@ -23,6 +23,10 @@ LARGE_EPS_MAX_ACC = 0.10
 LARGE_EPS_SAMPLES = 200
 PROB_SUM_TOL = 1e-3
 NONDETERMINISM_TOL = 1e-5
+SANITY_METRICS = (
+    "sanity.margin_zero_grad_fraction", "sanity.ce_zero_grad_fraction", "sanity.max_repeat_difference",
+    "sanity.large_eps_robust_accuracy",
+)
 
 
 @section("sanity")
@@ -50,6 +54,18 @@ class SanitySection(Section):
             out["sanity.large_eps_robust_accuracy"] = self.large_eps_robust_accuracy
         return out
 
+    def metric_names(self) -> tuple[str, ...]:
+        return SANITY_METRICS
+
+    def intervals(self):
+        """The ε = 0.5 robust accuracy is a proportion of ``large_eps_n`` clean-correct samples."""
+        if self.large_eps_robust_accuracy is None or not self.large_eps_n:
+            return {}
+        from ..stats import proportion
+
+        k = round(self.large_eps_robust_accuracy * self.large_eps_n)
+        return {"sanity.large_eps_robust_accuracy": proportion(k=k, n=self.large_eps_n)}
+
 
 def _vanishing(g: torch.Tensor) -> torch.Tensor:
     l1 = g.flatten(1).abs().sum(1)
@@ -61,6 +77,9 @@ class SanityCheck(Check):
     name = "sanity"
     requires = ("clean",)
     description = "gradient masking and validity checks (docs/flags.md)"
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return SANITY_METRICS
 
     def run(self, ctx) -> SanitySection:
         logits = ctx.cache["clean_logits"]

@@ -116,6 +116,14 @@ class SurfacesSection(Section):
                 out[f"surfaces.{name}.min_margin_within_eps"] = sum(p.min_margin_within_eps for p in planes) / len(planes)
         return out
 
+    def metric_names(self) -> tuple[str, ...]:
+        return SURFACE_METRICS
+
+
+SURFACE_METRICS = tuple(
+    f"surfaces.{name}.{stat}" for name in PLANES for stat in ("fraction_misclassified_within_eps", "min_margin_within_eps")
+)
+
 
 def _unit(v: torch.Tensor, norm: Norm) -> torch.Tensor:
     """Per-sample unit vectors in ``norm`` (zero rows stay zero)."""
@@ -157,6 +165,9 @@ class SurfacesCheck(Check):
     name = "surfaces"
     requires = ("clean",)
     description = "decision and loss surfaces along random and adversarial directions (Yu et al.; Moosavi-Dezfooli et al.)"
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return SURFACE_METRICS
 
     n_samples: int = N_SAMPLES
     steps: int = STEPS

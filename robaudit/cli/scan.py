@@ -8,10 +8,14 @@ import typer
 
 from ..config import DEFAULT_CHECKS, ScanConfig
 from ..errors import UsageError
+from ..gating import check_metric_names
+from ..metric_names import predict_metric_names
 from ..report.terminal import print_summary
 from ..results import ScanResult
 from ._common import command_line, error_boundary, parse_floats, parse_shape, make_console
-from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option
+from .gate_options import (
+    evaluate, finish, gate_file_option, junit_option, load_gates, print_metric_names, require_option,
+)
 
 
 def scan(
@@ -45,18 +49,33 @@ def scan(
     gate_file: Optional[Path] = gate_file_option(),
     require: Optional[List[str]] = require_option(),
     junit: Optional[Path] = junit_option(),
+    list_metrics: bool = typer.Option(False, "--list-metrics", help="Print the metric names this scan would produce (for --require / --gate) and exit; loads the data and model but runs nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Audit a checkpoint: clean accuracy, robust accuracy under attacks, margins."""
     with error_boundary(debug):
         gates = load_gates(gate_file, require, junit=junit)  # usage errors before any heavy work
+
+        def before_scan(config, data, loaded) -> bool:
+            """Gate names checked against the names this scan will produce; --list-metrics prints them."""
+            predicted = predict_metric_names(config, input_shape=data.input_shape, num_classes=data.num_classes,
+                                             model=loaded.model, train_n=train_n)
+            if list_metrics:
+                print_metric_names(predicted, make_console())
+                return False
+            check_metric_names(gates, predicted, "`robaudit scan ... --list-metrics`")
+            return True
+
         result = scan_command(
             checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, download=download, split=split, n=n, train_n=train_n,
             image_size=image_size, arch=arch, weights=weights, arch_kwargs=arch_kwargs, num_classes=num_classes,
             input_shape=input_shape, mean=mean, std=std, trust_checkpoint=trust_checkpoint, norm=norm, eps=eps,
             attacks=attacks, ensemble=ensemble, checks=checks, device=device, batch_size=batch_size, seed=seed, quiet=quiet,
+            before_scan=before_scan,
         )
+        if result is None:  # --list-metrics
+            return
         if json_path is not None:
             result.write_json(json_path)
         outcome = evaluate(result, gates)
@@ -82,9 +101,13 @@ def scan_command(
     *, checkpoint, dataset, data_dir=None, download=False, split="test", n=None, train_n=None, image_size=None, arch=None,
     weights=None, arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
     norm="linf", eps=None, attacks="quick", ensemble=None, checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
-    seed=0, quiet=True,
-) -> ScanResult:
-    """Parse every option first (usage errors before any heavy work), then load and scan."""
+    seed=0, quiet=True, before_scan=None,
+) -> ScanResult | None:
+    """Parse every option first (usage errors before any heavy work), then load and scan.
+
+    ``before_scan(config, data, loaded)``, when given, runs after loading the data and the model and
+    before any forward pass (the fit check included); if it returns False nothing else runs and the
+    result is None."""
     from ..data import DataRequest, load_dataset  # torch-heavy: imported when a scan runs, not for --help
     from ..engine import run_scan
     from ..models import align_labels, check_fits, open_model, parse_arch_kwargs
@@ -112,6 +135,8 @@ def scan_command(
     )
     loaded = opened.build(default_num_classes=data.num_classes, default_input_shape=data.input_shape)
     data = align_labels(data, loaded.info)
+    if before_scan is not None and not before_scan(config, data, loaded):
+        return None
     check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
     train = None
     if train_n is not None:

@@ -482,8 +482,22 @@ def _build_and_load(
     if net is None:
         net = build_architecture(s.arch, num_classes=classes, in_channels=channels, kwargs=kwargs, input_size=input_size)
     fitted = fit_keys(weights, set(net.state_dict()))
-    load_strict(net, fitted, where=str(p), arch=s.arch)
+    try:
+        load_strict(net, fitted, where=str(p), arch=s.arch)
+    except CheckpointError as exc:
+        raise CheckpointError(str(exc) + _kwargs_hint(s.arch, fitted, classes, channels, kwargs, input_size)) from None
     return net, classes, channels
+
+
+def _kwargs_hint(arch, weights, classes, channels, kwargs, input_size) -> str:
+    """' (it fits --arch-kwargs width=16)' when changing integer architecture arguments makes every
+    shape fit, else a pointer to the architecture's parameters."""
+    from ._kwarg_hint import suggest_arch_kwargs
+
+    found = suggest_arch_kwargs(arch, weights, num_classes=classes, in_channels=channels, kwargs=kwargs, input_size=input_size)
+    if found:
+        return f" (it fits --arch-kwargs {','.join(f'{k}={v}' for k, v in found.items())})"
+    return f" (see `robaudit list architectures -v` for {arch}'s --arch-kwargs)"
 
 
 def _dim_from(weights: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], finder: Any, dim: int) -> int | None:

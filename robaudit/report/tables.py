@@ -16,10 +16,11 @@ elsewhere) ``curvature.*`` (loss, ‖∇ℓ‖₂, Hessian λ_max/λ_min, ‖H�
 ``clean_accuracy``, robust accuracy per attack and ε (fraction of the class's samples),
 ``margin_mean``, ``minimal.radius_median`` and ``jacobian.margin.l1_mean`` where those ran.
 
-``robust_table`` (``robust_accuracy.csv``): attack, norm, eps (float, pixel scale [0,1]),
-eps_label (as in metric names), robust_accuracy and success_rate (fractions), n_attacked,
-mean_perturbation (‖δ‖ in the norm, pixel scale), passes (forward + backward model passes per
-attacked sample), seconds; plus one ``ensemble`` row per ε with the worst-case robust accuracy.
+``robust_accuracy.csv``: attack, norm, eps (float, pixel scale [0,1]), eps_label (as in metric
+names), metric (the gate/compare name), robust_accuracy (fraction), k and n (robust samples of
+all scanned), ci95_lower / ci95_upper (its 95% Clopper–Pearson interval), success_rate,
+n_attacked, mean_perturbation (‖δ‖ in the norm, pixel scale), passes (forward + backward model
+passes per attacked sample), seconds; plus one ``ensemble`` row per ε with the worst case.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..metric_names import robust_acc_name
 from ..results import ScanResult
 from ..threat import format_eps
 
@@ -151,8 +153,16 @@ def per_class_table(result: ScanResult) -> pd.DataFrame:
     return table.reset_index()
 
 
+def _interval_columns(intervals, name: str) -> dict:
+    p = intervals.get(name)
+    if p is None:
+        return {"metric": name}
+    return {"metric": name, "k": p.k, "n": p.n, "ci95_lower": p.lower, "ci95_upper": p.upper}
+
+
 def robust_table(result: ScanResult) -> pd.DataFrame:
     attacks = result.section("attacks")
+    intervals = result.intervals()
     rows = []
     for run in _get(attacks, "runs", ()) or ():
         fwd, bwd = _get(run, "forward_per_sample"), _get(run, "backward_per_sample")
@@ -162,6 +172,7 @@ def robust_table(result: ScanResult) -> pd.DataFrame:
                 "norm": _get(run, "norm"),
                 "eps": _get(run, "eps"),
                 "eps_label": format_eps(_get(run, "eps")),
+                **_interval_columns(intervals, robust_acc_name(_get(run, "attack"), _get(run, "norm"), _get(run, "eps"))),
                 "robust_accuracy": _get(run, "robust_accuracy"),
                 "success_rate": _get(run, "success_rate"),
                 "n_attacked": _get(run, "n_attacked"),
@@ -173,11 +184,13 @@ def robust_table(result: ScanResult) -> pd.DataFrame:
     for eps in sorted(_get(attacks, "eps", ()) or ()):
         key = format_eps(eps)
         rows.append({"attack": "ensemble", "norm": _get(attacks, "norm"), "eps": eps, "eps_label": key,
+                     **_interval_columns(intervals, robust_acc_name("ensemble", _get(attacks, "norm"), key)),
                      "robust_accuracy": (_get(attacks, "ensemble", {}) or {}).get(key)})
-    columns = ["attack", "norm", "eps", "eps_label", "robust_accuracy", "success_rate", "n_attacked",
-               "mean_perturbation", "passes", "seconds"]
+    columns = ["attack", "norm", "eps", "eps_label", "metric", "robust_accuracy", "k", "n", "ci95_lower", "ci95_upper",
+               "success_rate", "n_attacked", "mean_perturbation", "passes", "seconds"]
     table = pd.DataFrame(rows, columns=columns)
-    table["n_attacked"] = table["n_attacked"].astype("Int64")  # empty on the ensemble rows
+    for col in ("n_attacked", "k", "n"):
+        table[col] = table[col].astype("Int64")  # empty on the ensemble rows / without per-sample results
     return table
 
 

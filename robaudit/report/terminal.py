@@ -9,15 +9,26 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from ..metric_names import robust_acc_name
 from ..results import ScanResult
+from ..stats import proportion
 from ..threat import format_eps
+from .verdict import fraction_text, headline, recipe
 
-__all__ = ["print_summary", "geometry_tables"]
+__all__ = ["print_summary", "geometry_tables", "pct_ci"]
 
 
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def pct_ci(v: float | None, p=None) -> str:
+    """A fraction as ``5.0% [1.0, 13.9]`` (95% Clopper–Pearson interval in points), or just ``5.0%``."""
+    if v is None:
+        return "—"
+    return _pct(v) if p is None else f"{_pct(v)} [{100 * p.lower:.1f}, {100 * p.upper:.1f}]"
 
 
 def _num(v, digits: int = 4) -> str:
@@ -159,19 +170,16 @@ def geometry_tables(result: ScanResult) -> list[Table]:
 def print_summary(result: ScanResult, console: Console | None = None) -> None:
     console = console or Console()
     p = result.provenance
-    clean = result.section("clean")
     attacks = result.section("attacks")
     margins = result.section("margins")
 
-    head = f"[bold]robaudit[/bold] {escape(Path(p.checkpoint).name)} on {escape(p.dataset)} ({p.split}, n={p.n})"
+    head = f"[bold]robaudit[/bold] {escape(Path(p.checkpoint).name)} on {escape(p.dataset)} ({escape(p.split)}, n={p.n})"
     console.print(head)
-    verdict = []
-    if clean is not None:
-        verdict.append(f"clean accuracy [bold]{_pct(clean.accuracy)}[/bold]")
-    if attacks is not None:
-        for key, acc in attacks.ensemble.items():
-            verdict.append(f"robust accuracy ({attacks.norm}, ε={key}, worst case) [bold]{_pct(acc)}[/bold]")
-    console.print("  " + " · ".join(verdict))
+    for h in headline(result):
+        console.print(Text("  " + h.label + " ").append(fraction_text(h.value, h.p), style="bold"))
+    rec = recipe(attacks) if attacks is not None else None
+    if rec is not None:
+        console.print(Text("  " + rec.sentence(), style="" if rec.autoattack else "yellow"), soft_wrap=True)
     for flag in result.flags:
         console.print(f"  [yellow]FLAG[/yellow] {flag.code}: {escape(flag.message)} (docs/flags.md#flag-{flag.code})")
     for w in result.model_warnings:
@@ -183,12 +191,14 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
 
     if attacks is not None and attacks.runs:
         mode = "each attack alone" if attacks.mode == "independent" else "cascade: after this and earlier attacks"
-        t = Table(title=f"Robust accuracy ({attacks.norm}, pixel space [0,1]; {mode})", title_justify="left")
+        intervals = result.intervals()
+        t = Table(title=f"Robust accuracy ({attacks.norm}, pixel space [0,1]; {mode}; n={p.n}, 95% Clopper–Pearson interval)",
+                  title_justify="left")
         for col, just in [
             ("attack", "left"),
             ("ε", "right"),
-            ("robust acc", "right"),
-            ("success rate", "right"),
+            ("robust acc [95% CI]", "right"),
+            ("success rate [95% CI]", "right"),
             (f"mean ‖δ‖ ({attacks.norm})", "right"),
             ("fwd+bwd / sample", "right"),
             ("time", "right"),
@@ -198,14 +208,15 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             t.add_row(
                 escape(r.attack),
                 format_eps(r.eps),
-                _pct(r.robust_accuracy),
-                _pct(r.success_rate),
+                pct_ci(r.robust_accuracy, intervals.get(robust_acc_name(r.attack, r.norm, r.eps))),
+                pct_ci(r.success_rate, proportion(k=sum(r.broken), n=r.n_attacked) if r.n_attacked else None),
                 "—" if r.mean_perturbation is None else f"{r.mean_perturbation:.4f}",
                 f"{r.forward_per_sample:.0f}+{r.backward_per_sample:.0f}",
                 f"{r.seconds:.1f}s",
             )
         for key, acc in attacks.ensemble.items():
-            t.add_row("[bold]worst case[/bold]", key, f"[bold]{_pct(acc)}[/bold]", "", "", "", "")
+            ci = pct_ci(acc, intervals.get(robust_acc_name("ensemble", attacks.norm, key)))
+            t.add_row("[bold]worst case[/bold]", key, f"[bold]{ci}[/bold]", "", "", "", "")
         console.print(t)
 
     if margins is not None:
@@ -220,7 +231,8 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             f"{margins.median:.3f}",
             f"{q['75']:.3f}",
             f"{q['95']:.3f}",
-            _pct(margins.fraction_negative),
+            pct_ci(margins.fraction_negative, proportion(k=round(margins.fraction_negative * len(margins.margins)),
+                                                         n=len(margins.margins)) if margins.margins else None),
             f"{margins.mean_true_class_probability:.3f}",
             f"{margins.mean_loss:.3f}",
         )
