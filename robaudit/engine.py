@@ -5,6 +5,7 @@ Every check gets a :class:`ScanContext`; it never touches devices, seeds or prog
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 import sys
 import time
@@ -18,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__
 from .config import ScanConfig, default_eps
-from .data.spec import DataSpec
+from .data.spec import DataSpec, as_positions
 from .errors import RuntimeFailure, UsageError
 from .models.spec import LoadedModel
 from .results import Flag, Provenance, ScanResult
@@ -87,6 +88,7 @@ class ScanContext:
     progress: object = field(default_factory=_NullProgress)
     batch_size: int = 256
     train_data: DataSpec | None = None  # first --train-n training samples, for train/test comparisons
+    workers: int = 0  # DataLoader worker processes for lazy datasets
     cache: dict = field(default_factory=dict)
     sections: dict = field(default_factory=dict)
     flags: list[Flag] = field(default_factory=list)
@@ -105,38 +107,45 @@ class ScanContext:
         data: DataSpec | None = None,
     ) -> None:
         """Call ``fn(x, y, sl)`` on consecutive batches (x, y on the device; ``sl`` indexes
-        ``indices``) of ``data`` (default: the scanned data). On out-of-memory the batch size halves
-        and the batch is retried; at batch size 1 it is a RuntimeFailure. The halved size sticks
-        for the rest of the scan."""
+        ``indices``) of ``data`` (default: the scanned data). Images are read by the data's loader
+        (worker processes for lazy datasets, pinned memory on CUDA) in chunks of the batch size. On
+        out-of-memory the batch size halves and the batch is retried; at batch size 1 it is a
+        RuntimeFailure. The halved size sticks for the rest of the scan."""
         data = self.data if data is None else data
-        idx = torch.arange(data.n) if indices is None else indices
+        idx = torch.arange(data.n) if indices is None else as_positions(indices, data.n)
         total = int(idx.numel())
         task = self.progress.add_task(description or "working", total=total)
-        start = 0
+        done = 0
+        workers = 0 if data.in_memory else self.workers
         try:
-            while start < total:
-                stop = min(start + self.batch_size, total)
-                sel = idx[start:stop]
-                x = data.x[sel].to(self.device, non_blocking=True)
-                y = data.y[sel].to(self.device, non_blocking=True)
-                try:
-                    fn(x, y, slice(start, stop))
-                except Exception as exc:  # noqa: BLE001 - only OOM is handled
-                    if not _is_oom(exc):
-                        raise
-                    del x, y
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    if self.batch_size == 1:
-                        raise RuntimeFailure(
-                            f"out of memory on {self.device} even at batch size 1; use a smaller model/input or --device cpu"
-                        ) from None
-                    self.batch_size = max(1, self.batch_size // 2)
-                    continue
-                self.progress.advance(task, stop - start)
-                start = stop
+            for xb, yb in data.batches(idx, self.batch_size, workers=workers, pin_memory=self.device.type == "cuda"):
+                start, count = 0, int(xb.shape[0])
+                while start < count:
+                    stop = min(start + self.batch_size, count)
+                    x = xb[start:stop].to(self.device, non_blocking=True)
+                    y = yb[start:stop].to(self.device, non_blocking=True)
+                    try:
+                        fn(x, y, slice(done + start, done + stop))
+                    except Exception as exc:  # noqa: BLE001 - only OOM is handled
+                        if not _is_oom(exc):
+                            raise
+                        del x, y
+                        self._halve()
+                        continue
+                    self.progress.advance(task, stop - start)
+                    start = stop
+                done += count
         finally:
             self.progress.remove_task(task)
+
+    def _halve(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size == 1:
+            raise RuntimeFailure(
+                f"out of memory on {self.device} even at batch size 1; use a smaller model/input or --device cpu"
+            ) from None
+        self.batch_size = max(1, self.batch_size // 2)
 
 
 @contextmanager
@@ -155,6 +164,11 @@ def _progress(quiet: bool) -> Iterator[object]:
         transient=True,
     ) as progress:
         yield progress
+
+
+def default_workers() -> int:
+    """DataLoader worker processes for lazy datasets: one per core beyond the first, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def run_scan(
@@ -177,7 +191,8 @@ def run_scan(
     eps = tuple(config.eps) if config.eps else default_eps(data.input_shape, config.norm, config.preset)
     model = loaded.model.to(device)
     ctx = ScanContext(
-        model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size, train_data=train_data
+        model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size, train_data=train_data,
+        workers=default_workers() if config.workers is None else config.workers,
     )
     timings: dict[str, float] = {}
     torch.manual_seed(config.seed)
@@ -208,6 +223,8 @@ def run_scan(
         normalization_mean=info.mean,
         normalization_std=info.std,
         command_line=command_line if command_line is not None else shlex.join(["robaudit", *sys.argv[1:]]),
+        sample=data.sample,
+        indices=tuple(int(i) for i in data.dataset_indices.tolist()),
     )
     return ScanResult(
         provenance=provenance,

@@ -77,6 +77,9 @@ class Provenance:
     normalization_mean: tuple[float, ...] | None = None
     normalization_std: tuple[float, ...] | None = None
     command_line: str = ""
+    # which samples: "first" N, a seeded "stratified" subset, or "all"; their dataset indices
+    sample: str = "first"
+    indices: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ sample is robust at ε against an attack if the attack found no misclassified po
 from __future__ import annotations
 
 import base64
+import math
 import time
 from dataclasses import dataclass
 
@@ -190,7 +191,7 @@ class AttacksCheck(Check):
     @staticmethod
     def _examples(ctx, weakest) -> tuple[AdversarialExample, ...]:
         """The ``keep_examples`` broken samples with the smallest clean margin (the weakest)."""
-        if not weakest or ctx.data.x[0].numel() > _MAX_EXAMPLE_NUMEL or ctx.config.keep_examples <= 0:
+        if not weakest or math.prod(ctx.data.input_shape) > _MAX_EXAMPLE_NUMEL or ctx.config.keep_examples <= 0:
             return ()
         from ..geometry.margin import margin
 
@@ -200,8 +201,9 @@ class AttacksCheck(Check):
         advs = torch.stack([weakest[i][0] for i in chosen]).to(ctx.device)
         with torch.no_grad():
             preds = ctx.model(advs).argmax(1).cpu().tolist()
+        images = ctx.data.batch(chosen)
         out = []
-        for i, pred in zip(chosen, preds):
+        for j, (i, pred) in enumerate(zip(chosen, preds)):
             adv, label, eps = weakest[i]
             out.append(
                 AdversarialExample(
@@ -212,7 +214,7 @@ class AttacksCheck(Check):
                     eps=eps,
                     clean_margin=float(margins[i]),
                     shape=tuple(adv.shape),
-                    image=encode_tensor(ctx.data.x[i]),
+                    image=encode_tensor(images[j]),
                     adversarial=encode_tensor(adv),
                 )
             )

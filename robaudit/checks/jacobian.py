@@ -182,18 +182,19 @@ class JacobianCheck(Check):
         y = ctx.data.y
         logits = ctx.cache["clean_logits"].double()
         m = margin(logits, y)
+        shown = [i for i in keep if i in kept]
+        images = dict(zip(shown, ctx.data.batch(shown))) if shown else {}
         heatmaps = tuple(
             JacobianHeatmap(
                 index=i,
                 label=int(y[i]),
                 margin=_round(float(m[i])),
                 l1=_round(float(per["margin"]["l1"][i])),
-                shape=tuple(int(s) for s in ctx.data.x[i].shape),
-                image=encode_tensor(ctx.data.x[i]),
+                shape=tuple(int(s) for s in images[i].shape),
+                image=encode_tensor(images[i]),
                 gradient=encode_tensor(kept[i]),
             )
-            for i in keep
-            if i in kept
+            for i in shown
         )
         return JacobianSection(
             scale="pixel space [0,1]; margin gradient in logit units per pixel unit, CE gradient in nats per pixel unit",

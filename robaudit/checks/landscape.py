@@ -108,7 +108,7 @@ class LandscapeCheck(Check):
                 skipped="the model exposes no floating-point parameters (a frozen export?)",
             )
         n = min(int(self.n_samples), ctx.data.n)
-        x = ctx.data.x[:n].to(ctx.device)
+        x = ctx.data.batch(slice(0, n)).to(ctx.device)
         y = ctx.data.y[:n].to(ctx.device)
         gen = ctx.generator("landscape")
         gdev = gen.device

@@ -200,7 +200,7 @@ class SurfacesCheck(Check):
         axis: tuple[float, ...] = ()
         if picks:
             idx = torch.tensor(picks, dtype=torch.long)
-            x = ctx.data.x[idx].to(ctx.device)
+            x = ctx.data.batch(idx).to(ctx.device)
             y = ctx.data.y[idx].to(ctx.device)
             dirs = self._directions(ctx, x, y, norm, eps, gen)
             r = _random(x.shape, norm, gen, x.device)

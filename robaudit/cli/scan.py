@@ -1,6 +1,7 @@
 """`robaudit scan CHECKPOINT --dataset NAME`: load, check it fits, run the battery, summarize."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,9 +21,13 @@ def scan(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset lives (also $ROBAUDIT_DATA)."),
     download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing (needs internet)."),
     split: str = typer.Option("test", "--split", help="test or train."),
-    n: Optional[int] = typer.Option(None, "--n", "-n", help="Use the first N samples in the dataset's order."),
-    train_n: Optional[int] = typer.Option(None, "--train-n", help="Also compute margins and loss on the first N training samples (train/test loss gap)."),
+    n: Optional[int] = typer.Option(None, "--n", "-n", help="Scan N samples (see --sample)."),
+    sample: Optional[str] = typer.Option(None, "--sample", help="How --n chooses: first (the first N, RobustBench's convention; default for built-in datasets and tensor files) or stratified (a seeded class-stratified subset; default for imagefolder:)."),
+    train_n: Optional[int] = typer.Option(None, "--train-n", help="Also compute margins and loss on N training samples, chosen as --sample chooses (train/test loss gap)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="imagefolder: resize short side + centre crop."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="imagefolder: short side before the --image-size centre crop (ImageNet: --resize 256 --image-size 224)."),
+    class_map: Optional[Path] = typer.Option(None, "--class-map", help="imagefolder: folder name → model class index (JSON object, JSON list, or one folder per line, e.g. LOC_synset_mapping.txt)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes decoding images of a lazy dataset (default: one per core beyond the first, at most 4)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: a built-in name, torchvision:NAME, or path/to/net.py:Class."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON object or k=v,k=v for the architecture."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of the model (default: metadata, else the dataset's)."),
@@ -52,6 +57,7 @@ def scan(
         gates = load_gates(gate_file, require, junit=junit)  # usage errors before any heavy work
         result = scan_command(
             checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, download=download, split=split, n=n, train_n=train_n,
+            sample=sample, resize=resize, class_map=class_map, workers=workers,
             image_size=image_size, arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes,
             input_shape=input_shape, mean=mean, std=std, trust_checkpoint=trust_checkpoint, norm=norm, eps=eps,
             attacks=attacks, ensemble=ensemble, checks=checks, device=device, batch_size=batch_size, seed=seed, quiet=quiet,
@@ -79,6 +85,7 @@ def scan(
 
 def scan_command(
     *, checkpoint, dataset, data_dir=None, download=False, split="test", n=None, train_n=None, image_size=None, arch=None,
+    sample=None, resize=None, class_map=None, workers=None,
     arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
     norm="linf", eps=None, attacks="quick", ensemble=None, checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
     seed=0, quiet=True,
@@ -93,16 +100,15 @@ def scan_command(
     if train_n is not None and train_n < 1:
         raise UsageError("--train-n must be >= 1")
     config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,
-                              device=device, batch_size=batch_size)
+                              device=device, batch_size=batch_size, workers=workers)
     kwargs = parse_arch_kwargs(arch_kwargs) if arch_kwargs else None
     shape = parse_shape(input_shape)
     mean_t, std_t = parse_floats(mean, "--mean"), parse_floats(std, "--std")
     if (mean_t is None) != (std_t is None):
         raise UsageError("--mean and --std go together; give both or neither")
-    data = load_dataset(
-        dataset,
-        DataRequest(split=split, n=n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
-    )
+    request = DataRequest(split=split, n=n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed,
+                          image_size=image_size, sample=sample, resize=resize, class_map=str(class_map) if class_map else None)
+    data = load_dataset(dataset, request)
     loaded = load_model(
         str(checkpoint), arch=arch, arch_kwargs=kwargs, num_classes=num_classes or None, input_shape=shape,
         mean=mean_t, std=std_t, trust_checkpoint=trust_checkpoint,
@@ -111,10 +117,7 @@ def scan_command(
     check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
     train = None
     if train_n is not None:
-        train = load_dataset(
-            dataset,
-            DataRequest(split="train", n=train_n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
-        )
+        train = load_dataset(dataset, replace(request, split="train", n=train_n))
     return run_scan(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
 
 
