@@ -80,6 +80,10 @@ class Provenance:
     # which samples: "first" N, a seeded "stratified" subset, or "all"; their dataset indices
     sample: str = "first"
     indices: tuple[int, ...] = ()
+    # FixedBlockModel's block (None: the model saw the batches as they came); how it ran:
+    # "1 process", "torchrun: N processes (gloo)", "merged from N shards" — like timings, not a result
+    compute_block: int | None = None
+    execution: str = ""
 
 
 @dataclass(frozen=True)

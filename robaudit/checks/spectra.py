@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..results import Section, section
+from ..parts import Part
+from ..results import Section, from_jsonable, section, to_jsonable
 from .base import CHECKS, Check
 
 __all__ = ["MAX_VALUES", "LayerSpectrum", "SpectraSection", "SpectraCheck", "layer_spectrum"]
@@ -113,9 +114,16 @@ class SpectraCheck(Check):
     name = "spectra"
     requires = ()
     description = "singular values of every weight matrix (per-layer spread, ICML 2020)"
+    scope = "model"  # computed once, by the lead process
 
-    def run(self, ctx) -> SpectraSection:
-        net = _raw(ctx.model)
+    def compute(self, ctx) -> Part:
+        return Part(extra={"section": to_jsonable(self._spectra(ctx))})
+
+    def combine(self, tables, extras, info) -> SpectraSection:
+        return from_jsonable(SpectraSection, next(e["section"] for e in extras if "section" in e))
+
+    def _spectra(self, ctx) -> SpectraSection:
+        net = _raw(ctx.plain_model)
         convention = "rows = output units: Linear [out, in] as is; conv [out, in/groups, k...] reshaped to out x (in/groups*k...)"
         try:
             named = [(n, p) for n, p in net.named_parameters() if p.dim() >= 2 and p.is_floating_point()]

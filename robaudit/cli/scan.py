@@ -42,6 +42,7 @@ def scan(
     checks: str = typer.Option(",".join(DEFAULT_CHECKS), "--checks", help="Checks to run, or 'all' (see `robaudit list checks`)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     batch_size: int = typer.Option(256, "--batch-size", help="Batch size; halves automatically on out-of-memory."),
+    compute_block: Optional[int] = typer.Option(None, "--compute-block", help="Run the model on blocks of exactly this many rows (padding the last) so per-sample results are bit-identical at any --batch-size, shard or process count (costs up to N-1 padded rows per call)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random draw (attack starts); same seed + device → same result."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the ScanResult as JSON here."),
     html_path: Optional[Path] = typer.Option(None, "--html", help="Write the self-contained HTML report here."),
@@ -61,6 +62,7 @@ def scan(
             image_size=image_size, arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes,
             input_shape=input_shape, mean=mean, std=std, trust_checkpoint=trust_checkpoint, norm=norm, eps=eps,
             attacks=attacks, ensemble=ensemble, checks=checks, device=device, batch_size=batch_size, seed=seed, quiet=quiet,
+            compute_block=compute_block,
         )
         if json_path is not None:
             result.write_json(json_path)
@@ -85,7 +87,7 @@ def scan(
 
 def scan_command(
     *, checkpoint, dataset, data_dir=None, download=False, split="test", n=None, train_n=None, image_size=None, arch=None,
-    sample=None, resize=None, class_map=None, workers=None,
+    sample=None, resize=None, class_map=None, workers=None, compute_block=None,
     arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
     norm="linf", eps=None, attacks="quick", ensemble=None, checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
     seed=0, quiet=True,
@@ -100,7 +102,7 @@ def scan_command(
     if train_n is not None and train_n < 1:
         raise UsageError("--train-n must be >= 1")
     config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,
-                              device=device, batch_size=batch_size, workers=workers)
+                              device=device, batch_size=batch_size, workers=workers, compute_block=compute_block)
     kwargs = parse_arch_kwargs(arch_kwargs) if arch_kwargs else None
     shape = parse_shape(input_shape)
     mean_t, std_t = parse_floats(mean, "--mean"), parse_floats(std, "--std")
@@ -119,5 +121,3 @@ def scan_command(
     if train_n is not None:
         train = load_dataset(dataset, replace(request, split="train", n=train_n))
     return run_scan(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
-
-
