@@ -1,7 +1,7 @@
 """Compare two ScanResults: per-metric deltas, a paired significance test, refusal on mismatched data.
 
 Two results are comparable when they were computed on the same data (provenance ``dataset``,
-``split``, ``n``, ``data_source``) under the same threat model (the attacks section's ``norm`` and
+``split``, ``n``, ``data_source`` and, where both record them, the scanned samples' ``indices``) under the same threat model (the attacks section's ``norm`` and
 its set of ε). ``delta = after − before`` in the metric's own unit (accuracies: fractions in
 [0,1]); a *drop* is a negative delta. ``--max-drop`` applies to ``clean.accuracy`` and every
 ``robust_acc.*`` metric, where higher is better.
@@ -99,6 +99,10 @@ def comparability_problems(before: ScanResult, after: ScanResult) -> list[str]:
         vb, va = getattr(pb, name), getattr(pa, name)
         if vb != va:
             problems.append(f"data differs: provenance.{name} is {vb!r} before but {va!r} after")
+    ib, ia = tuple(getattr(pb, "indices", ()) or ()), tuple(getattr(pa, "indices", ()) or ())
+    if ib and ia and ib != ia and pb.n == pa.n:
+        changed = sum(b != a for b, a in zip(ib, ia))
+        problems.append(f"data differs: {changed} of the {pb.n} scanned samples (provenance.indices) are different ones")
     if _norm(before) is not None and _norm(after) is not None and _norm(before) != _norm(after):
         problems.append(f"threat model differs: attacks.norm is {_norm(before)!r} before but {_norm(after)!r} after")
     eb, ea = _eps_set(before), _eps_set(after)

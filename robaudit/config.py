@@ -225,6 +225,8 @@ class ScanConfig:
     batch_size: int = 256
     keep_examples: int = 8  # weakest samples whose adversarial examples are kept for the report
     preset: str | None = None  # the attack preset the list came from (its ε default: default_eps)
+    compute_block: int | None = None  # run the model on blocks of exactly this many rows (engine.FixedBlockModel)
+    workers: int | None = None  # DataLoader workers for lazy datasets (None: engine.default_workers())
 
     def resolved_eps(self, input_shape: tuple[int, ...]) -> tuple[float, ...]:
         """The radii a scan of data shaped ``input_shape`` uses: ``eps``, else :func:`default_eps`."""
@@ -234,11 +236,15 @@ class ScanConfig:
     def parse(
         cls, *, norm: str = "linf", eps: str | Sequence[float] | None = None, attacks: str = "quick",
         ensemble: str | None = None, checks: str | Sequence[str] = DEFAULT_CHECKS, seed: int = 0,
-        device: str = "auto", batch_size: int = 256,
+        device: str = "auto", batch_size: int = 256, compute_block: int | None = None, workers: int | None = None,
     ) -> "ScanConfig":
         """The config from the CLI's / API's strings, every usage error raised here, before heavy work."""
         if batch_size < 1:
             raise UsageError("--batch-size must be >= 1")
+        if compute_block is not None and not 1 <= compute_block <= batch_size:
+            raise UsageError(f"--compute-block must be between 1 and --batch-size ({batch_size}), got {compute_block}")
+        if workers is not None and workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {workers}")
         if isinstance(eps, str):
             eps_t = tuple(parse_eps_list(eps)) if eps.strip() else ()
         else:
@@ -249,4 +255,5 @@ class ScanConfig:
             norm=Norm.parse(norm), eps=eps_t, attacks=parse_attack_list(attacks),
             ensemble=ensemble_mode_for(attacks, ensemble), checks=names, check_options=options,
             seed=seed, device=device, batch_size=batch_size, preset=preset if preset in ATTACK_PRESETS else None,
+            compute_block=compute_block, workers=workers,
         )

@@ -100,6 +100,13 @@ class Provenance:
     normalization_std: tuple[float, ...] | None = None
     command_line: str = ""
     weights: str | None = None  # published weights chosen by name, e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2
+    # which samples: "first" N, a seeded "stratified" subset, or "all"; their dataset indices
+    sample: str = "first"
+    indices: tuple[int, ...] = ()
+    # FixedBlockModel's block (None: the model saw the batches as they came); how it ran:
+    # "1 process", "torchrun: N processes (gloo)", "merged from N shards" — like timings, not a result
+    compute_block: int | None = None
+    execution: str = ""
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,13 @@ Heatmaps: the margin gradient of the :data:`N_HEATMAPS` correct samples with the
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ..geometry.jacobian import input_jacobian, jacobian_stats
-from ..geometry.margin import margin
+from ..parts import Part, lowest
 from ..results import Section, section
 from .attacks import encode_tensor
 from .base import CHECKS, Check
@@ -137,50 +138,46 @@ def _stats(function: str, per: dict[str, torch.Tensor], y: torch.Tensor, num_cla
     )
 
 
-def lowest_margin_correct(ctx, count: int) -> list[int]:
-    """Dataset indices of the ``count`` clean-correct samples with the smallest margin L(x) > 0
-    (ascending margin; ties by index)."""
-    logits = ctx.cache["clean_logits"].double()
-    m = margin(logits, ctx.data.y)
-    correct = torch.tensor(ctx.sections["clean"].correct, dtype=torch.bool)
-    cand = correct.nonzero().squeeze(1)
-    if cand.numel() == 0 or count <= 0:
-        return []
-    order = torch.argsort(m[cand], stable=True)
-    return [int(i) for i in cand[order[:count]].tolist()]
+def lowest_margin_correct(clean, count: int) -> list[int]:
+    """Positions of the ``count`` clean-correct samples of ``clean`` (a clean table: this process's
+    or the merged one) with the smallest margin L(x) (ascending margin; ties by position)."""
+    cands = [{"position": p, "margin": m} for p, m, ok in zip(clean.positions, clean.col("margin"), clean.col("correct")) if ok]
+    return [c["position"] for c in lowest(cands, count)]
 
 
 @CHECKS.register("jacobian")
 class JacobianCheck(Check):
+    """Per-sample records (table ``samples``): ``{margin,ce}.{l1,l2,linf,zero_frac}``; extra: this
+    process's ``n_heatmaps`` lowest-margin correct samples with their margin gradients (the section
+    keeps the lowest of all)."""
+
     name = "jacobian"
     requires = ("clean",)
     description = "input gradients of the margin and the loss: norms, near-zero entries, heatmaps (Yu et al.)"
 
-    def metric_names(self, plan) -> tuple[str, ...]:
-        return JACOBIAN_METRICS
-
     zero_threshold: float = ZERO_THRESHOLD
     n_heatmaps: int = N_HEATMAPS
 
-    def _heatmap_samples(self, ctx) -> list[int]:
-        """The ``n_heatmaps`` lowest-margin correct samples, plus every sample the attacks section
-        kept an adversarial example of (so each card of the report's gallery has its heatmap),
-        in ascending margin."""
-        keep = lowest_margin_correct(ctx, self.n_heatmaps)
-        attacks = ctx.sections.get("attacks")
-        extra = [int(ex.index) for ex in getattr(attacks, "examples", ()) or ()]
-        if not extra:
-            return keep
-        m = margin(ctx.cache["clean_logits"].double(), ctx.data.y)
-        return sorted(dict.fromkeys(keep + extra), key=lambda i: (float(m[i]), i))
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return JACOBIAN_METRICS
 
-    def run(self, ctx) -> JacobianSection:
-        n = ctx.data.n
-        d = int(torch.tensor(ctx.data.input_shape).prod())
+    def _heatmap_candidates(self, ctx, clean) -> set[int]:
+        """This process's ``n_heatmaps`` lowest-margin correct samples, plus every sample of which the
+        attacks check kept a gallery candidate here (so each card of the report's gallery has its
+        heatmap; the section keeps those that made the gallery, see :meth:`combine`)."""
+        keep = set(lowest_margin_correct(clean, self.n_heatmaps))
+        attacks = ctx.parts.get("attacks")
+        if attacks is not None:
+            keep |= {int(ex["position"]) for ex in attacks.extra.get("examples", [])}
+        return keep
+
+    def compute(self, ctx) -> Part:
+        n = int(ctx.positions.numel())
+        d = math.prod(ctx.data.input_shape)
         per = {fn: {k: torch.empty(n, dtype=torch.float64) for k in _STATS} for fn in ("margin", "ce")}
-        keep = self._heatmap_samples(ctx) if d <= MAX_HEATMAP_NUMEL else []
+        clean = ctx.local("clean")
+        keep = self._heatmap_candidates(ctx, clean) if d <= MAX_HEATMAP_NUMEL else set()
         kept: dict[int, torch.Tensor] = {}
-        keep_set = set(keep)
 
         def batch(x, y, sl):
             for fn in ("margin", "ce"):
@@ -188,34 +185,43 @@ class JacobianCheck(Check):
                 st = jacobian_stats(grads, self.zero_threshold)
                 for k in _STATS:
                     per[fn][k][sl] = st[k].detach().double().cpu()
-                if fn == "margin" and keep_set:
-                    for j, i in enumerate(range(sl.start, sl.stop)):
-                        if i in keep_set:
-                            kept[i] = grads[j].detach().float().cpu()
+                if fn == "margin" and keep:
+                    for j, p in enumerate(ctx.positions[sl].tolist()):
+                        if p in keep:
+                            kept[p] = grads[j].detach().float().cpu()
 
         ctx.map_batches(batch, description="input Jacobians")
-        y = ctx.data.y
-        logits = ctx.cache["clean_logits"].double()
-        m = margin(logits, y)
+        part = Part()
+        part.add("samples", ctx.positions, **{f"{fn}.{k}": per[fn][k] for fn in per for k in _STATS})
+        images = ctx.data.batch(sorted(kept)) if kept else None
+        part.extra["heatmaps"] = [
+            {"position": p, "margin": clean.at("margin", [p])[0], "label": int(ctx.data.y[p]),
+             "l1": float(per["margin"]["l1"][clean.row_of[p]]), "shape": list(kept[p].shape),
+             "image": encode_tensor(images[j]), "gradient": encode_tensor(kept[p])}
+            for j, p in enumerate(sorted(kept))
+        ]
+        return part
+
+    def combine(self, tables, extras, info) -> JacobianSection:
+        t = tables["samples"]
+        y = info.clean().tensor("label", torch.long)
+        per = {fn: {k: t.tensor(f"{fn}.{k}") for k in _STATS} for fn in ("margin", "ce")}
+        candidates = [h for e in extras for h in e.get("heatmaps", [])]
+        gallery = {int(ex.index) for ex in getattr(info.sections.get("attacks"), "examples", ()) or ()}
+        chosen = {h["position"]: h for h in lowest(candidates, self.n_heatmaps)}
+        chosen.update({h["position"]: h for h in candidates if h["position"] in gallery})
+        chosen = lowest(chosen.values(), len(chosen))  # ascending margin, ties by position
         heatmaps = tuple(
-            JacobianHeatmap(
-                index=i,
-                label=int(y[i]),
-                margin=_round(float(m[i])),
-                l1=_round(float(per["margin"]["l1"][i])),
-                shape=tuple(int(s) for s in ctx.data.x[i].shape),
-                image=encode_tensor(ctx.data.x[i]),
-                gradient=encode_tensor(kept[i]),
-            )
-            for i in keep
-            if i in kept
+            JacobianHeatmap(index=h["position"], label=h["label"], margin=_round(h["margin"]), l1=_round(h["l1"]),
+                            shape=tuple(h["shape"]), image=h["image"], gradient=h["gradient"])
+            for h in chosen
         )
         return JacobianSection(
             scale="pixel space [0,1]; margin gradient in logit units per pixel unit, CE gradient in nats per pixel unit",
             zero_threshold=float(self.zero_threshold),
-            n=n,
-            d=d,
-            margin=_stats("d/dx of L(x) = Z_y - max_{i!=y} Z_i (logit units)", per["margin"], y, ctx.data.num_classes),
-            ce=_stats("d/dx of the per-sample cross-entropy (nats)", per["ce"], y, ctx.data.num_classes),
+            n=info.n,
+            d=math.prod(info.input_shape),
+            margin=_stats("d/dx of L(x) = Z_y - max_{i!=y} Z_i (logit units)", per["margin"], y, info.num_classes),
+            ce=_stats("d/dx of the per-sample cross-entropy (nats)", per["ce"], y, info.num_classes),
             heatmaps=heatmaps,
         )

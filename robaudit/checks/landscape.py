@@ -24,7 +24,8 @@ import torch
 from ..errors import RuntimeFailure
 from ..geometry.margin import cross_entropy
 from ..geometry.surfaces import param_landscape
-from ..results import Section, section
+from ..parts import Part
+from ..results import Section, from_jsonable, section, to_jsonable
 from .base import CHECKS, Check
 
 __all__ = ["N_SAMPLES", "STEPS_1D", "STEPS_2D", "EXTENT", "LandscapeSection", "LandscapeCheck"]
@@ -97,16 +98,24 @@ class LandscapeCheck(Check):
     requires = ("clean",)
     description = "parameter-space loss landscape with filter normalization (Li et al. 2018; Xu et al.)"
 
-    def metric_names(self, plan) -> tuple[str, ...]:
-        return LANDSCAPE_METRICS
+    scope = "model"  # computed once, by the lead process
 
     n_samples: int = N_SAMPLES
     steps_1d: int = STEPS_1D
     steps_2d: int = STEPS_2D
     extent: float = EXTENT
 
-    def run(self, ctx) -> LandscapeSection:
-        model = ctx.model
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return LANDSCAPE_METRICS
+
+    def compute(self, ctx) -> Part:
+        return Part(extra={"section": to_jsonable(self._landscape(ctx))})
+
+    def combine(self, tables, extras, info) -> LandscapeSection:
+        return from_jsonable(LandscapeSection, next(e["section"] for e in extras if "section" in e))
+
+    def _landscape(self, ctx) -> LandscapeSection:
+        model = ctx.plain_model
         norm_note = "filter normalization (Li et al. 2018): each filter of a Gaussian direction scaled to the weight filter's norm; biases/norm layers fixed"
         params = {k: p for k, p in model.named_parameters() if p.is_floating_point()}
         if not params:
@@ -117,7 +126,7 @@ class LandscapeCheck(Check):
                 skipped="the model exposes no floating-point parameters (a frozen export?)",
             )
         n = min(int(self.n_samples), ctx.data.n)
-        x = ctx.data.x[:n].to(ctx.device)
+        x = ctx.data.batch(slice(0, n)).to(ctx.device)
         y = ctx.data.y[:n].to(ctx.device)
         gen = ctx.generator("landscape")
         gdev = gen.device

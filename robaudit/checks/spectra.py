@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..results import Section, section
+from ..parts import Part
+from ..results import Section, from_jsonable, section, to_jsonable
 from .base import CHECKS, Check
 
 __all__ = ["MAX_VALUES", "LayerSpectrum", "SpectraSection", "SpectraCheck", "layer_spectrum"]
@@ -130,6 +131,7 @@ class SpectraCheck(Check):
     name = "spectra"
     requires = ()
     description = "singular values of every weight matrix (per-layer spread, ICML 2020)"
+    scope = "model"  # computed once, by the lead process
 
     def metric_names(self, plan) -> tuple[str, ...] | None:
         if plan.model is None:
@@ -137,9 +139,15 @@ class SpectraCheck(Check):
         _, _, named = weight_matrices(plan.model)
         return spectra_metric_names([n for n, _ in named])
 
-    def run(self, ctx) -> SpectraSection:
+    def compute(self, ctx) -> Part:
+        return Part(extra={"section": to_jsonable(self._spectra(ctx))})
+
+    def combine(self, tables, extras, info) -> SpectraSection:
+        return from_jsonable(SpectraSection, next(e["section"] for e in extras if "section" in e))
+
+    def _spectra(self, ctx) -> SpectraSection:
         convention = "rows = output units: Linear [out, in] as is; conv [out, in/groups, k...] reshaped to out x (in/groups*k...)"
-        source, reason, named = weight_matrices(ctx.model)
+        source, reason, named = weight_matrices(ctx.plain_model)
         if not named:
             return SpectraSection(convention, "skipped", reason, ())
         layers = tuple(layer_spectrum(n, w) for n, w in named)

@@ -1,6 +1,7 @@
 """`robaudit scan CHECKPOINT --dataset NAME`: load, check it fits, run the battery, summarize."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,9 +25,13 @@ def scan(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset lives (also $ROBAUDIT_DATA)."),
     download: bool = typer.Option(False, "--download", help="Download the dataset or the published weights if missing (needs internet)."),
     split: str = typer.Option("test", "--split", help="test or train."),
-    n: Optional[int] = typer.Option(None, "--n", "-n", help="Use the first N samples in the dataset's order."),
-    train_n: Optional[int] = typer.Option(None, "--train-n", help="Also compute margins and loss on the first N training samples (train/test loss gap)."),
+    n: Optional[int] = typer.Option(None, "--n", "-n", help="Scan N samples (see --sample)."),
+    sample: Optional[str] = typer.Option(None, "--sample", help="How --n chooses: first (the first N, RobustBench's convention; default for built-in datasets and tensor files) or stratified (a seeded class-stratified subset; default for imagefolder:)."),
+    train_n: Optional[int] = typer.Option(None, "--train-n", help="Also compute margins and loss on N training samples, chosen as --sample chooses (train/test loss gap)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="imagefolder: resize short side + centre crop."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="imagefolder: short side before the --image-size centre crop (ImageNet: --resize 256 --image-size 224)."),
+    class_map: Optional[Path] = typer.Option(None, "--class-map", help="imagefolder: folder name → model class index (JSON object, JSON list, or one folder per line, e.g. LOC_synset_mapping.txt)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes decoding images of a lazy dataset (default: one per core beyond the first, at most 4)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: a built-in name, torchvision:NAME[:WEIGHTS], timm:NAME[.TAG], or path/to/net.py:Class."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Published weights of a torchvision:/timm: --arch from the local cache (IMAGENET1K_V2, DEFAULT; a timm tag), or a weights file."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON object or k=v,k=v for the architecture."),
@@ -42,6 +47,7 @@ def scan(
     checks: str = typer.Option(",".join(DEFAULT_CHECKS), "--checks", help="Checks to run, or 'all' (see `robaudit list checks`)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     batch_size: int = typer.Option(256, "--batch-size", help="Batch size; halves automatically on out-of-memory."),
+    compute_block: Optional[int] = typer.Option(None, "--compute-block", help="Run the model on blocks of exactly this many rows (padding the last) so per-sample results are bit-identical at any --batch-size, shard or process count (costs up to N-1 padded rows per call)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random draw (attack starts); same seed + device → same result."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the ScanResult as JSON here."),
     html_path: Optional[Path] = typer.Option(None, "--html", help="Write the self-contained HTML report here."),
@@ -69,10 +75,11 @@ def scan(
 
         result = scan_command(
             checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, download=download, split=split, n=n, train_n=train_n,
+            sample=sample, resize=resize, class_map=class_map, workers=workers,
             image_size=image_size, arch=arch, weights=weights, arch_kwargs=arch_kwargs, num_classes=num_classes,
             input_shape=input_shape, mean=mean, std=std, trust_checkpoint=trust_checkpoint, norm=norm, eps=eps,
             attacks=attacks, ensemble=ensemble, checks=checks, device=device, batch_size=batch_size, seed=seed, quiet=quiet,
-            before_scan=before_scan,
+            compute_block=compute_block, before_scan=before_scan,
         )
         if result is None:  # --list-metrics
             return
@@ -99,6 +106,7 @@ def scan(
 
 def scan_command(
     *, checkpoint, dataset, data_dir=None, download=False, split="test", n=None, train_n=None, image_size=None, arch=None,
+    sample=None, resize=None, class_map=None, workers=None, compute_block=None,
     weights=None, arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
     norm="linf", eps=None, attacks="quick", ensemble=None, checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
     seed=0, quiet=True, before_scan=None,
@@ -117,7 +125,7 @@ def scan_command(
     if train_n is not None and train_n < 1:
         raise UsageError("--train-n must be >= 1")
     config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,
-                              device=device, batch_size=batch_size)
+                              device=device, batch_size=batch_size, workers=workers, compute_block=compute_block)
     kwargs = parse_arch_kwargs(arch_kwargs) if arch_kwargs else None
     shape = parse_shape(input_shape)
     mean_t, std_t = parse_floats(mean, "--mean"), parse_floats(std, "--std")
@@ -128,34 +136,40 @@ def scan_command(
         num_classes=num_classes or None, input_shape=shape, mean=mean_t, std=std_t, trust_checkpoint=trust_checkpoint,
         download=download,
     )
-    image_size = model_image_size(opened, image_size)
-    data = load_dataset(
-        dataset,
-        DataRequest(split=split, n=n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
-    )
+    request = DataRequest(split=split, n=n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed,
+                          image_size=model_image_size(opened, image_size), sample=sample,
+                          resize=model_resize(opened, resize), class_map=str(class_map) if class_map else None)
+    data = load_dataset(dataset, request)
     loaded = opened.build(default_num_classes=data.num_classes, default_input_shape=data.input_shape)
-    data = align_labels(data, loaded.info)
+    if class_map is None:  # a class map already numbers the folders by the model's classes
+        data = align_labels(data, loaded.info)
     if before_scan is not None and not before_scan(config, data, loaded):
         return None
     check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
     train = None
     if train_n is not None:
-        train = align_labels(load_dataset(
-            dataset,
-            DataRequest(split="train", n=train_n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
-        ), loaded.info)
+        train = load_dataset(dataset, replace(request, split="train", n=train_n))
+        if class_map is None:
+            train = align_labels(train, loaded.info)
     return run_scan(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
 
 
 def model_image_size(opened, image_size: int | None) -> int | None:
     """The image side to ask the data for: ``--image-size``, else the model's own (its weights' crop
-    size or square input shape). Both given and different is a usage error.
-
-    The hand-off to the data loaders: image folders resize the short side to this size and
-    centre-crop it; ``opened.preprocessing.resize_size`` is the weights' own resize (e.g. 232 before
-    a 224 crop), for a loader that resizes and crops separately."""
+    size or square input shape). Both given and different is a usage error."""
     wanted = opened.image_size
     if image_size is not None and wanted is not None and image_size != wanted:
         source = opened.preprocessing.source if opened.preprocessing is not None else "the model's input shape"
         raise UsageError(f"--image-size {image_size} conflicts with the {wanted}-pixel input from {source}; drop --image-size")
     return image_size if image_size is not None else wanted
+
+
+def model_resize(opened, resize: int | None) -> int | None:
+    """The short side image folders are resized to before the centre crop: ``--resize``, else the
+    weights' own (torchvision's ``resize_size``, e.g. 232 or 256 before a 224 crop; timm's from its
+    crop fraction). Both given and different is a usage error."""
+    pre = opened.preprocessing
+    wanted = getattr(pre, "resize_size", None) if pre is not None else None
+    if resize is not None and wanted is not None and resize != wanted:
+        raise UsageError(f"--resize {resize} conflicts with the {wanted}-pixel resize from {pre.source}; drop --resize")
+    return resize if resize is not None else wanted
