@@ -128,6 +128,11 @@ class SampleRNG:
         keys = torch.stack([_h(self.keys[:, 0] ^ t[0]), _h(self.keys[:, 1] ^ t[1])], dim=1)
         return SampleRNG(keys, self.indices)
 
+    @property
+    def position(self) -> int:
+        """The counter of the next draw (shared with the views of :meth:`subset`)."""
+        return self._counter.value
+
     def next_counter(self) -> int:
         c = self._counter.value
         self._counter.value += 1
@@ -150,6 +155,20 @@ class SampleRNG:
         if offset is not None:
             j = j + offset.to(keys.device, torch.int64)[:, None]
         v = _h((r0 + _mul32(j & _M32, _GOLDEN)) & _M32)
+        return _h(v ^ r1)
+
+    def words_block(self, m: int, start: int, count: int, lane: int = 0) -> torch.Tensor:
+        """int64 ``[R, count, m]``: draws ``start .. start+count−1`` at once, row by row the same
+        words as ``words(m, counter=c)`` for each c (one batched hash for many small draws:
+        an attack that draws a few words per iteration precomputes a block of iterations)."""
+        cs = range(int(start), int(start) + int(count))
+        dev = self.keys.device
+        c0 = torch.tensor([_h_int(c ^ 0x5BD1E995) for c in cs], dtype=torch.int64, device=dev)
+        c1 = torch.tensor([_h_int(c * _GOLDEN + lane * _LANE + 1) for c in cs], dtype=torch.int64, device=dev)
+        r0 = (self.keys[:, 0, None] ^ c0[None, :])[:, :, None]
+        r1 = (self.keys[:, 1, None] ^ c1[None, :])[:, :, None]
+        j = torch.arange(m, device=dev, dtype=torch.int64)[None, None, :]
+        v = _h((r0 + _mul32(j, _GOLDEN)) & _M32)
         return _h(v ^ r1)
 
     # --- distributions --------------------------------------------------------------------

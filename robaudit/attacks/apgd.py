@@ -18,7 +18,7 @@ correctly classified.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -27,6 +27,7 @@ from .. import rng
 from ..errors import UsageError
 from ..geometry.margin import cross_entropy, margin
 from ..threat import Norm, ThreatModel
+from ._runs import RunResults, RunSchedule, resolve_stagger, run_starts
 from .base import ATTACKS, Attack, input_gradient, normalize_direction, predict, project
 
 __all__ = ["APGDCE", "APGDDLR", "APGDTargeted", "dlr_loss", "dlr_targeted_loss"]
@@ -89,6 +90,10 @@ class _APGD(Attack):
     rho: float = 0.75
     momentum: float = 0.75
     initial_step: float = 2.0
+    # Ticks between the starts of a sample's runs (targets × restarts) packed into shared model
+    # calls (robaudit.attacks._runs): None = ⌊0.22·n_iter⌋, 0 = all at once, -1 = one after the
+    # other. Changes the cost, never the result (not a hyper-parameter: not in params()).
+    stagger: int | None = field(default=None, repr=False, compare=False)
 
     _min_classes = 2
 
@@ -124,75 +129,79 @@ class _APGD(Attack):
             n = t.flatten(1).norm(p=2, dim=1)
         return (x + threat.eps * t / _bview(n.clamp_min(1e-12), t)).clamp(0.0, 1.0)
 
-    def _run_once(
-        self, model, x: torch.Tensor, y: torch.Tensor, loss_fn: RowLossFn, threat: ThreatModel, generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One APGD run on a batch. Returns (point, broken, margin at the point): the first
-        misclassified iterate where one was found, else the highest-loss iterate. ``loss_fn(logits,
-        y, rows)`` gets the batch rows it is evaluated on. A sample stops being iterated once it is
-        misclassified (its point is kept), so its passes and its result don't depend on the
-        other samples of the batch."""
-        checks = set(checkpoints(self.n_iter))
-        everyone = torch.arange(x.shape[0], device=x.device)
-        x_adv = self._start(x, threat, generator)
-        loss, logits, grad = input_gradient(model, x_adv, y, lambda z, yy: loss_fn(z, yy, everyone), self.counter)
-        broken = logits.argmax(1) != y
-        x_found = x_adv.clone()
-        x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
-        margin_best = margin(logits, y)
+    # -- the packed runs -------------------------------------------------------------------
 
-        step = torch.full((x.shape[0],), self.initial_step * threat.eps, device=x.device, dtype=x.dtype)
-        x_old = x_adv.clone()
-        prev_loss = loss.clone()
-        n_increase = torch.zeros(x.shape[0], device=x.device, dtype=torch.long)
-        loss_best_last_check = loss_best.clone()
-        reduced_last_check = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        last_check = 0
+    def _evaluate(self, model, points: torch.Tensor, ys: torch.Tensor, targets: torch.Tensor):
+        """(loss, logits, gradient) at ``points`` in model calls of at most ``max_rows`` rows."""
+        step = max(1, int(self.max_rows or points.shape[0]))
+        outs = []
+        for s in range(0, points.shape[0], step):
+            t = targets[s : s + step]
+            outs.append(input_gradient(model, points[s : s + step], ys[s : s + step],
+                                       lambda z, yy, t=t: self._row_loss(z, yy, t), self.counter))
+        if len(outs) == 1:
+            return outs[0]
+        return tuple(torch.cat(parts) for parts in zip(*outs))
 
-        for i in range(self.n_iter):
-            act = (~broken).nonzero().squeeze(1)
-            if act.numel() == 0:
-                break
-            a = self.momentum if i > 0 else 1.0
-            xa, xs, ya = x_adv[act], x[act], y[act]
-            z = project(xa + _bview(step[act], xa) * normalize_direction(grad[act], threat.norm), xs, threat)
-            x_next = project(xa + a * (z - xa) + (1 - a) * (xa - x_old[act]), xs, threat)
-            x_old[act], x_adv[act] = xa, x_next
+    def _row_loss(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-row loss to maximise (``target``: each row's target class; unused when untargeted)."""
+        return self._loss()(logits, y)
 
-            loss_a, logits_a, grad_a = input_gradient(model, x_next, ya, lambda zz, yy: loss_fn(zz, yy, act), self.counter)
-            grad[act] = grad_a
-            wrong = logits_a.argmax(1) != ya
-            x_found[act[wrong]] = x_next[wrong]  # keep the first success
-            broken[act[wrong]] = True
+    def _step(self, st: dict, threat: ThreatModel) -> torch.Tensor:
+        """Each active row's next iterate (momentum 1 at a run's first iteration)."""
+        xa, x0 = st["x_adv"], st["x0"]
+        a = torch.where(st["it"] > 0, self.momentum, 1.0).to(xa.dtype)
+        z = project(xa + _bview(st["step"], xa) * normalize_direction(st["grad"], threat.norm), x0, threat)
+        return project(xa + _bview(a, xa) * (z - xa) + _bview(1 - a, xa) * (xa - st["x_old"]), x0, threat)
 
-            improved = loss_a > loss_best[act]
-            better = act[improved]
-            x_best[better] = x_next[improved]
-            grad_best[better] = grad_a[improved]
-            loss_best[better] = loss_a[improved]
-            margin_best[better] = margin(logits_a, ya)[improved]
+    def _update(self, st: dict, x_next, loss, logits, grad, is_check: torch.Tensor, check_now: bool) -> torch.Tensor:
+        """One iteration's bookkeeping for the active rows (Croce & Hein's Algorithm 1). Returns
+        the rows now misclassified."""
+        y = st["y"]
+        st["x_old"], st["x_adv"], st["grad"] = st["x_adv"], x_next, grad
+        wrong = logits.argmax(1) != y
+        improved = loss > st["loss_best"]
+        r = _bview(improved, x_next)
+        st["x_best"] = torch.where(r, x_next, st["x_best"])
+        st["grad_best"] = torch.where(r, grad, st["grad_best"])
+        st["loss_best"] = torch.where(improved, loss, st["loss_best"])
+        st["margin_best"] = torch.where(improved, margin(logits, y), st["margin_best"])
+        st["n_increase"] = st["n_increase"] + (loss > st["prev_loss"]).long()
+        st["prev_loss"] = loss
+        i = st["it"]
+        if check_now:
+            chk = is_check[i + 1]
+            k = (i + 1 - st["last_check"]).to(loss.dtype)
+            # condition 1: too few steps increased the loss since the last checkpoint;
+            # condition 2: the step was not reduced at the last checkpoint and the best loss
+            # did not improve since (AutoAttack leaves it off at the first checkpoint).
+            oscillating = st["n_increase"].to(loss.dtype) < self.rho * k
+            stalled = ~st["reduced_last_check"] & (st["loss_best_last_check"] >= st["loss_best"])
+            reduce = (oscillating | stalled) & chk
+            st["reduced_last_check"] = torch.where(chk, reduce, st["reduced_last_check"])
+            st["loss_best_last_check"] = torch.where(chk, st["loss_best"], st["loss_best_last_check"])
+            st["step"] = torch.where(reduce, st["step"] / 2, st["step"])
+            rr = _bview(reduce, x_next)
+            st["x_adv"] = torch.where(rr, st["x_best"], st["x_adv"])  # restart from the best point
+            st["grad"] = torch.where(rr, st["grad_best"], st["grad"])
+            st["last_check"] = torch.where(chk, i + 1, st["last_check"])
+            st["n_increase"] = torch.where(chk, torch.zeros_like(st["n_increase"]), st["n_increase"])
+        st["it"] = i + 1
+        return wrong
 
-            n_increase[act] += (loss_a > prev_loss[act]).long()
-            prev_loss[act] = loss_a
-            if i + 1 in checks:
-                k = i + 1 - last_check
-                # condition 1: too few steps increased the loss since the last checkpoint;
-                # condition 2: the step was not reduced at the last checkpoint and the best loss
-                # did not improve since (AutoAttack leaves it off at the first checkpoint).
-                oscillating = n_increase.to(loss.dtype) < self.rho * k
-                stalled = ~reduced_last_check & (loss_best_last_check >= loss_best)
-                reduce = oscillating | stalled
-                reduced_last_check = reduce
-                loss_best_last_check = loss_best.clone()
-                step = torch.where(reduce, step / 2, step)
-                r = _bview(reduce, x)
-                x_adv = torch.where(r, x_best, x_adv)  # restart from the best point
-                grad = torch.where(r, grad_best, grad)
-                last_check = i + 1
-                n_increase.zero_()
-
-        point = torch.where(_bview(broken, x), x_found, x_best)
-        return point, broken, margin_best
+    @staticmethod
+    def _init(x0, y, target, x_start, loss, logits, grad, step0: float) -> dict:
+        """State of runs just evaluated at their start points."""
+        n = x0.shape[0]
+        dev = x0.device
+        return {
+            "x0": x0, "y": y, "target": target, "x_adv": x_start, "x_old": x_start, "grad": grad,
+            "x_best": x_start, "grad_best": grad, "loss_best": loss, "margin_best": margin(logits, y),
+            "step": torch.full((n,), step0, device=dev, dtype=x0.dtype), "prev_loss": loss,
+            "n_increase": torch.zeros(n, dtype=torch.long, device=dev), "loss_best_last_check": loss,
+            "reduced_last_check": torch.ones(n, dtype=torch.bool, device=dev),
+            "last_check": torch.zeros(n, dtype=torch.long, device=dev), "it": torch.zeros(n, dtype=torch.long, device=dev),
+        }
 
     def _loss(self) -> LossFn:
         raise NotImplementedError
@@ -204,33 +213,73 @@ class _APGD(Attack):
         return [None]
 
     def _perturb(self, model, x, y, threat: ThreatModel, generator) -> torch.Tensor:
+        """Every (target, restart) run of every clean-correct sample, packed by
+        :class:`~robaudit.attacks._runs.RunSchedule`: run q of a sample draws its random start
+        from that sample's stream at position q (what the runs one after the other drew), and
+        the answer is AutoAttack's: the first successful run's point, else the point closest to
+        the decision boundary over all runs."""
         clean_logits = predict(model, x, self.counter)
         self._check_classes(clean_logits.shape[1])
-        broken = clean_logits.argmax(1) != y  # already misclassified: x itself is the answer
         best = x.clone()
-        best_margin = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=clean_logits.dtype)
-        order = clean_logits.argsort(dim=1, descending=True)
-        for rank in self._plan(clean_logits):
-            for _ in range(self.n_restarts):
-                todo = ~broken
-                if not bool(todo.any()):
-                    return best
-                idx = todo.nonzero().squeeze(1)
-                xs, ys = x[idx], y[idx]
-                if rank is None:
-                    base = self._loss()
-                    loss_fn = lambda logits, yy, rows_, f=base: f(logits, yy)  # noqa: E731
-                else:
-                    target = order[idx, rank]
-                    loss_fn = lambda logits, yy, rows_, t=target: dlr_targeted_loss(logits, yy, t[rows_])  # noqa: E731
-                point, ok, m = self._run_once(model, xs, ys, loss_fn, threat, rng.rows(generator, idx))
-                # keep a success, else the point closest to the decision boundary over all runs
-                take = ok | (m < best_margin[idx])
-                best[idx[take]] = point[take]
-                best_margin[idx[take]] = m[take]
-                broken[idx] = ok
+        todo = (clean_logits.argmax(1) == y).nonzero().squeeze(1)  # misclassified: x is the answer
+        if todo.numel() == 0:
+            return best
+        runs = [(rank, r) for rank in self._plan(clean_logits) for r in range(self.n_restarts)]
+        xs, ys = x[todo], y[todo]
+        order = clean_logits[todo].argsort(dim=1, descending=True)
+        targets = torch.stack([order[:, rank] if rank is not None else torch.full_like(ys, -1) for rank, _ in runs], dim=1)
+        gen = rng.rows(generator, todo)
+        base = gen.position if rng.is_sample_rng(gen) else 0
+        schedule = RunSchedule(xs.shape[0], len(runs), resolve_stagger(self.stagger, self.n_iter))
+        results = RunResults(xs, len(runs))
+        is_check = torch.zeros(self.n_iter + 2, dtype=torch.bool)
+        is_check[checkpoints(self.n_iter)] = True
+        is_check_dev = is_check.to(x.device)
+        st: dict | None = None
+        s_cpu = q_cpu = it_cpu = torch.zeros(0, dtype=torch.long)
+        step0 = self.initial_step * threat.eps
+        while not bool(schedule.finished.all()):
+            new_s, new_q = schedule.starts()
+            points, parts = [], []
+            if st is not None:
+                x_next = self._step(st, threat)
+                points.append(x_next)
+            if new_s.numel():
+                starts = run_starts(lambda z, g: self._start(z, threat, g), xs[new_s.to(x.device)], new_s, new_q, gen, base)
+                points.append(starts)
+            sd = new_s.to(x.device)
+            y_eval = torch.cat(([st["y"]] if st is not None else []) + [ys[sd]])
+            t_eval = torch.cat(([st["target"]] if st is not None else []) + [targets[sd, new_q.to(x.device)]])
+            loss, logits, grad = self._evaluate(model, torch.cat(points), y_eval, t_eval)
+            R = 0 if st is None else st["x_adv"].shape[0]
+            wrong_parts = []
+            if st is not None:
+                check_now = bool(is_check[it_cpu + 1].any())
+                wrong_parts.append(self._update(st, x_next, loss[:R], logits[:R], grad[:R], is_check_dev, check_now))
+                it_cpu = it_cpu + 1
+            if new_s.numel():
+                fresh = self._init(xs[sd], ys[sd], targets[sd, new_q.to(x.device)], starts, loss[R:], logits[R:], grad[R:], step0)
+                st = fresh if st is None else {k: torch.cat([st[k], fresh[k]]) for k in st}
+                s_cpu, q_cpu = torch.cat([s_cpu, new_s]), torch.cat([q_cpu, new_q])
+                it_cpu = torch.cat([it_cpu, torch.zeros_like(new_s)])
+                wrong_parts.append(logits[R:].argmax(1) != ys[sd])
+            x_eval = torch.cat(points)
+            wrong = torch.cat(wrong_parts)
+            wrong_cpu = wrong.cpu()
+            done_cpu = wrong_cpu | (it_cpu >= self.n_iter)
+            finished, removed = schedule.end_tick(s_cpu, q_cpu, wrong_cpu, done_cpu)
+            if bool(finished.any()):
+                f = finished.to(x.device)
+                point = torch.where(_bview(wrong[f], x_eval), x_eval[f], st["x_best"][f])
+                results.add(s_cpu[finished].to(x.device), q_cpu[finished].to(x.device), point, wrong[f], st["margin_best"][f])
+            if bool(removed.any()):
+                keep = ~removed
+                kd = keep.to(x.device)
+                st = {k: v[kd] for k, v in st.items()} if bool(keep.any()) else None
+                s_cpu, q_cpu, it_cpu = s_cpu[keep], q_cpu[keep], it_cpu[keep]
+            self._report(schedule.fraction(s_cpu, (it_cpu + 1).double() / (self.n_iter + 1)))
+        best[todo] = results.final()
         return best
-
 
 @ATTACKS.register("apgd-ce")
 @dataclass
@@ -297,6 +346,9 @@ class APGDTargeted(_APGD):
         super().__post_init__()
         if self.n_target_classes < 1:
             raise UsageError(f"{self.name}: n_target_classes must be >= 1")
+
+    def _row_loss(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return dlr_targeted_loss(logits, y, target)
 
     def _plan(self, clean_logits: torch.Tensor) -> list[int | None]:
         # rank 0 is the predicted class (= y for the samples attacked); targets are ranks 1..n

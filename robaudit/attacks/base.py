@@ -160,6 +160,9 @@ def predict(model: nn.Module, x: torch.Tensor, counter: PassCounter | None = Non
     return logits
 
 
+_RUNTIME_FIELDS = frozenset({"counter", "max_rows", "progress", "stagger"})
+
+
 @dataclass
 class Attack(ABC):
     """An attack under a threat model. Subclasses are dataclasses whose fields are the
@@ -179,12 +182,23 @@ class Attack(ABC):
     kind: ClassVar[str] = "white-box"
     single_step: ClassVar[bool] = False
     counter: PassCounter = field(default_factory=PassCounter, repr=False, compare=False)
+    # Set by the caller, not hyper-parameters (they change the cost, never the result):
+    # max_rows — the most rows one model call may take (None: the batch given to run), so attacks
+    # that pack several runs of a sample into shared model calls (APGD, FAB-T) stay within memory;
+    # progress — called with the fraction (0..1) of the current run() call's work done, as it goes.
+    max_rows: int | None = field(default=None, repr=False, compare=False)
+    progress: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
 
     def params(self) -> dict:
         """Hyper-parameters as plain values (for provenance in ScanResult)."""
         from dataclasses import fields
 
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "counter"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUNTIME_FIELDS}
+
+    def _report(self, fraction: float) -> None:
+        """Tell the caller how much of this run() call's work is done (0..1)."""
+        if self.progress is not None:
+            self.progress(fraction)
 
     @abstractmethod
     def _perturb(

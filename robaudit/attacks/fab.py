@@ -19,12 +19,14 @@ forward to test the new point. The targeted version needs no full Jacobian: one 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from .. import rng
 from ..errors import UsageError
 from ..threat import Norm, ThreatModel
+from ._runs import RunResults, RunSchedule, resolve_stagger, run_starts
 from .base import ATTACKS, Attack, _view, input_gradient, lp_norm, predict
 
 __all__ = ["FABTargeted", "boundary_projection"]
@@ -91,6 +93,7 @@ class FABTargeted(Attack):
     """
 
     name = "fab-t"
+    per_sample_rng = True
     norms = (Norm.LINF, Norm.L2)
     n_iter: int = 100
     n_restarts: int = 1
@@ -98,6 +101,8 @@ class FABTargeted(Attack):
     alpha_max: float = 0.1
     eta: float = 1.05
     beta: float = 0.9
+    # ticks between the starts of a sample's runs packed into shared model calls (as APGD's)
+    stagger: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.n_iter < 1 or self.n_restarts < 1 or self.n_target_classes < 1:
@@ -110,64 +115,118 @@ class FABTargeted(Attack):
             raise UsageError(f"{self.name}: beta (backward step) must be in (0, 1), got {self.beta}")
 
     def _perturb(self, model, x, y, threat: ThreatModel, generator) -> torch.Tensor:
+        """Every (target, restart) run of every clean-correct sample, packed by
+        :class:`~robaudit.attacks._runs.RunSchedule`: a run is cancelled once an earlier run of its
+        sample is within ε (AutoAttack would not have started it), and the answer is the first run
+        within ε's smallest point, else the smallest point over all runs — what the runs one after
+        the other give. Run q of a sample draws its random start (restarts > 0) from that sample's
+        stream at position q."""
         clean_logits = predict(model, x, self.counter)
         if clean_logits.shape[1] < 2:
             raise UsageError(f"attack {self.name!r} needs a model with at least 2 classes")
-        order = clean_logits.argsort(dim=1, descending=True)
         best = x.clone()
-        best_norm = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
-        best_norm[clean_logits.argmax(1) != y] = 0.0  # already misclassified: x itself
-        for rank in range(1, min(self.n_target_classes, clean_logits.shape[1] - 1) + 1):
-            for restart in range(self.n_restarts):
-                todo = ~(best_norm <= threat.eps)
-                if not bool(todo.any()):
-                    return best
-                idx = todo.nonzero().squeeze(1)
-                point, norm = self.minimal_run(model, x[idx], y[idx], order[idx, rank], threat, restart > 0, generator)
-                better = norm < best_norm[idx]
-                best[idx[better]] = point[better]
-                best_norm[idx[better]] = norm[better]
+        todo = (clean_logits.argmax(1) == y).nonzero().squeeze(1)  # misclassified: x itself
+        if todo.numel() == 0:
+            return best
+        ranks = range(1, min(self.n_target_classes, clean_logits.shape[1] - 1) + 1)
+        runs = [(rank, r) for rank in ranks for r in range(self.n_restarts)]
+        xs, ys = x[todo], y[todo]
+        order = clean_logits[todo].argsort(dim=1, descending=True)
+        targets = torch.stack([order[:, rank] for rank, _ in runs], dim=1)
+        restart = torch.tensor([r for _, r in runs], dtype=torch.long)
+        gen = rng.rows(generator, todo)
+        base = gen.position if rng.is_sample_rng(gen) else 0
+        schedule = RunSchedule(xs.shape[0], len(runs), resolve_stagger(self.stagger, self.n_iter))
+        results = RunResults(xs, len(runs))
+        st: dict | None = None
+        s_cpu = q_cpu = it_cpu = torch.zeros(0, dtype=torch.long)
+        dev = x.device
+        while not bool(schedule.finished.all()):
+            new_s, new_q = schedule.starts()
+            if new_s.numel():
+                sd, qd = new_s.to(dev), new_q.to(dev)
+                x0 = xs[sd]
+                x1 = x0.clone()
+                again = restart[new_q] > 0
+                if bool(again.any()):
+                    rows_ = again.nonzero().squeeze(1)
+                    x1[rows_.to(dev)] = run_starts(lambda z, g: self._start(z, threat, g), x0[rows_.to(dev)], new_s[rows_], new_q[rows_], gen, base)
+                fresh = {"x0": x0, "y": ys[sd], "target": targets[sd, qd], "x1": x1, "best": x0.clone(),
+                         "best_norm": torch.full((x0.shape[0],), float("inf"), device=dev, dtype=x.dtype)}
+                st = fresh if st is None else {k: torch.cat([st[k], fresh[k]]) for k in st}
+                s_cpu, q_cpu = torch.cat([s_cpu, new_s]), torch.cat([q_cpu, new_q])
+                it_cpu = torch.cat([it_cpu, torch.zeros_like(new_s)])
+            self._iterate(model, st, threat.norm)
+            it_cpu = it_cpu + 1
+            ok = st["best_norm"] <= threat.eps
+            finished, removed = schedule.end_tick(s_cpu, q_cpu, ok.cpu(), it_cpu >= self.n_iter)
+            if bool(finished.any()):
+                f = finished.to(dev)
+                results.add(s_cpu[finished].to(dev), q_cpu[finished].to(dev), st["best"][f], ok[f], st["best_norm"][f])
+            if bool(removed.any()):
+                keep = ~removed
+                kd = keep.to(dev)
+                st = {k: v[kd] for k, v in st.items()} if bool(keep.any()) else None
+                s_cpu, q_cpu, it_cpu = s_cpu[keep], q_cpu[keep], it_cpu[keep]
+            self._report(schedule.fraction(s_cpu, it_cpu.double() / self.n_iter))
+        best[todo] = results.final()
         return best
+
+    def _iterate(self, model, st: dict, norm: Norm) -> None:
+        """One FAB iteration of every row of ``st`` (x0, y, target, x1, best, best_norm), in
+        model calls of at most ``max_rows`` rows: the gradient of Z_t − Z_y at x1, the step onto
+        the linearized boundary (from x1 and from x0), a forward at the new point."""
+        x, x1, y, target = st["x0"], st["x1"], st["y"], st["target"]
+        n = x.shape[0]
+        chunk = max(1, int(self.max_rows or n))
+        df, dg = [], []
+        for s in range(0, n, chunk):
+            t = target[s : s + chunk]
+
+            def diff(logits, yy, t=t):  # Z_t − Z_y: > 0 once the target beats the true class
+                return logits.gather(1, t[:, None]).squeeze(1) - logits.gather(1, yy[:, None]).squeeze(1)
+
+            d, _, g = input_gradient(model, x1[s : s + chunk], y[s : s + chunk], diff, self.counter)
+            df.append(d)
+            dg.append(g)
+        df, dg = torch.cat(df), torch.cat(dg)
+        x0f = x.flatten(1)
+        w = dg.flatten(1)
+        b = (w * x1.flatten(1)).sum(dim=1) - df  # the linearized boundary: w·z = b
+        step = boundary_projection(torch.cat((x1.flatten(1), x0f)), torch.cat((w, w)), torch.cat((b, b)), norm)
+        d1, d2 = step[:n].view_as(x), step[n:].view_as(x)
+        a1 = lp_norm(d1, norm).clamp_min(1e-8)
+        a2 = lp_norm(d2, norm).clamp_min(1e-8)
+        alpha = _view((a1 / (a1 + a2)).clamp(0.0, self.alpha_max), x)
+        x1 = ((1 - alpha) * (x1 + self.eta * d1) + alpha * (x + self.eta * d2)).clamp(0.0, 1.0)
+        wrong = torch.cat([predict(model, x1[s : s + chunk], self.counter).argmax(1) for s in range(0, n, chunk)]) != y
+        size = lp_norm(x1 - x, norm)
+        improved = wrong & (size < st["best_norm"])
+        st["best"] = torch.where(_view(improved, x), x1, st["best"])
+        st["best_norm"] = torch.where(improved, size, st["best_norm"])
+        st["x1"] = torch.where(_view(wrong, x), x + self.beta * (x1 - x), x1)
 
     def minimal_run(
         self, model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, threat: ThreatModel,
-        random_start: bool = False, generator: torch.Generator | None = None,
+        random_start: bool = False, generator=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One FAB run towards ``target``: (the smallest misclassified point found, its ‖δ‖ in the
         threat norm; x and inf where none was found). ε only sets the random start's radius (ε/2)."""
-        norm = threat.norm
-        x0 = x.flatten(1)
         x1 = self._start(x, threat, generator) if random_start else x.clone()
-        best = x.clone()
-        best_norm = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
-
-        def diff(logits, yy):  # Z_t − Z_y: > 0 once the target beats the true class
-            return logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, yy[:, None]).squeeze(1)
-
-        for _ in range(self.n_iter):
-            df, _, dg = input_gradient(model, x1, y, diff, self.counter)
-            w = dg.flatten(1)
-            b = (w * x1.flatten(1)).sum(dim=1) - df  # the linearized boundary: w·z = b
-            step = boundary_projection(torch.cat((x1.flatten(1), x0)), torch.cat((w, w)), torch.cat((b, b)), norm)
-            d1, d2 = step[: x.shape[0]].view_as(x), step[x.shape[0]:].view_as(x)
-            a1 = lp_norm(d1, norm).clamp_min(1e-8)
-            a2 = lp_norm(d2, norm).clamp_min(1e-8)
-            alpha = _view((a1 / (a1 + a2)).clamp(0.0, self.alpha_max), x)
-            x1 = ((1 - alpha) * (x1 + self.eta * d1) + alpha * (x + self.eta * d2)).clamp(0.0, 1.0)
-            wrong = predict(model, x1, self.counter).argmax(1) != y
-            size = lp_norm(x1 - x, norm)
-            improved = wrong & (size < best_norm)
-            best = torch.where(_view(improved, x), x1, best)
-            best_norm = torch.where(improved, size, best_norm)
-            x1 = torch.where(_view(wrong, x), x + self.beta * (x1 - x), x1)
-        return best, best_norm
+        st = {"x0": x, "y": y, "target": target, "x1": x1, "best": x.clone(),
+              "best_norm": torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)}
+        for it in range(self.n_iter):
+            self._iterate(model, st, threat.norm)
+            self._report((it + 1) / self.n_iter)
+        return st["best"], st["best_norm"]
 
     @staticmethod
     def _start(x: torch.Tensor, threat: ThreatModel, generator) -> torch.Tensor:
-        """A random point at distance ε/2 from x (ℓ∞: scaled uniform noise; ℓ2: scaled Gaussian), clipped."""
+        """A random point at distance ε/2 from x (ℓ∞: scaled uniform noise; ℓ2: scaled Gaussian),
+        clipped. ``generator``: a SampleRNG (one stream per row) or a torch.Generator."""
         if threat.norm is Norm.LINF:
-            t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
+            t = 2 * rng.uniform(x.shape, generator, x.device, x.dtype) - 1
         else:
-            t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            t = rng.normal(x.shape, generator, x.device, x.dtype)
         t = t / _view(lp_norm(t, threat.norm).clamp_min(1e-12), t)
         return (x + 0.5 * threat.eps * t).clamp(0.0, 1.0)

@@ -5,8 +5,9 @@ Projected steepest ascent on the loss inside the ε-ball ∩ [0,1]^d, from a uni
 with restarts. Defaults: 20 steps, step size α = 2.5·ε/steps (Madry et al.'s rule, so the walk
 can cross the ball), 1 restart, cross-entropy loss (``loss="cw"`` gives the C&W margin loss
 inside ℓ∞ PGD, the "C&W" column of Yu et al.'s tables). A sample counts as broken if *any*
-iterate of any restart is misclassified: the iterate is kept, so later steps can't undo a success.
-Cost per step: 1 forward + 1 backward of the batch.
+iterate of any restart is misclassified: that iterate is kept and the sample is not iterated
+further (so later steps can't undo a success, and its passes and result don't depend on the other
+samples of the batch). Cost per step: 1 forward + 1 backward of the samples not yet broken.
 
     >>> PGD(steps=20).run(model, x, y, ThreatModel(Norm.LINF, 8/255), generator)
 """
@@ -51,25 +52,31 @@ class PGD(Attack):
         alpha = self._alpha(threat)
         best = x.clone()
         broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(self.restarts):
-            todo = ~broken
-            if not todo.any():
+        work = self.restarts * (self.steps + 1)
+        for restart in range(self.restarts):
+            idx = (~broken).nonzero().squeeze(1)
+            if idx.numel() == 0:
                 break
-            xs, ys = x[todo], y[todo]
-            x_adv = random_start(xs, threat, rows(generator, todo)) if self.random_start else xs.clone()
-            found = torch.zeros(xs.shape[0], dtype=torch.bool, device=x.device)
-            kept = x_adv.clone()
-            for _ in range(self.steps):
+            # the rows still iterating, compacted: a sample stops at its first misclassified
+            # iterate (kept as its answer), so its passes and result don't depend on the batch
+            act, xs, ys = idx, x[idx], y[idx]
+            x_adv = random_start(xs, threat, rows(generator, idx)) if self.random_start else xs.clone()
+            for step in range(self.steps):
                 _, logits, grad = input_gradient(model, x_adv, ys, loss_fn, self.counter)
-                newly = (logits.argmax(1) != ys) & ~found
-                kept[newly] = x_adv[newly]
-                found |= newly
+                wrong = logits.argmax(1) != ys
+                if bool(wrong.any()):
+                    best[act[wrong]] = x_adv[wrong]
+                    broken[act[wrong]] = True
+                    keep = ~wrong
+                    act, xs, ys, x_adv, grad = act[keep], xs[keep], ys[keep], x_adv[keep], grad[keep]
+                    if act.numel() == 0:
+                        break
                 x_adv = project(x_adv + alpha * normalize_direction(grad, threat.norm), xs, threat)
-            last_wrong = predict(model, x_adv, self.counter).argmax(1) != ys
-            final = torch.where(found.view(-1, *[1] * (x.dim() - 1)), kept, x_adv)
-            idx = todo.nonzero().squeeze(1)
-            best[idx] = final
-            broken[idx] = found | last_wrong
+                self._report((restart * (self.steps + 1) + step + 1) / work)
+            if act.numel():  # the last iterate was never tested
+                best[act] = x_adv
+                broken[act] = predict(model, x_adv, self.counter).argmax(1) != ys
+            self._report((restart + 1) * (self.steps + 1) / work)
         return best
 
 

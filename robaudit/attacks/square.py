@@ -24,6 +24,8 @@ __all__ = ["SquareAttack"]
 
 # the paper's schedule: p halves after these iterations (of a 10 000-query budget)
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+_RESAMPLE = "square:resample"  # the stream family of the ℓ∞ proposals' resampled signs
+_BLOCK = 64  # iterations whose per-sample draws are hashed at once
 
 
 def _signs(shape, generator, like: torch.Tensor) -> torch.Tensor:
@@ -31,19 +33,26 @@ def _signs(shape, generator, like: torch.Tensor) -> torch.Tensor:
     return rng.signs(shape, generator, like.device, like.dtype)
 
 
+def _flips_from_words(w: torch.Tensor, c: int, like: torch.Tensor) -> torch.Tensor:
+    """[n,c,1,1] of ±1 from one 32-bit word per row: uniform over the 2^c − 1 patterns with at
+    least one −1 (c ≤ 30)."""
+    r = 1 + ((w * (2**c - 1)) >> 32)
+    bits = (r[:, None].to(like.device) >> torch.arange(c, device=like.device)[None, :]) & 1
+    return (1 - 2 * bits).to(like.dtype).view(-1, c, 1, 1)
+
+
 def _nonempty_flips(n: int, c: int, generator, like: torch.Tensor, counter: int | None = None) -> torch.Tensor:
     """[n,c,1,1] of ±1, uniform over the 2^c − 1 patterns with at least one −1 (c ≤ 30; above,
     uniform over all patterns, where the all-(+1) one has probability 2^−c). With a SampleRNG the
     draw is number ``counter`` of the rows' own "resample" streams: only the rows that need it draw."""
     if rng.is_sample_rng(generator):
-        generator = generator.fork("square:resample")
+        generator = generator.fork(_RESAMPLE)
         if c > 30:
             return generator.signs((c, 1, 1), dtype=like.dtype, counter=counter).to(like.device)
-        r = (1 + generator.randint(2**c - 1, (1,), counter=counter)).to(like.device)
-    elif c > 30:
+        return _flips_from_words(generator.words(1, counter=counter)[:, 0], c, like)
+    if c > 30:
         return _signs((n, c, 1, 1), generator, like)
-    else:
-        r = torch.randint(1, 2**c, (n, 1), generator=generator, device=like.device)
+    r = torch.randint(1, 2**c, (n, 1), generator=generator, device=like.device)
     bits = (r >> torch.arange(c, device=like.device)[None, :]) & 1
     return (1 - 2 * bits).to(like.dtype).view(n, c, 1, 1)
 
@@ -54,13 +63,17 @@ def _randint(high: int, n: int, generator, device) -> torch.Tensor:
 
 class _Draws:
     """One proposal's random numbers. From a SampleRNG all of an iteration's words come from one
-    call (these draws are tiny, so the per-call cost would dominate); from a torch.Generator (or
-    None), torch's own draws, one call each."""
+    draw (these draws are tiny, so the per-call cost would dominate) — passed in as ``words``
+    when precomputed for a block of iterations (:meth:`robaudit.rng.SampleRNG.words_block`);
+    from a torch.Generator (or None), torch's own draws, one call each."""
 
-    def __init__(self, generator, n: int, like: torch.Tensor, words: int) -> None:
+    def __init__(self, generator, n: int, like: torch.Tensor, words: int, precomputed: torch.Tensor | None = None) -> None:
         self.gen, self.n, self.like = generator, n, like
-        self.keyed = rng.is_sample_rng(generator)
-        self.w = generator.words(words).to(like.device) if self.keyed else None
+        self.keyed = precomputed is not None or rng.is_sample_rng(generator)
+        if precomputed is not None:
+            self.w = precomputed
+        else:
+            self.w = generator.words(words).to(like.device) if self.keyed else None
         self.col = 0
 
     def _word(self) -> torch.Tensor:
@@ -189,10 +202,12 @@ class SquareAttack(Attack):
 
     # -- proposals ---------------------------------------------------------------------------
 
-    def _propose_linf(self, xc, xb, eps: float, p: float, generator, it: int = 0) -> torch.Tensor:
+    def _propose_linf(self, xc, xb, eps: float, p: float, generator, it: int = 0,
+                      words: torch.Tensor | None = None, flip_words: torch.Tensor | None = None) -> torch.Tensor:
+        """``words`` [n, 3] / ``flip_words`` [n]: this iteration's draws, precomputed (else drawn)."""
         n, c, h, w = xc.shape
         s = max(min(int(round(math.sqrt(p * h * w))), min(h, w) - 1), 1)
-        draw = _Draws(generator, n, xc, 3)
+        draw = _Draws(generator, n, xc, 3, words)
         pos_h, pos_w = draw.randint(h - s + 1), draw.randint(w - s + 1)
         mask = _window(pos_h, pos_w, s, h, w)
         delta = xb - xc
@@ -204,18 +219,21 @@ class SquareAttack(Attack):
         same = (((x_new - xb).abs() < 1e-7) | ~mask).flatten(1).all(dim=1)
         if eps > 0 and bool(same.any()):
             rows_ = same.nonzero().squeeze(1)
-            flips = _nonempty_flips(int(rows_.numel()), c, rng.rows(generator, rows_), xc, counter=it)
+            if flip_words is not None:
+                flips = _flips_from_words(flip_words[rows_], c, xc)
+            else:
+                flips = _nonempty_flips(int(rows_.numel()), c, rng.rows(generator, rows_), xc, counter=it)
             sign = sign.clone()
             sign[rows_] = sign[rows_] * flips
             x_new = (xc + torch.where(mask, eps * sign, delta)).clamp(0.0, 1.0)
         return x_new
 
-    def _propose_l2(self, xc, xb, eps: float, p: float, generator) -> torch.Tensor:
+    def _propose_l2(self, xc, xb, eps: float, p: float, generator, words: torch.Tensor | None = None) -> torch.Tensor:
         n, c, h, w = xc.shape
         s = max(int(round(math.sqrt(p * h * w))), 3)
         s = min(s + 1 if s % 2 == 0 else s, min(h, w))
         dev = xc.device
-        draw = _Draws(generator, n, xc, 6)
+        draw = _Draws(generator, n, xc, 6, words)
         h1, w1 = draw.randint(h - s + 1), draw.randint(w - s + 1)
         h2, w2 = draw.randint(h - s + 1), draw.randint(w - s + 1)
         m1 = _window(h1, w1, s, h, w).to(xc.dtype)
@@ -245,36 +263,77 @@ class SquareAttack(Attack):
         eps = threat.eps
         linf = threat.norm is Norm.LINF
         clean = predict(model, x, self.counter)
-        broken = clean.argmax(1) != y  # already misclassified: keep x
         x_best = x.clone()
-        best_margin = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=clean.dtype)
-        idx = (~broken).nonzero().squeeze(1)
-        if idx.numel() == 0:
+        act = (clean.argmax(1) == y).nonzero().squeeze(1)  # already misclassified: keep x
+        if act.numel() == 0:
             return x_best
-        xs = x[idx]
-        gen = rng.rows(generator, idx)
-        x_init = self._init_linf(xs, eps, gen) if linf else self._init_l2(xs, eps, gen)
-        logits = predict(model, x_init, self.counter)
-        x_best[idx] = x_init
-        best_margin[idx] = margin(logits, y[idx])
-        broken[idx] = logits.argmax(1) != y[idx]
-
-        for it in range(self.n_queries - 1):  # the initialization used one query
-            idx = (~broken).nonzero().squeeze(1)
-            if idx.numel() == 0:
+        xc, yc = x[act], y[act]
+        gen = rng.rows(generator, act)
+        xb = self._init_linf(xc, eps, gen) if linf else self._init_l2(xc, eps, gen)
+        logits = predict(model, xb, self.counter)
+        bm = margin(logits, yc)
+        wrong = logits.argmax(1) != yc
+        # the samples still robust, compacted (x, best point, label, best margin); a sample leaves
+        # once misclassified, its best point written back
+        block = _BlockDraws(gen, 3 if linf else 6, linf, x.shape[1]) if rng.is_sample_rng(gen) else None
+        total = max(self.n_queries - 1, 1)
+        for it in range(self.n_queries):
+            if bool(wrong.any()):
+                x_best[act[wrong]] = xb[wrong]
+                keep = ~wrong
+                act, xc, xb, yc, bm = act[keep], xc[keep], xb[keep], yc[keep], bm[keep]
+                gen = rng.rows(gen, keep)
+                if block is not None:
+                    block.keep(keep)
+                if act.numel() == 0:
+                    break
+            if it == self.n_queries - 1:  # the initialization used one query
                 break
-            xc, xb, yc = x[idx], x_best[idx], y[idx]
             p = self._p(it)
+            words, flips = block.at(it, self.n_queries - 1) if block is not None else (None, None)
             if linf:
-                x_new = self._propose_linf(xc, xb, eps, p, rng.rows(generator, idx), it)
+                x_new = self._propose_linf(xc, xb, eps, p, gen, it, words, flips)
             else:
-                x_new = self._propose_l2(xc, xb, eps, p, rng.rows(generator, idx))
+                x_new = self._propose_l2(xc, xb, eps, p, gen, words)
             logits = predict(model, x_new, self.counter)
             m = margin(logits, yc)
             wrong = logits.argmax(1) != yc
-            better = (m < best_margin[idx]) | wrong
-            take = idx[better]
-            x_best[take] = x_new[better]
-            best_margin[take] = m[better]
-            broken[idx] = wrong
+            better = (m < bm) | wrong
+            xb = torch.where(better.view(-1, 1, 1, 1), x_new, xb)
+            bm = torch.where(better, m, bm)
+            if it % 16 == 15:
+                self._report((it + 1) / total)
+        x_best[act] = xb
         return x_best
+
+
+class _BlockDraws:
+    """The per-sample words of ``_BLOCK`` iterations at once (one batched hash instead of a few
+    dozen small tensor ops per iteration): iteration ``it`` takes draw ``position + it`` of the
+    rows' streams (what drawing one per iteration gives) and, for ℓ∞, draw ``it`` of their
+    resample streams. Exactly the numbers of :class:`_Draws` and :func:`_nonempty_flips`."""
+
+    def __init__(self, gen, words: int, linf: bool, channels: int) -> None:
+        self.gen, self.words, self.base = gen, words, gen.position
+        self.flip = gen.fork(_RESAMPLE) if linf and channels <= 30 else None
+        self.direct = channels > 30  # signs over more than 32 channels take draws of their own
+        self.start, self.main, self.flips = 0, None, None
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.gen = self.gen.subset(rows)
+        if self.flip is not None:
+            self.flip = self.flip.subset(rows)
+        if self.main is not None:
+            self.main = self.main[rows.to(self.main.device)]
+            self.flips = self.flips[rows.to(self.flips.device)] if self.flips is not None else None
+
+    def at(self, it: int, end: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.direct:
+            return None, None
+        if self.main is None or it >= self.start + self.main.shape[1]:
+            k = max(1, min(_BLOCK, end - it))
+            self.start = it
+            self.main = self.gen.words_block(self.words, self.base + it, k)
+            self.flips = self.flip.words_block(1, it, k)[:, :, 0] if self.flip is not None else None
+        j = it - self.start
+        return self.main[:, j], (self.flips[:, j] if self.flips is not None else None)
