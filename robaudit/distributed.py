@@ -1,11 +1,12 @@
-"""Scans split over processes: ``--shard K/N`` part files + ``robaudit merge``.
+"""Scans split over processes: ``--shard K/N`` part files + ``robaudit merge``, and ``torchrun``.
 
 Every process scans its shard of the samples (positions p with p % N == K, :class:`Shard`) and
 produces a *payload*: every check's :class:`~robaudit.parts.Part` plus what ``combine`` needs
 (the run's settings, the data's size and classes, provenance). A ``--shard`` job writes it as a
 JSON part file; ``robaudit merge`` reads N of them, refuses parts of different runs, and combines
-(:func:`merge_payloads`). Model-level checks (spectra, landscape, the training-set margins)
-compute once, in shard 0.
+(:func:`merge_payloads`); under ``torchrun`` rank 0 gathers the payloads with
+``torch.distributed.gather_object`` and combines them the same way. Model-level checks (spectra,
+landscape, the training-set margins) compute once, in shard 0 / rank 0.
 
 Since each sample's records don't depend on where it was computed (per-sample random streams,
 :mod:`robaudit.rng`) and each section is recomputed from the merged records, the result equals
@@ -15,6 +16,8 @@ the single-process one (bit for bit with ``--compute-block``; ``timings``, ``com
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,8 +26,18 @@ import torch
 from . import __version__
 from .config import AttackSpec, ScanConfig
 from .data.spec import DataSpec
-from .engine import Shard, _progress, build_checks, combine_parts, compute_parts, is_legacy, make_context, provenance
-from .errors import InputError, UsageError
+from .engine import (
+    Shard,
+    _progress,
+    build_checks,
+    combine_parts,
+    compute_parts,
+    is_legacy,
+    make_context,
+    provenance,
+    resolve_device,
+)
+from .errors import InputError, RobauditError, UsageError
 from .models.spec import LoadedModel
 from .parts import PART_FORMAT, CombineInfo, Part, digest, read_json
 from .results import Provenance, ScanResult, from_jsonable, to_jsonable
@@ -37,6 +50,8 @@ __all__ = [
     "read_part",
     "merge_payloads",
     "merge_part_files",
+    "torchrun_env",
+    "run_torchrun",
 ]
 
 
@@ -251,3 +266,82 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
 def merge_part_files(paths: Sequence[str | Path]) -> ScanResult:
     payloads = [read_part(p) for p in paths]
     return merge_payloads(payloads, [str(p) for p in paths], f"merged from {len(payloads)} shards")
+
+
+# --- torchrun ------------------------------------------------------------------------------------
+
+
+def torchrun_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by torchrun with more than one process."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ["RANK"]) if world > 1 else 0
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError):
+        return None
+    return (rank, world, local) if world > 1 else None
+
+
+def _rank_device(requested: str, local_rank: int) -> torch.device:
+    """Each rank's device: ``cuda:LOCAL_RANK`` for auto/cuda when CUDA is there, else as asked."""
+    device = resolve_device(requested)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    return device
+
+
+def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, quiet: bool, command_line: str | None,
+                 train_data: DataSpec | None = None, log: Callable[[str], None] | None = None) -> ScanResult | None:
+    """Scan this rank's shard, gather every payload on rank 0 and combine there. Returns the
+    ScanResult on rank 0, None elsewhere. An error on any rank is raised on every rank."""
+    import torch.distributed as dist
+
+    rank, world, local = torchrun_env()  # type: ignore[misc]
+    device = _rank_device(config.device, local)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    try:
+        t0 = time.perf_counter()
+        if rank == 0 and not quiet:
+            from .cli._common import make_console
+
+            make_console(stderr=True).print(
+                f"scanning {data.n} samples on {world} processes ({backend}), ≈{-(-data.n // world)} each; "
+                f"the bars show rank 0's share", markup=False, highlight=False)
+        try:
+            payload: Any = run_shard(loaded, data, config, Shard(rank, world), device=device, quiet=quiet or rank != 0,
+                                     command_line=command_line, log=log if rank == 0 else None, train_data=train_data,
+                                     label=f"[rank 0/{world}]")
+        except RobauditError as exc:
+            payload = {"error": str(exc), "exit_code": exc.exit_code}
+        except Exception as exc:  # noqa: BLE001 - every rank must reach the gather, or the others wait forever
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            payload = {"error": f"internal error: {type(exc).__name__}: {first}", "exit_code": 4}
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object(payload, gathered, dst=0)
+        outcome: list[Any] = [None]
+        if rank == 0:
+            failed = [(r, p) for r, p in enumerate(gathered) if "error" in p]
+            if failed:
+                outcome[0] = {"error": f"rank {failed[0][0]}: {failed[0][1]['error']}", "exit_code": failed[0][1]["exit_code"]}
+            else:
+                try:
+                    result = merge_payloads(gathered, [f"rank {r}" for r in range(world)],
+                                            f"torchrun: {world} processes ({backend})")
+                    outcome[0] = {"ok": True}
+                except RobauditError as exc:
+                    outcome[0] = {"error": str(exc), "exit_code": exc.exit_code}
+        dist.broadcast_object_list(outcome, src=0)
+        if "error" in outcome[0]:
+            err = RobauditError(outcome[0]["error"])
+            err.exit_code = outcome[0]["exit_code"]
+            err.reported_elsewhere = rank != 0  # rank 0 prints it; the others exit with its code
+            raise err
+        if rank == 0 and log:
+            log(f"total: {time.perf_counter() - t0:.1f}s on {world} processes")
+        return result if rank == 0 else None
+    finally:
+        dist.destroy_process_group()

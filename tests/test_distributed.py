@@ -1,7 +1,10 @@
-"""Sharded scans: --shard K/N parts + merge equal the single-process result."""
+"""Sharded and distributed scans: --shard K/N parts + merge, and torchrun, equal the single-process result."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -137,3 +140,52 @@ def test_a_check_with_only_run_is_refused_in_a_shard(monkeypatch):
     loaded, data = _setup(8)
     with pytest.raises(UsageError, match="only-run implement only run"):
         run_shard(loaded, data, ScanConfig.parse(checks="clean,only-run", device="cpu"), Shard(0, 2))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(tmp_path):
+    """torchrun --nproc_per_node=2 on CPU (gloo): rank 0 writes one result equal to a single process's."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["scan", str(DEMO_MODEL), "-d", "demo", "-n", "30", "--attacks", "fgsm,pgd:steps=3",
+            "--checks", "clean,sanity,attacks,margins,jacobian,spectra", "--compute-block", "8", "--device", "cpu"]
+    single = subprocess.run([sys.executable, "-m", "robaudit", *args, "-q", "--json", str(tmp_path / "one.json")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr
+    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "robaudit", *args, "--json", str(tmp_path / "two.json")],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    assert dist.stdout.count("result written to") == 1, "only rank 0 prints"
+    one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert two["provenance"]["execution"] == "torchrun: 2 processes (gloo)"
+    assert _comparable(one) == _comparable(two)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "two.json"], "nothing else written"
+
+
+@pytest.mark.slow
+def test_torchrun_an_error_on_one_rank_is_one_line_from_rank_0(tmp_path):
+    """A sample only rank 1 reads is unreadable: rank 0 reports rank 1's error, every rank exits 3,
+    nothing is written."""
+    import numpy as np
+    from PIL import Image
+
+    from robaudit.models import save_model
+    from robaudit.models.nets.small_cnn import SmallCNN
+
+    for i in range(40):  # 40 images: the probe reads 32 of them, not position 7
+        path = tmp_path / "f" / ("a" if i < 20 else "b") / f"{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 5 * i, np.uint8)).save(path)
+    (tmp_path / "f" / "a" / "07.png").write_bytes(b"not a png")  # position 7: rank 1 of 2
+    torch.manual_seed(0)
+    save_model(tmp_path / "m.safetensors", SmallCNN(2, 1, width=4, hidden=8, input_size=8), arch="small-cnn",
+               arch_kwargs={"width": 4, "hidden": 8, "input_size": 8}, num_classes=2, input_shape=(1, 8, 8))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "robaudit", "scan", "m.safetensors", "-d", "imagefolder:f", "--attacks", "fgsm", "--checks",
+                           "clean", "--workers", "0", "--json", "r.json"],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert ours == ["error: rank 1: f/a/07.png can't be read as an image (UnidentifiedImageError: cannot identify image file 'f/a/07.png')"]
+    assert "exitcode: 3" in proc.stderr and proc.returncode != 0
+    assert not (tmp_path / "r.json").exists()

@@ -56,8 +56,9 @@ def scan(
 ) -> None:
     """Audit a checkpoint: clean accuracy, robust accuracy under attacks, margins.
 
-    With --shard K/N this job scans a share of the samples and writes a part file; `robaudit merge`
-    combines the parts into the result a single scan would have given."""
+    Under `torchrun --nproc_per_node=N -m robaudit scan ...` every process scans its share of the
+    samples and rank 0 writes the one result. With --shard K/N this job scans a share and writes a
+    part file; `robaudit merge` combines the parts into the result a single scan would have given."""
     with error_boundary(debug):
         from ..distributed import parse_shard
 
@@ -80,6 +81,8 @@ def scan(
             if not quiet:
                 make_console().print(f"  shard {part.index}/{part.count}: part written to {json_path}; combine all "
                                      f"{part.count} with `robaudit merge`", markup=False, highlight=False)
+            return
+        if result is None:  # a torchrun rank other than 0: rank 0 writes and prints
             return
         if json_path is not None:
             result.write_json(json_path)
@@ -137,11 +140,15 @@ def scan_command(
     train = None
     if train_n is not None:
         train = load_dataset(dataset, replace(request, split="train", n=train_n))
-    if shard is not None:
-        from ..distributed import run_shard
+    from ..distributed import run_shard, run_torchrun, torchrun_env
 
+    if shard is not None:
+        if torchrun_env() is not None:
+            raise UsageError("--shard and torchrun both split the samples; use one of them")
         return run_shard(loaded, data, config, shard, quiet=quiet, command_line=command_line(), train_data=train,
                          label=f"[shard {shard.index}/{shard.count}]")
+    if torchrun_env() is not None:
+        return run_torchrun(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
     return run_scan(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
 
 
