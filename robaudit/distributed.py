@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -206,6 +207,11 @@ def read_part(path: str | Path) -> dict:
     missing = [k for k in ("shard", "run", "header", "provenance", "checks", "parts") if k not in data]
     if missing:
         raise InputError(f"{path} is not a complete part file (missing {', '.join(missing)})")
+    shard = data["shard"]
+    if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard) and 0 <= shard[0] < shard[1]):
+        raise InputError(f"{path}: its shard {shard!r} is not [K, N] with 0 <= K < N")
+    if not all(isinstance(data[k], dict) for k in ("run", "header", "provenance", "parts")):
+        raise InputError(f"{path} is not a valid part file (run, header, provenance and parts must be objects)")
     return data
 
 
@@ -235,15 +241,18 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
     if missing:
         raise UsageError(f"shard(s) {', '.join(missing)} of {count} missing; merge all {count} parts of the scan")
     ordered = sorted(zip(payloads, names), key=lambda pn: pn[0]["shard"][0])
-    payloads = [p for p, _ in ordered]
+    payloads, names = [p for p, _ in ordered], [n for _, n in ordered]
     header = payloads[0]["header"]
-    config = config_from_dict(header["config"])
+    try:
+        config = config_from_dict(header["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{names[0]}: its settings can't be read ({type(exc).__name__}: {exc})") from None
     checks = build_checks(config)
     _refuse_run_only_checks(checks)
-    parts = {c.name: [Part.from_dict(p["parts"][c.name]) for p in payloads] for c in checks}
-    info = CombineInfo(n=int(header["n"]), class_names=tuple(header["class_names"]), input_shape=tuple(header["input_shape"]),
-                       eps=tuple(header["eps"]), config=config)
     try:
+        parts = {c.name: [Part.from_dict(p["parts"][c.name]) for p in payloads] for c in checks}
+        info = CombineInfo(n=int(header["n"]), class_names=tuple(header["class_names"]), input_shape=tuple(header["input_shape"]),
+                           eps=tuple(header["eps"]), config=config)
         combine_parts(checks, parts, info)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise InputError(f"the parts can't be combined ({type(exc).__name__}: {exc}); are they complete part files?") from None
@@ -251,8 +260,6 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
     if clean.positions != list(range(info.n)):
         raise InputError(f"the parts cover {len(clean.positions)} of the scan's {info.n} samples")
     prov = from_jsonable(Provenance, payloads[0]["provenance"])
-    from dataclasses import replace
-
     timings = {c.name: max(float(p.get("timings", {}).get(c.name, 0.0)) for p in payloads) for c in checks}
     return ScanResult(
         provenance=replace(prov, execution=execution),

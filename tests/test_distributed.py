@@ -106,6 +106,13 @@ def test_two_shards_of_the_default_checks_via_the_cli(tmp_path):
         ([tmp_path / "p0.json", tmp_path / "p0.json"], 2, "both shard 0/2", ""),
         ([tmp_path / "p0.json", tmp_path / "single.json"], 3, "not a robaudit part file", ""),
     ]
+    broken = json.loads((tmp_path / "p0.json").read_text())
+    del broken["parts"]["attacks"]
+    (tmp_path / "p0_broken.json").write_text(json.dumps(broken))
+    cases.append(([tmp_path / "p0_broken.json", tmp_path / "p1.json"], 3, "can't be combined", ""))
+    bad_shard = dict(broken, shard="0 of 2")
+    (tmp_path / "p0_shard.json").write_text(json.dumps(bad_shard))
+    cases.append(([tmp_path / "p0_shard.json", tmp_path / "p1.json"], 3, "is not [K, N]", ""))
     for files, code, text, detail in cases:
         r = runner.invoke(app, ["merge", *map(str, files), "-o", str(tmp_path / "x.json")])
         assert r.exit_code == code, r.output
