@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import rng
 from ..errors import UsageError
 from ..threat import Norm, ThreatModel
 from .base import ATTACKS, Attack, _view, input_gradient, lp_norm, predict
@@ -91,6 +92,7 @@ class FABTargeted(Attack):
     """
 
     name = "fab-t"
+    per_sample_rng = True
     norms = (Norm.LINF, Norm.L2)
     n_iter: int = 100
     n_restarts: int = 1
@@ -123,7 +125,12 @@ class FABTargeted(Attack):
                 if not bool(todo.any()):
                     return best
                 idx = todo.nonzero().squeeze(1)
-                point, norm = self.minimal_run(model, x[idx], y[idx], order[idx, rank], threat, restart > 0, generator)
+                # a restart's random start comes from a stream of its own (target, restart): what a
+                # sample draws never depends on which other samples share its batch
+                streams = rng.rows(generator, idx)
+                if rng.is_sample_rng(streams):
+                    streams = streams.fork(f"fab:{rank}:{restart}")
+                point, norm = self.minimal_run(model, x[idx], y[idx], order[idx, rank], threat, restart > 0, streams)
                 better = norm < best_norm[idx]
                 best[idx[better]] = point[better]
                 best_norm[idx[better]] = norm[better]
@@ -166,8 +173,8 @@ class FABTargeted(Attack):
     def _start(x: torch.Tensor, threat: ThreatModel, generator) -> torch.Tensor:
         """A random point at distance ε/2 from x (ℓ∞: scaled uniform noise; ℓ2: scaled Gaussian), clipped."""
         if threat.norm is Norm.LINF:
-            t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
+            t = 2 * rng.uniform(x.shape, generator, x.device, x.dtype) - 1
         else:
-            t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            t = rng.normal(x.shape, generator, x.device, x.dtype)
         t = t / _view(lp_norm(t, threat.norm).clamp_min(1e-12), t)
         return (x + 0.5 * threat.eps * t).clamp(0.0, 1.0)
