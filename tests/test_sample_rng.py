@@ -111,6 +111,7 @@ def batch():
     ("apgd-t", dict(n_iter=5, n_target_classes=3)),
     ("square", dict(n_queries=40)),
     ("spsa", dict(nb_iter=3, spsa_samples=8, spsa_batch=6)),
+    ("fab-t", dict(n_iter=4, n_target_classes=2, n_restarts=2)),  # restarts draw random starts
 ])
 @pytest.mark.parametrize("norm,eps", [(Norm.LINF, 0.1), (Norm.L2, 0.5)])
 def test_an_attack_gives_each_sample_the_same_result_in_any_batch(batch, spec, norm, eps):

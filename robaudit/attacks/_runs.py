@@ -38,18 +38,21 @@ def resolve_stagger(stagger: int | None, n_iter: int) -> int | None:
     return None if stagger < 0 else int(stagger)
 
 
-def run_starts(start, x: torch.Tensor, samples: torch.Tensor, runs: torch.Tensor, generator, base: int) -> torch.Tensor:
+def run_starts(start, x: torch.Tensor, samples: torch.Tensor, runs: torch.Tensor, generator, base: int = 0,
+               fork=None) -> torch.Tensor:
     """Random starts ``start(x_rows, generator)`` of runs ``runs`` of ``samples`` (``x``: their
     inputs, one row each). From a SampleRNG, run q's start is draw ``base + q`` of its sample's
-    stream, whenever it starts (what the runs one after the other drew); from a torch.Generator,
-    its next numbers."""
+    stream, or with ``fork`` (run → tag) the first draw of its sample's stream forked with
+    ``fork(q)`` — whenever it starts (what the runs one after the other drew); from a
+    torch.Generator, its next numbers."""
     if not rng.is_sample_rng(generator):
         return start(x, generator)
     out = torch.empty_like(x)
     for q in runs.unique().tolist():
         rows_ = (runs == q).nonzero().squeeze(1)
         r = rows_.to(x.device)
-        out[r] = start(x[r], generator.subset(samples[rows_], start=base + q))
+        streams = generator.subset(samples[rows_]).fork(fork(q)) if fork else generator.subset(samples[rows_], start=base + q)
+        out[r] = start(x[r], streams)
     return out
 
 

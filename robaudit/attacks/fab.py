@@ -120,7 +120,7 @@ class FABTargeted(Attack):
         sample is within ε (AutoAttack would not have started it), and the answer is the first run
         within ε's smallest point, else the smallest point over all runs — what the runs one after
         the other give. Run q of a sample draws its random start (restarts > 0) from that sample's
-        stream at position q."""
+        stream forked for (target, restart), "fab:<rank>:<restart>" — what the runs one after the other draw."""
         clean_logits = predict(model, x, self.counter)
         if clean_logits.shape[1] < 2:
             raise UsageError(f"attack {self.name!r} needs a model with at least 2 classes")
@@ -135,7 +135,6 @@ class FABTargeted(Attack):
         targets = torch.stack([order[:, rank] for rank, _ in runs], dim=1)
         restart = torch.tensor([r for _, r in runs], dtype=torch.long)
         gen = rng.rows(generator, todo)
-        base = gen.position if rng.is_sample_rng(gen) else 0
         schedule = RunSchedule(xs.shape[0], len(runs), resolve_stagger(self.stagger, self.n_iter))
         results = RunResults(xs, len(runs))
         st: dict | None = None
@@ -150,7 +149,8 @@ class FABTargeted(Attack):
                 again = restart[new_q] > 0
                 if bool(again.any()):
                     rows_ = again.nonzero().squeeze(1)
-                    x1[rows_.to(dev)] = run_starts(lambda z, g: self._start(z, threat, g), x0[rows_.to(dev)], new_s[rows_], new_q[rows_], gen, base)
+                    x1[rows_.to(dev)] = run_starts(lambda z, g: self._start(z, threat, g), x0[rows_.to(dev)], new_s[rows_],
+                                                    new_q[rows_], gen, fork=lambda q: "fab:{}:{}".format(*runs[q]))
                 fresh = {"x0": x0, "y": ys[sd], "target": targets[sd, qd], "x1": x1, "best": x0.clone(),
                          "best_norm": torch.full((x0.shape[0],), float("inf"), device=dev, dtype=x.dtype)}
                 st = fresh if st is None else {k: torch.cat([st[k], fresh[k]]) for k in st}

@@ -42,6 +42,8 @@ def error_boundary(debug: bool) -> Iterator[None]:
     except RobauditError as exc:
         if debug:
             raise
+        if getattr(exc, "reported_elsewhere", False):  # a torchrun rank whose error rank 0 prints
+            raise typer.Exit(exc.exit_code) from None
         err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from .demo import demo
 from .harden import harden_cli
 from .gate_options import gate
 from .listing import list_command
+from .merge import merge
 from .plugins import plugins_command
 from .report import report
 from .scan import scan
@@ -43,6 +44,7 @@ app.command("plugins")(plugins_command)
 app.command("report")(report)
 app.command("compare")(compare)
 app.command("gate")(gate)
+app.command("merge")(merge)
 
 
 @app.command("version")

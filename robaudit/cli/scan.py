@@ -49,7 +49,8 @@ def scan(
     batch_size: int = typer.Option(256, "--batch-size", help="Batch size; halves automatically on out-of-memory."),
     compute_block: Optional[int] = typer.Option(None, "--compute-block", help="Run the model on blocks of exactly this many rows (padding the last) so per-sample results are bit-identical at any --batch-size, shard or process count (costs up to N-1 padded rows per call)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random draw (attack starts); same seed + device → same result."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the ScanResult as JSON here."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the ScanResult as JSON here (with --shard: this shard's part file)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: scan only shard K (0-based) of N (samples p with p % N == K) and write a part file with --json; combine the N parts with `robaudit merge`."),
     html_path: Optional[Path] = typer.Option(None, "--html", help="Write the self-contained HTML report here."),
     csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Write samples.csv and robust_accuracy.csv into this folder."),
     gate_file: Optional[Path] = gate_file_option(),
@@ -59,9 +60,18 @@ def scan(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Audit a checkpoint: clean accuracy, robust accuracy under attacks, margins."""
+    """Audit a checkpoint: clean accuracy, robust accuracy under attacks, margins.
+
+    Under `torchrun --nproc_per_node=N -m robaudit scan ...` every process scans its share of the
+    samples and rank 0 writes the one result. With --shard K/N this job scans a share and writes a
+    part file; `robaudit merge` combines the parts into the result a single scan would have given."""
     with error_boundary(debug):
-        gates = load_gates(gate_file, require, junit=junit)  # usage errors before any heavy work
+        from ..distributed import parse_shard
+
+        part = parse_shard(shard)  # usage errors before any heavy work
+        if part is not None:
+            _check_shard_outputs(json_path, html_path, csv_dir, gate_file, require, junit)
+        gates = load_gates(gate_file, require, junit=junit)
 
         def before_scan(config, data, loaded) -> bool:
             """Gate names checked against the names this scan will produce; --list-metrics prints them."""
@@ -79,9 +89,17 @@ def scan(
             image_size=image_size, arch=arch, weights=weights, arch_kwargs=arch_kwargs, num_classes=num_classes,
             input_shape=input_shape, mean=mean, std=std, trust_checkpoint=trust_checkpoint, norm=norm, eps=eps,
             attacks=attacks, ensemble=ensemble, checks=checks, device=device, batch_size=batch_size, seed=seed, quiet=quiet,
-            compute_block=compute_block, before_scan=before_scan,
+            compute_block=compute_block, shard=part, before_scan=before_scan,
         )
-        if result is None:  # --list-metrics
+        if result is None:  # --list-metrics, or a torchrun rank other than 0: rank 0 writes and prints
+            return
+        if part is not None:
+            from ..distributed import write_part
+
+            write_part(json_path, result)
+            if not quiet:
+                make_console().print(f"  shard {part.index}/{part.count}: part written to {json_path}; combine all "
+                                     f"{part.count} with `robaudit merge`", markup=False, highlight=False)
             return
         if json_path is not None:
             result.write_json(json_path)
@@ -106,7 +124,7 @@ def scan(
 
 def scan_command(
     *, checkpoint, dataset, data_dir=None, download=False, split="test", n=None, train_n=None, image_size=None, arch=None,
-    sample=None, resize=None, class_map=None, workers=None, compute_block=None,
+    sample=None, resize=None, class_map=None, workers=None, compute_block=None, shard=None,
     weights=None, arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
     norm="linf", eps=None, attacks="quick", ensemble=None, checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
     seed=0, quiet=True, before_scan=None,
@@ -151,6 +169,15 @@ def scan_command(
         train = load_dataset(dataset, replace(request, split="train", n=train_n))
         if class_map is None:
             train = align_labels(train, loaded.info)
+    from ..distributed import run_shard, run_torchrun, torchrun_env
+
+    if shard is not None:
+        if torchrun_env() is not None:
+            raise UsageError("--shard and torchrun both split the samples; use one of them")
+        return run_shard(loaded, data, config, shard, quiet=quiet, command_line=command_line(), train_data=train,
+                         label=f"[shard {shard.index}/{shard.count}]")
+    if torchrun_env() is not None:
+        return run_torchrun(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
     return run_scan(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
 
 
@@ -173,3 +200,13 @@ def model_resize(opened, resize: int | None) -> int | None:
     if resize is not None and wanted is not None and resize != wanted:
         raise UsageError(f"--resize {resize} conflicts with the {wanted}-pixel resize from {pre.source}; drop --resize")
     return resize if resize is not None else wanted
+
+
+def _check_shard_outputs(json_path, html_path, csv_dir, gate_file, require, junit) -> None:
+    """A shard writes a part file, not a result: --json is needed, result outputs are for merge."""
+    if json_path is None:
+        raise UsageError("--shard needs --json PART_FILE (the shard's part; `robaudit merge` combines the parts)")
+    given = [name for name, value in (("--html", html_path), ("--csv", csv_dir), ("--gate", gate_file),
+                                      ("--require", require), ("--junit", junit)) if value]
+    if given:
+        raise UsageError(f"{', '.join(given)}: outputs of the merged result; give them to `robaudit merge`, not to a --shard scan")
