@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import rng
 from .jacobian import ScalarFn, resolve_fn
+from .passes import record
 
 __all__ = [
     "hvp_exact",
@@ -36,6 +37,7 @@ __all__ = [
     "hvp_fd",
     "hvp_operator",
     "full_hessian",
+    "full_hessians_fd",
     "hessian_eigvals",
     "lanczos",
     "hutchinson_frobenius",
@@ -52,10 +54,21 @@ Method = Literal["exact", "func", "fd"]
 
 def _grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, f) -> torch.Tensor:
     """Per-sample input gradient of ``f`` (sum of per-sample values, one backward)."""
+    return _grads(model, x, y, [f])[0]
+
+
+def _grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fs) -> list[torch.Tensor]:
+    """Per-sample input gradients of each of ``fs`` at ``x``: one forward shared by all, one
+    backward each (the same numbers as a forward and backward per function)."""
     x = x.detach().requires_grad_(True)
+    out = []
     with torch.enable_grad():
-        (g,) = torch.autograd.grad(f(model(x), y).sum(), x)
-    return g.detach()
+        logits = model(x)
+        for k, f in enumerate(fs):
+            (g,) = torch.autograd.grad(f(logits, y).sum(), x, retain_graph=k + 1 < len(fs))
+            out.append(g.detach())
+    record("grad", x.shape[0] * len(fs))
+    return out
 
 
 def _per_sample(h: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor | float:
@@ -99,6 +112,7 @@ def hvp_exact(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tenso
     f = resolve_fn(fn)
     x = x.detach().requires_grad_(True)
     v = v.detach().to(x.dtype).reshape(x.shape)
+    record("hvp", x.shape[0])
     with torch.enable_grad():
         (g,) = torch.autograd.grad(f(model(x), y).sum(), x, create_graph=True)
         if not g.requires_grad:
@@ -120,6 +134,7 @@ def hvp_func(
     f = resolve_fn(fn)
     x = x.detach()
     v = v.detach().to(x.dtype).reshape(x.shape)
+    record("hvp", x.shape[0])
     with warnings.catch_warnings():
         # torch's forward-AD decompositions use torch.jit.script internally on first use (a
         # FutureWarning about torch's own code, not the caller's)
@@ -168,6 +183,7 @@ def hvp_fd(
     v = v.detach().to(x.dtype).reshape(x.shape)
     hb = _per_sample(h, x)
     B = x.shape[0]
+    record("hvp", B)
     if central:
         g = _grad(model, torch.cat([x + hb * v, x - hb * v]), torch.cat([y, y]), f)
         return (g[:B] - g[B:]) / (2 * hb)
@@ -253,7 +269,7 @@ def full_hessian(
     if method == "func":
         H = _full_hessian_func(model, x, y, f, chunk)
     elif method in ("exact", "fd"):
-        H = _full_hessian_replicated(model, x, y, f, method, h, chunk, central)
+        H = _full_hessian_replicated(model, x, y, [f], method, h, chunk, central)[0]
     else:
         raise ValueError(f"unknown Hessian method {method!r}; expected 'exact', 'func' or 'fd'")
     H = H.reshape(B, d, d)
@@ -262,17 +278,35 @@ def full_hessian(
     return H
 
 
-def _full_hessian_replicated(model, x, y, f, method, h, chunk, central) -> torch.Tensor:
-    """Rows of ``[B·d, d]``: (sample, column) pairs, ``chunk`` replicated inputs per pass."""
+def full_hessians_fd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, fns, h: float | torch.Tensor, chunk: int = 256,
+    symmetrize: bool = True,
+) -> list[torch.Tensor]:
+    """Finite-difference full Hessians ``[B, d, d]`` of several scalar functions at once, one per
+    ``fns`` entry: the same columns as ``full_hessian(..., method="fd", h=h)`` of each (forward
+    differences), but every point ``x + h·e_i`` goes through the model once for all functions
+    (one forward, one backward per function) — about a third less work per extra function."""
+    fs = [resolve_fn(fn) for fn in fns]
+    x = x.detach()
+    B, d = x.shape[0], x.shape[1:].numel()
+    Hs = [H.reshape(B, d, d) for H in _full_hessian_replicated(model, x, y, fs, "fd", h, max(1, int(chunk)), False)]
+    return [0.5 * (H + H.transpose(1, 2)) for H in Hs] if symmetrize else Hs
+
+
+def _full_hessian_replicated(model, x, y, fs, method, h, chunk, central) -> list[torch.Tensor]:
+    """Rows of ``[B·d, d]`` for each function of ``fs`` (several only for forward differences):
+    (sample, column) pairs, ``chunk`` replicated inputs per pass."""
     B, shape = x.shape[0], x.shape[1:]
     d = shape.numel()
     if method == "fd":
         if h is None:
             raise ValueError("method='fd' needs a step h (pixel units)")
         h_rows = h.to(x.dtype).reshape(B) if isinstance(h, torch.Tensor) and h.numel() > 1 else _per_sample(h, x)
-        g0 = None if central else _grad(model, x, y, f).reshape(B, d)
+        g0 = None if central else [g.reshape(B, d) for g in _grads(model, x, y, fs)]
+    elif len(fs) != 1:
+        raise ValueError("several functions in one sweep need method='fd'")
     xf = x.reshape(B, d)
-    H = x.new_empty(B * d, d)
+    Hs = [x.new_empty(B * d, d) for _ in fs]
     total = B * d
     for start in range(0, total, chunk):
         stop = min(start + chunk, total)
@@ -285,15 +319,18 @@ def _full_hessian_replicated(model, x, y, f, method, h, chunk, central) -> torch
         basis[torch.arange(n, device=x.device), col] = 1.0
         basis = basis.reshape(n, *shape)
         if method == "exact":
-            rows = hvp_exact(model, xs, ys, basis, f)
+            rows = [hvp_exact(model, xs, ys, basis, fs[0])]
         else:
             hs = h_rows[s] if isinstance(h_rows, torch.Tensor) else h_rows
             if central:
-                rows = hvp_fd(model, xs, ys, basis, hs, f, central=True)
-            else:
-                rows = hvp_fd(model, xs, ys, basis, hs, f, grad_at_x=g0[s])
-        H[start:stop] = rows.reshape(n, d)
-    return H
+                rows = [hvp_fd(model, xs, ys, basis, hs, fs[0], central=True)]
+            else:  # hvp_fd's forward difference, the point's forward shared by the functions
+                hb = _per_sample(hs, xs)
+                record("hvp", n * len(fs))
+                rows = [(g - g0[k][s].reshape(xs.shape)) / hb for k, g in enumerate(_grads(model, xs + hb * basis, ys, fs))]
+        for H, r in zip(Hs, rows):
+            H[start:stop] = r.reshape(n, d)
+    return Hs
 
 
 def _full_hessian_func(model, x, y, f, chunk) -> torch.Tensor:
@@ -317,6 +354,7 @@ def _full_hessian_func(model, x, y, f, chunk) -> torch.Tensor:
                 basis = torch.zeros(n, bs, d, dtype=x.dtype, device=x.device)
                 basis[torch.arange(n, device=x.device), :, cols] = 1.0
                 out = push(basis.reshape(n, bs, *shape))  # [n, bs, ...] = H_b e_col
+                record("hvp", n * bs)
                 H[s0 : s0 + bs, c0 : c0 + n] = out.reshape(n, bs, d).transpose(0, 1)
     return H
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .margin import cross_entropy, margin
+from .passes import record
 
 __all__ = ["input_jacobian", "jacobian_stats", "resolve_fn", "ScalarFn"]
 
@@ -59,6 +60,7 @@ def input_jacobian(
         if values.shape != (x.shape[0],):
             raise ValueError(f"fn must return one value per sample (shape [{x.shape[0]}]), got {tuple(values.shape)}")
         (grads,) = torch.autograd.grad(values.sum(), x)
+    record("grad", x.shape[0])
     return values.detach(), grads.detach()
 
 
