@@ -250,7 +250,8 @@ class _APGD(Attack):
             sd = new_s.to(x.device)
             y_eval = torch.cat(([st["y"]] if st is not None else []) + [ys[sd]])
             t_eval = torch.cat(([st["target"]] if st is not None else []) + [targets[sd, new_q.to(x.device)]])
-            loss, logits, grad = self._evaluate(model, torch.cat(points), y_eval, t_eval)
+            x_eval = torch.cat(points) if len(points) > 1 else points[0]
+            loss, logits, grad = self._evaluate(model, x_eval, y_eval, t_eval)
             R = 0 if st is None else st["x_adv"].shape[0]
             wrong_parts = []
             if st is not None:
@@ -263,7 +264,6 @@ class _APGD(Attack):
                 s_cpu, q_cpu = torch.cat([s_cpu, new_s]), torch.cat([q_cpu, new_q])
                 it_cpu = torch.cat([it_cpu, torch.zeros_like(new_s)])
                 wrong_parts.append(logits[R:].argmax(1) != ys[sd])
-            x_eval = torch.cat(points)
             wrong = torch.cat(wrong_parts)
             wrong_cpu = wrong.cpu()
             done_cpu = wrong_cpu | (it_cpu >= self.n_iter)
@@ -277,7 +277,8 @@ class _APGD(Attack):
                 kd = keep.to(x.device)
                 st = {k: v[kd] for k, v in st.items()} if bool(keep.any()) else None
                 s_cpu, q_cpu, it_cpu = s_cpu[keep], q_cpu[keep], it_cpu[keep]
-            self._report(schedule.fraction(s_cpu, (it_cpu + 1).double() / (self.n_iter + 1)))
+            if self.progress is not None:
+                self._report(schedule.fraction(s_cpu, (it_cpu + 1).double() / (self.n_iter + 1)))
         best[todo] = results.final()
         return best
 

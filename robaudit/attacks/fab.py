@@ -168,7 +168,8 @@ class FABTargeted(Attack):
                 kd = keep.to(dev)
                 st = {k: v[kd] for k, v in st.items()} if bool(keep.any()) else None
                 s_cpu, q_cpu, it_cpu = s_cpu[keep], q_cpu[keep], it_cpu[keep]
-            self._report(schedule.fraction(s_cpu, it_cpu.double() / self.n_iter))
+            if self.progress is not None:
+                self._report(schedule.fraction(s_cpu, it_cpu.double() / self.n_iter))
         best[todo] = results.final()
         return best
 

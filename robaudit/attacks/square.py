@@ -217,12 +217,12 @@ class SquareAttack(Attack):
         # channel there). For ε > 0 only one sign vector can do that, so resampling until it
         # changes is drawing uniformly among the others: flip a uniform non-empty set of channels.
         same = (((x_new - xb).abs() < 1e-7) | ~mask).flatten(1).all(dim=1)
+        if eps > 0 and flip_words is not None:  # every row's flips are drawn already: no sync, no gather
+            flipped = torch.where(same.view(-1, 1, 1, 1), sign * _flips_from_words(flip_words, c, xc), sign)
+            return torch.where(same.view(-1, 1, 1, 1), (xc + torch.where(mask, eps * flipped, delta)).clamp(0.0, 1.0), x_new)
         if eps > 0 and bool(same.any()):
             rows_ = same.nonzero().squeeze(1)
-            if flip_words is not None:
-                flips = _flips_from_words(flip_words[rows_], c, xc)
-            else:
-                flips = _nonempty_flips(int(rows_.numel()), c, rng.rows(generator, rows_), xc, counter=it)
+            flips = _nonempty_flips(int(rows_.numel()), c, rng.rows(generator, rows_), xc, counter=it)
             sign = sign.clone()
             sign[rows_] = sign[rows_] * flips
             x_new = (xc + torch.where(mask, eps * sign, delta)).clamp(0.0, 1.0)
