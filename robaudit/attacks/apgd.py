@@ -96,6 +96,7 @@ class _APGD(Attack):
     stagger: int | None = field(default=None, repr=False, compare=False)
 
     _min_classes = 2
+    _batch_rows = None  # rows of the batch given to run(): the default cap of a packed call
 
     def __post_init__(self) -> None:
         if self.n_iter < 1 or self.n_restarts < 1:
@@ -133,7 +134,7 @@ class _APGD(Attack):
 
     def _evaluate(self, model, points: torch.Tensor, ys: torch.Tensor, targets: torch.Tensor):
         """(loss, logits, gradient) at ``points`` in model calls of at most ``max_rows`` rows."""
-        step = max(1, int(self.max_rows or points.shape[0]))
+        step = max(1, int(self.max_rows or self._batch_rows or points.shape[0]))
         outs = []
         for s in range(0, points.shape[0], step):
             t = targets[s : s + step]
@@ -220,6 +221,7 @@ class _APGD(Attack):
         the decision boundary over all runs."""
         clean_logits = predict(model, x, self.counter)
         self._check_classes(clean_logits.shape[1])
+        self._batch_rows = x.shape[0]  # packed calls never take more rows than the batch given
         best = x.clone()
         todo = (clean_logits.argmax(1) == y).nonzero().squeeze(1)  # misclassified: x is the answer
         if todo.numel() == 0:

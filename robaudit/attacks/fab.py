@@ -93,6 +93,7 @@ class FABTargeted(Attack):
     """
 
     name = "fab-t"
+    _batch_rows = None  # rows of the batch given to run(): the default cap of a packed call
     per_sample_rng = True
     norms = (Norm.LINF, Norm.L2)
     n_iter: int = 100
@@ -124,6 +125,7 @@ class FABTargeted(Attack):
         clean_logits = predict(model, x, self.counter)
         if clean_logits.shape[1] < 2:
             raise UsageError(f"attack {self.name!r} needs a model with at least 2 classes")
+        self._batch_rows = x.shape[0]  # packed calls never take more rows than the batch given
         best = x.clone()
         todo = (clean_logits.argmax(1) == y).nonzero().squeeze(1)  # misclassified: x itself
         if todo.numel() == 0:
@@ -179,7 +181,7 @@ class FABTargeted(Attack):
         the linearized boundary (from x1 and from x0), a forward at the new point."""
         x, x1, y, target = st["x0"], st["x1"], st["y"], st["target"]
         n = x.shape[0]
-        chunk = max(1, int(self.max_rows or n))
+        chunk = max(1, int(self.max_rows or self._batch_rows or n))
         df, dg = [], []
         for s in range(0, n, chunk):
             t = target[s : s + chunk]
