@@ -156,6 +156,27 @@ def geometry_tables(result: ScanResult) -> list[Table]:
     return tables
 
 
+def _fixed_batch_line(batch: int) -> str:
+    """What auditing a model that runs at one batch size only costs."""
+    if batch == 1:
+        cost = "one model call per sample, no batching: about as slow as --batch-size 1"
+    else:
+        cost = (f"{batch} samples per model call; smaller calls (the last batch, the samples an attack still "
+                f"queries) are padded to {batch} and pay for {batch}")
+    return (f"the model runs at batch size {batch} only, so it was audited at that size ({cost}); "
+            f"re-export it with a dynamic batch dimension to batch freely")
+
+
+def _blackbox_only_line(c) -> str:
+    """One line per ε: black-box successes on white-box survivors, and what the masking flag needs."""
+    head = f"black-box after white-box at ε={format_eps(c.eps)}: broke {c.broken} of {c.attacked} white-box survivors"
+    if c.attacked:
+        head += f" ({c.broken / c.attacked:.1%})"
+    need = (f"the masking flag needs ≥ {c.needed}" if c.needed is not None
+            else "too few survivors to test for masking")
+    return f"{head}; {'flagged' if c.flagged else need} (docs/flags.md#flag-blackbox-beats-whitebox)"
+
+
 def print_summary(result: ScanResult, console: Console | None = None) -> None:
     console = console or Console()
     p = result.provenance
@@ -180,6 +201,9 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
         f"  [dim]{p.checkpoint_format} sha256:{p.checkpoint_sha256[:12]} · arch {p.arch or 'embedded'} · "
         f"device {p.device} · seed {p.seed} · pixel space [0,1][/dim]"
     )
+    fixed = getattr(p, "fixed_batch", None)
+    if fixed:
+        console.print(f"  [yellow]FIXED BATCH[/yellow] {_fixed_batch_line(fixed)}")
 
     if attacks is not None and attacks.runs:
         mode = "each attack alone" if attacks.mode == "independent" else "cascade: after this and earlier attacks"
@@ -207,6 +231,8 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
         for key, acc in attacks.ensemble.items():
             t.add_row("[bold]worst case[/bold]", key, f"[bold]{_pct(acc)}[/bold]", "", "", "", "")
         console.print(t)
+        for c in getattr(attacks, "blackbox_only", ()):
+            console.print(f"  [dim]{_blackbox_only_line(c)}[/dim]")
 
     if margins is not None:
         t = Table(title="Margin L(x) = Z_y − max_{i≠y} Z_i (logits)", title_justify="left")
