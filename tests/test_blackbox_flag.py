@@ -1,23 +1,16 @@
 """`blackbox-beats-whitebox` is a binomial test on the white-box survivors a black-box attack breaks
-(docs/flags.md): silent on a few lucky successes among many survivors, raised on masked gradients."""
+(docs/flags.md): silent on a few lucky successes among many survivors, raised when many fall.
+End to end on real models (working, quantized input, scaled logits): tests/test_flags.py."""
 from __future__ import annotations
 
 import math
 
 import pytest
-import torch
-from torch import nn
 
 from robaudit.checks.attacks import (
     MASKING_ALPHA, MASKING_RATE, AttackRun, AttacksSection, attack_flags, binomial_tail, blackbox_only_counts,
     min_broken_to_flag,
 )
-from robaudit.cli.demo import DEMO_MODEL
-from robaudit.config import ScanConfig, parse_attack_list
-from robaudit.data import DataRequest, load_dataset
-from robaudit.engine import run_scan
-from robaudit.models import load_model
-from robaudit.models.spec import LoadedModel, ModelInfo
 from robaudit.results import ScanResult
 
 
@@ -100,53 +93,6 @@ def test_counts_survive_the_json_round_trip():
                       class_names=("a",), data_source="s")
     back = ScanResult.from_dict(ScanResult(provenance=prov, sections={"attacks": sec}).to_dict())
     assert back.section("attacks").blackbox_only == sec.blackbox_only
-
-
-# --- end to end: a working model and two masked ones --------------------------------------------
-
-
-class Masked(nn.Module):
-    """Gradient masking: quantized input (zero gradient almost everywhere) or logits ×1e4 (CE saturates)."""
-
-    def __init__(self, inner: nn.Module, kind: str):
-        super().__init__()
-        self.inner, self.kind = inner, kind
-
-    def forward(self, x):
-        if self.kind == "quantized":
-            x = torch.round(x * 8) / 8
-        z = self.inner(x)
-        return z * 1e4 if self.kind == "scaled" else z
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_model(str(DEMO_MODEL)).model, load_dataset("demo", DataRequest(n=160))
-
-
-def _scan(model, data, eps: float):
-    loaded = LoadedModel(model.eval(), ModelInfo(path="m", format="in-memory", sha256=""))
-    config = ScanConfig(eps=(eps,), attacks=parse_attack_list("pgd,square:n_queries=300"), ensemble="cascade",
-                        checks=("clean", "attacks"), device="cpu", batch_size=160)
-    result = run_scan(loaded, data, config, command_line="test")
-    (c,) = result.section("attacks").blackbox_only
-    return c, {f.code for f in result.flags}
-
-
-@pytest.mark.slow
-def test_silent_on_a_model_whose_gradients_work(demo):
-    model, data = demo
-    c, codes = _scan(model, data, eps=0.02)  # small ε: many PGD survivors for Square to try
-    assert c.attacked >= 40, c
-    assert not c.flagged and "blackbox-beats-whitebox" not in codes, c
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["quantized", "scaled"])
-def test_raised_on_masked_gradients(demo, kind):
-    model, data = demo
-    c, codes = _scan(Masked(model, kind), data, eps=0.1)
-    assert c.flagged and "blackbox-beats-whitebox" in codes, c
 
 
 def test_the_table_in_docs_flags_md_is_the_rule():
