@@ -80,7 +80,7 @@ def scan(
     spec = _as_data(data, n, split, data_dir)
     config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,
                               device=device, batch_size=batch_size)
-    check_fits(loaded, input_shape=spec.input_shape, num_classes=spec.num_classes, dataset_name=spec.name)
+    loaded = check_fits(loaded, input_shape=spec.input_shape, num_classes=spec.num_classes, dataset_name=spec.name)
     try:
         return run_scan(loaded, spec, config, quiet=not progress, command_line="robaudit.scan()")
     finally:

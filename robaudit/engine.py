@@ -23,7 +23,7 @@ from .errors import RuntimeFailure, UsageError
 from .models.spec import LoadedModel
 from .results import Flag, Provenance, ScanResult
 
-__all__ = ["resolve_device", "ScanContext", "run_scan"]
+__all__ = ["resolve_device", "ScanContext", "run_scan", "fit_batch_size"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,6 +77,8 @@ class ScanContext:
 
     ``cache`` holds values computed once and shared between checks (e.g. clean logits);
     ``sections`` the results of the checks already run; ``flags`` validity warnings to report.
+    ``fixed_batch``: the only batch size the model runs at (``ModelInfo.fixed_batch``); the model
+    pads smaller calls itself, and ``batch_size`` is kept a multiple of it so only last batches pad.
     """
 
     model: torch.nn.Module
@@ -90,6 +92,10 @@ class ScanContext:
     cache: dict = field(default_factory=dict)
     sections: dict = field(default_factory=dict)
     flags: list[Flag] = field(default_factory=list)
+    fixed_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        self.batch_size = fit_batch_size(self.batch_size, self.fixed_batch)
 
     def generator(self, tag: str) -> torch.Generator:
         """A torch.Generator on the scan device, seeded from (seed, tag): same seed → same draws."""
@@ -127,16 +133,26 @@ class ScanContext:
                     del x, y
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
-                    if self.batch_size == 1:
+                    smallest = self.fixed_batch or 1
+                    if self.batch_size <= smallest:
+                        which = " (the model's fixed batch)" if self.fixed_batch else ""
                         raise RuntimeFailure(
-                            f"out of memory on {self.device} even at batch size 1; use a smaller model/input or --device cpu"
+                            f"out of memory on {self.device} even at batch size {smallest}{which}; "
+                            f"use a smaller model/input or --device cpu"
                         ) from None
-                    self.batch_size = max(1, self.batch_size // 2)
+                    self.batch_size = fit_batch_size(self.batch_size // 2, self.fixed_batch)
                     continue
                 self.progress.advance(task, stop - start)
                 start = stop
         finally:
             self.progress.remove_task(task)
+
+
+def fit_batch_size(batch_size: int, fixed_batch: int | None) -> int:
+    """``batch_size`` rounded down to a multiple of ``fixed_batch`` (at least one multiple)."""
+    if not fixed_batch:
+        return max(1, int(batch_size))
+    return fixed_batch * max(1, int(batch_size) // fixed_batch)
 
 
 @contextmanager
@@ -177,7 +193,8 @@ def run_scan(
     eps = tuple(config.eps) if config.eps else default_eps(data.input_shape, config.norm, config.preset)
     model = loaded.model.to(device)
     ctx = ScanContext(
-        model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size, train_data=train_data
+        model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size, train_data=train_data,
+        fixed_batch=loaded.info.fixed_batch,
     )
     timings: dict[str, float] = {}
     torch.manual_seed(config.seed)
@@ -207,6 +224,7 @@ def run_scan(
         data_source=data.source,
         normalization_mean=info.mean,
         normalization_std=info.std,
+        fixed_batch=info.fixed_batch,
         command_line=command_line if command_line is not None else shlex.join(["robaudit", *sys.argv[1:]]),
     )
     return ScanResult(

@@ -77,6 +77,7 @@ class Provenance:
     normalization_mean: tuple[float, ...] | None = None
     normalization_std: tuple[float, ...] | None = None
     command_line: str = ""
+    fixed_batch: int | None = None  # the model ran at this batch size only (a fixed-batch export)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def demo(
     with error_boundary(debug):
         data = load_dataset("demo", DataRequest(n=n))
         loaded = load_model(str(DEMO_MODEL))
-        check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
+        loaded = check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
         config = ScanConfig(norm=Norm.LINF, eps=tuple(parse_eps_list(eps)), attacks=parse_attack_list("quick"), seed=seed, device=device)
         result = run_scan(loaded, data, config, quiet=quiet, command_line=command_line())
         out.mkdir(parents=True, exist_ok=True)

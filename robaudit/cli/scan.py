@@ -108,7 +108,7 @@ def scan_command(
         mean=mean_t, std=std_t, trust_checkpoint=trust_checkpoint,
         default_num_classes=data.num_classes, default_input_shape=data.input_shape,
     )
-    check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
+    loaded = check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
     train = None
     if train_n is not None:
         train = load_dataset(

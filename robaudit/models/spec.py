@@ -16,6 +16,9 @@ class ModelInfo:
     mean/std: the normalization the wrapper applies inside the model (None = identity);
     inputs to the wrapped model are always pixel space [0,1].
     warnings: problems that don't stop a scan (NaN/Inf weights, ...); they go into ScanResult.
+    fixed_batch: the only batch size the model runs at (a torch.export graph specialized to it),
+    set by ``check_fits``, which then wraps the model to run any batch in chunks of that size;
+    None: any batch size.
     """
 
     path: str
@@ -29,6 +32,7 @@ class ModelInfo:
     std: tuple[float, ...] | None = None
     metadata: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    fixed_batch: int | None = None
 
 
 @dataclass(frozen=True)
