@@ -41,7 +41,7 @@ def harden_cli(
     train_n: Optional[int] = typer.Option(None, "--train-n", help="Train on the first N training samples (default: all)."),
     eval_n: int = typer.Option(500, "--eval-n", help="Held-out test samples for the per-epoch evaluation and the before/after scan."),
     epochs: int = typer.Option(5, "--epochs", help="Fine-tuning epochs."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate; decays log-linearly to lr/100 over the run (the CURE paper: 1e-4 → 1e-6 over 20 epochs)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate at the start; every epoch holds it for half its steps, then anneals (cosine) to lr/100, and each epoch starts at half the previous one's peak, so an epoch's schedule does not depend on --epochs."),
     batch_size: int = typer.Option(128, "--batch-size", help="Training batch size."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, attack starts and projections."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N."),
