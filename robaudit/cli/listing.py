@@ -3,11 +3,10 @@ checks and hardeners. Plugins are listed from their metadata, without importing 
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import UsageError
-from ._common import error_boundary
+from ._common import error_boundary, make_console, styled
 
 
 def _registries():
@@ -30,7 +29,7 @@ def list_command(
         regs = _registries()
         if kind != "all" and kind not in regs:
             raise UsageError(f"unknown kind {kind!r}; use one of: all, {', '.join(regs)}")
-        console = Console()
+        console = make_console()
         for name, reg in regs.items():
             if kind not in ("all", name):
                 continue
@@ -42,4 +41,4 @@ def list_command(
                 t.add_row(e.name, e.distribution, e.version)
             console.print(t)
             for msg in reg.load_errors:
-                console.print(f"[yellow]plugin failed to load:[/yellow] {msg}")
+                console.print(styled(("plugin failed to load:", "yellow"), f" {msg}"))

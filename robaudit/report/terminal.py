@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from ..console import make_console, styled
 
 from ..results import ScanResult
 from ..threat import format_eps
@@ -18,6 +20,11 @@ __all__ = ["print_summary", "geometry_tables"]
 
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def _fixed(v, decimals: int = 3) -> str:
+    """A number with ``decimals`` decimals; '—' for none."""
+    return "—" if v is None else f"{float(v):.{decimals}f}"
 
 
 def _num(v, digits: int = 4) -> str:
@@ -101,7 +108,7 @@ def _spectra_table(sec) -> Table | None:
     return _table(
         f"Layer spectra ({len(sec.layers)} weight matrices; singular values in weight units)",
         ["largest σ_max", "in layer", "mean std of σ", "largest σ_max/σ_min"],
-        [_num(largest.sigma_max), escape(largest.name), _num(sum(l.std for l in sec.layers) / len(sec.layers)),
+        [_num(largest.sigma_max), Text(largest.name), _num(sum(l.std for l in sec.layers) / len(sec.layers)),
          _num(max(ratios)) if ratios else "—"],
     )
 
@@ -117,7 +124,7 @@ def _surfaces_table(sec) -> Table | None:
     for col, just in (("plane u", "left"), ("misclassified within ε", "right"), ("min L within ε (logits)", "right")):
         t.add_column(col, justify=just)
     for name in names:
-        t.add_row(escape(name), _pct(metrics[f"surfaces.{name}.fraction_misclassified_within_eps"]),
+        t.add_row(Text(name), _pct(metrics[f"surfaces.{name}.fraction_misclassified_within_eps"]),
                   _num(metrics[f"surfaces.{name}.min_margin_within_eps"]))
     return t
 
@@ -157,29 +164,30 @@ def geometry_tables(result: ScanResult) -> list[Table]:
 
 
 def print_summary(result: ScanResult, console: Console | None = None) -> None:
-    console = console or Console()
+    """The verdict, provenance line and tables. Every string is printed as text (the console's markup
+    is off, see robaudit.console): paths, dataset, attack and class names can hold ``[`` or ``:``."""
+    console = console or make_console()
     p = result.provenance
-    clean = result.section("clean")
-    attacks = result.section("attacks")
-    margins = result.section("margins")
+    clean = _typed(result, "clean")
+    attacks = _typed(result, "attacks")
+    margins = _typed(result, "margins")
 
-    head = f"[bold]robaudit[/bold] {escape(Path(p.checkpoint).name)} on {escape(p.dataset)} ({p.split}, n={p.n})"
-    console.print(head)
-    verdict = []
+    console.print(styled(("robaudit", "bold"), f" {Path(p.checkpoint).name} on {p.dataset} ({p.split}, n={p.n})"))
+    verdict: list[str | tuple[str, str]] = []
     if clean is not None:
-        verdict.append(f"clean accuracy [bold]{_pct(clean.accuracy)}[/bold]")
+        verdict += ["clean accuracy ", (_pct(clean.accuracy), "bold")]
     if attacks is not None:
         for key, acc in attacks.ensemble.items():
-            verdict.append(f"robust accuracy ({attacks.norm}, ε={key}, worst case) [bold]{_pct(acc)}[/bold]")
-    console.print("  " + " · ".join(verdict))
+            verdict += [" · " if verdict else "", f"robust accuracy ({attacks.norm}, ε={key}, worst case) ", (_pct(acc), "bold")]
+    console.print(styled("  ", *verdict))
     for flag in result.flags:
-        console.print(f"  [yellow]FLAG[/yellow] {flag.code}: {escape(flag.message)} (docs/flags.md#flag-{flag.code})")
+        console.print(styled("  ", ("FLAG", "yellow"), f" {flag.code}: {flag.message} (docs/flags.md#flag-{flag.code})"))
     for w in result.model_warnings:
-        console.print(f"  [yellow]WARNING[/yellow] {escape(w)}")
-    console.print(
-        f"  [dim]{p.checkpoint_format} sha256:{p.checkpoint_sha256[:12]} · arch {p.arch or 'embedded'} · "
-        f"device {p.device} · seed {p.seed} · pixel space [0,1][/dim]"
-    )
+        console.print(styled("  ", ("WARNING", "yellow"), f" {w}"))
+    console.print(Text(
+        f"  {p.checkpoint_format} sha256:{p.checkpoint_sha256[:12]} · arch {p.arch or 'embedded'} · "
+        f"device {p.device} · seed {p.seed} · pixel space [0,1]", style="dim",
+    ))
 
     if attacks is not None and attacks.runs:
         mode = "each attack alone" if attacks.mode == "independent" else "cascade: after this and earlier attacks"
@@ -196,7 +204,7 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             t.add_column(col, justify=just)
         for r in attacks.runs:
             t.add_row(
-                escape(r.attack),
+                Text(r.attack),
                 format_eps(r.eps),
                 _pct(r.robust_accuracy),
                 _pct(r.success_rate),
@@ -205,7 +213,7 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
                 f"{r.seconds:.1f}s",
             )
         for key, acc in attacks.ensemble.items():
-            t.add_row("[bold]worst case[/bold]", key, f"[bold]{_pct(acc)}[/bold]", "", "", "", "")
+            t.add_row(Text("worst case", style="bold"), key, Text(_pct(acc), style="bold"), "", "", "", "")
         console.print(t)
 
     if margins is not None:
@@ -214,18 +222,12 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             t.add_column(col, justify="right")
         q = margins.quantiles
         t.add_row(
-            f"{margins.mean:.3f}",
-            f"{q['05']:.3f}",
-            f"{q['25']:.3f}",
-            f"{margins.median:.3f}",
-            f"{q['75']:.3f}",
-            f"{q['95']:.3f}",
-            _pct(margins.fraction_negative),
-            f"{margins.mean_true_class_probability:.3f}",
-            f"{margins.mean_loss:.3f}",
+            _fixed(margins.mean), _fixed(q.get("05")), _fixed(q.get("25")), _fixed(margins.median), _fixed(q.get("75")),
+            _fixed(q.get("95")), _pct(margins.fraction_negative), _fixed(margins.mean_true_class_probability),
+            _fixed(margins.mean_loss),
         )
         console.print(t)
     for table in geometry_tables(result):
         console.print(table)
     if result.timings:
-        console.print("  [dim]time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()) + "[/dim]")
+        console.print(Text("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()), style="dim"))
