@@ -5,12 +5,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.text import Text
 
 from ..config import DEFAULT_CHECKS, ScanConfig
 from ..errors import UsageError
+from ..outputs import check_outputs
 from ..report.terminal import print_summary
 from ..results import ScanResult
-from ._common import command_line, error_boundary, parse_floats, parse_shape, make_console
+from ._common import command_line, dataset_file, error_boundary, make_console, parse_floats, parse_shape
 from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option
 
 
@@ -38,18 +40,26 @@ def scan(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     batch_size: int = typer.Option(256, "--batch-size", help="Batch size; halves automatically on out-of-memory."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random draw (attack starts); same seed + device → same result."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the ScanResult as JSON here."),
-    html_path: Optional[Path] = typer.Option(None, "--html", help="Write the self-contained HTML report here."),
-    csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Write samples.csv and robust_accuracy.csv into this folder."),
+    json_path: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the ScanResult as JSON here."),
+    html_path: Optional[str] = typer.Option(None, "--html", metavar="PATH", help="Write the self-contained HTML report here."),
+    csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help="Write samples.csv and robust_accuracy.csv into this folder."),
     gate_file: Optional[Path] = gate_file_option(),
     require: Optional[List[str]] = require_option(),
-    junit: Optional[Path] = junit_option(),
+    junit: Optional[str] = junit_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Audit a checkpoint: clean accuracy, robust accuracy under attacks, margins."""
+    from ..report.tables import CSV_FILES
+
     with error_boundary(debug):
-        gates = load_gates(gate_file, require, junit=junit)  # usage errors before any heavy work
+        # usage errors (thresholds, output paths) before any heavy work
+        gates = load_gates(gate_file, require, junit=junit)
+        check_outputs(
+            files={"--json": json_path, "--html": html_path, "--junit": junit},
+            folders={"--csv": (csv_dir, CSV_FILES)},
+            inputs={"CHECKPOINT": checkpoint, "--dataset": dataset_file(dataset), "--gate": gate_file},
+        )
         result = scan_command(
             checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, download=download, split=split, n=n, train_n=train_n,
             image_size=image_size, arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes,
@@ -71,9 +81,9 @@ def scan(
         if not quiet:
             print_summary(result, console)
             if json_path is not None:
-                console.print(f"  [dim]result written to {json_path}[/dim]")
+                console.print(Text(f"  result written to {json_path}", style="dim"))
             if html_path is not None:
-                console.print(f"  [dim]report written to {html_path}[/dim]")
+                console.print(Text(f"  report written to {html_path}", style="dim"))
         finish(outcome, junit, console, quiet=quiet)
 
 
@@ -103,6 +113,7 @@ def scan_command(
         dataset,
         DataRequest(split=split, n=n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size),
     )
+    config.radii(data.input_shape)  # ℓ2 radii against the data's dimension, before the model loads
     loaded = load_model(
         str(checkpoint), arch=arch, arch_kwargs=kwargs, num_classes=num_classes or None, input_shape=shape,
         mean=mean_t, std=std_t, trust_checkpoint=trust_checkpoint,

@@ -23,6 +23,7 @@ from typing import Any
 
 import jinja2
 
+from ..outputs import atomic_write
 from ..results import ScanResult, to_jsonable
 from ..threat import format_eps
 from . import geometry_plots, plots  # noqa: F401  (geometry_plots registers its figures)
@@ -132,7 +133,8 @@ class SectionView:
 
 
 def canonical(result: ScanResult) -> ScanResult:
-    """The result exactly as its JSON file reads back (non-finite floats → None, lists → tuples)."""
+    """The result exactly as its JSON file reads back (lists → tuples; a non-finite float → null →
+    None in an optional field, NaN in a float one)."""
     return ScanResult.from_dict(json.loads(json.dumps(result.to_dict(), allow_nan=False)))
 
 
@@ -220,16 +222,8 @@ def render_html(result: ScanResult, gate_outcome=None) -> str:
     )
 
 
-def _write(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_html(result: ScanResult, path: str | Path, gate_outcome=None) -> None:
-    _write(path, render_html(result, gate_outcome))
+    atomic_write(path, render_html(result, gate_outcome))
 
 
 # --- compare ---------------------------------------------------------------------------------------
@@ -258,4 +252,4 @@ def render_compare_html(comparison, max_drop: float | None = None) -> str:
 
 
 def write_compare_html(comparison, path: str | Path, max_drop: float | None = None) -> None:
-    _write(path, render_compare_html(comparison, max_drop))
+    atomic_write(path, render_compare_html(comparison, max_drop))

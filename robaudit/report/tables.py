@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..outputs import atomic_write
 from ..results import ScanResult
 from ..threat import format_eps
 
-__all__ = ["samples_table", "robust_table", "write_csv"]
+__all__ = ["samples_table", "robust_table", "write_csv", "CSV_FILES"]
+
+CSV_FILES = ("samples.csv", "robust_accuracy.csv")  # what write_csv writes into its folder
 
 
 def _get(sec, name, default=None):
@@ -30,18 +33,19 @@ def _get(sec, name, default=None):
 def samples_table(result: ScanResult) -> pd.DataFrame:
     n = result.provenance.n
     clean, margins, attacks = result.section("clean"), result.section("margins"), result.section("attacks")
-    cols: dict[str, object] = {"index": range(n)}
+    cols: dict[str, object] = {}
     pred = _get(clean, "predictions")
     correct = _get(clean, "correct")
     labels = _get(clean, "labels")
     if labels is None and pred is not None and correct is not None:
         # The result stores labels only implicitly: a correct prediction is the label.
         labels = [p if c else None for p, c in zip(pred, correct)]
-    if labels is not None:
+    # a per-sample column goes in only when it has one value per sample (a result read from a file may not)
+    if labels is not None and len(labels) == n:
         cols["label"] = pd.array(list(labels), dtype="Int64")
-    if pred is not None:
+    if pred is not None and len(pred) == n:
         cols["prediction"] = list(pred)
-    if correct is not None:
+    if correct is not None and len(correct) == n:
         cols["correct"] = list(correct)
     for field, col in (("margins", "margin"), ("true_class_probability", "true_class_probability"), ("loss", "loss")):
         values = _get(margins, field)
@@ -55,7 +59,8 @@ def samples_table(result: ScanResult) -> pd.DataFrame:
     for key, robust in (_get(attacks, "ensemble_robust", {}) or {}).items():
         if len(robust) == n:
             cols[f"robust.ensemble.{norm}@{key}"] = list(robust)
-    return pd.DataFrame(cols)
+    # one row per sample, when the result holds per-sample values for its n samples
+    return pd.DataFrame({"index": range(n if cols else 0), **cols})
 
 
 def robust_table(result: ScanResult) -> pd.DataFrame:
@@ -91,10 +96,9 @@ def robust_table(result: ScanResult) -> pd.DataFrame:
 def write_csv(result: ScanResult, directory: str | Path) -> list[Path]:
     """Write ``samples.csv`` and ``robust_accuracy.csv`` into ``directory``; return their paths."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     out = []
-    for name, table in (("samples.csv", samples_table(result)), ("robust_accuracy.csv", robust_table(result))):
+    for name, table in zip(CSV_FILES, (samples_table(result), robust_table(result))):
         path = directory / name
-        table.to_csv(path, index=False)
+        atomic_write(path, table.to_csv(index=False))
         out.append(path)
     return out
