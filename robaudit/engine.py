@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__
-from .config import ScanConfig, default_eps
+from .config import ScanConfig
+from .console import make_console
 from .data.spec import DataSpec
 from .errors import RuntimeFailure, UsageError
 from .models.spec import LoadedModel
@@ -144,9 +144,9 @@ def _progress(quiet: bool) -> Iterator[object]:
     if quiet:
         yield _NullProgress()
         return
-    console = Console(stderr=True)
+    console = make_console(stderr=True)  # markup off: descriptions hold attack labels like pgd[steps=50]
     with Progress(
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -174,7 +174,7 @@ def run_scan(
     device = resolve_device(config.device)
     options = dict(config.check_options)
     checks = [build_check(name, options.get(name, ())) for name in _with_requirements(config.checks)]
-    eps = tuple(config.eps) if config.eps else default_eps(data.input_shape, config.norm, config.preset)
+    eps = config.radii(data.input_shape)
     model = loaded.model.to(device)
     ctx = ScanContext(
         model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size, train_data=train_data
