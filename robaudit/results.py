@@ -12,6 +12,8 @@ import collections.abc
 import dataclasses
 import json
 import math
+import os
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ from .errors import InputError
 __all__ = ["SCHEMA_VERSION", "Section", "section", "Provenance", "Flag", "ScanResult", "to_jsonable", "from_jsonable"]
 
 SCHEMA_VERSION = 1
+# A result holds per-sample arrays and a few thumbnails: megabytes for 10,000 samples. A larger
+# file is refused before it is parsed (parsing takes ~10× its size in memory).
+MAX_RESULT_BYTES = 1 << 30
 
 _SECTION_TYPES: dict[str, type] = {}
 
@@ -113,52 +118,92 @@ class ScanResult:
             "sections": {k: to_jsonable(v) for k, v in self.sections.items()},
             "flags": [to_jsonable(f) for f in self.flags],
             "model_warnings": list(self.model_warnings),
-            "timings": dict(self.timings),
+            "timings": to_jsonable(dict(self.timings)),
         }
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def write_json(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        """Write atomically: a reader (or a Ctrl-C) never sees a partial file."""
+        from .outputs import atomic_write
+
+        atomic_write(path, self.to_json())
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ScanResult":
+    def from_dict(cls, data: Any) -> "ScanResult":
+        """The result from parsed JSON; InputError naming the field when its shape is wrong."""
+        if not isinstance(data, dict):
+            raise InputError(f"the top level is {_kind(data)}, expected an object with schema_version, provenance and sections")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:
             raise InputError(
                 f"result schema version {version!r} is not supported (this robaudit reads version {SCHEMA_VERSION}); "
                 "re-run the scan with this version"
             )
+        _check_json_values(data)
         _import_builtin_sections()
+        if "provenance" not in data:
+            raise InputError("missing field 'provenance'")
+        raw_sections = data.get("sections", {})
+        if not isinstance(raw_sections, dict):
+            raise InputError(f"sections: expected an object (section name → section), got {_kind(raw_sections)}")
         sections = {}
-        for name, payload in data.get("sections", {}).items():
+        for name, payload in raw_sections.items():
+            if not isinstance(payload, dict):
+                raise InputError(f"sections.{name}: expected an object, got {_kind(payload)}")
             typ = _SECTION_TYPES.get(name)
-            sections[name] = from_jsonable(typ, payload) if typ else payload
+            sections[name] = from_jsonable(typ, payload, f"sections.{name}") if typ else payload
+        hints = typing.get_type_hints(cls)
+        provenance = from_jsonable(Provenance, data["provenance"], "provenance")
+        if provenance.n < 0:
+            raise InputError(f"provenance.n: a sample count can't be negative, got {provenance.n}")
         return cls(
-            provenance=from_jsonable(Provenance, data["provenance"]),
+            provenance=provenance,
             sections=sections,
-            flags=tuple(from_jsonable(Flag, f) for f in data.get("flags", [])),
-            model_warnings=tuple(data.get("model_warnings", [])),
-            timings=dict(data.get("timings", {})),
+            flags=from_jsonable(hints["flags"], data.get("flags", []), "flags"),
+            model_warnings=from_jsonable(hints["model_warnings"], data.get("model_warnings", []), "model_warnings"),
+            timings=from_jsonable(hints["timings"], data.get("timings", {}), "timings"),
             schema_version=version,
         )
 
     @classmethod
     def read_json(cls, path: str | Path) -> "ScanResult":
+        """Read a result file; any malformed content is an InputError (exit 3) in one line naming the field."""
         try:
-            data = json.loads(Path(path).read_text())
+            with open(path, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise InputError(f"{path} is not a regular file, so not a robaudit JSON result")
+                raw = fh.read(MAX_RESULT_BYTES + 1)
         except FileNotFoundError:
             raise InputError(f"result file {path} not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except IsADirectoryError:
+            raise InputError(f"{path} is a folder, not a robaudit JSON result") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if len(raw) > MAX_RESULT_BYTES:
+            raise InputError(f"{path} is larger than {MAX_RESULT_BYTES >> 20} MiB, far more than any robaudit result")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path} is not a robaudit JSON result: not UTF-8 text (byte {exc.start})") from None
+        if not text.strip():
+            raise InputError(f"{path} is empty, not a robaudit JSON result")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            ends_early = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+            what = "it ends before the JSON does (truncated?)" if ends_early else "not valid JSON"
+            raise InputError(f"{path} is not a robaudit JSON result: {what} ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+        except RecursionError:
+            raise InputError(f"{path} is not a robaudit JSON result: nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer literal longer than Python's digit limit
             raise InputError(f"{path} is not a robaudit JSON result: {exc}") from None
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
+        except InputError as exc:
+            raise InputError(f"{path} is not a valid robaudit result: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a section's own checks
             raise InputError(f"{path} is not a valid robaudit result ({type(exc).__name__}: {exc})") from None
 
 
@@ -181,29 +226,112 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def from_jsonable(typ: Any, data: Any) -> Any:
-    """Inverse of :func:`to_jsonable`, guided by type hints."""
-    if data is None:
-        return None
+def from_jsonable(typ: Any, data: Any, where: str = "value") -> Any:
+    """Inverse of :func:`to_jsonable`, guided by type hints, checking every value's type.
+
+    ``where`` is the field's dotted path (``sections.attacks.runs[0].eps``); a value of the wrong
+    type or a missing required field raises InputError naming it. ``null`` is ``None`` in an
+    optional field and NaN in a ``float`` one (to_jsonable writes non-finite floats as null).
+    Unknown fields are ignored (results written by a newer robaudit of the same schema version).
+    """
+    if typ is Any or typ is object:
+        return data
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
-    if dataclasses.is_dataclass(typ):
-        hints = typing.get_type_hints(typ)
-        kwargs = {f.name: from_jsonable(hints[f.name], data[f.name]) for f in dataclasses.fields(typ) if f.name in data}
-        return typ(**kwargs)
     if origin in (typing.Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
-        return from_jsonable(non_none[0], data) if len(non_none) == 1 else data
-    if origin is tuple:
+        if data is None and len(non_none) < len(args):
+            return None
+        return from_jsonable(non_none[0], data, where) if len(non_none) == 1 else data
+    if data is None:
+        if typ is float:
+            return math.nan
+        raise InputError(f"{where}: expected {_expected(typ)}, got null")
+    if dataclasses.is_dataclass(typ):
+        _require(isinstance(data, dict), where, typ, data)
+        hints = typing.get_type_hints(typ)
+        kwargs = {}
+        for f in dataclasses.fields(typ):
+            if f.name in data:
+                kwargs[f.name] = from_jsonable(hints[f.name], data[f.name], f"{where}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise InputError(f"{where}: missing field {f.name!r}")
+        try:
+            return typ(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{where}: {exc}") from None
+    if origin is tuple or typ is tuple:
+        _require(isinstance(data, list), where, typ, data)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(from_jsonable(args[0], v) for v in data)
-        return tuple(from_jsonable(a, v) for a, v in zip(args, data)) if args else tuple(data)
-    if origin in (list,):
-        return [from_jsonable(args[0], v) for v in data] if args else list(data)
+            return tuple(from_jsonable(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))
+        if args:
+            if len(data) != len(args):
+                raise InputError(f"{where}: expected a list of {len(args)} values, got {len(data)}")
+            return tuple(from_jsonable(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data)))
+        return tuple(data)
+    if origin is list or typ is list:
+        _require(isinstance(data, list), where, typ, data)
+        return [from_jsonable(args[0], v, f"{where}[{i}]") for i, v in enumerate(data)] if args else list(data)
     if origin in (dict, collections.abc.Mapping) or typ in (dict, Mapping):
+        _require(isinstance(data, dict), where, typ, data)
         if len(args) == 2:
-            return {k: from_jsonable(args[1], v) for k, v in data.items()}
+            return {k: from_jsonable(args[1], v, f"{where}.{k}") for k, v in data.items()}
         return dict(data)
     if typ is float:
+        _require(isinstance(data, (int, float)) and not isinstance(data, bool), where, typ, data)
         return float(data)
+    if typ is int:
+        _require(isinstance(data, int) and not isinstance(data, bool), where, typ, data)
+        return data
+    if typ in (bool, str):
+        _require(isinstance(data, typ), where, typ, data)
+        return data
     return data
+
+
+_INT_LIMIT = 2**63  # robaudit writes no integer outside int64 (counts, indices, seeds, shapes)
+
+
+def _check_json_values(data: Any) -> None:
+    """Reject NaN/Infinity literals (not JSON; robaudit writes non-finite numbers as null) and
+    integers beyond int64, naming the field; iterative, so any depth json.loads accepted is fine."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{where}: {value} is not a JSON number (robaudit writes non-finite numbers as null)")
+        elif isinstance(value, int) and not isinstance(value, bool) and not -_INT_LIMIT <= value < _INT_LIMIT:
+            raise InputError(f"{where}: the integer {str(value)[:12]}… is out of range")
+
+
+def _require(ok: bool, where: str, typ: Any, data: Any) -> None:
+    if not ok:
+        raise InputError(f"{where}: expected {_expected(typ)}, got {_kind(data)}")
+
+
+def _expected(typ: Any) -> str:
+    if dataclasses.is_dataclass(typ) or typing.get_origin(typ) in (dict, collections.abc.Mapping) or typ in (dict, Mapping):
+        return "an object"
+    if typing.get_origin(typ) in (tuple, list) or typ in (tuple, list):
+        return "a list"
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(typ, str(typ))
+
+
+def _kind(data: Any) -> str:
+    """A JSON value described for an error message: its type, and the value when it is short."""
+    if data is None:
+        return "null"
+    if isinstance(data, bool):
+        return f"{str(data).lower()}"
+    if isinstance(data, dict):
+        return "an object"
+    if isinstance(data, list):
+        return "a list"
+    text = json.dumps(data) if isinstance(data, (str, int, float)) else repr(data)
+    return {str: "the string ", int: "the number ", float: "the number "}.get(type(data), "") + (
+        text if len(text) <= 40 else text[:37] + "…"
+    )
