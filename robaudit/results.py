@@ -44,7 +44,18 @@ def section(name: str):
 
 
 class Section:
-    """Mixin for section dataclasses."""
+    """Mixin for section dataclasses.
+
+    A section's dataclasses (the section and those nested in it) may declare, as ClassVars, what
+    the JSON reader checks beyond types (:func:`check_invariants`), so a renderer never meets
+    arrays that disagree: ``per_sample_fields`` (one value per scanned sample: length
+    provenance.n, or a dict of such), ``per_class_fields`` (one per class: length of class_names),
+    ``aligned_fields`` (groups of fields as long as the group's first; an int field in a group is
+    their count), ``finite_fields`` (finite numbers), ``sample_index_fields`` (ints or lists of
+    ints that index samples, in [0, n)) and ``encoded_fields`` (float32 base64 tensors of the
+    field ``shape``). Names are dotted paths; ``*`` is every element of a list or value of a dict
+    (``samples.*.planes.*.margin``). A tuple field whose default is ``()`` may be empty (not stored).
+    """
 
     section_name: ClassVar[str] = ""
 
@@ -158,6 +169,12 @@ class ScanResult:
         provenance = from_jsonable(Provenance, data["provenance"], "provenance")
         if provenance.n < 0:
             raise InputError(f"provenance.n: a sample count can't be negative, got {provenance.n}")
+        try:
+            for name, sec in sections.items():
+                if not isinstance(sec, dict):  # a plugin's section read as a plain dict declares nothing
+                    check_invariants(sec, f"sections.{name}", n=provenance.n, n_classes=len(provenance.class_names))
+        except RecursionError:
+            raise InputError("sections: nested too deeply") from None
         return cls(
             provenance=provenance,
             sections=sections,
@@ -287,6 +304,89 @@ def from_jsonable(typ: Any, data: Any, where: str = "value") -> Any:
         _require(isinstance(data, typ), where, typ, data)
         return data
     return data
+
+
+def check_invariants(obj: Any, where: str, *, n: int, n_classes: int) -> None:
+    """Check what ``obj``'s dataclasses declare (see :class:`Section`) and recurse into their
+    fields; InputError naming the field on the first violation."""
+    if isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            check_invariants(item, f"{where}[{i}]", n=n, n_classes=n_classes)
+        return
+    if isinstance(obj, Mapping):
+        for key, item in obj.items():
+            check_invariants(item, f"{where}.{key}", n=n, n_classes=n_classes)
+        return
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return
+    cls = type(obj)
+    may_be_empty = {f.name for f in dataclasses.fields(obj) if f.default == ()}
+
+    def length(path: str, expected: int, what: str) -> None:
+        for at, value in _resolve(obj, path, where):
+            if value is None or (path in may_be_empty and len(value) == 0):
+                continue
+            if isinstance(value, int) and not isinstance(value, bool):  # a count of the entries
+                if value != expected:
+                    raise InputError(f"{at} is {value}, but there are {expected} entries ({what})")
+            elif not isinstance(value, (list, tuple)) or len(value) != expected:
+                got = len(value) if isinstance(value, (list, tuple)) else type(value).__name__
+                raise InputError(f"{at}: expected {expected} values ({what}), got {got}")
+
+    for path in getattr(cls, "per_sample_fields", ()):
+        length(path, n, "one per sample")
+    for path in getattr(cls, "per_class_fields", ()):
+        length(path, n_classes, "one per class")
+    for group in getattr(cls, "aligned_fields", ()):
+        first = getattr(obj, group[0])
+        for path in group[1:]:
+            length(path, len(first), f"one per entry of {where}.{group[0]}")
+    for path in getattr(cls, "finite_fields", ()):
+        for at, value in _resolve(obj, path, where):
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise InputError(f"{at}: expected a finite number, got {value!r}")
+    for path in getattr(cls, "sample_index_fields", ()):
+        for at, value in _resolve(obj, path, where):
+            for i in value if isinstance(value, (list, tuple)) else (value,):
+                if not 0 <= i < n:
+                    raise InputError(f"{at}: sample index {i} is outside the {n} samples")
+    for name in getattr(cls, "encoded_fields", ()):
+        _check_encoded(getattr(obj, name), getattr(obj, "shape"), f"{where}.{name}")
+    for f in dataclasses.fields(obj):
+        check_invariants(getattr(obj, f.name), f"{where}.{f.name}", n=n, n_classes=n_classes)
+
+
+def _resolve(obj: Any, path: str, where: str) -> list[tuple[str, Any]]:
+    """(field path, value) for a dotted ``path`` from ``obj``; ``*`` steps into every element of a
+    list or value of a dict; a None on the way ends that branch (an optional field not stored)."""
+    found = [(where, obj)]
+    for step in path.split("."):
+        following: list[tuple[str, Any]] = []
+        for at, value in found:
+            if value is None:
+                continue
+            if step == "*":
+                items = value.items() if isinstance(value, Mapping) else enumerate(value)
+                following += [(f"{at}[{k}]" if isinstance(k, int) else f"{at}.{k}", v) for k, v in items]
+            else:
+                following.append((f"{at}.{step}", value.get(step) if isinstance(value, Mapping) else getattr(value, step)))
+        found = following
+    return found
+
+
+def _check_encoded(text: str, shape: tuple[int, ...], where: str) -> None:
+    """A float32 tensor as base64 (checks.attacks.encode_tensor): it decodes to prod(shape) floats."""
+    import base64
+    import binascii
+
+    if not shape or any(s < 1 for s in shape):
+        raise InputError(f"{where}: the tensor shape {list(shape)} has no elements")
+    try:
+        size = len(base64.b64decode(text, validate=True))
+    except (binascii.Error, ValueError):
+        raise InputError(f"{where}: not a base64-encoded tensor") from None
+    if size != 4 * math.prod(shape):
+        raise InputError(f"{where}: {size} bytes, but a float32 tensor of shape {list(shape)} has {4 * math.prod(shape)}")
 
 
 _INT_LIMIT = 2**63  # robaudit writes no integer outside int64 (counts, indices, seeds, shapes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -59,6 +60,7 @@ class AttackRun:
     robust: tuple[bool, ...]
     attacked: tuple[bool, ...]
     broken: tuple[bool, ...]
+    per_sample_fields: ClassVar = ("robust", "attacked", "broken")  # what the JSON reader checks (results.Section)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class AdversarialExample:
     shape: tuple[int, ...]
     image: str
     adversarial: str
+    encoded_fields: ClassVar = ("image", "adversarial")  # what the JSON reader checks (results.Section)
+    sample_index_fields: ClassVar = ("index",)
 
 
 @section("attacks")
@@ -91,6 +95,7 @@ class AttacksSection(Section):
     ensemble: dict[str, float]  # format_eps(ε) → worst-case robust accuracy
     ensemble_robust: dict[str, tuple[bool, ...]]
     examples: tuple[AdversarialExample, ...] = ()
+    per_sample_fields: ClassVar = ("ensemble_robust.*",)  # what the JSON reader checks (results.Section)
 
     def metrics(self) -> dict[str, float]:
         out = {f"robust_acc.{r.attack}.{r.norm}@{format_eps(r.eps)}": r.robust_accuracy for r in self.runs}

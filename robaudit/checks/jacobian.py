@@ -21,6 +21,7 @@ Heatmaps: the margin gradient of the :data:`N_HEATMAPS` correct samples with the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -65,6 +66,8 @@ class JacobianStats:
     l2: tuple[float, ...]
     linf: tuple[float, ...]
     zero_fraction: tuple[float, ...]
+    per_sample_fields: ClassVar = ("l1", "l2", "linf", "zero_fraction")  # what the JSON reader checks (results.Section)
+    per_class_fields: ClassVar = ("per_class_l1", "per_class_l2", "per_class_zero_fraction")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class JacobianHeatmap:
     shape: tuple[int, ...]
     image: str
     gradient: str
+    encoded_fields: ClassVar = ("image", "gradient")  # what the JSON reader checks (results.Section)
+    sample_index_fields: ClassVar = ("index",)
 
 
 @section("jacobian")
