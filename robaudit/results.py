@@ -48,13 +48,14 @@ class Section:
 
     A section's dataclasses (the section and those nested in it) may declare, as ClassVars, what
     the JSON reader checks beyond types (:func:`check_invariants`), so a renderer never meets
-    arrays that disagree: ``per_sample_fields`` (one value per scanned sample: length
-    provenance.n, or a dict of such), ``per_class_fields`` (one per class: length of class_names),
-    ``aligned_fields`` (groups of fields as long as the group's first; an int field in a group is
-    their count), ``finite_fields`` (finite numbers), ``sample_index_fields`` (ints or lists of
-    ints that index samples, in [0, n)) and ``encoded_fields`` (float32 base64 tensors of the
-    field ``shape``). Names are dotted paths; ``*`` is every element of a list or value of a dict
-    (``samples.*.planes.*.margin``). A tuple field whose default is ``()`` may be empty (not stored).
+    values that disagree: ``per_sample_fields`` (one value per scanned sample: length
+    provenance.n), ``per_class_fields`` (one per class: length of class_names), ``aligned_fields``
+    (groups of fields as long as the group's first; an int field in a group is their count),
+    ``finite_fields``, ``non_negative_fields``, ``sample_index_fields`` (ints or lists of ints
+    that index samples, in [0, n)) and ``encoded_fields`` (float32 base64 tensors of the field
+    ``shape``, which must be provenance.input_shape). Names are dotted paths; ``*`` is every
+    element of a list or value of a dict (``samples.*.planes.*.margin``). A tuple field whose
+    default is ``()`` may be empty (not stored).
     """
 
     section_name: ClassVar[str] = ""
@@ -172,7 +173,8 @@ class ScanResult:
         try:
             for name, sec in sections.items():
                 if not isinstance(sec, dict):  # a plugin's section read as a plain dict declares nothing
-                    check_invariants(sec, f"sections.{name}", n=provenance.n, n_classes=len(provenance.class_names))
+                    check_invariants(sec, f"sections.{name}", n=provenance.n, n_classes=len(provenance.class_names),
+                                     input_shape=tuple(provenance.input_shape))
         except RecursionError:
             raise InputError("sections: nested too deeply") from None
         return cls(
@@ -306,16 +308,16 @@ def from_jsonable(typ: Any, data: Any, where: str = "value") -> Any:
     return data
 
 
-def check_invariants(obj: Any, where: str, *, n: int, n_classes: int) -> None:
+def check_invariants(obj: Any, where: str, *, n: int, n_classes: int, input_shape: tuple[int, ...] | None = None) -> None:
     """Check what ``obj``'s dataclasses declare (see :class:`Section`) and recurse into their
     fields; InputError naming the field on the first violation."""
     if isinstance(obj, (list, tuple)):
         for i, item in enumerate(obj):
-            check_invariants(item, f"{where}[{i}]", n=n, n_classes=n_classes)
+            check_invariants(item, f"{where}[{i}]", n=n, n_classes=n_classes, input_shape=input_shape)
         return
     if isinstance(obj, Mapping):
         for key, item in obj.items():
-            check_invariants(item, f"{where}.{key}", n=n, n_classes=n_classes)
+            check_invariants(item, f"{where}.{key}", n=n, n_classes=n_classes, input_shape=input_shape)
         return
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         return
@@ -345,15 +347,22 @@ def check_invariants(obj: Any, where: str, *, n: int, n_classes: int) -> None:
         for at, value in _resolve(obj, path, where):
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 raise InputError(f"{at}: expected a finite number, got {value!r}")
+    for path in getattr(cls, "non_negative_fields", ()):
+        for at, value in _resolve(obj, path, where):
+            if isinstance(value, (int, float)) and value < 0:  # NaN (a null) passes: it is 'no value'
+                raise InputError(f"{at}: expected a number >= 0, got {value!r}")
     for path in getattr(cls, "sample_index_fields", ()):
         for at, value in _resolve(obj, path, where):
             for i in value if isinstance(value, (list, tuple)) else (value,):
                 if not 0 <= i < n:
                     raise InputError(f"{at}: sample index {i} is outside the {n} samples")
-    for name in getattr(cls, "encoded_fields", ()):
-        _check_encoded(getattr(obj, name), getattr(obj, "shape"), f"{where}.{name}")
+    encoded = getattr(cls, "encoded_fields", ())
+    if encoded and input_shape is not None and tuple(obj.shape) != input_shape:
+        raise InputError(f"{where}.shape: {list(obj.shape)} is not the inputs' shape {list(input_shape)}")
+    for name in encoded:
+        _check_encoded(getattr(obj, name), obj.shape, f"{where}.{name}")
     for f in dataclasses.fields(obj):
-        check_invariants(getattr(obj, f.name), f"{where}.{f.name}", n=n, n_classes=n_classes)
+        check_invariants(getattr(obj, f.name), f"{where}.{f.name}", n=n, n_classes=n_classes, input_shape=input_shape)
 
 
 def _resolve(obj: Any, path: str, where: str) -> list[tuple[str, Any]]:

@@ -284,7 +284,12 @@ MALFORMED = {
     "example not base64": (lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "image"), "x[/b]")),
                            "sections.attacks.examples[0].image: not a base64-encoded tensor"),
     "example shape": (lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "shape"), [1, 28])),
-                      "sections.attacks.examples[0].image: 3136 bytes, but a float32 tensor of shape [1, 28]"),
+                      "sections.attacks.examples[0].shape: [1, 28] is not the inputs' shape"),
+    "example truncated": (lambda r: _mutated(r, lambda d: d["sections"]["attacks"]["examples"][0].update(
+        image=d["sections"]["attacks"]["examples"][0]["image"][:400])),
+                          "sections.attacks.examples[0].image: 300 bytes, but a float32 tensor of shape [1, 28, 28] has 3136"),
+    "example shape of another rank": (lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "shape"), [28, 28])),
+                                      "sections.attacks.examples[0].shape: [28, 28] is not the inputs' shape [1, 28, 28]"),
     "example index": (lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "index"), 16)),
                       "sections.attacks.examples[0].index: sample index 16 is outside the 16 samples"),
     "deep nesting": (lambda r: "[" * 100_000 + "]" * 100_000, "nested too deeply"),
@@ -339,6 +344,7 @@ def test_declared_invariants_name_the_field():
         per_class_fields: ClassVar = ("per_class",)
         aligned_fields: ClassVar = (("axis", "count", "planes.*.grid", "planes.*.grid.*"),)
         finite_fields: ClassVar = ("axis.*",)
+        non_negative_fields: ClassVar = ("per_class.*",)
         sample_index_fields: ClassVar = ("index",)
 
     assert [f.name for f in dataclasses.fields(Demo)][-1] == "optional"  # the declarations are no fields
@@ -351,6 +357,7 @@ def test_declared_invariants_name_the_field():
         "s.count is 3, but there are 2 entries": dict(count=3),
         "s.planes.a.grid[1]: expected 2 values": dict(planes={"a": Plane(((1.0, 2.0), (3.0,)))}),
         "s.axis[1]: expected a finite number, got nan": dict(axis=(0.0, float("nan"))),
+        "s.per_class[0]: expected a number >= 0, got -0.5": dict(per_class=(-0.5, 0.5)),
         "s.index: sample index 3 is outside the 3 samples": dict(index=3),
     }
     for message, change in bad.items():
