@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__
-from .config import ScanConfig, default_eps
+from .config import ScanConfig
+from .console import make_console
 from .data.spec import DataSpec, as_positions
 from .errors import RuntimeFailure, UsageError
 from .models.spec import LoadedModel
@@ -240,9 +240,9 @@ def _progress(quiet: bool) -> Iterator[object]:
     if quiet:
         yield _NullProgress()
         return
-    console = Console(stderr=True)
+    console = make_console(stderr=True)  # markup off: descriptions hold attack labels like pgd[steps=50]
     with Progress(
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -275,7 +275,7 @@ def is_legacy(check) -> bool:
 def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, device: torch.device | None = None,
                  train_data: DataSpec | None = None, shard: Shard = Shard()) -> ScanContext:
     device = device or resolve_device(config.device)
-    eps = tuple(config.eps) if config.eps else default_eps(data.input_shape, config.norm, config.preset)
+    eps = config.radii(data.input_shape)
     plain = loaded.model.to(device)
     model = FixedBlockModel(plain, config.compute_block) if config.compute_block else plain
     if config.compute_block and device.type == "cuda":  # same shapes must also mean the same cuDNN algorithms

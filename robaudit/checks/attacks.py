@@ -10,6 +10,7 @@ import base64
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -62,6 +63,9 @@ class AttackRun:
     robust: tuple[bool, ...]
     attacked: tuple[bool, ...]
     broken: tuple[bool, ...]
+    per_sample_fields: ClassVar = ("robust", "attacked", "broken")  # what the JSON reader checks (results.Section)
+    counted_fields: ClassVar = (("n_attacked", "attacked"),)
+    implied_fields: ClassVar = (("broken", "attacked"),)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class AdversarialExample:
     shape: tuple[int, ...]
     image: str
     adversarial: str
+    encoded_fields: ClassVar = ("image", "adversarial")  # what the JSON reader checks (results.Section)
+    sample_index_fields: ClassVar = ("index",)
 
 
 @section("attacks")
@@ -95,6 +101,7 @@ class AttacksSection(Section):
     ensemble_robust: dict[str, tuple[bool, ...]]
     examples: tuple[AdversarialExample, ...] = ()
     preset: str | None = None  # the --attacks preset the list came from (quick, standard, paper), if any
+    per_sample_fields: ClassVar = ("ensemble_robust.*",)  # what the JSON reader checks (results.Section)
 
     def metrics(self) -> dict[str, float]:
         out = {robust_acc_name(r.attack, r.norm, r.eps): r.robust_accuracy for r in self.runs}

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..config import check_radii
 from ..errors import InputError, UsageError
 from ..threat import Norm, ThreatModel, parse_eps
 from .checkpointing import ckpt_path_for
@@ -139,6 +140,11 @@ def harden(
     if not (lr > 0 and math.isfinite(lr)):
         raise UsageError("--lr must be a positive number")
     threat_norm = Norm.parse(norm)
+    eps_given = parse_eps(eps) if eps is not None else None
+    if eps_given is not None:
+        if eps_given <= 0:
+            raise UsageError("--eps must be > 0")
+        check_radii((eps_given,), threat_norm)
     hardener = build_hardener(
         method,
         {"gamma": gamma, "h": h, "h_ramp_epochs": h_ramp_epochs, "reg_weight": reg_weight, "reg_norm": reg_norm,
@@ -183,9 +189,8 @@ def harden(
                dataset_name=train_data.name)
     check_fits(loaded, input_shape=eval_data.input_shape, num_classes=eval_data.num_classes,
                dataset_name=eval_data.name)
-    eps_value = parse_eps(eps) if eps is not None else _default_eps(train_data.input_shape, threat_norm)
-    if eps_value <= 0:
-        raise UsageError("--eps must be > 0")
+    eps_value = eps_given if eps_given is not None else _default_eps(train_data.input_shape, threat_norm)
+    check_radii((eps_value,), threat_norm, train_data.input_shape)
     threat = ThreatModel(threat_norm, eps_value)
     hardener.resolve(threat, train_data.input_shape)
     hyper = {
