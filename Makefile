@@ -1,9 +1,12 @@
 # Two set-up commands for a fresh machine (see README):  make demo  ·  make test
-# Each creates its own virtual environment in .venv and installs torch from the pinned releases.
+# Each creates its own virtual environment in .venv and installs torch from the pinned releases
+# (TORCH_SPEC; add TORCH_INDEX=https://download.pytorch.org/whl/cpu for CPU-only wheels).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# the optional model sources the tests exercise (timm, ONNX); `make EXTRAS=dev` skips them
+EXTRAS ?= dev,timm,onnx
 PYTEST_ARGS ?=
 
 .PHONY: demo test venv clean
@@ -13,8 +16,8 @@ EXAMPLE_PLUGIN := plugins/robaudit-example
 $(VENV)/.installed: pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	# the example plugin: its tests are in pytest's testpaths (pyproject.toml), so `make test` runs them
 	$(PY) -m pip install --quiet -e ./$(EXAMPLE_PLUGIN)
 	touch $@

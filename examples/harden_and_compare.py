@@ -66,7 +66,7 @@ def main() -> None:
     comparison = compare_results(res.before, res.after, before_label="parent", after_label="cure")
     print(f"{'metric':40s} {'parent':>8s} {'cure':>8s} {'delta':>8s}")
     for d in comparison.deltas:
-        if d.metric.startswith(("clean.", "robust_acc.", "margins.m")) and d.delta is not None:
+        if (d.metric.startswith(("clean.", "robust_acc.")) or d.metric in ("margins.mean", "margins.median")) and d.delta is not None:
             print(f"{d.metric:40s} {d.before:8.3f} {d.after:8.3f} {d.delta:+8.3f}")
     res.before.write_json(args.out / "before.json")
     res.after.write_json(args.out / "after.json")

@@ -78,7 +78,7 @@ def main() -> None:
             m = r.metrics()
             e = f"{args.eps:g}"
             row = [epoch, total / train.n, m["clean.accuracy"], m[f"robust_acc.fgsm.linf@{e}"],
-                   m[f"robust_acc.pgd[steps=20].linf@{e}"], m["margins.median"]]
+                   m[f"robust_acc.pgd.linf@{e}"], m["margins.median"]]
             log.writerow([f"{v:.4f}" if isinstance(v, float) else v for v in row])
             f.flush()
             print("epoch {} loss {:.3f} clean {:.3f} fgsm {:.3f} pgd {:.3f} margin {:.2f}".format(*row))

@@ -23,11 +23,11 @@ from .results import ScanResult
 __all__ = ["scan", "gate"]
 
 
-def _as_data(data, n: int | None, split: str, data_dir: str | None) -> DataSpec:
+def _as_data(data, n: int | None, split: str, data_dir: str | None, sample: str | None = None, seed: int = 0) -> DataSpec:
     if isinstance(data, DataSpec):
         return data
     if isinstance(data, str):
-        return load_dataset(data, DataRequest(split=split, n=n, data_dir=data_dir))
+        return load_dataset(data, DataRequest(split=split, n=n, data_dir=data_dir, sample=sample, seed=seed))
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = data
         x, y = torch.as_tensor(x), torch.as_tensor(y).long()
@@ -63,6 +63,7 @@ def scan(
     checks: str | Sequence[str] = DEFAULT_CHECKS,
     ensemble: str | None = None,
     n: int | None = None,
+    sample: str | None = None,
     split: str = "test",
     data_dir: str | None = None,
     mean: Sequence[float] | None = None,
@@ -70,16 +71,19 @@ def scan(
     seed: int = 0,
     device: str = "auto",
     batch_size: int = 256,
+    compute_block: int | None = None,
     progress: bool = False,
 ) -> ScanResult:
     """Scan ``model`` (an nn.Module taking [0,1] pixels — pass ``mean``/``std`` if it expects
     normalized inputs — or a checkpoint path) on ``data`` (a dataset name, a DataSpec or an
-    ``(x, y)`` pair). The module's train/eval mode and weights are left as they were."""
+    ``(x, y)`` pair; ``n`` samples chosen as ``sample`` says: "first" or "stratified", default
+    stratified for image folders, first otherwise). ``compute_block``: see ``--compute-block``.
+    The module's train/eval mode and weights are left as they were."""
     was_training = model.training if isinstance(model, nn.Module) else None
     loaded = _as_model(model, mean, std)  # wrapping puts the module in eval mode
-    spec = _as_data(data, n, split, data_dir)
+    spec = _as_data(data, n, split, data_dir, sample, seed)
     config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,
-                              device=device, batch_size=batch_size)
+                              device=device, batch_size=batch_size, compute_block=compute_block)
     loaded = check_fits(loaded, input_shape=spec.input_shape, num_classes=spec.num_classes, dataset_name=spec.name)
     try:
         return run_scan(loaded, spec, config, quiet=not progress, command_line="robaudit.scan()")

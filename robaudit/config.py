@@ -1,6 +1,7 @@
 """Typed scan configuration. Strings from the CLI or TOML become these at the boundary."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -19,14 +20,16 @@ __all__ = [
     "DEFAULT_CHECKS",
     "ALL_CHECKS",
     "default_eps",
+    "check_radii",
     "ensemble_mode_for",
 ]
 
 # Presets expand to attack specs; each attack's own defaults follow its paper (see its docstring).
 ATTACK_PRESETS: dict[str, str] = {
-    "quick": "fgsm,pgd:steps=20",
-    # AutoAttack's standard recipe (Croce & Hein 2020) minus FAB-T: APGD-CE, APGD-T, Square, in cascade.
-    "standard": "apgd-ce,apgd-t,square",
+    # FGSM + PGD-20 (PGD's defaults): fast, and *not* AutoAttack-grade (the verdict says so).
+    "quick": "fgsm,pgd",
+    # AutoAttack's standard recipe (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T, Square, in cascade.
+    "standard": "apgd-ce,apgd-t,fab-t,square",
     # The columns of Yu et al.'s Tables 1-4: FGSM, BIM and the C&W margin loss inside ℓ∞ PGD.
     "paper": "fgsm,bim,cw-pgd",
 }
@@ -51,10 +54,11 @@ class AttackSpec:
 
     @property
     def label(self) -> str:
-        """Name used in results: ``pgd`` or ``pgd[steps=50]`` when overridden from the defaults."""
-        if not self.params:
-            return self.name
-        return f"{self.name}[{','.join(f'{k}={v}' for k, v in self.params)}]"
+        """Name used in results: ``pgd`` at the defaults, ``pgd[steps=50]`` for the parameters that
+        differ from them (canonical spelling: :mod:`robaudit.metric_names`)."""
+        from .metric_names import attack_label
+
+        return attack_label(self.name, self.params)
 
     def build(self):
         from .attacks import ATTACKS
@@ -128,7 +132,9 @@ def parse_attack_list(text: str) -> tuple[AttackSpec, ...]:
     out = tuple(AttackSpec(n, tuple(p)) for n, p in specs)
     for spec in out:
         spec.build()  # validate names and parameters now, not halfway through a scan
-    return out
+    from .metric_names import canonical_params
+
+    return tuple(AttackSpec(s.name, canonical_params(s.name, s.params)) for s in out)
 
 
 CheckOptions = tuple[tuple[str, tuple[tuple[str, object], ...]], ...]
@@ -208,6 +214,39 @@ def default_eps(input_shape: tuple[int, ...], norm: Norm, preset: str | None = N
     return (1.5,) if grey else (0.5,)
 
 
+def check_radii(
+    eps: Sequence[float], norm: "Norm | str", input_shape: Sequence[int] | None = None, *, given: str | None = None
+) -> None:
+    """Raise UsageError unless every radius means something on the [0,1] pixel cube.
+
+    ε must be finite and >= 0 (ε = 0 is the clean accuracy, the first point of a sweep). ℓ∞: ε <= 1,
+    since the ℓ∞ ball of radius 1 around any image already holds the whole cube [0,1]^d, so every
+    larger ε is the same threat; ε > 1 is nearly always a value on the 0–255 scale (8 for 8/255).
+    ℓ2: ε <= √d (d = C·H·W, checked when ``input_shape`` is known), the cube's diameter, for the
+    same reason (√784 = 28 for 28×28 grey images, √3072 ≈ 55.4 for 32×32 colour ones).
+    ``given``: the text the radii came from; a sweep (start:stop:count) is named in the message.
+    """
+    norm = Norm.parse(norm)
+    source = f" (in --eps {given})" if given is not None and ":" in given else ""  # a sweep
+    for e in eps:
+        if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
+            raise UsageError(f"epsilon must be a finite number >= 0 on the [0,1] pixel scale, got {e!r}")
+        if norm is Norm.LINF and e > 1:
+            hint = f" (for {e:g} grey levels of 255 write {e:g}/255)" if e <= 255 and e == int(e) else ""
+            raise UsageError(
+                f"ℓ∞ epsilon {e:g}{source} is larger than 1, the whole [0,1] pixel range: every ℓ∞ radius >= 1 allows "
+                f"any image. Radii are on the [0,1] scale{hint}"
+            )
+        if norm is Norm.L2 and input_shape is not None:
+            d = math.prod(input_shape)
+            if e > math.sqrt(d):
+                raise UsageError(
+                    f"ℓ2 epsilon {e:g}{source} is larger than √d = {math.sqrt(d):.4g}, the diameter of the [0,1] pixel cube of "
+                    f"these {'×'.join(map(str, input_shape))} inputs: every larger ℓ2 radius allows any image. "
+                    f"Radii are on the [0,1] pixel scale"
+                )
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     norm: Norm = Norm.LINF
@@ -221,24 +260,41 @@ class ScanConfig:
     batch_size: int = 256
     keep_examples: int = 8  # weakest samples whose adversarial examples are kept for the report
     preset: str | None = None  # the attack preset the list came from (its ε default: default_eps)
+    compute_block: int | None = None  # run the model on blocks of exactly this many rows (engine.FixedBlockModel)
+    workers: int | None = None  # DataLoader workers for lazy datasets (None: engine.default_workers())
+
+    def __post_init__(self) -> None:
+        check_radii(self.eps, self.norm)  # ℓ2's bound needs the data: radii()
+
+    def radii(self, input_shape: Sequence[int]) -> tuple[float, ...]:
+        """The radii of this scan for inputs of ``input_shape`` (``eps``, or :func:`default_eps`), checked."""
+        eps = tuple(self.eps) if self.eps else default_eps(tuple(input_shape), self.norm, self.preset)
+        check_radii(eps, self.norm, input_shape)
+        return eps
 
     @classmethod
     def parse(
         cls, *, norm: str = "linf", eps: str | Sequence[float] | None = None, attacks: str = "quick",
         ensemble: str | None = None, checks: str | Sequence[str] = DEFAULT_CHECKS, seed: int = 0,
-        device: str = "auto", batch_size: int = 256,
+        device: str = "auto", batch_size: int = 256, compute_block: int | None = None, workers: int | None = None,
     ) -> "ScanConfig":
         """The config from the CLI's / API's strings, every usage error raised here, before heavy work."""
         if batch_size < 1:
             raise UsageError("--batch-size must be >= 1")
+        if compute_block is not None and not 1 <= compute_block <= batch_size:
+            raise UsageError(f"--compute-block must be between 1 and --batch-size ({batch_size}), got {compute_block}")
+        if workers is not None and workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {workers}")
         if isinstance(eps, str):
             eps_t = tuple(parse_eps_list(eps)) if eps.strip() else ()
         else:
             eps_t = tuple(float(e) for e in eps) if eps else ()
+        check_radii(eps_t, norm, given=eps if isinstance(eps, str) else None)
         names, options = parse_check_list(checks)
         preset = attacks.strip().lower()
         return cls(
             norm=Norm.parse(norm), eps=eps_t, attacks=parse_attack_list(attacks),
             ensemble=ensemble_mode_for(attacks, ensemble), checks=names, check_options=options,
             seed=seed, device=device, batch_size=batch_size, preset=preset if preset in ATTACK_PRESETS else None,
+            compute_block=compute_block, workers=workers,
         )

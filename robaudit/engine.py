@@ -1,29 +1,36 @@
 """The engine: runs the selected checks over batches on a device, with seeds, progress and timing.
 
 Every check gets a :class:`ScanContext`; it never touches devices, seeds or progress bars itself.
+A check computes a :class:`~robaudit.parts.Part` (per-sample records of the samples this process
+owns: all of them in a single-process scan, one shard's under ``--shard``/``torchrun``) and
+combines merged parts into its section (:mod:`robaudit.parts`); a plugin check that only has
+``run(ctx)`` still runs, in single-process scans.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__
-from .config import ScanConfig, default_eps
-from .data.spec import DataSpec
+from .config import ScanConfig
+from .console import make_console
+from .data.spec import DataSpec, as_positions
 from .errors import RuntimeFailure, UsageError
 from .models.spec import LoadedModel
+from .parts import CombineInfo, Part, Table, merge_parts
 from .results import Flag, Provenance, ScanResult
+from .rng import SampleRNG
 
-__all__ = ["resolve_device", "ScanContext", "run_scan", "fit_batch_size"]
+__all__ = ["resolve_device", "ScanContext", "run_scan", "FixedBlockModel", "Shard", "compute_parts", "combine_parts", "fit_batch_size"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,12 +78,57 @@ class _NullProgress:
         pass
 
 
+class FixedBlockModel(torch.nn.Module):
+    """Runs ``model`` on blocks of exactly ``block`` rows (the last padded with zeros, its padded
+    outputs dropped), so every call the model sees has the same shape.
+
+    Why: BLAS and convolution libraries choose their kernel, and so the order of a row's float
+    additions, from the batch size; the same sample then gets results that differ in the last
+    bits with the batch it lands in (on the demo CNN: any batch of fewer than 16 rows). With one
+    shape for every call a row's arithmetic no longer depends on its batch, so the per-sample
+    results — and the JSON — are bit-identical at any ``--batch-size``, shard or process count.
+    Costs up to ``block − 1`` padded rows per call (``--compute-block``). The same chunking runs a
+    fixed-batch export (:class:`robaudit.models.fixed_batch.FixedBatchModel`), which it may wrap."""
+
+    def __init__(self, model: torch.nn.Module, block: int) -> None:
+        super().__init__()
+        self.model = model
+        self.block = int(block)
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .models.fixed_batch import forward_in_blocks
+
+        return forward_in_blocks(self.model, x, self.block)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the samples: positions ``p`` with ``p % count == index``
+    (interleaved, so every shard sees every class of a class-sorted folder). ``lead`` computes the
+    model-level checks (spectra, landscape, the training-set margins)."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def lead(self) -> bool:
+        return self.index == 0
+
+    def positions(self, n: int) -> torch.Tensor:
+        return torch.arange(self.index, n, self.count)
+
+
 @dataclass
 class ScanContext:
     """What a check sees: the wrapped model, the data, the config, and batched execution helpers.
 
-    ``cache`` holds values computed once and shared between checks (e.g. clean logits);
-    ``sections`` the results of the checks already run; ``flags`` validity warnings to report.
+    ``positions``: the scan positions (0..n−1, dataset order of the scanned samples) this process
+    computes — every sample in a single-process scan. ``parts``: this process's parts of the
+    checks already run (their per-sample tables, see :mod:`robaudit.parts`); ``sections``: the
+    combined sections of the checks already run (single-process scans only, for checks that only
+    implement ``run``); ``cache`` values shared between checks (``clean_logits`` [len(positions),
+    K], rows aligned with ``positions``); ``flags`` validity warnings to report.
     ``fixed_batch``: the only batch size the model runs at (``ModelInfo.fixed_batch``); the model
     pads smaller calls itself, and ``batch_size`` is kept a multiple of it so only last batches pad.
     """
@@ -89,19 +141,40 @@ class ScanContext:
     progress: object = field(default_factory=_NullProgress)
     batch_size: int = 256
     train_data: DataSpec | None = None  # first --train-n training samples, for train/test comparisons
+    positions: torch.Tensor | None = None
+    lead: bool = True
+    workers: int = 0
     cache: dict = field(default_factory=dict)
     sections: dict = field(default_factory=dict)
+    parts: dict = field(default_factory=dict)
     flags: list[Flag] = field(default_factory=list)
+    plain_model: torch.nn.Module | None = None  # the model without FixedBlockModel (model-level checks)
     fixed_batch: int | None = None
 
     def __post_init__(self) -> None:
+        if self.positions is None:
+            self.positions = torch.arange(self.data.n)
+        if self.plain_model is None:
+            self.plain_model = self.model.model if isinstance(self.model, FixedBlockModel) else self.model
         self.batch_size = fit_batch_size(self.batch_size, self.fixed_batch)
 
     def generator(self, tag: str) -> torch.Generator:
-        """A torch.Generator on the scan device, seeded from (seed, tag): same seed → same draws."""
+        """A torch.Generator on the scan device, seeded from (seed, tag), for model-level draws
+        (the same in every process). Per-sample draws use :meth:`sample_rng`."""
         g = torch.Generator(device=self.device)
         g.manual_seed(_seed_for(self.config.seed, tag))
         return g
+
+    def sample_rng(self, tag: str, positions) -> SampleRNG:
+        """Per-sample random streams for the samples at scan ``positions``, keyed by (seed, tag,
+        dataset index): a sample's draws don't depend on its batch, shard or process."""
+        pos = as_positions(positions, self.data.n)
+        return SampleRNG.for_indices(self.config.seed, tag, self.data.dataset_indices[pos], self.device)
+
+    def local(self, check: str, table: str = "samples") -> Table:
+        """This process's table ``table`` of check ``check`` (empty if it did not run)."""
+        part = self.parts.get(check)
+        return part.table(table) if part is not None else Table({"positions": []})
 
     def map_batches(
         self,
@@ -111,41 +184,55 @@ class ScanContext:
         data: DataSpec | None = None,
     ) -> None:
         """Call ``fn(x, y, sl)`` on consecutive batches (x, y on the device; ``sl`` indexes
-        ``indices``) of ``data`` (default: the scanned data). On out-of-memory the batch size halves
-        and the batch is retried; at batch size 1 it is a RuntimeFailure. The halved size sticks
-        for the rest of the scan."""
+        ``indices``) of the samples at scan positions ``indices`` of ``data`` (default: this
+        process's positions of the scanned data; all samples of other data). Images are read by
+        the data's loader (worker processes for lazy datasets, pinned memory on CUDA) in chunks of
+        the batch size. On out-of-memory the batch size halves and the batch is retried; at batch
+        size 1 it is a RuntimeFailure. The halved size sticks for the rest of the scan."""
         data = self.data if data is None else data
-        idx = torch.arange(data.n) if indices is None else indices
+        if indices is None:
+            idx = self.positions if data is self.data else torch.arange(data.n)
+        else:
+            idx = as_positions(indices, data.n)
         total = int(idx.numel())
         task = self.progress.add_task(description or "working", total=total)
-        start = 0
+        done = 0
+        pin = self.device.type == "cuda"
+        workers = self.workers if not data.in_memory else 0
         try:
-            while start < total:
-                stop = min(start + self.batch_size, total)
-                sel = idx[start:stop]
-                x = data.x[sel].to(self.device, non_blocking=True)
-                y = data.y[sel].to(self.device, non_blocking=True)
-                try:
-                    fn(x, y, slice(start, stop))
-                except Exception as exc:  # noqa: BLE001 - only OOM is handled
-                    if not _is_oom(exc):
-                        raise
-                    del x, y
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    smallest = self.fixed_batch or 1
-                    if self.batch_size <= smallest:
-                        which = " (the model's fixed batch)" if self.fixed_batch else ""
-                        raise RuntimeFailure(
-                            f"out of memory on {self.device} even at batch size {smallest}{which}; "
-                            f"use a smaller model/input or --device cpu"
-                        ) from None
-                    self.batch_size = fit_batch_size(self.batch_size // 2, self.fixed_batch)
-                    continue
-                self.progress.advance(task, stop - start)
-                start = stop
+            for xb, yb in data.batches(idx, self.batch_size, workers=workers, pin_memory=pin):
+                start, count = 0, int(xb.shape[0])
+                while start < count:
+                    stop = min(start + self.batch_size, count)
+                    x = xb[start:stop].to(self.device, non_blocking=True)
+                    y = yb[start:stop].to(self.device, non_blocking=True)
+                    try:
+                        fn(x, y, slice(done + start, done + stop))
+                    except Exception as exc:  # noqa: BLE001 - only OOM is handled
+                        if not _is_oom(exc):
+                            raise
+                        del x, y
+                        self._halve()
+                        continue
+                    self.progress.advance(task, stop - start)
+                    start = stop
+                done += count
         finally:
             self.progress.remove_task(task)
+
+    def _halve(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        smallest = self.fixed_batch or 1
+        if self.batch_size <= smallest:
+            which = " (the model's fixed batch)" if self.fixed_batch else ""
+            raise RuntimeFailure(
+                f"out of memory on {self.device} even at batch size {smallest}{which}; "
+                f"use a smaller model/input or --device cpu"
+            ) from None
+        self.batch_size = fit_batch_size(self.batch_size // 2, self.fixed_batch)
+        if isinstance(self.model, FixedBlockModel) and self.model.block > self.batch_size:
+            self.model.block = self.batch_size  # the block never exceeds the batch
 
 
 def fit_batch_size(batch_size: int, fixed_batch: int | None) -> int:
@@ -160,9 +247,9 @@ def _progress(quiet: bool) -> Iterator[object]:
     if quiet:
         yield _NullProgress()
         return
-    console = Console(stderr=True)
+    console = make_console(stderr=True)  # markup off: descriptions hold attack labels like pgd[steps=50]
     with Progress(
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -171,6 +258,65 @@ def _progress(quiet: bool) -> Iterator[object]:
         transient=True,
     ) as progress:
         yield progress
+
+
+def default_workers() -> int:
+    """DataLoader worker processes for lazy datasets: one per core beyond the first, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def build_checks(config: ScanConfig) -> list:
+    from .config import build_check
+
+    options = dict(config.check_options)
+    return [build_check(name, options.get(name, ())) for name in _with_requirements(config.checks)]
+
+
+def is_legacy(check) -> bool:
+    """A check that implements only ``run(ctx)`` (no per-sample parts): single-process only."""
+    from .checks.base import Check
+
+    return type(check).compute is Check.compute
+
+
+def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, device: torch.device | None = None,
+                 train_data: DataSpec | None = None, shard: Shard = Shard()) -> ScanContext:
+    device = device or resolve_device(config.device)
+    eps = config.radii(data.input_shape)
+    plain = loaded.model.to(device)
+    model = FixedBlockModel(plain, config.compute_block) if config.compute_block else plain
+    if config.compute_block and device.type == "cuda":  # same shapes must also mean the same cuDNN algorithms
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    return ScanContext(
+        model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size,
+        train_data=train_data, positions=shard.positions(data.n), lead=shard.lead,
+        workers=default_workers() if config.workers is None else config.workers, plain_model=plain,
+        fixed_batch=loaded.info.fixed_batch,
+    )
+
+
+def compute_parts(ctx: ScanContext, checks: Sequence, log: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Compute every check's part into ``ctx.parts`` (no combining); returns timings (s)."""
+    timings: dict[str, float] = {}
+    for check in checks:
+        t0 = time.perf_counter()
+        if check.scope == "model" and not ctx.lead:
+            ctx.parts[check.name] = Part()
+        else:
+            ctx.parts[check.name] = check.compute(ctx)
+        timings[check.name] = round(time.perf_counter() - t0, 4)
+        if log:
+            log(f"{check.name}: {timings[check.name]:.1f}s")
+    return timings
+
+
+def combine_parts(checks: Sequence, parts: dict[str, list[Part]], info: CombineInfo) -> None:
+    """Combine each check's parts (from every process/shard) into ``info.sections``, in order."""
+    for check in checks:
+        tables, extras = merge_parts(parts[check.name], check.name)
+        info.tables[check.name] = tables
+        info.sections[check.name] = check.combine(tables, extras, info)
 
 
 def run_scan(
@@ -183,34 +329,50 @@ def run_scan(
     log: Callable[[str], None] | None = None,
     train_data: DataSpec | None = None,
 ) -> ScanResult:
-    """Run ``config.checks`` in order on ``data`` and return the ScanResult. ``train_data`` (optional)
-    lets checks compare training and test samples (margins: the loss gap)."""
-    from .config import build_check
-
-    device = resolve_device(config.device)
-    options = dict(config.check_options)
-    checks = [build_check(name, options.get(name, ())) for name in _with_requirements(config.checks)]
-    eps = tuple(config.eps) if config.eps else default_eps(data.input_shape, config.norm, config.preset)
-    model = loaded.model.to(device)
-    ctx = ScanContext(
-        model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size, train_data=train_data,
-        fixed_batch=loaded.info.fixed_batch,
-    )
+    """Run ``config.checks`` in order on ``data`` in this process and return the ScanResult.
+    ``train_data`` (optional) lets checks compare training and test samples (margins: the loss gap)."""
+    checks = build_checks(config)
+    ctx = make_context(loaded, data, config, train_data=train_data)
+    info = combine_info(data, config, ctx.eps)
+    info.flags = ctx.flags
+    info.sections = ctx.sections
     timings: dict[str, float] = {}
     torch.manual_seed(config.seed)
     with _progress(quiet) as progress:
         ctx.progress = progress
         for check in checks:
             t0 = time.perf_counter()
-            ctx.sections[check.name] = check.run(ctx)
+            if is_legacy(check):
+                ctx.sections[check.name] = check.run(ctx)
+            else:
+                part = check.compute(ctx)
+                ctx.parts[check.name] = part
+                tables, extras = merge_parts([part], check.name)
+                info.tables[check.name] = tables
+                ctx.sections[check.name] = check.combine(tables, extras, info)
             timings[check.name] = round(time.perf_counter() - t0, 4)
             if log:
                 log(f"{check.name}: {timings[check.name]:.1f}s")
+    return ScanResult(
+        provenance=provenance(loaded, data, config, str(ctx.device), command_line),
+        sections=dict(ctx.sections),
+        flags=tuple(ctx.flags),
+        model_warnings=tuple(loaded.info.warnings),
+        timings=timings,
+    )
+
+
+def combine_info(data: DataSpec, config: ScanConfig, eps: tuple[float, ...]) -> CombineInfo:
+    return CombineInfo(n=data.n, class_names=data.class_names, input_shape=data.input_shape, eps=eps, config=config)
+
+
+def provenance(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: str, command_line: str | None,
+               execution: str = "1 process") -> Provenance:
     info = loaded.info
-    provenance = Provenance(
+    return Provenance(
         robaudit_version=__version__,
         torch_version=torch.__version__,
-        device=str(device),
+        device=device,
         seed=config.seed,
         checkpoint=info.path,
         checkpoint_sha256=info.sha256,
@@ -226,13 +388,11 @@ def run_scan(
         normalization_std=info.std,
         fixed_batch=info.fixed_batch,
         command_line=command_line if command_line is not None else shlex.join(["robaudit", *sys.argv[1:]]),
-    )
-    return ScanResult(
-        provenance=provenance,
-        sections=dict(ctx.sections),
-        flags=tuple(ctx.flags),
-        model_warnings=tuple(info.warnings),
-        timings=timings,
+        weights=info.weights,
+        sample=data.sample,
+        indices=tuple(int(i) for i in data.dataset_indices.tolist()),
+        compute_block=config.compute_block,
+        execution=execution,
     )
 
 

@@ -40,7 +40,8 @@ class CheckpointError(InputError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """A pickle that needs arbitrary globals (it could execute code); needs --trust-checkpoint."""
+    """A checkpoint that can run code when loaded or called (TorchScript, torch.export, a pickle of
+    arbitrary objects): refused unless the user passes --trust-checkpoint (docs/security.md)."""
 
 
 class DatasetError(InputError):

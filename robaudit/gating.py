@@ -1,16 +1,20 @@
 """CI gates: thresholds on ScanResult metrics and forbidden flags.
 
 A threshold is ``<metric> <op> <number>``: ``metric`` any name in ``ScanResult.metrics()``
-(docs/results.md), ``op`` one of ``>= > <= < == !=``, ``number`` a decimal or a fraction such
+(docs/results.md; ``robaudit gate --list-metrics RESULT`` lists them), or ``lower(<metric>)`` /
+``upper(<metric>)`` for the bounds of an accuracy's 95% Clopper–Pearson interval
+(:mod:`robaudit.stats`); ``op`` one of ``>= > <= < == !=``; ``number`` a decimal or a fraction such
 as ``8/255``. Thresholds come from ``--require`` (repeatable) or a TOML file: a ``[gate]`` table in
 ``robaudit.toml`` or ``[tool.robaudit.gate]`` in ``pyproject.toml``::
 
     [gate]
-    require = ["clean.accuracy >= 0.9", "robust_acc.ensemble.linf@8/255 >= 0.40"]
+    require = ["clean.accuracy >= 0.9", "lower(robust_acc.ensemble.linf@8/255) >= 0.40"]
     forbid_flags = ["probabilities-not-logits"]   # or "all"
 
-Comparisons are exact on the stored float: ``>= 0.4`` passes at exactly 0.4. A metric name not in
-the result, or a malformed line or file, is a :class:`~robaudit.errors.UsageError` (exit 2).
+Comparisons are exact on the stored float: ``>= 0.4`` passes at exactly 0.4. Metric names match
+in their canonical spelling (:func:`robaudit.metric_names.canonical_metric`: ``@0.0313725…`` finds
+``@8/255``, ``pgd[steps=20]`` finds ``pgd``). A name the result cannot have, or a malformed line
+or file, is a :class:`~robaudit.errors.UsageError` (exit 2) with up to three close names.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ __all__ = [
     "find_gate_file",
     "evaluate_gates",
     "resolve_metric",
+    "check_metric_names",
     "junit_xml",
     "write_junit",
 ]
@@ -53,6 +58,8 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 # metric: no whitespace, not ending in an operator character (so "a => 1" is an error, not "a =" > 1)
 _THRESHOLD_RE = re.compile(r"^\s*(?P<metric>\S*?[^\s<>=!])\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<number>[^<>=!\s]+)\s*$")
 _GATE_KEYS = ("require", "forbid_flags")
+_BOUND_RE = re.compile(r"^(?P<bound>lower|upper)\((?P<metric>[^()]+)\)$")
+BOUNDS = ("lower", "upper")
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class Threshold:
     op: str
     value: float
     source: str = "--require"
+    bound: str | None = None  # "lower" / "upper": the bound of the metric's 95% interval, not its value
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,16 @@ def parse_threshold(text: str, source: str = "--require") -> Threshold:
         value = _parse_number(m["number"])
     except ValueError as exc:
         raise UsageError(f"{source}: in threshold {text!r}: {exc}") from None
-    return Threshold(expression=text.strip(), metric=m["metric"], op=m["op"], value=value, source=source)
+    metric, bound = m["metric"], None
+    b = _BOUND_RE.match(metric)
+    if b:
+        metric, bound = b["metric"].strip(), b["bound"]
+    elif "(" in metric or ")" in metric:
+        raise UsageError(
+            f"{source}: cannot read {metric!r} in threshold {text!r}; the functions are lower(<metric>) and "
+            "upper(<metric>), the bounds of an accuracy's 95% interval"
+        )
+    return Threshold(expression=text.strip(), metric=metric, op=m["op"], value=value, source=source, bound=bound)
 
 
 def parse_requires(lines: Iterable[str]) -> GateSpec:
@@ -256,51 +273,71 @@ def find_gate_file(directory: str | Path = ".") -> Path | None:
 
 
 # --- evaluation ------------------------------------------------------------------------------------
-def resolve_metric(name: str, available: Iterable[str]) -> str:
-    """``name`` itself if present; else the metric with the same prefix and a numerically equal ε
-    after ``@`` (``...linf@0.0313725...`` finds ``...linf@8/255``); else UsageError with did-you-mean."""
-    names = sorted(available)
+_LIST_RESULT = "`robaudit gate --list-metrics RESULT`"
+
+
+def resolve_metric(name: str, available: Iterable[str], *, where: str = "in the result", listing: str = _LIST_RESULT) -> str:
+    """The name in ``available`` that ``name`` spells (canonical spelling compared: any ε equal to
+    ``8/255`` finds ``@8/255``, ``pgd[steps=20]`` finds ``pgd``); else UsageError with up to three
+    close names and the command that lists them all (never the whole list)."""
+    from .metric_names import canonical_metric, unknown_metric_message
+
+    names = list(dict.fromkeys(available))
     if name in names:
         return name
-    if "@" in name:
-        prefix, _, eps_text = name.rpartition("@")
-        try:
-            eps = _parse_number(eps_text)
-        except ValueError:
-            eps = None
-        if eps is not None:
-            for cand in names:
-                cp, _, ce = cand.rpartition("@")
-                if cp == prefix:
-                    try:
-                        if math.isclose(_parse_number(ce), eps, rel_tol=1e-9, abs_tol=1e-12):
-                            return cand
-                    except ValueError:
-                        continue
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    raise UsageError(f"unknown metric {name!r} in the result; {hint}(available: {', '.join(names) or 'none'})")
+    canon = {canonical_metric(n): n for n in names}
+    found = canon.get(canonical_metric(name))
+    if found is not None:
+        return found
+    raise UsageError(unknown_metric_message(name, names, where, listing))
+
+
+def check_metric_names(gates: "GateSpec | None", predicted, listing: str) -> None:
+    """Before a scan: every threshold's metric must be one ``predicted`` (a
+    :class:`~robaudit.metric_names.PredictedMetrics`) says the scan can produce; else UsageError."""
+    from .metric_names import has_interval, unknown_metric_message
+
+    for t in gates.thresholds if gates else ():
+        if not predicted.may_produce(t.metric):
+            raise UsageError(f"{t.source}: " + unknown_metric_message(t.metric, predicted.names, "for this scan", listing))
+        if t.bound and not has_interval(t.metric) and t.metric.split(".", 1)[0] in predicted.prefixes:
+            raise UsageError(f"{t.source}: {t.bound}({t.metric}): only accuracies have a 95% interval "
+                             "(clean.accuracy, robust_acc.*, sanity.large_eps_robust_accuracy)")
 
 
 def evaluate_gates(result, gates: GateSpec) -> GateOutcome:
     """Evaluate every threshold and flag rule of ``gates`` against ``result``.
 
     Unknown metrics are checked first, all at once, so a typo fails before anything is reported.
+    A metric the result's sections can produce but have no value for fails its gate ("no value").
     """
+    from .metric_names import has_interval
+
     metrics = result.metrics()
-    resolved = [resolve_metric(t.metric, metrics) for t in gates.thresholds]
+    intervals = result.intervals()
+    resolved = [resolve_metric(t.metric, result.metric_names()) for t in gates.thresholds]
+    for t, name in zip(gates.thresholds, resolved):
+        if t.bound and name not in intervals and not has_interval(name):
+            raise UsageError(f"{t.source}: {t.bound}({name}): only accuracies have a 95% interval "
+                             "(clean.accuracy, robust_acc.*, sanity.large_eps_robust_accuracy)")
     out: list[GateResult] = []
     for t, name in zip(gates.thresholds, resolved):
-        actual = metrics[name]
+        label = f"{t.bound}({name})" if t.bound else name
+        actual = metrics.get(name)
+        if t.bound and actual is not None:
+            actual = getattr(intervals[name], t.bound) if name in intervals else None
         if actual is None or (isinstance(actual, float) and math.isnan(actual)):
-            passed, message = False, f"{name} has no value in this result"
+            passed, message = False, f"{label} has no value in this result"
             actual = None
         else:
             actual = float(actual)
             passed = OPS[t.op](actual, t.value)
             verb = "holds" if passed else "fails"
-            message = f"{name} = {actual:.6g} {verb}: required {t.op} {t.value:.6g}"
-        out.append(GateResult(t.expression, name, t.op, t.value, actual, passed, message, t.source))
+            message = f"{label} = {actual:.6g} {verb}: required {t.op} {t.value:.6g}"
+            if t.bound:
+                p = intervals[name]
+                message += f" ({name} = {p.k}/{p.n}, 95% interval [{p.lower:.4g}, {p.upper:.4g}])"
+        out.append(GateResult(t.expression, label, t.op, t.value, actual, passed, message, t.source))
     raised = [f.code for f in result.flags]
     if gates.forbid_all_flags:
         passed = not raised

@@ -42,8 +42,11 @@ def interface_problem(group: str, obj) -> str | None:
             return "not a subclass of robaudit.checks.Check"
         if not isinstance(getattr(obj, "name", None), str):
             return "a Check needs a class attribute name (its section name)"
-        if inspect.isabstract(obj):
-            return "does not implement run(ctx)"
+        from .checks.base import Check
+
+        own = lambda m: getattr(obj, m, None) is not getattr(Check, m)  # noqa: E731
+        if not (own("compute") and own("combine")) and not own("run"):
+            return "implements neither compute(ctx) + combine(tables, extras, info) nor run(ctx)"
     elif group == "robaudit.hardeners":
         if not _is_subclass(obj, "robaudit.harden.regularizers.Hardener"):
             return "not a subclass of robaudit.harden.regularizers.Hardener"

@@ -15,7 +15,7 @@ from robaudit.data import DataRequest, load_dataset
 from robaudit.engine import run_scan
 from robaudit.models import load_model
 
-ALL = ("fgsm", "bim", "pgd", "cw-pgd", "least-likely", "cw-l2", "deepfool", "apgd-ce", "apgd-dlr", "apgd-t", "square", "spsa")
+ALL = ("fgsm", "bim", "pgd", "cw-pgd", "least-likely", "cw-l2", "deepfool", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "spsa")
 
 
 def test_every_attack_is_registered_with_a_documented_default():
@@ -64,7 +64,7 @@ def test_standard_preset_end_to_end_on_real_fashion_mnist(fashion_available, tmp
     assert res.exit_code == 0, res.output
     sec = json.loads(out.read_text())["sections"]["attacks"]
     assert sec["mode"] == "cascade"
-    assert [r["attack"] for r in sec["runs"]] == ["apgd-ce", "apgd-t", "square"]
+    assert [r["attack"] for r in sec["runs"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     pgd = json.loads(out.read_text())
     assert sec["ensemble"]["0.05"] <= pgd["sections"]["clean"]["accuracy"]
     # AutoAttack-grade: no weaker than PGD-20 on the same samples

@@ -9,6 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import robaudit
+
 from robaudit.cli.demo import DEMO_MODEL
 from robaudit.cli.main import app
 from robaudit.models import load_model
@@ -71,8 +73,8 @@ def test_same_clean_accuracy_in_every_format(formats, fashion_available, tmp_pat
         "plain safetensors + user arch": [d / "plain.safetensors", "--arch", arch],
         "nested pickle + user arch": [d / "nested.pth", "--arch", arch],
         "state dict .bin + built-in arch": [d / "state.bin", "--arch", "small-cnn", "--arch-kwargs", "width=16,hidden=128"],
-        "torchscript": [d / "scripted.pt"],
-        "torch.export": [d / "exported.pt2"],
+        "torchscript": [d / "scripted.pt", "--trust-checkpoint"],  # code formats: docs/security.md
+        "torch.export": [d / "exported.pt2", "--trust-checkpoint"],
     }
     accs = {}
     for name, args in cases.items():
@@ -90,7 +92,7 @@ def test_same_clean_accuracy_in_every_format(formats, fashion_available, tmp_pat
 
 def test_static_batch_export_is_audited_at_its_batch_size(formats):
     d, _ = formats
-    res = runner.invoke(app, ["scan", str(d / "static_batch.pt2"), "--dataset", "demo", "--n", "7",
+    res = runner.invoke(app, ["scan", str(d / "static_batch.pt2"), "--trust-checkpoint", "--dataset", "demo", "--n", "7",
                               "--checks", "clean,margins"])
     assert res.exit_code == 0, res.output
     assert "batch size 2 only" in res.output and "dynamic_shapes" in res.output  # summary + model warning
@@ -163,6 +165,40 @@ def test_list_and_version():
     for name in ("small-cnn", "wrn-28-10", "fashion-mnist", "pgd", "margins"):
         assert name in res.output
     assert runner.invoke(app, ["list", "nonsense"]).exit_code == 2
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"robaudit {robaudit.__version__}"
+    assert "--install-completion" in runner.invoke(app, ["--help"]).output
+
+
+def test_list_verbose_shows_parameters_defaults_and_papers():
+    res = runner.invoke(app, ["list", "attacks", "-v"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "fab-t" in out and "n_iter=100, n_restarts=1, n_target_classes=9, alpha_max=0.1, eta=1.05, beta=0.9" in out
+    assert "Minimally distorted adversarial examples" in out and "Madry" in out and "steps=20" in out
+    res = runner.invoke(app, ["list", "architecture", "-v"])  # the singular is accepted
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and "small-cnn" in out and "width=32, hidden=1024" in out and "--arch-kwargs" in out
+    res = runner.invoke(app, ["list", "checks", "-v"])
+    assert res.exit_code == 0 and "zero_threshold=0.001" in " ".join(res.output.split())
+    res = runner.invoke(app, ["list", "atacks"])
+    assert res.exit_code == 2 and "did you mean 'attacks'" in res.output
+
+
+def test_shape_mismatch_names_the_arch_kwargs_that_fit(tmp_path):
+    from robaudit.models.nets.small_cnn import small_cnn
+
+    torch.save(small_cnn(width=8, hidden=64).state_dict(), tmp_path / "sd.pt")
+    res = runner.invoke(app, ["scan", str(tmp_path / "sd.pt"), "--arch", "small-cnn", "-d", "demo", "--n", "4", "--checks", "clean"])
+    assert res.exit_code == 3 and "--arch-kwargs width=8,hidden=64" in " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["scan", str(tmp_path / "sd.pt"), "--arch", "small-cnn", "--arch-kwargs", "width=8,hidden=64",
+                              "-d", "demo", "--n", "4", "--checks", "clean", "-q"])
+    assert res.exit_code == 0, res.output
+    odd = small_cnn(width=8).state_dict()
+    odd["fc2.weight"] = torch.zeros(10, 7)  # no integer argument of small-cnn makes this fit
+    torch.save(odd, tmp_path / "odd.pt")
+    res = runner.invoke(app, ["scan", str(tmp_path / "odd.pt"), "--arch", "small-cnn", "-d", "demo", "--n", "4"])
+    assert res.exit_code == 3 and "robaudit list architectures -v" in " ".join(res.output.split()), res.output
 
 
 def test_cli_startup_and_plugin_listing_import_no_torch():

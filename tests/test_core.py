@@ -31,9 +31,29 @@ def test_attack_list_parsing():
     quick = parse_attack_list("quick")
     assert [s.name for s in quick] == ["fgsm", "pgd"]
     specs = parse_attack_list("pgd:steps=50:restarts=2,fgsm")
-    assert specs[0].params == (("steps", 50), ("restarts", 2)) and specs[1].name == "fgsm"
-    assert parse_attack_list("pgd:steps=50,restarts=2")[0].params == (("steps", 50), ("restarts", 2))
+    # canonical: sorted by name, only what differs from the defaults
+    assert specs[0].params == (("restarts", 2), ("steps", 50)) and specs[1].name == "fgsm"
+    assert parse_attack_list("pgd:steps=50,restarts=2")[0].params == (("restarts", 2), ("steps", 50))
     assert parse_attack_list("pgd:loss=cw")[0].label == "pgd[loss=cw]"
+
+
+@pytest.mark.parametrize(
+    "text, label",
+    [
+        ("pgd:steps=20", "pgd"),  # PGD's default: the registry name
+        ("pgd:restarts=2:steps=50", "pgd[restarts=2,steps=50]"),
+        ("pgd:steps=50:restarts=2", "pgd[restarts=2,steps=50]"),  # order does not matter
+        ("pgd:step_size=0.25", "pgd[step_size=0.25]"),
+        ("bim:step_size=1/10", "bim"),  # 1/10 = 0.1, BIM's default
+        ("fab-t:n_iter=100:eta=1.05", "fab-t"),
+        ("apgd-t:n_target_classes=3", "apgd-t[n_target_classes=3]"),
+        ("square:n_queries=5000", "square"),
+        ("pgd:random_start=false", "pgd[random_start=false]"),
+        ("pgd:step_size=2/255", "pgd[step_size=2/255]"),
+    ],
+)
+def test_attack_labels_are_canonical(text, label):
+    assert parse_attack_list(text)[0].label == label
     with pytest.raises(UsageError, match="parameters are"):
         parse_attack_list("pgd:stepz=3")
     with pytest.raises(UsageError, match="unknown attack"):

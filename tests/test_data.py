@@ -268,7 +268,7 @@ def test_imagefolder_rgb_order_and_first_n(tmp_path):
     assert spec.x.shape == (4, 3, 6, 5)
     order = ["cat/a.bmp", "cat/b.png", "dog/a.bmp", "dog/b.png"]
     np.testing.assert_array_equal(_pixels(spec), np.stack([imgs[k] for k in order]).transpose(0, 3, 1, 2))
-    first3 = load_dataset(f"imagefolder:{tmp_path / 'set'}", DataRequest(n=3))
+    first3 = load_dataset(f"imagefolder:{tmp_path / 'set'}", DataRequest(n=3, sample="first"))
     assert first3.y.tolist() == [0, 0, 1] and torch.equal(first3.x, spec.x[:3])
 
 

@@ -117,7 +117,10 @@ def test_a_model_that_runs_one_sample_only_is_probed_and_audited_at_one(tiny_cnn
 def test_batch_size_is_a_multiple_of_the_fixed_batch_and_oom_halving_keeps_it():
     assert [fit_batch_size(b, 4) for b in (1, 3, 4, 6, 256)] == [4, 4, 4, 4, 256]
     assert fit_batch_size(7, None) == 7
-    data = type("D", (), {"n": 20, "x": torch.zeros(20, *SHAPE), "y": torch.zeros(20, dtype=torch.long)})()
+    from robaudit.data.spec import DataSpec
+
+    data = DataSpec("synthetic", "test", torch.zeros(20, *SHAPE), torch.zeros(20, dtype=torch.long),
+                    tuple(str(i) for i in range(10)), "memory")
     ctx = ScanContext(model=nn.Identity(), data=data, config=None, device=torch.device("cpu"), eps=(0.1,),
                       batch_size=10, fixed_batch=4)
     assert ctx.batch_size == 8

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from xml.etree import ElementTree as ET
 
@@ -106,7 +107,28 @@ def test_unknown_metric_did_you_mean():
     with pytest.raises(UsageError) as exc:
         _gate(make_result(), "clean.acuracy >= 0.5")
     msg = str(exc.value)
-    assert "did you mean 'clean.accuracy'" in msg and "available:" in msg and "robust_acc.pgd.linf@8/255" in msg
+    assert "did you mean 'clean.accuracy'" in msg and "--list-metrics" in msg
+    assert "robust_acc.pgd.linf@8/255" not in msg, "the message suggests close names, it does not dump the list"
+
+
+def test_did_you_mean_names_at_most_three_of_many():
+    many = {f"robust_acc.pgd[steps={k}].linf@0.1": 0.5 for k in range(1, 90)}
+    result = ScanResult(provenance=_prov(), sections={"clean": _clean(), "extra": _Metrics(many)})
+    with pytest.raises(UsageError) as exc:
+        _gate(result, "robust_acc.pgd[steps=100].linf@0.1 >= 0.5")
+    msg = str(exc.value)
+    assert 1 <= msg.count("robust_acc.") <= 4  # the name asked for + at most three suggestions
+    assert "lists all 90" in msg and len(msg) < 400
+
+
+def test_canonical_attack_spelling_resolves():
+    """A name with an attack's default parameters spelled out resolves to the canonical name."""
+    result = ScanResult(provenance=_prov(), sections={"extra": _Metrics({"robust_acc.pgd.linf@0.1": 0.3})})
+    outcome = _gate(result, "robust_acc.pgd[steps=20].linf@1/10 >= 0.3")
+    assert outcome.passed and outcome.results[0].metric == "robust_acc.pgd.linf@0.1"
+    # and a result written with the old spelling answers to the canonical name
+    old = ScanResult(provenance=_prov(), sections={"extra": _Metrics({"robust_acc.pgd[steps=20].linf@0.1": 0.3})})
+    assert _gate(old, "robust_acc.pgd.linf@0.1 >= 0.3").passed
 
 
 def test_flag_gates():
@@ -245,3 +267,54 @@ def test_gate_outcome_dataclasses_frozen():
     outcome = _gate(make_result(), "clean.accuracy >= 0.4")
     with pytest.raises(dataclasses.FrozenInstanceError):
         outcome.results[0].passed = False  # type: ignore[misc]
+
+
+# --- intervals, names without a value, --list-metrics ------------------------------------------------
+def test_lower_and_upper_gate_on_the_95_percent_interval():
+    from robaudit.stats import clopper_pearson
+
+    lo, hi = clopper_pearson(2, 5)  # make_result: 2 of 5 samples correct → about 0.053 … 0.853
+    assert 0.05 < lo < 0.06 and 0.85 < hi < 0.86
+    out = _gate(make_result(), "lower(clean.accuracy) >= 0.05", "lower(clean.accuracy) >= 0.06",
+                "upper(clean.accuracy) <= 0.86", "upper(clean.accuracy) <= 0.85", "clean.accuracy >= 0.4")
+    assert [r.passed for r in out.results] == [True, False, True, False, True]
+    assert out.results[0].actual == pytest.approx(lo) and out.results[2].actual == pytest.approx(hi)
+    assert out.results[0].metric == "lower(clean.accuracy)" and "2/5" in out.results[1].message
+    t = parse_threshold("lower(robust_acc.pgd.linf@8/255) >= 0.4")
+    assert (t.bound, t.metric, t.value) == ("lower", "robust_acc.pgd.linf@8/255", 0.4)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [("lower(clean.acuracy) >= 0.1", "did you mean 'clean.accuracy'"), ("lowr(clean.accuracy) >= 0.1", "lower(<metric>)"),
+     ("upper(margins.mean) <= 1", "only accuracies")],
+)
+def test_interval_gate_errors(text, needle):
+    result = ScanResult(provenance=_prov(), sections={"clean": _clean(), "margins": _Metrics({"margins.mean": 0.5})})
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        _gate(result, text)
+
+
+@dataclass(frozen=True)
+class _Possible(_Metrics):
+    """A section that can produce more names than it has values for (like minimal.median with no radius)."""
+
+    names: tuple = ()
+
+    def metric_names(self):
+        return tuple(self.values) + self.names
+
+
+def test_a_possible_metric_without_a_value_fails_its_gate_not_the_command():
+    result = ScanResult(provenance=_prov(), sections={"minimal": _Possible({"minimal.q05": 0.1}, ("minimal.median",))})
+    out = _gate(result, "minimal.median >= 0.01")
+    assert not out.passed and "no value" in out.results[0].message
+    with pytest.raises(UsageError, match="did you mean 'minimal.median'"):
+        _gate(result, "minimal.medain >= 0.01")
+
+
+def test_gate_list_metrics(result_json):
+    res = runner.invoke(app, ["gate", str(result_json), "--list-metrics"])
+    assert res.exit_code == 0, res.output
+    line = next(l for l in res.output.splitlines() if l.startswith("clean.accuracy"))
+    assert "0.4" in line and "2/5" in line and "lower(...)" in line

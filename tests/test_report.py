@@ -170,7 +170,9 @@ def test_sections_that_did_not_run_are_absent(result):
     assert 'id="section-clean"' in html
     for name in ("attacks", "margins"):
         assert f'id="section-{name}"' not in html
-    assert "Robust accuracy under attack" not in html and "worst case" not in html
+    # (the flag explanations at the top mention "worst case" in prose; the attack table's row is gone)
+    assert "Robust accuracy under attack" not in html and "<td>worst case</td>" not in html
+    assert "robust accuracy, worst case" not in html and "NOT AUTOATTACK-GRADE" not in html
     assert "Margins, true-class" not in html
 
 
@@ -211,3 +213,94 @@ def test_margins_train_gap_shown_when_present(result):
     html = render_html(dataclasses.replace(result, sections={"clean": result.section("clean"), "margins": margins}))
     assert "first 10 training samples" in html and "<strong>0.25</strong> nats" in html
     assert "training samples" not in render_html(dataclasses.replace(result, sections={"margins": result.section("margins")}))
+
+
+# --- intervals, verdict, flags, bibliography, plots that say something ---------------------------------
+def test_every_accuracy_carries_n_and_its_interval(result, html, tmp_path):
+    from robaudit.stats import clopper_pearson
+
+    intervals = result.intervals()
+    clean = result.section("clean")
+    k = sum(clean.correct)
+    assert (intervals["clean.accuracy"].k, intervals["clean.accuracy"].n) == (k, 24)
+    lo, hi = clopper_pearson(k, 24)
+    assert f"95% CI {100 * lo:.1f}–{100 * hi:.1f}% · {k}/24" in html
+    for name, p in intervals.items():  # the attack table shows each robust accuracy's interval
+        if name.startswith("robust_acc."):
+            assert f"95% CI {100 * p.lower:.1f}–{100 * p.upper:.1f}% · {p.k}/{p.n}" in html, name
+    data = result.to_dict()["intervals"]
+    assert data["method"] == "clopper-pearson" and data["level"] == 0.95
+    assert set(data["metrics"]) == {m for m in result.metrics() if m.startswith(("clean.", "robust_acc."))}
+    assert data["metrics"]["clean.accuracy"] == {"k": k, "n": 24, "value": k / 24, "lower": lo, "upper": hi}
+    per_class = data["per_class"]["clean.accuracy"]
+    assert sum(p["n"] for p in per_class if p) == 24 and sum(p["k"] for p in per_class if p) == k
+    table = robust_table(result)
+    assert {"metric", "k", "n", "ci95_lower", "ci95_upper"} <= set(table.columns)
+    row = table[table.attack == "ensemble"].iloc[-1]
+    assert row["ci95_lower"] == pytest.approx(intervals[row["metric"]].lower) and row["n"] == 24
+
+
+def test_verdict_names_the_attacks_and_whether_they_are_autoattack_grade(html):
+    from robaudit.attacks import ATTACKS
+    from robaudit.report.verdict import recipe
+
+    assert "NOT AUTOATTACK-GRADE" in html and "Worst case over fgsm + pgd[steps=3]" in html
+
+    def run(name, **params):
+        return {"attack": name, "params": {**ATTACKS.get(name)().params(), **params}}
+
+    full = [run("apgd-ce"), run("apgd-t"), run("fab-t"), run("square")]
+    assert recipe({"runs": full, "preset": "standard"}).autoattack
+    more = [run("apgd-ce", n_iter=200, n_restarts=2), *full[1:], run("fgsm")]
+    assert recipe({"runs": more}).autoattack  # larger budgets and extra attacks keep it AutoAttack-grade
+    weak = recipe({"runs": [run("apgd-ce", n_iter=10), *full[1:]]})
+    assert not weak.autoattack and weak.missing == ("apgd-ce",) and "not AutoAttack-grade" in weak.sentence()
+    assert recipe({"runs": full[:3]}).missing == ("square",)
+
+
+def test_every_internal_link_resolves_and_the_bibliography_lists_what_is_cited(result):
+    flagged = dataclasses.replace(result, flags=(Flag("blackbox-beats-whitebox", "a sample survived"),))
+    page = render_html(flagged)
+    parsed = _parse(page)
+    ids = set(parsed.ids)
+    targets = {d["href"][1:] for tag, d in parsed.tags if tag == "a" and d.get("href", "").startswith("#")}
+    assert targets and targets <= ids, targets - ids
+    cited = {t for t in targets if t.startswith("ref-")}
+    listed = {i for i in ids if i.startswith("ref-")}
+    assert cited == listed and "ref-clopper1934" in cited and "ref-goodfellow2015" in cited  # fgsm links its paper
+    # the raised flag is explained in the report itself, from the packaged flags.md
+    assert "Raised if" in page and "survived every white-box" in page
+    assert page.count('id="flag-blackbox-beats-whitebox"') == 1
+
+
+def test_flags_doc_ships_with_the_package_and_covers_every_flag():
+    import pathlib
+
+    from robaudit.report.flag_docs import flag_explanations, flags_markdown
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    codes = set()
+    for path in (root / "robaudit").rglob("*.py"):
+        codes |= set(re.findall(r'Flag\(\s*"([a-z0-9-]+)"', path.read_text(encoding="utf-8")))
+    assert codes and codes <= set(flag_explanations()), codes - set(flag_explanations())
+    assert (root / "docs" / "flags.md").read_text(encoding="utf-8") == flags_markdown()
+
+
+def test_histogram_bins_never_one_tall_bar():
+    import numpy as np
+
+    from robaudit.report.plots import histogram_bins
+
+    rng = np.random.default_rng(0)
+    loss = np.concatenate([rng.exponential(1e-4, 90), rng.exponential(2.0, 10), [0.0]])  # confident model's CE
+    b = histogram_bins([loss])
+    assert b.scale == "symlog" and np.histogram(loss, b.edges)[0].max() < 0.5 * loss.size
+    pct = rng.uniform(0, 3, 50)  # percentages in [0, 3] on a natural range [0, 100]
+    b = histogram_bins([pct], 25, (0.0, 100.0))
+    assert b.edges[-1] <= 3.0 + 1e-9 and np.histogram(pct, b.edges)[0].max() < 0.5 * pct.size
+    wide = rng.uniform(0, 100, 50)
+    assert histogram_bins([wide], 25, (0.0, 100.0)).edges[-1] == 100.0
+    b = histogram_bins([np.full(7, 0.25)])
+    assert b.constant == 0.25
+    margins = rng.normal(2, 3, 200)
+    assert histogram_bins([margins]).scale == "linear"

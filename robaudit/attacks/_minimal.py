@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .. import rng
 from ..threat import Norm
 from .base import PassCounter, input_gradient, normalize_direction, predict
 
@@ -55,18 +56,18 @@ def project_eps(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm, eps: torch.Ten
 
 
 def random_start_eps(
-    x: torch.Tensor, norm: Norm, eps: torch.Tensor, generator: torch.Generator | None
+    x: torch.Tensor, norm: Norm, eps: torch.Tensor, generator
 ) -> torch.Tensor:
     """A uniform point of each sample's ball of radius eps[i], clipped to [0,1]."""
     e = eps.to(dtype=x.dtype, device=x.device)
     if norm is Norm.LINF:
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = rng.uniform(x.shape, generator, x.device, x.dtype)
         delta = (2 * u - 1) * _view(e, x)
     else:
         d = x[0].numel()
-        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        g = rng.normal(x.shape, generator, x.device, x.dtype)
         g = g / _view(g.flatten(1).norm(p=2, dim=1).clamp_min(1e-12), g)
-        r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
+        r = rng.uniform((x.shape[0],), generator, x.device, x.dtype) ** (1.0 / d)
         delta = g * _view(r * e, g)
     return (x + delta).clamp(0.0, 1.0)
 
@@ -84,7 +85,7 @@ def pgd_eps(
     random_start: bool,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     counter: PassCounter | None,
-    generator: torch.Generator | None,
+    generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PGD with a per-sample radius: step α_i = rel_step·eps[i]. Returns (x_adv, found), where
     x_adv is the first misclassified iterate of a sample (or its last iterate) and ``found`` says
@@ -99,7 +100,7 @@ def pgd_eps(
             break
         idx = todo.nonzero().squeeze(1)
         xs, ys, es, al = x[idx], y[idx], eps[idx], alpha[idx]
-        x_adv = random_start_eps(xs, norm, es, generator) if random_start else xs.clone()
+        x_adv = random_start_eps(xs, norm, es, rng.rows(generator, idx)) if random_start else xs.clone()
         found = torch.zeros(xs.shape[0], dtype=torch.bool, device=x.device)
         kept = x_adv.clone()
         for _ in range(steps):

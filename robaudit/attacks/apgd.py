@@ -10,9 +10,11 @@ variants, all ℓ∞ and ℓ2, with AutoAttack's ("standard" version) defaults:
 * ``apgd-t``   — targeted DLR loss −(z_y − z_t)/(z_π1 − (z_π3 + z_π4)/2), one run per target class t
   among the ``n_target_classes`` highest-scoring wrong classes of the clean input.
 
-One iteration = 1 forward + 1 backward of the batch; a run costs ``n_iter + 1`` of them (the
-gradient at the random start, then one per step). Restarts and targets only attack the samples
-still correctly classified.
+One iteration = 1 forward + 1 backward of the samples not yet misclassified; a run costs a sample
+at most ``n_iter + 1`` of them (the gradient at the random start, then one per step until it is
+broken: a broken sample keeps its first misclassified iterate and is not iterated further, so its
+result and cost don't depend on its batch). Restarts and targets only attack the samples still
+correctly classified.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from .. import rng
 from ..errors import UsageError
 from ..geometry.margin import cross_entropy, margin
 from ..threat import Norm, ThreatModel
@@ -29,6 +32,7 @@ from .base import ATTACKS, Attack, input_gradient, normalize_direction, predict,
 __all__ = ["APGDCE", "APGDDLR", "APGDTargeted", "dlr_loss", "dlr_targeted_loss"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+RowLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y, batch rows)
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -78,6 +82,7 @@ class _APGD(Attack):
     """Shared core loop of the three APGD variants (not registered)."""
 
     name = "apgd"
+    per_sample_rng = True
     norms = (Norm.LINF, Norm.L2)
     n_iter: int = 100
     n_restarts: int = 1
@@ -107,25 +112,30 @@ class _APGD(Attack):
             )
 
     @staticmethod
-    def _start(x: torch.Tensor, threat: ThreatModel, generator: torch.Generator | None) -> torch.Tensor:
+    def _start(x: torch.Tensor, threat: ThreatModel, generator) -> torch.Tensor:
         """AutoAttack's random start: ℓ∞ x + ε·t/‖t‖∞ with t ~ U(−1,1)^d; ℓ2 x + ε·t/‖t‖₂ with
-        t ~ N(0, I) (a point on the sphere); then clipped to [0,1]."""
+        t ~ N(0, I) (a point on the sphere); then clipped to [0,1]. ``generator``: a SampleRNG
+        (one stream per row) or a torch.Generator."""
         if threat.norm is Norm.LINF:
-            t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
+            t = 2 * rng.uniform(x.shape, generator, x.device, x.dtype) - 1
             n = t.flatten(1).abs().amax(dim=1)
         else:
-            t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            t = rng.normal(x.shape, generator, x.device, x.dtype)
             n = t.flatten(1).norm(p=2, dim=1)
         return (x + threat.eps * t / _bview(n.clamp_min(1e-12), t)).clamp(0.0, 1.0)
 
     def _run_once(
-        self, model, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, threat: ThreatModel, generator
+        self, model, x: torch.Tensor, y: torch.Tensor, loss_fn: RowLossFn, threat: ThreatModel, generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One APGD run on a batch. Returns (point, broken, margin at the point): the first
-        misclassified iterate where one was found, else the highest-loss iterate."""
+        misclassified iterate where one was found, else the highest-loss iterate. ``loss_fn(logits,
+        y, rows)`` gets the batch rows it is evaluated on. A sample stops being iterated once it is
+        misclassified (its point is kept), so its passes and its result don't depend on the
+        other samples of the batch."""
         checks = set(checkpoints(self.n_iter))
+        everyone = torch.arange(x.shape[0], device=x.device)
         x_adv = self._start(x, threat, generator)
-        loss, logits, grad = input_gradient(model, x_adv, y, loss_fn, self.counter)
+        loss, logits, grad = input_gradient(model, x_adv, y, lambda z, yy: loss_fn(z, yy, everyone), self.counter)
         broken = logits.argmax(1) != y
         x_found = x_adv.clone()
         x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
@@ -140,25 +150,30 @@ class _APGD(Attack):
         last_check = 0
 
         for i in range(self.n_iter):
+            act = (~broken).nonzero().squeeze(1)
+            if act.numel() == 0:
+                break
             a = self.momentum if i > 0 else 1.0
-            z = project(x_adv + _bview(step, x) * normalize_direction(grad, threat.norm), x, threat)
-            x_next = project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_old), x, threat)
-            x_old, x_adv = x_adv, x_next
+            xa, xs, ya = x_adv[act], x[act], y[act]
+            z = project(xa + _bview(step[act], xa) * normalize_direction(grad[act], threat.norm), xs, threat)
+            x_next = project(xa + a * (z - xa) + (1 - a) * (xa - x_old[act]), xs, threat)
+            x_old[act], x_adv[act] = xa, x_next
 
-            loss, logits, grad = input_gradient(model, x_adv, y, loss_fn, self.counter)
-            wrong = (logits.argmax(1) != y) & ~broken
-            x_found = torch.where(_bview(wrong, x), x_adv, x_found)  # keep the first success
-            broken = broken | wrong
+            loss_a, logits_a, grad_a = input_gradient(model, x_next, ya, lambda zz, yy: loss_fn(zz, yy, act), self.counter)
+            grad[act] = grad_a
+            wrong = logits_a.argmax(1) != ya
+            x_found[act[wrong]] = x_next[wrong]  # keep the first success
+            broken[act[wrong]] = True
 
-            improved = loss > loss_best
-            imp = _bview(improved, x)
-            x_best = torch.where(imp, x_adv, x_best)
-            grad_best = torch.where(imp, grad, grad_best)
-            loss_best = torch.where(improved, loss, loss_best)
-            margin_best = torch.where(improved, margin(logits, y), margin_best)
+            improved = loss_a > loss_best[act]
+            better = act[improved]
+            x_best[better] = x_next[improved]
+            grad_best[better] = grad_a[improved]
+            loss_best[better] = loss_a[improved]
+            margin_best[better] = margin(logits_a, ya)[improved]
 
-            n_increase += (loss > prev_loss).long()
-            prev_loss = loss
+            n_increase[act] += (loss_a > prev_loss[act]).long()
+            prev_loss[act] = loss_a
             if i + 1 in checks:
                 k = i + 1 - last_check
                 # condition 1: too few steps increased the loss since the last checkpoint;
@@ -175,8 +190,6 @@ class _APGD(Attack):
                 grad = torch.where(r, grad_best, grad)
                 last_check = i + 1
                 n_increase.zero_()
-            if bool(broken.all()):
-                break
 
         point = torch.where(_bview(broken, x), x_found, x_best)
         return point, broken, margin_best
@@ -205,11 +218,12 @@ class _APGD(Attack):
                 idx = todo.nonzero().squeeze(1)
                 xs, ys = x[idx], y[idx]
                 if rank is None:
-                    loss_fn = self._loss()
+                    base = self._loss()
+                    loss_fn = lambda logits, yy, rows_, f=base: f(logits, yy)  # noqa: E731
                 else:
                     target = order[idx, rank]
-                    loss_fn = lambda logits, yy, t=target: dlr_targeted_loss(logits, yy, t)  # noqa: E731
-                point, ok, m = self._run_once(model, xs, ys, loss_fn, threat, generator)
+                    loss_fn = lambda logits, yy, rows_, t=target: dlr_targeted_loss(logits, yy, t[rows_])  # noqa: E731
+                point, ok, m = self._run_once(model, xs, ys, loss_fn, threat, rng.rows(generator, idx))
                 # keep a success, else the point closest to the decision boundary over all runs
                 take = ok | (m < best_margin[idx])
                 best[idx[take]] = point[take]

@@ -13,6 +13,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
+from .. import rng
 from ..errors import UsageError
 from ..geometry.margin import cross_entropy, margin
 from ..registry import Registry
@@ -42,6 +43,7 @@ ATTACKS: Registry[type["Attack"]] = Registry(
         "robaudit.attacks.least_likely",
         "robaudit.attacks.apgd",
         "robaudit.attacks.square",
+        "robaudit.attacks.fab",
     ),
 )
 
@@ -108,16 +110,17 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> torch.
     return (x + delta).clamp(0.0, 1.0)
 
 
-def random_start(x: torch.Tensor, threat: ThreatModel, generator: torch.Generator | None) -> torch.Tensor:
-    """A uniform point of the ε-ball (ℓ∞: uniform cube; ℓ2: uniform in the ball), clipped to [0,1]."""
+def random_start(x: torch.Tensor, threat: ThreatModel, generator) -> torch.Tensor:
+    """A uniform point of the ε-ball (ℓ∞: uniform cube; ℓ2: uniform in the ball), clipped to [0,1].
+    ``generator``: a :class:`robaudit.rng.SampleRNG` (one stream per row) or a torch.Generator."""
     if threat.norm is Norm.LINF:
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = rng.uniform(x.shape, generator, x.device, x.dtype)
         delta = (2 * u - 1) * threat.eps
     else:
         d = x[0].numel()
-        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        g = rng.normal(x.shape, generator, x.device, x.dtype)
         g = g / _view(g.flatten(1).norm(p=2, dim=1).clamp_min(1e-12), g)
-        r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
+        r = rng.uniform((x.shape[0],), generator, x.device, x.dtype) ** (1.0 / d)
         delta = g * _view(r * threat.eps, g)
     return (x + delta).clamp(0.0, 1.0)
 
@@ -167,6 +170,10 @@ class Attack(ABC):
 
     name: ClassVar[str] = "attack"
     norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
+    # True: _perturb draws only through robaudit.rng's helpers (uniform, normal, randint, signs),
+    # so a scan passes a SampleRNG — one stream per sample, keyed by its dataset index — and a
+    # sample's result doesn't depend on its batch. False (older plugins): a torch.Generator.
+    per_sample_rng: ClassVar[bool] = False
     # "white-box" (uses input gradients), "black-box" (scores only) or "gradient-free" (estimates
     # gradients from scores); validity flags compare the kinds (docs/flags.md).
     kind: ClassVar[str] = "white-box"
@@ -181,7 +188,7 @@ class Attack(ABC):
 
     @abstractmethod
     def _perturb(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, generator: torch.Generator | None
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, generator
     ) -> torch.Tensor:
         """Return x_adv (any point; the base projects it and checks success)."""
 
@@ -191,9 +198,14 @@ class Attack(ABC):
         x: torch.Tensor,
         y: torch.Tensor,
         threat: ThreatModel,
-        generator: torch.Generator | None = None,
+        generator=None,
     ) -> AttackOutput:
-        """Attack a batch. The model's mode and weights are left exactly as they were."""
+        """Attack a batch. The model's mode and weights are left exactly as they were.
+        ``generator``: a torch.Generator, None, or (attacks with ``per_sample_rng``) a
+        :class:`robaudit.rng.SampleRNG` whose rows are the batch's samples, which is what a scan
+        passes: ``SampleRNG.for_indices(seed, tag, dataset_indices)`` (its ``indices``)."""
+        if rng.is_sample_rng(generator) and len(generator) != x.shape[0]:
+            raise ValueError(f"a SampleRNG of {len(generator)} rows for a batch of {x.shape[0]}")
         if threat.norm not in self.norms:
             raise UsageError(
                 f"attack {self.name!r} does not support the {threat.norm.value} threat model "

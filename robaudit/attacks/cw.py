@@ -65,6 +65,7 @@ class CarliniWagnerL2(Attack):
     """
 
     name = "cw-l2"
+    per_sample_rng = True
     norms = (Norm.L2,)
     binary_search_steps: int = 9
     max_iterations: int = 100

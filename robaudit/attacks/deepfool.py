@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..rng import rows
 from ..threat import Norm, ThreatModel
 from ._minimal import eval_mode, pgd_eps
 from .base import ATTACKS, LOSSES, Attack, PassCounter, lp_norm, predict
@@ -95,6 +96,7 @@ class DeepFool(Attack):
     """
 
     name = "deepfool"
+    per_sample_rng = True
     num_candidates: int = 10
     overshoot: float = 0.02
     max_iter: int = 50
@@ -185,7 +187,7 @@ def refine_minimal_perturbation(
     upper: torch.Tensor,
     attack_factory: Callable[[], PGD] | None = None,
     steps: int = 8,
-    generator: torch.Generator | None = None,
+    generator=None,
     counter: PassCounter | None = None,
 ) -> torch.Tensor:
     """Tighten per-sample minimal radii by bisection on ε ∈ [0, upper_i] with a per-sample-ε PGD.
@@ -225,7 +227,7 @@ def refine_minimal_perturbation(
                 model, xs, y[idx], norm, mid,
                 steps=attack.steps, rel_step=rel_step, restarts=attack.restarts,
                 random_start=attack.random_start, loss_fn=LOSSES[attack.loss],
-                counter=counter, generator=generator,
+                counter=counter, generator=rows(generator, idx),
             )
             reached = torch.minimum(lp_norm(x_adv - xs, norm), mid)
             hi[idx] = torch.where(found, torch.minimum(hi[idx], reached), hi[idx])

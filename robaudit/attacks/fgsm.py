@@ -21,6 +21,7 @@ class FGSM(Attack):
     """loss: "ce" (cross-entropy, the paper's) or "cw" (C&W margin loss)."""
 
     name = "fgsm"
+    per_sample_rng = True
     single_step = True
     loss: str = "ce"
 

@@ -46,6 +46,7 @@ class LeastLikely(Attack):
     """
 
     name = "least-likely"
+    per_sample_rng = True
     steps: int = 10
     step_size: float = 0.1
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UsageError
+from ..rng import rows
 from ..threat import ThreatModel
 from .base import ATTACKS, LOSSES, Attack, input_gradient, normalize_direction, predict, project, random_start
 
@@ -28,6 +29,7 @@ class PGD(Attack):
     (None); restarts: independent random starts; random_start: False starts at x (BIM)."""
 
     name = "pgd"
+    per_sample_rng = True
     steps: int = 20
     step_size: float | None = None
     restarts: int = 1
@@ -54,7 +56,7 @@ class PGD(Attack):
             if not todo.any():
                 break
             xs, ys = x[todo], y[todo]
-            x_adv = random_start(xs, threat, generator) if self.random_start else xs.clone()
+            x_adv = random_start(xs, threat, rows(generator, todo)) if self.random_start else xs.clone()
             found = torch.zeros(xs.shape[0], dtype=torch.bool, device=x.device)
             kept = x_adv.clone()
             for _ in range(self.steps):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import rng
 from ..errors import UsageError
 from ..geometry.margin import margin
 from ..threat import ThreatModel
@@ -50,6 +51,7 @@ class SPSA(Attack):
     """
 
     name = "spsa"
+    per_sample_rng = True
     kind = "gradient-free"
     nb_iter: int = 100
     spsa_samples: int = 128
@@ -75,11 +77,20 @@ class SPSA(Attack):
         total = A * pairs
         chunk = max(1, self.spsa_batch // 2)  # pairs per forward (2 rows each)
         grad = torch.zeros_like(xa)
+        keyed = rng.is_sample_rng(generator)
+        if keyed:  # one draw per iteration: pair j of sample i is words [j·w, (j+1)·w) of i's stream
+            counter = generator.next_counter()
+            words_per_pair = (xa[0].numel() + 31) // 32
         for start in range(0, total, chunk):
             stop = min(total, start + chunk)
-            owner = torch.arange(start, stop, device=xa.device) // pairs  # which sample each pair probes
-            v = torch.randint(0, 2, (stop - start, *xa.shape[1:]), generator=generator, device=xa.device)
-            v = v.to(xa.dtype) * 2 - 1
+            pair = torch.arange(start, stop, device=xa.device)
+            owner = pair // pairs  # which sample each pair probes
+            if keyed:
+                v = generator.signs(tuple(xa.shape[1:]), dtype=xa.dtype, counter=counter, rows=owner,
+                                    offset=(pair % pairs) * words_per_pair).to(xa.device)
+            else:
+                v = torch.randint(0, 2, (stop - start, *xa.shape[1:]), generator=generator, device=xa.device)
+                v = v.to(xa.dtype) * 2 - 1
             base = xa[owner]
             probes = torch.cat([base + self.delta * v, base - self.delta * v])
             yy = ya[owner]
@@ -101,7 +112,7 @@ class SPSA(Attack):
             if active.numel() == 0:
                 break
             xa, ya = x_adv[active], y[active]
-            g = self._estimate(model, xa, ya, generator)
+            g = self._estimate(model, xa, ya, rng.rows(generator, active))
             ma = beta1 * m[active] + (1 - beta1) * g
             va = beta2 * v[active] + (1 - beta2) * g * g
             m[active], v[active] = ma, va

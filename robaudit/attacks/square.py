@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import torch
 
+from .. import rng
 from ..errors import UsageError
 from ..geometry.margin import margin
 from ..threat import Norm, ThreatModel
@@ -26,22 +27,67 @@ _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
 def _signs(shape, generator, like: torch.Tensor) -> torch.Tensor:
-    """Uniform ±1 of ``like``'s dtype and device."""
-    return torch.randint(0, 2, shape, generator=generator, device=like.device).to(like.dtype) * 2 - 1
+    """Uniform ±1 of ``like``'s dtype and device (a SampleRNG: one stream per row of dim 0)."""
+    return rng.signs(shape, generator, like.device, like.dtype)
 
 
-def _nonempty_flips(n: int, c: int, generator, like: torch.Tensor) -> torch.Tensor:
+def _nonempty_flips(n: int, c: int, generator, like: torch.Tensor, counter: int | None = None) -> torch.Tensor:
     """[n,c,1,1] of ±1, uniform over the 2^c − 1 patterns with at least one −1 (c ≤ 30; above,
-    uniform over all patterns, where the all-(+1) one has probability 2^−c)."""
-    if c > 30:
+    uniform over all patterns, where the all-(+1) one has probability 2^−c). With a SampleRNG the
+    draw is number ``counter`` of the rows' own "resample" streams: only the rows that need it draw."""
+    if rng.is_sample_rng(generator):
+        generator = generator.fork("square:resample")
+        if c > 30:
+            return generator.signs((c, 1, 1), dtype=like.dtype, counter=counter).to(like.device)
+        r = (1 + generator.randint(2**c - 1, (1,), counter=counter)).to(like.device)
+    elif c > 30:
         return _signs((n, c, 1, 1), generator, like)
-    r = torch.randint(1, 2**c, (n, 1), generator=generator, device=like.device)
+    else:
+        r = torch.randint(1, 2**c, (n, 1), generator=generator, device=like.device)
     bits = (r >> torch.arange(c, device=like.device)[None, :]) & 1
     return (1 - 2 * bits).to(like.dtype).view(n, c, 1, 1)
 
 
 def _randint(high: int, n: int, generator, device) -> torch.Tensor:
-    return torch.randint(0, high, (n,), generator=generator, device=device)
+    return rng.randint(0, high, (n,), generator, device)
+
+
+class _Draws:
+    """One proposal's random numbers. From a SampleRNG all of an iteration's words come from one
+    call (these draws are tiny, so the per-call cost would dominate); from a torch.Generator (or
+    None), torch's own draws, one call each."""
+
+    def __init__(self, generator, n: int, like: torch.Tensor, words: int) -> None:
+        self.gen, self.n, self.like = generator, n, like
+        self.keyed = rng.is_sample_rng(generator)
+        self.w = generator.words(words).to(like.device) if self.keyed else None
+        self.col = 0
+
+    def _word(self) -> torch.Tensor:
+        w = self.w[:, self.col]
+        self.col += 1
+        return w
+
+    def randint(self, high: int) -> torch.Tensor:
+        """[n] integers in [0, high)."""
+        if self.keyed:
+            return (self._word() * high) >> 32
+        return _randint(high, self.n, self.gen, self.like.device)
+
+    def signs(self, c: int) -> torch.Tensor:
+        """[n, c, 1, 1] of ±1 (c ≤ 32 from one word; more channels: a draw of their own)."""
+        if self.keyed and c <= 32:
+            bits = (self._word()[:, None] >> torch.arange(c, device=self.like.device)) & 1
+            return (1 - 2 * bits).to(self.like.dtype).view(self.n, c, 1, 1)
+        if self.keyed:
+            self._word()  # keep the word count fixed
+        return _signs((self.n, c, 1, 1), self.gen, self.like)
+
+    def coin(self) -> torch.Tensor:
+        """[n] fair booleans."""
+        if self.keyed:
+            return (self._word() >> 31) == 1
+        return rng.uniform((self.n,), self.gen, self.like.device) > 0.5
 
 
 def _window(pos_h: torch.Tensor, pos_w: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
@@ -103,6 +149,7 @@ class SquareAttack(Attack):
     """
 
     name = "square"
+    per_sample_rng = True
     kind = "black-box"
     norms = (Norm.LINF, Norm.L2)
     n_queries: int = 5000
@@ -132,7 +179,7 @@ class SquareAttack(Attack):
         top, left = (h - s * nh) // 2, (w - s * nw) // 2
         pat = _square_pattern(s).to(device=x.device, dtype=x.dtype)
         tiled, tiled_t = pat.repeat(nh, nw), pat.T.repeat(nh, nw)  # [nh·s, nw·s]
-        flip = torch.rand((n, 1, nh, nw), generator=generator, device=x.device) > 0.5
+        flip = rng.uniform((n, 1, nh, nw), generator, x.device) > 0.5
         flip = flip.repeat_interleave(s, 2).repeat_interleave(s, 3)
         sign = _signs((n, c, nh, nw), generator, x).repeat_interleave(s, 2).repeat_interleave(s, 3)
         delta = torch.zeros_like(x)
@@ -142,20 +189,24 @@ class SquareAttack(Attack):
 
     # -- proposals ---------------------------------------------------------------------------
 
-    def _propose_linf(self, xc, xb, eps: float, p: float, generator) -> torch.Tensor:
+    def _propose_linf(self, xc, xb, eps: float, p: float, generator, it: int = 0) -> torch.Tensor:
         n, c, h, w = xc.shape
         s = max(min(int(round(math.sqrt(p * h * w))), min(h, w) - 1), 1)
-        pos_h, pos_w = _randint(h - s + 1, n, generator, xc.device), _randint(w - s + 1, n, generator, xc.device)
+        draw = _Draws(generator, n, xc, 3)
+        pos_h, pos_w = draw.randint(h - s + 1), draw.randint(w - s + 1)
         mask = _window(pos_h, pos_w, s, h, w)
         delta = xb - xc
-        sign = _signs((n, c, 1, 1), generator, xc)
+        sign = draw.signs(c)
         x_new = (xc + torch.where(mask, eps * sign, delta)).clamp(0.0, 1.0)
         # The paper resamples a proposal that leaves the square unchanged (it already holds ±ε per
         # channel there). For ε > 0 only one sign vector can do that, so resampling until it
         # changes is drawing uniformly among the others: flip a uniform non-empty set of channels.
         same = (((x_new - xb).abs() < 1e-7) | ~mask).flatten(1).all(dim=1)
         if eps > 0 and bool(same.any()):
-            sign = torch.where(same.view(-1, 1, 1, 1), sign * _nonempty_flips(n, c, generator, xc), sign)
+            rows_ = same.nonzero().squeeze(1)
+            flips = _nonempty_flips(int(rows_.numel()), c, rng.rows(generator, rows_), xc, counter=it)
+            sign = sign.clone()
+            sign[rows_] = sign[rows_] * flips
             x_new = (xc + torch.where(mask, eps * sign, delta)).clamp(0.0, 1.0)
         return x_new
 
@@ -164,8 +215,9 @@ class SquareAttack(Attack):
         s = max(int(round(math.sqrt(p * h * w))), 3)
         s = min(s + 1 if s % 2 == 0 else s, min(h, w))
         dev = xc.device
-        h1, w1 = _randint(h - s + 1, n, generator, dev), _randint(w - s + 1, n, generator, dev)
-        h2, w2 = _randint(h - s + 1, n, generator, dev), _randint(w - s + 1, n, generator, dev)
+        draw = _Draws(generator, n, xc, 6)
+        h1, w1 = draw.randint(h - s + 1), draw.randint(w - s + 1)
+        h2, w2 = draw.randint(h - s + 1), draw.randint(w - s + 1)
         m1 = _window(h1, w1, s, h, w).to(xc.dtype)
         m2 = _window(h2, w2, s, h, w).to(xc.dtype)
         delta = xb - xc
@@ -174,9 +226,9 @@ class SquareAttack(Attack):
         norm_windows = (delta * torch.maximum(m1, m2)).pow(2).sum((2, 3), keepdim=True).sqrt()
 
         pat = _square_pattern(s).to(device=dev, dtype=xc.dtype)
-        flip = (torch.rand(n, generator=generator, device=dev) > 0.5).view(-1, 1, 1)
+        flip = draw.coin().view(-1, 1, 1)
         pats = torch.where(flip, pat.T, pat).expand(n, s, s)
-        new = _place(pats, h1, w1, h, w) * _signs((n, c, 1, 1), generator, xc)
+        new = _place(pats, h1, w1, h, w) * draw.signs(c)
         new = new + delta * m1 / (1e-10 + norm_window)
         # spend the budget freed in both windows (and any unused ε) on window 1, per channel
         budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
@@ -200,7 +252,8 @@ class SquareAttack(Attack):
         if idx.numel() == 0:
             return x_best
         xs = x[idx]
-        x_init = self._init_linf(xs, eps, generator) if linf else self._init_l2(xs, eps, generator)
+        gen = rng.rows(generator, idx)
+        x_init = self._init_linf(xs, eps, gen) if linf else self._init_l2(xs, eps, gen)
         logits = predict(model, x_init, self.counter)
         x_best[idx] = x_init
         best_margin[idx] = margin(logits, y[idx])
@@ -213,9 +266,9 @@ class SquareAttack(Attack):
             xc, xb, yc = x[idx], x_best[idx], y[idx]
             p = self._p(it)
             if linf:
-                x_new = self._propose_linf(xc, xb, eps, p, generator)
+                x_new = self._propose_linf(xc, xb, eps, p, rng.rows(generator, idx), it)
             else:
-                x_new = self._propose_l2(xc, xb, eps, p, generator)
+                x_new = self._propose_l2(xc, xb, eps, p, rng.rows(generator, idx))
             logits = predict(model, x_new, self.counter)
             m = margin(logits, yc)
             wrong = logits.argmax(1) != yc

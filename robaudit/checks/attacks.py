@@ -10,10 +10,13 @@ import base64
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..attacks.base import lp_norm
+from ..metric_names import robust_acc_name
+from ..parts import Part, lowest
 from ..results import Flag, Section, section
 from ..threat import ThreatModel, format_eps
 from .base import CHECKS, Check
@@ -63,6 +66,9 @@ class AttackRun:
     robust: tuple[bool, ...]
     attacked: tuple[bool, ...]
     broken: tuple[bool, ...]
+    per_sample_fields: ClassVar = ("robust", "attacked", "broken")  # what the JSON reader checks (results.Section)
+    counted_fields: ClassVar = (("n_attacked", "attacked"),)
+    implied_fields: ClassVar = (("broken", "attacked"),)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,8 @@ class AdversarialExample:
     shape: tuple[int, ...]
     image: str
     adversarial: str
+    encoded_fields: ClassVar = ("image", "adversarial")  # what the JSON reader checks (results.Section)
+    sample_index_fields: ClassVar = ("index",)
 
 
 @dataclass(frozen=True)
@@ -112,34 +120,148 @@ class AttacksSection(Section):
     ensemble_robust: dict[str, tuple[bool, ...]]
     examples: tuple[AdversarialExample, ...] = ()
     blackbox_only: tuple[BlackboxOnly, ...] = ()  # per ε where white- and black-box attacks both ran
+    preset: str | None = None  # the --attacks preset the list came from (quick, standard, paper), if any
+    per_sample_fields: ClassVar = ("ensemble_robust.*",)  # what the JSON reader checks (results.Section)
 
     def metrics(self) -> dict[str, float]:
-        out = {f"robust_acc.{r.attack}.{r.norm}@{format_eps(r.eps)}": r.robust_accuracy for r in self.runs}
-        out.update({f"robust_acc.ensemble.{self.norm}@{k}": v for k, v in self.ensemble.items()})
+        out = {robust_acc_name(r.attack, r.norm, r.eps): r.robust_accuracy for r in self.runs}
+        out.update({robust_acc_name("ensemble", self.norm, k): v for k, v in self.ensemble.items()})
+        return out
+
+    def outcomes(self) -> dict[str, tuple[bool, ...]]:
+        """Per sample, robust (correct and not broken) for each run and for the worst case."""
+        out = {robust_acc_name(r.attack, r.norm, r.eps): tuple(r.robust) for r in self.runs}
+        out.update({robust_acc_name("ensemble", self.norm, k): tuple(v) for k, v in self.ensemble_robust.items()})
         return out
 
 
 @CHECKS.register("attacks")
 class AttacksCheck(Check):
+    """Per-sample records (table ``samples``), for run r (ε ascending, then the attack list):
+    ``attacked.r``, ``broken.r`` and ``norm.r`` (‖δ‖ of a success, None otherwise); extra: each
+    run's pass counts and seconds, and this process's ``keep_examples`` weakest broken samples
+    (lowest clean margin) with their adversarial examples. In cascade mode a sample's later attacks
+    depend only on its own earlier results, so the records don't depend on batching."""
+
     name = "attacks"
     requires = ("clean",)
     description = "robust accuracy under the attack list at each epsilon"
 
-    def run(self, ctx) -> AttacksSection:
+    def metric_names(self, plan) -> tuple[str, ...]:
+        norm = plan.config.norm.value
+        names = [robust_acc_name(spec.label, norm, eps) for eps in sorted(plan.eps) for spec in plan.config.attacks]
+        return tuple(names) + tuple(robust_acc_name("ensemble", norm, eps) for eps in sorted(plan.eps))
+
+    def compute(self, ctx) -> Part:
         cfg = ctx.config
-        n = ctx.data.n
-        clean_correct = torch.tensor(ctx.sections["clean"].correct, dtype=torch.bool)
-        runs: list[AttackRun] = []
-        raw_ensemble: dict[float, torch.Tensor] = {}
-        weakest: dict[int, tuple[torch.Tensor, str, float]] = {}  # sample → adversarial at the smallest ε
+        clean = ctx.local("clean")
+        correct = torch.tensor(clean.col("correct"), dtype=torch.bool)
+        columns: dict[str, torch.Tensor] = {}
+        runs: list[dict] = []
+        weakest = _Weakest(torch.tensor(clean.col("margin"), dtype=torch.float64), cfg.keep_examples,
+                           enabled=math.prod(ctx.data.input_shape) <= _MAX_EXAMPLE_NUMEL)
         for eps in sorted(ctx.eps):
             threat = ThreatModel(cfg.norm, eps)
+            robust_all = correct.clone()
+            for spec in cfg.attacks:
+                rows = (robust_all if cfg.ensemble == "cascade" else correct).nonzero().squeeze(1)
+                r = len(runs)
+                broken, norms, info = self._run_one(ctx, spec, threat, rows, weakest)
+                attacked = torch.zeros_like(correct)
+                attacked[rows] = True
+                columns.update({f"attacked.{r}": attacked, f"broken.{r}": broken, f"norm.{r}": norms})
+                runs.append(info)
+                robust_all &= ~broken
+        part = Part(extra={"runs": runs, "examples": self._examples(ctx, weakest)})
+        part.add("samples", ctx.positions, **{k: _none_for_nan(v) if k.startswith("norm.") else v for k, v in columns.items()})
+        return part
+
+    @staticmethod
+    def _run_one(ctx, spec, threat, rows, weakest) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Attack this process's samples at local ``rows``: (broken, ‖δ‖ or NaN, counts)."""
+        attack = spec.build()
+        n = int(ctx.positions.numel())
+        broken = torch.zeros(n, dtype=torch.bool)
+        norms = torch.full((n,), math.nan, dtype=torch.float64)
+        targets = ctx.positions[rows]
+        tag = f"attack:{spec.label}:{threat}"
+        t0 = time.perf_counter()
+
+        def batch(x, y, sl):
+            out = attack.run(ctx.model, x, y, threat, attack_rng(ctx, attack, tag, targets[sl]))
+            local = rows[sl]
+            success = out.success.cpu()
+            broken[local] = success
+            if success.any():
+                hit = success.nonzero().squeeze(1)
+                norms[local[hit]] = lp_norm((out.x_adv - x)[hit.to(x.device)], ctx.config.norm).double().cpu()
+                weakest.offer(local[hit], out.x_adv[hit.to(x.device)], spec.label, threat.eps)
+
+        if targets.numel():
+            ctx.map_batches(batch, indices=targets, description=f"{spec.label} {threat}")
+        info = {"forward": int(attack.counter.forward), "backward": int(attack.counter.backward),
+                "seconds": round(time.perf_counter() - t0, 4)}
+        return broken, norms, info
+
+    @staticmethod
+    def _examples(ctx, weakest: "_Weakest") -> list[dict]:
+        """This process's weakest broken samples: candidates for the section's examples."""
+        chosen = weakest.chosen()
+        if not chosen:
+            return []
+        advs = torch.stack([weakest.kept[i][0] for i in chosen]).to(ctx.device)
+        with torch.no_grad():
+            preds = ctx.model(advs).argmax(1).cpu().tolist()
+        pos = ctx.positions[torch.tensor(chosen)]
+        images = ctx.data.batch(pos)
+        out = []
+        for j, (i, pred) in enumerate(zip(chosen, preds)):
+            adv, label, eps = weakest.kept[i]
+            out.append({
+                "position": int(pos[j]), "margin": float(weakest.margins[i]), "label": int(ctx.data.y[pos[j]]),
+                "adversarial_prediction": int(pred), "attack": label, "eps": eps, "shape": list(adv.shape),
+                "image": encode_tensor(images[j]), "adversarial": encode_tensor(adv),
+            })
+        return out
+
+    def combine(self, tables, extras, info) -> AttacksSection:
+        cfg = info.config
+        n = info.n
+        t = tables["samples"]
+        clean_correct = info.clean().tensor("correct", torch.bool)
+        runs: list[AttackRun] = []
+        raw_ensemble: dict[float, torch.Tensor] = {}
+        r = 0
+        for eps in sorted(info.eps):
             robust_all = clean_correct.clone()
             for spec in cfg.attacks:
-                targets = (robust_all if cfg.ensemble == "cascade" else clean_correct).nonzero().squeeze(1)
-                run = self._run_one(ctx, spec, threat, targets, clean_correct, robust_all, weakest)
-                runs.append(run)
-                robust_all &= ~torch.tensor(run.broken)
+                attack = spec.build()
+                attacked = t.tensor(f"attacked.{r}", torch.bool)
+                broken = t.tensor(f"broken.{r}", torch.bool)
+                norms = t.tensor(f"norm.{r}")[broken]
+                counts = [e["runs"][r] for e in extras if e.get("runs")]
+                n_att = int(attacked.sum())
+                robust = (robust_all if cfg.ensemble == "cascade" else clean_correct) & ~broken
+                runs.append(AttackRun(
+                    attack=spec.label,
+                    kind=type(attack).kind,
+                    single_step=type(attack).single_step,
+                    params=attack.params(),
+                    norm=cfg.norm.value,
+                    eps=eps,
+                    robust_accuracy=float(robust.double().mean()) if n else 0.0,
+                    success_rate=float(broken.sum()) / max(n_att, 1),
+                    n_attacked=n_att,
+                    mean_perturbation=float(norms.mean()) if norms.numel() else None,
+                    forward_per_sample=sum(c["forward"] for c in counts) / max(n_att, 1),
+                    backward_per_sample=sum(c["backward"] for c in counts) / max(n_att, 1),
+                    seconds=max((c["seconds"] for c in counts), default=0.0),
+                    robust=tuple(bool(v) for v in robust.tolist()),
+                    attacked=tuple(bool(v) for v in attacked.tolist()),
+                    broken=tuple(bool(v) for v in broken.tolist()),
+                ))
+                robust_all &= ~broken
+                r += 1
             raw_ensemble[eps] = robust_all
         ensemble: dict[str, float] = {}
         ensemble_robust: dict[str, tuple[bool, ...]] = {}
@@ -148,97 +270,65 @@ class AttacksCheck(Check):
             carried &= raw_ensemble[eps]
             ensemble[format_eps(eps)] = float(carried.double().mean()) if n else 0.0
             ensemble_robust[format_eps(eps)] = tuple(bool(v) for v in carried.tolist())
+        candidates = lowest((c for e in extras for c in e.get("examples", [])), cfg.keep_examples)
         section_ = AttacksSection(
             norm=cfg.norm.value,
             mode=cfg.ensemble,
-            eps=tuple(sorted(ctx.eps)),
+            eps=tuple(sorted(info.eps)),
             runs=tuple(runs),
             ensemble=ensemble,
             ensemble_robust=ensemble_robust,
-            examples=self._examples(ctx, weakest),
+            examples=tuple(
+                AdversarialExample(
+                    index=c["position"], label=c["label"], adversarial_prediction=c["adversarial_prediction"],
+                    attack=c["attack"], eps=c["eps"], clean_margin=c["margin"], shape=tuple(c["shape"]),
+                    image=c["image"], adversarial=c["adversarial"],
+                )
+                for c in candidates
+            ),
+            preset=cfg.preset,
             blackbox_only=blackbox_only_counts(tuple(runs), n),
         )
-        ctx.flags.extend(attack_flags(section_, raw_ensemble, n))
+        info.flags.extend(attack_flags(section_, raw_ensemble, n))
         return section_
 
-    @staticmethod
-    def _run_one(ctx, spec, threat, targets, clean_correct, robust_all, weakest) -> AttackRun:
-        cfg = ctx.config
-        attack = spec.build()
-        broken = torch.zeros(ctx.data.n, dtype=torch.bool)
-        attacked = torch.zeros(ctx.data.n, dtype=torch.bool)
-        attacked[targets] = True
-        norms: list[torch.Tensor] = []
-        gen = ctx.generator(f"attack:{spec.label}:{threat}")
-        t0 = time.perf_counter()
 
-        def batch(x, y, sl):
-            out = attack.run(ctx.model, x, y, threat, gen)
-            idx = targets[sl]
-            broken[idx] = out.success.cpu()
-            if out.success.any():
-                delta = (out.x_adv - x)[out.success]
-                norms.append(lp_norm(delta, cfg.norm).cpu())
-                for j in out.success.nonzero().squeeze(1).tolist():
-                    i = int(idx[j])
-                    if i not in weakest or weakest[i][2] > threat.eps:
-                        weakest[i] = (out.x_adv[j].detach().cpu(), spec.label, threat.eps)
+def attack_rng(ctx, attack, tag: str, positions: torch.Tensor):
+    """Per-sample streams for an attack that declares ``per_sample_rng`` (all built-ins); for an
+    older plugin attack that draws from a torch.Generator, one seeded from (seed, tag, the batch's
+    first dataset index and size): reproducible for a given batching only (docs/plugins.md)."""
+    if getattr(type(attack), "per_sample_rng", False):
+        return ctx.sample_rng(tag, positions)
+    first = int(ctx.data.dataset_indices[positions[0]]) if positions.numel() else 0
+    return ctx.generator(f"{tag}:batch:{first}:{positions.numel()}")
 
-        if targets.numel():
-            ctx.map_batches(batch, indices=targets, description=f"{spec.label} {threat}")
-        seconds = time.perf_counter() - t0
-        n_att = int(targets.numel())
-        robust = (robust_all if cfg.ensemble == "cascade" else clean_correct) & ~broken
-        all_norms = torch.cat(norms) if norms else None
-        return AttackRun(
-            attack=spec.label,
-            kind=type(attack).kind,
-            single_step=type(attack).single_step,
-            params=attack.params(),
-            norm=cfg.norm.value,
-            eps=threat.eps,
-            robust_accuracy=float(robust.double().mean()) if ctx.data.n else 0.0,
-            success_rate=float(broken.sum()) / max(n_att, 1),
-            n_attacked=n_att,
-            mean_perturbation=float(all_norms.mean()) if all_norms is not None else None,
-            forward_per_sample=attack.counter.forward / max(n_att, 1),
-            backward_per_sample=attack.counter.backward / max(n_att, 1),
-            seconds=round(seconds, 4),
-            robust=tuple(bool(v) for v in robust.tolist()),
-            attacked=tuple(bool(v) for v in attacked.tolist()),
-            broken=tuple(bool(v) for v in broken.tolist()),
-        )
 
-    @staticmethod
-    def _examples(ctx, weakest) -> tuple[AdversarialExample, ...]:
-        """The ``keep_examples`` broken samples with the smallest clean margin (the weakest)."""
-        if not weakest or ctx.data.x[0].numel() > _MAX_EXAMPLE_NUMEL or ctx.config.keep_examples <= 0:
-            return ()
-        from ..geometry.margin import margin
+def _none_for_nan(values: torch.Tensor) -> list:
+    return [None if math.isnan(v) else float(v) for v in values.tolist()]
 
-        logits = ctx.cache["clean_logits"]
-        margins = margin(logits, ctx.data.y)
-        chosen = sorted(weakest, key=lambda i: float(margins[i]))[: ctx.config.keep_examples]
-        advs = torch.stack([weakest[i][0] for i in chosen]).to(ctx.device)
-        with torch.no_grad():
-            preds = ctx.model(advs).argmax(1).cpu().tolist()
-        out = []
-        for i, pred in zip(chosen, preds):
-            adv, label, eps = weakest[i]
-            out.append(
-                AdversarialExample(
-                    index=int(i),
-                    label=int(ctx.data.y[i]),
-                    adversarial_prediction=int(pred),
-                    attack=label,
-                    eps=eps,
-                    clean_margin=float(margins[i]),
-                    shape=tuple(adv.shape),
-                    image=encode_tensor(ctx.data.x[i]),
-                    adversarial=encode_tensor(adv),
-                )
-            )
-        return tuple(out)
+
+class _Weakest:
+    """Adversarial examples of the weakest broken samples (lowest clean margin; ties: lower
+    position) at the smallest ε that broke them, never more than ``keep`` held at once."""
+
+    def __init__(self, margins: torch.Tensor, keep: int, enabled: bool) -> None:
+        self.margins, self.keep, self.enabled = margins, int(keep), enabled and keep > 0
+        self.kept: dict[int, tuple[torch.Tensor, str, float]] = {}
+        self.seen: set[int] = set()
+
+    def offer(self, rows: torch.Tensor, x_adv: torch.Tensor, label: str, eps: float) -> None:
+        if not self.enabled:
+            return
+        for j, i in enumerate(rows.tolist()):
+            if i in self.seen:  # broken at a smaller ε (runs go by ascending ε) or by an earlier attack
+                continue
+            self.seen.add(i)
+            self.kept[i] = (x_adv[j].detach().float().cpu(), label, eps)
+        for i in sorted(self.kept, key=lambda i: (float(self.margins[i]), i))[self.keep:]:
+            del self.kept[i]
+
+    def chosen(self) -> list[int]:
+        return sorted(self.kept, key=lambda i: (float(self.margins[i]), i))
 
 
 # --- blackbox-beats-whitebox: a binomial test (derivation in docs/flags.md) --------------------

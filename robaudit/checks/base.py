@@ -1,27 +1,82 @@
-"""Check: a battery unit that turns primitives into one ScanResult section."""
+"""Check: a battery unit that turns primitives into one ScanResult section.
+
+A check is computed in two steps so that a scan can be split over batches, shards and processes
+(:mod:`robaudit.parts`):
+
+* ``compute(ctx) -> Part``: per-sample records of the samples this process owns
+  (``ctx.positions``), keyed by scan position, plus ``extra`` (candidates, counts); a
+  ``scope = "model"`` check computes once, in the lead process, and others get an empty part;
+* ``combine(tables, extras, info) -> Section``: the section from the **merged** tables of every
+  part (rows sorted by position) and every part's extra. No model and no data here: everything
+  comes from the parts and ``info`` (:class:`robaudit.parts.CombineInfo`).
+
+A check that implements only ``run(ctx)`` (plugins written before parts existed) still runs in
+single-process scans, with ``ctx.sections`` holding the earlier checks' sections.
+"""
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..registry import Registry
 
 if TYPE_CHECKING:
+    from ..config import ScanConfig
     from ..engine import ScanContext
+    from ..parts import CombineInfo, Part, Tables
 
-__all__ = ["Check", "CHECKS"]
+__all__ = ["Check", "CHECKS", "MetricPlan"]
 
 
-class Check(ABC):
-    """``name`` is the section it writes; ``requires`` the checks that must run before it."""
+@dataclass(frozen=True)
+class MetricPlan:
+    """What a scan is about to do, known before any forward pass: enough to name its metrics.
+
+    eps: the radii it will use (pixel scale [0,1]); model: the loaded, wrapped model (its parameter
+    names), or None when not loaded; train_n: ``--train-n`` or None."""
+
+    config: "ScanConfig"
+    eps: tuple[float, ...]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    train_n: int | None = None
+    model: Any = None
+
+
+class Check:
+    """``name`` is the section it writes; ``requires`` the checks that must run before it;
+    ``scope`` "samples" (shardable per-sample work) or "model" (computed once, in the lead process)."""
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    scope: ClassVar[str] = "samples"
 
-    @abstractmethod
+    def compute(self, ctx: "ScanContext") -> "Part":
+        """This process's part: per-sample tables for ``ctx.positions`` and an extra dict."""
+        raise NotImplementedError(f"check {self.name!r} implements neither compute/combine nor run")
+
+    def combine(self, tables: "Tables", extras: list[dict], info: "CombineInfo"):
+        """The section from every part (see the module docstring)."""
+        raise NotImplementedError(f"check {self.name!r} has compute but no combine")
+
     def run(self, ctx: "ScanContext"):
-        """Return a section dataclass (registered with :func:`robaudit.results.section`)."""
+        """The section of a single-process scan: compute, then combine the one part."""
+        from ..parts import CombineInfo, merge_parts
+
+        part = self.compute(ctx)
+        tables, extras = merge_parts([part], self.name)
+        info = CombineInfo(n=ctx.data.n, class_names=ctx.data.class_names, input_shape=ctx.data.input_shape,
+                           eps=ctx.eps, config=ctx.config, sections=ctx.sections, flags=ctx.flags)
+        for name, earlier in ctx.parts.items():
+            info.tables[name] = merge_parts([earlier], name)[0]
+        return self.combine(tables, extras, info)
+
+    def metric_names(self, plan: MetricPlan) -> tuple[str, ...] | None:
+        """Every metric name :meth:`run`'s section can have, predicted without running it (used by
+        ``scan --list-metrics`` and to reject unknown gate names before a scan). None: this check
+        can't tell in advance, so names under its prefix are checked only after the scan."""
+        return None
 
 
 CHECKS: Registry[type[Check]] = Registry(

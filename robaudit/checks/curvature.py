@@ -60,7 +60,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -78,7 +78,9 @@ from ..geometry.hessian import (
     near_zero_fraction,
 )
 from ..geometry.jacobian import input_jacobian, resolve_fn
+from ..parts import Part, first_correct
 from ..results import Section, section
+from ..rng import is_sample_rng
 from ..threat import Norm
 from .base import CHECKS, Check
 
@@ -88,7 +90,6 @@ __all__ = [
     "SpectrumSummary",
     "CurvatureSection",
     "CurvatureCheck",
-    "select_correct",
     "analysis_model",
     "ball_step",
     "is_piecewise_linear",
@@ -115,12 +116,6 @@ _EIGH_MAX_DIM = 1024  # above: eigvalsh + Lanczos on the explicit matrix for the
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-def select_correct(ctx, k: int) -> torch.Tensor:
-    """Indices (dataset order) of the first ``k`` clean-correct samples."""
-    correct = torch.tensor(ctx.sections["clean"].correct, dtype=torch.bool)
-    return correct.nonzero().squeeze(1)[: max(0, int(k))]
 
 
 def analysis_model(model: nn.Module, sample: torch.Tensor) -> tuple[nn.Module, torch.dtype]:
@@ -225,9 +220,11 @@ def full_spectra(model, x, y, fn, method: str, chunk: int, h: float | None = Non
     d = x[0].numel()
     group = max(1, _FULL_GROUP_BYTES // (d * d * 8))
     eigs, vecs = [], []
+    start = generator.next_counter() if is_sample_rng(generator) else None  # one logical draw for every group
     for s in range(0, x.shape[0], group):
         H = full_hessian(model, x[s : s + group], y[s : s + group], fn, method=method, h=h, chunk=chunk)
-        e, u = _full_spectrum(H, generator)
+        gen = generator.subset(slice(s, s + group), start=start) if start is not None else generator
+        e, u = _full_spectrum(H, gen)
         eigs.append(e)
         vecs.append(u)
     return torch.cat(eigs), torch.cat(vecs)
@@ -351,6 +348,9 @@ class SpectrumSummary:
     near_zero_fraction_mean: float | None
     alignment_mean: float | None
     profile_median: tuple[float | None, ...] = ()  # per rank; () in results written before 0.1.0's report
+    aligned_fields: ClassVar = (  # what the JSON reader checks (results.Section)
+        ("profile_ranks", "profile_mean", "profile_q25", "profile_q75", "profile_median"),
+    )
 
 
 @section("curvature")
@@ -391,6 +391,13 @@ class CurvatureSection(Section):
     hz_exact: tuple[float | None, ...]
     hz_fd: tuple[float | None, ...]
     cure_step: tuple[float | None, ...]
+    aligned_fields: ClassVar = ((  # what the JSON reader checks (results.Section)
+        "indices", "n_samples", "loss_values", "grad_norm", "frobenius_exact", "frobenius_exact_se", "frobenius_fd",
+        "frobenius_fd_se", "hz_exact", "hz_fd", "cure_step",
+        *(f"{spectrum}.{name}" for spectrum in ("exact", "finite_difference")
+          for name in ("lambda_max", "lambda_min", "near_zero_fraction", "alignment", "gu", "frobenius")),
+    ),)
+    sample_index_fields: ClassVar = ("indices",)
 
     def _med(self, values) -> float | None:
         vals = [v for v in values if v is not None]
@@ -419,17 +426,43 @@ class CurvatureSection(Section):
         out["curvature.exact.hz_median"] = self._med(self.hz_exact)
         return {k: v for k, v in out.items() if v is not None}
 
+    def metric_names(self) -> tuple[str, ...]:
+        return CURVATURE_METRICS
 
-def _summary(kind: str, eig: torch.Tensor, ranks: list[int], complete: bool, g: torch.Tensor, u: torch.Tensor,
-             lam_min: torch.Tensor | None = None) -> SpectrumSummary:
-    """``eig [B, m]`` descending (complete: m = d; else the computed ranks in ``ranks`` order)."""
+
+CURVATURE_METRICS = (
+    "curvature.lambda_max_median", "curvature.lambda_max_mean", "curvature.lambda_min_median",
+    "curvature.near_zero_fraction_mean", "curvature.alignment_mean", "curvature.exact.lambda_max_median",
+    "curvature.exact.near_zero_fraction_mean", "curvature.exact.alignment_mean", "curvature.frobenius_median",
+    "curvature.exact.frobenius_median", "curvature.hz_median", "curvature.exact.hz_median",
+)
+
+
+def _per_sample_spectrum(eig: torch.Tensor, ranks: list[int], complete: bool, g: torch.Tensor, u: torch.Tensor) -> dict:
+    """Per-sample columns of one spectrum (``eig [B, m]`` descending; complete: m = d, else the
+    computed ranks in ``ranks`` order): λ_max, λ_min, near-zero fraction, alignment, |gᵀu|,
+    √Σλ² and the eigenvalues at the profile ranks."""
     eig = eig.to(torch.float64).cpu()
-    lam_max = eig[:, 0]
-    lam_min = eig[:, -1] if lam_min is None else lam_min.to(torch.float64).cpu()
-    nz = near_zero_fraction(eig, HESSIAN_ZERO_THRESHOLD) if complete else None
-    al = alignment(g.flatten(1).to(torch.float64).cpu(), u.to(torch.float64).cpu())
-    gu = al * g.flatten(1).to(torch.float64).cpu().norm(dim=1)
-    sel = eig[:, ranks] if complete else eig
+    gf = g.flatten(1).to(torch.float64).cpu()
+    al = alignment(gf, u.to(torch.float64).cpu())
+    nan = torch.full((eig.shape[0],), math.nan, dtype=torch.float64)
+    return {
+        "lam_max": eig[:, 0],
+        "lam_min": eig[:, -1],
+        "nz": near_zero_fraction(eig, HESSIAN_ZERO_THRESHOLD) if complete else nan,
+        "align": al,
+        "gu": al * gf.norm(dim=1),
+        "frob": eig.pow(2).sum(1).sqrt() if complete else nan,
+        "profile": eig[:, ranks] if complete else eig,
+    }
+
+
+def _summary(kind: str, ranks: list[int], complete: bool, per: dict[str, torch.Tensor]) -> SpectrumSummary:
+    """The SpectrumSummary of the samples whose per-sample columns are ``per`` (see
+    :func:`_per_sample_spectrum`; ``profile`` [K, R])."""
+    lam_max, lam_min, sel = per["lam_max"], per["lam_min"], per["profile"]
+    nz = per["nz"] if complete else None
+    al = per["align"]
     q = torch.quantile(sel, torch.tensor([0.25, 0.75, 0.5], dtype=torch.float64), dim=0) if sel.shape[0] else None
     return SpectrumSummary(
         kind=kind,
@@ -439,8 +472,8 @@ def _summary(kind: str, eig: torch.Tensor, ranks: list[int], complete: bool, g: 
         lambda_min=_tup(lam_min),
         near_zero_fraction=_tup(nz),
         alignment=_tup(al),
-        gu=_tup(gu),
-        frobenius=_tup(eig.pow(2).sum(1).sqrt()) if complete else None,
+        gu=_tup(per["gu"]),
+        frobenius=_tup(per["frob"]) if complete else None,
         profile_ranks=tuple(int(r) for r in ranks),
         profile_mean=_tup(sel.mean(0)) if sel.shape[0] else (),
         profile_q25=_tup(q[0]) if q is not None else (),
@@ -454,6 +487,10 @@ def _summary(kind: str, eig: torch.Tensor, ranks: list[int], complete: bool, g: 
     )
 
 
+_SPECTRUM_COLUMNS = ("lam_max", "lam_min", "nz", "align", "gu", "frob", "profile")
+_SAMPLE_COLUMNS = ("loss", "grad_norm", "fro_ex", "fro_ex_se", "fro_fd", "fro_fd_se", "hz_ex", "hz_fd", "cure_step")
+
+
 # --------------------------------------------------------------------------- check
 
 
@@ -464,62 +501,66 @@ class CurvatureCheck(Check):
 
     name = "curvature"
     requires = ("clean",)
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return CURVATURE_METRICS
     description = "input-space curvature of the loss: Hessian spectra, ||H||_F, ||Hz|| (Moosavi-Dezfooli et al.)"
 
     k: int = K_SAMPLES
     full_max_dim: int = FULL_SPECTRUM_MAX_DIM
     n_probes: int = HUTCHINSON_PROBES
 
-    def run(self, ctx) -> CurvatureSection:
+    def compute(self, ctx) -> Part:
+        """Spectra of this process's first ``k`` clean-correct samples (a superset of its share
+        of the scan's first k: the section keeps those)."""
         norm = ctx.config.norm
-        eps_max = float(max(ctx.eps))
-        eps = eps_max * FD_BALL_FRACTION  # the finite-difference step scale
-        idx = select_correct(ctx, self.k)
+        eps = float(max(ctx.eps)) * FD_BALL_FRACTION  # the finite-difference step scale
+        idx = torch.tensor(first_correct(ctx.local("clean"), self.k), dtype=torch.long)
         d = int(math.prod(ctx.data.input_shape))
         full = d <= self.full_max_dim
-        gen = ctx.generator("curvature")
         K = int(idx.numel())
-        acc: dict[str, dict[int, torch.Tensor]] = {}
-        state: dict = {}
+        part = Part()
+        if not K:
+            return part
+        # model-level decisions, the same in every process: the float64 copy, and whether the
+        # network is piecewise linear (probed at scan position 0 with a model-level generator)
+        probe = ctx.data.batch([0]).to(ctx.device)
+        model, dt = analysis_model(ctx.model, probe)
+        pl = is_piecewise_linear(model, probe.to(dt), ctx.data.num_classes, ctx.generator("curvature:piecewise-linear"))
+        exact_method = "gauss-newton" if pl else "full" if full else "lanczos"
+        rows: dict[str, list[torch.Tensor]] = {}
 
         def batch(x, y, sl):
             def put(key, value):  # keyed by batch start: a batch retried after OOM overwrites its entries
-                acc.setdefault(key, {})[sl.start] = value.detach().cpu()
+                rows.setdefault(key, {})[sl.start] = value.detach().to(torch.float64).cpu()
 
-            if "model" not in state:
-                state["model"], state["dtype"] = analysis_model(ctx.model, x)
-                state["pl"] = is_piecewise_linear(state["model"], x[:1].to(state["dtype"]), ctx.data.num_classes, gen)
-            model, dt = state["model"], state["dtype"]
+            gen = ctx.sample_rng("curvature", idx[sl])
             x = x.to(dt)
             chunk = max(1, int(ctx.batch_size))
             loss, g = input_jacobian(model, x, y, "ce")
             put("loss", loss)
-            put("g", g.flatten(1))
+            put("grad_norm", g.flatten(1).norm(dim=1))
             # exact spectrum
-            if state["pl"]:
+            if exact_method == "gauss-newton":
                 eig, u = _gauss_newton_spectrum(model, x, d)
-                put("ex_eig", eig)
-                put("ex_u", u)
-                state["exact_method"] = "gauss-newton"
-            elif full:
+            elif exact_method == "full":
                 try:
                     eig, u = full_spectra(model, x, y, "ce", "func", chunk, generator=gen)
                 except Exception:  # noqa: BLE001 - torch.func can't trace some models (TorchScript)
                     eig, u = full_spectra(model, x, y, "ce", "exact", chunk, generator=gen)
-                put("ex_eig", eig)
-                put("ex_u", u)
-                state["exact_method"] = "full"
             else:
                 op = hvp_operator(model, x, y, "ce", method="exact")
                 kk = lanczos_k_for(d)
                 top, bot, vecs = lanczos(op, d, kk, max(kk, min(LANCZOS_ITERS, d)), gen, batch=x.shape[0], device=x.device)
-                put("ex_eig", torch.cat([top, bot.flip(-1)], dim=1))
-                put("ex_u", vecs[:, 0])
-                state["exact_method"] = "lanczos"
+                eig, u = torch.cat([top, bot.flip(-1)], dim=1), vecs[:, 0]
+            ranks = profile_ranks(d) if exact_method != "lanczos" else lanczos_ranks(d)
+            for key, value in _per_sample_spectrum(eig, ranks, exact_method != "lanczos", g, u).items():
+                put(f"ex.{key}", value)
             # finite-difference spectrum at the ball step
             e, u, bottom = fd_spectrum(model, x, y, "ce", norm, eps, full=full, chunk=chunk, generator=gen)
-            put("fd_eig", e if bottom is None else torch.cat([e, bottom.flip(-1)], dim=1))
-            put("fd_u", u)
+            fd_eig = e if bottom is None else torch.cat([e, bottom.flip(-1)], dim=1)
+            for key, value in _per_sample_spectrum(fd_eig, profile_ranks(d) if full else lanczos_ranks(d), full, g, u).items():
+                put(f"fd.{key}", value)
             # Hutchinson (Rademacher probes), exact and finite difference
             shape = tuple(x.shape)
             f_ex, se_ex = hutchinson_frobenius(hvp_operator(model, x, y, "ce", method="exact"), shape, self.n_probes, gen, dtype=dt, device=x.device)
@@ -536,31 +577,53 @@ class CurvatureCheck(Check):
             put("hz_fd", hvp_fd(model, x, y, z, t, "ce", grad_at_x=g).flatten(1).norm(dim=1))
             put("cure_step", t * z.flatten(1).norm(dim=1))
 
-        if K:
-            ctx.map_batches(batch, indices=idx, description=f"curvature ({K} samples)")
-        cat = {k: torch.cat([v[s] for s in sorted(v)]) for k, v in acc.items()}
-        dtype_name = str(state.get("dtype", torch.float32)).replace("torch.", "")
+        ctx.map_batches(batch, indices=idx, description=f"curvature ({K} samples)")
+        cat = {k: torch.cat([v[s] for s in sorted(v)]) for k, v in rows.items()}
+        columns = {k: _nan_to_none(v) for k, v in cat.items()}
+        part.add("samples", idx, **columns)
+        part.extra = {"exact_method": exact_method, "piecewise_linear": bool(pl),
+                      "dtype": str(dt).replace("torch.", ""), "full": full, "fd_step": eps}
+        return part
+
+    def combine(self, tables, extras, info) -> CurvatureSection:
+        norm = info.config.norm
+        eps_max = float(max(info.eps))
+        eps = eps_max * FD_BALL_FRACTION
+        d = int(math.prod(info.input_shape))
+        full = d <= self.full_max_dim
+        chosen = first_correct(info.clean(), self.k)
+        K = len(chosen)
+        meta = next((e for e in extras if "exact_method" in e), {})
         exact = fd = None
+        cols: dict[str, torch.Tensor] = {}
         if K:
-            g = cat["g"]
-            ranks_full = profile_ranks(d)
+            t = tables["samples"]
+            for key in t.data:
+                if key != "positions":
+                    cols[key] = torch.tensor([math.nan if v is None else v for v in t.at(key, chosen)], dtype=torch.float64) \
+                        if not key.endswith(".profile") else torch.tensor(_nan_rows(t.at(key, chosen)), dtype=torch.float64)
+            method = meta["exact_method"]
             kk = lanczos_k_for(d)
-            l_ranks = lanczos_ranks(d)
-            ex_complete = state["exact_method"] != "lanczos"
             exact_kind = {
                 "gauss-newton": "exact: J^T (diag p - p p^T) J (the network is piecewise linear, so this is the exact Hessian a.e.)",
                 "full": "exact: full Hessian by forward-over-reverse autodiff",
                 "lanczos": f"exact: top/bottom {kk} eigenvalues by Lanczos on exact Hessian-vector products",
-            }[state["exact_method"]]
-            exact = _summary(exact_kind, cat["ex_eig"], ranks_full if ex_complete else l_ranks, ex_complete, g, cat["ex_u"])
+            }[method]
+            ex_complete = method != "lanczos"
+            exact = _summary(exact_kind, profile_ranks(d) if ex_complete else lanczos_ranks(d), ex_complete,
+                             {k: cols[f"ex.{k}"] for k in _SPECTRUM_COLUMNS})
             fd_kind = (
                 f"finite difference: pixel-basis columns (grad(x + h e_i) - grad(x))/h, h = {eps:g} per pixel "
                 f"(the largest single-pixel move inside the {norm.value} eps-ball), symmetrized"
                 if full
                 else f"finite difference: top/bottom {kk} eigenvalues by Lanczos, each step to the {norm.value} eps-ball's boundary (eps = {eps:g})"
             )
-            fd = _summary(fd_kind, cat["fd_eig"], ranks_full if full else l_ranks, full, g, cat["fd_u"])
+            fd = _summary(fd_kind, profile_ranks(d) if full else lanczos_ranks(d), full, {k: cols[f"fd.{k}"] for k in _SPECTRUM_COLUMNS})
         empty: tuple = ()
+
+        def column(key: str):
+            return _tup(cols[key]) if K else empty
+
         return CurvatureSection(
             loss="cross-entropy (nats), per sample",
             scale="pixel space [0,1]; eigenvalues, ||H||_F and ||Hz|| in nats per pixel^2",
@@ -568,21 +631,35 @@ class CurvatureCheck(Check):
             eps=eps_max,
             fd_step=eps,
             d=d,
-            dtype=dtype_name,
+            dtype=meta.get("dtype", "float32"),
             n_samples=K,
-            indices=tuple(int(i) for i in idx.tolist()),
-            exact_method=state.get("exact_method", "none"),
-            piecewise_linear=bool(state.get("pl", False)),
-            loss_values=_tup(cat["loss"]) if K else empty,
-            grad_norm=_tup(cat["g"].norm(dim=1)) if K else empty,
+            indices=tuple(chosen),
+            exact_method=meta.get("exact_method", "none"),
+            piecewise_linear=bool(meta.get("piecewise_linear", False)),
+            loss_values=column("loss"),
+            grad_norm=column("grad_norm"),
             exact=exact,
             finite_difference=fd,
             n_probes=int(self.n_probes),
-            frobenius_exact=_tup(cat["fro_ex"]) if K else empty,
-            frobenius_exact_se=_tup(cat["fro_ex_se"]) if K else empty,
-            frobenius_fd=_tup(cat["fro_fd"]) if K else empty,
-            frobenius_fd_se=_tup(cat["fro_fd_se"]) if K else empty,
-            hz_exact=_tup(cat["hz_ex"]) if K else empty,
-            hz_fd=_tup(cat["hz_fd"]) if K else empty,
-            cure_step=_tup(cat["cure_step"]) if K else empty,
+            frobenius_exact=column("fro_ex"),
+            frobenius_exact_se=column("fro_ex_se"),
+            frobenius_fd=column("fro_fd"),
+            frobenius_fd_se=column("fro_fd_se"),
+            hz_exact=column("hz_ex"),
+            hz_fd=column("hz_fd"),
+            cure_step=column("cure_step"),
         )
+
+
+def _nan_to_none(t: torch.Tensor) -> list:
+    """Per-sample values (1-D) or rows (2-D) as JSON-native lists, NaN → None."""
+    def one(v: float):
+        return None if math.isnan(v) else float(v)
+
+    if t.dim() == 1:
+        return [one(v) for v in t.tolist()]
+    return [[one(v) for v in row] for row in t.tolist()]
+
+
+def _nan_rows(rows: list) -> list:
+    return [[math.nan if v is None else v for v in row] for row in rows]

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -46,11 +47,12 @@ from ..attacks.deepfool import DeepFool
 from ..geometry.bounds import second_order_radius, theorem1_bounds
 from ..geometry.jacobian import input_jacobian, jacobian_stats
 from ..geometry.margin import margin
+from ..parts import Part
 from ..results import Section, section
 from ..threat import Norm
 from .base import CHECKS, Check
 from ..geometry.hessian import near_zero_fraction
-from .curvature import HESSIAN_ZERO_THRESHOLD, _r, _tup, analysis_model, fd_spectrum
+from .curvature import HESSIAN_ZERO_THRESHOLD, _nan_to_none, _r, _tup, analysis_model, fd_spectrum
 
 __all__ = ["Theorem1Result", "IndicatorSection", "IndicatorCheck", "spearman", "boundary_loss"]
 
@@ -159,6 +161,12 @@ class IndicatorSection(Section):
     spearman_l2: float | None
     fraction_radius_below_attack_linf: float | None
     fraction_radius_below_attack_l2: float | None
+    aligned_fields: ClassVar = ((  # what the JSON reader checks (results.Section)
+        "indices", "n_samples", "t", "loss_values", "radii_l2", "radii_linf", "margin", "j_l1", "j_l2", "lambda_abs_max",
+        "margin_hessian_near_zero_fraction", "radius_linf", "radius_l2",
+        "theorem1.*.lower", "theorem1.*.upper", "theorem1.*.lower_bracket", "theorem1.*.upper_bracket",
+    ),)
+    sample_index_fields: ClassVar = ("indices",)
 
     def metrics(self) -> dict[str, float]:
         out = {
@@ -174,6 +182,17 @@ class IndicatorSection(Section):
             out[f"indicator.theorem1.{key}.fraction_within"] = res.fraction_within
             out[f"indicator.theorem1.{key}.fraction_within_bracket"] = res.fraction_within_bracket
         return {k: v for k, v in out.items() if v is not None}
+
+    def metric_names(self) -> tuple[str, ...]:
+        return INDICATOR_METRICS
+
+
+INDICATOR_METRICS = (
+    "indicator.radius_linf_median", "indicator.radius_l2_median", "indicator.mean_j_l1", "indicator.mean_lambda_abs_max",
+    "indicator.margin_hessian_near_zero_fraction_mean", "indicator.spearman_linf", "indicator.spearman_l2",
+) + tuple(
+    f"indicator.theorem1.{key}.{name}" for key in ("finite_difference", "exact") for name in ("fraction_within", "fraction_within_bracket")
+)
 
 
 def _opt(values) -> torch.Tensor:
@@ -211,67 +230,91 @@ class IndicatorCheck(Check):
     requires = ("clean", "curvature")
     description = "Theorem 1 bounds (Moosavi-Dezfooli et al.) and Eq. 9 robustness indicator (Yu et al.) vs attack radii"
 
-    def _radii(self, ctx, idx: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, str]:
-        minimal = ctx.sections.get("minimal")
-        if minimal is not None and getattr(minimal, "norm", None) == norm.value:
-            vals = [minimal.radii[i] for i in idx.tolist()]
-            return _opt(vals), f"minimal section ({minimal.method})"
-        out = torch.full((idx.numel(),), math.nan, dtype=torch.float64)
-        df = DeepFool()
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return INDICATOR_METRICS
 
-        def batch(x, y, sl):
-            _, norms = df.minimal_perturbation(ctx.model, x, y, norm)
-            norms = norms.detach().double().cpu()
-            out[sl] = torch.where(torch.isfinite(norms), norms, torch.full_like(norms, math.nan))
-
-        ctx.map_batches(batch, indices=idx, description=f"DeepFool {norm.value} radii")
-        return out, "DeepFool (overshoot 0.02), unrefined; an upper bound on the true minimum"
-
-    def run(self, ctx) -> IndicatorSection:
-        curv = ctx.sections["curvature"]
-        idx = torch.tensor(curv.indices, dtype=torch.long)
+    def compute(self, ctx) -> Part:
+        """Per-sample records (table ``samples``) on this process's curvature samples: t, L(x),
+        ‖∂L/∂x‖₁/₂, max|λ| and the near-zero fraction of the margin's finite-difference Hessian,
+        and DeepFool radii for the norms the ``minimal`` check doesn't provide."""
+        curv = ctx.parts["curvature"]
+        idx = curv.table("samples").pos_tensor
         K = int(idx.numel())
-        d = curv.d
-        norm = Norm.parse(curv.norm)
-        eps = float(curv.fd_step)
-        # --- per-sample quantities at x: margin, its Jacobian, logits; margin FD Hessian
-        L = torch.empty(K, dtype=torch.float64)
-        j1 = torch.empty(K, dtype=torch.float64)
-        j2 = torch.empty(K, dtype=torch.float64)
-        lam = torch.empty(K, dtype=torch.float64)
-        t_b = torch.empty(K, dtype=torch.float64)
-        nz = torch.full((K,), math.nan, dtype=torch.float64)
-        full = curv.finite_difference is not None and curv.finite_difference.complete
-        gen = ctx.generator("indicator")
+        part = Part()
+        if not K:
+            return part
+        norm = ctx.config.norm
+        eps = float(curv.extra["fd_step"])
+        full = bool(curv.extra["full"])
         state: dict = {}
+        cols: dict[str, dict[int, torch.Tensor]] = {}
+
+        def put(key, sl, value):
+            cols.setdefault(key, {})[sl.start] = value.detach().double().cpu()
 
         def batch(x, y, sl):
             if "model" not in state:
                 state["model"], state["dtype"] = analysis_model(ctx.model, x)
             model = state["model"]
-            x = x.to(state["dtype"])
+            x_in, x = x, x.to(state["dtype"])
             with torch.no_grad():
                 logits = model(x)
-            t_b[sl] = boundary_loss(logits, y).cpu()
+            put("t", sl, boundary_loss(logits, y))
             vals, grads = input_jacobian(model, x, y, "margin")
             st = jacobian_stats(grads)
-            L[sl], j1[sl], j2[sl] = vals.double().cpu(), st["l1"].double().cpu(), st["l2"].double().cpu()
+            put("margin", sl, vals)
+            put("j_l1", sl, st["l1"])
+            put("j_l2", sl, st["l2"])
+            gen = ctx.sample_rng("indicator", idx[sl])
             e, _, bottom = fd_spectrum(model, x, y, "margin", norm, eps, full=full, chunk=max(1, int(ctx.batch_size)), generator=gen)
             top_abs = e.abs().amax(dim=1)
             if bottom is not None:
                 top_abs = torch.maximum(top_abs, bottom.abs().amax(dim=1))
-            lam[sl] = top_abs.double().cpu()
-            if bottom is None:
-                nz[sl] = near_zero_fraction(e.double(), HESSIAN_ZERO_THRESHOLD).cpu()
+            put("lambda_abs_max", sl, top_abs)
+            nz = near_zero_fraction(e.double(), HESSIAN_ZERO_THRESHOLD) if bottom is None else torch.full_like(top_abs, math.nan)
+            put("near_zero", sl, nz)
+            for radius_norm in (Norm.L2, Norm.LINF):
+                if radius_norm is not self._minimal_norm(ctx.config, ctx.parts):
+                    _, norms = DeepFool().minimal_perturbation(ctx.model, x_in, y, radius_norm)
+                    put(f"deepfool_{radius_norm.value}", sl, torch.where(torch.isfinite(norms), norms, torch.full_like(norms, math.nan)))
 
-        if K:
-            ctx.map_batches(batch, indices=idx, description=f"indicator ({K} samples)")
-        r2, src2 = self._radii(ctx, idx, Norm.L2) if K else (torch.empty(0, dtype=torch.float64), "none")
-        rinf, srcinf = self._radii(ctx, idx, Norm.LINF) if K else (torch.empty(0, dtype=torch.float64), "none")
+        ctx.map_batches(batch, indices=idx, description=f"indicator ({K} samples)")
+        part.add("samples", idx, **{k: _nan_to_none(torch.cat([v[s] for s in sorted(v)])) for k, v in cols.items()})
+        return part
+
+    @staticmethod
+    def _minimal_norm(config, parts) -> Norm | None:
+        """The norm whose radii the ``minimal`` check provides (None if it did not run)."""
+        return config.norm if "minimal" in parts else None
+
+    def combine(self, tables, extras, info) -> IndicatorSection:
+        curv = info.sections["curvature"]
+        idx = list(curv.indices)
+        K = len(idx)
+        d = curv.d
+        norm = Norm.parse(curv.norm)
+        eps = float(curv.fd_step)
+        full = curv.finite_difference is not None and curv.finite_difference.complete
+        t = tables["samples"]
+
+        def col(key: str) -> torch.Tensor:
+            return _opt(t.at(key, idx)) if K else torch.empty(0, dtype=torch.float64)
+
+        t_b, L, j1, j2, lam, nz = (col(k) for k in ("t", "margin", "j_l1", "j_l2", "lambda_abs_max", "near_zero"))
+        minimal = info.sections.get("minimal")
+        radii = {}
+        for radius_norm in (Norm.L2, Norm.LINF):
+            if minimal is not None and getattr(minimal, "norm", None) == radius_norm.value:
+                radii[radius_norm] = (_opt([minimal.radii[i] for i in idx]), f"minimal section ({minimal.method})")
+            elif K:
+                radii[radius_norm] = (col(f"deepfool_{radius_norm.value}"), "DeepFool (overshoot 0.02), unrefined; an upper bound on the true minimum")
+            else:
+                radii[radius_norm] = (torch.empty(0, dtype=torch.float64), "none")
+        (r2, src2), (rinf, srcinf) = radii[Norm.L2], radii[Norm.LINF]
         # --- Theorem 1
         loss = _opt(curv.loss_values)
         gnorm = _opt(curv.grad_norm)
-        C = ctx.data.num_classes
+        C = info.num_classes
         c = t_b - loss
         c2 = math.log(2) - loss
         cC = math.log(C) - loss
@@ -294,7 +337,7 @@ class IndicatorCheck(Check):
 
         return IndicatorSection(
             n_samples=K,
-            indices=tuple(int(i) for i in idx.tolist()),
+            indices=tuple(int(i) for i in idx),
             d=d,
             t_choice=(
                 "t = log(2 + sum_{i not in {y, j}} exp(Z_i - Z_j)), the CE once Z_y is lowered to the runner-up's "

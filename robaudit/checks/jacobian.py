@@ -20,12 +20,14 @@ Heatmaps: the margin gradient of the :data:`N_HEATMAPS` correct samples with the
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..geometry.jacobian import input_jacobian, jacobian_stats
-from ..geometry.margin import margin
+from ..parts import Part, lowest
 from ..results import Section, section
 from .attacks import encode_tensor
 from .base import CHECKS, Check
@@ -65,6 +67,8 @@ class JacobianStats:
     l2: tuple[float, ...]
     linf: tuple[float, ...]
     zero_fraction: tuple[float, ...]
+    per_sample_fields: ClassVar = ("l1", "l2", "linf", "zero_fraction")  # what the JSON reader checks (results.Section)
+    per_class_fields: ClassVar = ("per_class_l1", "per_class_l2", "per_class_zero_fraction")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class JacobianHeatmap:
     shape: tuple[int, ...]
     image: str
     gradient: str
+    encoded_fields: ClassVar = ("image", "gradient")  # what the JSON reader checks (results.Section)
+    sample_index_fields: ClassVar = ("index",)
 
 
 @section("jacobian")
@@ -86,8 +92,8 @@ class JacobianHeatmap:
 class JacobianSection(Section):
     """Input gradients of the margin (``margin``: logit units per pixel unit) and of the
     cross-entropy (``ce``: nats per pixel unit) over all ``n`` samples, pixel space [0,1].
-    ``zero_threshold``: the |entry| below which an entry counts as zero. ``heatmaps``: the
-    lowest-margin correct samples' margin gradients."""
+    ``zero_threshold``: the |entry| below which an entry counts as zero. ``heatmaps``: the margin
+    gradients of the lowest-margin correct samples and of the attack gallery's samples."""
 
     scale: str
     zero_threshold: float
@@ -100,16 +106,16 @@ class JacobianSection(Section):
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for key, st in (("margin", self.margin), ("ce", self.ce)):
-            out.update({
-                f"jacobian.{key}.l1_mean": st.mean_l1,
-                f"jacobian.{key}.l1_median": st.median_l1,
-                f"jacobian.{key}.l2_mean": st.mean_l2,
-                f"jacobian.{key}.l2_median": st.median_l2,
-                f"jacobian.{key}.linf_mean": st.mean_linf,
-                f"jacobian.{key}.zero_fraction_mean": st.mean_zero_fraction,
-                f"jacobian.{key}.zero_fraction_median": st.median_zero_fraction,
-            })
+            out.update({f"jacobian.{key}.{name}": getattr(st, attr) for name, attr in _METRIC_FIELDS.items()})
         return out
+
+
+# metric suffix → JacobianStats field, for jacobian.<margin|ce>.<suffix>
+_METRIC_FIELDS = {
+    "l1_mean": "mean_l1", "l1_median": "median_l1", "l2_mean": "mean_l2", "l2_median": "median_l2",
+    "linf_mean": "mean_linf", "zero_fraction_mean": "mean_zero_fraction", "zero_fraction_median": "median_zero_fraction",
+}
+JACOBIAN_METRICS = tuple(f"jacobian.{key}.{name}" for key in ("margin", "ce") for name in _METRIC_FIELDS)
 
 
 def _stats(function: str, per: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int) -> JacobianStats:
@@ -137,21 +143,19 @@ def _stats(function: str, per: dict[str, torch.Tensor], y: torch.Tensor, num_cla
     )
 
 
-def lowest_margin_correct(ctx, count: int) -> list[int]:
-    """Dataset indices of the ``count`` clean-correct samples with the smallest margin L(x) > 0
-    (ascending margin; ties by index)."""
-    logits = ctx.cache["clean_logits"].double()
-    m = margin(logits, ctx.data.y)
-    correct = torch.tensor(ctx.sections["clean"].correct, dtype=torch.bool)
-    cand = correct.nonzero().squeeze(1)
-    if cand.numel() == 0 or count <= 0:
-        return []
-    order = torch.argsort(m[cand], stable=True)
-    return [int(i) for i in cand[order[:count]].tolist()]
+def lowest_margin_correct(clean, count: int) -> list[int]:
+    """Positions of the ``count`` clean-correct samples of ``clean`` (a clean table: this process's
+    or the merged one) with the smallest margin L(x) (ascending margin; ties by position)."""
+    cands = [{"position": p, "margin": m} for p, m, ok in zip(clean.positions, clean.col("margin"), clean.col("correct")) if ok]
+    return [c["position"] for c in lowest(cands, count)]
 
 
 @CHECKS.register("jacobian")
 class JacobianCheck(Check):
+    """Per-sample records (table ``samples``): ``{margin,ce}.{l1,l2,linf,zero_frac}``; extra: this
+    process's ``n_heatmaps`` lowest-margin correct samples with their margin gradients (the section
+    keeps the lowest of all)."""
+
     name = "jacobian"
     requires = ("clean",)
     description = "input gradients of the margin and the loss: norms, near-zero entries, heatmaps (Yu et al.)"
@@ -159,13 +163,26 @@ class JacobianCheck(Check):
     zero_threshold: float = ZERO_THRESHOLD
     n_heatmaps: int = N_HEATMAPS
 
-    def run(self, ctx) -> JacobianSection:
-        n = ctx.data.n
-        d = int(torch.tensor(ctx.data.input_shape).prod())
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return JACOBIAN_METRICS
+
+    def _heatmap_candidates(self, ctx, clean) -> set[int]:
+        """This process's ``n_heatmaps`` lowest-margin correct samples, plus every sample of which the
+        attacks check kept a gallery candidate here (so each card of the report's gallery has its
+        heatmap; the section keeps those that made the gallery, see :meth:`combine`)."""
+        keep = set(lowest_margin_correct(clean, self.n_heatmaps))
+        attacks = ctx.parts.get("attacks")
+        if attacks is not None:
+            keep |= {int(ex["position"]) for ex in attacks.extra.get("examples", [])}
+        return keep
+
+    def compute(self, ctx) -> Part:
+        n = int(ctx.positions.numel())
+        d = math.prod(ctx.data.input_shape)
         per = {fn: {k: torch.empty(n, dtype=torch.float64) for k in _STATS} for fn in ("margin", "ce")}
-        keep = lowest_margin_correct(ctx, self.n_heatmaps) if d <= MAX_HEATMAP_NUMEL else []
+        clean = ctx.local("clean")
+        keep = self._heatmap_candidates(ctx, clean) if d <= MAX_HEATMAP_NUMEL else set()
         kept: dict[int, torch.Tensor] = {}
-        keep_set = set(keep)
 
         def batch(x, y, sl):
             for fn in ("margin", "ce"):
@@ -173,34 +190,43 @@ class JacobianCheck(Check):
                 st = jacobian_stats(grads, self.zero_threshold)
                 for k in _STATS:
                     per[fn][k][sl] = st[k].detach().double().cpu()
-                if fn == "margin" and keep_set:
-                    for j, i in enumerate(range(sl.start, sl.stop)):
-                        if i in keep_set:
-                            kept[i] = grads[j].detach().float().cpu()
+                if fn == "margin" and keep:
+                    for j, p in enumerate(ctx.positions[sl].tolist()):
+                        if p in keep:
+                            kept[p] = grads[j].detach().float().cpu()
 
         ctx.map_batches(batch, description="input Jacobians")
-        y = ctx.data.y
-        logits = ctx.cache["clean_logits"].double()
-        m = margin(logits, y)
+        part = Part()
+        part.add("samples", ctx.positions, **{f"{fn}.{k}": per[fn][k] for fn in per for k in _STATS})
+        images = ctx.data.batch(sorted(kept)) if kept else None
+        part.extra["heatmaps"] = [
+            {"position": p, "margin": clean.at("margin", [p])[0], "label": int(ctx.data.y[p]),
+             "l1": float(per["margin"]["l1"][clean.row_of[p]]), "shape": list(kept[p].shape),
+             "image": encode_tensor(images[j]), "gradient": encode_tensor(kept[p])}
+            for j, p in enumerate(sorted(kept))
+        ]
+        return part
+
+    def combine(self, tables, extras, info) -> JacobianSection:
+        t = tables["samples"]
+        y = info.clean().tensor("label", torch.long)
+        per = {fn: {k: t.tensor(f"{fn}.{k}") for k in _STATS} for fn in ("margin", "ce")}
+        candidates = [h for e in extras for h in e.get("heatmaps", [])]
+        gallery = {int(ex.index) for ex in getattr(info.sections.get("attacks"), "examples", ()) or ()}
+        chosen = {h["position"]: h for h in lowest(candidates, self.n_heatmaps)}
+        chosen.update({h["position"]: h for h in candidates if h["position"] in gallery})
+        chosen = lowest(chosen.values(), len(chosen))  # ascending margin, ties by position
         heatmaps = tuple(
-            JacobianHeatmap(
-                index=i,
-                label=int(y[i]),
-                margin=_round(float(m[i])),
-                l1=_round(float(per["margin"]["l1"][i])),
-                shape=tuple(int(s) for s in ctx.data.x[i].shape),
-                image=encode_tensor(ctx.data.x[i]),
-                gradient=encode_tensor(kept[i]),
-            )
-            for i in keep
-            if i in kept
+            JacobianHeatmap(index=h["position"], label=h["label"], margin=_round(h["margin"]), l1=_round(h["l1"]),
+                            shape=tuple(h["shape"]), image=h["image"], gradient=h["gradient"])
+            for h in chosen
         )
         return JacobianSection(
             scale="pixel space [0,1]; margin gradient in logit units per pixel unit, CE gradient in nats per pixel unit",
             zero_threshold=float(self.zero_threshold),
-            n=n,
-            d=d,
-            margin=_stats("d/dx of L(x) = Z_y - max_{i!=y} Z_i (logit units)", per["margin"], y, ctx.data.num_classes),
-            ce=_stats("d/dx of the per-sample cross-entropy (nats)", per["ce"], y, ctx.data.num_classes),
+            n=info.n,
+            d=math.prod(info.input_shape),
+            margin=_stats("d/dx of L(x) = Z_y - max_{i!=y} Z_i (logit units)", per["margin"], y, info.num_classes),
+            ce=_stats("d/dx of the per-sample cross-entropy (nats)", per["ce"], y, info.num_classes),
             heatmaps=heatmaps,
         )

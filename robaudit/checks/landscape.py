@@ -18,13 +18,15 @@ Cost: (STEPS_1D + STEPS_2D²) forward passes of the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..errors import RuntimeFailure
 from ..geometry.margin import cross_entropy
 from ..geometry.surfaces import param_landscape
-from ..results import Section, section
+from ..parts import Part
+from ..results import Section, from_jsonable, section, to_jsonable
 from .base import CHECKS, Check
 
 __all__ = ["N_SAMPLES", "STEPS_1D", "STEPS_2D", "EXTENT", "LandscapeSection", "LandscapeCheck"]
@@ -63,6 +65,11 @@ class LandscapeSection(Section):
     mean_increase_2d: float | None
     weights_restored: bool
     skipped: str = ""
+    aligned_fields: ClassVar = (  # what the JSON reader checks (results.Section): curves and grids match their axes
+        ("axis_1d", "loss_1d", "accuracy_1d"),
+        ("axis_2d", "loss_2d", "loss_2d.*", "accuracy_2d", "accuracy_2d.*"),
+    )
+    finite_fields: ClassVar = ("axis_1d.*", "axis_2d.*")
 
     def metrics(self) -> dict[str, float]:
         out = {
@@ -71,6 +78,12 @@ class LandscapeSection(Section):
             "landscape.mean_increase_2d": self.mean_increase_2d,
         }
         return {k: v for k, v in out.items() if v is not None}
+
+    def metric_names(self) -> tuple[str, ...]:
+        return LANDSCAPE_METRICS
+
+
+LANDSCAPE_METRICS = ("landscape.center_loss", "landscape.sharpness_1d", "landscape.mean_increase_2d")
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -91,13 +104,24 @@ class LandscapeCheck(Check):
     requires = ("clean",)
     description = "parameter-space loss landscape with filter normalization (Li et al. 2018; Xu et al.)"
 
+    scope = "model"  # computed once, by the lead process
+
     n_samples: int = N_SAMPLES
     steps_1d: int = STEPS_1D
     steps_2d: int = STEPS_2D
     extent: float = EXTENT
 
-    def run(self, ctx) -> LandscapeSection:
-        model = ctx.model
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return LANDSCAPE_METRICS
+
+    def compute(self, ctx) -> Part:
+        return Part(extra={"section": to_jsonable(self._landscape(ctx))})
+
+    def combine(self, tables, extras, info) -> LandscapeSection:
+        return from_jsonable(LandscapeSection, next(e["section"] for e in extras if "section" in e))
+
+    def _landscape(self, ctx) -> LandscapeSection:
+        model = ctx.plain_model
         norm_note = "filter normalization (Li et al. 2018): each filter of a Gaussian direction scaled to the weight filter's norm; biases/norm layers fixed"
         params = {k: p for k, p in model.named_parameters() if p.is_floating_point()}
         if not params:
@@ -108,7 +132,7 @@ class LandscapeCheck(Check):
                 skipped="the model exposes no floating-point parameters (a frozen export?)",
             )
         n = min(int(self.n_samples), ctx.data.n)
-        x = ctx.data.x[:n].to(ctx.device)
+        x = ctx.data.batch(slice(0, n)).to(ctx.device)
         y = ctx.data.y[:n].to(ctx.device)
         gen = ctx.generator("landscape")
         gdev = gen.device

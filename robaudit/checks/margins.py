@@ -6,14 +6,22 @@ softmax(Z)_y and the cross-entropy loss in nats, whose histograms the report dra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..geometry.margin import cross_entropy, margin, true_class_probability
+from ..parts import Part, to_list
 from ..results import Section, section
 from .base import CHECKS, Check
+from .clean import per_class_mean
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+QUANTILE_KEYS = tuple(f"{int(q * 100):02d}" for q in QUANTILES)
+MARGIN_METRICS = ("margins.mean", "margins.median", "margins.fraction_negative", "margins.mean_loss") + tuple(
+    f"margins.q{k}" for k in QUANTILE_KEYS
+)
+TRAIN_METRICS = ("margins.loss_gap", "margins.train_median")  # with --train-n
 
 
 @section("margins")
@@ -40,6 +48,8 @@ class MarginSection(Section):
     train_mean_loss: float | None = None
     loss_gap: float | None = None
     train_margins: tuple[float, ...] = ()
+    per_sample_fields: ClassVar = ("margins", "true_class_probability", "loss")  # what the JSON reader checks (results.Section)
+    per_class_fields: ClassVar = ("per_class_mean",)
 
     def metrics(self) -> dict[str, float]:
         out = {
@@ -54,58 +64,73 @@ class MarginSection(Section):
             out["margins.train_median"] = self.train_median
         return out
 
+    def metric_names(self) -> tuple[str, ...]:
+        return MARGIN_METRICS + (TRAIN_METRICS if self.train_n else ())
+
 
 @CHECKS.register("margins")
 class MarginCheck(Check):
+    """Per-sample records (table ``samples``): margin, p_true, loss (float64 from the float32 clean
+    logits). With ``--train-n`` the lead process also records the training samples' margins and
+    losses (extra ``train``); the loss gap is recomputed from both lists."""
+
     name = "margins"
     requires = ("clean",)
     description = "distribution of the logit margin L(x), true-class probability and loss"
 
-    def run(self, ctx) -> MarginSection:
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return MARGIN_METRICS + (TRAIN_METRICS if plan.train_n else ())
+
+    def compute(self, ctx) -> Part:
         logits = ctx.cache["clean_logits"].double()
-        y = ctx.data.y
-        m = margin(logits, y)
-        p = true_class_probability(logits, y)
-        loss = cross_entropy(logits, y)
+        y = ctx.data.y[ctx.positions]
+        part = Part()
+        part.add("samples", ctx.positions, margin=margin(logits, y), p_true=true_class_probability(logits, y),
+                 loss=cross_entropy(logits, y))
+        if ctx.lead and ctx.train_data is not None:
+            part.extra["train"] = self._train(ctx)
+        return part
+
+    def combine(self, tables, extras, info) -> MarginSection:
+        t = tables["samples"]
+        m, p, loss = t.tensor("margin"), t.tensor("p_true"), t.tensor("loss")
+        y = info.clean().tensor("label", torch.long)
         q = torch.quantile(m, torch.tensor(QUANTILES, dtype=m.dtype))
-        per_class = []
-        for c in range(ctx.data.num_classes):
-            mask = y == c
-            per_class.append(float(m[mask].mean()) if mask.any() else None)
-        train = self._train(ctx)
+        train = next((e["train"] for e in extras if "train" in e), None)
         return MarginSection(
             function="L(x) = Z_y - max_{i!=y} Z_i on logits, pixel-space inputs [0,1]",
             mean=float(m.mean()),
             median=float(m.median()),
             std=float(m.std()) if m.numel() > 1 else 0.0,
-            quantiles={f"{int(k * 100):02d}": float(v) for k, v in zip(QUANTILES, q)},
+            quantiles={k: float(v) for k, v in zip(QUANTILE_KEYS, q)},
             fraction_negative=float((m < 0).double().mean()),
-            per_class_mean=tuple(per_class),
+            per_class_mean=per_class_mean(m, y, info.num_classes),
             mean_true_class_probability=float(p.mean()),
             mean_loss=float(loss.mean()),
             margins=tuple(round(float(v), 6) for v in m),
             true_class_probability=tuple(round(float(v), 6) for v in p),
             loss=tuple(round(float(v), 6) for v in loss),
-            **train,
+            **(self._train_fields(train, float(loss.mean())) if train is not None else {}),
         )
 
     @staticmethod
     def _train(ctx) -> dict:
         data = ctx.train_data
-        if data is None:
-            return {}
         logits = torch.empty(data.n, data.num_classes, dtype=torch.float64)
 
         def batch(x, y, sl):
             with torch.no_grad():
-                logits[sl] = ctx.model(x).double().cpu()
+                logits[sl] = ctx.plain_model(x).double().cpu()
 
         ctx.map_batches(batch, description="margins: training samples", data=data)
-        m = margin(logits, data.y)
-        train_loss = float(cross_entropy(logits, data.y).mean())
-        test_loss = float(cross_entropy(ctx.cache["clean_logits"].double(), ctx.data.y).mean())
+        return {"margin": to_list(margin(logits, data.y)), "loss": to_list(cross_entropy(logits, data.y))}
+
+    @staticmethod
+    def _train_fields(train: dict, test_loss: float) -> dict:
+        m = torch.tensor(train["margin"], dtype=torch.float64)
+        train_loss = float(torch.tensor(train["loss"], dtype=torch.float64).mean())
         return {
-            "train_n": data.n,
+            "train_n": int(m.numel()),
             "train_median": float(m.median()),
             "train_mean_loss": train_loss,
             "loss_gap": test_loss - train_loss,

@@ -14,11 +14,14 @@ import torch
 
 from ..attacks.deepfool import DeepFool, refine_minimal_perturbation
 from ..attacks.pgd import PGD
+from ..parts import Part
 from ..results import Section, section
 from ..threat import format_eps
 from .base import CHECKS, Check
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+QUANTILE_KEYS = tuple(f"{int(q * 100):02d}" for q in QUANTILES)
+MINIMAL_METRICS = tuple(f"minimal.q{k}" for k in QUANTILE_KEYS) + ("minimal.median", "minimal.mean")
 
 
 @section("minimal")
@@ -50,6 +53,9 @@ class MinimalSection(Section):
             out["minimal.mean"] = self.mean
         return out
 
+    def metric_names(self) -> tuple[str, ...]:
+        return MINIMAL_METRICS
+
 
 def _rounded(radii: torch.Tensor) -> tuple[float | None, ...]:
     """Per-sample radii rounded to 7 decimals (pixel scale); None where none was found."""
@@ -58,44 +64,67 @@ def _rounded(radii: torch.Tensor) -> tuple[float | None, ...]:
 
 @CHECKS.register("minimal")
 class MinimalCheck(Check):
+    """Per-sample records (table ``samples``): ``radius`` (refined; None where none was found, 0
+    where misclassified) and ``deepfool`` (DeepFool's unrefined radius)."""
+
     name = "minimal"
     requires = ("clean",)
     description = "minimal adversarial perturbation per sample (DeepFool, refined by PGD bisection)"
 
-    def run(self, ctx) -> MinimalSection:
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return MINIMAL_METRICS
+
+    def compute(self, ctx) -> Part:
         norm = ctx.config.norm
-        n = ctx.data.n
-        correct = torch.tensor(ctx.sections["clean"].correct, dtype=torch.bool)
-        targets = correct.nonzero().squeeze(1)
+        correct = torch.tensor(ctx.local("clean").col("correct"), dtype=torch.bool)
+        rows = correct.nonzero().squeeze(1)
+        targets = ctx.positions[rows]
+        n = int(ctx.positions.numel())
         radii = torch.where(correct, torch.full((n,), math.inf, dtype=torch.float64), torch.zeros(n, dtype=torch.float64))
         deepfool_radii = radii.clone()
         deepfool = DeepFool()
-        gen = ctx.generator("minimal:bisection")
 
         def batch(x, y, sl):
             _, upper = deepfool.minimal_perturbation(ctx.model, x, y, norm)
-            deepfool_radii[targets[sl]] = upper.detach().double().cpu()
-            refined = refine_minimal_perturbation(ctx.model, x, y, norm, upper, lambda: PGD(steps=20), steps=8, generator=gen)
-            radii[targets[sl]] = refined.detach().double().cpu()
+            deepfool_radii[rows[sl]] = upper.detach().double().cpu()
+            rng = ctx.sample_rng("minimal:bisection", targets[sl])
+            refined = refine_minimal_perturbation(ctx.model, x, y, norm, upper, lambda: PGD(steps=20), steps=8, generator=rng)
+            radii[rows[sl]] = refined.detach().double().cpu()
 
         if targets.numel():
             ctx.map_batches(batch, indices=targets, description=f"minimal perturbation ({norm.value})")
+        part = Part()
+        part.add("samples", ctx.positions, radius=_finite_or_none(radii), deepfool=_finite_or_none(deepfool_radii))
+        return part
+
+    def combine(self, tables, extras, info) -> MinimalSection:
+        norm = info.config.norm
+        t = tables["samples"]
+        radii = torch.tensor([math.inf if v is None else v for v in t.col("radius")], dtype=torch.float64)
+        deepfool_radii = torch.tensor([math.inf if v is None else v for v in t.col("deepfool")], dtype=torch.float64)
+        clean = info.clean()
+        correct = clean.tensor("correct", torch.bool)
+        labels = clean.tensor("label", torch.long)
         found = radii[correct & torch.isfinite(radii)]
         q = torch.quantile(found, torch.tensor(QUANTILES, dtype=torch.float64)) if found.numel() else None
         per_class = []
-        for c in range(ctx.data.num_classes):
-            r = radii[(ctx.data.y == c) & correct & torch.isfinite(radii)]
+        for c in range(info.num_classes):
+            r = radii[(labels == c) & correct & torch.isfinite(radii)]
             per_class.append(float(r.median()) if r.numel() else None)
         return MinimalSection(
             norm=norm.value,
             method="DeepFool (overshoot 0.02) refined by 8 bisection steps of PGD-20; upper bounds on the true minimum",
             n_found=int(found.numel()),
-            n_attacked=int(targets.numel()),
+            n_attacked=int(correct.sum()),
             mean=float(found.mean()) if found.numel() else None,
             median=float(found.median()) if found.numel() else None,
-            quantiles={f"{int(k * 100):02d}": float(v) for k, v in zip(QUANTILES, q)} if q is not None else {},
+            quantiles={k: float(v) for k, v in zip(QUANTILE_KEYS, q)} if q is not None else {},
             per_class_median=tuple(per_class),
-            robust_fraction_at={format_eps(e): float((radii > e).double().mean()) for e in sorted(ctx.eps)},
+            robust_fraction_at={format_eps(e): float((radii > e).double().mean()) for e in sorted(info.eps)},
             radii=_rounded(radii),
             deepfool_radii=_rounded(deepfool_radii),
         )
+
+
+def _finite_or_none(radii: torch.Tensor) -> list:
+    return [float(v) if math.isfinite(v) else None for v in radii.tolist()]

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from ..results import Section, section
+from ..parts import Part
+from ..results import Section, from_jsonable, section, to_jsonable
 from .base import CHECKS, Check
 
 __all__ = ["MAX_VALUES", "LayerSpectrum", "SpectraSection", "SpectraCheck", "layer_spectrum"]
@@ -48,6 +50,7 @@ class LayerSpectrum:
     mean: float
     std: float
     values: tuple[float, ...]
+    non_negative_fields: ClassVar = ("sigma_max", "sigma_min", "mean", "std", "values.*")  # singular values (results.Section)
 
 
 @section("spectra")
@@ -73,10 +76,27 @@ class SpectraSection(Section):
         if ratios:
             out["spectra.ratio_max"] = max(ratios)
         for l in self.layers:
-            key = l.name[: -len(".weight")] if l.name.endswith(".weight") else l.name
+            key = _layer_key(l.name)
             out[f"spectra.{key}.sigma_max"] = l.sigma_max
             out[f"spectra.{key}.std"] = l.std
         return out
+
+    def metric_names(self) -> tuple[str, ...]:
+        return spectra_metric_names([l.name for l in self.layers])
+
+
+def _layer_key(name: str) -> str:
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
+def spectra_metric_names(layer_names) -> tuple[str, ...]:
+    """The metric names of a spectra section over these weight tensors (none when there are none)."""
+    if not layer_names:
+        return ()
+    names = ["spectra.sigma_max_max", "spectra.std_mean", "spectra.ratio_max"]
+    for name in layer_names:
+        names += [f"spectra.{_layer_key(name)}.sigma_max", f"spectra.{_layer_key(name)}.std"]
+    return tuple(names)
 
 
 def layer_spectrum(name: str, w: torch.Tensor) -> LayerSpectrum:
@@ -113,19 +133,42 @@ class SpectraCheck(Check):
     name = "spectra"
     requires = ()
     description = "singular values of every weight matrix (per-layer spread, ICML 2020)"
+    scope = "model"  # computed once, by the lead process
 
-    def run(self, ctx) -> SpectraSection:
-        net = _raw(ctx.model)
+    def metric_names(self, plan) -> tuple[str, ...] | None:
+        if plan.model is None:
+            return None
+        _, _, named = weight_matrices(plan.model)
+        return spectra_metric_names([n for n, _ in named])
+
+    def compute(self, ctx) -> Part:
+        return Part(extra={"section": to_jsonable(self._spectra(ctx))})
+
+    def combine(self, tables, extras, info) -> SpectraSection:
+        return from_jsonable(SpectraSection, next(e["section"] for e in extras if "section" in e))
+
+    def _spectra(self, ctx) -> SpectraSection:
         convention = "rows = output units: Linear [out, in] as is; conv [out, in/groups, k...] reshaped to out x (in/groups*k...)"
-        try:
-            named = [(n, p) for n, p in net.named_parameters() if p.dim() >= 2 and p.is_floating_point()]
-            source = "parameters"
-            if not named:
-                named = [(n, b) for n, b in net.named_buffers() if b is not None and b.dim() >= 2 and b.is_floating_point()]
-                source = "buffers"
-        except Exception as exc:  # noqa: BLE001 - exotic module types
-            return SpectraSection(convention, "skipped", f"parameters not accessible ({type(exc).__name__}: {exc})", ())
+        source, reason, named = weight_matrices(ctx.plain_model)
         if not named:
-            return SpectraSection(convention, "skipped", "the model exposes no weight tensors with 2 or more dimensions", ())
-        layers = tuple(layer_spectrum(n, w) for n, w in named if w.numel() > 0)
+            return SpectraSection(convention, "skipped", reason, ())
+        layers = tuple(layer_spectrum(n, w) for n, w in named)
         return SpectraSection(convention, source, "", layers)
+
+
+def weight_matrices(model: torch.nn.Module) -> tuple[str, str, list[tuple[str, torch.Tensor]]]:
+    """(source, reason, [(name, tensor)]): the raw network's non-empty floating weights with ≥ 2
+    dimensions, from its parameters, else its buffers (exported graphs); reason says why none."""
+    net = _raw(model)
+    try:
+        named = [(n, p) for n, p in net.named_parameters() if p.dim() >= 2 and p.is_floating_point()]
+        source = "parameters"
+        if not named:
+            named = [(n, b) for n, b in net.named_buffers() if b is not None and b.dim() >= 2 and b.is_floating_point()]
+            source = "buffers"
+    except Exception as exc:  # noqa: BLE001 - exotic module types
+        return "skipped", f"parameters not accessible ({type(exc).__name__}: {exc})", []
+    named = [(n, w) for n, w in named if w.numel() > 0]
+    if not named:
+        return "skipped", "the model exposes no weight tensors with 2 or more dimensions", []
+    return source, "", named

@@ -35,6 +35,7 @@ batched forward passes (:func:`robaudit.geometry.surface_grid`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -44,7 +45,9 @@ from ..attacks.deepfool import DeepFool
 from ..attacks.least_likely import LeastLikely
 from ..geometry.margin import cross_entropy, margin
 from ..geometry.surfaces import surface_grid
-from ..results import Section, section
+from ..parts import Part, lowest
+from ..results import Section, from_jsonable, section, to_jsonable
+from ..rng import normal, signs
 from ..threat import Norm, ThreatModel
 from .base import CHECKS, Check
 from .jacobian import lowest_margin_correct
@@ -106,6 +109,10 @@ class SurfacesSection(Section):
     axis: tuple[float, ...]
     clipped: bool
     samples: tuple[SurfaceSample, ...]
+    aligned_fields: ClassVar = ((  # what the JSON reader checks (results.Section): steps × steps grids
+        "axis", *(f"samples.*.planes.*.{grid}{rows}" for grid in ("margin", "loss", "predictions") for rows in ("", ".*")),
+    ),)
+    finite_fields: ClassVar = ("axis.*",)
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -115,6 +122,14 @@ class SurfacesSection(Section):
                 out[f"surfaces.{name}.fraction_misclassified_within_eps"] = sum(p.fraction_misclassified_within_eps for p in planes) / len(planes)
                 out[f"surfaces.{name}.min_margin_within_eps"] = sum(p.min_margin_within_eps for p in planes) / len(planes)
         return out
+
+    def metric_names(self) -> tuple[str, ...]:
+        return SURFACE_METRICS
+
+
+SURFACE_METRICS = tuple(
+    f"surfaces.{name}.{stat}" for name in PLANES for stat in ("fraction_misclassified_within_eps", "min_margin_within_eps")
+)
 
 
 def _unit(v: torch.Tensor, norm: Norm) -> torch.Tensor:
@@ -129,11 +144,10 @@ def _orthogonalize(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return v - coef.view(-1, *([1] * (v.dim() - 1))) * u
 
 
-def _random(shape, norm: Norm, gen: torch.Generator, device) -> torch.Tensor:
-    if norm is Norm.LINF:
-        r = torch.randint(0, 2, shape, generator=gen, device=gen.device).to(device=device, dtype=torch.float32) * 2 - 1
-    else:
-        r = torch.randn(shape, generator=gen, device=gen.device).to(device)
+def _random(shape, norm: Norm, gen, device) -> torch.Tensor:
+    """A random direction per sample (Rademacher under ℓ∞, Gaussian under ℓ2), unit in ``norm``;
+    ``gen`` a SampleRNG (one stream per sample) or a torch.Generator."""
+    r = signs(shape, gen, device) if norm is Norm.LINF else normal(shape, gen, device)
     return _unit(r, norm)
 
 
@@ -157,6 +171,9 @@ class SurfacesCheck(Check):
     name = "surfaces"
     requires = ("clean",)
     description = "decision and loss surfaces along random and adversarial directions (Yu et al.; Moosavi-Dezfooli et al.)"
+
+    def metric_names(self, plan) -> tuple[str, ...]:
+        return SURFACE_METRICS
 
     n_samples: int = N_SAMPLES
     steps: int = STEPS
@@ -189,66 +206,78 @@ class SurfacesCheck(Check):
         notes = ["gradient of the C&W margin loss (the attack found no adversarial example)" if z else note for z in zero.tolist()]
         return _unit(d, norm), notes
 
-    def run(self, ctx) -> SurfacesSection:
+    def compute(self, ctx) -> Part:
+        """Surfaces of this process's ``n_samples`` lowest-margin correct samples (candidates: the
+        section keeps the lowest of all processes)."""
         norm = ctx.config.norm
         eps = float(max(ctx.eps))
         extent = float(self.extent_factor) * eps
         steps = int(self.steps)
-        picks = lowest_margin_correct(ctx, self.n_samples)
-        gen = ctx.generator("surfaces")
-        samples: list[SurfaceSample] = []
-        axis: tuple[float, ...] = ()
-        if picks:
-            idx = torch.tensor(picks, dtype=torch.long)
-            x = ctx.data.x[idx].to(ctx.device)
-            y = ctx.data.y[idx].to(ctx.device)
-            dirs = self._directions(ctx, x, y, norm, eps, gen)
-            r = _random(x.shape, norm, gen, x.device)
-            logits0 = ctx.cache["clean_logits"][idx].double()
-            m0 = margin(logits0, ctx.data.y[idx])
-            for s in range(x.shape[0]):
-                planes = []
-                for name in PLANES:
-                    u_all, notes = dirs[name]
-                    u = u_all[s : s + 1]
-                    v = _unit(_orthogonalize(r[s : s + 1], u), norm)
-                    rec = _Record()
-                    grid, a, _ = surface_grid(ctx.model, x[s], y[s], u, v, extent, steps, rec, chunk=max(1, int(ctx.batch_size)))
-                    logits = torch.cat(rec.logits)
-                    yy = y[s].expand(logits.shape[0])
-                    loss = cross_entropy(logits, yy).reshape(steps, steps)
-                    pred = logits.argmax(1).reshape(steps, steps)
-                    A, B = torch.meshgrid(a, a, indexing="ij")
-                    comb = A.reshape(-1, 1) * u.flatten(1) + B.reshape(-1, 1) * v.flatten(1)
-                    inside = (lp_norm(comb, norm) <= eps * (1 + 1e-6)).reshape(steps, steps)
-                    mis = pred != y[s]
-                    c = steps // 2
-                    row = grid[:, c]
-                    neg = (row <= 0).nonzero().squeeze(1)
-                    dist = float((a[neg]).abs().min()) if neg.numel() else None
-                    planes.append(
-                        SurfacePlane(
-                            name=name,
-                            u=name if name != "fgsm" else "fgsm-ce",
-                            v="random",
-                            source=notes[s],
-                            margin=_nested(grid),
-                            loss=_nested(loss),
-                            predictions=_nested(pred, int) if name == "deepfool" else None,
-                            min_margin_within_eps=_round(float(grid[inside].min())),
-                            fraction_misclassified_within_eps=_round(float(mis[inside].double().mean())),
-                            boundary_distance_u=_round(dist) if dist is not None else None,
-                        )
+        clean = ctx.local("clean")
+        picks = lowest_margin_correct(clean, self.n_samples)
+        part = Part()
+        if not picks:
+            return part
+        idx = torch.tensor(picks, dtype=torch.long)
+        x = ctx.data.batch(idx).to(ctx.device)
+        y = ctx.data.y[idx].to(ctx.device)
+        gen = ctx.sample_rng("surfaces", idx)
+        dirs = self._directions(ctx, x, y, norm, eps, gen)
+        r = _random(x.shape, norm, gen, x.device)
+        samples = []
+        for s in range(x.shape[0]):
+            planes = []
+            for name in PLANES:
+                u_all, notes = dirs[name]
+                u = u_all[s : s + 1]
+                v = _unit(_orthogonalize(r[s : s + 1], u), norm)
+                rec = _Record()
+                grid, a, _ = surface_grid(ctx.model, x[s], y[s], u, v, extent, steps, rec, chunk=max(1, int(ctx.batch_size)))
+                logits = torch.cat(rec.logits)
+                yy = y[s].expand(logits.shape[0])
+                loss = cross_entropy(logits, yy).reshape(steps, steps)
+                pred = logits.argmax(1).reshape(steps, steps)
+                A, B = torch.meshgrid(a, a, indexing="ij")
+                comb = A.reshape(-1, 1) * u.flatten(1) + B.reshape(-1, 1) * v.flatten(1)
+                inside = (lp_norm(comb, norm) <= eps * (1 + 1e-6)).reshape(steps, steps)
+                mis = pred != y[s]
+                c = steps // 2
+                row = grid[:, c]
+                neg = (row <= 0).nonzero().squeeze(1)
+                dist = float((a[neg]).abs().min()) if neg.numel() else None
+                planes.append(
+                    SurfacePlane(
+                        name=name,
+                        u=name if name != "fgsm" else "fgsm-ce",
+                        v="random",
+                        source=notes[s],
+                        margin=_nested(grid),
+                        loss=_nested(loss),
+                        predictions=_nested(pred, int) if name == "deepfool" else None,
+                        min_margin_within_eps=_round(float(grid[inside].min())),
+                        fraction_misclassified_within_eps=_round(float(mis[inside].double().mean())),
+                        boundary_distance_u=_round(dist) if dist is not None else None,
                     )
-                samples.append(SurfaceSample(index=int(idx[s]), label=int(ctx.data.y[idx[s]]), margin=_round(float(m0[s])), planes=tuple(planes)))
-            axis = tuple(_round(float(v)) for v in a.tolist())
+                )
+            position = int(idx[s])
+            m0 = clean.at("margin", [position])[0]
+            sample = SurfaceSample(index=position, label=int(ctx.data.y[position]), margin=_round(m0), planes=tuple(planes))
+            samples.append({"position": position, "margin": m0, "sample": to_jsonable(sample)})
+        part.extra = {"samples": samples, "axis": [_round(float(v)) for v in a.tolist()]}
+        return part
+
+    def combine(self, tables, extras, info) -> SurfacesSection:
+        norm = info.config.norm
+        eps = float(max(info.eps))
+        chosen = lowest((c for e in extras for c in e.get("samples", [])), self.n_samples)
+        axis = next((tuple(e["axis"]) for e in extras if e.get("axis")), ())
         return SurfacesSection(
             norm=norm.value,
             direction_norm=norm.value,
             eps=eps,
-            extent=extent,
-            steps=steps,
-            axis=axis,
+            extent=float(self.extent_factor) * eps,
+            steps=int(self.steps),
+            axis=axis if chosen else (),
             clipped=False,
-            samples=tuple(samples),
+            samples=tuple(from_jsonable(SurfaceSample, c["sample"]) for c in chosen),
         )

@@ -14,9 +14,13 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import GateFailed, UsageError
-from ..gating import GateOutcome, GateSpec, evaluate_gates, find_gate_file, load_gate_file, parse_requires, write_junit
+from ..gating import GateOutcome, GateSpec, evaluate_gates, find_gate_file, junit_xml, load_gate_file, parse_requires
+from ..outputs import atomic_write, check_outputs
 
-__all__ = ["gate_file_option", "require_option", "junit_option", "load_gates", "evaluate", "finish", "print_outcome"]
+__all__ = [
+    "gate_file_option", "require_option", "junit_option", "load_gates", "evaluate", "finish", "print_outcome",
+    "print_metric_names",
+]
 
 
 def gate_file_option():
@@ -27,16 +31,16 @@ def gate_file_option():
 
 def require_option():
     return typer.Option(
-        None, "--require", help="Threshold '<metric> <op> <number>', e.g. 'robust_acc.pgd.linf@8/255 >= 0.40' (repeatable).",
+        None, "--require", help="Threshold '<metric> <op> <number>', e.g. 'robust_acc.pgd.linf@8/255 >= 0.40' or 'lower(robust_acc.ensemble.linf@8/255) >= 0.40' (the 95% interval's lower bound); repeatable.",
     )
 
 
 def junit_option():
-    return typer.Option(None, "--junit", help="Write the gate outcomes as JUnit XML here (one testcase per gate).")
+    return typer.Option(None, "--junit", metavar="PATH", help="Write the gate outcomes as JUnit XML here (one testcase per gate).")
 
 
 def load_gates(
-    gate_file: Optional[Path], requires: Optional[List[str]], *, junit: Optional[Path] = None, discover: bool = False
+    gate_file: Optional[Path], requires: Optional[List[str]], *, junit: Optional[str] = None, discover: bool = False
 ) -> GateSpec | None:
     """The gates asked for, or None. With ``discover`` and nothing given, look for robaudit.toml /
     pyproject.toml in the current directory; finding none is a usage error. ``--junit`` without
@@ -55,6 +59,34 @@ def load_gates(
     if junit is not None and not spec:
         raise UsageError("--junit needs gates: give --require '<metric> <op> <number>' or --gate FILE")
     return spec if spec else None
+
+
+def print_metric_names(source, console: Console) -> None:
+    """One metric name per line, ready to paste into --require or a [gate] file: from a
+    PredictedMetrics (before a scan; names only) or a ScanResult (with values and, for accuracies,
+    k/n and the 95% interval usable as lower(...) / upper(...))."""
+    from ..metric_names import has_interval
+
+    if hasattr(source, "provenance"):
+        values, intervals, names = source.metrics(), source.intervals(), source.metric_names()
+    else:
+        values, intervals, names = {}, {}, source.names
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        line = name.ljust(width)
+        if values or intervals:
+            v = values.get(name)
+            line += "  " + ("no value" if v is None else f"{v:.6g}")
+            p = intervals.get(name)
+            if p is not None:
+                line += f"  ({p.k}/{p.n}; 95% interval {p.lower:.4g}–{p.upper:.4g}: lower(...), upper(...))"
+        elif has_interval(name):
+            line += "  (accuracy: also lower(...), upper(...))"
+        console.print(Text(line.rstrip()), soft_wrap=True)
+    for check in getattr(source, "unpredictable", ()):
+        console.print(Text(f"# check {check!r} names its metrics only when it runs (see the result's --list-metrics)"),
+                      soft_wrap=True)
+    console.print(Text(f"# {len(names)} metrics; use as --require '<metric> >= <number>' or in a [gate] file"), soft_wrap=True)
 
 
 def evaluate(result, spec: GateSpec | None) -> GateOutcome | None:
@@ -78,12 +110,12 @@ def print_outcome(outcome: GateOutcome, console: Console, *, failures_only: bool
             console.print(Text(f"  {r.message}"))
 
 
-def finish(outcome: GateOutcome | None, junit: Optional[Path], console: Console, *, quiet: bool = False) -> None:
+def finish(outcome: GateOutcome | None, junit: Optional[str], console: Console, *, quiet: bool = False) -> None:
     """Write JUnit, show the gates (only failures when quiet), raise GateFailed (exit 1) on failure."""
     if outcome is None:
         return
     if junit is not None:
-        write_junit(outcome, junit)
+        atomic_write(junit, junit_xml(outcome))
     if outcome.passed:
         if not quiet:
             print_outcome(outcome, console)
@@ -97,7 +129,8 @@ def gate(
     results: Path = typer.Argument(..., help="A results.json written by `robaudit scan --json`."),
     gate_file: Optional[Path] = gate_file_option(),
     require: Optional[List[str]] = require_option(),
-    junit: Optional[Path] = junit_option(),
+    junit: Optional[str] = junit_option(),
+    list_metrics: bool = typer.Option(False, "--list-metrics", help="Print the result's metric names, values and 95% intervals, and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Show only failed gates."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -109,6 +142,10 @@ def gate(
     from ._common import error_boundary, make_console
 
     with error_boundary(debug):
+        if list_metrics:
+            print_metric_names(ScanResult.read_json(results), make_console())
+            return
         spec = load_gates(gate_file, require, junit=junit, discover=True)
+        check_outputs(files={"--junit": junit}, inputs={"RESULTS": results, "--gate": gate_file})
         result = ScanResult.read_json(results)
         finish(evaluate(result, spec), junit, make_console(), quiet=quiet)

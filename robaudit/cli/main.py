@@ -9,6 +9,7 @@ from .demo import demo
 from .harden import harden_cli
 from .gate_options import gate
 from .listing import list_command
+from .merge import merge
 from .plugins import plugins_command
 from .report import report
 from .scan import scan
@@ -18,9 +19,23 @@ app = typer.Typer(
     help="How robust is an image classifier, why, and did a change make it better?",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"robaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
+                                 help="Print robaudit's version and exit."),
+) -> None:
+    """How robust is an image classifier, why, and did a change make it better?"""
 app.command("scan")(scan)
 app.command("demo")(demo)
 app.command("harden")(harden_cli)
@@ -29,6 +44,7 @@ app.command("plugins")(plugins_command)
 app.command("report")(report)
 app.command("compare")(compare)
 app.command("gate")(gate)
+app.command("merge")(merge)
 
 
 @app.command("version")

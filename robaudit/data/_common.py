@@ -1,4 +1,4 @@
-"""Shared helpers: request validation, the search-path list, uint8 → [0,1] conversion."""
+"""Shared helpers: request validation, the search-path list, uint8 pixels."""
 from __future__ import annotations
 
 import os
@@ -17,6 +17,7 @@ __all__ = [
     "own_folder_roots",
     "not_found",
     "uint8_to_unit",
+    "uint8_images",
     "check_labels",
 ]
 
@@ -36,6 +37,8 @@ def validate_request(request: DataRequest) -> None:
         raise UsageError(f"--n must be at least 1 (got {request.n})")
     if request.image_size is not None and int(request.image_size) < 1:
         raise UsageError(f"--image-size must be at least 1 (got {request.image_size})")
+    if request.resize is not None and int(request.resize) < 1:
+        raise UsageError(f"--resize must be at least 1 (got {request.resize})")
 
 
 def _expand(p: str | os.PathLike) -> Path:
@@ -82,6 +85,11 @@ def not_found(name: str, split: str, looked_in: list[Path]) -> DatasetNotFoundEr
 def uint8_to_unit(x: np.ndarray) -> torch.Tensor:
     """uint8 [N,C,H,W] → float32 in [0,1]."""
     return torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(255.0)
+
+
+def uint8_images(x: np.ndarray) -> torch.Tensor:
+    """uint8 [N,C,H,W] kept as 0..255 (a quarter of float32's memory); DataSpec converts per batch."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8))
 
 
 def check_labels(y: np.ndarray, num_classes: int, source: str | Path) -> torch.Tensor:

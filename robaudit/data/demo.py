@@ -10,7 +10,7 @@ from importlib import resources
 import numpy as np
 
 from ..errors import DatasetError, UsageError
-from ._common import check_labels, uint8_to_unit
+from ._common import check_labels, uint8_images
 from .registry import DATASETS
 from .spec import DataRequest, DataSpec
 from .torchvision_sets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
@@ -35,7 +35,7 @@ def demo(request: DataRequest) -> DataSpec:
     return DataSpec(
         name="fashion-mnist",
         split="test",
-        x=uint8_to_unit(x),
+        x=uint8_images(x),
         y=check_labels(y, len(FASHION_MNIST_CLASSES), str(ref)),
         class_names=FASHION_MNIST_CLASSES,
         source=f"robaudit embedded sample: first 1000 Fashion-MNIST test images ({ref})",

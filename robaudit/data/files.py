@@ -1,7 +1,8 @@
-"""Datasets from the user's own files: an image folder, or x/y tensors in .npz/.safetensors/.pt.
+"""Datasets from the user's own tensor files: x/y tensors in .npz/.safetensors/.pt.
 
-Everything comes out as x float32 [N,C,H,W] with pixels in [0,1] and y int64 [N]; the first
-``n`` samples in the file's own order (image folders: class, then file name).
+Images stay in memory as the file holds them (uint8 0..255 or float32 in [0,1], NCHW) and are
+converted to float per batch; y int64 [N]; the first ``n`` samples in the file's own order.
+Image folders are in :mod:`robaudit.data.folder`.
 """
 from __future__ import annotations
 
@@ -17,117 +18,12 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError, DatasetNotFoundError
-from ._common import SPLITS, check_labels, uint8_to_unit
+from ._common import check_labels
 from .spec import DataRequest, DataSpec
 
-__all__ = ["IMAGE_EXTENSIONS", "TENSOR_SUFFIXES", "load_image_folder", "load_tensor_file", "tensors_to_spec"]
+__all__ = ["TENSOR_SUFFIXES", "load_tensor_file", "tensors_to_spec"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 TENSOR_SUFFIXES = (".npz", ".safetensors", ".pt", ".pth")
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-
-
-# --- image folders ----------------------------------------------------------------------------
-
-
-def _class_files(root: Path) -> tuple[list[str], list[tuple[int, Path]]]:
-    """Class folders sorted by name (index = position, like torchvision's ImageFolder) and their
-    image files, walked in torchvision's order (sorted folders, sorted names)."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files: list[tuple[int, Path]] = []
-    for index, cls in enumerate(classes):
-        for dirpath, _, fnames in sorted(os.walk(root / cls, followlinks=True)):
-            files += [(index, Path(dirpath) / f) for f in sorted(fnames)
-                      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
-    return classes, files
-
-
-def _split_root(root: Path, split: str) -> Path:
-    if (root / split).is_dir():
-        return root / split
-    others = [s for s in SPLITS if (root / s).is_dir()]
-    if others:
-        raise DatasetNotFoundError(f"{root} has no {split}/ subfolder (it has {', '.join(o + '/' for o in others)})")
-    return root
-
-
-def _resize_crop(im: Any, size: int) -> Any:
-    """Short side → ``size`` (bilinear), then a centred ``size``×``size`` crop, as torchvision's
-    Resize(size) + CenterCrop(size) do on PIL images."""
-    from PIL import Image
-
-    w, h = im.size
-    if min(w, h) != size:
-        long = int(size * max(w, h) / min(w, h))
-        im = im.resize((size, long) if w <= h else (long, size), Image.BILINEAR)
-        w, h = im.size
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-    return im.crop((left, top, left + size, top + size))
-
-
-def _open_image(path: Path) -> Any:
-    from PIL import Image
-
-    try:
-        return Image.open(path)
-    except Exception as exc:  # not an image, truncated, decompression bomb, ...
-        raise DatasetError(f"{path} can't be read as an image ({type(exc).__name__}: {exc})") from None
-
-
-def load_image_folder(path: str | os.PathLike, request: DataRequest, name: str | None = None) -> DataSpec:
-    """``PATH/<class>/<image>`` (or ``PATH/<split>/<class>/<image>``) → pixels in [0,1].
-
-    RGB, or 1 channel when every image read is grayscale. Without ``request.image_size`` all
-    images must share one size; with it, each is resized (short side) and centre-cropped.
-    """
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"image folder {root} not found")
-    root = _split_root(root, request.split)
-    classes, files = _class_files(root)
-    if not files:
-        raise DatasetNotFoundError(
-            f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class subfolders of {root}; "
-            f"expected {root}/<class>/<image>"
-        )
-    files = files[: request.n]
-
-    headers = []
-    for _, f in files:
-        with _open_image(f) as im:
-            headers.append((im.mode, im.size))
-    mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
-    if request.image_size is None:
-        size0 = headers[0][1]
-        odd = next((i for i, (_, s) in enumerate(headers) if s != size0), None)
-        if odd is not None:
-            (_, a), (_, b) = files[0], files[odd]
-            raise DatasetError(
-                f"images in {root} have different sizes (e.g. {a.relative_to(root)} {size0[0]}x{size0[1]}, "
-                f"{b.relative_to(root)} {headers[odd][1][0]}x{headers[odd][1][1]}); pass --image-size N"
-            )
-
-    arrays = []
-    for _, f in files:
-        with _open_image(f) as im:
-            try:
-                im = im.convert(mode)
-            except Exception as exc:
-                raise DatasetError(f"{f} can't be decoded ({type(exc).__name__}: {exc})") from None
-            if request.image_size is not None:
-                im = _resize_crop(im, request.image_size)
-            arrays.append(np.asarray(im, dtype=np.uint8))
-    x = np.stack(arrays)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-    y = np.array([c for c, _ in files], dtype=np.int64)
-    return DataSpec(
-        name=name or f"imagefolder:{path}",
-        split=request.split,
-        x=uint8_to_unit(x),
-        y=torch.from_numpy(y),
-        class_names=tuple(classes),
-        source=str(root),
-    )
 
 
 # --- tensor files -----------------------------------------------------------------------------
@@ -235,7 +131,7 @@ def tensors_to_spec(
     elif x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.permute(0, 3, 1, 2)
     if x.dtype == torch.uint8:
-        x = x.to(torch.float32).div_(255.0)
+        pass  # kept as 0..255 (a quarter of float32's memory); DataSpec converts per batch
     elif x.dtype.is_floating_point:
         x = x.to(torch.float32)
         if not bool(torch.isfinite(x).all()):

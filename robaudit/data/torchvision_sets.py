@@ -2,8 +2,8 @@
 
 torchvision's dataset classes are used only for ``--download``; reading never goes through
 them, so a CIFAR pickle is opened with a restricted unpickler and never runs code. Every loader
-returns x float32 [N,C,H,W] with pixels in [0,1] and int64 labels, the first ``n`` samples in
-the files' own order.
+returns the images as uint8 [N,C,H,W] in memory (DataSpec hands out float pixels in [0,1] per
+batch) and int64 labels, the first ``n`` samples in the files' own order.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ._common import (
     dataset_search_paths,
     not_found,
     own_folder_roots,
-    uint8_to_unit,
+    uint8_images,
 )
 from ._safe_pickle import load_data_pickle
 from .idx import read_idx
@@ -77,7 +77,7 @@ def _load(ds: _Builtin, request: DataRequest) -> DataSpec:
     return DataSpec(
         name=ds.name,
         split=request.split,
-        x=uint8_to_unit(x),
+        x=uint8_images(x),
         y=check_labels(y, len(class_names), source),
         class_names=class_names,
         source=source,

@@ -27,6 +27,7 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
+from .. import rng
 from .jacobian import ScalarFn, resolve_fn
 
 __all__ = [
@@ -70,14 +71,20 @@ def _per_sample(h: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor | f
 
 
 def _randn(shape, generator, dtype, device) -> torch.Tensor:
-    gdev = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, dtype=dtype, device=gdev).to(device)
+    """Gaussian draws from a torch.Generator, or one stream per row from a SampleRNG."""
+    return rng.normal(shape, generator, device if device is not None else "cpu", dtype)
 
 
 def _rademacher(shape, generator, dtype, device) -> torch.Tensor:
-    gdev = generator.device if generator is not None else device
-    r = torch.randint(0, 2, shape, generator=generator, device=gdev).to(device=device, dtype=dtype)
-    return 2 * r - 1
+    return rng.signs(shape, generator, device if device is not None else "cpu", dtype)
+
+
+def _restart_vectors(shape, generator, dtype, device, j: int) -> torch.Tensor:
+    """Lanczos restart candidates at iteration ``j``. Only some rows break down, so a SampleRNG
+    draws them from a stream of their own at counter j (the other rows' streams don't move)."""
+    if rng.is_sample_rng(generator):
+        return generator.fork("lanczos-restart").normal(shape[1:], dtype=dtype, counter=j).to(device)
+    return _randn(shape, generator, dtype, device)
 
 
 # --------------------------------------------------------------------------- Hessian-vector products
@@ -358,9 +365,11 @@ def lanczos(
     Krylov subspace, e.g. a low-rank Hessian) the sample restarts with a random vector orthogonal to
     the basis and a zero off-diagonal, so ``iters = d`` recovers the whole spectrum.
 
-    With ``tol``, stops early once the Ritz residuals ``|β_m s_{m,i}|`` of the requested extreme
-    pairs (``which``) are ≤ ``tol · max|θ|`` for every sample (each Ritz value is then within that
-    residual of an eigenvalue).
+    With ``tol``, a sample's Ritz pairs are taken at the first iteration where the residuals
+    ``|β_m s_{m,i}|`` of its requested extreme pairs (``which``) are ≤ ``tol · max|θ|`` (each Ritz
+    value is then within that residual of an eigenvalue); the loop stops once every sample is
+    there. A sample's result thus doesn't depend on the other samples of the batch.
+    ``generator``: a torch.Generator, or a SampleRNG (one stream per sample).
 
     Returns ``(top [B,k] descending, bottom [B,k] ascending, top_vecs [B,k,d])`` (row j of
     ``top_vecs`` is the unit Ritz vector of ``top[:, j]``), plus an info dict ``{n_hvp, iters,
@@ -386,14 +395,17 @@ def lanczos(
     anorm = torch.zeros(B, dtype=dtype, device=device)
     tiny = torch.finfo(dtype).tiny
     n_used, n_hvp = m, 0
+    done_at = torch.zeros(B, dtype=torch.long, device=device)  # iteration count at which a sample converged
 
-    def ritz(n: int):
-        T = torch.diag_embed(alpha[:, :n])
+    def ritz(n: int, rows: torch.Tensor | None = None):
+        a = alpha if rows is None else alpha[rows]
+        bt = beta if rows is None else beta[rows]
+        T = torch.diag_embed(a[:, :n])
         if n > 1:
-            off = beta[:, : n - 1]
+            off = bt[:, : n - 1]
             T = T + torch.diag_embed(off, offset=1) + torch.diag_embed(off, offset=-1)
         theta, S = torch.linalg.eigh(T)
-        res = (beta[:, n - 1 : n] * S[:, n - 1, :]).abs()
+        res = (bt[:, n - 1 : n] * S[:, n - 1, :]).abs()
         return theta, S, res
 
     def orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -416,7 +428,7 @@ def lanczos(
             broke = b <= 1e-10 * anorm + tiny
             q = w / b.clamp_min(tiny)[:, None]
             if bool(broke.any()):
-                r = _randn((B, dim), generator, dtype, device)
+                r = _restart_vectors((B, dim), generator, dtype, device, j)
                 r, _ = orthogonalize(r, Q[:, : j + 1])
                 r = r / r.norm(dim=1, keepdim=True).clamp_min(tiny)
                 q = torch.where(broke[:, None], r, q)
@@ -427,19 +439,31 @@ def lanczos(
             ok_top = (res[:, -k:] <= tol * scale).all(dim=1)
             ok_bot = (res[:, :k] <= tol * scale).all(dim=1)
             ok = ok_top if which == "top" else ok_bot if which == "bottom" else ok_top & ok_bot
-            if bool(ok.all()):
+            done_at = torch.where(ok & (done_at == 0), torch.full_like(done_at, j + 1), done_at)
+            if bool((done_at > 0).all()):
                 n_used = j + 1
                 break
 
-    theta, S, res = ritz(n_used)
-    top = theta[:, -k:].flip(-1)
-    bottom = theta[:, :k]
-    vecs = torch.einsum("bnd,bnk->bkd", Q[:, :n_used], S[:, :, -k:].flip(-1))
-    vecs = vecs / vecs.norm(dim=2, keepdim=True).clamp_min(tiny)
+    # each sample's Ritz pairs from its own iterations: up to where it converged (its first
+    # iterations don't depend on the others, so a sample's result doesn't depend on its batch)
+    n_b = torch.where(done_at > 0, done_at, torch.full_like(done_at, n_used))
+    top = torch.empty(B, k, dtype=dtype, device=device)
+    bottom = torch.empty(B, k, dtype=dtype, device=device)
+    vecs = torch.empty(B, k, dim, dtype=dtype, device=device)
+    r_top = torch.empty(B, k, dtype=dtype, device=device)
+    r_bot = torch.empty(B, k, dtype=dtype, device=device)
+    scale = torch.empty(B, 1, dtype=dtype, device=device)
+    for n in sorted(set(n_b.tolist())):
+        rows = (n_b == n).nonzero().squeeze(1)
+        theta, S, res = ritz(n, rows)
+        top[rows] = theta[:, -k:].flip(-1)
+        bottom[rows] = theta[:, :k]
+        v = torch.einsum("bnd,bnk->bkd", Q[rows, :n], S[:, :, -k:].flip(-1))
+        vecs[rows] = v / v.norm(dim=2, keepdim=True).clamp_min(tiny)
+        r_top[rows], r_bot[rows] = res[:, -k:].flip(-1), res[:, :k]
+        scale[rows] = theta.abs().amax(dim=1, keepdim=True)
     if not return_info:
         return top, bottom, vecs
-    scale = theta.abs().amax(dim=1, keepdim=True)
-    r_top, r_bot = res[:, -k:].flip(-1), res[:, :k]
     if tol is None:
         converged = torch.ones(B, dtype=torch.bool, device=device)
     else:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..config import check_radii
 from ..errors import InputError, UsageError
 from ..threat import Norm, ThreatModel, parse_eps
 from .checkpointing import ckpt_path_for
@@ -142,6 +143,11 @@ def harden(
     schedule = LRSchedule(lr, **{k: v for k, v in (("hold", lr_hold), ("final", lr_final), ("decay", lr_decay))
                                  if v is not None})
     threat_norm = Norm.parse(norm)
+    eps_given = parse_eps(eps) if eps is not None else None
+    if eps_given is not None:
+        if eps_given <= 0:
+            raise UsageError("--eps must be > 0")
+        check_radii((eps_given,), threat_norm)
     hardener = build_hardener(
         method,
         {"gamma": gamma, "h": h, "h_ramp_epochs": h_ramp_epochs, "reg_weight": reg_weight, "reg_norm": reg_norm,
@@ -189,9 +195,8 @@ def harden(
                 f"{checkpoint} runs at a fixed batch size of {fitted.info.fixed_batch} only, so it can't be trained "
                 f"on batches; make its forward accept any batch size (e.g. x.flatten(1), not x.view(1, -1))"
             )
-    eps_value = parse_eps(eps) if eps is not None else _default_eps(train_data.input_shape, threat_norm)
-    if eps_value <= 0:
-        raise UsageError("--eps must be > 0")
+    eps_value = eps_given if eps_given is not None else _default_eps(train_data.input_shape, threat_norm)
+    check_radii((eps_value,), threat_norm, train_data.input_shape)
     threat = ThreatModel(threat_norm, eps_value)
     hardener.resolve(threat, train_data.input_shape)
     hyper = {
@@ -266,7 +271,10 @@ def _scan_pair(parent, out, *, loaded_kwargs, data, threat, seed, device, batch_
     config = ScanConfig(norm=threat.norm, eps=(threat.eps,), attacks=parse_attack_list("quick"),
                         checks=("clean", "attacks", "margins"), seed=seed, device=device, batch_size=batch_size)
     results = []
-    for label, path, kwargs in (("before", parent, loaded_kwargs), ("after", out, {})):
+    # the hardened file's metadata names the parent's architecture; one the user typed (a file.py:Class)
+    # must be typed again, since robaudit never imports a file named in metadata
+    typed = {k: loaded_kwargs[k] for k in ("arch", "arch_kwargs")} if loaded_kwargs.get("arch") else {}
+    for label, path, kwargs in (("before", parent, loaded_kwargs), ("after", out, typed)):
         loaded = load_model(str(path), default_num_classes=data.num_classes, default_input_shape=data.input_shape,
                             **kwargs)
         log(f"scanning the {label} model on {data.n} test samples")

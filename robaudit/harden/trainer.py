@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import RuntimeFailure
 from ..threat import ThreatModel
-from .checkpointing import capture_rng, check_fingerprint, load_state, restore_rng, save_state
+from .checkpointing import capture_rng, resume_from, save_state
 from .regularizers import PGDAT, Combined, Hardener, StepContext, has_mode_dependent_layers
 from .schedule import LRSchedule
 
@@ -182,16 +182,10 @@ def train(
     running = _zero_running()
     epoch_start_state = data_gen.get_state()
     if resume:
-        state = load_state(ckpt)
-        check_fingerprint(state["fingerprint"], config.fingerprint, ckpt)
-        inner = getattr(net, "inner", net)
-        inner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        epoch_start_state = restore_rng(state["rng"], dev_gen)
-        epoch, start_step = int(state["epoch"]), int(state["step"])
-        running = {k: float(v) for k, v in state["running"].items()}
-        history = [dict(r) for r in state["history"]]
+        epoch, start_step, running, history, epoch_start_state = resume_from(
+            ckpt, config.fingerprint, getattr(net, "inner", net), optimizer, scheduler, dev_gen,
+            epochs=config.epochs, steps_per_epoch=steps_per_epoch, fresh_running=running,
+        )
 
     def snapshot(ep: int, st: int) -> dict[str, Any]:
         inner = getattr(net, "inner", net)

@@ -7,11 +7,12 @@ import zipfile
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ._onnx import looks_like_onnx
 
 __all__ = ["FORMATS", "detect_format", "sha256_file", "check_exists"]
 
-FORMATS = ("safetensors", "torch-export", "torchscript", "pickle")
-SUPPORTED = "safetensors, torch.export (.pt2), TorchScript, torch.save (.pt/.pth/.ckpt, zip or legacy pickle)"
+FORMATS = ("safetensors", "torch-export", "torchscript", "pickle", "onnx")
+SUPPORTED = "safetensors, torch.export (.pt2), TorchScript, torch.save (.pt/.pth/.ckpt, zip or legacy pickle), ONNX"
 _MAX_SAFETENSORS_HEADER = 100_000_000  # safetensors' own limit
 
 
@@ -25,7 +26,7 @@ def check_exists(path: str | Path) -> Path:
 
 
 def detect_format(path: str | Path) -> str:
-    """Return "safetensors", "torch-export", "torchscript" or "pickle", judged by content, not extension."""
+    """Return "safetensors", "torch-export", "torchscript", "pickle" or "onnx", judged by content, not extension."""
     p = check_exists(path)
     with open(p, "rb") as f:
         head = f.read(16)
@@ -37,6 +38,8 @@ def detect_format(path: str | Path) -> str:
         return _zip_kind(p)
     if head[:1] == b"\x80":
         return "pickle"
+    if looks_like_onnx(head):
+        return "onnx"
     raise CheckpointError(f"{p} is not a supported checkpoint ({_describe(head)}); supported formats: {SUPPORTED}")
 
 
@@ -61,7 +64,7 @@ def _describe(head: bytes) -> str:
     if head.startswith(b"\x89HDF"):
         return "an HDF5 file, e.g. Keras"
     if head.startswith(b"\x08") or head.startswith(b"\n"):
-        return "possibly ONNX/protobuf; export the PyTorch model instead"
+        return "a protobuf file that is not an ONNX model"
     if not head:
         return "empty file"
     return f"starts with bytes {head[:8].hex()}"

@@ -1,11 +1,10 @@
-"""Architecture registry and ``build_architecture``: built-in names, ``torchvision:NAME``, ``file.py:Class``.
+"""Architecture registry and ``build_architecture``: built-in names, ``torchvision:NAME``, ``timm:NAME``, ``file.py:Class``.
 
 A registry entry is a factory ``factory(num_classes=10, in_channels=3, **kwargs) -> nn.Module``.
 Plugins add entries through the ``robaudit.architectures`` entry-point group.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.util
 import inspect
@@ -38,15 +37,22 @@ def build_architecture(
 ) -> nn.Module:
     """Instantiate ``spec`` with fresh (random) weights.
 
-    ``spec`` is a registry name, ``torchvision:NAME`` or ``path/to/net.py:Class``. ``input_size``
+    ``spec`` is a registry name, ``torchvision:NAME``, ``timm:NAME`` or ``path/to/net.py:Class``. ``input_size``
     (the image height) is passed only to factories that take an ``input_size`` parameter.
     """
     kwargs = dict(kwargs or {})
     for key in _RESERVED:
         if key in kwargs:
             raise UsageError(f"--arch-kwargs must not set {key}; use --num-classes / --input-shape instead")
-    if spec.startswith("torchvision:"):
-        return _build_torchvision(spec.split(":", 1)[1], num_classes, in_channels, kwargs)
+    if spec.startswith(("torchvision:", "timm:")):
+        from . import _timm, _torchvision
+        from .sources import parse_arch
+
+        ref = parse_arch(spec)
+        if ref.weights is not None:
+            raise UsageError(f"build_architecture builds random weights; {spec} names published weights: use load_model(arch=...)")
+        build = _torchvision.build if ref.family == "torchvision" else _timm.build
+        return build(ref.name, num_classes, in_channels, kwargs)
     from_file = _is_file_spec(spec)
     factory = _load_from_file(spec) if from_file else ARCHITECTURES.get(spec)
     params = _parameters(factory)
@@ -133,23 +139,6 @@ def _load_from_file(spec: str) -> Callable[..., nn.Module]:
         hint = f" (nn.Module classes there: {', '.join(found)})" if found else ""
         raise UsageError(f"--arch {spec}: {path_text} has no class or function {name!r}{hint}")
     return factory
-
-
-def _build_torchvision(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> nn.Module:
-    import torchvision
-
-    known = torchvision.models.list_models(module=torchvision.models)
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UsageError(f"unknown torchvision classification model {name!r}{hint} (see torchvision.models.list_models())")
-    if in_channels != 3:
-        raise UsageError(f"torchvision:{name} takes 3-channel images but the input has {in_channels}; use a built-in --arch")
-    factory = lambda **kw: torchvision.models.get_model(name, weights=None, **kw)  # noqa: E731
-    try:
-        return factory(num_classes=num_classes, **kwargs)
-    except TypeError as exc:
-        raise UsageError(f"torchvision:{name} rejected --arch-kwargs {sorted(kwargs)}: {exc}") from None
 
 
 def _parameters(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:

@@ -1,13 +1,15 @@
 """``load_model`` / ``save_model``: every supported checkpoint format in, one ``LoadedModel`` out.
 
-Formats (detected by content, see ``detect_format``): safetensors (robaudit's own format, with
-metadata), torch.save pickles (loaded with ``weights_only=True``; arbitrary objects only with
-``trust_checkpoint``), TorchScript and torch.export archives (which carry their own code, so no
-``--arch``). Nothing from an untrusted checkpoint is ever executed.
+Formats (detected by content, see ``detect_format``) and the trust model (``_trust``, docs/security.md):
+safetensors (robaudit's own format, with metadata) and torch.save pickles (``weights_only=True``)
+are data and load without a flag; TorchScript and torch.export archives carry code (their own
+graph, so no ``--arch``) and load only with ``trust_checkpoint``, as do pickles of arbitrary objects.
+An architecture named in a file's metadata must be a registry name; a ``file.py:Class`` is only
+ever the caller's ``arch`` argument.
 
-Metadata keys (safetensors header, or a ``robaudit.json`` extra file in TorchScript/torch.export
-archives), all strings: ``robaudit.arch``, ``robaudit.arch_kwargs`` (JSON object),
-``robaudit.num_classes``, ``robaudit.input_shape`` (JSON [C,H,W]), ``robaudit.mean``,
+Metadata keys (safetensors header, a pickle's top-level dict, a ``robaudit.json`` extra file in
+TorchScript/torch.export archives, an ONNX model's ``metadata_props``), all strings: ``robaudit.arch``, ``robaudit.arch_kwargs`` (JSON
+object), ``robaudit.num_classes``, ``robaudit.input_shape`` (JSON [C,H,W]), ``robaudit.mean``,
 ``robaudit.std`` (JSON lists), ``robaudit.class_names`` (JSON list), ``robaudit.version``.
 """
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,18 +25,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, UnsafeCheckpointError, UsageError
+from ..errors import CheckpointError, UsageError
 from ._formats import check_exists, detect_format, sha256_file
+from ._onnx import read_onnx
 from ._pickle_load import load_pickle
-from ._safe_export import unsafe_export_members
+from ._trust import metadata_architecture, quiet_loading, refuse_code
 from ._state_dict import (
     classifier_key, extract_weights, first_conv_key, fit_keys, is_state_dict, load_strict, nonfinite_warning,
 )
 from .architectures import ARCHITECTURES, build_architecture, parse_arch_kwargs
-from .spec import LoadedModel, ModelInfo
+from .sources import architecture_preprocessing, named_weights, parse_arch, weights_is_file
+from .spec import LoadedModel, ModelInfo, Preprocessing
 from .wrapper import NormalizedModel
 
-__all__ = ["load_model", "save_model", "detect_format", "metadata_strings", "EXTRA_FILE"]
+__all__ = ["load_model", "open_model", "OpenedModel", "save_model", "detect_format", "metadata_strings", "EXTRA_FILE"]
 
 META = "robaudit."
 EXTRA_FILE = "robaudit.json"  # metadata inside TorchScript / torch.export archives
@@ -63,64 +66,189 @@ class _Settings:
 
 
 def load_model(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | None = None,
     *,
     arch: str | None = None,
+    weights: str | None = None,
     arch_kwargs: dict[str, Any] | str | None = None,
     num_classes: int | None = None,
     input_shape: Sequence[int] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     trust_checkpoint: bool = False,
+    download: bool = False,
     device: str | torch.device = "cpu",
     default_num_classes: int | None = None,
     default_input_shape: Sequence[int] | None = None,
 ) -> LoadedModel:
-    """Load a checkpoint into a ``NormalizedModel`` (eval mode, [0,1] inputs) plus its ``ModelInfo``.
+    """Load a checkpoint (or published weights named by ``arch``/``weights``) into a ``NormalizedModel``
+    (eval mode, [0,1] inputs) plus its ``ModelInfo``: :func:`open_model` then :meth:`OpenedModel.build`.
 
-    Explicit arguments override the checkpoint's metadata. ``default_*`` (the dataset's values)
-    are used only when neither the arguments, the metadata nor the weights say otherwise.
+    ``default_*`` (the dataset's values) are used only when neither the arguments, the metadata nor
+    the weights say otherwise.
+    """
+    opened = open_model(
+        path, arch=arch, weights=weights, arch_kwargs=arch_kwargs, num_classes=num_classes, input_shape=input_shape,
+        mean=mean, std=std, trust_checkpoint=trust_checkpoint, download=download,
+    )
+    return opened.build(default_num_classes=default_num_classes, default_input_shape=default_input_shape, device=device)
+
+
+@dataclass
+class OpenedModel:
+    """A model file read (weights or a module, metadata, what its publisher says about preprocessing)
+    but no network built yet: the data can be prepared the way the model wants before :meth:`build`."""
+
+    path: Path
+    format: str
+    contents: _Contents
+    settings: _Settings
+    notes: list[str]
+    weights_label: str | None = None
+    preprocessing: Preprocessing | None = None
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def image_size(self) -> int | None:
+        """The square image side the model wants (the weights' crop size, else a square input shape), or None."""
+        if self.preprocessing is not None and self.preprocessing.crop_size:
+            return self.preprocessing.crop_size
+        shape = self.settings.input_shape
+        return shape[1] if shape is not None and shape[1] == shape[2] else None
+
+    def build(
+        self, *, default_num_classes: int | None = None, default_input_shape: Sequence[int] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> LoadedModel:
+        """Build the architecture with the right class/channel counts and load the weights strictly."""
+        p, s, contents, notes = self.path, self.settings, self.contents, list(self.notes)
+        default_shape = _shape(default_input_shape, "default_input_shape")
+        if contents.module is not None:
+            net = contents.module
+            channels = s.input_shape[0] if s.input_shape else None
+        else:
+            assert contents.weights is not None
+            if not s.arch:
+                raise UsageError(
+                    f"checkpoint {p} has no architecture metadata; pass --arch NAME "
+                    f"(built-ins: {', '.join(ARCHITECTURES.names())}), torchvision:NAME, timm:NAME or --arch path/to/net.py:Class"
+                )
+            net, s.num_classes, channels = _build_and_load(p, s, contents.weights, default_num_classes, default_shape)
+        nonfinite = nonfinite_warning(net.state_dict())
+        if nonfinite:
+            notes.append(nonfinite)
+        _check_stats(s, channels)
+        try:
+            model = NormalizedModel(net, s.mean, s.std)
+        except ValueError as exc:
+            raise UsageError(f"--mean/--std: {exc}") from None
+        info = ModelInfo(
+            path=str(p), format=self.format, sha256=sha256_file(p), arch=s.arch, arch_kwargs=dict(s.arch_kwargs or {}),
+            num_classes=s.num_classes, input_shape=s.input_shape, mean=s.mean, std=s.std,
+            metadata=dict(contents.metadata), warnings=tuple(notes), weights=self.weights_label,
+            preprocessing=self.preprocessing, class_names=self.class_names,
+        )
+        return LoadedModel(model.to(device).eval(), info)
+
+
+SELF_DESCRIBING = {"torchscript": "a TorchScript archive", "torch-export": "a torch.export archive", "onnx": "an ONNX model"}
+
+
+def open_model(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    arch: str | None = None,
+    weights: str | None = None,
+    arch_kwargs: dict[str, Any] | str | None = None,
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    trust_checkpoint: bool = False,
+    download: bool = False,
+) -> OpenedModel:
+    """Read a checkpoint, or published weights (``arch="torchvision:resnet50", weights="IMAGENET1K_V2"``,
+    ``arch="timm:resnet18.a1_in1k"``; ``weights`` may also be a file, the same as ``path``).
+
+    mean/std the model states (weights' transforms, timm's pretrained_cfg, robaudit metadata) are
+    used; given ones must agree with them (UsageError otherwise). ``arch``/``arch_kwargs`` with a
+    format that holds its own architecture (TorchScript, torch.export, ONNX, a pickled module) are
+    a UsageError, never ignored.
     """
     if isinstance(arch_kwargs, str):
         arch_kwargs = parse_arch_kwargs(arch_kwargs)
-    given = _Settings(arch, arch_kwargs, num_classes, _shape(input_shape, "--input-shape"), _floats(mean), _floats(std))
-    default_shape = _shape(default_input_shape, "default_input_shape")
-    p = check_exists(path)
-    fmt = detect_format(p)
-    reader = {"safetensors": _read_safetensors, "pickle": _read_pickle, "torchscript": _read_torchscript,
-              "torch-export": _read_export}[fmt]
-    contents = reader(p, trust_checkpoint)
-    s = _merge(given, _parse_metadata(contents.metadata, p), contents.input_shape)
-    notes = list(contents.warnings)
-
-    if contents.module is not None:
-        net = contents.module
-        if arch is not None:
-            notes.append(f"--arch {arch} ignored: {p.name} contains a complete model")
-            s.arch = None
-        channels = s.input_shape[0] if s.input_shape else None
-    else:
-        assert contents.weights is not None
-        if not s.arch:
+    if weights is not None and weights_is_file(weights):
+        if path is not None:
+            raise UsageError(f"both a checkpoint ({path}) and --weights {weights} were given; give the weights file once")
+        path, weights = weights, None
+    ref = parse_arch(arch, weights) if arch else None
+    if weights is not None and ref is None:
+        raise UsageError(f"--weights {weights} needs --arch torchvision:NAME or timm:NAME to say whose weights they are")
+    named = None
+    if ref is not None and ref.weights is not None:
+        if path is not None:
             raise UsageError(
-                f"checkpoint {p} has no architecture metadata; pass --arch NAME "
-                f"(built-ins: {', '.join(ARCHITECTURES.names())}) or --arch path/to/net.py:Class"
+                f"--arch {arch} names published weights ({ref.weights}) and a checkpoint {path} was given too; "
+                f"drop one (to scan your own weights of this architecture: --arch {ref.spec})"
             )
-        net, s.num_classes, channels = _build_and_load(p, s, contents.weights, default_num_classes, default_shape)
-    nonfinite = nonfinite_warning(net.state_dict())
-    if nonfinite:
-        notes.append(nonfinite)
-    _check_stats(s, channels)
+        named = named_weights(ref, download=download)
+        p = named.path
+    elif path is None:
+        raise UsageError(
+            "no model: give a CHECKPOINT file, or published weights by name "
+            "(--arch torchvision:resnet50 --weights IMAGENET1K_V2, --arch timm:resnet18.a1_in1k)"
+        )
+    else:
+        p = check_exists(path)
+    fmt = detect_format(p)
+    if fmt in SELF_DESCRIBING and (arch or arch_kwargs):
+        raise UsageError(_self_describing(p, SELF_DESCRIBING[fmt], arch, arch_kwargs))
+    reader = {"safetensors": _read_safetensors, "pickle": _read_pickle, "torchscript": _read_torchscript,
+              "torch-export": _read_export, "onnx": _read_onnx}[fmt]
+    contents = reader(p, trust_checkpoint and named is None)  # published weights are always read as data
+    if contents.module is not None and (arch or arch_kwargs):
+        raise UsageError(_self_describing(p, "a pickled complete model", arch, arch_kwargs))
+    meta = _parse_metadata(contents.metadata, p)
+    if contents.module is None and not arch and meta.arch:  # named by the file, not by the caller: a registry name only
+        meta.arch = parse_arch(metadata_architecture(meta.arch, p)).spec
+    # what the weights state (published weights' transforms, robaudit metadata) must agree with --mean/--std;
+    # an architecture's default pretrained config (timm:NAME with your own file) only fills in what is not given
+    pre = named.preprocessing if named is not None else _metadata_preprocessing(meta, p)
+    given = _Settings(ref.spec if ref else None, arch_kwargs, num_classes, _shape(input_shape, "--input-shape"),
+                      _floats(mean), _floats(std))
+    stated = _Settings(meta.arch, meta.arch_kwargs, meta.num_classes or (named.num_classes if named else None),
+                       meta.input_shape, pre.mean if pre else None, pre.std if pre else None)
+    s = _merge(given, stated, contents.input_shape, pre.source if pre else "")
+    if pre is None and ref is not None and contents.module is None:
+        pre = architecture_preprocessing(ref)
+        if pre is not None and given.mean is None and given.std is None:
+            s.mean, s.std = pre.mean, pre.std
+    class_names = named.class_names if named is not None else _metadata_class_names(contents.metadata)
+    notes = list(contents.warnings) + (list(named.warnings) if named else [])
+    return OpenedModel(p, fmt, contents, s, notes, named.label if named else None, pre, class_names)
+
+
+def _self_describing(p: Path, what: str, arch: str | None, arch_kwargs: Any) -> str:
+    given = f"--arch {arch}" if arch else "--arch-kwargs"
+    return f"{given} can't apply to {p}: it is {what}, which holds its own architecture; drop {given}"
+
+
+def _metadata_preprocessing(meta: _Settings, p: Path) -> Preprocessing | None:
+    """mean/std and a square input size stated by robaudit metadata, as a Preprocessing (None if neither)."""
+    if meta.mean is None and meta.std is None and meta.input_shape is None:
+        return None
+    shape = meta.input_shape
+    crop = shape[1] if shape is not None and shape[1] == shape[2] else None
+    return Preprocessing(source=f"the robaudit metadata in {p.name}", crop_size=crop, mean=meta.mean, std=meta.std)
+
+
+def _metadata_class_names(meta: Mapping[str, str]) -> tuple[str, ...] | None:
+    raw = meta.get(f"{META}class_names")
     try:
-        model = NormalizedModel(net, s.mean, s.std)
-    except ValueError as exc:
-        raise UsageError(f"--mean/--std: {exc}") from None
-    info = ModelInfo(
-        path=str(p), format=fmt, sha256=sha256_file(p), arch=s.arch, arch_kwargs=dict(s.arch_kwargs or {}),
-        num_classes=s.num_classes, input_shape=s.input_shape, mean=s.mean, std=s.std,
-        metadata=dict(contents.metadata), warnings=tuple(notes),
-    )
-    return LoadedModel(model.to(device).eval(), info)
+        names = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return tuple(str(n) for n in names) if isinstance(names, list) else None
 
 
 def save_model(
@@ -247,28 +375,31 @@ def _read_pickle(p: Path, trust: bool) -> _Contents:
 
 
 def _read_torchscript(p: Path, trust: bool) -> _Contents:
+    if not trust:
+        raise refuse_code(p, "torchscript")
     extra = {EXTRA_FILE: ""}
     try:
-        with warnings.catch_warnings():  # supported on purpose; torch marks TorchScript deprecated
-            warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=FutureWarning)
+        with quiet_loading():  # supported on purpose; torch marks TorchScript deprecated
             net = torch.jit.load(str(p), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{p} is not a loadable TorchScript archive: {_first_line(exc)}") from None
     return _Contents(module=net, metadata=_extra_meta(extra[EXTRA_FILE]))
 
 
+def _read_onnx(p: Path, trust: bool) -> _Contents:
+    """ONNX is data: converted by onnx2torch after robaudit's checks (``_onnx``), whatever ``trust`` says."""
+    net, shape, warnings, metadata = read_onnx(p)
+    return _Contents(module=net, input_shape=shape, warnings=warnings, metadata=metadata)
+
+
 def _read_export(p: Path, trust: bool) -> _Contents:
-    problems = unsafe_export_members(p)
-    if problems and not trust:
-        raise UnsafeCheckpointError(
-            f"{p} needs arbitrary Python objects or native code to load ({'; '.join(problems[:3])}) and could run code; "
-            f"re-export it without them, save a state dict or safetensors, or pass --trust-checkpoint if you trust its source"
-        )
+    if not trust:
+        raise refuse_code(p, "torch-export")
     extra = {EXTRA_FILE: ""}
     try:
-        with open(p, "rb") as f:
+        with quiet_loading(), open(p, "rb") as f:
             program = torch.export.load(f, extra_files=extra)
-        net = program.module()
+            net = program.module()
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{p} is not a loadable torch.export archive: {_first_line(exc)}") from None
     contents = _Contents(module=net, metadata=_extra_meta(extra[EXTRA_FILE]))
@@ -352,8 +483,22 @@ def _build_and_load(
     if net is None:
         net = build_architecture(s.arch, num_classes=classes, in_channels=channels, kwargs=kwargs, input_size=input_size)
     fitted = fit_keys(weights, set(net.state_dict()))
-    load_strict(net, fitted, where=str(p), arch=s.arch)
+    try:
+        load_strict(net, fitted, where=str(p), arch=s.arch)
+    except CheckpointError as exc:
+        raise CheckpointError(str(exc) + _kwargs_hint(s.arch, fitted, classes, channels, kwargs, input_size)) from None
     return net, classes, channels
+
+
+def _kwargs_hint(arch, weights, classes, channels, kwargs, input_size) -> str:
+    """' (it fits --arch-kwargs width=16)' when changing integer architecture arguments makes every
+    shape fit, else a pointer to the architecture's parameters."""
+    from ._kwarg_hint import suggest_arch_kwargs
+
+    found = suggest_arch_kwargs(arch, weights, num_classes=classes, in_channels=channels, kwargs=kwargs, input_size=input_size)
+    if found:
+        return f" (it fits --arch-kwargs {','.join(f'{k}={v}' for k, v in found.items())})"
+    return f" (see `robaudit list architectures -v` for {arch}'s --arch-kwargs)"
 
 
 def _dim_from(weights: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], finder: Any, dim: int) -> int | None:
@@ -367,17 +512,33 @@ def _dim_from(weights: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tenso
 # --- settings --------------------------------------------------------------------------------
 
 
-def _merge(given: _Settings, meta: _Settings, file_shape: tuple[int, int, int] | None) -> _Settings:
-    """Explicit values win over metadata; metadata arch_kwargs apply only to the metadata's arch."""
-    same_arch = given.arch is None or given.arch == meta.arch
+def _merge(given: _Settings, stated: _Settings, file_shape: tuple[int, int, int] | None, source: str) -> _Settings:
+    """Explicit values win over metadata for arch, kwargs, classes and shape; mean/std stated by the
+    model (``source``) must agree with given ones. Metadata arch_kwargs apply only to the metadata's arch."""
+    same_arch = given.arch is None or given.arch == stated.arch
+    for name, mine, theirs in (("--mean", given.mean, stated.mean), ("--std", given.std, stated.std)):
+        if mine is not None and theirs is not None and not _same_stats(mine, theirs):
+            raise UsageError(
+                f"{name} {','.join(f'{v:g}' for v in mine)} conflicts with {','.join(f'{v:g}' for v in theirs)} "
+                f"from {source}; drop --mean/--std (the model's own are used)"
+            )
     return _Settings(
-        arch=given.arch or meta.arch,
-        arch_kwargs=given.arch_kwargs if given.arch_kwargs is not None else (meta.arch_kwargs if same_arch else None),
-        num_classes=given.num_classes if given.num_classes is not None else meta.num_classes,
-        input_shape=given.input_shape or meta.input_shape or file_shape,
-        mean=given.mean if given.mean is not None else meta.mean,
-        std=given.std if given.std is not None else meta.std,
+        arch=given.arch or stated.arch,
+        arch_kwargs=given.arch_kwargs if given.arch_kwargs is not None else (stated.arch_kwargs if same_arch else None),
+        num_classes=given.num_classes if given.num_classes is not None else stated.num_classes,
+        input_shape=given.input_shape or stated.input_shape or file_shape,
+        mean=stated.mean if stated.mean is not None else given.mean,
+        std=stated.std if stated.std is not None else given.std,
     )
+
+
+def _same_stats(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Equal up to printing precision; one value stands for every channel."""
+    if len(a) != len(b) and 1 not in (len(a), len(b)):
+        return False
+    n = max(len(a), len(b))
+    a, b = list(a) * (n if len(a) == 1 else 1), list(b) * (n if len(b) == 1 else 1)
+    return all(abs(x - y) <= 1e-4 * max(1.0, abs(y)) for x, y in zip(a, b))
 
 
 def _parse_metadata(meta: Mapping[str, str], p: Path) -> _Settings:

@@ -3,8 +3,8 @@
 ``torch.export`` specializes the batch dimension unless it was exported with ``dynamic_shapes``
 (and always when exported with batch 1); the graph then refuses any other batch size. robaudit
 audits such a model at its own batch size B: :class:`FixedBatchModel` splits every call into
-chunks of B samples and pads the last chunk with copies of its last sample, whose outputs are
-dropped. In eval mode samples don't interact, so each real sample's output (and its input
+chunks of B samples and pads the last chunk with zero images, whose outputs are dropped
+(:func:`forward_in_blocks`, also behind the engine's ``--compute-block``). In eval mode samples don't interact, so each real sample's output (and its input
 gradient, Hessian-vector product, ...) is exactly what a dynamic-batch model would give. Every
 call path is covered: the engine's batches, subsets an attack keeps querying (Square's unbroken
 samples, APGD-T's targets, cascades), ``torch.func`` transforms of the geometry checks.
@@ -18,7 +18,7 @@ from torch import nn
 
 from .wrapper import NormalizedModel
 
-__all__ = ["FixedBatchModel", "static_batch_size"]
+__all__ = ["FixedBatchModel", "forward_in_blocks", "static_batch_size"]
 
 
 def static_batch_size(model: nn.Module) -> int | None:
@@ -35,6 +35,25 @@ def static_batch_size(model: nn.Module) -> int | None:
     return None
 
 
+def forward_in_blocks(forward, x: torch.Tensor, block: int) -> torch.Tensor:
+    """``forward`` run on blocks of exactly ``block`` rows of ``x``, the last padded with zero
+    images whose outputs are dropped; also with no row (one padded block, for the output's shape).
+    In eval mode rows don't interact, so each row's output and derivatives are those of a free call."""
+    n = x.shape[0]
+    if n == block:
+        return forward(x)
+    if n == 0:
+        return forward(x.new_zeros(block, *x.shape[1:]))[:0]
+    outs = []
+    for start in range(0, n, block):
+        chunk = x[start:start + block]
+        real = chunk.shape[0]
+        if real < block:
+            chunk = torch.cat([chunk, chunk.new_zeros((block - real, *chunk.shape[1:]))])
+        outs.append(forward(chunk)[:real])
+    return torch.cat(outs) if len(outs) != 1 else outs[0]
+
+
 class FixedBatchModel(NormalizedModel):
     """A :class:`NormalizedModel` whose inner model accepts exactly ``batch`` samples per call:
     ``forward`` runs any number of samples in chunks of ``batch``, padding the last chunk."""
@@ -48,17 +67,7 @@ class FixedBatchModel(NormalizedModel):
         self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] == 0:  # no sample: run one padded chunk for the output's shape
-            return super().forward(x.new_zeros(self.batch, *x.shape[1:]))[:0]
-        outs = []
-        for start in range(0, x.shape[0], self.batch):
-            chunk = x[start:start + self.batch]
-            real = chunk.shape[0]
-            if real < self.batch:  # padding rows: detached copies, their outputs are dropped
-                pad = chunk[-1:].detach().expand(self.batch - real, *chunk.shape[1:])
-                chunk = torch.cat([chunk, pad])
-            outs.append(super().forward(chunk)[:real])
-        return torch.cat(outs) if len(outs) != 1 else outs[0]
+        return forward_in_blocks(super().forward, x, self.batch)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, batch={self.batch}"

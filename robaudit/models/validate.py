@@ -11,7 +11,7 @@ from .fixed_batch import FixedBatchModel, static_batch_size
 from .spec import LoadedModel
 from .wrapper import NormalizedModel
 
-__all__ = ["check_fits"]
+__all__ = ["check_fits", "align_labels"]
 
 _PROBE_BATCHES = (3, 2, 1)  # the first is the one whose output is checked
 
@@ -99,8 +99,8 @@ def _probe(model: torch.nn.Module, shape: list[int], dataset_name: str) -> tuple
     failed = ", ".join(str(b) for b in sorted(reasons))
     raise InputError(
         f"model runs batches of {', '.join(str(b) for b in sorted(outputs))} samples but not {failed} "
-        f"({next(iter(reasons.values()))}); if it is a torch.export archive, re-export it with "
-        f"dynamic_shapes={{'x': {{0: torch.export.Dim('batch')}}}}"
+        f"({next(iter(reasons.values()))}); re-export it with a dynamic batch axis (torch.export: "
+        f"dynamic_shapes={{'x': {{0: torch.export.Dim('batch')}}}}; ONNX: dynamic_axes={{'x': {{0: 'batch'}}}})"
     )
 
 
@@ -113,3 +113,35 @@ def _device(model: torch.nn.Module) -> torch.device:
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def align_labels(data, info):
+    """``data`` with its labels renumbered to the model's own classes, matched by name.
+
+    When the weights name their classes (torchvision's meta, robaudit metadata) and every class of
+    the data has one of those names (case-insensitive), label i becomes the model's index of
+    ``data.class_names[i]`` and the class names become the model's: an image folder ``goldfish/``,
+    ``tench/`` is scanned against ImageNet's outputs 1 and 0. Data whose classes already are the
+    model's, or whose names don't match while the class counts agree (folders named by index or by
+    WordNet id), is returned as it is; different class counts and unmatched names raise InputError.
+    """
+    from dataclasses import replace
+
+    names = info.class_names
+    if not names or tuple(data.class_names) == tuple(names):
+        return data
+    index: dict[str, int] = {}
+    for i, name in enumerate(names):
+        index.setdefault(str(name).lower(), i)
+    missing = [c for c in data.class_names if str(c).lower() not in index]
+    if missing:
+        if len(names) == data.num_classes:
+            return data
+        shown = ", ".join(repr(c) for c in missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise InputError(
+            f"the model has {len(names)} classes but {data.name} has {data.num_classes}, and its classes {shown} are not "
+            f"among the model's class names; name the class folders after the model's classes (e.g. {names[0]!r}) "
+            f"or use data with the model's {len(names)} classes"
+        )
+    order = torch.tensor([index[str(c).lower()] for c in data.class_names], dtype=torch.int64)
+    return replace(data, y=order[data.y], class_names=tuple(str(n) for n in names))

@@ -16,6 +16,7 @@ import numpy as np
 
 from .plots import (
     _ATTACK_CYCLE,
+    histogram_bins,
     ADVERSARIAL,
     MISCLASSIFIED,
     NATURAL,
@@ -103,18 +104,6 @@ def eps_values(sec, result) -> list[float]:
     return sorted(out)
 
 
-def _log_bins(data: list[np.ndarray], count: int = 30) -> tuple[np.ndarray, bool]:
-    """Bins over all positive values: logarithmic when they span more than a decade."""
-    allv = np.concatenate([d for d in data if d.size] or [np.zeros(0)])
-    pos = allv[allv > 0]
-    if pos.size and pos.max() / pos.min() > 10:
-        return np.geomspace(pos.min() * 0.95, pos.max() * 1.05, count + 1), True
-    lo, hi = (float(allv.min()), float(allv.max())) if allv.size else (0.0, 1.0)
-    if hi <= lo:
-        lo, hi = lo - 0.5 * max(abs(lo), 1e-3), hi + 0.5 * max(abs(hi), 1e-3)
-    return np.linspace(lo, hi, count + 1), False
-
-
 def _symlog_threshold(values: np.ndarray) -> float:
     """Linear range of a symlog axis: 10⁻³ of the largest |value| (at least 1e-12)."""
     finite = np.abs(values[np.isfinite(values)])
@@ -145,11 +134,11 @@ def minimal_figures(sec, result) -> dict[str, Any]:
     if not any(d.size for _, _, d in series):
         return {}
     sym = norm_symbol(sec.norm)
-    fig = figure(6.8, 3.4)
+    fig = figure(7.2, 3.8)
     ax = fig.add_subplot()
-    bins, logx = _log_bins([d for _, _, d in series])
+    bins = histogram_bins([d for _, _, d in series])
     for i, (label, color, data) in enumerate(series):
-        ax.hist(data, bins=bins, histtype="stepfilled" if i == 0 else "step", alpha=0.55 if i == 0 else 1.0,
+        ax.hist(data, bins=bins.edges, histtype="stepfilled" if i == 0 else "step", alpha=0.55 if i == 0 else 1.0,
                 linewidth=1.6, color=color, label=f"{label} ({data.size})")
     from ..threat import format_eps
 
@@ -157,12 +146,11 @@ def minimal_figures(sec, result) -> dict[str, Any]:
         ax.axvline(e, color="black", linestyle=(0, (4, 2)), linewidth=1, label="scan ε" if j == 0 else None)
         ax.annotate(f"ε={format_eps(e)}", (e, 1.0), xycoords=("data", "axes fraction"), rotation=90,
                     ha="right", va="top", fontsize=7)
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel(f"minimal perturbation ‖δ‖ ({sym}, pixel scale [0,1]{', log scale' if logx else ''})")
+    bins.apply(ax)
+    ax.set_xlabel(f"minimal perturbation ‖δ‖ ({sym}, pixel scale [0,1]{bins.suffix()})")
     ax.set_ylabel("clean-correct samples")
     ax.set_title(f"Minimal adversarial perturbation per sample ({sym}; attack-found upper bounds)")
-    fig.legend(loc="outside lower center", ncols=3)
+    fig.legend(loc="outside lower center", ncols=2)
     return {"histogram": to_data_uri(fig)}
 
 
@@ -210,17 +198,18 @@ def _jacobian_norms(sec, result) -> str:
     ax1, ax2 = fig.subplots(1, 2)
     l1 = floats(sec.margin.l1)
     zf = floats(sec.margin.zero_fraction)
-    bins, logx = _log_bins([l1[np.isfinite(l1)]], 25)
-    for ax, values, b in ((ax1, l1, bins), (ax2, 100 * zf, np.linspace(0, 100, 26))):
+    suffixes = []
+    for ax, values, bounds in ((ax1, l1, None), (ax2, 100 * zf, (0.0, 100.0))):
+        bins = histogram_bins([values], 25, bounds)
         data = [values[m & np.isfinite(values)] for _, _, m in groups]
-        ax.hist(data, bins=b, stacked=True, histtype="stepfilled", color=[c for _, c, _ in groups],
+        ax.hist(data, bins=bins.edges, stacked=True, histtype="stepfilled", color=[c for _, c, _ in groups],
                 label=[f"{label} ({d.size})" for (label, _, _), d in zip(groups, data)])
+        bins.apply(ax)
+        suffixes.append(bins.suffix())
         ax.set_ylabel("samples")
-    if logx:
-        ax1.set_xscale("log")
-    ax1.set_xlabel("‖∂L/∂x‖₁ (logits per unit pixel intensity, [0,1] scale)")
+    ax1.set_xlabel(f"‖∂L/∂x‖₁ (logits per unit pixel intensity, [0,1] scale{suffixes[0]})")
     ax1.set_title("ℓ1 norm of the margin Jacobian")
-    ax2.set_xlabel(f"entries with |∂L/∂x| < {sec.zero_threshold:g} (% of d = {sec.d})")
+    ax2.set_xlabel(f"entries with |∂L/∂x| < {sec.zero_threshold:g} (% of d = {sec.d}{suffixes[1]})")
     ax2.set_title("Near-zero Jacobian entries")
     handles, labels = ax1.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2)
@@ -234,12 +223,19 @@ def _jacobian_heatmaps(sec) -> str:
     maps = [jacobian_map(decode_tensor(h.gradient, tuple(h.shape)).numpy()) for h in sec.heatmaps]
     peak = max((float(m.max()) for m in maps if m.size), default=0.0) or 1.0
     k = len(maps)
-    fig = figure(max(3.2, 1.7 * k + 1.2), 3.9)
-    axes = fig.subplots(2, k, squeeze=False)
+    cols = min(k, 6)
+    rows = -(-k // cols)
+    fig = figure(max(3.2, 1.7 * cols + 1.2), 3.7 * rows + 0.3)
+    axes = fig.subplots(2 * rows, cols, squeeze=False)
+    for j in range(k, rows * cols):  # empty slots of the last row
+        r, c = divmod(j, cols)
+        axes[2 * r][c].set_visible(False)
+        axes[2 * r + 1][c].set_visible(False)
     image = None
     for j, (h, m) in enumerate(zip(sec.heatmaps, maps)):
         img = np.clip(decode_tensor(h.image, tuple(h.shape)).numpy(), 0, 1)
-        top, bottom = axes[0][j], axes[1][j]
+        r, c = divmod(j, cols)
+        top, bottom = axes[2 * r][c], axes[2 * r + 1][c]
         top.imshow(img[0] if img.shape[0] == 1 else np.transpose(img[:3], (1, 2, 0)), cmap="gray", vmin=0, vmax=1,
                    interpolation="nearest")
         top.set_title(f"#{h.index}, L(x)={h.margin:.3g}", fontsize=8)
@@ -249,10 +245,11 @@ def _jacobian_heatmaps(sec) -> str:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
-    axes[0][0].set_ylabel("input")
-    axes[1][0].set_ylabel("|∂L/∂x|")
-    fig.colorbar(image, ax=[a[-1] for a in axes], label="Σ_c |∂L/∂x_c| (logits / unit pixel)", shrink=0.9)
-    fig.suptitle("Margin Jacobian of the lowest-margin correct samples", fontsize=10)
+    for r in range(rows):
+        axes[2 * r][0].set_ylabel("input")
+        axes[2 * r + 1][0].set_ylabel("|∂L/∂x|")
+    fig.colorbar(image, ax=list(axes[:, -1]), label="Σ_c |∂L/∂x_c| (logits / unit pixel)", shrink=0.9)
+    fig.suptitle("Margin Jacobian of low-margin correct samples (one colour scale)", fontsize=10)
     return to_data_uri(fig)
 
 
@@ -293,7 +290,7 @@ def curvature_figures(sec, result) -> dict[str, Any]:
             ax.plot(ranks[sl], mean[sl], color=color, linewidth=1.0, linestyle="--" if median is not None else "-",
                     marker=None if median is not None else marker,
                     label=f"{label}: mean{'' if median is not None else ends}" if i == 0 else None)
-    ax.set_yscale("symlog", linthresh=_symlog_threshold(np.concatenate(allv)))
+    ax.set_yscale("symlog", linthresh=_symlog_threshold(np.concatenate(allv)), linscale=2.0)  # room for the labels around 0
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel(f"eigenvalue rank (0 = largest, of d = {sec.d})")
     ax.set_ylabel("λ of ∇²ℓ(x) (nats / pixel², symlog)")
@@ -328,13 +325,13 @@ def indicator_figures(sec, result) -> dict[str, Any]:
 
 
 def _indicator_scatter(panels) -> str:
-    fig = figure(8.0, 3.6)
+    fig = figure(8.4, 4.0)
     axes = fig.subplots(1, 2)
     for ax, (sym, radius, attack, rho) in zip(axes, panels):
         r, a = _pairs(radius, attack)
         ax.set_title(f"{sym}: Spearman ρ = {_rho(rho)} (n = {r.size})")
-        ax.set_xlabel(f"attack-found minimal radius ({sym}, pixel scale [0,1])")
-        ax.set_ylabel(f"Eq. 9 indicator radius ({sym}, pixel scale)")
+        ax.set_xlabel(f"attack-found minimal radius ({sym}, [0,1] scale)")
+        ax.set_ylabel(f"Eq. 9 indicator radius ({sym})")
         if not r.size:
             ax.text(0.5, 0.5, "no sample with both radii", transform=ax.transAxes, ha="center")
             continue
@@ -399,7 +396,7 @@ def spectra_figures(sec, result) -> dict[str, Any]:
     ax.set_xlabel("layer (weights read as out × in matrices)")
     ax.set_ylabel("singular value (weight units)")
     ax.set_title(f"Singular values of the weight matrices ({len(layers)} layers)")
-    ax.legend(loc="upper right")
+    fig.legend(loc="outside right center")
     return {"bars": to_data_uri(fig)}
 
 
@@ -448,45 +445,53 @@ def _surface_3d(ax, a: np.ndarray, plane) -> None:
             warnings.simplefilter("ignore")
             ax.contour(A, B, m, levels=[0.0], colors=BOUNDARY, linewidths=2, zdir="z", offset=floor)
     ax.set_zlim(bottom=floor)
-    ax.set_xlabel("a (u)", fontsize=7, labelpad=-4)
-    ax.set_ylabel("b (v)", fontsize=7, labelpad=-4)
-    ax.set_zlabel("loss (nats)", fontsize=7, labelpad=-4)
-    ax.tick_params(labelsize=6, pad=-2)
+    ax.set_xlabel("a (along u)", fontsize=8, labelpad=2)
+    ax.set_ylabel("b (along v)", fontsize=8, labelpad=2)
+    ax.set_zlabel("loss (nats)", fontsize=8, labelpad=4)
+    ax.tick_params(labelsize=7, pad=0)
     ax.view_init(elev=30, azim=-60)
+
+
+SURFACE_COLUMNS = 3  # planes per row of the figure, so each panel is about 3 inches wide
 
 
 @styled
 def surface_sample_figure(sec, sample) -> str:
-    """For one sample, one column per plane: top, margin contours with the L = 0 boundary (a along
-    u horizontal, b along v vertical; threat norm, pixel scale, unclipped); bottom, the 3-D loss
-    surface (nats) with the boundary projected on its floor. One colour scale for the margins."""
+    """For one sample, a grid of planes (three per row): for each, the margin contours with the L = 0
+    boundary (a along u horizontal, b along v vertical; threat norm, pixel scale, unclipped) and
+    below it the 3-D loss surface (nats) with the boundary projected on its floor. One colour
+    scale for the margins."""
     from matplotlib.colors import TwoSlopeNorm
 
     a = np.asarray(sec.axis, dtype=np.float64)
     planes = [p for p in sample.planes if p.margin]
     sym = norm_symbol(sec.norm)
     k = len(planes)
-    fig = figure(2.25 * k + 1.0, 5.0, layout=None)  # constrained layout with 3-D axes costs seconds
-    fig.subplots_adjust(left=0.05, right=0.9, top=0.84, bottom=0.03, wspace=0.3, hspace=0.25)
+    cols = min(k, SURFACE_COLUMNS)
+    rows = -(-k // cols)
+    height = 6.2 * rows + 1.0
+    fig = figure(3.5 * cols + 1.2, height, layout=None)  # constrained layout with 3-D axes costs seconds
+    fig.subplots_adjust(left=0.07, right=0.88, top=1 - 1.0 / height, bottom=0.2 / height, wspace=0.35, hspace=0.22)
     allm = np.concatenate([np.asarray(p.margin, dtype=np.float64).ravel() for p in planes])
     finite = allm[np.isfinite(allm)]
     norm = TwoSlopeNorm(vcenter=0.0, vmin=float(min(finite.min(), -1e-6)) if finite.size else -1.0,
                         vmax=float(max(finite.max(), 1e-6)) if finite.size else 1.0)
     cs = None
     for j, plane in enumerate(planes):
-        top = fig.add_subplot(2, k, j + 1)
+        r, c = divmod(j, cols)
+        top = fig.add_subplot(2 * rows, cols, 2 * r * cols + c + 1)
         cs, boundary = _margin_contours(top, a, plane, sec.eps, norm)
         top.set_title(f"u: {SURFACE_DIRECTIONS_SHORT.get(plane.name, plain(plane.name))}"
-                      + ("" if boundary is not None else "\n(no L = 0 in view)"), fontsize=8)
-        top.set_xlabel(f"a along u ({sym})", fontsize=7, labelpad=1)
-        if j == 0:
-            top.set_ylabel(f"b along v = random ({sym})", fontsize=7)
-        top.tick_params(labelsize=6)
-        _surface_3d(fig.add_subplot(2, k, k + j + 1, projection="3d"), a, plane)
-    cax = fig.add_axes((0.92, 0.55, 0.012, 0.29))
+                      + ("" if boundary is not None else " (no L = 0 in view)"), fontsize=10)
+        top.set_xlabel(f"a along u ({sym})", fontsize=8, labelpad=1)
+        top.set_ylabel(f"b along v = random ({sym})", fontsize=8)
+        top.tick_params(labelsize=7)
+        top.set_aspect("equal")
+        _surface_3d(fig.add_subplot(2 * rows, cols, (2 * r + 1) * cols + c + 1, projection="3d"), a, plane)
+    cax = fig.add_axes((0.91, 1 - 3.8 / height, 0.015, 2.6 / height))
     fig.colorbar(cs, cax=cax, label="margin L (logits)")
-    fig.suptitle(f"Sample #{sample.index}: margin L on planes x + a·u + b·v (black: decision boundary L = 0, ★ = the sample, "
-                 f"dotted: ±ε = {sec.eps:.3g}); below: loss surface in 3-D", fontsize=9)
+    fig.suptitle(f"Sample #{sample.index}: margin L on planes x + a·u + b·v (black: decision boundary L = 0, ★ = the sample,\n"
+                 f"dotted: ±ε = {sec.eps:.3g}); under each plane: the loss surface in 3-D", fontsize=10)
     return to_data_uri(fig)
 
 
@@ -520,7 +525,8 @@ def landscape_figures(sec, result) -> dict[str, Any]:
     twin.grid(False)
     lines = ax1.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax1.legend(lines, [l.get_label() for l in lines], loc="upper center")
-    ax1.set_title(f"1-D landscape (n = {sec.n_samples}; sharpness {sec.sharpness_1d:.3g} nats)")
+    sharpness = "—" if sec.sharpness_1d is None else f"{sec.sharpness_1d:.3g}"  # None: no finite loss at θ
+    ax1.set_title(f"1-D landscape (n = {sec.n_samples}; sharpness {sharpness} nats)")
     if sec.loss_2d:
         ax2 = fig.add_subplot(1, 2, 2)
         x2 = np.asarray(sec.axis_2d, dtype=np.float64)

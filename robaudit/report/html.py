@@ -1,7 +1,9 @@
 """Self-contained HTML report from a ScanResult (Jinja2, autoescaped; no JavaScript, no external URLs).
 
-Layout: verdict (gate outcomes, flags, headline clean and worst-case robust accuracy), flags,
-provenance, then one block per section present in the result, in the result's order. Each
+Layout: verdict (gate outcomes, flags, headline clean and worst-case robust accuracy with n and 95%
+interval, and the attack recipe), flags with their explanations (the packaged flags.md), provenance,
+then one block per section present in the result, in the result's order, and the bibliography of
+the papers the page cites (``cite``; :mod:`robaudit.report.bibliography`). Each
 section renders through its partial ``templates/sections/<name>.html.j2`` with the figures from
 ``plots.SECTION_PLOTS[<name>]``; a section without a partial (a plugin's, or a plain dict whose
 type isn't installed) gets the generic key/value partial. Sections that did not run are absent.
@@ -22,10 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
+from ..outputs import atomic_write
 from ..results import ScanResult, to_jsonable
+from ..stats import Proportion, proportion
 from ..threat import format_eps
 from . import geometry_plots, plots  # noqa: F401  (geometry_plots registers its figures)
+from .bibliography import REFERENCES, cite, cite_attack, cited_keys, link_mentions
+from .flag_docs import flag_explanations
+from .verdict import headline as headline_numbers
+from .verdict import recipe
 
 __all__ = ["render_html", "write_html", "render_compare_html", "write_compare_html", "SECTION_TITLES", "canonical"]
 
@@ -65,6 +74,20 @@ def num(v: Any, digits: int = 4) -> str:
     if isinstance(v, int):
         return str(v)
     return f"{float(v):.{digits}g}"
+
+
+def ci(p: Proportion | None, digits: int = 1) -> str:
+    """``95% CI 1.0–13.9% · 3/60``, or '' without an interval."""
+    if p is None:
+        return ""
+    return f"95% CI {100 * p.lower:.{digits}f}–{100 * p.upper:.{digits}f}% · {p.k}/{p.n}"
+
+
+def fraction_interval(value: Any, n: Any) -> Proportion | None:
+    """The interval of a stored fraction of ``n`` samples (k = value·n, exact for a k/n fraction)."""
+    if _missing(value) or not isinstance(n, int) or n <= 0:
+        return None
+    return proportion(k=round(float(value) * n), n=n)
 
 
 def slug(text: Any) -> str:
@@ -112,9 +135,11 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(pct=pct, num=num, eps=format_eps, slug=slug, norm_symbol=plots.norm_symbol)
+    env.filters.update(pct=pct, num=num, eps=format_eps, slug=slug, norm_symbol=plots.norm_symbol, ci=ci,
+                       cites=lambda text: link_mentions(str(markupsafe.escape(text))))
     env.globals.update(colors={"natural": plots.NATURAL, "adversarial": plots.ADVERSARIAL, "misclassified": plots.MISCLASSIFIED},
-                       directions=geometry_plots.SURFACE_DIRECTIONS)
+                       directions=geometry_plots.SURFACE_DIRECTIONS, cite=cite, cite_attack=cite_attack,
+                       fraction_interval=fraction_interval, proportion=proportion)
     return env
 
 
@@ -132,7 +157,8 @@ class SectionView:
 
 
 def canonical(result: ScanResult) -> ScanResult:
-    """The result exactly as its JSON file reads back (non-finite floats → None, lists → tuples)."""
+    """The result exactly as its JSON file reads back (lists → tuples; a non-finite float → null →
+    None in an optional field, NaN in a float one)."""
     return ScanResult.from_dict(json.loads(json.dumps(result.to_dict(), allow_nan=False)))
 
 
@@ -179,25 +205,22 @@ def _provenance_rows(result: ScanResult) -> list[tuple[str, Any]]:
 
 def _flag_groups(result: ScanResult) -> list[dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {}
+    explained = flag_explanations()
     for flag in result.flags:
-        g = groups.setdefault(flag.code, {"code": flag.code, "anchor": f"flag-{slug(flag.code)}", "severity": flag.severity, "messages": []})
+        g = groups.setdefault(flag.code, {"code": flag.code, "anchor": f"flag-{slug(flag.code)}", "severity": flag.severity,
+                                          "messages": [], "explanation": explained.get(flag.code)})
         g["messages"].append(flag.message)
         if flag.severity == "error":
             g["severity"] = "error"
     return list(groups.values())
 
 
-def _headline(result: ScanResult) -> dict[str, Any]:
-    clean = result.section("clean")
-    attacks = result.section("attacks")
-    worst = []
-    if attacks is not None and not isinstance(attacks, dict):
-        worst = [(format_eps(e), attacks.ensemble.get(format_eps(e))) for e in sorted(attacks.eps)]
-    return {
-        "clean": getattr(clean, "accuracy", None) if not isinstance(clean, dict) else clean.get("accuracy"),
-        "worst": worst,
-        "norm": getattr(attacks, "norm", None) if attacks is not None and not isinstance(attacks, dict) else None,
-    }
+def _render_with_references(template: str, **context) -> str:
+    """Render ``template`` and append the bibliography of exactly the entries the page cites."""
+    page = _env().get_template(template)
+    html = page.render(references=(), **context)
+    keys = cited_keys(html)
+    return page.render(references=[(k, REFERENCES[k]) for k in keys], **context) if keys else html
 
 
 def render_html(result: ScanResult, gate_outcome=None) -> str:
@@ -206,13 +229,18 @@ def render_html(result: ScanResult, gate_outcome=None) -> str:
     views = [_section_view(name, sec, result) for name, sec in result.sections.items()]
     from .. import __version__
 
-    return _env().get_template("report.html.j2").render(
+    attacks = result.section("attacks")
+    return _render_with_references(
+        "report.html.j2",
         result=result,
         prov=result.provenance,
         views=views,
         gate=gate_outcome,
         flags=_flag_groups(result),
-        headline=_headline(result),
+        other_flags=[(code, text) for code, text in flag_explanations().items() if code not in {f.code for f in result.flags}],
+        headline=headline_numbers(result),
+        recipe=recipe(attacks) if attacks is not None else None,
+        intervals=result.intervals(),
         provenance_rows=_provenance_rows(result),
         cls=_class_name(result.provenance.class_names),
         checkpoint_name=Path(result.provenance.checkpoint).name or result.provenance.checkpoint,
@@ -220,42 +248,39 @@ def render_html(result: ScanResult, gate_outcome=None) -> str:
     )
 
 
-def _write(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_html(result: ScanResult, path: str | Path, gate_outcome=None) -> None:
-    _write(path, render_html(result, gate_outcome))
+    atomic_write(path, render_html(result, gate_outcome))
 
 
 # --- compare ---------------------------------------------------------------------------------------
-def render_compare_html(comparison, max_drop: float | None = None) -> str:
-    """Side-by-side provenance, comparability warnings, per-metric deltas (largest drops first)."""
+def render_compare_html(comparison, max_drop: float | None = None, significant: bool = False) -> str:
+    """Side-by-side provenance, comparability warnings, per-metric deltas (accuracies first, with
+    n, 95% intervals and the exact McNemar test)."""
     from .. import __version__
     from ..compare import is_accuracy_metric
 
     before, after = canonical(comparison.before), canonical(comparison.after)
-    regressions = {d.metric for d in comparison.regressions(max_drop)} if max_drop is not None else set()
+    regressions = {d.metric for d in comparison.regressions(max_drop, significant)} if max_drop is not None else set()
     prov_rows = []
     for f in dataclasses.fields(before.provenance):
         if f.name == "class_names":
             continue
         vb, va = getattr(before.provenance, f.name), getattr(after.provenance, f.name)
         prov_rows.append((f.name, _value_text(vb), _value_text(va), vb != va))
-    return _env().get_template("compare.html.j2").render(
+    return _render_with_references(
+        "compare.html.j2",
         c=comparison,
         prov_rows=prov_rows,
         curve=plots.compare_curve(before, after, comparison.before_label, comparison.after_label),
         regressions=regressions,
         max_drop=max_drop,
+        significant=significant,
         is_accuracy=is_accuracy_metric,
+        before_intervals=before.intervals(),
+        after_intervals=after.intervals(),
         version=__version__,
     )
 
 
-def write_compare_html(comparison, path: str | Path, max_drop: float | None = None) -> None:
-    _write(path, render_compare_html(comparison, max_drop))
+def write_compare_html(comparison, path: str | Path, max_drop: float | None = None, significant: bool = False) -> None:
+    atomic_write(path, render_compare_html(comparison, max_drop, significant))

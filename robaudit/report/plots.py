@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -33,6 +34,8 @@ __all__ = [
     "norm_symbol",
     "plain",
     "compare_curve",
+    "Bins",
+    "histogram_bins",
 ]
 
 # Colours, defined once: natural (clean) inputs, adversarial inputs / the worst case, samples
@@ -145,6 +148,56 @@ def perturbation_data_uri(clean: np.ndarray, adversarial: np.ndarray) -> tuple[s
     return image_data_uri(0.5 + delta * gain), gain
 
 
+@dataclass(frozen=True)
+class Bins:
+    """Histogram bin edges and the x scale to draw them on (``linear``, ``log`` or ``symlog`` with
+    ``linthresh``); ``constant``: every value is the same (the plot says so instead of one bar)."""
+
+    edges: np.ndarray
+    scale: str = "linear"
+    linthresh: float = 0.0
+    constant: float | None = None
+
+    def apply(self, ax) -> None:
+        if self.scale == "log":
+            ax.set_xscale("log")
+        elif self.scale == "symlog":
+            ax.set_xscale("symlog", linthresh=self.linthresh)
+        if self.constant is not None:
+            ax.text(0.5, 0.92, f"every sample: {self.constant:.4g}", transform=ax.transAxes, ha="center", va="top", fontsize=8)
+
+    def suffix(self) -> str:
+        return {"log": ", log scale", "symlog": ", log scale above the first bin"}.get(self.scale, "")
+
+
+def histogram_bins(data, count: int = 30, bounds: tuple[float, float] | None = None) -> Bins:
+    """Bins that show a distribution instead of one tall bar.
+
+    Over ``bounds`` (a natural range such as [0,1]) unless the values fill less than a fifth of it,
+    else over the values' own range. Non-negative values spanning more than two decades whose linear
+    bins would put half of them in one bin get logarithmic bins (a first bin [0, smallest positive)
+    holds exact zeros, drawn on a symlog axis); never within ``bounds``."""
+    parts = [np.asarray(d, dtype=np.float64) for d in data]
+    allv = np.concatenate([d[np.isfinite(d)] for d in parts] or [np.zeros(0)])
+    if not allv.size:
+        return Bins(np.linspace(0.0, 1.0, count + 1))
+    lo, hi = float(allv.min()), float(allv.max())
+    if hi <= lo:
+        pad = 0.5 * max(abs(lo), 1e-3)
+        return Bins(np.linspace(lo - pad, hi + pad, count + 1), constant=lo)
+    if bounds is not None and (hi - lo) >= 0.2 * (bounds[1] - bounds[0]):
+        return Bins(np.linspace(bounds[0], bounds[1], count + 1))
+    edges = np.linspace(lo, hi, count + 1)
+    crowded = np.histogram(allv, bins=edges)[0].max() >= 0.5 * allv.size
+    pos = allv[allv > 0]
+    if bounds is None and lo >= 0 and crowded and pos.size and hi / pos.min() > 100:
+        logs = np.geomspace(pos.min() * 0.999, hi * 1.001, count)
+        if lo == 0:
+            return Bins(np.concatenate([[0.0], logs]), "symlog", float(logs[0]))
+        return Bins(logs, "log")
+    return Bins(edges)
+
+
 def attack_colors(labels) -> dict[str, str]:
     """A stable colour per attack label, in order of first appearance."""
     out: dict[str, str] = {}
@@ -181,13 +234,19 @@ def clean_figures(sec, result) -> dict[str, Any]:
         ax.set_xlabel(f"class rank (1 = least accurate of {len(values)})")
     else:
         labels = [plain(names[i]) if i < len(names) else str(i) for i, _ in acc]
-        ax.bar(range(len(acc)), [100 * v for _, v in acc], color=NATURAL)
+        per_class = sec.per_class_intervals().get("clean.accuracy", []) if hasattr(sec, "per_class_intervals") else []
+        err = None
+        if per_class:
+            err = [[100 * (v - per_class[i].lower) if per_class[i] else 0.0 for i, v in acc],
+                   [100 * (per_class[i].upper - v) if per_class[i] else 0.0 for i, v in acc]]
+        ax.bar(range(len(acc)), [100 * v for _, v in acc], color=NATURAL, yerr=err, capsize=3, ecolor="0.25")
         ax.set_xticks(range(len(acc)), labels, rotation=45 if len(acc) > 6 else 0, ha="right" if len(acc) > 6 else "center")
         ax.set_xlabel("class")
     ax.axhline(100 * sec.accuracy, color="black", linewidth=1, linestyle="--")
     ax.set_ylim(0, 100)
     ax.set_ylabel("clean accuracy (%)")
-    ax.set_title(f"Clean accuracy per class, natural inputs (n={sec.n}; dashed: overall {100 * sec.accuracy:.1f}%)")
+    ax.set_title(f"Clean accuracy per class, natural inputs (n={sec.n}; dashed: overall {100 * sec.accuracy:.1f}%)"
+                 + ("\nerror bars: 95% intervals (per-class n is small)" if not many else ""))
     return {"per_class": to_data_uri(fig)}
 
 
@@ -208,37 +267,52 @@ def _clean_accuracy(result) -> float | None:
     return getattr(clean, "accuracy", None)
 
 
+def _errorbar(ax, points, intervals, **style) -> None:
+    """Points (ε, accuracy) in %, with their 95% intervals as error bars; joined by a line only
+    between measured radii (never from ε = 0: nothing was measured in between)."""
+    xs = [e for e, _ in points]
+    ys = [100 * a for _, a in points]
+    lo = [100 * (a - p.lower) if p is not None else 0.0 for (_, a), p in zip(points, intervals)]
+    hi = [100 * (p.upper - a) if p is not None else 0.0 for (_, a), p in zip(points, intervals)]
+    linestyle = style.pop("linestyle", "-")
+    if len(points) < 2:
+        linestyle = "none"
+    ax.errorbar(xs, ys, yerr=[lo, hi], capsize=3, linestyle=linestyle, **style)
+
+
 def _robust_curve(sec, result) -> str:
+    """Robust accuracy (%) per attack and the worst case at each ε, with 95% interval bars; clean
+    accuracy as its own point at ε = 0."""
+    from ..metric_names import robust_acc_name
     from ..threat import format_eps
 
     fig = figure(7.6, 3.6)
     ax = fig.add_subplot()
     clean_acc = _clean_accuracy(result)
+    intervals = result.intervals()
     colors = attack_colors(r.attack for r in sec.runs)
     for label, color in colors.items():
         pts = sorted((r.eps, r.robust_accuracy) for r in sec.runs if r.attack == label)
-        if clean_acc is not None:
-            pts = [(0.0, clean_acc)] + pts
-        ax.plot([e for e, _ in pts], [100 * a for _, a in pts], marker="o", markersize=3, linestyle="--", linewidth=1.2,
-                color=color, label=plain(label), zorder=3)
+        cis = [intervals.get(robust_acc_name(label, sec.norm, e)) for e, _ in pts]
+        _errorbar(ax, pts, cis, marker="o", markersize=4, linestyle="--", linewidth=1.2, color=color, label=plain(label), zorder=3)
     worst = sorted((e, sec.ensemble.get(format_eps(e))) for e in sec.eps)
     worst = [(e, a) for e, a in worst if a is not None]
-    if clean_acc is not None:
-        worst = [(0.0, clean_acc)] + worst
     if worst:
-        ax.plot([e for e, _ in worst], [100 * a for _, a in worst], marker="s", markersize=4, linewidth=2.2,
-                color=ADVERSARIAL, label="worst case over attacks (adversarial)", zorder=2)
+        cis = [intervals.get(robust_acc_name("ensemble", sec.norm, e)) for e, _ in worst]
+        _errorbar(ax, worst, cis, marker="s", markersize=6, linewidth=2.2, color=ADVERSARIAL,
+                  label="worst case over attacks (adversarial)", zorder=2)
     if clean_acc is not None:
-        ax.plot([0.0], [100 * clean_acc], marker="o", markersize=7, linestyle="none", color=NATURAL,
-                label=f"clean (natural), ε=0: {100 * clean_acc:.1f}%", zorder=4)
+        _errorbar(ax, [(0.0, clean_acc)], [intervals.get("clean.accuracy")], marker="o", markersize=7, color=NATURAL,
+                  label=f"clean (natural), ε=0: {100 * clean_acc:.1f}%", zorder=4)
     sym = norm_symbol(sec.norm)
     ax.set_xlabel(f"ε ({sym} radius, pixel scale [0,1])")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.set_xlim(left=0)
+    top = max(sec.eps) or 1.0
+    ax.set_xlim(left=-0.03 * top, right=1.05 * top)
     ticks = sorted({0.0, *sec.eps})
     ax.set_xticks(ticks, ["0"] + [format_eps(e) for e in ticks[1:]], rotation=30 if len(ticks) > 5 else 0)
-    ax.set_title(f"Robust accuracy vs ε ({sym}, n={result.provenance.n})")
+    ax.set_title(f"Robust accuracy vs ε ({sym}, n={result.provenance.n}; bars: 95% intervals)")
     fig.legend(loc="outside right upper")
     return to_data_uri(fig)
 
@@ -314,23 +388,21 @@ def _hist(values, groups, xlabel: str, title: str, zero_line: bool = False, boun
     fig = figure(4.6, 3.5)
     ax = fig.add_subplot()
     finite = arr[np.isfinite(arr)]
+    bins = histogram_bins([finite], 30, bounds)
     if finite.size:
-        lo, hi = bounds if bounds else (float(finite.min()), float(finite.max()))
-        if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5
-        bins = np.linspace(lo, hi, 31)
         data, colors, labels = [], [], []
         for label, color, mask in groups:
             sel = arr[mask & np.isfinite(arr)]
             data.append(sel)
             colors.append(color)
             labels.append(f"{label} ({sel.size})")
-        ax.hist(data, bins=bins, stacked=True, histtype="stepfilled", color=colors, label=labels)
+        ax.hist(data, bins=bins.edges, stacked=True, histtype="stepfilled", color=colors, label=labels)
         pairs = sorted(zip(*ax.get_legend_handles_labels()), key=lambda hl: labels.index(hl[1]))
         fig.legend([h for h, _ in pairs], [n for _, n in pairs], loc="outside lower center", fontsize=7)
+        bins.apply(ax)
     if zero_line:
         ax.axvline(0.0, color="black", linewidth=1, linestyle="--")
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(xlabel + bins.suffix())
     ax.set_ylabel("samples")
     ax.set_title(title)
     return to_data_uri(fig)
@@ -339,7 +411,9 @@ def _hist(values, groups, xlabel: str, title: str, zero_line: bool = False, boun
 # --- compare ---------------------------------------------------------------------------------------
 @styled
 def compare_curve(before, after, before_label: str, after_label: str) -> str | None:
-    """Worst-case robust accuracy (%) vs ε for two results (None when neither has attacks)."""
+    """Worst-case robust accuracy (%) vs ε for two results, with 95% interval bars; clean accuracy
+    as a diamond at ε = 0, not joined to the attacked points (None when neither has attacks)."""
+    from ..metric_names import robust_acc_name
     from ..threat import format_eps
 
     curves = []
@@ -348,22 +422,27 @@ def compare_curve(before, after, before_label: str, after_label: str) -> str | N
         if sec is None or isinstance(sec, dict) or not getattr(sec, "eps", None):
             continue
         pts = [(e, sec.ensemble.get(format_eps(e))) for e in sorted(sec.eps)]
-        pts = [(e, a) for e, a in pts if a is not None]
-        acc = _clean_accuracy(res)
-        if acc is not None:
-            pts = [(0.0, acc)] + pts
-        curves.append((label, color, pts, sec.norm))
+        curves.append((res, label, color, [(e, a) for e, a in pts if a is not None], sec.norm))
     if not curves:
         return None
     fig = figure(6.4, 3.4)
     ax = fig.add_subplot()
-    for label, color, pts, _ in curves:
-        ax.plot([e for e, _ in pts], [100 * a for _, a in pts], marker="o", color=color, label=plain(label))
-    sym = norm_symbol(curves[0][3])
+    top = max((e for c in curves for e, _ in c[3]), default=0.0) or 1.0
+    for i, (res, label, color, pts, norm) in enumerate(curves):
+        intervals = res.intervals()
+        shift = (i - 0.5) * 0.012 * top if len(curves) > 1 else 0.0  # side by side, so both bars show
+        cis = [intervals.get(robust_acc_name("ensemble", norm, e)) for e, _ in pts]
+        _errorbar(ax, [(e + shift, a) for e, a in pts], cis, marker="o", color=color, label=plain(label))
+        acc = _clean_accuracy(res)
+        if acc is not None:
+            _errorbar(ax, [(shift, acc)], [intervals.get("clean.accuracy")], marker="D", color=color)
+    sym = norm_symbol(curves[0][4])
     ax.set_xlabel(f"ε ({sym} radius, pixel scale [0,1]; 0 = clean)")
     ax.set_ylabel("worst-case robust accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.set_xlim(left=0)
-    ax.set_title("Worst case over attacks: before vs after")
+    ax.set_xlim(left=-0.03 * top, right=1.05 * top)
+    ticks = sorted({0.0, *(e for c in curves for e, _ in c[3])})
+    ax.set_xticks(ticks, ["0"] + [format_eps(e) for e in ticks[1:]], rotation=30 if len(ticks) > 5 else 0)
+    ax.set_title("Worst case over attacks (◆ at 0: clean accuracy; bars: 95% intervals)")
     ax.legend(loc="upper right")
     return to_data_uri(fig)

@@ -1,24 +1,65 @@
-"""CSV tables from a ScanResult (pandas): one row per sample, one row per attack × ε.
+"""Tables from a ScanResult (pandas): one row per sample, per class, per attack × ε.
 
-``samples.csv``: index, label, prediction, correct, margin (L(x), logits), true_class_probability
-(softmax(Z)_y in [0,1]), loss (cross-entropy, nats), then one boolean column per attack and ε,
-``robust.<attack>.<norm>@<eps>``, and ``robust.ensemble.<norm>@<eps>`` (worst case).
+``samples_table`` (``ScanResult.samples()``, ``samples.csv``): one row per scanned sample, in
+dataset order. ``index`` (position in the dataset), ``label``, ``prediction``, ``correct``;
+``margin`` L(x) = Z_y − max_{i≠y} Z_i (logits), ``true_class_probability`` (softmax(Z)_y in
+[0,1]), ``loss`` (cross-entropy, nats); one boolean column per attack and ε,
+``robust.<attack>.<norm>@<eps>``, and ``robust.ensemble.<norm>@<eps>`` (worst case); with the
+geometry checks that ran: ``minimal.radius`` / ``minimal.deepfool_radius`` (attack-found minimal
+perturbation, threat norm, pixel scale; NaN where none was found, 0 where misclassified),
+``jacobian.<margin|ce>.<l1|l2|linf|zero_fraction>`` (norms of ∂L/∂x in logits per pixel unit and
+of ∇ℓ in nats per pixel unit), and on the samples the curvature/indicator checks used (NaN
+elsewhere) ``curvature.*`` (loss, ‖∇ℓ‖₂, Hessian λ_max/λ_min, ‖H‖_F, ‖Hz‖) and ``indicator.*``
+(Eq. 9 radii ``radius_*``, Theorem-1 bounds, the attack-found ``attack_radius_*``).
+
+``per_class_table`` (``ScanResult.per_class()``, ``per_class.csv``): one row per class: ``n``,
+``clean_accuracy``, robust accuracy per attack and ε (fraction of the class's samples),
+``margin_mean``, ``minimal.radius_median`` and ``jacobian.margin.l1_mean`` where those ran.
 
 ``robust_accuracy.csv``: attack, norm, eps (float, pixel scale [0,1]), eps_label (as in metric
-names), robust_accuracy and success_rate (fractions), n_attacked, mean_perturbation (‖δ‖ in the
-norm, pixel scale), passes (forward + backward model passes per attacked sample), seconds; plus one
-``ensemble`` row per ε with the worst-case robust accuracy.
+names), metric (the gate/compare name), robust_accuracy (fraction), k and n (robust samples of
+all scanned), ci95_lower / ci95_upper (its 95% Clopper–Pearson interval), success_rate,
+n_attacked, mean_perturbation (‖δ‖ in the norm, pixel scale), passes (forward + backward model
+passes per attacked sample), seconds; plus one ``ensemble`` row per ε with the worst case.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from ..metric_names import robust_acc_name
+from ..outputs import atomic_write
 from ..results import ScanResult
 from ..threat import format_eps
 
-__all__ = ["samples_table", "robust_table", "write_csv"]
+__all__ = ["samples_table", "per_class_table", "robust_table", "write_csv", "CSV_FILES"]
+
+CSV_FILES = ("samples.csv", "robust_accuracy.csv", "per_class.csv")  # what write_csv may write into its folder
+
+# section -> (field, column): one value per scanned sample, dataset order
+_PER_SAMPLE = {
+    "margins": (("margins", "margin"), ("true_class_probability", "true_class_probability"), ("loss", "loss")),
+    "minimal": (("radii", "minimal.radius"), ("deepfool_radii", "minimal.deepfool_radius")),
+}
+_JACOBIAN_STATS = ("l1", "l2", "linf", "zero_fraction")
+# section -> dotted fields with one value per sample in the section's ``indices`` (a subset)
+_PER_SUBSET = {
+    "curvature": (
+        "loss_values", "grad_norm", "frobenius_exact", "frobenius_fd", "hz_exact", "hz_fd", "cure_step",
+        "exact.lambda_max", "exact.lambda_min", "exact.alignment", "finite_difference.lambda_max",
+        "finite_difference.lambda_min",
+    ),
+    "indicator": (
+        "margin", "j_l1", "j_l2", "lambda_abs_max", "radius_linf", "radius_l2", "radii_linf", "radii_l2", "t",
+        "theorem1.exact.lower", "theorem1.exact.upper", "theorem1.finite_difference.lower",
+        "theorem1.finite_difference.upper",
+    ),
+}
+
+_RENAMED = {"loss_values": "loss", "radii_linf": "attack_radius_linf", "radii_l2": "attack_radius_l2"}
 
 
 def _get(sec, name, default=None):
@@ -27,26 +68,42 @@ def _get(sec, name, default=None):
     return sec.get(name, default) if isinstance(sec, dict) else getattr(sec, name, default)
 
 
+def _dotted(sec, path: str):
+    for part in path.split("."):
+        sec = _get(sec, part)
+        if sec is None:
+            return None
+    return sec
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
 def samples_table(result: ScanResult) -> pd.DataFrame:
+    """One row per scanned sample with every per-sample value the result's sections hold (module docstring)."""
     n = result.provenance.n
-    clean, margins, attacks = result.section("clean"), result.section("margins"), result.section("attacks")
+    clean, attacks = result.section("clean"), result.section("attacks")
     cols: dict[str, object] = {"index": range(n)}
     pred = _get(clean, "predictions")
     correct = _get(clean, "correct")
-    labels = _get(clean, "labels")
+    labels = _get(clean, "labels") or None
     if labels is None and pred is not None and correct is not None:
-        # The result stores labels only implicitly: a correct prediction is the label.
+        # results written before labels were stored: a correct prediction is the label
         labels = [p if c else None for p, c in zip(pred, correct)]
-    if labels is not None:
+    # a per-sample column goes in only when it has one value per sample (a result read from a file may not)
+    if labels is not None and len(labels) == n:
         cols["label"] = pd.array(list(labels), dtype="Int64")
-    if pred is not None:
+    if pred is not None and len(pred) == n:
         cols["prediction"] = list(pred)
-    if correct is not None:
+    if correct is not None and len(correct) == n:
         cols["correct"] = list(correct)
-    for field, col in (("margins", "margin"), ("true_class_probability", "true_class_probability"), ("loss", "loss")):
-        values = _get(margins, field)
-        if values is not None and len(values) == n:
-            cols[col] = pd.array([float("nan") if v is None else v for v in values], dtype="float64")
+    for name, fields in _PER_SAMPLE.items():
+        sec = result.section(name)
+        for field, col in fields:
+            values = _get(sec, field)
+            if values is not None and len(values) == n:
+                cols[col] = _floats(values)
     for run in _get(attacks, "runs", ()) or ():
         robust = _get(run, "robust")
         if robust is not None and len(robust) == n:
@@ -55,11 +112,61 @@ def samples_table(result: ScanResult) -> pd.DataFrame:
     for key, robust in (_get(attacks, "ensemble_robust", {}) or {}).items():
         if len(robust) == n:
             cols[f"robust.ensemble.{norm}@{key}"] = list(robust)
+    jacobian = result.section("jacobian")
+    for function in ("margin", "ce"):
+        for stat in _JACOBIAN_STATS:
+            values = _dotted(jacobian, f"{function}.{stat}")
+            if values is not None and len(values) == n:
+                cols[f"jacobian.{function}.{stat}"] = _floats(values)
+    for name, fields in _PER_SUBSET.items():
+        sec = result.section(name)
+        indices = _get(sec, "indices")
+        if not indices or any(not 0 <= int(i) < n for i in indices):
+            continue
+        for field in fields:
+            values = _dotted(sec, field)
+            if values is None or len(values) != len(indices):
+                continue
+            column = np.full(n, math.nan)
+            column[np.asarray(indices, dtype=np.int64)] = _floats(values)
+            cols[f"{name}.{_RENAMED.get(field, field)}"] = column
     return pd.DataFrame(cols)
+
+
+def per_class_table(result: ScanResult) -> pd.DataFrame:
+    """One row per class (``class`` index, ``name``): sample count, clean and robust accuracy, and the
+    class means/medians of the per-sample geometry columns (module docstring). Needs labels in the result."""
+    samples = samples_table(result)
+    if "label" not in samples or samples["label"].isna().any():
+        from ..errors import InputError
+
+        raise InputError("this result has no labels for misclassified samples (written before robaudit stored them); re-run the scan")
+    names = result.provenance.class_names
+    classes = pd.DataFrame({"class": range(len(names)), "name": list(names)}).set_index("class")
+    by_class = samples.assign(label=samples["label"].astype("int64")).groupby("label")
+    table = classes.assign(n=by_class.size()).fillna({"n": 0})
+    table["n"] = table["n"].astype("int64")
+    if "correct" in samples:
+        table["clean_accuracy"] = by_class["correct"].mean()
+    for col in [c for c in samples.columns if c.startswith("robust.")]:
+        table[col] = by_class[col].mean()
+    summaries = (("margin", "mean"), ("minimal.radius", "median"), ("jacobian.margin.l1", "mean"))
+    for col, how in summaries:
+        if col in samples:
+            table[f"{col}_{how}"] = getattr(by_class[col], how)()
+    return table.reset_index()
+
+
+def _interval_columns(intervals, name: str) -> dict:
+    p = intervals.get(name)
+    if p is None:
+        return {"metric": name}
+    return {"metric": name, "k": p.k, "n": p.n, "ci95_lower": p.lower, "ci95_upper": p.upper}
 
 
 def robust_table(result: ScanResult) -> pd.DataFrame:
     attacks = result.section("attacks")
+    intervals = result.intervals()
     rows = []
     for run in _get(attacks, "runs", ()) or ():
         fwd, bwd = _get(run, "forward_per_sample"), _get(run, "backward_per_sample")
@@ -69,6 +176,7 @@ def robust_table(result: ScanResult) -> pd.DataFrame:
                 "norm": _get(run, "norm"),
                 "eps": _get(run, "eps"),
                 "eps_label": format_eps(_get(run, "eps")),
+                **_interval_columns(intervals, robust_acc_name(_get(run, "attack"), _get(run, "norm"), _get(run, "eps"))),
                 "robust_accuracy": _get(run, "robust_accuracy"),
                 "success_rate": _get(run, "success_rate"),
                 "n_attacked": _get(run, "n_attacked"),
@@ -80,21 +188,27 @@ def robust_table(result: ScanResult) -> pd.DataFrame:
     for eps in sorted(_get(attacks, "eps", ()) or ()):
         key = format_eps(eps)
         rows.append({"attack": "ensemble", "norm": _get(attacks, "norm"), "eps": eps, "eps_label": key,
+                     **_interval_columns(intervals, robust_acc_name("ensemble", _get(attacks, "norm"), key)),
                      "robust_accuracy": (_get(attacks, "ensemble", {}) or {}).get(key)})
-    columns = ["attack", "norm", "eps", "eps_label", "robust_accuracy", "success_rate", "n_attacked",
-               "mean_perturbation", "passes", "seconds"]
+    columns = ["attack", "norm", "eps", "eps_label", "metric", "robust_accuracy", "k", "n", "ci95_lower", "ci95_upper",
+               "success_rate", "n_attacked", "mean_perturbation", "passes", "seconds"]
     table = pd.DataFrame(rows, columns=columns)
-    table["n_attacked"] = table["n_attacked"].astype("Int64")  # empty on the ensemble rows
+    for col in ("n_attacked", "k", "n"):
+        table[col] = table[col].astype("Int64")  # empty on the ensemble rows / without per-sample results
     return table
 
 
 def write_csv(result: ScanResult, directory: str | Path) -> list[Path]:
-    """Write ``samples.csv`` and ``robust_accuracy.csv`` into ``directory``; return their paths."""
+    """Write ``samples.csv``, ``robust_accuracy.csv`` and (when the result has labels) ``per_class.csv``
+    into ``directory``; return their paths."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     out = []
-    for name, table in (("samples.csv", samples_table(result)), ("robust_accuracy.csv", robust_table(result))):
+    tables = [("samples.csv", samples_table(result)), ("robust_accuracy.csv", robust_table(result))]
+    clean = result.section("clean")
+    if _get(clean, "labels"):
+        tables.append(("per_class.csv", per_class_table(result)))
+    for name, table in tables:
         path = directory / name
-        table.to_csv(path, index=False)
+        atomic_write(path, table.to_csv(index=False))
         out.append(path)
     return out

@@ -3,18 +3,20 @@
 Guo, Pleiss, Sun & Weinberger, *On Calibration of Modern Neural Networks* (ICML 2017), Eq. 3:
 ECE = Σ_b (|B_b|/n)·|acc(B_b) − conf(B_b)| over M equal-width confidence bins (M = 15 as in the
 paper); MCE = max_b |acc(B_b) − conf(B_b)|. Confidence = max softmax probability. Reuses the clean
-logits of the ``clean`` check, so it costs no extra forward pass.
+logits of the ``clean`` check, so it costs no extra forward pass. Per-sample parts (confidence,
+correct) and a combine over all of them, so it runs in sharded and ``torchrun`` scans too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from robaudit.errors import UsageError
 from robaudit.checks import Check
+from robaudit.errors import UsageError
+from robaudit.parts import Part
 from robaudit.results import Section, section
 
-__all__ = ["CalibrationSection", "CalibrationCheck", "calibration_bins"]
+__all__ = ["CalibrationSection", "CalibrationCheck", "calibration_bins", "bins_from", "confidence_and_correct"]
 
 N_BINS = 15
 
@@ -22,9 +24,20 @@ N_BINS = 15
 def calibration_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = N_BINS):
     """(ece, mce, count[b], mean confidence[b], accuracy[b]) over equal-width bins of (0, 1];
     empty bins get NaN confidence/accuracy and don't count."""
+    conf, correct = confidence_and_correct(logits, labels)
+    return bins_from(conf, correct, n_bins)
+
+
+def confidence_and_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: the max softmax probability (float64) and whether the prediction is right."""
     probs = torch.softmax(logits.double(), dim=1)
     conf, pred = probs.max(dim=1)
-    correct = (pred == labels).double()
+    return conf, pred == labels
+
+
+def bins_from(conf: torch.Tensor, correct: torch.Tensor, n_bins: int = N_BINS):
+    """:func:`calibration_bins` from per-sample confidences and correctness."""
+    conf, correct = conf.double(), correct.double()
     # bin b holds confidences in (b/M, (b+1)/M]; confidence > 0 always (softmax)
     idx = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)
     count = torch.bincount(idx, minlength=n_bins).double()
@@ -61,7 +74,8 @@ class CalibrationSection(Section):
 
 
 class CalibrationCheck(Check):
-    """Writes the ``confidence-calibration`` section from the clean check's logits."""
+    """Writes the ``confidence-calibration`` section: compute() records each sample's confidence
+    and correctness, combine() bins all of them (robaudit.parts)."""
 
     name = "confidence-calibration"
     requires = ("clean",)
@@ -69,17 +83,26 @@ class CalibrationCheck(Check):
 
     bins: int = N_BINS  # a parameter: --checks confidence-calibration:bins=30
 
-    def run(self, ctx) -> CalibrationSection:
+    def compute(self, ctx) -> Part:
+        """Per-sample records of this process's samples (``ctx.positions``): the confidence and
+        whether the clean prediction is right, from the clean check's logits (no extra pass)."""
         if self.bins < 1:
             raise UsageError("confidence-calibration: bins must be >= 1")
-        logits = ctx.cache["clean_logits"]
-        ece, mce, count, conf, acc = calibration_bins(logits, ctx.data.y, self.bins)
-        probs = torch.softmax(logits.double(), dim=1).max(dim=1)
-        none_if_nan = lambda t: tuple(None if v != v else float(v) for v in t.tolist())  # noqa: E731
+        conf, correct = confidence_and_correct(ctx.cache["clean_logits"], ctx.data.y[ctx.positions])
+        part = Part()
+        part.add("samples", ctx.positions, confidence=conf, correct=correct)
+        return part
+
+    def combine(self, tables, extras, info) -> CalibrationSection:
+        """The section from every process's records (bins recomputed over all samples)."""
+        t = tables["samples"]
+        conf, correct = t.tensor("confidence"), t.tensor("correct", torch.bool)
+        ece, mce, count, bin_conf, bin_acc = bins_from(conf, correct, self.bins)
+        none_if_nan = lambda v: tuple(None if x != x else float(x) for x in v.tolist())  # noqa: E731
         return CalibrationSection(
-            n=int(logits.shape[0]), n_bins=self.bins, ece=ece, mce=mce,
-            mean_confidence=float(probs.values.mean()),
-            accuracy=float((probs.indices == ctx.data.y).double().mean()),
+            n=len(t), n_bins=self.bins, ece=ece, mce=mce,
+            mean_confidence=float(conf.mean()),
+            accuracy=float(correct.double().mean()),
             bin_count=tuple(int(c) for c in count.tolist()),
-            bin_confidence=none_if_nan(conf), bin_accuracy=none_if_nan(acc),
+            bin_confidence=none_if_nan(bin_conf), bin_accuracy=none_if_nan(bin_acc),
         )

@@ -26,6 +26,7 @@ class MIFGSM(Attack):
     """steps: T; decay: momentum μ; loss: "ce" (the paper's) or "cw" (C&W margin)."""
 
     name = "mi-fgsm"
+    per_sample_rng = True  # draws nothing at random (starts at x): nothing depends on the batch
     steps: int = 10
     decay: float = 1.0
     loss: str = "ce"

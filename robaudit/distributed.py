@@ -1,0 +1,354 @@
+"""Scans split over processes: ``--shard K/N`` part files + ``robaudit merge``, and ``torchrun``.
+
+Every process scans its shard of the samples (positions p with p % N == K, :class:`Shard`) and
+produces a *payload*: every check's :class:`~robaudit.parts.Part` plus what ``combine`` needs
+(the run's settings, the data's size and classes, provenance). A ``--shard`` job writes it as a
+JSON part file; ``robaudit merge`` reads N of them, refuses parts of different runs, and combines
+(:func:`merge_payloads`); under ``torchrun`` rank 0 gathers the payloads with
+``torch.distributed.gather_object`` and combines them the same way. Model-level checks (spectra,
+landscape, the training-set margins) compute once, in shard 0 / rank 0.
+
+Since each sample's records don't depend on where it was computed (per-sample random streams,
+:mod:`robaudit.rng`) and each section is recomputed from the merged records, the result equals
+the single-process one (bit for bit with ``--compute-block``; ``timings``, ``command_line`` and
+``execution`` aside).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import __version__
+from .config import AttackSpec, ScanConfig
+from .data.spec import DataSpec
+from .engine import (
+    Shard,
+    _progress,
+    build_checks,
+    combine_parts,
+    compute_parts,
+    is_legacy,
+    make_context,
+    provenance,
+    resolve_device,
+)
+from .errors import InputError, RobauditError, UsageError
+from .models.spec import LoadedModel
+from .parts import PART_FORMAT, CombineInfo, Part, digest, read_json
+from .results import Provenance, ScanResult, from_jsonable, to_jsonable
+from .threat import Norm
+
+__all__ = [
+    "parse_shard",
+    "run_shard",
+    "write_part",
+    "read_part",
+    "merge_payloads",
+    "merge_part_files",
+    "torchrun_env",
+    "run_torchrun",
+]
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def parse_shard(text: str | None) -> Shard | None:
+    """``K/N`` (0 ≤ K < N) → Shard; UsageError otherwise."""
+    if text is None:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must be K/N with 0 <= K < N (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise UsageError(f"--shard must be K/N with 0 <= K < N (e.g. 0/4), got {text!r}")
+    return Shard(k, n)
+
+
+def config_to_dict(config: ScanConfig) -> dict:
+    return {
+        "norm": config.norm.value,
+        "eps": list(config.eps),
+        "attacks": [[a.name, [list(p) for p in a.params]] for a in config.attacks],
+        "checks": list(config.checks),
+        "check_options": [[name, [list(p) for p in params]] for name, params in config.check_options],
+        "ensemble": config.ensemble,
+        "seed": config.seed,
+        "device": config.device,
+        "batch_size": config.batch_size,
+        "keep_examples": config.keep_examples,
+        "preset": config.preset,
+        "compute_block": config.compute_block,
+        "workers": config.workers,
+    }
+
+
+def config_from_dict(d: dict) -> ScanConfig:
+    return ScanConfig(
+        norm=Norm.parse(d["norm"]),
+        eps=tuple(float(e) for e in d["eps"]),
+        attacks=tuple(AttackSpec(name, tuple((k, v) for k, v in params)) for name, params in d["attacks"]),
+        checks=tuple(d["checks"]),
+        check_options=tuple((name, tuple((k, v) for k, v in params)) for name, params in d["check_options"]),
+        ensemble=d["ensemble"],
+        seed=int(d["seed"]),
+        device=d["device"],
+        batch_size=int(d["batch_size"]),
+        keep_examples=int(d["keep_examples"]),
+        preset=d["preset"],
+        compute_block=d["compute_block"],
+        workers=d["workers"],
+    )
+
+
+# Settings that don't change a result: how fast it ran, on which device index, with how many workers.
+_NOT_IN_FINGERPRINT = ("batch_size", "device", "workers")
+
+
+def _fingerprint(prov: Provenance, config: ScanConfig, data: DataSpec, eps: tuple[float, ...], device: torch.device) -> dict:
+    """What two parts of one run must share (merge refuses parts whose fingerprints differ)."""
+    settings = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_IN_FINGERPRINT}
+    return {
+        "checkpoint sha256": prov.checkpoint_sha256,
+        "dataset": f"{prov.dataset} ({prov.split})",
+        "n": prov.n,
+        "sample": prov.sample,
+        "sample indices (sha256)": digest(list(prov.indices))[:16],
+        "labels (sha256)": digest(data.y.tolist())[:16],
+        "class names (sha256)": digest(list(data.class_names))[:16],
+        "input shape": list(data.input_shape),
+        "eps": list(eps),
+        **settings,
+        "robaudit version": __version__,
+        "torch version": torch.__version__,
+        "device type": device.type,
+    }
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- one shard ---------------------------------------------------------------------------------
+
+
+def _refuse_run_only_checks(checks) -> None:
+    legacy = [c.name for c in checks if is_legacy(c)]
+    if legacy:
+        raise UsageError(
+            f"check(s) {', '.join(legacy)} implement only run(ctx), which needs every sample in one process; "
+            f"run them in a single-process scan, or give them compute/combine (docs/plugins.md)"
+        )
+
+
+def run_shard(loaded: LoadedModel, data: DataSpec, config: ScanConfig, shard: Shard, *, device: torch.device | None = None,
+              quiet: bool = True, command_line: str | None = None, log: Callable[[str], None] | None = None,
+              train_data: DataSpec | None = None, label: str = "") -> dict:
+    """Compute every check's part for ``shard`` of the samples: the payload of a part file."""
+    checks = build_checks(config)
+    _refuse_run_only_checks(checks)
+    ctx = make_context(loaded, data, config, device=device, train_data=train_data, shard=shard)
+    torch.manual_seed(config.seed)
+    with _progress(quiet) as progress:
+        ctx.progress = _Labelled(progress, label) if label else progress
+        timings = compute_parts(ctx, checks, log)
+    prov = provenance(loaded, data, config, ctx.device.type, command_line)
+    return {
+        "robaudit_part": PART_FORMAT,
+        "shard": [shard.index, shard.count],
+        "run": _fingerprint(prov, config, data, ctx.eps, ctx.device),
+        "header": {"n": data.n, "class_names": list(data.class_names), "input_shape": list(data.input_shape),
+                   "eps": list(ctx.eps), "config": config_to_dict(config)},
+        "provenance": to_jsonable(prov),
+        "model_warnings": list(loaded.info.warnings),
+        "checks": [c.name for c in checks],
+        "parts": {name: part.to_dict() for name, part in ctx.parts.items()},
+        "timings": timings,
+    }
+
+
+class _Labelled:
+    """A progress display whose task descriptions carry a prefix (e.g. the rank)."""
+
+    def __init__(self, progress, label: str) -> None:
+        self._p, self._label = progress, label
+
+    def add_task(self, description="", *a, **k):
+        return self._p.add_task(f"{self._label} {description}", *a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+
+def write_part(path: str | Path, payload: dict) -> None:
+    """Write a part file atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, allow_nan=True))
+    tmp.replace(path)
+
+
+def read_part(path: str | Path) -> dict:
+    """A part file's payload; InputError (exit 3) when it is not one."""
+    data = read_json(path)
+    if not isinstance(data, dict) or "robaudit_part" not in data:
+        raise InputError(f"{path} is not a robaudit part file (write one with robaudit scan --shard K/N --json FILE)")
+    if data["robaudit_part"] != PART_FORMAT:
+        raise InputError(f"{path} is a part file of format {data['robaudit_part']!r}; this robaudit reads format {PART_FORMAT}")
+    missing = [k for k in ("shard", "run", "header", "provenance", "checks", "parts") if k not in data]
+    if missing:
+        raise InputError(f"{path} is not a complete part file (missing {', '.join(missing)})")
+    shard = data["shard"]
+    if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard) and 0 <= shard[0] < shard[1]):
+        raise InputError(f"{path}: its shard {shard!r} is not [K, N] with 0 <= K < N")
+    if not all(isinstance(data[k], dict) for k in ("run", "header", "provenance", "parts")):
+        raise InputError(f"{path} is not a valid part file (run, header, provenance and parts must be objects)")
+    return data
+
+
+# --- merging -------------------------------------------------------------------------------------
+
+
+def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: str) -> ScanResult:
+    """One ScanResult from the payloads of every shard of one run (``names`` label them in errors)."""
+    if not payloads:
+        raise UsageError("no parts to merge")
+    first, first_name = payloads[0], names[0]
+    for p, name in zip(payloads[1:], names[1:]):
+        for key, value in first["run"].items():
+            if p["run"].get(key) != value:
+                raise UsageError(f"{name} is from a different run than {first_name}: {key} is {_short(p['run'].get(key))} "
+                                 f"there, {_short(value)} in {first_name}; merge the parts of one scan only")
+    count = first["shard"][1]
+    seen: dict[int, str] = {}
+    for p, name in zip(payloads, names):
+        k, n = p["shard"]
+        if n != count:
+            raise UsageError(f"{name} is shard {k}/{n} but {first_name} is one of {count} shards")
+        if k in seen:
+            raise UsageError(f"{name} and {seen[k]} are both shard {k}/{count}")
+        seen[k] = name
+    missing = [str(k) for k in range(count) if k not in seen]
+    if missing:
+        raise UsageError(f"shard(s) {', '.join(missing)} of {count} missing; merge all {count} parts of the scan")
+    ordered = sorted(zip(payloads, names), key=lambda pn: pn[0]["shard"][0])
+    payloads, names = [p for p, _ in ordered], [n for _, n in ordered]
+    header = payloads[0]["header"]
+    try:
+        config = config_from_dict(header["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{names[0]}: its settings can't be read ({type(exc).__name__}: {exc})") from None
+    checks = build_checks(config)
+    _refuse_run_only_checks(checks)
+    try:
+        parts = {c.name: [Part.from_dict(p["parts"][c.name]) for p in payloads] for c in checks}
+        info = CombineInfo(n=int(header["n"]), class_names=tuple(header["class_names"]), input_shape=tuple(header["input_shape"]),
+                           eps=tuple(header["eps"]), config=config)
+        combine_parts(checks, parts, info)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise InputError(f"the parts can't be combined ({type(exc).__name__}: {exc}); are they complete part files?") from None
+    clean = info.tables["clean"]["samples"]
+    if clean.positions != list(range(info.n)):
+        raise InputError(f"the parts cover {len(clean.positions)} of the scan's {info.n} samples")
+    prov = from_jsonable(Provenance, payloads[0]["provenance"])
+    timings = {c.name: max(float(p.get("timings", {}).get(c.name, 0.0)) for p in payloads) for c in checks}
+    return ScanResult(
+        provenance=replace(prov, execution=execution),
+        sections=dict(info.sections),
+        flags=tuple(info.flags),
+        model_warnings=tuple(payloads[0].get("model_warnings", ())),
+        timings=timings,
+    )
+
+
+def merge_part_files(paths: Sequence[str | Path]) -> ScanResult:
+    payloads = [read_part(p) for p in paths]
+    return merge_payloads(payloads, [str(p) for p in paths], f"merged from {len(payloads)} shards")
+
+
+# --- torchrun ------------------------------------------------------------------------------------
+
+
+def torchrun_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by torchrun with more than one process."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ["RANK"]) if world > 1 else 0
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError):
+        return None
+    return (rank, world, local) if world > 1 else None
+
+
+def _rank_device(requested: str, local_rank: int) -> torch.device:
+    """Each rank's device: ``cuda:LOCAL_RANK`` for auto/cuda when CUDA is there, else as asked."""
+    device = resolve_device(requested)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    return device
+
+
+def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, quiet: bool, command_line: str | None,
+                 train_data: DataSpec | None = None, log: Callable[[str], None] | None = None) -> ScanResult | None:
+    """Scan this rank's shard, gather every payload on rank 0 and combine there. Returns the
+    ScanResult on rank 0, None elsewhere. An error on any rank is raised on every rank."""
+    import torch.distributed as dist
+
+    rank, world, local = torchrun_env()  # type: ignore[misc]
+    device = _rank_device(config.device, local)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    try:
+        t0 = time.perf_counter()
+        if rank == 0 and not quiet:
+            from .cli._common import make_console
+
+            make_console(stderr=True).print(
+                f"scanning {data.n} samples on {world} processes ({backend}), ≈{-(-data.n // world)} each; "
+                f"the bars show rank 0's share", markup=False, highlight=False)
+        try:
+            payload: Any = run_shard(loaded, data, config, Shard(rank, world), device=device, quiet=quiet or rank != 0,
+                                     command_line=command_line, log=log if rank == 0 else None, train_data=train_data,
+                                     label=f"[rank 0/{world}]")
+        except RobauditError as exc:
+            payload = {"error": str(exc), "exit_code": exc.exit_code}
+        except Exception as exc:  # noqa: BLE001 - every rank must reach the gather, or the others wait forever
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            payload = {"error": f"internal error: {type(exc).__name__}: {first}", "exit_code": 4}
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object(payload, gathered, dst=0)
+        outcome: list[Any] = [None]
+        if rank == 0:
+            failed = [(r, p) for r, p in enumerate(gathered) if "error" in p]
+            if failed:
+                outcome[0] = {"error": f"rank {failed[0][0]}: {failed[0][1]['error']}", "exit_code": failed[0][1]["exit_code"]}
+            else:
+                try:
+                    result = merge_payloads(gathered, [f"rank {r}" for r in range(world)],
+                                            f"torchrun: {world} processes ({backend})")
+                    outcome[0] = {"ok": True}
+                except RobauditError as exc:
+                    outcome[0] = {"error": str(exc), "exit_code": exc.exit_code}
+        dist.broadcast_object_list(outcome, src=0)
+        if "error" in outcome[0]:
+            err = RobauditError(outcome[0]["error"])
+            err.exit_code = outcome[0]["exit_code"]
+            err.reported_elsewhere = rank != 0  # rank 0 prints it; the others exit with its code
+            raise err
+        if rank == 0 and log:
+            log(f"total: {time.perf_counter() - t0:.1f}s on {world} processes")
+        return result if rank == 0 else None
+    finally:
+        dist.destroy_process_group()
