@@ -1,6 +1,7 @@
 """Typed scan configuration. Strings from the CLI or TOML become these at the boundary."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_CHECKS",
     "ALL_CHECKS",
     "default_eps",
+    "check_radii",
     "ensemble_mode_for",
 ]
 
@@ -212,6 +214,39 @@ def default_eps(input_shape: tuple[int, ...], norm: Norm, preset: str | None = N
     return (1.5,) if grey else (0.5,)
 
 
+def check_radii(
+    eps: Sequence[float], norm: "Norm | str", input_shape: Sequence[int] | None = None, *, given: str | None = None
+) -> None:
+    """Raise UsageError unless every radius means something on the [0,1] pixel cube.
+
+    ε must be finite and >= 0 (ε = 0 is the clean accuracy, the first point of a sweep). ℓ∞: ε <= 1,
+    since the ℓ∞ ball of radius 1 around any image already holds the whole cube [0,1]^d, so every
+    larger ε is the same threat; ε > 1 is nearly always a value on the 0–255 scale (8 for 8/255).
+    ℓ2: ε <= √d (d = C·H·W, checked when ``input_shape`` is known), the cube's diameter, for the
+    same reason (√784 = 28 for 28×28 grey images, √3072 ≈ 55.4 for 32×32 colour ones).
+    ``given``: the text the radii came from; a sweep (start:stop:count) is named in the message.
+    """
+    norm = Norm.parse(norm)
+    source = f" (in --eps {given})" if given is not None and ":" in given else ""  # a sweep
+    for e in eps:
+        if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
+            raise UsageError(f"epsilon must be a finite number >= 0 on the [0,1] pixel scale, got {e!r}")
+        if norm is Norm.LINF and e > 1:
+            hint = f" (for {e:g} grey levels of 255 write {e:g}/255)" if e <= 255 and e == int(e) else ""
+            raise UsageError(
+                f"ℓ∞ epsilon {e:g}{source} is larger than 1, the whole [0,1] pixel range: every ℓ∞ radius >= 1 allows "
+                f"any image. Radii are on the [0,1] scale{hint}"
+            )
+        if norm is Norm.L2 and input_shape is not None:
+            d = math.prod(input_shape)
+            if e > math.sqrt(d):
+                raise UsageError(
+                    f"ℓ2 epsilon {e:g}{source} is larger than √d = {math.sqrt(d):.4g}, the diameter of the [0,1] pixel cube of "
+                    f"these {'×'.join(map(str, input_shape))} inputs: every larger ℓ2 radius allows any image. "
+                    f"Radii are on the [0,1] pixel scale"
+                )
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     norm: Norm = Norm.LINF
@@ -228,9 +263,14 @@ class ScanConfig:
     compute_block: int | None = None  # run the model on blocks of exactly this many rows (engine.FixedBlockModel)
     workers: int | None = None  # DataLoader workers for lazy datasets (None: engine.default_workers())
 
-    def resolved_eps(self, input_shape: tuple[int, ...]) -> tuple[float, ...]:
-        """The radii a scan of data shaped ``input_shape`` uses: ``eps``, else :func:`default_eps`."""
-        return tuple(self.eps) if self.eps else default_eps(tuple(input_shape), self.norm, self.preset)
+    def __post_init__(self) -> None:
+        check_radii(self.eps, self.norm)  # ℓ2's bound needs the data: radii()
+
+    def radii(self, input_shape: Sequence[int]) -> tuple[float, ...]:
+        """The radii of this scan for inputs of ``input_shape`` (``eps``, or :func:`default_eps`), checked."""
+        eps = tuple(self.eps) if self.eps else default_eps(tuple(input_shape), self.norm, self.preset)
+        check_radii(eps, self.norm, input_shape)
+        return eps
 
     @classmethod
     def parse(
@@ -249,6 +289,7 @@ class ScanConfig:
             eps_t = tuple(parse_eps_list(eps)) if eps.strip() else ()
         else:
             eps_t = tuple(float(e) for e in eps) if eps else ()
+        check_radii(eps_t, norm, given=eps if isinstance(eps, str) else None)
         names, options = parse_check_list(checks)
         preset = attacks.strip().lower()
         return cls(

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__
-from .config import ScanConfig, default_eps
+from .config import ScanConfig
+from .console import make_console
 from .data.spec import DataSpec, as_positions
 from .errors import RuntimeFailure, UsageError
 from .models.spec import LoadedModel
@@ -30,7 +30,7 @@ from .parts import CombineInfo, Part, Table, merge_parts
 from .results import Flag, Provenance, ScanResult
 from .rng import SampleRNG
 
-__all__ = ["resolve_device", "ScanContext", "run_scan", "FixedBlockModel", "Shard", "compute_parts", "combine_parts"]
+__all__ = ["resolve_device", "ScanContext", "run_scan", "FixedBlockModel", "Shard", "compute_parts", "combine_parts", "fit_batch_size"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,7 +87,8 @@ class FixedBlockModel(torch.nn.Module):
     bits with the batch it lands in (on the demo CNN: any batch of fewer than 16 rows). With one
     shape for every call a row's arithmetic no longer depends on its batch, so the per-sample
     results — and the JSON — are bit-identical at any ``--batch-size``, shard or process count.
-    Costs up to ``block − 1`` padded rows per call (``--compute-block``)."""
+    Costs up to ``block − 1`` padded rows per call (``--compute-block``). The same chunking runs a
+    fixed-batch export (:class:`robaudit.models.fixed_batch.FixedBatchModel`), which it may wrap."""
 
     def __init__(self, model: torch.nn.Module, block: int) -> None:
         super().__init__()
@@ -96,17 +97,9 @@ class FixedBlockModel(torch.nn.Module):
         self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n = self.block, x.shape[0]
-        if n == b:
-            return self.model(x)
-        outs = []
-        for s in range(0, n, b):
-            chunk = x[s : s + b]
-            k = chunk.shape[0]
-            if k < b:
-                chunk = torch.cat([chunk, chunk.new_zeros((b - k, *chunk.shape[1:]))])
-            outs.append(self.model(chunk)[:k])
-        return torch.cat(outs) if outs else self.model(x)
+        from .models.fixed_batch import forward_in_blocks
+
+        return forward_in_blocks(self.model, x, self.block)
 
 
 @dataclass(frozen=True)
@@ -136,6 +129,8 @@ class ScanContext:
     combined sections of the checks already run (single-process scans only, for checks that only
     implement ``run``); ``cache`` values shared between checks (``clean_logits`` [len(positions),
     K], rows aligned with ``positions``); ``flags`` validity warnings to report.
+    ``fixed_batch``: the only batch size the model runs at (``ModelInfo.fixed_batch``); the model
+    pads smaller calls itself, and ``batch_size`` is kept a multiple of it so only last batches pad.
     """
 
     model: torch.nn.Module
@@ -154,12 +149,14 @@ class ScanContext:
     parts: dict = field(default_factory=dict)
     flags: list[Flag] = field(default_factory=list)
     plain_model: torch.nn.Module | None = None  # the model without FixedBlockModel (model-level checks)
+    fixed_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.positions is None:
             self.positions = torch.arange(self.data.n)
         if self.plain_model is None:
             self.plain_model = self.model.model if isinstance(self.model, FixedBlockModel) else self.model
+        self.batch_size = fit_batch_size(self.batch_size, self.fixed_batch)
 
     def generator(self, tag: str) -> torch.Generator:
         """A torch.Generator on the scan device, seeded from (seed, tag), for model-level draws
@@ -226,13 +223,23 @@ class ScanContext:
     def _halve(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        if self.batch_size == 1:
+        smallest = self.fixed_batch or 1
+        if self.batch_size <= smallest:
+            which = " (the model's fixed batch)" if self.fixed_batch else ""
             raise RuntimeFailure(
-                f"out of memory on {self.device} even at batch size 1; use a smaller model/input or --device cpu"
+                f"out of memory on {self.device} even at batch size {smallest}{which}; "
+                f"use a smaller model/input or --device cpu"
             ) from None
-        self.batch_size = max(1, self.batch_size // 2)
+        self.batch_size = fit_batch_size(self.batch_size // 2, self.fixed_batch)
         if isinstance(self.model, FixedBlockModel) and self.model.block > self.batch_size:
             self.model.block = self.batch_size  # the block never exceeds the batch
+
+
+def fit_batch_size(batch_size: int, fixed_batch: int | None) -> int:
+    """``batch_size`` rounded down to a multiple of ``fixed_batch`` (at least one multiple)."""
+    if not fixed_batch:
+        return max(1, int(batch_size))
+    return fixed_batch * max(1, int(batch_size) // fixed_batch)
 
 
 @contextmanager
@@ -240,9 +247,9 @@ def _progress(quiet: bool) -> Iterator[object]:
     if quiet:
         yield _NullProgress()
         return
-    console = Console(stderr=True)
+    console = make_console(stderr=True)  # markup off: descriptions hold attack labels like pgd[steps=50]
     with Progress(
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -275,7 +282,7 @@ def is_legacy(check) -> bool:
 def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, device: torch.device | None = None,
                  train_data: DataSpec | None = None, shard: Shard = Shard()) -> ScanContext:
     device = device or resolve_device(config.device)
-    eps = tuple(config.eps) if config.eps else default_eps(data.input_shape, config.norm, config.preset)
+    eps = config.radii(data.input_shape)
     plain = loaded.model.to(device)
     model = FixedBlockModel(plain, config.compute_block) if config.compute_block else plain
     if config.compute_block and device.type == "cuda":  # same shapes must also mean the same cuDNN algorithms
@@ -285,6 +292,7 @@ def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, dev
         model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size,
         train_data=train_data, positions=shard.positions(data.n), lead=shard.lead,
         workers=default_workers() if config.workers is None else config.workers, plain_model=plain,
+        fixed_batch=loaded.info.fixed_batch,
     )
 
 
@@ -378,6 +386,7 @@ def provenance(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: 
         data_source=data.source,
         normalization_mean=info.mean,
         normalization_std=info.std,
+        fixed_batch=info.fixed_batch,
         command_line=command_line if command_line is not None else shlex.join(["robaudit", *sys.argv[1:]]),
         weights=info.weights,
         sample=data.sample,

@@ -190,7 +190,7 @@ def predict_metric_names(
     from .checks.base import MetricPlan
     from .config import build_check
 
-    plan = MetricPlan(config=config, eps=config.resolved_eps(tuple(input_shape)), input_shape=tuple(input_shape),
+    plan = MetricPlan(config=config, eps=config.radii(tuple(input_shape)), input_shape=tuple(input_shape),
                       num_classes=num_classes, train_n=train_n, model=model)
     options = dict(config.check_options)
     names: dict[str, None] = {}

@@ -8,7 +8,9 @@ from fractions import Fraction
 
 from .errors import UsageError
 
-__all__ = ["Norm", "ThreatModel", "parse_eps", "parse_eps_list", "format_eps"]
+__all__ = ["Norm", "ThreatModel", "parse_eps", "parse_eps_list", "format_eps", "MAX_SWEEP"]
+
+MAX_SWEEP = 1000  # radii in one start:stop:count sweep; each one reruns every attack
 
 
 class Norm(str, Enum):
@@ -58,6 +60,8 @@ def parse_eps_list(text: str) -> list[float]:
                 k = 0
             if k < 2 or hi <= lo:
                 raise UsageError(f"epsilon sweep {part!r} must be start:stop:count with start < stop and count >= 2")
+            if k > MAX_SWEEP:
+                raise UsageError(f"epsilon sweep {part!r} asks for {k} radii; at most {MAX_SWEEP} (every radius reruns every attack)")
             values.update(round(lo + (hi - lo) * i / (k - 1), 12) for i in range(k))
         else:
             values.add(parse_eps(part))
@@ -67,6 +71,8 @@ def parse_eps_list(text: str) -> list[float]:
 def format_eps(eps: float) -> str:
     """Readable ε: a k/255 fraction when it is one, else a short decimal."""
     k = eps * 255
+    if not math.isfinite(k):
+        return f"{eps:g}"
     if eps > 0 and abs(k - round(k)) < 1e-6 and eps < 1 and round(k) not in (0,) and abs(eps * 10 - round(eps * 10)) > 1e-9:
         return f"{int(round(k))}/255"
     return f"{eps:g}"

@@ -99,3 +99,34 @@ def test_non_monotone_eps_flag(demo):
     assert "non-monotone-eps" in _codes(result)
     ens = result.section("attacks").ensemble
     assert ens["0.1"] <= ens["0.05"], "the reported worst case carries adversarial examples over to larger ε"
+
+
+def _blackbox_only(model: nn.Module, data, eps: float):
+    """PGD-20 then Square (300 queries) in cascade: the white-box survivors Square broke, and the flags."""
+    loaded = LoadedModel(model.eval(), ModelInfo(path="m", format="in-memory", sha256=""))
+    config = ScanConfig(eps=(eps,), attacks=parse_attack_list("pgd,square:n_queries=300"), ensemble="cascade",
+                        checks=("clean", "attacks"), device="cpu", batch_size=160)
+    result = run_scan(loaded, data, config, command_line="test")
+    (counts,) = result.section("attacks").blackbox_only
+    return counts, _codes(result)
+
+
+@pytest.fixture(scope="module")
+def demo160():
+    return load_model(str(DEMO_MODEL)).model, load_dataset("demo", DataRequest(n=160))
+
+
+@pytest.mark.slow
+def test_blackbox_beats_whitebox_silent_where_gradients_work(demo160):
+    model, data = demo160
+    counts, codes = _blackbox_only(model, data, eps=0.02)  # small ε: many PGD survivors for Square to try
+    assert counts.attacked >= 40, counts
+    assert not counts.flagged and "blackbox-beats-whitebox" not in codes, counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["quantized", "scaled"])
+def test_blackbox_beats_whitebox_raised_on_masked_gradients(demo160, kind):
+    model, data = demo160
+    counts, codes = _blackbox_only(Wrap(model, kind), data, eps=0.1)
+    assert counts.flagged and "blackbox-beats-whitebox" in codes, counts

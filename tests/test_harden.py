@@ -324,6 +324,40 @@ def test_resume_mid_epoch_with_attack_randomness_is_bit_identical(tiny, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_lr_schedule_cycles_per_epoch_whatever_the_epoch_count():
+    from robaudit.harden.schedule import LRSchedule
+
+    s = LRSchedule(lr=1e-3, hold=0.5, final=0.01, decay=0.5)
+    steps = 10
+    epoch1 = [s.lr_at(t, steps) for t in range(steps)]
+    assert epoch1[0] == epoch1[4] == 1e-3 and epoch1[-1] == pytest.approx(1e-5)  # hold, then down to lr·final
+    assert all(a >= b for a, b in zip(epoch1, epoch1[1:]))  # never rises within an epoch
+    epoch2 = [s.lr_at(steps + t, steps) for t in range(steps)]
+    assert epoch2[0] == pytest.approx(5e-4) and epoch2[-1] == pytest.approx(1e-5)  # a lower cycle
+    with pytest.raises(UsageError):
+        LRSchedule(hold=1.0)
+
+
+def test_more_epochs_never_change_the_first_ones(tiny, tmp_path):
+    """An epoch's schedule does not depend on --epochs: the first epoch of a 2-epoch run is a
+    1-epoch run (bit-identical weights on CPU), so asking for more epochs only adds cycles."""
+    parent, data = tiny
+    one = tmp_path / "one.safetensors"
+    r1 = _run(parent, data, one, epochs=1)
+    two = tmp_path / "two.safetensors"
+    after_first: dict = {}
+
+    def snapshot(epoch, step):  # first step of epoch 2: the checkpoint holds the end of epoch 1
+        if (epoch, step) == (1, 1):
+            after_first.update(torch.load(ckpt_path_for(two), weights_only=True)["model"])
+
+    r2 = _run(parent, data, two, epochs=2, on_step=snapshot)
+    a = _weights(one)
+    assert after_first and all(torch.equal(a[k], after_first[k]) for k in a)
+    assert r1.history[1] == {**r2.history[1], "seconds": r1.history[1]["seconds"]}
+    assert not all(torch.equal(a[k], _weights(two)[k]) for k in a)  # the second epoch trained
+
+
 def test_metadata_round_trip(tiny, tmp_path):
     parent, data = tiny
     out = tmp_path / "hardened.safetensors"

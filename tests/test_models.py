@@ -343,8 +343,13 @@ def test_check_fits_static_batch_export(tmp_path):
     torch.export.save(torch.export.export(tiny_cnn(), (torch.rand(1, *SHAPE),)), str(path))
     loaded = load_model(path, trust_checkpoint=True)
     assert any("static batch size of 1" in w for w in loaded.info.warnings)
-    with pytest.raises(InputError, match="only accepts a fixed batch size"):
-        check_fits(loaded, input_shape=SHAPE, num_classes=10, dataset_name="mnist")
+    fitted = check_fits(loaded, input_shape=SHAPE, num_classes=10, dataset_name="mnist")
+    assert fitted.info.fixed_batch == 1 and fitted.model(torch.rand(3, *SHAPE)).shape == (3, 10)
+    import dataclasses
+
+    unknown_shape = dataclasses.replace(loaded, info=dataclasses.replace(loaded.info, input_shape=None))
+    with pytest.raises(InputError, match="fixed batch size of 1 but fails on 1 input"):
+        check_fits(unknown_shape, input_shape=(1, 32, 32), num_classes=10, dataset_name="mnist32")
 
 
 # --- architectures ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ lowest-margin samples) and the ``margins`` check read. The section is recomputed
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -28,6 +29,8 @@ class CleanSection(Section):
     correct: tuple[bool, ...]
     predictions: tuple[int, ...]
     labels: tuple[int, ...] = ()
+    per_sample_fields: ClassVar = ("correct", "predictions", "labels")  # what the JSON reader checks (results.Section)
+    per_class_fields: ClassVar = ("per_class",)
 
     def metrics(self) -> dict[str, float]:
         return {"clean.accuracy": self.accuracy}

@@ -60,7 +60,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -348,6 +348,9 @@ class SpectrumSummary:
     near_zero_fraction_mean: float | None
     alignment_mean: float | None
     profile_median: tuple[float | None, ...] = ()  # per rank; () in results written before 0.1.0's report
+    aligned_fields: ClassVar = (  # what the JSON reader checks (results.Section)
+        ("profile_ranks", "profile_mean", "profile_q25", "profile_q75", "profile_median"),
+    )
 
 
 @section("curvature")
@@ -388,6 +391,13 @@ class CurvatureSection(Section):
     hz_exact: tuple[float | None, ...]
     hz_fd: tuple[float | None, ...]
     cure_step: tuple[float | None, ...]
+    aligned_fields: ClassVar = ((  # what the JSON reader checks (results.Section)
+        "indices", "n_samples", "loss_values", "grad_norm", "frobenius_exact", "frobenius_exact_se", "frobenius_fd",
+        "frobenius_fd_se", "hz_exact", "hz_fd", "cure_step",
+        *(f"{spectrum}.{name}" for spectrum in ("exact", "finite_difference")
+          for name in ("lambda_max", "lambda_min", "near_zero_fraction", "alignment", "gu", "frobenius")),
+    ),)
+    sample_index_fields: ClassVar = ("indices",)
 
     def _med(self, values) -> float | None:
         vals = [v for v in values if v is not None]

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -160,6 +161,12 @@ class IndicatorSection(Section):
     spearman_l2: float | None
     fraction_radius_below_attack_linf: float | None
     fraction_radius_below_attack_l2: float | None
+    aligned_fields: ClassVar = ((  # what the JSON reader checks (results.Section)
+        "indices", "n_samples", "t", "loss_values", "radii_l2", "radii_linf", "margin", "j_l1", "j_l2", "lambda_abs_max",
+        "margin_hessian_near_zero_fraction", "radius_linf", "radius_l2",
+        "theorem1.*.lower", "theorem1.*.upper", "theorem1.*.lower_bracket", "theorem1.*.upper_bracket",
+    ),)
+    sample_index_fields: ClassVar = ("indices",)
 
     def metrics(self) -> dict[str, float]:
         out = {

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -66,6 +67,8 @@ class JacobianStats:
     l2: tuple[float, ...]
     linf: tuple[float, ...]
     zero_fraction: tuple[float, ...]
+    per_sample_fields: ClassVar = ("l1", "l2", "linf", "zero_fraction")  # what the JSON reader checks (results.Section)
+    per_class_fields: ClassVar = ("per_class_l1", "per_class_l2", "per_class_zero_fraction")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class JacobianHeatmap:
     shape: tuple[int, ...]
     image: str
     gradient: str
+    encoded_fields: ClassVar = ("image", "gradient")  # what the JSON reader checks (results.Section)
+    sample_index_fields: ClassVar = ("index",)
 
 
 @section("jacobian")

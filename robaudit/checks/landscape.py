@@ -18,6 +18,7 @@ Cost: (STEPS_1D + STEPS_2D²) forward passes of the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -64,6 +65,11 @@ class LandscapeSection(Section):
     mean_increase_2d: float | None
     weights_restored: bool
     skipped: str = ""
+    aligned_fields: ClassVar = (  # what the JSON reader checks (results.Section): curves and grids match their axes
+        ("axis_1d", "loss_1d", "accuracy_1d"),
+        ("axis_2d", "loss_2d", "loss_2d.*", "accuracy_2d", "accuracy_2d.*"),
+    )
+    finite_fields: ClassVar = ("axis_1d.*", "axis_2d.*")
 
     def metrics(self) -> dict[str, float]:
         out = {

@@ -6,6 +6,7 @@ softmax(Z)_y and the cross-entropy loss in nats, whose histograms the report dra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -47,6 +48,8 @@ class MarginSection(Section):
     train_mean_loss: float | None = None
     loss_gap: float | None = None
     train_margins: tuple[float, ...] = ()
+    per_sample_fields: ClassVar = ("margins", "true_class_probability", "loss")  # what the JSON reader checks (results.Section)
+    per_class_fields: ClassVar = ("per_class_mean",)
 
     def metrics(self) -> dict[str, float]:
         out = {

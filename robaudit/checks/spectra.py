@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -49,6 +50,7 @@ class LayerSpectrum:
     mean: float
     std: float
     values: tuple[float, ...]
+    non_negative_fields: ClassVar = ("sigma_max", "sigma_min", "mean", "std", "values.*")  # singular values (results.Section)
 
 
 @section("spectra")

@@ -35,6 +35,7 @@ batched forward passes (:func:`robaudit.geometry.surface_grid`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -108,6 +109,10 @@ class SurfacesSection(Section):
     axis: tuple[float, ...]
     clipped: bool
     samples: tuple[SurfaceSample, ...]
+    aligned_fields: ClassVar = ((  # what the JSON reader checks (results.Section): steps × steps grids
+        "axis", *(f"samples.*.planes.*.{grid}{rows}" for grid in ("margin", "loss", "predictions") for rows in ("", ".*")),
+    ),)
+    finite_fields: ClassVar = ("axis.*",)
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}

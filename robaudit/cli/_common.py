@@ -4,27 +4,16 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from ..console import PIPE_WIDTH, make_console, one_line, styled  # noqa: F401  (re-exported for the commands)
 from ..errors import RobauditError, UsageError
 
-err_console = Console(stderr=True, highlight=False)
-
-# Width when the output is not a terminal (CI logs, pipes): Rich's default of 80 columns truncates
-# the tables' headers and numbers; $COLUMNS still wins.
-PIPE_WIDTH = 120
-
-
-def make_console(stderr: bool = False) -> Console:
-    """The console every command prints through: a terminal's own width, 120 columns in a pipe."""
-    console = Console(stderr=stderr)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=stderr, width=PIPE_WIDTH)
-    return console
+# Errors and notes on stderr; like every console of robaudit's, it prints strings as text, not markup.
+err_console = make_console(stderr=True, highlight=False)
 
 
 @contextmanager
@@ -44,7 +33,7 @@ def error_boundary(debug: bool) -> Iterator[None]:
             raise
         if getattr(exc, "reported_elsewhere", False):  # a torchrun rank whose error rank 0 prints
             raise typer.Exit(exc.exit_code) from None
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True, soft_wrap=True)
+        err_console.print(styled(("error:", "bold red"), " " + one_line(str(exc).strip())), soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -54,7 +43,7 @@ def error_boundary(debug: bool) -> Iterator[None]:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         err_console.print(
-            f"[bold red]internal error:[/bold red] {type(exc).__name__}: {escape(first)} (rerun with --debug for the traceback)",
+            styled(("internal error:", "bold red"), f" {type(exc).__name__}: {one_line(first)} (rerun with --debug for the traceback)"),
             soft_wrap=True,
         )
         raise typer.Exit(4) from None
@@ -86,3 +75,11 @@ def command_line() -> str:
     import shlex
 
     return shlex.join(["robaudit", *sys.argv[1:]])
+
+
+def dataset_file(dataset: str | None) -> Path | None:
+    """``--dataset`` as a path when it names an existing file (a tensor file), else None (a name)."""
+    if not dataset:
+        return None
+    path = Path(dataset)
+    return path if path.is_file() else None

@@ -10,13 +10,14 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import GateFailed, UsageError
+from ..outputs import check_outputs
 from ._common import error_boundary, make_console
 
 
 def compare(
     before: Path = typer.Argument(..., help="The reference results.json."),
     after: Path = typer.Argument(..., help="The new results.json."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the comparison as a self-contained HTML file."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help="Also write the comparison as a self-contained HTML file."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Exit 1 if clean.accuracy or any robust_acc.* metric dropped by more than this (absolute fraction, e.g. 0.01 = 1 point)."),
     significant: bool = typer.Option(False, "--significant", help="With --max-drop: count a drop only when it is significant at 0.05 (exact McNemar test on the per-sample results)."),
     force: bool = typer.Option(False, "--force", help="Compare even if the data, threat model or samples differ (no paired test then)."),
@@ -34,6 +35,7 @@ def compare(
             raise UsageError(f"--max-drop must be a number >= 0 (a fraction, 0.01 = 1 point), got {max_drop}")
         if significant and max_drop is None:
             raise UsageError("--significant qualifies --max-drop; give both, e.g. --max-drop 0 --significant")
+        check_outputs(files={"--output": output}, inputs={"BEFORE": before, "AFTER": after})
         comparison = compare_results(
             ScanResult.read_json(before), ScanResult.read_json(after), force=force,
             before_label=str(before), after_label=str(after),

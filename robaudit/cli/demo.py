@@ -4,13 +4,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from ..config import ScanConfig, parse_attack_list
+from ..errors import UsageError
+from ..outputs import check_outputs
 from ..report.terminal import print_summary
 from ..threat import Norm, parse_eps_list
 from ._common import command_line, error_boundary, make_console
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "assets" / "demo_fashion_mnist_small_cnn.safetensors"
+DEMO_FILES = ("results.json", "report.html")  # written into --out
 
 
 def demo(
@@ -28,17 +32,20 @@ def demo(
     from ..models import check_fits, load_model
 
     with error_boundary(debug):
+        # usage errors (radii, output folder) before any work
+        if n < 1:
+            raise UsageError("--n must be >= 1")
+        config = ScanConfig(norm=Norm.LINF, eps=tuple(parse_eps_list(eps)), attacks=parse_attack_list("quick"), seed=seed, device=device)
+        check_outputs(folders={"--out": (out, DEMO_FILES)})
         data = load_dataset("demo", DataRequest(n=n))
         loaded = load_model(str(DEMO_MODEL))
-        check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
-        config = ScanConfig(norm=Norm.LINF, eps=tuple(parse_eps_list(eps)), attacks=parse_attack_list("quick"), seed=seed, device=device)
+        loaded = check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
         result = run_scan(loaded, data, config, quiet=quiet, command_line=command_line())
-        out.mkdir(parents=True, exist_ok=True)
-        result.write_json(out / "results.json")
+        result.write_json(out / DEMO_FILES[0])
         from ..report.html import write_html
 
-        write_html(result, out / "report.html")
+        write_html(result, out / DEMO_FILES[1])
         if not quiet:
             console = make_console()
             print_summary(result, console)
-            console.print(f"  [dim]written: {out / 'results.json'}, {out / 'report.html'}[/dim]")
+            console.print(Text(f"  written: {out / DEMO_FILES[0]}, {out / DEMO_FILES[1]}", style="dim"))

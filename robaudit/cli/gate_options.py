@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import GateFailed, UsageError
-from ..gating import GateOutcome, GateSpec, evaluate_gates, find_gate_file, load_gate_file, parse_requires, write_junit
+from ..gating import GateOutcome, GateSpec, evaluate_gates, find_gate_file, junit_xml, load_gate_file, parse_requires
+from ..outputs import atomic_write, check_outputs
 
 __all__ = [
     "gate_file_option", "require_option", "junit_option", "load_gates", "evaluate", "finish", "print_outcome",
@@ -35,11 +36,11 @@ def require_option():
 
 
 def junit_option():
-    return typer.Option(None, "--junit", help="Write the gate outcomes as JUnit XML here (one testcase per gate).")
+    return typer.Option(None, "--junit", metavar="PATH", help="Write the gate outcomes as JUnit XML here (one testcase per gate).")
 
 
 def load_gates(
-    gate_file: Optional[Path], requires: Optional[List[str]], *, junit: Optional[Path] = None, discover: bool = False
+    gate_file: Optional[Path], requires: Optional[List[str]], *, junit: Optional[str] = None, discover: bool = False
 ) -> GateSpec | None:
     """The gates asked for, or None. With ``discover`` and nothing given, look for robaudit.toml /
     pyproject.toml in the current directory; finding none is a usage error. ``--junit`` without
@@ -109,12 +110,12 @@ def print_outcome(outcome: GateOutcome, console: Console, *, failures_only: bool
             console.print(Text(f"  {r.message}"))
 
 
-def finish(outcome: GateOutcome | None, junit: Optional[Path], console: Console, *, quiet: bool = False) -> None:
+def finish(outcome: GateOutcome | None, junit: Optional[str], console: Console, *, quiet: bool = False) -> None:
     """Write JUnit, show the gates (only failures when quiet), raise GateFailed (exit 1) on failure."""
     if outcome is None:
         return
     if junit is not None:
-        write_junit(outcome, junit)
+        atomic_write(junit, junit_xml(outcome))
     if outcome.passed:
         if not quiet:
             print_outcome(outcome, console)
@@ -128,7 +129,7 @@ def gate(
     results: Path = typer.Argument(..., help="A results.json written by `robaudit scan --json`."),
     gate_file: Optional[Path] = gate_file_option(),
     require: Optional[List[str]] = require_option(),
-    junit: Optional[Path] = junit_option(),
+    junit: Optional[str] = junit_option(),
     list_metrics: bool = typer.Option(False, "--list-metrics", help="Print the result's metric names, values and 95% intervals, and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Show only failed gates."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
@@ -145,5 +146,6 @@ def gate(
             print_metric_names(ScanResult.read_json(results), make_console())
             return
         spec = load_gates(gate_file, require, junit=junit, discover=True)
+        check_outputs(files={"--junit": junit}, inputs={"RESULTS": results, "--gate": gate_file})
         result = ScanResult.read_json(results)
         finish(evaluate(result, spec), junit, make_console(), quiet=quiet)

@@ -13,12 +13,13 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
-from ._common import command_line, err_console, error_boundary, parse_floats, parse_shape, make_console
+from ..outputs import atomic_write, check_outputs
+from ._common import command_line, dataset_file, err_console, error_boundary, make_console, parse_floats, parse_shape, styled
 
 __all__ = ["harden_cli", "RichReporter"]
 
@@ -26,7 +27,7 @@ __all__ = ["harden_cli", "RichReporter"]
 def harden_cli(
     checkpoint: Optional[Path] = typer.Argument(None, help="Model to fine-tune: .safetensors or pickled weights whose architecture robaudit can rebuild. Omit it for published weights named by --arch/--weights."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="fashion-mnist, mnist, cifar10, ..., or a .npz/.safetensors/.pt tensor file. Training uses the train split."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the hardened model (safetensors)."),
+    out: str = typer.Option(..., "--out", "-o", metavar="PATH", help="Where to write the hardened model (safetensors)."),
     method: str = typer.Option("cure", "--method", "-m", help="cure, jacobian, ce-grad or pgd-at (see `robaudit harden --help`)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset lives (also $ROBAUDIT_DATA)."),
     download: bool = typer.Option(False, "--download", help="Download the dataset or the published weights if missing (needs internet)."),
@@ -43,7 +44,7 @@ def harden_cli(
     train_n: Optional[int] = typer.Option(None, "--train-n", help="Train on the first N training samples (default: all)."),
     eval_n: int = typer.Option(500, "--eval-n", help="Held-out test samples for the per-epoch evaluation and the before/after scan."),
     epochs: int = typer.Option(5, "--epochs", help="Fine-tuning epochs."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate; decays log-linearly to lr/100 over the run (the CURE paper: 1e-4 → 1e-6 over 20 epochs)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate at the start; every epoch holds it for half its steps, then anneals (cosine) to lr/100, and each epoch starts at half the previous one's peak, so an epoch's schedule does not depend on --epochs."),
     batch_size: int = typer.Option(128, "--batch-size", help="Training batch size."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, attack starts and projections."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N."),
@@ -59,7 +60,7 @@ def harden_cli(
     combine: Optional[str] = typer.Option(None, "--combine", help="pgd-at: add PGD adversarial training to the regularizer (Yu et al. 'Ours+AdvTrain')."),
     resume: bool = typer.Option(False, "--resume", help="Continue from <out>.ckpt (same options); bit-identical to an uninterrupted run on CPU."),
     no_scan: bool = typer.Option(False, "--no-scan", help="Skip the before/after scan of the held-out slice."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the per-epoch history and the comparison as JSON here."),
+    json_path: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the per-epoch history and the comparison as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no tables."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -71,8 +72,13 @@ def harden_cli(
     PGD adversarial training (Madry et al. 2018).
     """
     from ..harden import HardenInterrupted, harden
+    from ..harden.checkpointing import ckpt_path_for
 
     with error_boundary(debug):
+        check_outputs(
+            files={"--out": out, "--out (resume file)": ckpt_path_for(out) if out.strip() else None, "--json": json_path},
+            inputs={"CHECKPOINT": checkpoint, "--dataset": dataset_file(dataset), "--eval-dataset": dataset_file(eval_dataset)},
+        )
         shape = parse_shape(input_shape)
         mean_t, std_t = parse_floats(mean, "--mean"), parse_floats(std, "--std")
         if (mean_t is None) != (std_t is None):
@@ -92,26 +98,24 @@ def harden_cli(
                 batch_size=batch_size, seed=seed, device=device, norm=norm, eps=eps, gamma=gamma, h=h,
                 h_ramp_epochs=h_ramp_epochs, reg_weight=reg_weight, reg_norm=reg_norm, projections=projections,
                 pgd_steps=pgd_steps, combine=combine, resume=resume, scan=not no_scan, reporter=reporter,
-                log=None if quiet else (lambda msg: err_console.print(f"[dim]{msg}[/dim]")),
+                log=None if quiet else (lambda msg: err_console.print(Text(msg, style="dim"), soft_wrap=True)),
             )
         except HardenInterrupted as exc:
-            err_console.print(f"{exc}", soft_wrap=True, markup=False)
+            err_console.print(f"{exc}", soft_wrap=True)
             if exc.checkpoint.exists():
                 resume_cmd = command_line()
                 if "--resume" not in resume_cmd.split():
                     resume_cmd += " --resume"
-                err_console.print(f"resume with:  {resume_cmd}", soft_wrap=True, markup=False, highlight=False)
+                err_console.print(f"resume with:  {resume_cmd}", soft_wrap=True)
             raise typer.Exit(130) from None
         if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False))
+            atomic_write(json_path, json.dumps(result.to_dict(), indent=1, allow_nan=False))
         if not quiet:
             print_history(result, console)
             print_comparison(result, console)
             again = f" --arch {arch}" if arch else ""  # a typed file.py:Class is never read back from metadata
-            console.print(f"  [dim]hardened model written to {escape(str(result.out))} (sha256:{result.sha256[:12]}); "
-                          f"scan it with: robaudit scan {escape(str(result.out))} --dataset {escape(dataset)}{escape(again)}[/dim]",
-                          soft_wrap=True)
+            console.print(Text(f"  hardened model written to {result.out} (sha256:{result.sha256[:12]}); "
+                               f"scan it with: robaudit scan {result.out} --dataset {dataset}{again}", style="dim"), soft_wrap=True)
 
 
 def published_weights(checkpoint, arch, weights, mean, std, download):
@@ -158,11 +162,11 @@ class RichReporter:
         resumed = info.get("resumed_at")
         note = f" · resumed at epoch {resumed[0] + 1}, step {resumed[1]}" if resumed else ""
         bn = " · BN/dropout: regularizer passes in eval mode" if info.get("separate_eval") else ""
-        self.console.print(f"[bold]robaudit harden[/bold] {self.method}: {info['n_train']} training samples, "
-                           f"{info['steps_per_epoch']} steps/epoch, {self.epochs} epochs{bn}{note}")
+        self.console.print(styled(("robaudit harden", "bold"), f" {self.method}: {info['n_train']} training samples, "
+                                  f"{info['steps_per_epoch']} steps/epoch, {self.epochs} epochs{bn}{note}"))
         self.progress = Progress(
-            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
             console=self.console, transient=True,
         )
         self.progress.start()

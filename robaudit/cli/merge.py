@@ -12,12 +12,12 @@ from .gate_options import evaluate, finish, gate_file_option, junit_option, load
 
 def merge(
     parts: List[Path] = typer.Argument(..., help="The part files of every shard (robaudit scan --shard K/N --json PART)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the merged ScanResult (JSON)."),
-    html_path: Optional[Path] = typer.Option(None, "--html", help="Also write the HTML report here."),
-    csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Also write samples.csv and robust_accuracy.csv into this folder."),
+    output: str = typer.Option(..., "--output", "-o", metavar="PATH", help="Where to write the merged ScanResult (JSON)."),
+    html_path: Optional[str] = typer.Option(None, "--html", metavar="PATH", help="Also write the HTML report here."),
+    csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help="Also write samples.csv and robust_accuracy.csv into this folder."),
     gate_file: Optional[Path] = gate_file_option(),
     require: Optional[List[str]] = require_option(),
-    junit: Optional[Path] = junit_option(),
+    junit: Optional[str] = junit_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -31,7 +31,15 @@ def merge(
         from ..distributed import merge_part_files
         from ..report.terminal import print_summary
 
+        from ..outputs import check_outputs
+        from ..report.tables import CSV_FILES
+
         spec = load_gates(gate_file, require, junit=junit)
+        check_outputs(  # usage errors (output paths) before reading the parts
+            files={"--output": output, "--html": html_path, "--junit": junit},
+            folders={"--csv": (csv_dir, CSV_FILES)},
+            inputs={f"part {i + 1}": part for i, part in enumerate(parts)} | {"--gate": gate_file},
+        )
         result = merge_part_files(parts)
         result.write_json(output)
         outcome = evaluate(result, spec)

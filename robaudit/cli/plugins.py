@@ -6,10 +6,10 @@ object against its group's interface (docs/plugins.md). Built-ins are listed by 
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from ._common import error_boundary, make_console
+from ._common import error_boundary, make_console, styled
 
 
 def plugins_command(
@@ -36,16 +36,16 @@ def plugins_command(
 
         failures = 0
         for info in infos:
-            row = [escape(v) for v in (info.group.removeprefix("robaudit."), info.name, info.distribution,
-                                       info.version, info.target)]
+            row = [Text(v) for v in (info.group.removeprefix("robaudit."), info.name, info.distribution,
+                                     info.version, info.target)]
             if check:
                 problem = check_plugin(info)
                 failures += problem is not None
-                row.append("[green]ok[/green]" if problem is None else f"[red]{escape(problem)}[/red]")
+                row.append(Text("ok", style="green") if problem is None else Text(problem, style="red"))
             t.add_row(*row)
         console.print(t)
         for msg in collisions:
-            console.print(f"[red]collision:[/red] {escape(msg)}; uninstall one of them")
+            console.print(styled(("collision:", "red"), f" {msg}; uninstall one of them"))
         if check and (failures or collisions):
-            console.print(f"[red]{failures} plugin(s) failed to load or do not fit their interface[/red]")
+            console.print(Text(f"{failures} plugin(s) failed to load or do not fit their interface", style="red"))
             raise typer.Exit(1)

@@ -6,17 +6,18 @@ from typing import List, Optional
 
 import typer
 
+from ..outputs import check_outputs
 from ._common import error_boundary, make_console
 from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option
 
 
 def report(
     results: Path = typer.Argument(..., help="A results.json written by `robaudit scan --json`."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file to write (default: next to the JSON, .html)."),
-    csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Also write samples.csv and robust_accuracy.csv into this folder."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help="HTML file to write (default: next to the JSON, .html)."),
+    csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help="Also write samples.csv and robust_accuracy.csv into this folder."),
     gate_file: Optional[Path] = gate_file_option(),
     require: Optional[List[str]] = require_option(),
-    junit: Optional[Path] = junit_option(),
+    junit: Optional[str] = junit_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and failed gates."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -25,14 +26,18 @@ def report(
     With --gate/--require the gate outcomes go into the report's verdict and a failed gate exits 1.
     """
     from ..report.html import write_html
-    from ..report.tables import write_csv
+    from ..report.tables import CSV_FILES, write_csv
     from ..results import ScanResult
 
     with error_boundary(debug):
         spec = load_gates(gate_file, require, junit=junit)
+        out = output if output is not None else str(results.with_suffix(".html"))
+        check_outputs(
+            files={"--output": out, "--junit": junit}, folders={"--csv": (csv_dir, CSV_FILES)},
+            inputs={"RESULTS": results, "--gate": gate_file},
+        )
         result = ScanResult.read_json(results)
         outcome = evaluate(result, spec)
-        out = output if output is not None else results.with_suffix(".html")
         write_html(result, out, outcome)
         console = make_console()
         if not quiet:

@@ -6,14 +6,16 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.text import Text
 
 from ..config import DEFAULT_CHECKS, ScanConfig
 from ..errors import UsageError
 from ..gating import check_metric_names
 from ..metric_names import predict_metric_names
+from ..outputs import check_outputs
 from ..report.terminal import print_summary
 from ..results import ScanResult
-from ._common import command_line, error_boundary, parse_floats, parse_shape, make_console
+from ._common import command_line, dataset_file, error_boundary, make_console, parse_floats, parse_shape
 from .gate_options import (
     evaluate, finish, gate_file_option, junit_option, load_gates, print_metric_names, require_option,
 )
@@ -49,13 +51,13 @@ def scan(
     batch_size: int = typer.Option(256, "--batch-size", help="Batch size; halves automatically on out-of-memory."),
     compute_block: Optional[int] = typer.Option(None, "--compute-block", help="Run the model on blocks of exactly this many rows (padding the last) so per-sample results are bit-identical at any --batch-size, shard or process count (costs up to N-1 padded rows per call)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random draw (attack starts); same seed + device → same result."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the ScanResult as JSON here (with --shard: this shard's part file)."),
+    json_path: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the ScanResult as JSON here (with --shard: this shard's part file)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: scan only shard K (0-based) of N (samples p with p % N == K) and write a part file with --json; combine the N parts with `robaudit merge`."),
-    html_path: Optional[Path] = typer.Option(None, "--html", help="Write the self-contained HTML report here."),
-    csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Write samples.csv and robust_accuracy.csv into this folder."),
+    html_path: Optional[str] = typer.Option(None, "--html", metavar="PATH", help="Write the self-contained HTML report here."),
+    csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help="Write samples.csv and robust_accuracy.csv into this folder."),
     gate_file: Optional[Path] = gate_file_option(),
     require: Optional[List[str]] = require_option(),
-    junit: Optional[Path] = junit_option(),
+    junit: Optional[str] = junit_option(),
     list_metrics: bool = typer.Option(False, "--list-metrics", help="Print the metric names this scan would produce (for --require / --gate) and exit; loads the data and model but runs nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
@@ -65,13 +67,21 @@ def scan(
     Under `torchrun --nproc_per_node=N -m robaudit scan ...` every process scans its share of the
     samples and rank 0 writes the one result. With --shard K/N this job scans a share and writes a
     part file; `robaudit merge` combines the parts into the result a single scan would have given."""
+    from ..report.tables import CSV_FILES
+
     with error_boundary(debug):
         from ..distributed import parse_shard
 
         part = parse_shard(shard)  # usage errors before any heavy work
         if part is not None:
             _check_shard_outputs(json_path, html_path, csv_dir, gate_file, require, junit)
+        # usage errors (thresholds, output paths) before any heavy work
         gates = load_gates(gate_file, require, junit=junit)
+        check_outputs(
+            files={"--json": json_path, "--html": html_path, "--junit": junit},
+            folders={"--csv": (csv_dir, CSV_FILES)},
+            inputs={"CHECKPOINT": checkpoint, "--dataset": dataset_file(dataset), "--gate": gate_file},
+        )
 
         def before_scan(config, data, loaded) -> bool:
             """Gate names checked against the names this scan will produce; --list-metrics prints them."""
@@ -116,9 +126,9 @@ def scan(
         if not quiet:
             print_summary(result, console)
             if json_path is not None:
-                console.print(f"  [dim]result written to {json_path}[/dim]")
+                console.print(Text(f"  result written to {json_path}", style="dim"))
             if html_path is not None:
-                console.print(f"  [dim]report written to {html_path}[/dim]")
+                console.print(Text(f"  report written to {html_path}", style="dim"))
         finish(outcome, junit, console, quiet=quiet)
 
 
@@ -158,12 +168,13 @@ def scan_command(
                           image_size=model_image_size(opened, image_size), sample=sample,
                           resize=model_resize(opened, resize), class_map=str(class_map) if class_map else None)
     data = load_dataset(dataset, request)
+    config.radii(data.input_shape)  # ℓ2 radii against the data's dimension, before the model is built
     loaded = opened.build(default_num_classes=data.num_classes, default_input_shape=data.input_shape)
     if class_map is None:  # a class map already numbers the folders by the model's classes
         data = align_labels(data, loaded.info)
     if before_scan is not None and not before_scan(config, data, loaded):
         return None
-    check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
+    loaded = check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
     train = None
     if train_n is not None:
         train = load_dataset(dataset, replace(request, split="train", n=train_n))

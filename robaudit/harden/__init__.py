@@ -9,9 +9,10 @@ BatchNorm rule and the measured defaults): ``cure``, ``jacobian``, ``ce-grad``, 
 
 Data: the TRAIN split (first ``train_n`` samples) for training, the first ``eval_n`` samples
 of the TEST split for the per-epoch quick evaluation and the before/after scan (a tensor file
-has no splits: the same file serves both unless ``eval_dataset`` is given). Optimizer: Adam,
-learning rate decaying log-linearly per step from ``lr`` (default 1e-3) to ``lr/100``, the
-shape of CURE's 1e-4 → 1e-6 (see regularizers.py for why the default starts higher).
+has no splits: the same file serves both unless ``eval_dataset`` is given). Optimizer: Adam
+with one learning-rate cycle per epoch (:mod:`.schedule`: ``lr`` for the first ``lr_hold`` of
+the epoch, then a half cosine to ``lr · lr_final``; epoch e peaks at ``lr · lr_decay^e``), so
+an epoch's schedule does not depend on ``epochs`` and every epoch ends annealed.
 The output is a safetensors file with the parent's architecture, class names, input shape and
 normalization plus ``robaudit.harden.*`` provenance, so ``robaudit scan OUT --dataset ...``
 needs no other flag. Only checkpoints whose architecture robaudit can rebuild (safetensors or
@@ -30,17 +31,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..config import check_radii
 from ..errors import InputError, UsageError
 from ..threat import Norm, ThreatModel, parse_eps
 from .checkpointing import ckpt_path_for
 from .regularizers import HARDENERS, build_hardener
+from .schedule import DEFAULT_LR, LRSchedule
 from .trainer import HardenInterrupted, NullReporter, Reporter, TrainConfig, measure_label, seed_for, train
 
-__all__ = ["harden", "HardenResult", "HardenInterrupted", "HARDENERS", "DEFAULT_EPOCHS", "DEFAULT_LR"]
+__all__ = ["harden", "HardenResult", "HardenInterrupted", "HARDENERS", "DEFAULT_EPOCHS", "DEFAULT_LR", "LRSchedule"]
 
 DEFAULT_EPOCHS = 5
-DEFAULT_LR = 1e-3  # CURE's paper: 1e-4 over 20 epochs; see regularizers.py for the measurement
-LR_DECAY = 0.01  # final lr = lr · LR_DECAY (CURE: 1e-4 → 1e-6)
 
 
 @dataclass
@@ -99,6 +100,9 @@ def harden(
     eval_n: int = 500,
     epochs: int = DEFAULT_EPOCHS,
     lr: float = DEFAULT_LR,
+    lr_hold: float | None = None,
+    lr_final: float | None = None,
+    lr_decay: float | None = None,
     batch_size: int = 128,
     seed: int = 0,
     device: str = "auto",
@@ -136,9 +140,14 @@ def harden(
             raise UsageError(f"{name} must be >= {lo}")
     if train_n is not None and train_n < 1:
         raise UsageError("--train-n must be >= 1")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise UsageError("--lr must be a positive number")
+    schedule = LRSchedule(lr, **{k: v for k, v in (("hold", lr_hold), ("final", lr_final), ("decay", lr_decay))
+                                 if v is not None})
     threat_norm = Norm.parse(norm)
+    eps_given = parse_eps(eps) if eps is not None else None
+    if eps_given is not None:
+        if eps_given <= 0:
+            raise UsageError("--eps must be > 0")
+        check_radii((eps_given,), threat_norm)
     hardener = build_hardener(
         method,
         {"gamma": gamma, "h": h, "h_ramp_epochs": h_ramp_epochs, "reg_weight": reg_weight, "reg_norm": reg_norm,
@@ -179,17 +188,20 @@ def harden(
             f"{checkpoint} holds a complete pickled module without a robaudit architecture name, so the hardened "
             f"weights could not be rebuilt by `scan`; save its state_dict and pass --arch"
         )
-    check_fits(loaded, input_shape=train_data.input_shape, num_classes=train_data.num_classes,
-               dataset_name=train_data.name)
-    check_fits(loaded, input_shape=eval_data.input_shape, num_classes=eval_data.num_classes,
-               dataset_name=eval_data.name)
-    eps_value = parse_eps(eps) if eps is not None else _default_eps(train_data.input_shape, threat_norm)
-    if eps_value <= 0:
-        raise UsageError("--eps must be > 0")
+    for part in (train_data, eval_data):
+        fitted = check_fits(loaded, input_shape=part.input_shape, num_classes=part.num_classes, dataset_name=part.name)
+        if fitted.info.fixed_batch is not None:
+            raise InputError(
+                f"{checkpoint} runs at a fixed batch size of {fitted.info.fixed_batch} only, so it can't be trained "
+                f"on batches; make its forward accept any batch size (e.g. x.flatten(1), not x.view(1, -1))"
+            )
+    eps_value = eps_given if eps_given is not None else _default_eps(train_data.input_shape, threat_norm)
+    check_radii((eps_value,), threat_norm, train_data.input_shape)
     threat = ThreatModel(threat_norm, eps_value)
     hardener.resolve(threat, train_data.input_shape)
     hyper = {
-        "method": hardener.name, **hardener.params(), "epochs": epochs, "lr": lr, "lr_final": lr * LR_DECAY,
+        "method": hardener.name, **hardener.params(), "epochs": epochs,
+        **schedule.params(),
         "optimizer": "adam", "batch_size": batch_size, "seed": seed, "train_n": train_data.n,
         "dataset": train_data.name, "norm": threat_norm.value, "eps": eps_value,
     }
@@ -200,7 +212,7 @@ def harden(
     torch.manual_seed(seed_for(seed, "torch"))
     history = train(
         net, hardener, train_data.x, train_data.y, eval_data.x, eval_data.y,
-        TrainConfig(epochs=epochs, lr=lr, lr_final=lr * LR_DECAY, batch_size=batch_size, seed=seed, threat=threat,
+        TrainConfig(epochs=epochs, schedule=schedule, batch_size=batch_size, seed=seed, threat=threat,
                     device=dev, fingerprint=fingerprint),
         ckpt, resume=resume, reporter=reporter or NullReporter(), on_step=on_step,
     )

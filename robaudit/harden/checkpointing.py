@@ -13,17 +13,35 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError, UsageError
+from ..outputs import atomic_target
 
-__all__ = ["FORMAT", "ckpt_path_for", "save_state", "load_state", "capture_rng", "restore_rng", "check_fingerprint"]
+__all__ = [
+    "FORMAT", "ckpt_path_for", "save_state", "load_state", "resume_from", "capture_rng", "restore_rng", "check_fingerprint",
+]
 
 FORMAT = "robaudit.harden/1"
+# What a checkpoint holds: field → (type, what it is). load_state checks every one, so a damaged or
+# foreign file is one CheckpointError (exit 3) naming the fields, never a KeyError mid-resume.
+FIELDS: dict[str, tuple[type, str]] = {
+    "fingerprint": (str, "the run's settings as JSON"),
+    "epoch": (int, "completed epochs"),
+    "step": (int, "completed steps of the current epoch"),
+    "model": (dict, "the model's state dict"),
+    "optimizer": (dict, "the Adam state"),
+    "scheduler": (dict, "the LR-scheduler state"),
+    "rng": (dict, "the random states"),
+    "running": (dict, "the current epoch's running sums"),
+    "history": (list, "the per-epoch rows"),
+}
+RNG_FIELDS = ("torch", "data_epoch_start", "device_generator", "cuda")
+# The per-epoch row fields the history table prints (trainer.train writes them; NaN where unused).
+HISTORY_FIELDS = ("epoch", "loss", "ce", "penalty", "measure", "clean_acc", "robust_acc", "lr", "seconds")
 
 
 def ckpt_path_for(out: str | os.PathLike[str]) -> Path:
@@ -33,17 +51,9 @@ def ckpt_path_for(out: str | os.PathLike[str]) -> Path:
 
 
 def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, then an atomic rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    """torch.save to a temporary file in the same folder, then an atomic rename (robaudit.outputs)."""
+    with atomic_target(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -58,7 +68,104 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{p} is not a readable robaudit harden checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a robaudit harden checkpoint (format {FORMAT})")
+    _check_fields(state, p)
     return state
+
+
+def _check_fields(state: dict[str, Any], path: Path) -> None:
+    """Every field of :data:`FIELDS` present with its type; tensors where tensors belong."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} is damaged or not from this robaudit: {what}; delete it to start over")
+
+    missing = [k for k in FIELDS if k not in state]
+    if missing:
+        raise bad("missing " + ", ".join(f"{k} ({FIELDS[k][1]})" for k in missing))
+    for key, (typ, what) in FIELDS.items():
+        value = state[key]
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise bad(f"{key} ({what}) is {type(value).__name__}, expected {typ.__name__}")
+    for key in ("epoch", "step"):
+        if state[key] < 0:
+            raise bad(f"{key} is negative ({state[key]})")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+        raise bad("model holds something other than named tensors")
+    rng = state["rng"]
+    missing = [k for k in RNG_FIELDS if k not in rng]
+    if missing:
+        raise bad(f"rng is missing {', '.join(missing)}")
+    for key in ("torch", "data_epoch_start"):
+        if not (isinstance(rng[key], torch.Tensor) and rng[key].dtype == torch.uint8):
+            raise bad(f"rng.{key} is not a random-generator state (a uint8 tensor)")
+    if rng["device_generator"] is not None and not isinstance(rng["device_generator"], torch.Tensor):
+        raise bad("rng.device_generator is not a random-generator state")
+    if rng["cuda"] is not None and not (isinstance(rng["cuda"], list) and all(isinstance(t, torch.Tensor) for t in rng["cuda"])):
+        raise bad("rng.cuda is not a list of random-generator states")
+    if not all(_is_number(v) for v in state["running"].values()):
+        raise bad("running holds something other than numbers")
+    for i, row in enumerate(state["history"]):
+        if not isinstance(row, dict):
+            raise bad(f"history[{i}] is not a per-epoch row")
+        missing = [k for k in HISTORY_FIELDS if not _is_number(row.get(k))]
+        if missing:
+            raise bad(f"history[{i}] lacks the numbers {', '.join(missing)}")
+    if len(state["history"]) != state["epoch"] + 1:
+        raise bad(f"history has {len(state['history'])} rows for {state['epoch']} completed epochs (expected the parent's + one per epoch)")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _same_layout(saved: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
+    """Keys of ``fresh`` that ``saved`` lacks or holds with another type (int and float count as one)."""
+    def kind(v: Any) -> str:
+        return "number" if _is_number(v) else type(v).__name__
+
+    return [k for k, v in fresh.items() if k not in saved or (v is not None and kind(saved[k]) != kind(v))]
+
+
+def resume_from(
+    path: Path, fingerprint: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+    device_generator: torch.Generator | None, *, epochs: int, steps_per_epoch: int, fresh_running: dict[str, float],
+) -> tuple[int, int, dict[str, float], list[dict[str, Any]], torch.Tensor]:
+    """Load ``path`` into the model, optimizer, scheduler and random states of a run with these
+    settings; return (epoch, step, running sums, history, the data generator's epoch-start state).
+    ``fresh_running`` is a new run's running sums (their keys); the scheduler's own state_dict gives
+    the layout its saved state must have (its numbers and lists).
+
+    Settings that differ are a UsageError naming them; contents that don't fit (damaged or edited
+    files) a CheckpointError (exit 3).
+    """
+    state = load_state(path)
+    check_fingerprint(state["fingerprint"], fingerprint, path)
+    epoch, step = state["epoch"], state["step"]
+    if epoch > epochs or step > steps_per_epoch or (epoch == epochs and step):
+        raise CheckpointError(
+            f"{path} is damaged: it is at epoch {epoch}, step {step} of a run of {epochs} epochs × {steps_per_epoch} "
+            f"steps; delete it to start over"
+        )
+    # the scheduler's numbers and lists (its bool flags vary between torch versions and are harmless)
+    scheduler_numbers = {k: v for k, v in scheduler.state_dict().items() if not isinstance(v, bool)}
+    for name, saved, fresh in (("scheduler", state["scheduler"], scheduler_numbers), ("running", state["running"], fresh_running)):
+        wrong = _same_layout(saved, fresh)
+        if wrong:
+            raise CheckpointError(f"{path} is damaged: {name} lacks or mistypes {', '.join(wrong)}; delete it to start over")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for param, slots in optimizer.state.items():
+            for key, value in slots.items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    raise ValueError(f"optimizer state {key!r} has shape {tuple(value.shape)}, its parameter {tuple(param.shape)}")
+        scheduler.load_state_dict(state["scheduler"])
+        epoch_start = restore_rng(state["rng"], device_generator)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{path} does not fit this run ({type(exc).__name__}: {first}); delete it to start over"
+        ) from None
+    running = {k: float(v) for k, v in state["running"].items()}
+    return epoch, step, running, [dict(r) for r in state["history"]], epoch_start
 
 
 def capture_rng(data_epoch_start: torch.Tensor, device_generator: torch.Generator | None) -> dict[str, Any]:
@@ -90,8 +197,10 @@ def check_fingerprint(saved: str, current: dict[str, Any], path: Path) -> None:
     """A resumed run must have the settings of the interrupted one; name the ones that differ."""
     try:
         old = json.loads(saved)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{path} has a malformed settings fingerprint; delete it and start over") from None
+    except (TypeError, ValueError, RecursionError):
+        old = None
+    if not isinstance(old, dict):
+        raise CheckpointError(f"{path} has a malformed settings fingerprint; delete it and start over")
     new = json.loads(json.dumps(current, sort_keys=True))
     diffs = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diffs:

@@ -1,5 +1,5 @@
-"""The fine-tuning loop of ``robaudit harden``: Adam, log-linear LR decay, per-epoch quick
-evaluation, atomic resume checkpoints, Ctrl-C handling.
+"""The fine-tuning loop of ``robaudit harden``: Adam, one learning-rate cycle per epoch
+(:mod:`.schedule`), per-epoch quick evaluation, atomic resume checkpoints, Ctrl-C handling.
 
 Determinism: every random draw comes from an explicit generator — the data order from a CPU
 ``torch.Generator`` seeded with ``seed`` (one ``randperm`` per epoch), attack starts and random
@@ -22,8 +22,9 @@ from torch import nn
 
 from ..errors import RuntimeFailure
 from ..threat import ThreatModel
-from .checkpointing import capture_rng, check_fingerprint, load_state, restore_rng, save_state
+from .checkpointing import capture_rng, resume_from, save_state
 from .regularizers import PGDAT, Combined, Hardener, StepContext, has_mode_dependent_layers
+from .schedule import LRSchedule
 
 __all__ = ["forward_backward", "measure_label", "TrainConfig", "Reporter", "NullReporter", "HardenInterrupted", "train", "quick_eval", "seed_for"]
 
@@ -71,8 +72,7 @@ class NullReporter:
 @dataclass
 class TrainConfig:
     epochs: int
-    lr: float
-    lr_final: float
+    schedule: LRSchedule
     batch_size: int
     seed: int
     threat: ThreatModel
@@ -138,13 +138,6 @@ def forward_backward(net, hardener: Hardener, params, optimizer, x, y, ctx: Step
     return out
 
 
-def _lr_lambda(ratio: float, total: int) -> Callable[[int], float]:
-    def fn(step: int) -> float:
-        return ratio ** (min(step, total) / max(total, 1))
-
-    return fn
-
-
 def train(
     net: nn.Module,
     hardener: Hardener,
@@ -169,13 +162,14 @@ def train(
     device = config.device
     n = int(train_x.shape[0])
     steps_per_epoch = math.ceil(n / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
     net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise RuntimeFailure("the model has no trainable parameters")
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.lr_final / config.lr, total_steps))
+    optimizer = torch.optim.Adam(params, lr=config.schedule.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: config.schedule.factor(step, steps_per_epoch)
+    )
     data_gen = torch.Generator()  # CPU: the data order doesn't depend on the device
     data_gen.manual_seed(seed_for(config.seed, "data"))
     dev_gen = torch.Generator(device=device)
@@ -188,16 +182,10 @@ def train(
     running = _zero_running()
     epoch_start_state = data_gen.get_state()
     if resume:
-        state = load_state(ckpt)
-        check_fingerprint(state["fingerprint"], config.fingerprint, ckpt)
-        inner = getattr(net, "inner", net)
-        inner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        epoch_start_state = restore_rng(state["rng"], dev_gen)
-        epoch, start_step = int(state["epoch"]), int(state["step"])
-        running = {k: float(v) for k, v in state["running"].items()}
-        history = [dict(r) for r in state["history"]]
+        epoch, start_step, running, history, epoch_start_state = resume_from(
+            ckpt, config.fingerprint, getattr(net, "inner", net), optimizer, scheduler, dev_gen,
+            epochs=config.epochs, steps_per_epoch=steps_per_epoch, fresh_running=running,
+        )
 
     def snapshot(ep: int, st: int) -> dict[str, Any]:
         inner = getattr(net, "inner", net)
@@ -220,7 +208,7 @@ def train(
         row = {"epoch": 0, **quick_eval(net, hardener, eval_x, eval_y, config.threat, device,
                                         seed_for(config.seed, "eval"), config.eval_pgd_steps, config.eval_batch_size),
                "loss": math.nan, "ce": math.nan, "penalty": math.nan, "adv_ce": math.nan, "seconds": math.nan,
-               "lr": config.lr}
+               "lr": config.schedule.lr}
         history.append(row)
         reporter.epoch(row)
 
@@ -260,7 +248,7 @@ def train(
                             seed_for(config.seed, f"eval:{epoch + 1}"), config.eval_pgd_steps, config.eval_batch_size)
             avg = _averages(running)
             row = {"epoch": epoch + 1, **ev, **avg, "seconds": running["seconds"],
-                   "lr": float(optimizer.param_groups[0]["lr"])}
+                   "lr": config.schedule.lr_at((epoch + 1) * steps_per_epoch - 1, steps_per_epoch)}
             if isinstance(hardener, PGDAT):  # no penalty term
                 row["penalty"] = math.nan
             if not isinstance(hardener, Combined):

@@ -420,8 +420,9 @@ def _describe_export(net: nn.Module, contents: _Contents) -> None:
             contents.input_shape = (int(dims[1]), int(dims[2]), int(dims[3]))
         if isinstance(dims[0], int):
             contents.warnings.append(
-                f"exported with a static batch size of {dims[0]}; other batch sizes will fail. Re-export with "
-                f"dynamic_shapes={{'x': {{0: torch.export.Dim('batch')}}}}"
+                f"exported with a static batch size of {dims[0]}: robaudit runs it in calls of exactly {dims[0]} "
+                f"sample(s), slower than batching freely; re-export with "
+                f"dynamic_shapes={{'x': {{0: torch.export.Dim('batch')}}}} to batch freely"
             )
     train_ops = sorted({_op_name(n) for n in graph.nodes if n.op == "call_function" and _is_train_op(n)})
     if train_ops:

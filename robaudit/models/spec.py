@@ -40,6 +40,9 @@ class ModelInfo:
     preprocessing: what the weights' publisher says about image size and normalization (None if
     nothing). class_names: the weights' own class names (torchvision meta, robaudit metadata).
     warnings: problems that don't stop a scan (NaN/Inf weights, ...); they go into ScanResult.
+    fixed_batch: the only batch size the model runs at (a torch.export graph specialized to it),
+    set by ``check_fits``, which then wraps the model to run any batch in chunks of that size;
+    None: any batch size.
     """
 
     path: str
@@ -56,6 +59,7 @@ class ModelInfo:
     weights: str | None = None
     preprocessing: Preprocessing | None = None
     class_names: tuple[str, ...] | None = None
+    fixed_batch: int | None = None
 
 
 @dataclass(frozen=True)

@@ -525,7 +525,8 @@ def landscape_figures(sec, result) -> dict[str, Any]:
     twin.grid(False)
     lines = ax1.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax1.legend(lines, [l.get_label() for l in lines], loc="upper center")
-    ax1.set_title(f"1-D landscape (n = {sec.n_samples}; sharpness {sec.sharpness_1d:.3g} nats)")
+    sharpness = "—" if sec.sharpness_1d is None else f"{sec.sharpness_1d:.3g}"  # None: no finite loss at θ
+    ax1.set_title(f"1-D landscape (n = {sec.n_samples}; sharpness {sharpness} nats)")
     if sec.loss_2d:
         ax2 = fig.add_subplot(1, 2, 2)
         x2 = np.asarray(sec.axis_2d, dtype=np.float64)

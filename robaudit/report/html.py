@@ -26,6 +26,7 @@ from typing import Any
 import jinja2
 import markupsafe
 
+from ..outputs import atomic_write
 from ..results import ScanResult, to_jsonable
 from ..stats import Proportion, proportion
 from ..threat import format_eps
@@ -156,7 +157,8 @@ class SectionView:
 
 
 def canonical(result: ScanResult) -> ScanResult:
-    """The result exactly as its JSON file reads back (non-finite floats → None, lists → tuples)."""
+    """The result exactly as its JSON file reads back (lists → tuples; a non-finite float → null →
+    None in an optional field, NaN in a float one)."""
     return ScanResult.from_dict(json.loads(json.dumps(result.to_dict(), allow_nan=False)))
 
 
@@ -246,16 +248,8 @@ def render_html(result: ScanResult, gate_outcome=None) -> str:
     )
 
 
-def _write(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_html(result: ScanResult, path: str | Path, gate_outcome=None) -> None:
-    _write(path, render_html(result, gate_outcome))
+    atomic_write(path, render_html(result, gate_outcome))
 
 
 # --- compare ---------------------------------------------------------------------------------------
@@ -289,4 +283,4 @@ def render_compare_html(comparison, max_drop: float | None = None, significant: 
 
 
 def write_compare_html(comparison, path: str | Path, max_drop: float | None = None, significant: bool = False) -> None:
-    _write(path, render_compare_html(comparison, max_drop, significant))
+    atomic_write(path, render_compare_html(comparison, max_drop, significant))

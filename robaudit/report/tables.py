@@ -31,10 +31,13 @@ import numpy as np
 import pandas as pd
 
 from ..metric_names import robust_acc_name
+from ..outputs import atomic_write
 from ..results import ScanResult
 from ..threat import format_eps
 
-__all__ = ["samples_table", "per_class_table", "robust_table", "write_csv"]
+__all__ = ["samples_table", "per_class_table", "robust_table", "write_csv", "CSV_FILES"]
+
+CSV_FILES = ("samples.csv", "robust_accuracy.csv", "per_class.csv")  # what write_csv may write into its folder
 
 # section -> (field, column): one value per scanned sample, dataset order
 _PER_SAMPLE = {
@@ -88,11 +91,12 @@ def samples_table(result: ScanResult) -> pd.DataFrame:
     if labels is None and pred is not None and correct is not None:
         # results written before labels were stored: a correct prediction is the label
         labels = [p if c else None for p, c in zip(pred, correct)]
-    if labels is not None:
+    # a per-sample column goes in only when it has one value per sample (a result read from a file may not)
+    if labels is not None and len(labels) == n:
         cols["label"] = pd.array(list(labels), dtype="Int64")
-    if pred is not None:
+    if pred is not None and len(pred) == n:
         cols["prediction"] = list(pred)
-    if correct is not None:
+    if correct is not None and len(correct) == n:
         cols["correct"] = list(correct)
     for name, fields in _PER_SAMPLE.items():
         sec = result.section(name)
@@ -198,7 +202,6 @@ def write_csv(result: ScanResult, directory: str | Path) -> list[Path]:
     """Write ``samples.csv``, ``robust_accuracy.csv`` and (when the result has labels) ``per_class.csv``
     into ``directory``; return their paths."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     out = []
     tables = [("samples.csv", samples_table(result)), ("robust_accuracy.csv", robust_table(result))]
     clean = result.section("clean")
@@ -206,6 +209,6 @@ def write_csv(result: ScanResult, directory: str | Path) -> list[Path]:
         tables.append(("per_class.csv", per_class_table(result)))
     for name, table in tables:
         path = directory / name
-        table.to_csv(path, index=False)
+        atomic_write(path, table.to_csv(index=False))
         out.append(path)
     return out

@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+from ..console import make_console, styled
 
 from ..metric_names import robust_acc_name
 from ..results import ScanResult
@@ -29,6 +30,17 @@ def pct_ci(v: float | None, p=None) -> str:
     if v is None:
         return "—"
     return _pct(v) if p is None else f"{_pct(v)} [{100 * p.lower:.1f}, {100 * p.upper:.1f}]"
+
+
+def _fixed(v, decimals: int = 3) -> str:
+    """A number with ``decimals`` decimals; '—' for none."""
+    return "—" if v is None else f"{float(v):.{decimals}f}"
+
+
+def _negative_fraction_interval(margins):
+    """The 95% interval of the fraction of negative margins, counted from the per-sample margins."""
+    values = [m for m in margins or () if isinstance(m, (int, float)) and m == m]
+    return proportion(k=sum(m < 0 for m in values), n=len(values)) if values else None
 
 
 def _num(v, digits: int = 4) -> str:
@@ -112,7 +124,7 @@ def _spectra_table(sec) -> Table | None:
     return _table(
         f"Layer spectra ({len(sec.layers)} weight matrices; singular values in weight units)",
         ["largest σ_max", "in layer", "mean std of σ", "largest σ_max/σ_min"],
-        [_num(largest.sigma_max), escape(largest.name), _num(sum(l.std for l in sec.layers) / len(sec.layers)),
+        [_num(largest.sigma_max), Text(largest.name), _num(sum(l.std for l in sec.layers) / len(sec.layers)),
          _num(max(ratios)) if ratios else "—"],
     )
 
@@ -128,7 +140,7 @@ def _surfaces_table(sec) -> Table | None:
     for col, just in (("plane u", "left"), ("misclassified within ε", "right"), ("min L within ε (logits)", "right")):
         t.add_column(col, justify=just)
     for name in names:
-        t.add_row(escape(name), _pct(metrics[f"surfaces.{name}.fraction_misclassified_within_eps"]),
+        t.add_row(Text(name), _pct(metrics[f"surfaces.{name}.fraction_misclassified_within_eps"]),
                   _num(metrics[f"surfaces.{name}.min_margin_within_eps"]))
     return t
 
@@ -167,27 +179,52 @@ def geometry_tables(result: ScanResult) -> list[Table]:
     return tables
 
 
-def print_summary(result: ScanResult, console: Console | None = None) -> None:
-    console = console or Console()
-    p = result.provenance
-    attacks = result.section("attacks")
-    margins = result.section("margins")
+def _fixed_batch_line(batch: int) -> str:
+    """What auditing a model that runs at one batch size only costs."""
+    if batch == 1:
+        cost = "one model call per sample, no batching: about as slow as --batch-size 1"
+    else:
+        cost = (f"{batch} samples per model call; smaller calls (the last batch, the samples an attack still "
+                f"queries) are padded to {batch} and pay for {batch}")
+    return (f"the model runs at batch size {batch} only, so it was audited at that size ({cost}); "
+            f"re-export it with a dynamic batch dimension to batch freely")
 
-    head = f"[bold]robaudit[/bold] {escape(Path(p.checkpoint).name)} on {escape(p.dataset)} ({escape(p.split)}, n={p.n})"
-    console.print(head)
+
+def _blackbox_only_line(c) -> str:
+    """One line per ε: black-box successes on white-box survivors, and what the masking flag needs."""
+    head = f"black-box after white-box at ε={format_eps(c.eps)}: broke {c.broken} of {c.attacked} white-box survivors"
+    if c.attacked:
+        head += f" ({c.broken / c.attacked:.1%})"
+    need = (f"the masking flag needs ≥ {c.needed}" if c.needed is not None
+            else "too few survivors to test for masking")
+    return f"{head}; {'flagged' if c.flagged else need} (docs/flags.md#flag-blackbox-beats-whitebox)"
+
+
+def print_summary(result: ScanResult, console: Console | None = None) -> None:
+    """The verdict, provenance line and tables. Every string is printed as text (the console's markup
+    is off, see robaudit.console): paths, dataset, attack and class names can hold ``[`` or ``:``."""
+    console = console or make_console()
+    p = result.provenance
+    attacks = _typed(result, "attacks")
+    margins = _typed(result, "margins")
+
+    console.print(styled(("robaudit", "bold"), f" {Path(p.checkpoint).name} on {p.dataset} ({p.split}, n={p.n})"))
     for h in headline(result):
         console.print(Text("  " + h.label + " ").append(fraction_text(h.value, h.p), style="bold"))
     rec = recipe(attacks) if attacks is not None else None
     if rec is not None:
         console.print(Text("  " + rec.sentence(), style="" if rec.autoattack else "yellow"), soft_wrap=True)
     for flag in result.flags:
-        console.print(f"  [yellow]FLAG[/yellow] {flag.code}: {escape(flag.message)} (docs/flags.md#flag-{flag.code})")
+        console.print(styled("  ", ("FLAG", "yellow"), f" {flag.code}: {flag.message} (docs/flags.md#flag-{flag.code})"))
     for w in result.model_warnings:
-        console.print(f"  [yellow]WARNING[/yellow] {escape(w)}")
-    console.print(
-        f"  [dim]{p.checkpoint_format} sha256:{p.checkpoint_sha256[:12]} · arch {p.arch or 'embedded'} · "
-        f"device {p.device} · seed {p.seed} · pixel space [0,1][/dim]"
-    )
+        console.print(styled("  ", ("WARNING", "yellow"), f" {w}"))
+    console.print(Text(
+        f"  {p.checkpoint_format} sha256:{p.checkpoint_sha256[:12]} · arch {p.arch or 'embedded'} · "
+        f"device {p.device} · seed {p.seed} · pixel space [0,1]", style="dim",
+    ))
+    fixed = getattr(p, "fixed_batch", None)
+    if fixed:
+        console.print(styled("  ", ("FIXED BATCH", "yellow"), f" {_fixed_batch_line(fixed)}"))
 
     if attacks is not None and attacks.runs:
         mode = "each attack alone" if attacks.mode == "independent" else "cascade: after this and earlier attacks"
@@ -206,7 +243,7 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             t.add_column(col, justify=just)
         for r in attacks.runs:
             t.add_row(
-                escape(r.attack),
+                Text(r.attack),
                 format_eps(r.eps),
                 pct_ci(r.robust_accuracy, intervals.get(robust_acc_name(r.attack, r.norm, r.eps))),
                 pct_ci(r.success_rate, proportion(k=sum(r.broken), n=r.n_attacked) if r.n_attacked else None),
@@ -216,8 +253,10 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             )
         for key, acc in attacks.ensemble.items():
             ci = pct_ci(acc, intervals.get(robust_acc_name("ensemble", attacks.norm, key)))
-            t.add_row("[bold]worst case[/bold]", key, f"[bold]{ci}[/bold]", "", "", "", "")
+            t.add_row(Text("worst case", style="bold"), key, Text(ci, style="bold"), "", "", "", "")
         console.print(t)
+        for c in getattr(attacks, "blackbox_only", ()):
+            console.print(Text(f"  {_blackbox_only_line(c)}", style="dim"), soft_wrap=True)
 
     if margins is not None:
         t = Table(title="Margin L(x) = Z_y − max_{i≠y} Z_i (logits)", title_justify="left")
@@ -225,19 +264,13 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             t.add_column(col, justify="right")
         q = margins.quantiles
         t.add_row(
-            f"{margins.mean:.3f}",
-            f"{q['05']:.3f}",
-            f"{q['25']:.3f}",
-            f"{margins.median:.3f}",
-            f"{q['75']:.3f}",
-            f"{q['95']:.3f}",
-            pct_ci(margins.fraction_negative, proportion(k=round(margins.fraction_negative * len(margins.margins)),
-                                                         n=len(margins.margins)) if margins.margins else None),
-            f"{margins.mean_true_class_probability:.3f}",
-            f"{margins.mean_loss:.3f}",
+            _fixed(margins.mean), _fixed(q.get("05")), _fixed(q.get("25")), _fixed(margins.median), _fixed(q.get("75")),
+            _fixed(q.get("95")),
+            pct_ci(margins.fraction_negative, _negative_fraction_interval(margins.margins)),
+            _fixed(margins.mean_true_class_probability), _fixed(margins.mean_loss),
         )
         console.print(t)
     for table in geometry_tables(result):
         console.print(table)
     if result.timings:
-        console.print("  [dim]time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()) + "[/dim]")
+        console.print(Text("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()), style="dim"))
