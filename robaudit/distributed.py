@@ -172,6 +172,7 @@ def run_shard(loaded: LoadedModel, data: DataSpec, config: ScanConfig, shard: Sh
         "checks": [c.name for c in checks],
         "parts": {name: part.to_dict() for name, part in ctx.parts.items()},
         "timings": timings,
+        "passes": ctx.passes,
     }
 
 
@@ -261,13 +262,23 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
         raise InputError(f"the parts cover {len(clean.positions)} of the scan's {info.n} samples")
     prov = from_jsonable(Provenance, payloads[0]["provenance"])
     timings = {c.name: max(float(p.get("timings", {}).get(c.name, 0.0)) for p in payloads) for c in checks}
+    passes = {c.name: {kind: sum(_count(p, c.name, kind) for p in payloads) for kind in ("grad", "hvp")} for c in checks}
     return ScanResult(
         provenance=replace(prov, execution=execution),
         sections=dict(info.sections),
         flags=tuple(info.flags),
         model_warnings=tuple(payloads[0].get("model_warnings", ())),
         timings=timings,
+        passes=passes,
     )
+
+
+def _count(payload: dict, check: str, kind: str) -> int:
+    """A part's count of ``kind`` passes for ``check`` (0 where a part has none: older parts)."""
+    value = payload.get("passes", {})
+    value = value.get(check, {}) if isinstance(value, dict) else {}
+    value = value.get(kind, 0) if isinstance(value, dict) else 0
+    return value if type(value) is int and value >= 0 else 0
 
 
 def merge_part_files(paths: Sequence[str | Path]) -> ScanResult:

@@ -24,6 +24,7 @@ from . import __version__
 from .config import ScanConfig
 from .console import make_console
 from .data.spec import DataSpec, as_positions
+from .geometry import passes
 from .errors import RuntimeFailure, UsageError
 from .models.spec import LoadedModel
 from .parts import CombineInfo, Part, Table, merge_parts
@@ -65,6 +66,8 @@ def _seed_for(seed: int, tag: str) -> int:
 
 
 class _NullProgress:
+    console = None
+
     def add_task(self, *a, **k):
         return 0
 
@@ -150,6 +153,8 @@ class ScanContext:
     flags: list[Flag] = field(default_factory=list)
     plain_model: torch.nn.Module | None = None  # the model without FixedBlockModel (model-level checks)
     fixed_batch: int | None = None
+    passes: dict = field(default_factory=dict)  # check name → {"grad": n, "hvp": n} (geometry.passes)
+    _within: Callable[[float], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.positions is None:
@@ -182,13 +187,20 @@ class ScanContext:
         indices: torch.Tensor | None = None,
         description: str = "",
         data: DataSpec | None = None,
+        work_per_sample: float | None = None,
     ) -> None:
         """Call ``fn(x, y, sl)`` on consecutive batches (x, y on the device; ``sl`` indexes
         ``indices``) of the samples at scan positions ``indices`` of ``data`` (default: this
         process's positions of the scanned data; all samples of other data). Images are read by
         the data's loader (worker processes for lazy datasets, pinned memory on CUDA) in chunks of
         the batch size. On out-of-memory the batch size halves and the batch is retried; at batch
-        size 1 it is a RuntimeFailure. The halved size sticks for the rest of the scan."""
+        size 1 it is a RuntimeFailure. The halved size sticks for the rest of the scan.
+
+        Progress: the bar counts samples and moves within a batch too — by :meth:`within`
+        (an attack's per-iteration callback), or, given ``work_per_sample`` (the gradient passes
+        + HVPs a sample is expected to take, :mod:`robaudit.geometry.passes`), by the passes
+        counted so far (capped just below the batch's end, so an estimate too low stalls late,
+        never overshoots)."""
         data = self.data if data is None else data
         if indices is None:
             idx = self.positions if data is self.data else torch.arange(data.n)
@@ -206,19 +218,50 @@ class ScanContext:
                     stop = min(start + self.batch_size, count)
                     x = xb[start:stop].to(self.device, non_blocking=True)
                     y = yb[start:stop].to(self.device, non_blocking=True)
+                    base, rows = done + start, stop - start
+                    self._within = lambda f, base=base, rows=rows: self.progress.update(
+                        task, completed=base + rows * min(max(float(f), 0.0), 0.999))
                     try:
-                        fn(x, y, slice(done + start, done + stop))
+                        if work_per_sample:
+                            budget = float(work_per_sample) * rows
+                            with passes.watch(lambda units: self.within(units / budget)):
+                                fn(x, y, slice(done + start, done + stop))
+                        else:
+                            fn(x, y, slice(done + start, done + stop))
                     except Exception as exc:  # noqa: BLE001 - only OOM is handled
                         if not _is_oom(exc):
                             raise
                         del x, y
                         self._halve()
                         continue
-                    self.progress.advance(task, stop - start)
+                    self.progress.update(task, completed=done + stop)
                     start = stop
                 done += count
         finally:
+            self._within = None
             self.progress.remove_task(task)
+
+    def within(self, fraction: float) -> None:
+        """Report the share (0..1) of the current :meth:`map_batches` batch done (no-op outside
+        one): pass it as an attack's ``progress`` callback."""
+        if self._within is not None:
+            self._within(fraction)
+
+    @contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A progress bar of ``total`` steps for work that is not batches of samples (surface
+        grids, model-level loops); yields ``advance(k=1)``."""
+        task = self.progress.add_task(description, total=total)
+        try:
+            yield lambda k=1: self.progress.advance(task, k)
+        finally:
+            self.progress.remove_task(task)
+
+    def announce(self, text: str) -> None:
+        """A line above the bars (nothing with -q): plain text, never markup."""
+        console = getattr(self.progress, "console", None)
+        if console is not None:
+            console.print(text, markup=False, highlight=False)
 
     def _halve(self) -> None:
         if self.device.type == "cuda":
@@ -296,15 +339,26 @@ def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, dev
     )
 
 
+@contextmanager
+def _counted(ctx: ScanContext, check, k: int, n: int) -> Iterator[None]:
+    """The header line "check k/n: name" above the bars, and the check's count of gradient passes
+    and HVPs (``ctx.passes``)."""
+    ctx.announce(f"check {k + 1}/{n}: {check.name}")
+    with passes.ledger() as counts:
+        yield
+    ctx.passes[check.name] = dict(counts)
+
+
 def compute_parts(ctx: ScanContext, checks: Sequence, log: Callable[[str], None] | None = None) -> dict[str, float]:
     """Compute every check's part into ``ctx.parts`` (no combining); returns timings (s)."""
     timings: dict[str, float] = {}
-    for check in checks:
+    for k, check in enumerate(checks):
         t0 = time.perf_counter()
         if check.scope == "model" and not ctx.lead:
             ctx.parts[check.name] = Part()
         else:
-            ctx.parts[check.name] = check.compute(ctx)
+            with _counted(ctx, check, k, len(checks)):
+                ctx.parts[check.name] = check.compute(ctx)
         timings[check.name] = round(time.perf_counter() - t0, 4)
         if log:
             log(f"{check.name}: {timings[check.name]:.1f}s")
@@ -340,12 +394,14 @@ def run_scan(
     torch.manual_seed(config.seed)
     with _progress(quiet) as progress:
         ctx.progress = progress
-        for check in checks:
+        for k, check in enumerate(checks):
             t0 = time.perf_counter()
-            if is_legacy(check):
-                ctx.sections[check.name] = check.run(ctx)
-            else:
-                part = check.compute(ctx)
+            with _counted(ctx, check, k, len(checks)):
+                if is_legacy(check):
+                    ctx.sections[check.name] = check.run(ctx)
+                else:
+                    part = check.compute(ctx)
+            if not is_legacy(check):
                 ctx.parts[check.name] = part
                 tables, extras = merge_parts([part], check.name)
                 info.tables[check.name] = tables
@@ -359,6 +415,7 @@ def run_scan(
         flags=tuple(ctx.flags),
         model_warnings=tuple(loaded.info.warnings),
         timings=timings,
+        passes=dict(ctx.passes),
     )
 
 

@@ -135,6 +135,9 @@ class ScanResult:
     flags: tuple[Flag, ...] = ()
     model_warnings: tuple[str, ...] = ()
     timings: Mapping[str, float] = field(default_factory=dict)  # check name → wall seconds
+    # check name → {"grad": input-gradient passes, "hvp": Hessian-vector products}, per sample
+    # (robaudit.geometry.passes); like timings, a cost, not a result; absent from older results
+    passes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def section(self, name: str):
@@ -205,6 +208,7 @@ class ScanResult:
             "flags": [to_jsonable(f) for f in self.flags],
             "model_warnings": list(self.model_warnings),
             "timings": to_jsonable(dict(self.timings)),
+            "passes": to_jsonable({k: dict(v) for k, v in self.passes.items()}),
             "intervals": self._intervals_json(),
         }
 
@@ -273,6 +277,7 @@ class ScanResult:
             flags=from_jsonable(hints["flags"], data.get("flags", []), "flags"),
             model_warnings=from_jsonable(hints["model_warnings"], data.get("model_warnings", []), "model_warnings"),
             timings=from_jsonable(hints["timings"], data.get("timings", {}), "timings"),
+            passes=from_jsonable(hints["passes"], data.get("passes", {}), "passes"),
             schema_version=version,
         )
 

@@ -21,9 +21,10 @@ from robaudit.models.spec import LoadedModel, ModelInfo
 
 
 def _comparable(result_dict: dict) -> dict:
-    """A result without what may differ between executions: timings, command line, execution."""
+    """A result without what may differ between executions: timings, passes, command line, execution."""
     d = json.loads(json.dumps(result_dict))
     d.pop("timings")
+    d.pop("passes")  # costs, like timings: a Lanczos batch runs as long as its slowest sample
     for run in d["sections"].get("attacks", {}).get("runs", []):
         run.pop("seconds")
     d["provenance"].pop("command_line")

@@ -16,6 +16,7 @@ from torch import nn
 from .. import rng
 from ..errors import UsageError
 from ..geometry.margin import cross_entropy, margin
+from ..geometry.passes import record
 from ..registry import Registry
 from ..threat import Norm, ThreatModel
 
@@ -148,6 +149,7 @@ def input_gradient(
         grad = torch.zeros_like(x) if grad is None else grad
     if counter is not None:
         counter.add(x.shape[0], backward=True)
+    record("grad", x.shape[0])
     return loss.detach(), logits.detach(), grad.detach()
 
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..geometry.passes import record
 from ..rng import rows
 from ..threat import Norm, ThreatModel
 from ._minimal import eval_mode, pgd_eps
@@ -78,6 +79,7 @@ def _candidate_gradients(
         for k in range(C):
             (g,) = torch.autograd.grad(f[:, k].sum(), xg, retain_graph=k < C - 1)
             grads.append(g)
+            record("grad", x.shape[0])
             if counter is not None:
                 counter.backward += x.shape[0]
     return logits.detach(), f.detach(), torch.stack(grads, dim=1), cand

@@ -180,6 +180,7 @@ class AttacksCheck(Check):
     def _run_one(ctx, spec, threat, rows, weakest) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Attack this process's samples at local ``rows``: (broken, ‖δ‖ or NaN, counts)."""
         attack = spec.build()
+        attack.progress = ctx.within  # the bar moves per attack iteration, not once per batch
         n = int(ctx.positions.numel())
         broken = torch.zeros(n, dtype=torch.bool)
         norms = torch.full((n,), math.nan, dtype=torch.float64)

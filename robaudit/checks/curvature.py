@@ -70,6 +70,7 @@ from ..geometry.bounds import alignment
 from ..geometry.hessian import (
     cure_direction,
     full_hessian,
+    full_hessians_fd,
     hutchinson_frobenius,
     hvp_exact,
     hvp_fd,
@@ -111,6 +112,9 @@ FD_BALL_FRACTION = 1.0  # finite-difference steps reach this fraction of the ε-
 # Hessian work in float64 (a copy of the model): ~4x slower than float32 on CPU, but float32 rounding
 # in gradient differences hides exact zeros (near-zero fractions) and pollutes small-step differences
 HESSIAN_FLOAT64 = True
+# ScanContext.cache key: {scan position: eigenvalues [d] of the margin's pixel-basis FD Hessian},
+# left by the curvature check for the indicator check when both run (one sweep, not two)
+MARGIN_FD_CACHE = "curvature:margin-fd-eigvals"
 _FULL_GROUP_BYTES = 256 * 2**20  # memory for full d×d Hessians held at once
 _EIGH_MAX_DIM = 1024  # above: eigvalsh + Lanczos on the explicit matrix for the top eigenvector
 
@@ -217,17 +221,31 @@ def full_spectra(model, x, y, fn, method: str, chunk: int, h: float | None = Non
     """``(eigvals [B, d] descending, top eigvec [B, d])`` of every sample's full Hessian
     (:func:`robaudit.geometry.full_hessian` with ``method``/``h``), built for groups of samples
     whose d×d float64 matrices fit :data:`_FULL_GROUP_BYTES`."""
+    build = lambda xs, ys: [full_hessian(model, xs, ys, fn, method=method, h=h, chunk=chunk)]  # noqa: E731
+    return _grouped_spectra(build, x, y, [generator])[0]
+
+
+def shared_fd_spectra(model, x, y, fns, eps: float, chunk: int, generators) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`full_spectra` ``(…, fn, "fd", chunk, h=eps, generator)`` of each of ``fns`` with its
+    generator — the same numbers — from one sweep of the points ``x + eps·e_i`` (one forward per
+    point for all functions: :func:`robaudit.geometry.full_hessians_fd`). Holds len(fns) d×d
+    matrices per sample of a group (the groups are :func:`full_spectra`'s)."""
+    build = lambda xs, ys: full_hessians_fd(model, xs, ys, fns, eps, chunk)  # noqa: E731
+    return _grouped_spectra(build, x, y, generators)
+
+
+def _grouped_spectra(build, x, y, generators) -> list[tuple[torch.Tensor, torch.Tensor]]:
     d = x[0].numel()
     group = max(1, _FULL_GROUP_BYTES // (d * d * 8))
-    eigs, vecs = [], []
-    start = generator.next_counter() if is_sample_rng(generator) else None  # one logical draw for every group
+    # one logical draw for every group, per generator
+    starts = [g.next_counter() if is_sample_rng(g) else None for g in generators]
+    out = [([], []) for _ in generators]
     for s in range(0, x.shape[0], group):
-        H = full_hessian(model, x[s : s + group], y[s : s + group], fn, method=method, h=h, chunk=chunk)
-        gen = generator.subset(slice(s, s + group), start=start) if start is not None else generator
-        e, u = _full_spectrum(H, gen)
-        eigs.append(e)
-        vecs.append(u)
-    return torch.cat(eigs), torch.cat(vecs)
+        for H, gen, start, (eigs, vecs) in zip(build(x[s : s + group], y[s : s + group]), generators, starts, out):
+            e, u = _full_spectrum(H, gen.subset(slice(s, s + group), start=start) if start is not None else gen)
+            eigs.append(e)
+            vecs.append(u)
+    return [(torch.cat(eigs), torch.cat(vecs)) for eigs, vecs in out]
 
 
 def _fd_operator(model, x, y, fn, norm: Norm, eps: float, grad0: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -255,7 +273,7 @@ def fd_spectrum(
     """
     d = x[0].numel()
     if full:
-        e, u = full_spectra(model, x, y, fn, "fd", chunk, h=eps, generator=generator)
+        e, u = shared_fd_spectra(model, x, y, [fn], eps, chunk, [generator])[0]
         return e, u, None
     f = resolve_fn(fn)
     _, g0 = input_jacobian(model, x, y, f)
@@ -529,6 +547,12 @@ class CurvatureCheck(Check):
         pl = is_piecewise_linear(model, probe.to(dt), ctx.data.num_classes, ctx.generator("curvature:piecewise-linear"))
         exact_method = "gauss-newton" if pl else "full" if full else "lanczos"
         rows: dict[str, list[torch.Tensor]] = {}
+        # pixel-basis FD Hessians of the margin for the indicator check (Lanczos mode: its
+        # directions depend on the function, nothing to share)
+        share = full and "indicator" in ctx.config.checks
+        ctx.cache.pop(MARGIN_FD_CACHE, None)
+        exact_work = {"gauss-newton": 0, "full": d, "lanczos": max(LANCZOS_K, min(LANCZOS_ITERS, d))}[exact_method]
+        fd_work = (2 * d + 1) * (2 if share else 1) if full else 2 * max(LANCZOS_K, min(LANCZOS_ITERS, d)) + 1
 
         def batch(x, y, sl):
             def put(key, value):  # keyed by batch start: a batch retried after OOM overwrites its entries
@@ -556,8 +580,16 @@ class CurvatureCheck(Check):
             ranks = profile_ranks(d) if exact_method != "lanczos" else lanczos_ranks(d)
             for key, value in _per_sample_spectrum(eig, ranks, exact_method != "lanczos", g, u).items():
                 put(f"ex.{key}", value)
-            # finite-difference spectrum at the ball step
-            e, u, bottom = fd_spectrum(model, x, y, "ce", norm, eps, full=full, chunk=chunk, generator=gen)
+            # finite-difference spectrum at the ball step; when the indicator check runs too, its
+            # margin FD Hessian (same samples, points, step and chunks) comes from the same sweep
+            if share:
+                (e, u), (e_margin, _) = shared_fd_spectra(model, x, y, ["ce", "margin"], eps, chunk,
+                                                          [gen, ctx.sample_rng("indicator", idx[sl])])
+                bottom = None
+                store = ctx.cache.setdefault(MARGIN_FD_CACHE, {})
+                store.update({int(p): e_margin[i] for i, p in enumerate(idx[sl].tolist())})
+            else:
+                e, u, bottom = fd_spectrum(model, x, y, "ce", norm, eps, full=full, chunk=chunk, generator=gen)
             fd_eig = e if bottom is None else torch.cat([e, bottom.flip(-1)], dim=1)
             for key, value in _per_sample_spectrum(fd_eig, profile_ranks(d) if full else lanczos_ranks(d), full, g, u).items():
                 put(f"fd.{key}", value)
@@ -577,7 +609,9 @@ class CurvatureCheck(Check):
             put("hz_fd", hvp_fd(model, x, y, z, t, "ce", grad_at_x=g).flatten(1).norm(dim=1))
             put("cure_step", t * z.flatten(1).norm(dim=1))
 
-        ctx.map_batches(batch, indices=idx, description=f"curvature ({K} samples)")
+        # the bar's estimate of a sample's gradient passes + HVPs (robaudit.geometry.passes)
+        work = 1 + exact_work + fd_work + 3 * self.n_probes + 4
+        ctx.map_batches(batch, indices=idx, description=f"curvature ({K} samples)", work_per_sample=work)
         cat = {k: torch.cat([v[s] for s in sorted(v)]) for k, v in rows.items()}
         columns = {k: _nan_to_none(v) for k, v in cat.items()}
         part.add("samples", idx, **columns)

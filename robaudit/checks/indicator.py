@@ -52,7 +52,7 @@ from ..results import Section, section
 from ..threat import Norm
 from .base import CHECKS, Check
 from ..geometry.hessian import near_zero_fraction
-from .curvature import HESSIAN_ZERO_THRESHOLD, _nan_to_none, _r, _tup, analysis_model, fd_spectrum
+from .curvature import HESSIAN_ZERO_THRESHOLD, MARGIN_FD_CACHE, _nan_to_none, _r, _tup, analysis_model, fd_spectrum
 
 __all__ = ["Theorem1Result", "IndicatorSection", "IndicatorCheck", "spearman", "boundary_loss"]
 
@@ -265,8 +265,13 @@ class IndicatorCheck(Check):
             put("margin", sl, vals)
             put("j_l1", sl, st["l1"])
             put("j_l2", sl, st["l2"])
-            gen = ctx.sample_rng("indicator", idx[sl])
-            e, _, bottom = fd_spectrum(model, x, y, "margin", norm, eps, full=full, chunk=max(1, int(ctx.batch_size)), generator=gen)
+            shared = ctx.cache.get(MARGIN_FD_CACHE, {})
+            positions = idx[sl].tolist()
+            if all(p in shared for p in positions):  # the curvature check's sweep computed it
+                e, bottom = torch.stack([shared[p] for p in positions]), None
+            else:
+                gen = ctx.sample_rng("indicator", idx[sl])
+                e, _, bottom = fd_spectrum(model, x, y, "margin", norm, eps, full=full, chunk=max(1, int(ctx.batch_size)), generator=gen)
             top_abs = e.abs().amax(dim=1)
             if bottom is not None:
                 top_abs = torch.maximum(top_abs, bottom.abs().amax(dim=1))
@@ -278,7 +283,12 @@ class IndicatorCheck(Check):
                     _, norms = DeepFool().minimal_perturbation(ctx.model, x_in, y, radius_norm)
                     put(f"deepfool_{radius_norm.value}", sl, torch.where(torch.isfinite(norms), norms, torch.full_like(norms, math.nan)))
 
-        ctx.map_batches(batch, indices=idx, description=f"indicator ({K} samples)")
+        d = int(idx.new_tensor(ctx.data.input_shape).prod())
+        shared = all(int(p) in ctx.cache.get(MARGIN_FD_CACHE, {}) for p in idx.tolist())
+        # the bar's estimate of a sample's gradient passes + HVPs: input gradient, FD Hessian
+        # (unless shared), DeepFool (~ its iterations × classes)
+        work = 1 + (0 if shared else (2 * d + 1 if full else 161)) + 2 * 50
+        ctx.map_batches(batch, indices=idx, description=f"indicator ({K} samples)", work_per_sample=work)
         part.add("samples", idx, **{k: _nan_to_none(torch.cat([v[s] for s in sorted(v)])) for k, v in cols.items()})
         return part
 

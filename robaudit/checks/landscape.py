@@ -145,6 +145,7 @@ class LandscapeCheck(Check):
 
         @torch.no_grad()
         def loss_fn(m: torch.nn.Module) -> float:
+            advance()
             total, correct = 0.0, 0
             for s in range(0, n, bs):
                 logits = m(x[s : s + bs])
@@ -158,11 +159,12 @@ class LandscapeCheck(Check):
         if was_training:
             model.eval()
         try:
-            l1, (ax1,) = param_landscape(model, loss_fn, [dirs[0]], self.extent, self.steps_1d)
-            acc1 = torch.tensor(accs, dtype=torch.float64)
-            accs.clear()
-            l2, (ax2, _) = param_landscape(model, loss_fn, dirs, self.extent, self.steps_2d)
-            acc2 = torch.tensor(accs, dtype=torch.float64).reshape(self.steps_2d, self.steps_2d)
+            with ctx.task("landscape (weight-space grid)", total=self.steps_1d + self.steps_2d**2 + 1) as advance:
+                l1, (ax1,) = param_landscape(model, loss_fn, [dirs[0]], self.extent, self.steps_1d)
+                acc1 = torch.tensor(accs, dtype=torch.float64)
+                accs.clear()
+                l2, (ax2, _) = param_landscape(model, loss_fn, dirs, self.extent, self.steps_2d)
+                acc2 = torch.tensor(accs, dtype=torch.float64).reshape(self.steps_2d, self.steps_2d)
         finally:
             if was_training:
                 model.train()
@@ -170,6 +172,7 @@ class LandscapeCheck(Check):
         if not restored:
             raise RuntimeFailure("landscape: the model's weights were not restored bit-identically after the sweep")
         c1 = self.steps_1d // 2
+        advance = lambda k=1: None  # noqa: E731 - the bar is gone; the centre is one more evaluation
         center = float(l1[c1]) if self.steps_1d % 2 else float(loss_fn(model))
         center_acc = float(acc1[c1]) if self.steps_1d % 2 else accs[-1]
         return LandscapeSection(

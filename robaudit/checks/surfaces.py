@@ -222,47 +222,50 @@ class SurfacesCheck(Check):
         x = ctx.data.batch(idx).to(ctx.device)
         y = ctx.data.y[idx].to(ctx.device)
         gen = ctx.sample_rng("surfaces", idx)
-        dirs = self._directions(ctx, x, y, norm, eps, gen)
-        r = _random(x.shape, norm, gen, x.device)
-        samples = []
-        for s in range(x.shape[0]):
-            planes = []
-            for name in PLANES:
-                u_all, notes = dirs[name]
-                u = u_all[s : s + 1]
-                v = _unit(_orthogonalize(r[s : s + 1], u), norm)
-                rec = _Record()
-                grid, a, _ = surface_grid(ctx.model, x[s], y[s], u, v, extent, steps, rec, chunk=max(1, int(ctx.batch_size)))
-                logits = torch.cat(rec.logits)
-                yy = y[s].expand(logits.shape[0])
-                loss = cross_entropy(logits, yy).reshape(steps, steps)
-                pred = logits.argmax(1).reshape(steps, steps)
-                A, B = torch.meshgrid(a, a, indexing="ij")
-                comb = A.reshape(-1, 1) * u.flatten(1) + B.reshape(-1, 1) * v.flatten(1)
-                inside = (lp_norm(comb, norm) <= eps * (1 + 1e-6)).reshape(steps, steps)
-                mis = pred != y[s]
-                c = steps // 2
-                row = grid[:, c]
-                neg = (row <= 0).nonzero().squeeze(1)
-                dist = float((a[neg]).abs().min()) if neg.numel() else None
-                planes.append(
-                    SurfacePlane(
-                        name=name,
-                        u=name if name != "fgsm" else "fgsm-ce",
-                        v="random",
-                        source=notes[s],
-                        margin=_nested(grid),
-                        loss=_nested(loss),
-                        predictions=_nested(pred, int) if name == "deepfool" else None,
-                        min_margin_within_eps=_round(float(grid[inside].min())),
-                        fraction_misclassified_within_eps=_round(float(mis[inside].double().mean())),
-                        boundary_distance_u=_round(dist) if dist is not None else None,
+        with ctx.task(f"surfaces ({x.shape[0]} samples x {len(PLANES)} planes)", total=1 + x.shape[0] * len(PLANES)) as advance:
+            dirs = self._directions(ctx, x, y, norm, eps, gen)
+            advance()
+            r = _random(x.shape, norm, gen, x.device)
+            samples = []
+            for s in range(x.shape[0]):
+                planes = []
+                for name in PLANES:
+                    u_all, notes = dirs[name]
+                    u = u_all[s : s + 1]
+                    v = _unit(_orthogonalize(r[s : s + 1], u), norm)
+                    rec = _Record()
+                    grid, a, _ = surface_grid(ctx.model, x[s], y[s], u, v, extent, steps, rec, chunk=max(1, int(ctx.batch_size)))
+                    advance()
+                    logits = torch.cat(rec.logits)
+                    yy = y[s].expand(logits.shape[0])
+                    loss = cross_entropy(logits, yy).reshape(steps, steps)
+                    pred = logits.argmax(1).reshape(steps, steps)
+                    A, B = torch.meshgrid(a, a, indexing="ij")
+                    comb = A.reshape(-1, 1) * u.flatten(1) + B.reshape(-1, 1) * v.flatten(1)
+                    inside = (lp_norm(comb, norm) <= eps * (1 + 1e-6)).reshape(steps, steps)
+                    mis = pred != y[s]
+                    c = steps // 2
+                    row = grid[:, c]
+                    neg = (row <= 0).nonzero().squeeze(1)
+                    dist = float((a[neg]).abs().min()) if neg.numel() else None
+                    planes.append(
+                        SurfacePlane(
+                            name=name,
+                            u=name if name != "fgsm" else "fgsm-ce",
+                            v="random",
+                            source=notes[s],
+                            margin=_nested(grid),
+                            loss=_nested(loss),
+                            predictions=_nested(pred, int) if name == "deepfool" else None,
+                            min_margin_within_eps=_round(float(grid[inside].min())),
+                            fraction_misclassified_within_eps=_round(float(mis[inside].double().mean())),
+                            boundary_distance_u=_round(dist) if dist is not None else None,
+                        )
                     )
-                )
-            position = int(idx[s])
-            m0 = clean.at("margin", [position])[0]
-            sample = SurfaceSample(index=position, label=int(ctx.data.y[position]), margin=_round(m0), planes=tuple(planes))
-            samples.append({"position": position, "margin": m0, "sample": to_jsonable(sample)})
+                position = int(idx[s])
+                m0 = clean.at("margin", [position])[0]
+                sample = SurfaceSample(index=position, label=int(ctx.data.y[position]), margin=_round(m0), planes=tuple(planes))
+                samples.append({"position": position, "margin": m0, "sample": to_jsonable(sample)})
         part.extra = {"samples": samples, "axis": [_round(float(v)) for v in a.tolist()]}
         return part
 

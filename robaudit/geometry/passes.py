@@ -17,16 +17,33 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
 
-__all__ = ["ledger", "record"]
+__all__ = ["ledger", "record", "watch"]
 
 _CURRENT: ContextVar[dict | None] = ContextVar("robaudit_passes", default=None)
+_WATCH: ContextVar[list | None] = ContextVar("robaudit_passes_watch", default=None)
 
 
 def record(kind: str, rows: int) -> None:
-    """Add ``rows`` (samples) to counter ``kind`` ("grad" or "hvp") of the open ledger, if any."""
+    """Add ``rows`` (samples) to counter ``kind`` ("grad" or "hvp") of the open ledger, if any,
+    and tell the innermost :func:`watch` how many units (grad + hvp) it has seen."""
     counts = _CURRENT.get()
     if counts is not None:
         counts[kind] = counts.get(kind, 0) + int(rows)
+    watcher = _WATCH.get()
+    if watcher is not None:
+        watcher[1] += int(rows)
+        watcher[0](watcher[1])
+
+
+@contextmanager
+def watch(callback) -> Iterator[None]:
+    """Call ``callback(units)`` (grad + hvp rows recorded since the block began) at every record:
+    what moves a progress bar within a batch of geometry work."""
+    token = _WATCH.set([callback, 0])
+    try:
+        yield
+    finally:
+        _WATCH.reset(token)
 
 
 @contextmanager
