@@ -152,8 +152,12 @@ class SpectraCheck(Check):
         source, reason, named = weight_matrices(ctx.plain_model)
         if not named:
             return SpectraSection(convention, "skipped", reason, ())
-        layers = tuple(layer_spectrum(n, w) for n, w in named)
-        return SpectraSection(convention, source, "", layers)
+        layers = []
+        with ctx.task(f"spectra ({len(named)} weight matrices)", total=len(named)) as advance:
+            for n, w in named:  # an SVD per layer: seconds for a large network
+                layers.append(layer_spectrum(n, w))
+                advance()
+        return SpectraSection(convention, source, "", tuple(layers))
 
 
 def weight_matrices(model: torch.nn.Module) -> tuple[str, str, list[tuple[str, torch.Tensor]]]:
