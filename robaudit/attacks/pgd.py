@@ -75,7 +75,8 @@ class PGD(Attack):
                 self._report((restart * (self.steps + 1) + step + 1) / work)
             if act.numel():  # the last iterate was never tested
                 best[act] = x_adv
-                broken[act] = predict(model, x_adv, self.counter).argmax(1) != ys
+                if restart + 1 < self.restarts:  # after the last restart run()'s success check tests it
+                    broken[act] = predict(model, x_adv, self.counter).argmax(1) != ys
             self._report((restart + 1) * (self.steps + 1) / work)
         return best
 
