@@ -203,6 +203,9 @@ def check_fingerprint(saved: str, current: dict[str, Any], path: Path) -> None:
         raise CheckpointError(f"{path} has a malformed settings fingerprint; delete it and start over")
     new = json.loads(json.dumps(current, sort_keys=True))
     diffs = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if any(d.startswith("batch_size:") for d in diffs):  # torchrun: the global batch, processes × --batch-size
+        diffs.append("batch_size is the global batch (processes × --batch-size): keep it, e.g. with --batch-size "
+                     f"{old.get('batch_size')}/N on N processes")
     if diffs:
         raise UsageError(
             f"--resume: {path} was written by a run with other settings ({'; '.join(diffs)}); "

@@ -1,0 +1,128 @@
+"""Data-parallel harden (torchrun's environment, gloo, 2 CPU processes): 2 processes × batch B train
+the same weights as 1 process × batch 2B for the double-backward regularizers, and a run
+interrupted on 2 processes resumes on 1 to the uninterrupted result.
+
+Tolerance: the two runs add the same per-sample terms in a different order (each rank's mean, then
+DDP's average of the ranks, vs one mean over the global batch), so their gradients differ by
+float32 rounding, ~1e-7 relative; Adam's steps are lr-sized (lr = 1e-3 here) whatever the
+gradient's size, so after a few steps rounding moves a weight by far less than 1e-5, while the
+runs move the weights by ~lr per step (checked: > 1e-3) and a run with another batch lands
+~1e-3 away (checked), so 1e-5 separates equal from different by two orders of magnitude.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from robaudit.errors import UsageError
+from robaudit.harden import HardenInterrupted, harden
+from robaudit.harden.checkpointing import ckpt_path_for
+from robaudit.models import save_model
+
+ATOL = 1e-5  # see the module docstring
+RUN = dict(epochs=2, eval_n=8, device="cpu", seed=3, scan=False, lr=1e-3)
+CURE = dict(method="cure", train_n=37, gamma=1.0)  # global batches of 16, 16, 5: shares 3 + 2 in the last
+JACOBIAN = dict(method="jacobian", train_n=33, reg_weight=0.2)  # 16, 16, 1: rank 1's last share is empty
+STOP = (1, 1)  # the interrupted run stops after epoch 2's first step
+
+
+def _free_ports(k: int) -> list[int]:
+    socks = [socket.socket() for _ in range(k)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _stop(epoch, step):
+    if (epoch, step) == STOP:
+        raise KeyboardInterrupt
+
+
+def _rank(rank: int, world: int, jobs: list[tuple[int, dict]], parent: str, data: str) -> None:
+    """One torchrun-like process: the environment torchrun sets, then each job's harden()."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1")
+    for port, kwargs in jobs:
+        os.environ["MASTER_PORT"] = str(port)
+        kwargs = dict(kwargs)
+        stop = kwargs.pop("stop", False)
+        try:
+            result = harden(parent, data, on_step=_stop if stop else None, **kwargs)
+        except HardenInterrupted as exc:
+            assert stop and exc.saved == (rank == 0)  # rank 0 alone writes the checkpoint
+            continue
+        assert (result is None) == (rank != 0)  # rank 0 alone returns (and writes) the result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The 2-process runs (one spawn for all of them) and the tiny parent and data."""
+    from robaudit.models import build_architecture
+
+    tmp = tmp_path_factory.mktemp("ddp")
+    kwargs = {"width": 2, "hidden": 8, "input_size": 8}
+    torch.manual_seed(0)
+    net = build_architecture("small-cnn", num_classes=4, in_channels=1, kwargs=kwargs, input_size=8)
+    parent = tmp / "parent.safetensors"
+    save_model(parent, net, arch="small-cnn", arch_kwargs=kwargs, num_classes=4, input_shape=(1, 8, 8),
+               class_names=[f"c{i}" for i in range(4)])
+    rng = np.random.default_rng(0)
+    data = tmp / "tiny.npz"
+    np.savez(data, x=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), y=rng.integers(0, 4, 40),
+             class_names=np.array([f"c{i}" for i in range(4)]))
+    jobs = [
+        {**RUN, **CURE, "batch_size": 8, "out": str(tmp / "cure2.safetensors")},
+        {**RUN, **JACOBIAN, "batch_size": 8, "out": str(tmp / "jac2.safetensors")},
+        {**RUN, **CURE, "batch_size": 8, "out": str(tmp / "resumed.safetensors"), "stop": True},
+    ]
+    mp.spawn(_rank, args=(2, list(zip(_free_ports(len(jobs)), jobs)), str(parent), str(data)), nprocs=2)
+    return tmp, str(parent), str(data)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _max_diff(a, b) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("name,method", [("cure2", CURE), ("jac2", JACOBIAN)])
+def test_two_processes_of_batch_b_equal_one_of_batch_2b(runs, name, method):
+    tmp, parent, data = runs
+    one = tmp / f"{name}-one.safetensors"
+    result = harden(parent, data, one, batch_size=16, **RUN, **method)
+    two = tmp / f"{name}.safetensors"
+    assert not ckpt_path_for(two).exists()
+    diff = _max_diff(_weights(one), _weights(two))
+    assert diff < ATOL, f"2 processes × 8 differ from 1 × 16 by {diff:.2e}"
+    assert _max_diff(_weights(one), _weights(parent)) > 1e-3  # it trained
+    other = tmp / f"{name}-b8.safetensors"  # another batch: far outside the tolerance
+    harden(parent, data, other, batch_size=8, **RUN, **method)
+    assert _max_diff(_weights(other), _weights(two)) > 100 * ATOL
+    assert result.history[-1]["epoch"] == 2 and np.isfinite(result.history[-1]["penalty"])
+
+
+def test_interrupted_on_two_processes_resumes_on_one(runs):
+    tmp, parent, data = runs
+    resumed = tmp / "resumed.safetensors"
+    assert ckpt_path_for(resumed).exists() and not resumed.exists()
+    with pytest.raises(UsageError, match="global batch"):  # 1 × 8 is not the 2 × 8 it was started with
+        harden(parent, data, resumed, batch_size=8, resume=True, **RUN, **CURE)
+    result = harden(parent, data, resumed, batch_size=16, resume=True, **RUN, **CURE)
+    straight = tmp / "straight.safetensors"
+    harden(parent, data, straight, batch_size=16, **RUN, **CURE)
+    diff = _max_diff(_weights(straight), _weights(resumed))
+    assert diff < ATOL, f"resumed on 1 process differs from the uninterrupted run by {diff:.2e}"
+    assert [r["epoch"] for r in result.history] == [0, 1, 2]
