@@ -28,6 +28,7 @@ ATOL = 1e-5  # see the module docstring
 RUN = dict(epochs=2, eval_n=8, device="cpu", seed=3, scan=False, lr=1e-3)
 CURE = dict(method="cure", train_n=37, gamma=1.0)  # global batches of 16, 16, 5: shares 3 + 2 in the last
 JACOBIAN = dict(method="jacobian", train_n=33, reg_weight=0.2)  # 16, 16, 1: rank 1's last share is empty
+BN_RUN = dict(RUN, method="cure", train_n=16, epochs=1)  # one step: 2 × 8 vs 1 × 16
 STOP = (1, 1)  # the interrupted run stops after epoch 2's first step
 
 
@@ -46,7 +47,7 @@ def _stop(epoch, step):
         raise KeyboardInterrupt
 
 
-def _rank(rank: int, world: int, jobs: list[tuple[int, dict]], parent: str, data: str) -> None:
+def _rank(rank: int, world: int, jobs: list[tuple[int, dict]], data: str) -> None:
     """One torchrun-like process: the environment torchrun sets, then each job's harden()."""
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1")
@@ -55,7 +56,7 @@ def _rank(rank: int, world: int, jobs: list[tuple[int, dict]], parent: str, data
         kwargs = dict(kwargs)
         stop = kwargs.pop("stop", False)
         try:
-            result = harden(parent, data, on_step=_stop if stop else None, **kwargs)
+            result = harden(kwargs.pop("parent"), data, on_step=_stop if stop else None, **kwargs)
         except HardenInterrupted as exc:
             assert stop and exc.saved == (rank == 0)  # rank 0 alone writes the checkpoint
             continue
@@ -64,16 +65,18 @@ def _rank(rank: int, world: int, jobs: list[tuple[int, dict]], parent: str, data
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The 2-process runs (one spawn for all of them) and the tiny parent and data."""
+    """The 2-process runs (one spawn for all of them), the tiny parents (small-cnn; yu-convnet with
+    BatchNorm) and the data."""
     from robaudit.models import build_architecture
 
     tmp = tmp_path_factory.mktemp("ddp")
-    kwargs = {"width": 2, "hidden": 8, "input_size": 8}
-    torch.manual_seed(0)
-    net = build_architecture("small-cnn", num_classes=4, in_channels=1, kwargs=kwargs, input_size=8)
+    for name, arch, kwargs in (("parent", "small-cnn", {"width": 2, "hidden": 8, "input_size": 8}),
+                               ("bn-parent", "yu-convnet", {"width": 2})):
+        torch.manual_seed(0)
+        net = build_architecture(arch, num_classes=4, in_channels=1, kwargs=kwargs, input_size=8)
+        save_model(tmp / f"{name}.safetensors", net, arch=arch, arch_kwargs=kwargs, num_classes=4,
+                   input_shape=(1, 8, 8), class_names=[f"c{i}" for i in range(4)])
     parent = tmp / "parent.safetensors"
-    save_model(parent, net, arch="small-cnn", arch_kwargs=kwargs, num_classes=4, input_shape=(1, 8, 8),
-               class_names=[f"c{i}" for i in range(4)])
     rng = np.random.default_rng(0)
     data = tmp / "tiny.npz"
     np.savez(data, x=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), y=rng.integers(0, 4, 40),
@@ -82,8 +85,10 @@ def runs(tmp_path_factory):
         {**RUN, **CURE, "batch_size": 8, "out": str(tmp / "cure2.safetensors")},
         {**RUN, **JACOBIAN, "batch_size": 8, "out": str(tmp / "jac2.safetensors")},
         {**RUN, **CURE, "batch_size": 8, "out": str(tmp / "resumed.safetensors"), "stop": True},
+        {**BN_RUN, "batch_size": 8, "out": str(tmp / "bn2.safetensors"), "parent": str(tmp / "bn-parent.safetensors")},
     ]
-    mp.spawn(_rank, args=(2, list(zip(_free_ports(len(jobs)), jobs)), str(parent), str(data)), nprocs=2)
+    jobs = [{"parent": str(parent), **job} for job in jobs]
+    mp.spawn(_rank, args=(2, list(zip(_free_ports(len(jobs)), jobs)), str(data)), nprocs=2)
     return tmp, str(parent), str(data)
 
 
@@ -126,3 +131,18 @@ def test_interrupted_on_two_processes_resumes_on_one(runs):
     diff = _max_diff(_weights(straight), _weights(resumed))
     assert diff < ATOL, f"resumed on 1 process differs from the uninterrupted run by {diff:.2e}"
     assert [r["epoch"] for r in result.history] == [0, 1, 2]
+
+
+def test_batchnorm_running_means_average_the_ranks(runs):
+    """With BatchNorm each rank normalizes its share by its own statistics (so the weights and the
+    deeper layers' inputs differ from one process's); after every step the running means are
+    averaged over the ranks by sample count, which makes the first BatchNorm's, whose input does
+    not depend on that normalization, the global batch's: after one step, one process's."""
+    tmp, _, data = runs
+    one = tmp / "bn1.safetensors"
+    harden(str(tmp / "bn-parent.safetensors"), data, one, batch_size=16, **BN_RUN)
+    a, b, parent = _weights(one), _weights(tmp / "bn2.safetensors"), _weights(tmp / "bn-parent.safetensors")
+    first = "features.0.1.running_mean"  # yu-convnet: features.i = (conv, BatchNorm2d, ReLU)
+    assert float((a[first] - b[first]).abs().max()) < ATOL
+    assert float((a[first] - parent[first]).abs().max()) > 100 * ATOL  # it was updated
+    assert all(torch.equal(a[k], b[k]) for k in a if k.endswith("num_batches_tracked"))
