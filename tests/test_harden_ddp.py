@@ -146,3 +146,28 @@ def test_batchnorm_running_means_average_the_ranks(runs):
     assert float((a[first] - b[first]).abs().max()) < ATOL
     assert float((a[first] - parent[first]).abs().max()) > 100 * ATOL  # it was updated
     assert all(torch.equal(a[k], b[k]) for k in a if k.endswith("num_batches_tracked"))
+
+
+@pytest.mark.slow
+def test_torchrun_cli_prints_and_writes_once(runs):
+    """`torchrun --nproc_per_node=2 -m robaudit harden`: rank 0 alone prints the tables and writes
+    --out and --json; a stale checkpoint is one error line from rank 0 and exit 2 on every rank."""
+    import json
+    import subprocess
+    import sys
+
+    tmp, parent, data = runs
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "robaudit",
+           "harden", parent, "-d", data, "--train-n", "37", "--epochs", "1", "--batch-size", "8", "--eval-n", "8",
+           "--device", "cpu", "--out", "cli.safetensors", "--json", "cli.json"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("hardened model written to") == 1 and proc.stdout.count("before → after") == 1
+    assert "2 processes × batch 8" in proc.stderr
+    assert json.loads((tmp / "cli.json").read_text())["hyperparameters"]["batch_size"] == 16
+    (tmp / "cli.safetensors.ckpt").write_bytes(b"stale")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp)
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "exists (an interrupted run)" in ours[0], proc.stderr[-3000:]
+    assert proc.returncode != 0 and "exitcode: 2" in proc.stderr

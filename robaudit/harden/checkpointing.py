@@ -8,6 +8,9 @@ draws from (torch CPU, every CUDA device, the data-order generator as it was at 
 current epoch, the device generator of attacks/projections), the running sums of the current
 epoch and the per-epoch history, plus a fingerprint of the run's settings that ``--resume``
 checks: a resumed run with the same settings and seed gives bit-identical weights on CPU.
+Under torchrun rank 0 writes it; the position counts global steps (``batch_size`` in the fingerprint
+is the global batch) and ``processes`` records how many processes wrote it, so a run may resume
+on another number of processes with the same global batch (:mod:`.ddp`).
 """
 from __future__ import annotations
 

@@ -286,7 +286,8 @@ def train(
                 ctx = StepContext(progress=epoch + step / steps_per_epoch, generator=dev_gen,
                                   separate_eval=separate_eval, threat=config.threat)
                 if dist is None:
-                    sums = step_sums(forward_backward(net, hardener, params, optimizer, x, y, ctx, where=(epoch, step)), count)
+                    out = forward_backward(net, hardener, params, optimizer, x, y, ctx, where=(epoch, step))
+                    sums = step_sums(out, count)
                 else:
                     sums = ddp_forward_backward(dist, model, hardener, params, optimizer, x, y, ctx, count, scale,
                                                 where=(epoch, step))
