@@ -11,15 +11,17 @@ runs move the weights by ~lr per step (checked: > 1e-3) and a run with another b
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from robaudit.errors import UsageError
+from robaudit.errors import RobauditError, UsageError
 from robaudit.harden import HardenInterrupted, harden
 from robaudit.harden.checkpointing import ckpt_path_for
 from robaudit.models import save_model
@@ -29,6 +31,7 @@ RUN = dict(epochs=2, eval_n=8, device="cpu", seed=3, scan=False, lr=1e-3)
 CURE = dict(method="cure", train_n=37, gamma=1.0)  # global batches of 16, 16, 5: shares 3 + 2 in the last
 JACOBIAN = dict(method="jacobian", train_n=33, reg_weight=0.2)  # 16, 16, 1: rank 1's last share is empty
 BN_RUN = dict(RUN, method="cure", train_n=16, epochs=1)  # one step: 2 × 8 vs 1 × 16
+RANDOM = dict(method="jacobian", combine="pgd-at", pgd_steps=2, train_n=37)  # PGD's random starts, 2 epochs
 STOP = (1, 1)  # the interrupted run stops after epoch 2's first step
 
 
@@ -42,25 +45,61 @@ def _free_ports(k: int) -> list[int]:
     return ports
 
 
-def _stop(epoch, step):
-    if (epoch, step) == STOP:
-        raise KeyboardInterrupt
+class _StopAt:
+    """on_step: Ctrl-C right after step ``at`` = (epoch, completed steps)."""
+
+    def __init__(self, at):
+        self.at = tuple(at)
+
+    def __call__(self, epoch, step):
+        if (epoch, step) == self.at:
+            raise KeyboardInterrupt
 
 
-def _rank(rank: int, world: int, jobs: list[tuple[int, dict]], data: str) -> None:
-    """One torchrun-like process: the environment torchrun sets, then each job's harden()."""
+def _break_rank_1(rank: int, how: str):
+    """From the second step on, rank 1's CURE loss raises (how="raise") or is NaN (how="nan");
+    returns the original loss, to put back."""
+    from robaudit.harden.regularizers import Cure
+
+    original = Cure.loss
+
+    def loss(self, model, x, y, ctx):
+        out = original(self, model, x, y, ctx)
+        if rank == 1 and ctx.progress > 0:
+            if how == "raise":
+                raise RuntimeError("boom")
+            out.loss = out.loss * float("nan")
+        return out
+
+    Cure.loss = loss
+    return original
+
+
+def _rank(rank: int, world: int, jobs: list[tuple[int, dict]], data: str, outcomes: str) -> None:
+    """One torchrun-like process: the environment torchrun sets, then each job's harden(); what each
+    job ended with goes to ``outcomes``-rank.json."""
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1")
+    seen = {}
     for port, kwargs in jobs:
         os.environ["MASTER_PORT"] = str(port)
         kwargs = dict(kwargs)
-        stop = kwargs.pop("stop", False)
+        stop, fail = kwargs.pop("stop", False), kwargs.pop("fail", None)
+        original = _break_rank_1(rank, fail) if fail else None
         try:
-            result = harden(kwargs.pop("parent"), data, on_step=_stop if stop else None, **kwargs)
+            result = harden(kwargs.pop("parent"), data, on_step=_StopAt(stop) if stop else None, **kwargs)
+            seen[kwargs["out"]] = {"returned": result is not None}
         except HardenInterrupted as exc:
-            assert stop and exc.saved == (rank == 0)  # rank 0 alone writes the checkpoint
-            continue
-        assert (result is None) == (rank != 0)  # rank 0 alone returns (and writes) the result
+            seen[kwargs["out"]] = {"interrupted": True, "saved": exc.saved}
+        except RobauditError as exc:
+            seen[kwargs["out"]] = {"error": str(exc), "exit_code": exc.exit_code,
+                                   "reported_elsewhere": getattr(exc, "reported_elsewhere", False)}
+        finally:
+            if original is not None:
+                from robaudit.harden.regularizers import Cure
+
+                Cure.loss = original
+    Path(f"{outcomes}-{rank}.json").write_text(json.dumps(seen))
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +123,22 @@ def runs(tmp_path_factory):
     jobs = [
         {**RUN, **CURE, "batch_size": 8, "out": str(tmp / "cure2.safetensors")},
         {**RUN, **JACOBIAN, "batch_size": 8, "out": str(tmp / "jac2.safetensors")},
-        {**RUN, **CURE, "batch_size": 8, "out": str(tmp / "resumed.safetensors"), "stop": True},
+        {**RUN, **CURE, "batch_size": 8, "out": str(tmp / "resumed.safetensors"), "stop": STOP},
         {**BN_RUN, "batch_size": 8, "out": str(tmp / "bn2.safetensors"), "parent": str(tmp / "bn-parent.safetensors")},
     ]
+    jobs += [{**RUN, **RANDOM, "batch_size": 8, "out": str(tmp / "random.safetensors")},
+             {**RUN, **RANDOM, "batch_size": 8, "out": str(tmp / "random-resumed.safetensors"), "stop": STOP},
+             {**RUN, **RANDOM, "batch_size": 8, "out": str(tmp / "random-resumed.safetensors"), "resume": True}]
+    jobs += [{**RUN, **CURE, "batch_size": 8, "out": str(tmp / f"fail-{how}.safetensors"), "fail": how}
+             for how in ("nan", "raise")]
     jobs = [{"parent": str(parent), **job} for job in jobs]
-    mp.spawn(_rank, args=(2, list(zip(_free_ports(len(jobs)), jobs)), str(data)), nprocs=2)
+    mp.spawn(_rank, args=(2, list(zip(_free_ports(len(jobs)), jobs)), str(data), str(tmp / "outcomes")), nprocs=2)
     return tmp, str(parent), str(data)
+
+
+def _outcomes(tmp, out: str) -> list[dict]:
+    """What harden() did on rank 0 and rank 1 for the job writing ``out``."""
+    return [json.loads((tmp / f"outcomes-{r}.json").read_text())[str(tmp / out)] for r in (0, 1)]
 
 
 def _weights(path):
@@ -110,6 +159,7 @@ def test_two_processes_of_batch_b_equal_one_of_batch_2b(runs, name, method):
     result = harden(parent, data, one, batch_size=16, **RUN, **method)
     two = tmp / f"{name}.safetensors"
     assert not ckpt_path_for(two).exists()
+    assert _outcomes(tmp, two.name) == [{"returned": True}, {"returned": False}]  # rank 0 alone returns the result
     diff = _max_diff(_weights(one), _weights(two))
     assert diff < ATOL, f"2 processes × 8 differ from 1 × 16 by {diff:.2e}"
     assert _max_diff(_weights(one), _weights(parent)) > 1e-3  # it trained
@@ -123,6 +173,7 @@ def test_interrupted_on_two_processes_resumes_on_one(runs):
     tmp, parent, data = runs
     resumed = tmp / "resumed.safetensors"
     assert ckpt_path_for(resumed).exists() and not resumed.exists()
+    assert [o["saved"] for o in _outcomes(tmp, resumed.name)] == [True, False]  # rank 0 alone writes the checkpoint
     with pytest.raises(UsageError, match="global batch"):  # 1 × 8 is not the 2 × 8 it was started with
         harden(parent, data, resumed, batch_size=8, resume=True, **RUN, **CURE)
     result = harden(parent, data, resumed, batch_size=16, resume=True, **RUN, **CURE)
@@ -171,3 +222,25 @@ def test_torchrun_cli_prints_and_writes_once(runs):
     ours = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(ours) == 1 and "exists (an interrupted run)" in ours[0], proc.stderr[-3000:]
     assert proc.returncode != 0 and "exitcode: 2" in proc.stderr
+
+
+def test_random_draws_resume_exactly_on_the_same_process_count(runs):
+    """pgd-at's random starts come from per-rank streams reseeded every step, so a run interrupted
+    and resumed on 2 processes gives the uninterrupted run's weights bit for bit (and it trains)."""
+    tmp, parent, _ = runs
+    a, b = _weights(tmp / "random.safetensors"), _weights(tmp / "random-resumed.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _max_diff(a, _weights(parent)) > 1e-3
+
+
+@pytest.mark.parametrize("how,message", [
+    ("nan", "rank 1: the cure loss became nan at epoch 1, step 2; lower --lr or the regularization weight"),
+    ("raise", "rank 1: internal error: RuntimeError: boom"),
+])
+def test_an_error_on_one_rank_stops_every_rank_with_rank_0_reporting(runs, how, message):
+    """Rank 1's loss fails at its second step: every rank raises the same error and exit code, only
+    rank 0's is to be printed, and nothing is written."""
+    tmp, _, _ = runs
+    out = f"fail-{how}.safetensors"
+    assert _outcomes(tmp, out) == [{"error": message, "exit_code": 4, "reported_elsewhere": rank != 0} for rank in (0, 1)]
+    assert not (tmp / out).exists() and not ckpt_path_for(tmp / out).exists()
