@@ -60,7 +60,7 @@ def harden_cli(
     projections: Optional[int] = typer.Option(None, "--projections", help="jacobian: k random projections (Hoffman et al. 2019) of the full logit Jacobian instead of the margin gradient."),
     pgd_steps: Optional[int] = typer.Option(None, "--pgd-steps", help="pgd-at / --combine pgd-at: PGD steps per batch (default 10)."),
     combine: Optional[str] = typer.Option(None, "--combine", help="pgd-at: add PGD adversarial training to the regularizer (Yu et al. 'Ours+AdvTrain')."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from <out>.ckpt (same options); bit-identical to an uninterrupted run on CPU."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from <out>.ckpt (same options); bit-identical to an uninterrupted run on CPU. Under torchrun any process count with the same global batch (processes × --batch-size)."),
     no_scan: bool = typer.Option(False, "--no-scan", help="Skip the before/after scan of the held-out slice."),
     json_path: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the per-epoch history and the comparison as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no tables."),
@@ -116,6 +116,8 @@ def harden_cli(
                 resume_cmd = command_line()
                 if "--resume" not in resume_cmd.split():
                     resume_cmd += " --resume"
+                if torchrun_env() is not None:  # the worker's arguments; torchrun's own are not known here
+                    resume_cmd = f"torchrun ... -m {resume_cmd}   (any process count with the same global batch)"
                 err_console.print(f"resume with:  {resume_cmd}", soft_wrap=True)
             raise typer.Exit(130) from None
         if result is None:  # a torchrun rank other than 0: rank 0 writes and prints
