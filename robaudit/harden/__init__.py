@@ -171,7 +171,7 @@ def harden(
     dev = run.device if run is not None else resolve_device(device)
     world = run.world if run is not None else 1
     try:
-        with agreement(run):  # an error on any rank (bad file, missing device) stops every rank
+        with agreement(run):  # an error on any rank (a file it can't read, a model that does not fit) stops every rank
             if ckpt.exists() and not resume:
                 raise UsageError(
                     f"{ckpt} exists (an interrupted run); add --resume to continue it, or delete it to start over"
