@@ -52,6 +52,9 @@ __all__ = [
     "merge_payloads",
     "merge_part_files",
     "torchrun_env",
+    "start_process_group",
+    "error_payload",
+    "raise_first_error",
     "run_torchrun",
 ]
 
@@ -308,19 +311,54 @@ def _rank_device(requested: str, local_rank: int) -> torch.device:
     return device
 
 
+def start_process_group(requested_device: str) -> tuple[int, int, torch.device, str]:
+    """(rank, world size, this rank's device, backend) under torchrun, the process group started:
+    NCCL on ``cuda:LOCAL_RANK``, gloo on the CPU."""
+    import torch.distributed as dist
+
+    rank, world, local = torchrun_env()  # type: ignore[misc]
+    device = _rank_device(requested_device, local)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return rank, world, device, backend
+
+
+def error_payload(exc: BaseException) -> dict:
+    """A rank's error as a picklable payload: its one line and exit code (4 for an internal error)."""
+    if isinstance(exc, RobauditError):
+        return {"error": str(exc), "exit_code": exc.exit_code}
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return {"error": f"internal error: {type(exc).__name__}: {first}", "exit_code": 4}
+
+
+def _agreed_error(message: str, exit_code: int, rank: int) -> RobauditError:
+    err = RobauditError(message)
+    err.exit_code = exit_code
+    err.reported_elsewhere = rank != 0  # type: ignore[attr-defined]  # rank 0 prints it; the others exit with its code
+    return err
+
+
+def raise_first_error(payloads: Sequence[dict | None], rank: int) -> None:
+    """Given every rank's payload (None or without "error" when it went well), raise the first
+    rank's error on this rank: one line naming the rank (none when every rank failed alike)."""
+    failed = [(r, p) for r, p in enumerate(payloads) if p and "error" in p]
+    if not failed:
+        return
+    r, p = failed[0]
+    alike = len(failed) == len(payloads) and all(q["error"] == p["error"] for _, q in failed)
+    raise _agreed_error(p["error"] if alike else f"rank {r}: {p['error']}", p["exit_code"], rank)
+
+
 def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, quiet: bool, command_line: str | None,
                  train_data: DataSpec | None = None, log: Callable[[str], None] | None = None) -> ScanResult | None:
     """Scan this rank's shard, gather every payload on rank 0 and combine there. Returns the
     ScanResult on rank 0, None elsewhere. An error on any rank is raised on every rank."""
     import torch.distributed as dist
 
-    rank, world, local = torchrun_env()  # type: ignore[misc]
-    device = _rank_device(config.device, local)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+    rank, world, device, backend = start_process_group(config.device)
     try:
         t0 = time.perf_counter()
         if rank == 0 and not quiet:
@@ -333,11 +371,8 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
             payload: Any = run_shard(loaded, data, config, Shard(rank, world), device=device, quiet=quiet or rank != 0,
                                      command_line=command_line, log=log if rank == 0 else None, train_data=train_data,
                                      label=f"[rank 0/{world}]")
-        except RobauditError as exc:
-            payload = {"error": str(exc), "exit_code": exc.exit_code}
         except Exception as exc:  # noqa: BLE001 - every rank must reach the gather, or the others wait forever
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            payload = {"error": f"internal error: {type(exc).__name__}: {first}", "exit_code": 4}
+            payload = error_payload(exc)
         gathered = [None] * world if rank == 0 else None
         dist.gather_object(payload, gathered, dst=0)
         outcome: list[Any] = [None]
@@ -354,10 +389,7 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
                     outcome[0] = {"error": str(exc), "exit_code": exc.exit_code}
         dist.broadcast_object_list(outcome, src=0)
         if "error" in outcome[0]:
-            err = RobauditError(outcome[0]["error"])
-            err.exit_code = outcome[0]["exit_code"]
-            err.reported_elsewhere = rank != 0  # rank 0 prints it; the others exit with its code
-            raise err
+            raise _agreed_error(outcome[0]["error"], outcome[0]["exit_code"], rank)
         if rank == 0 and log:
             log(f"total: {time.perf_counter() - t0:.1f}s on {world} processes")
         return result if rank == 0 else None

@@ -2,14 +2,16 @@
 
 A thin layer over :func:`robaudit.harden.harden`: parse options, show Rich progress per epoch,
 print the per-epoch table and the before/after comparison. Ctrl-C saves ``<out>.ckpt`` and
-exits 130 with the command that resumes.
+exits 130 with the command that resumes. Under torchrun only rank 0 prints (progress, tables,
+errors) and writes ``--json``; every rank exits with the same code.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -17,7 +19,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..errors import UsageError
+from ..errors import RobauditError, UsageError
 from ..outputs import atomic_write, check_outputs
 from ._common import command_line, dataset_file, err_console, error_boundary, make_console, parse_floats, parse_shape, styled
 
@@ -45,7 +47,7 @@ def harden_cli(
     eval_n: int = typer.Option(500, "--eval-n", help="Held-out test samples for the per-epoch evaluation and the before/after scan."),
     epochs: int = typer.Option(5, "--epochs", help="Fine-tuning epochs."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate at the start; every epoch holds it for half its steps, then anneals (cosine) to lr/100, and each epoch starts at half the previous one's peak, so an epoch's schedule does not depend on --epochs."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Training batch size."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Training batch size; per process under torchrun (the global batch is N × this)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, attack starts and projections."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N."),
     norm: str = typer.Option("linf", "--norm", help="Threat model of the evaluation and of pgd-at: linf or l2."),
@@ -58,7 +60,7 @@ def harden_cli(
     projections: Optional[int] = typer.Option(None, "--projections", help="jacobian: k random projections (Hoffman et al. 2019) of the full logit Jacobian instead of the margin gradient."),
     pgd_steps: Optional[int] = typer.Option(None, "--pgd-steps", help="pgd-at / --combine pgd-at: PGD steps per batch (default 10)."),
     combine: Optional[str] = typer.Option(None, "--combine", help="pgd-at: add PGD adversarial training to the regularizer (Yu et al. 'Ours+AdvTrain')."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from <out>.ckpt (same options); bit-identical to an uninterrupted run on CPU."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from <out>.ckpt (same options); bit-identical to an uninterrupted run on CPU. Under torchrun any process count with the same global batch (processes × --batch-size)."),
     no_scan: bool = typer.Option(False, "--no-scan", help="Skip the before/after scan of the held-out slice."),
     json_path: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the per-epoch history and the comparison as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no tables."),
@@ -70,11 +72,16 @@ def harden_cli(
     (Moosavi-Dezfooli et al. 2019); jacobian = CE + c·R(∂L/∂x) on the margin L = Z_y − max_{i≠y} Z_i
     (Yu et al. 2018, Eq. 11–12); ce-grad = CE + λ‖∇ₓCE‖² (Ross & Doshi-Velez 2018); pgd-at =
     PGD adversarial training (Madry et al. 2018).
+
+    Under `torchrun --nproc_per_node=N -m robaudit harden ...` it trains data-parallel
+    (DistributedDataParallel): --batch-size per process, rank 0 prints and writes the files.
     """
+    from ..distributed import torchrun_env
     from ..harden import HardenInterrupted, harden
     from ..harden.checkpointing import ckpt_path_for
 
-    with error_boundary(debug):
+    rank = (torchrun_env() or (0, 1, 0))[0]
+    with error_boundary(debug), _rank0_reports(rank):
         check_outputs(
             files={"--out": out, "--out (resume file)": ckpt_path_for(out) if out.strip() else None, "--json": json_path},
             inputs={"CHECKPOINT": checkpoint, "--dataset": dataset_file(dataset), "--eval-dataset": dataset_file(eval_dataset)},
@@ -88,6 +95,7 @@ def harden_cli(
         kwargs = parse_arch_kwargs(arch_kwargs) if arch_kwargs else None
         checkpoint, arch, mean_t, std_t = published_weights(checkpoint, arch, weights, mean_t, std_t, download)
         console = make_console()
+        quiet = quiet or rank != 0  # under torchrun rank 0 alone prints
         reporter = None if quiet else RichReporter(make_console(stderr=True), method)
         try:
             result = harden(
@@ -101,13 +109,19 @@ def harden_cli(
                 log=None if quiet else (lambda msg: err_console.print(Text(msg, style="dim"), soft_wrap=True)),
             )
         except HardenInterrupted as exc:
+            if rank != 0:  # rank 0 saved the state and prints where
+                raise typer.Exit(130) from None
             err_console.print(f"{exc}", soft_wrap=True)
             if exc.checkpoint.exists():
                 resume_cmd = command_line()
                 if "--resume" not in resume_cmd.split():
                     resume_cmd += " --resume"
+                if torchrun_env() is not None:  # the worker's arguments; torchrun's own are not known here
+                    resume_cmd = f"torchrun ... -m {resume_cmd}   (any process count with the same global batch)"
                 err_console.print(f"resume with:  {resume_cmd}", soft_wrap=True)
             raise typer.Exit(130) from None
+        if result is None:  # a torchrun rank other than 0: rank 0 writes and prints
+            return
         if json_path is not None:
             atomic_write(json_path, json.dumps(result.to_dict(), indent=1, allow_nan=False))
         if not quiet:
@@ -116,6 +130,17 @@ def harden_cli(
             again = f" --arch {arch}" if arch else ""  # a typed file.py:Class is never read back from metadata
             console.print(Text(f"  hardened model written to {result.out} (sha256:{result.sha256[:12]}); "
                                f"scan it with: robaudit scan {result.out} --dataset {dataset}{again}", style="dim"), soft_wrap=True)
+
+
+@contextmanager
+def _rank0_reports(rank: int) -> Iterator[None]:
+    """Under torchrun, an error every rank raises alike (an option, an output path) is printed by rank 0 only."""
+    try:
+        yield
+    except RobauditError as exc:
+        if rank != 0:
+            exc.reported_elsewhere = True  # type: ignore[attr-defined]
+        raise
 
 
 def published_weights(checkpoint, arch, weights, mean, std, download):
@@ -162,8 +187,10 @@ class RichReporter:
         resumed = info.get("resumed_at")
         note = f" · resumed at epoch {resumed[0] + 1}, step {resumed[1]}" if resumed else ""
         bn = " · BN/dropout: regularizer passes in eval mode" if info.get("separate_eval") else ""
+        procs = int(info.get("processes", 1))
+        ddp = f" · {procs} processes × batch {info.get('batch_size')} (DDP)" if procs > 1 else ""
         self.console.print(styled(("robaudit harden", "bold"), f" {self.method}: {info['n_train']} training samples, "
-                                  f"{info['steps_per_epoch']} steps/epoch, {self.epochs} epochs{bn}{note}"))
+                                  f"{info['steps_per_epoch']} steps/epoch, {self.epochs} epochs{ddp}{bn}{note}"))
         self.progress = Progress(
             TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),

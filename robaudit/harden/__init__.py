@@ -19,6 +19,12 @@ needs no other flag. Only checkpoints whose architecture robaudit can rebuild (s
 pickled weights + an architecture) can be fine-tuned: TorchScript and torch.export archives are
 frozen graphs (their parameters are constants or lifted buffers; train-mode behaviour is fixed
 at export time), so they are refused with an InputError.
+
+Under ``torchrun --nproc_per_node=N`` (:mod:`.ddp`) every process calls :func:`harden`: training is
+data-parallel (DistributedDataParallel) with ``batch_size`` per process, a global batch of
+N × ``batch_size``; rank 0 alone evaluates, writes ``<out>.ckpt`` and ``out`` and runs the
+before/after scan, and returns the HardenResult; the other ranks return None once ``out`` is
+written. An error on any rank is raised on every rank.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from ..config import check_radii
 from ..errors import InputError, UsageError
 from ..threat import Norm, ThreatModel, parse_eps
 from .checkpointing import ckpt_path_for
+from .ddp import agreement, start_ddp
 from .regularizers import HARDENERS, build_hardener
 from .schedule import DEFAULT_LR, LRSchedule
 from .trainer import HardenInterrupted, NullReporter, Reporter, TrainConfig, measure_label, seed_for, train
@@ -122,11 +129,12 @@ def harden(
     reporter: Reporter | None = None,
     on_step: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
-) -> HardenResult:
+) -> HardenResult | None:
     """Fine-tune ``checkpoint`` with ``method`` on ``dataset``'s train split; write ``out``.
 
     Raises UsageError (options), InputError (checkpoint/data), RuntimeFailure, and
-    HardenInterrupted (a KeyboardInterrupt) on Ctrl-C after saving ``<out>.ckpt``.
+    HardenInterrupted (a KeyboardInterrupt) on Ctrl-C after saving ``<out>.ckpt``. Under torchrun
+    ``batch_size`` is per process and ranks other than 0 return None.
     """
     from ..data import DataRequest, load_dataset
     from ..data.files import TENSOR_SUFFIXES
@@ -154,86 +162,102 @@ def harden(
          "projections": projections, "pgd_steps": pgd_steps},
         combine,
     )
-    dev = resolve_device(device)
     out = Path(out)
     ckpt = ckpt_path_for(out)
-    if ckpt.exists() and not resume:
-        raise UsageError(
-            f"{ckpt} exists (an interrupted run); add --resume to continue it, or delete it to start over"
-        )
-    fmt = detect_format(checkpoint)
-    if fmt in ("torchscript", "torch-export"):
-        raise InputError(
-            f"{checkpoint} is a {fmt} archive: a frozen graph whose weights are baked-in constants and whose "
-            f"train/eval behaviour was fixed at export, so it can't be fine-tuned reliably. Harden the original "
-            f"weights instead: save model.state_dict() (or safetensors) and pass --arch"
-        )
+    run = start_ddp(device)  # torchrun: this rank's process group and device; None in a plain process
+    main = run is None or run.is_main
+    if not main:
+        log = lambda _msg: None  # noqa: E731 - rank 0 alone prints
+    dev = run.device if run is not None else resolve_device(device)
+    world = run.world if run is not None else 1
+    try:
+        with agreement(run):  # an error on any rank (a file it can't read, a model that does not fit) stops every rank
+            if ckpt.exists() and not resume:
+                raise UsageError(
+                    f"{ckpt} exists (an interrupted run); add --resume to continue it, or delete it to start over"
+                )
+            fmt = detect_format(checkpoint)
+            if fmt in ("torchscript", "torch-export"):
+                raise InputError(
+                    f"{checkpoint} is a {fmt} archive: a frozen graph whose weights are baked-in constants and whose "
+                    f"train/eval behaviour was fixed at export, so it can't be fine-tuned reliably. Harden the original "
+                    f"weights instead: save model.state_dict() (or safetensors) and pass --arch"
+                )
 
-    # --- data and model ---
-    req = dict(data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size)
-    train_data = load_dataset(dataset, DataRequest(split="train", n=train_n, **req))
-    eval_data = load_dataset(eval_dataset or dataset, DataRequest(split="test", n=eval_n, **req))
-    if eval_dataset is None and (Path(dataset).suffix.lower() in TENSOR_SUFFIXES
-                                 or train_data.source == eval_data.source and train_data.split == eval_data.split):
-        log(f"{dataset} has no train/test split: the evaluation slice is its first {eval_data.n} samples, "
-            f"which are also trained on (--eval-dataset gives a held-out set)")
-    loaded = load_model(
-        str(checkpoint), arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes, input_shape=input_shape,
-        mean=mean, std=std, trust_checkpoint=trust_checkpoint,
-        default_num_classes=train_data.num_classes, default_input_shape=train_data.input_shape,
-    )
-    info = loaded.info
-    if not info.arch:
-        raise InputError(
-            f"{checkpoint} holds a complete pickled module without a robaudit architecture name, so the hardened "
-            f"weights could not be rebuilt by `scan`; save its state_dict and pass --arch"
-        )
-    for part in (train_data, eval_data):
-        fitted = check_fits(loaded, input_shape=part.input_shape, num_classes=part.num_classes, dataset_name=part.name)
-        if fitted.info.fixed_batch is not None:
-            raise InputError(
-                f"{checkpoint} runs at a fixed batch size of {fitted.info.fixed_batch} only, so it can't be trained "
-                f"on batches; make its forward accept any batch size (e.g. x.flatten(1), not x.view(1, -1))"
+            # --- data and model ---
+            req = dict(data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size)
+            train_data = load_dataset(dataset, DataRequest(split="train", n=train_n, **req))
+            eval_data = load_dataset(eval_dataset or dataset, DataRequest(split="test", n=eval_n, **req))
+            if eval_dataset is None and (Path(dataset).suffix.lower() in TENSOR_SUFFIXES
+                                         or train_data.source == eval_data.source and train_data.split == eval_data.split):
+                log(f"{dataset} has no train/test split: the evaluation slice is its first {eval_data.n} samples, "
+                    f"which are also trained on (--eval-dataset gives a held-out set)")
+            loaded = load_model(
+                str(checkpoint), arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes, input_shape=input_shape,
+                mean=mean, std=std, trust_checkpoint=trust_checkpoint,
+                default_num_classes=train_data.num_classes, default_input_shape=train_data.input_shape,
             )
-    eps_value = eps_given if eps_given is not None else _default_eps(train_data.input_shape, threat_norm)
-    check_radii((eps_value,), threat_norm, train_data.input_shape)
-    threat = ThreatModel(threat_norm, eps_value)
-    hardener.resolve(threat, train_data.input_shape)
-    hyper = {
-        "method": hardener.name, **hardener.params(), "epochs": epochs,
-        **schedule.params(),
-        "optimizer": "adam", "batch_size": batch_size, "seed": seed, "train_n": train_data.n,
-        "dataset": train_data.name, "norm": threat_norm.value, "eps": eps_value,
-    }
-    fingerprint = {**hyper, "parent_sha256": info.sha256, "device_type": dev.type}
+            info = loaded.info
+            if not info.arch:
+                raise InputError(
+                    f"{checkpoint} holds a complete pickled module without a robaudit architecture name, so the hardened "
+                    f"weights could not be rebuilt by `scan`; save its state_dict and pass --arch"
+                )
+            for part in (train_data, eval_data):
+                fitted = check_fits(loaded, input_shape=part.input_shape, num_classes=part.num_classes, dataset_name=part.name)
+                if fitted.info.fixed_batch is not None:
+                    raise InputError(
+                        f"{checkpoint} runs at a fixed batch size of {fitted.info.fixed_batch} only, so it can't be trained "
+                        f"on batches; make its forward accept any batch size (e.g. x.flatten(1), not x.view(1, -1))"
+                    )
+            eps_value = eps_given if eps_given is not None else _default_eps(train_data.input_shape, threat_norm)
+            check_radii((eps_value,), threat_norm, train_data.input_shape)
+            threat = ThreatModel(threat_norm, eps_value)
+            hardener.resolve(threat, train_data.input_shape)
+            hyper = {
+                "method": hardener.name, **hardener.params(), "epochs": epochs,
+                **schedule.params(),
+                "optimizer": "adam", "batch_size": batch_size * world, "seed": seed, "train_n": train_data.n,
+                "dataset": train_data.name, "norm": threat_norm.value, "eps": eps_value,
+            }
+            if world > 1:  # batch_size above is the global batch, which a resume must keep
+                hyper.update(processes=world, batch_size_per_process=batch_size)
+            fingerprint = {**{k: v for k, v in hyper.items() if k not in ("processes", "batch_size_per_process")},
+                           "parent_sha256": info.sha256, "device_type": dev.type}
 
-    # --- train ---
-    net = loaded.model
-    torch.manual_seed(seed_for(seed, "torch"))
-    history = train(
-        net, hardener, train_data.x, train_data.y, eval_data.x, eval_data.y,
-        TrainConfig(epochs=epochs, schedule=schedule, batch_size=batch_size, seed=seed, threat=threat,
-                    device=dev, fingerprint=fingerprint),
-        ckpt, resume=resume, reporter=reporter or NullReporter(), on_step=on_step,
-    )
+        # --- train ---
+        net = loaded.model
+        torch.manual_seed(seed_for(seed, "torch"))
+        history = train(
+            net, hardener, train_data.x, train_data.y, eval_data.x, eval_data.y,
+            TrainConfig(epochs=epochs, schedule=schedule, batch_size=batch_size, seed=seed, threat=threat,
+                        device=dev, fingerprint=fingerprint),
+            ckpt, resume=resume, reporter=reporter or NullReporter(), on_step=on_step, dist=run,
+        )
 
-    # --- write the hardened model ---
-    class_names = _class_names(info.metadata) or list(train_data.class_names)
-    extra = {
-        "robaudit.harden.method": hardener.name,
-        "robaudit.harden.hyperparameters": json.dumps(hyper, sort_keys=True),
-        "robaudit.harden.parent_sha256": info.sha256,
-        "robaudit.harden.parent": Path(info.path).name,
-        "robaudit.harden.epochs": str(epochs),
-    }
-    digest = save_model(
-        out, net, arch=info.arch, arch_kwargs=info.arch_kwargs or None, num_classes=int(info.num_classes or train_data.num_classes),
-        input_shape=info.input_shape or train_data.input_shape, class_names=class_names, extra_metadata=extra,
-    )
-    ckpt.unlink(missing_ok=True)
-    result = HardenResult(out=out, sha256=digest, method=hardener.name, hyperparameters=hyper, history=history,
-                          device=str(dev), measure_name=measure_label(hardener))
-
+        # --- write the hardened model (rank 0; the others wait for it to succeed or fail) ---
+        with agreement(run):
+            if main:
+                class_names = _class_names(info.metadata) or list(train_data.class_names)
+                extra = {
+                    "robaudit.harden.method": hardener.name,
+                    "robaudit.harden.hyperparameters": json.dumps(hyper, sort_keys=True),
+                    "robaudit.harden.parent_sha256": info.sha256,
+                    "robaudit.harden.parent": Path(info.path).name,
+                    "robaudit.harden.epochs": str(epochs),
+                }
+                digest = save_model(
+                    out, net, arch=info.arch, arch_kwargs=info.arch_kwargs or None, num_classes=int(info.num_classes or train_data.num_classes),
+                    input_shape=info.input_shape or train_data.input_shape, class_names=class_names, extra_metadata=extra,
+                )
+                ckpt.unlink(missing_ok=True)
+                result = HardenResult(out=out, sha256=digest, method=hardener.name, hyperparameters=hyper, history=history,
+                                      device=str(dev), measure_name=measure_label(hardener))
+    finally:
+        if run is not None:
+            run.close()
+    if not main:
+        return None
     # --- before/after scan on the held-out slice ---
     if scan:
         result.before, result.after = _scan_pair(

@@ -8,6 +8,9 @@ draws from (torch CPU, every CUDA device, the data-order generator as it was at 
 current epoch, the device generator of attacks/projections), the running sums of the current
 epoch and the per-epoch history, plus a fingerprint of the run's settings that ``--resume``
 checks: a resumed run with the same settings and seed gives bit-identical weights on CPU.
+Under torchrun rank 0 writes it; the position counts global steps (``batch_size`` in the fingerprint
+is the global batch) and ``processes`` records how many processes wrote it, so a run may resume
+on another number of processes with the same global batch (:mod:`.ddp`).
 """
 from __future__ import annotations
 
@@ -203,6 +206,9 @@ def check_fingerprint(saved: str, current: dict[str, Any], path: Path) -> None:
         raise CheckpointError(f"{path} has a malformed settings fingerprint; delete it and start over")
     new = json.loads(json.dumps(current, sort_keys=True))
     diffs = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if any(d.startswith("batch_size:") for d in diffs):  # torchrun: the global batch, processes × --batch-size
+        diffs.append("batch_size is the global batch (processes × --batch-size): keep it, e.g. with --batch-size "
+                     f"{old.get('batch_size')}/N on N processes")
     if diffs:
         raise UsageError(
             f"--resume: {path} was written by a run with other settings ({'; '.join(diffs)}); "

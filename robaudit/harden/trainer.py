@@ -6,6 +6,10 @@ Determinism: every random draw comes from an explicit generator — the data ord
 projections from a generator on the training device seeded from ``seed``, the quick evaluation
 from a fresh generator per epoch — and all of them are saved in the checkpoint, so an
 interrupted run resumed with ``--resume`` ends with bit-identical weights on the CPU.
+
+Under ``torchrun`` (``dist``, :mod:`.ddp`) ``TrainConfig.batch_size`` is per process: a step
+trains on a global batch of N × batch_size samples split over the N ranks, the schedule counts
+global steps, and rank 0 alone evaluates, reports and writes the checkpoint.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -23,8 +27,12 @@ from torch import nn
 from ..errors import RuntimeFailure
 from ..threat import ThreatModel
 from .checkpointing import capture_rng, resume_from, save_state
+from .ddp import agreement
 from .regularizers import PGDAT, Combined, Hardener, StepContext, has_mode_dependent_layers
 from .schedule import LRSchedule
+
+if TYPE_CHECKING:
+    from .ddp import DDPRun
 
 __all__ = ["forward_backward", "measure_label", "TrainConfig", "Reporter", "NullReporter", "HardenInterrupted", "train", "quick_eval", "seed_for"]
 
@@ -122,20 +130,58 @@ def quick_eval(
     }
 
 
+def loss_failure(hardener: Hardener, loss: torch.Tensor, where: tuple[int, int]) -> str | None:
+    """The error line of a non-finite training loss, or None."""
+    if torch.isfinite(loss.detach()):
+        return None
+    return (f"the {hardener.name} loss became {float(loss)} at epoch {where[0] + 1}, step {where[1] + 1}; "
+            f"lower --lr or the regularization weight")
+
+
 def forward_backward(net, hardener: Hardener, params, optimizer, x, y, ctx: StepContext, where=(0, 0)):
     """One training step up to (not including) the optimizer update: zero grads, the method's
     loss, backward into the parameters only. Returns the StepOutput."""
     optimizer.zero_grad(set_to_none=True)
     out = hardener.loss(net, x, y, ctx)
-    if not torch.isfinite(out.loss.detach()):
-        raise RuntimeFailure(
-            f"the {hardener.name} loss became {float(out.loss)} at epoch {where[0] + 1}, step {where[1] + 1}; "
-            f"lower --lr or the regularization weight"
-        )
+    failure = loss_failure(hardener, out.loss, where)
+    if failure:
+        raise RuntimeFailure(failure)
     # inputs=params: the pixel leaves created for input gradients get no .grad, which spares
     # e.g. the first conv's input gradient in the final backward
     torch.autograd.backward(out.loss, inputs=params)
     return out
+
+
+def step_sums(out, count: int) -> list[float]:
+    """A step's contribution to the running sums: [count, loss·b, CE·b, penalty·b, adv CE·b]."""
+    return [count, float(out.loss.detach()) * count, out.ce * count,
+            (0.0 if math.isnan(out.penalty) else out.penalty) * count,
+            (0.0 if math.isnan(out.adv_ce) else out.adv_ce) * count]
+
+
+def ddp_forward_backward(run: "DDPRun", model, hardener: Hardener, params, optimizer, x, y, ctx: StepContext,
+                         count: int, scale: float, where=(0, 0)) -> list[float]:
+    """:func:`forward_backward` on one rank's share under DDP; returns the step's running sums over
+    every rank. The ranks agree (one all-reduce of the sums and a failure flag) before the backward,
+    so an error or a non-finite loss on any rank stops every rank with rank 0 printing it."""
+    optimizer.zero_grad(set_to_none=True)
+    failure = None
+    try:
+        out = hardener.loss(model, x, y, ctx)
+        sums = step_sums(out, count)
+        message = loss_failure(hardener, out.loss, where)
+        if message:
+            failure = {"error": message, "exit_code": RuntimeFailure.exit_code}
+    except Exception as exc:  # noqa: BLE001 - every rank must reach the all-reduce
+        from ..distributed import error_payload
+
+        failure, sums = error_payload(exc), [0.0] * 5
+    total = run.all_sum([*sums, failure is not None])
+    if total[-1]:
+        run.agree_on(failure)
+    # the mean over the global batch: DDP averages the ranks' gradients, each of its share's mean
+    torch.autograd.backward(out.loss * scale if scale != 1.0 else out.loss, inputs=params)
+    return total[:-1]
 
 
 def train(
@@ -151,21 +197,27 @@ def train(
     resume: bool = False,
     reporter: Reporter | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    dist: "DDPRun | None" = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune ``net`` (a NormalizedModel) in place; return the per-epoch history.
 
     Row 0 of the history is the parent (epoch 0: quick evaluation only). ``on_step(epoch, step)``
     is called after every completed optimizer step (tests use it to interrupt). Raises
-    ``HardenInterrupted`` on Ctrl-C after saving the state.
+    ``HardenInterrupted`` on Ctrl-C after saving the state. With ``dist`` (torchrun) every rank
+    calls this; the history is complete on rank 0 only.
     """
-    reporter = reporter or NullReporter()
+    main = dist is None or dist.is_main
+    reporter = (reporter or NullReporter()) if main else NullReporter()
     device = config.device
     n = int(train_x.shape[0])
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    world = dist.world if dist is not None else 1
+    global_batch = config.batch_size * world
+    steps_per_epoch = math.ceil(n / global_batch)
     net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise RuntimeFailure("the model has no trainable parameters")
+    model = dist.wrap(net) if dist is not None else net  # the training forward; evaluation uses net
     optimizer = torch.optim.Adam(params, lr=config.schedule.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: config.schedule.factor(step, steps_per_epoch)
@@ -182,10 +234,11 @@ def train(
     running = _zero_running()
     epoch_start_state = data_gen.get_state()
     if resume:
-        epoch, start_step, running, history, epoch_start_state = resume_from(
-            ckpt, config.fingerprint, getattr(net, "inner", net), optimizer, scheduler, dev_gen,
-            epochs=config.epochs, steps_per_epoch=steps_per_epoch, fresh_running=running,
-        )
+        with agreement(dist):  # every rank reads the same file (on several nodes: a shared folder)
+            epoch, start_step, running, history, epoch_start_state = resume_from(
+                ckpt, config.fingerprint, getattr(net, "inner", net), optimizer, scheduler, dev_gen,
+                epochs=config.epochs, steps_per_epoch=steps_per_epoch, fresh_running=running,
+            )
 
     def snapshot(ep: int, st: int) -> dict[str, Any]:
         inner = getattr(net, "inner", net)
@@ -199,12 +252,14 @@ def train(
             "rng": capture_rng(epoch_start_state, dev_gen),
             "running": dict(running),
             "history": [dict(r) for r in history],
+            "processes": world,
         }
 
     reporter.start({"method": hardener.name, "measure_name": measure_label(hardener), "epochs": config.epochs,
                     "steps_per_epoch": steps_per_epoch, "n_train": n, "separate_eval": separate_eval,
-                    "resumed_at": (epoch, start_step) if resume else None})
-    if not history:
+                    "resumed_at": (epoch, start_step) if resume else None, "processes": world,
+                    "batch_size": config.batch_size})
+    if not history and main:
         row = {"epoch": 0, **quick_eval(net, hardener, eval_x, eval_y, config.threat, device,
                                         seed_for(config.seed, "eval"), config.eval_pgd_steps, config.eval_batch_size),
                "loss": math.nan, "ce": math.nan, "penalty": math.nan, "adv_ce": math.nan, "seconds": math.nan,
@@ -221,48 +276,61 @@ def train(
             t0 = time.perf_counter()
             net.train()
             for step in range(start_step, steps_per_epoch):
-                idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
+                idx = perm[step * global_batch:(step + 1) * global_batch]
+                count, scale = int(idx.numel()), 1.0
+                if dist is not None:
+                    idx, count, scale = dist.share(idx)
+                    dist.seed_step(dev_gen, config.seed, epoch, step)
                 x = train_x[idx].to(device, non_blocking=True)
                 y = train_y[idx].to(device, non_blocking=True)
                 ctx = StepContext(progress=epoch + step / steps_per_epoch, generator=dev_gen,
                                   separate_eval=separate_eval, threat=config.threat)
-                out = forward_backward(net, hardener, params, optimizer, x, y, ctx, where=(epoch, step))
+                if dist is None:
+                    out = forward_backward(net, hardener, params, optimizer, x, y, ctx, where=(epoch, step))
+                    sums = step_sums(out, count)
+                else:
+                    sums = ddp_forward_backward(dist, model, hardener, params, optimizer, x, y, ctx, count, scale,
+                                                where=(epoch, step))
                 updating = True
                 optimizer.step()
                 scheduler.step()
+                if dist is not None and separate_eval:
+                    dist.average_buffers(net, count)
                 updating = False
                 done_steps = step + 1
-                b = int(y.shape[0])
-                running["count"] += b
-                running["loss"] += float(out.loss.detach()) * b
-                running["ce"] += out.ce * b
-                running["penalty"] += (0.0 if math.isnan(out.penalty) else out.penalty) * b
-                running["adv_ce"] += (0.0 if math.isnan(out.adv_ce) else out.adv_ce) * b
+                for key, value in zip(("count", "loss", "ce", "penalty", "adv_ce"), sums):
+                    running[key] += value
                 running["seconds"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 reporter.step(epoch, done_steps, steps_per_epoch, _averages(running))
                 if on_step is not None:
                     on_step(epoch, done_steps)
-            # end of epoch: quick evaluation, history row, checkpoint for the next epoch
-            ev = quick_eval(net, hardener, eval_x, eval_y, config.threat, device,
-                            seed_for(config.seed, f"eval:{epoch + 1}"), config.eval_pgd_steps, config.eval_batch_size)
-            avg = _averages(running)
-            row = {"epoch": epoch + 1, **ev, **avg, "seconds": running["seconds"],
-                   "lr": config.schedule.lr_at((epoch + 1) * steps_per_epoch - 1, steps_per_epoch)}
-            if isinstance(hardener, PGDAT):  # no penalty term
-                row["penalty"] = math.nan
-            if not isinstance(hardener, Combined):
-                row["adv_ce"] = math.nan
-            history.append(row)
-            epoch += 1
-            start_step = done_steps = 0
-            running = _zero_running()
-            epoch_start_state = data_gen.get_state()
-            save_state(ckpt, snapshot(epoch, 0))
-            reporter.epoch(row)
+            # end of epoch: quick evaluation, history row, checkpoint for the next epoch (rank 0)
+            row = None
+            with agreement(dist):
+                if main:
+                    ev = quick_eval(net, hardener, eval_x, eval_y, config.threat, device,
+                                    seed_for(config.seed, f"eval:{epoch + 1}"), config.eval_pgd_steps,
+                                    config.eval_batch_size)
+                    avg = _averages(running)
+                    row = {"epoch": epoch + 1, **ev, **avg, "seconds": running["seconds"],
+                           "lr": config.schedule.lr_at((epoch + 1) * steps_per_epoch - 1, steps_per_epoch)}
+                    if isinstance(hardener, PGDAT):  # no penalty term
+                        row["penalty"] = math.nan
+                    if not isinstance(hardener, Combined):
+                        row["adv_ce"] = math.nan
+                    history.append(row)
+                epoch += 1
+                start_step = done_steps = 0
+                running = _zero_running()
+                epoch_start_state = data_gen.get_state()
+                if main:
+                    save_state(ckpt, snapshot(epoch, 0))
+            if row is not None:
+                reporter.epoch(row)
     except KeyboardInterrupt:
         saved = False
-        if not updating:
+        if not updating and main:
             try:
                 save_state(ckpt, snapshot(epoch, done_steps))
                 saved = True
