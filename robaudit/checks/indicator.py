@@ -287,7 +287,7 @@ class IndicatorCheck(Check):
         shared = all(int(p) in ctx.cache.get(MARGIN_FD_CACHE, {}) for p in idx.tolist())
         # the bar's estimate of a sample's gradient passes + HVPs: input gradient, FD Hessian
         # (unless shared), DeepFool (~ its iterations × classes)
-        work = 1 + (0 if shared else (2 * d + 1 if full else 161)) + 2 * 50
+        work = 1 + (0 if shared else (3 * d + 1 if full else 161)) + 2 * 50
         ctx.map_batches(batch, indices=idx, description=f"indicator ({K} samples)", work_per_sample=work)
         part.add("samples", idx, **{k: _nan_to_none(torch.cat([v[s] for s in sorted(v)])) for k, v in cols.items()})
         return part

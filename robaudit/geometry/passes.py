@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
 
-__all__ = ["ledger", "record", "watch"]
+__all__ = ["ledger", "record", "tick", "watch"]
 
 _CURRENT: ContextVar[dict | None] = ContextVar("robaudit_passes", default=None)
 _WATCH: ContextVar[list | None] = ContextVar("robaudit_passes_watch", default=None)
@@ -29,9 +29,15 @@ def record(kind: str, rows: int) -> None:
     counts = _CURRENT.get()
     if counts is not None:
         counts[kind] = counts.get(kind, 0) + int(rows)
+    tick(rows)
+
+
+def tick(units: int) -> None:
+    """Tell the innermost :func:`watch` that ``units`` more of its work are done, without counting
+    them as passes (e.g. an eigendecomposition: d units per sample)."""
     watcher = _WATCH.get()
     if watcher is not None:
-        watcher[1] += int(rows)
+        watcher[1] += int(units)
         watcher[0](watcher[1])
 
 
