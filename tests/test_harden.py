@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from robaudit.cli.main import app
 from robaudit.errors import InputError, UsageError
 from robaudit.geometry.margin import cross_entropy
-from robaudit.harden import HARDENERS, HardenInterrupted, harden
+from robaudit.harden import DEFAULT_LR, HARDENERS, HardenInterrupted, harden
 from robaudit.harden.checkpointing import ckpt_path_for
 from robaudit.harden.regularizers import (
     PGDAT, CEGrad, Combined, Cure, JacobianReg, StepContext, build_hardener, has_mode_dependent_layers,
@@ -371,7 +371,7 @@ def test_metadata_round_trip(tiny, tmp_path):
     assert json.loads(meta["robaudit.class_names"]) == [f"c{i}" for i in range(10)]
     assert meta["robaudit.harden.method"] == "ce-grad" and meta["robaudit.harden.epochs"] == "1"
     hyper = json.loads(meta["robaudit.harden.hyperparameters"])
-    assert hyper["reg_weight"] == 0.5 and hyper["lr"] == 1e-3 and hyper["seed"] == 3
+    assert hyper["reg_weight"] == 0.5 and hyper["lr"] == DEFAULT_LR and hyper["seed"] == 3
     assert meta["robaudit.harden.parent_sha256"] == load_model(str(parent)).info.sha256
     assert result.sha256 == info.sha256
 
