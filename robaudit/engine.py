@@ -394,6 +394,8 @@ def run_scan(
     torch.manual_seed(config.seed)
     with _progress(quiet) as progress:
         ctx.progress = progress
+        if not quiet:
+            _announce_estimate(ctx, checks)
         for k, check in enumerate(checks):
             t0 = time.perf_counter()
             with _counted(ctx, check, k, len(checks)):
@@ -417,6 +419,19 @@ def run_scan(
         timings=timings,
         passes=dict(ctx.passes),
     )
+
+
+def _announce_estimate(ctx: ScanContext, checks: Sequence) -> None:
+    """The line "estimate: ≤ N model passes per sample ... ≈ T" before the first check
+    (:mod:`robaudit.estimate`). A model that fails on the timed batch gets no line: the clean check
+    then reports the failure in its own words."""
+    from .estimate import estimate_scan
+
+    try:
+        estimate = estimate_scan(ctx, checks)
+    except Exception:  # noqa: BLE001 - an estimate is a courtesy; the scan's own checks report errors
+        return
+    ctx.announce(estimate.line())
 
 
 def combine_info(data: DataSpec, config: ScanConfig, eps: tuple[float, ...]) -> CombineInfo:

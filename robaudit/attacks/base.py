@@ -197,6 +197,12 @@ class Attack(ABC):
 
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUNTIME_FIELDS}
 
+    def max_passes(self, num_classes: int) -> tuple[int, int] | None:
+        """An upper bound of (forward, backward) model passes one sample costs in :meth:`run`
+        (its success check included) against a model of ``num_classes`` classes: the cost of a
+        sample that resists to the end. None: not known in advance (the scan's estimate says so)."""
+        return None
+
     def _report(self, fraction: float) -> None:
         """Tell the caller how much of this run() call's work is done (0..1)."""
         if self.progress is not None:

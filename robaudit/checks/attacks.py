@@ -152,6 +152,19 @@ class AttacksCheck(Check):
         names = [robust_acc_name(spec.label, norm, eps) for eps in sorted(plan.eps) for spec in plan.config.attacks]
         return tuple(names) + tuple(robust_acc_name("ensemble", norm, eps) for eps in sorted(plan.eps))
 
+    def max_passes(self, plan) -> tuple[float, float] | None:
+        """Every attack at every ε on every sample, each costing its :meth:`Attack.max_passes`:
+        the upper bound where every sample is classified correctly and survives to the last
+        attack of a cascade. None if an attack can't bound its cost in advance."""
+        forward = backward = 0
+        for spec in plan.config.attacks:
+            bound = spec.build().max_passes(plan.num_classes)
+            if bound is None:
+                return None
+            forward += bound[0] * len(plan.eps)
+            backward += bound[1] * len(plan.eps)
+        return float(forward), float(backward)
+
     def compute(self, ctx) -> Part:
         cfg = ctx.config
         clean = ctx.local("clean")

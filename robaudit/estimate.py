@@ -1,0 +1,94 @@
+"""The line a scan prints before its first check: how many model passes it will cost, and how long.
+
+Pass counts come from the configuration (:meth:`robaudit.checks.base.Check.max_passes`, which the
+attacks check takes from each attack's :meth:`robaudit.attacks.base.Attack.max_passes`): an
+**upper bound**, reached when every sample is classified correctly and resists every attack to its
+last step (attacks stop at a broken sample, and a cascade attacks only the survivors). Checks that
+can't bound their cost in advance (the geometry checks, plugins) are named, not counted. The time
+per pass is measured on the scan's device from one forward and one forward+backward of one batch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ScanEstimate", "estimate_scan", "time_per_pass"]
+
+
+@dataclass(frozen=True)
+class ScanEstimate:
+    """forward/backward: model passes per scanned sample, summed over the counted checks (an upper
+    bound); uncounted: the checks not counted; n: scanned samples (this process's);
+    forward_s/backward_s: seconds per sample of a forward and of a forward+backward (one batch)."""
+
+    forward: float
+    backward: float
+    uncounted: tuple[str, ...]
+    n: int
+    forward_s: float
+    backward_s: float
+
+    @property
+    def seconds(self) -> float:
+        """The counted passes' time: a pass with a backward at the forward+backward cost, the others at a forward's."""
+        return self.n * (self.backward * self.backward_s + (self.forward - self.backward) * self.forward_s)
+
+    def line(self) -> str:
+        skipped = f"; not counted: {', '.join(self.uncounted)}" if self.uncounted else ""
+        return (
+            f"estimate: ≤ {self.forward:,.0f} model passes per sample ({self.backward:,.0f} with a backward) "
+            f"× {self.n} samples ≈ {_duration(self.seconds)} on this machine, at most (upper bound: every sample "
+            f"correct and resisting every attack to its last step{skipped}; measured from one timed batch)"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.2f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def time_per_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Seconds per sample of one forward and of one forward+backward (input gradient of the summed
+    cross-entropy) of the batch ``x``, after one untimed forward (first-call set-up)."""
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        model(x)
+    sync()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model(x)
+    sync()
+    t1 = time.perf_counter()
+    xr = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        torch.autograd.grad(torch.nn.functional.cross_entropy(model(xr), y, reduction="sum"), xr)
+    sync()
+    t2 = time.perf_counter()
+    rows = x.shape[0]
+    return (t1 - t0) / rows, (t2 - t1) / rows
+
+
+def estimate_scan(ctx, checks) -> ScanEstimate:
+    """The estimate for ``checks`` on the context's samples, timing one batch of them."""
+    from .checks.base import MetricPlan
+
+    plan = MetricPlan(config=ctx.config, eps=ctx.eps, input_shape=ctx.data.input_shape,
+                      num_classes=ctx.data.num_classes, model=ctx.plain_model)
+    forward = backward = 0.0
+    uncounted = []
+    for check in checks:
+        bound = check.max_passes(plan)
+        if bound is None:
+            uncounted.append(check.name)
+        else:
+            forward, backward = forward + bound[0], backward + bound[1]
+    pos = ctx.positions[: max(1, min(int(ctx.batch_size), int(ctx.positions.numel())))]
+    x = ctx.data.batch(pos).to(ctx.device)
+    y = ctx.data.y[pos].to(ctx.device)
+    forward_s, backward_s = time_per_pass(ctx.model, x, y)
+    return ScanEstimate(forward, backward, tuple(uncounted), int(ctx.positions.numel()), forward_s, backward_s)
