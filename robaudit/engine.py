@@ -24,6 +24,7 @@ from . import __version__
 from .config import ScanConfig
 from .console import make_console
 from .data.spec import DataSpec, as_positions
+from .attacks.base import autocast_dtype
 from .geometry import passes
 from .errors import RuntimeFailure, UsageError
 from .models.spec import LoadedModel
@@ -325,6 +326,7 @@ def is_legacy(check) -> bool:
 def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, device: torch.device | None = None,
                  train_data: DataSpec | None = None, shard: Shard = Shard()) -> ScanContext:
     device = device or resolve_device(config.device)
+    autocast_dtype(config.precision, device)  # a precision the device can't run: a usage error before any work
     eps = config.radii(data.input_shape)
     plain = loaded.model.to(device)
     model = FixedBlockModel(plain, config.compute_block) if config.compute_block else plain
@@ -465,6 +467,7 @@ def provenance(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: 
         indices=tuple(int(i) for i in data.dataset_indices.tolist()),
         compute_block=config.compute_block,
         execution=execution,
+        precision=config.precision,
     )
 
 
