@@ -4,7 +4,8 @@ Pass counts come from the configuration (:meth:`robaudit.checks.base.Check.max_p
 attacks check takes from each attack's :meth:`robaudit.attacks.base.Attack.max_passes`): an
 **upper bound**, reached when every sample is classified correctly and resists every attack to its
 last step (attacks stop at a broken sample, and a cascade attacks only the survivors). Checks that
-can't bound their cost in advance (the geometry checks, plugins) are named, not counted. The time
+can't bound their cost in advance (sanity, minimal, curvature, indicator, surfaces, landscape, plugins)
+are named, not counted. The time
 per pass is measured on the scan's device from one forward and one forward+backward of one batch.
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ __all__ = ["ScanEstimate", "estimate_scan", "time_per_pass"]
 class ScanEstimate:
     """forward/backward: model passes per scanned sample, summed over the counted checks (an upper
     bound); uncounted: the checks not counted; n: scanned samples (this process's);
-    forward_s/backward_s: seconds per sample of a forward and of a forward+backward (one batch)."""
+    forward_s/backward_s: seconds per sample of a forward and of a forward+backward (one batch);
+    by_check: check name → its (forward, backward) bound per sample."""
 
     forward: float
     backward: float
@@ -29,6 +31,7 @@ class ScanEstimate:
     n: int
     forward_s: float
     backward_s: float
+    by_check: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def seconds(self) -> float:
@@ -37,8 +40,9 @@ class ScanEstimate:
 
     def line(self) -> str:
         skipped = f"; not counted: {', '.join(self.uncounted)}" if self.uncounted else ""
+        parts = ", ".join(f"{name} ≤ {f:,.0f}" for name, f, _ in self.by_check if f)
         return (
-            f"estimate: ≤ {self.forward:,.0f} model passes per sample ({self.backward:,.0f} with a backward) "
+            f"estimate: ≤ {self.forward:,.0f} model passes per sample ({self.backward:,.0f} with a backward; {parts}) "
             f"× {self.n} samples ≈ {_duration(self.seconds)} on this machine, at most (upper bound: every sample "
             f"correct and resisting every attack to its last step{skipped}; measured from one timed batch)"
         )
@@ -78,17 +82,14 @@ def estimate_scan(ctx, checks) -> ScanEstimate:
     from .checks.base import MetricPlan
 
     plan = MetricPlan(config=ctx.config, eps=ctx.eps, input_shape=ctx.data.input_shape,
-                      num_classes=ctx.data.num_classes, model=ctx.plain_model)
-    forward = backward = 0.0
-    uncounted = []
-    for check in checks:
-        bound = check.max_passes(plan)
-        if bound is None:
-            uncounted.append(check.name)
-        else:
-            forward, backward = forward + bound[0], backward + bound[1]
+                      num_classes=ctx.data.num_classes, model=ctx.plain_model,
+                      train_n=ctx.train_data.n if ctx.train_data is not None else None)
+    bounds = [(check.name, check.max_passes(plan)) for check in checks]
+    by_check = tuple((name, float(b[0]), float(b[1])) for name, b in bounds if b is not None)
+    uncounted = [name for name, b in bounds if b is None]
+    forward, backward = sum(f for _, f, _ in by_check), sum(b for _, _, b in by_check)
     pos = ctx.positions[: max(1, min(int(ctx.batch_size), int(ctx.positions.numel())))]
     x = ctx.data.batch(pos).to(ctx.device)
     y = ctx.data.y[pos].to(ctx.device)
     forward_s, backward_s = time_per_pass(ctx.model, x, y)
-    return ScanEstimate(forward, backward, tuple(uncounted), int(ctx.positions.numel()), forward_s, backward_s)
+    return ScanEstimate(forward, backward, tuple(uncounted), int(ctx.positions.numel()), forward_s, backward_s, by_check)

@@ -14,7 +14,7 @@ from robaudit.models.spec import LoadedModel, ModelInfo
 
 ATTACKS = ("fgsm,pgd:steps=4:restarts=2,apgd-ce:n_iter=5,apgd-t:n_iter=4:n_target_classes=3,"
            "fab-t:n_iter=3:n_target_classes=2,square:n_queries=12")
-LINE = re.compile(r"estimate: ≤ ([\d,]+) model passes per sample \(([\d,]+) with a backward\) × (\d+) samples ≈ ")
+LINE = re.compile(r"estimate: ≤ ([\d,]+) model passes per sample \(([\d,]+) with a backward; [^)]*\) × (\d+) samples ≈ ")
 
 
 def _setup(n: int = 6):
@@ -70,9 +70,21 @@ def test_quiet_scans_print_no_estimate(capsys):
     assert "estimate" not in err
 
 
+def test_the_bound_covers_every_counted_check(capsys):
+    """margins, jacobian and spectra are counted: every gradient pass the scan records is within the bound."""
+    loaded, data = _setup()
+    config = ScanConfig.parse(checks="clean,attacks,margins,jacobian,spectra", attacks="pgd:steps=3", eps="0.02",
+                              device="cpu", batch_size=4)
+    result = run_scan(loaded, data, config, quiet=False)
+    _, backward, _ = (int(g.replace(",", "")) for g in LINE.search(capsys.readouterr().err).groups())
+    recorded = sum(c["grad"] + c["hvp"] for c in result.passes.values())
+    assert result.passes["jacobian"]["grad"] > 0
+    assert recorded <= backward * data.n
+
+
 def test_uncounted_checks_are_named(capsys):
     loaded, data = _setup()
-    config = ScanConfig.parse(checks="clean,attacks,jacobian", attacks="pgd:steps=2", eps="0.02", device="cpu", batch_size=8)
+    config = ScanConfig.parse(checks="clean,attacks,sanity", attacks="pgd:steps=2", eps="0.02", device="cpu", batch_size=8)
     run_scan(loaded, data, config, quiet=False)
     err = capsys.readouterr().err
-    assert "not counted: jacobian" in err
+    assert "not counted: sanity" in err
