@@ -4,7 +4,7 @@ Pass counts come from the configuration (:meth:`robaudit.checks.base.Check.max_p
 attacks check takes from each attack's :meth:`robaudit.attacks.base.Attack.max_passes`): an
 **upper bound**, reached when every sample is classified correctly and resists every attack to its
 last step (attacks stop at a broken sample, and a cascade attacks only the survivors). Checks that
-can't bound their cost in advance (sanity, minimal, curvature, indicator, surfaces, landscape, plugins)
+can't bound their cost in advance (sanity, curvature, indicator, surfaces, landscape, plugins)
 are named, not counted. The time
 per pass is measured on the scan's device from one forward and one forward+backward of one batch.
 """
