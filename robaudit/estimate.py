@@ -4,7 +4,7 @@ Pass counts come from the configuration (:meth:`robaudit.checks.base.Check.max_p
 attacks check takes from each attack's :meth:`robaudit.attacks.base.Attack.max_passes`): an
 **upper bound**, reached when every sample is classified correctly and resists every attack to its
 last step (attacks stop at a broken sample, and a cascade attacks only the survivors). Checks that
-can't bound their cost in advance (sanity, curvature, indicator, surfaces, landscape, plugins)
+can't bound their cost in advance (curvature, indicator, surfaces, landscape, plugins)
 are named, not counted. The time
 per pass is measured on the scan's device from one forward and one forward+backward of one batch.
 """
@@ -58,19 +58,22 @@ def _duration(seconds: float) -> str:
 
 def time_per_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Seconds per sample of one forward and of one forward+backward (input gradient of the summed
-    cross-entropy) of the batch ``x``, after one untimed forward (first-call set-up)."""
+    cross-entropy) of the batch ``x``, after one untimed forward+backward (first-call set-up)."""
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-    with torch.no_grad():
-        model(x)
+
+    def forward_backward():
+        xr = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            torch.autograd.grad(torch.nn.functional.cross_entropy(model(xr), y, reduction="sum"), xr)
+
+    forward_backward()
     sync()
     t0 = time.perf_counter()
     with torch.no_grad():
         model(x)
     sync()
     t1 = time.perf_counter()
-    xr = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        torch.autograd.grad(torch.nn.functional.cross_entropy(model(xr), y, reduction="sum"), xr)
+    forward_backward()
     sync()
     t2 = time.perf_counter()
     rows = x.shape[0]

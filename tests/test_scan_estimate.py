@@ -76,9 +76,9 @@ def test_quiet_scans_print_no_estimate(capsys):
 
 
 def test_the_bound_covers_every_counted_check(capsys):
-    """margins, minimal, jacobian and spectra are counted: every gradient pass the scan records is within the bound."""
+    """sanity, margins, minimal, jacobian and spectra are counted: every gradient pass the scan records is within the bound."""
     loaded, data = _setup()
-    config = ScanConfig.parse(checks="clean,attacks,margins,minimal,jacobian,spectra", attacks="pgd:steps=3", eps="0.02",
+    config = ScanConfig.parse(checks="clean,sanity,attacks,margins,minimal,jacobian,spectra", attacks="pgd:steps=3", eps="0.02",
                               device="cpu", batch_size=4)
     result = run_scan(loaded, data, config, quiet=False)
     _, backward, _ = (int(g.replace(",", "")) for g in LINE.search(_unwrapped(capsys.readouterr().err)).groups())
@@ -89,6 +89,6 @@ def test_the_bound_covers_every_counted_check(capsys):
 
 def test_uncounted_checks_are_named(capsys):
     loaded, data = _setup()
-    config = ScanConfig.parse(checks="clean,attacks,sanity", attacks="pgd:steps=2", eps="0.02", device="cpu", batch_size=8)
+    config = ScanConfig.parse(checks="clean,attacks,surfaces", attacks="pgd:steps=2", eps="0.02", device="cpu", batch_size=8)
     run_scan(loaded, data, config, quiet=False)
-    assert "not counted: sanity" in _unwrapped(capsys.readouterr().err)
+    assert "not counted: surfaces" in _unwrapped(capsys.readouterr().err)
