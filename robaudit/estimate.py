@@ -43,8 +43,8 @@ class ScanEstimate:
         parts = ", ".join(f"{name} ≤ {f:,.0f}" for name, f, _ in self.by_check if f)
         return (
             f"estimate: ≤ {self.forward:,.0f} model passes per sample ({self.backward:,.0f} with a backward; {parts}) "
-            f"× {self.n} samples ≈ {_duration(self.seconds)} on this machine, at most (upper bound: every sample "
-            f"correct and resisting every attack to its last step{skipped}; measured from one timed batch)"
+            f"× {self.n} samples ≈ {_duration(self.seconds)} on this machine at that bound (measured from one timed "
+            f"batch; the bound assumes every sample correct and resisting every attack to its last step{skipped})"
         )
 
 
