@@ -22,6 +22,7 @@ __all__ = [
     "default_eps",
     "check_radii",
     "ensemble_mode_for",
+    "PRECISIONS",
 ]
 
 # Presets expand to attack specs; each attack's own defaults follow its paper (see its docstring).
@@ -35,6 +36,8 @@ ATTACK_PRESETS: dict[str, str] = {
 }
 # How the ensemble runs for a preset when --ensemble isn't given: cascade skips samples already broken.
 PRESET_MODE = {"quick": "independent", "standard": "cascade", "paper": "independent"}
+# --precision: the dtype the attacks' forward passes run in (torch.autocast); everything else stays float32/64.
+PRECISIONS = ("float32", "bfloat16", "float16")
 # ε columns of Yu et al.'s tables, used by the paper preset when --eps isn't given.
 PAPER_EPS = {"grey": (0.1, 0.2, 0.3), "colour": (3 / 255, 6 / 255, 9 / 255)}
 
@@ -262,6 +265,7 @@ class ScanConfig:
     preset: str | None = None  # the attack preset the list came from (its ε default: default_eps)
     compute_block: int | None = None  # run the model on blocks of exactly this many rows (engine.FixedBlockModel)
     workers: int | None = None  # DataLoader workers for lazy datasets (None: engine.default_workers())
+    precision: str = "float32"  # the attacks' forward passes (PRECISIONS); checked_precision() for the device
 
     def __post_init__(self) -> None:
         check_radii(self.eps, self.norm)  # ℓ2's bound needs the data: radii()
@@ -277,6 +281,7 @@ class ScanConfig:
         cls, *, norm: str = "linf", eps: str | Sequence[float] | None = None, attacks: str = "quick",
         ensemble: str | None = None, checks: str | Sequence[str] = DEFAULT_CHECKS, seed: int = 0,
         device: str = "auto", batch_size: int = 256, compute_block: int | None = None, workers: int | None = None,
+        precision: str = "float32",
     ) -> "ScanConfig":
         """The config from the CLI's / API's strings, every usage error raised here, before heavy work."""
         if batch_size < 1:
@@ -285,6 +290,9 @@ class ScanConfig:
             raise UsageError(f"--compute-block must be between 1 and --batch-size ({batch_size}), got {compute_block}")
         if workers is not None and workers < 0:
             raise UsageError(f"--workers must be >= 0, got {workers}")
+        precision = str(precision).strip().lower()
+        if precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if isinstance(eps, str):
             eps_t = tuple(parse_eps_list(eps)) if eps.strip() else ()
         else:
@@ -296,5 +304,5 @@ class ScanConfig:
             norm=Norm.parse(norm), eps=eps_t, attacks=parse_attack_list(attacks),
             ensemble=ensemble_mode_for(attacks, ensemble), checks=names, check_options=options,
             seed=seed, device=device, batch_size=batch_size, preset=preset if preset in ATTACK_PRESETS else None,
-            compute_block=compute_block, workers=workers,
+            compute_block=compute_block, workers=workers, precision=precision,
         )

@@ -90,6 +90,7 @@ def config_to_dict(config: ScanConfig) -> dict:
         "preset": config.preset,
         "compute_block": config.compute_block,
         "workers": config.workers,
+        "precision": config.precision,
     }
 
 
@@ -108,6 +109,7 @@ def config_from_dict(d: dict) -> ScanConfig:
         preset=d["preset"],
         compute_block=d["compute_block"],
         workers=d["workers"],
+        precision=d.get("precision", "float32"),
     )
 
 

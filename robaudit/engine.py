@@ -24,6 +24,7 @@ from . import __version__
 from .config import ScanConfig
 from .console import make_console
 from .data.spec import DataSpec, as_positions
+from .attacks.base import autocast_dtype
 from .geometry import passes
 from .errors import RuntimeFailure, UsageError
 from .models.spec import LoadedModel
@@ -325,6 +326,7 @@ def is_legacy(check) -> bool:
 def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, device: torch.device | None = None,
                  train_data: DataSpec | None = None, shard: Shard = Shard()) -> ScanContext:
     device = device or resolve_device(config.device)
+    autocast_dtype(config.precision, device)  # a precision the device can't run: a usage error before any work
     eps = config.radii(data.input_shape)
     plain = loaded.model.to(device)
     model = FixedBlockModel(plain, config.compute_block) if config.compute_block else plain
@@ -394,6 +396,8 @@ def run_scan(
     torch.manual_seed(config.seed)
     with _progress(quiet) as progress:
         ctx.progress = progress
+        if not quiet:
+            _announce_estimate(ctx, checks)
         for k, check in enumerate(checks):
             t0 = time.perf_counter()
             with _counted(ctx, check, k, len(checks)):
@@ -417,6 +421,19 @@ def run_scan(
         timings=timings,
         passes=dict(ctx.passes),
     )
+
+
+def _announce_estimate(ctx: ScanContext, checks: Sequence) -> None:
+    """The line "estimate: ≤ N model passes per sample ... ≈ T" before the first check
+    (:mod:`robaudit.estimate`). A model that fails on the timed batch gets no line: the clean check
+    then reports the failure in its own words."""
+    from .estimate import estimate_scan
+
+    try:
+        estimate = estimate_scan(ctx, checks)
+    except Exception:  # noqa: BLE001 - an estimate is a courtesy; the scan's own checks report errors
+        return
+    ctx.announce(estimate.line())
 
 
 def combine_info(data: DataSpec, config: ScanConfig, eps: tuple[float, ...]) -> CombineInfo:
@@ -450,6 +467,7 @@ def provenance(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: 
         indices=tuple(int(i) for i in data.dataset_indices.tolist()),
         compute_block=config.compute_block,
         execution=execution,
+        precision=config.precision,
     )
 
 

@@ -126,6 +126,8 @@ class Provenance:
     compute_block: int | None = None
     execution: str = ""
     fixed_batch: int | None = None  # the model ran at this batch size only (a fixed-batch export)
+    # the dtype of the attacks' forward passes (--precision); every broken sample was re-checked in float32
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)

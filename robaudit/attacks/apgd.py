@@ -209,6 +209,15 @@ class _APGD(Attack):
 
     # -- driver ------------------------------------------------------------------------------
 
+    def _runs(self, num_classes: int) -> int:
+        """Runs of a sample: targets × restarts."""
+        return self.n_restarts
+
+    def max_passes(self, num_classes: int) -> tuple[int, int]:
+        # the clean forward, n_iter + 1 gradients per run (its start and n_iter steps), run()'s success check
+        grads = self._runs(num_classes) * (self.n_iter + 1)
+        return grads + 2, grads
+
     def _plan(self, clean_logits: torch.Tensor) -> list[int | None]:
         """Target ranks to attack (None: untargeted). Overridden by the targeted variant."""
         return [None]
@@ -352,6 +361,9 @@ class APGDTargeted(_APGD):
 
     def _row_loss(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return dlr_targeted_loss(logits, y, target)
+
+    def _runs(self, num_classes: int) -> int:
+        return min(self.n_target_classes, num_classes - 1) * self.n_restarts
 
     def _plan(self, clean_logits: torch.Tensor) -> list[int | None]:
         # rank 0 is the predicted class (= y for the samples attacked); targets are ranks 1..n

@@ -30,6 +30,9 @@ __all__ = [
     "project",
     "normalize_direction",
     "lp_norm",
+    "autocast_dtype",
+    "AutocastModel",
+    "in_precision",
 ]
 
 ATTACKS: Registry[type["Attack"]] = Registry(
@@ -162,6 +165,43 @@ def predict(model: nn.Module, x: torch.Tensor, counter: PassCounter | None = Non
     return logits
 
 
+_AUTOCAST = {"bfloat16": (torch.bfloat16, ("cpu", "cuda")), "float16": (torch.float16, ("cuda",))}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--precision`` on ``device`` (None: float32, no autocast). bfloat16 runs
+    on CPU and CUDA, float16 on CUDA only; anything else is a usage error."""
+    if precision == "float32":
+        return None
+    dtype, devices = _AUTOCAST[precision]
+    if device.type not in devices:
+        raise UsageError(f"--precision {precision} needs a {' or '.join(d.upper() for d in devices)} device, "
+                         f"not {device.type}; use --precision float32" + (" or bfloat16" if device.type == "cpu" else ""))
+    return dtype
+
+
+class AutocastModel(nn.Module):
+    """``model`` with its forward under ``torch.autocast(device_type, dtype)`` (matmuls and
+    convolutions in ``dtype``), its logits cast back to float32 so losses and their gradients
+    w.r.t. the float32 input are computed as before. Only attacks run through it (``--precision``)."""
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+            out = self.model(x)
+        return out.float()
+
+
+def in_precision(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+    """``model`` itself at float32, else an :class:`AutocastModel` in that precision."""
+    dtype = autocast_dtype(precision, device)
+    return model if dtype is None else AutocastModel(model, device.type, dtype)
+
+
 _RUNTIME_FIELDS = frozenset({"counter", "max_rows", "progress", "stagger"})
 
 
@@ -196,6 +236,12 @@ class Attack(ABC):
         from dataclasses import fields
 
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUNTIME_FIELDS}
+
+    def max_passes(self, num_classes: int) -> tuple[int, int] | None:
+        """An upper bound of (forward, backward) model passes one sample costs in :meth:`run`
+        (its success check included) against a model of ``num_classes`` classes: the cost of a
+        sample that resists to the end. None: not known in advance (the scan's estimate says so)."""
+        return None
 
     def _report(self, fraction: float) -> None:
         """Tell the caller how much of this run() call's work is done (0..1)."""

@@ -115,6 +115,12 @@ class FABTargeted(Attack):
         if not 0.0 < self.beta < 1.0:
             raise UsageError(f"{self.name}: beta (backward step) must be in (0, 1), got {self.beta}")
 
+    def max_passes(self, num_classes: int) -> tuple[int, int]:
+        # per run and iteration a gradient and a forward at the new point; the clean forward and
+        # run()'s success check
+        steps = min(self.n_target_classes, num_classes - 1) * self.n_restarts * self.n_iter
+        return 2 * steps + 2, steps
+
     def _perturb(self, model, x, y, threat: ThreatModel, generator) -> torch.Tensor:
         """Every (target, restart) run of every clean-correct sample, packed by
         :class:`~robaudit.attacks._runs.RunSchedule`: a run is cancelled once an earlier run of its

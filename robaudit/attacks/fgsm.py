@@ -25,6 +25,9 @@ class FGSM(Attack):
     single_step = True
     loss: str = "ce"
 
+    def max_passes(self, num_classes: int) -> tuple[int, int]:
+        return 2, 1  # one gradient, then run()'s success check
+
     def _perturb(self, model, x, y, threat: ThreatModel, generator) -> torch.Tensor:
         _, _, grad = input_gradient(model, x, y, LOSSES[self.loss], self.counter)
         return x + threat.eps * normalize_direction(grad, threat.norm)

@@ -43,6 +43,11 @@ class PGD(Attack):
         if self.loss not in LOSSES:
             raise UsageError(f"{self.name}: unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
 
+    def max_passes(self, num_classes: int) -> tuple[int, int]:
+        # per restart: `steps` gradients and one forward of the last iterate (run()'s success
+        # check after the last restart)
+        return self.restarts * (self.steps + 1), self.restarts * self.steps
+
     def _alpha(self, threat: ThreatModel) -> float:
         rel = self.step_size if self.step_size is not None else 2.5 / self.steps
         return rel * threat.eps

@@ -257,6 +257,9 @@ class SquareAttack(Attack):
 
     # -- driver ------------------------------------------------------------------------------
 
+    def max_passes(self, num_classes: int) -> tuple[int, int]:
+        return self.n_queries + 2, 0  # the clean forward, n_queries queries, run()'s success check
+
     def _perturb(self, model, x, y, threat: ThreatModel, generator) -> torch.Tensor:
         if x.dim() != 4:
             raise UsageError(f"attack {self.name!r} needs image inputs [B,C,H,W]; got shape {tuple(x.shape)}")

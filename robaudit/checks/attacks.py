@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from ..attacks.base import lp_norm
+from ..attacks.base import in_precision, lp_norm, predict
 from ..metric_names import robust_acc_name
 from ..parts import Part, lowest
 from ..results import Flag, Section, section
@@ -152,6 +152,20 @@ class AttacksCheck(Check):
         names = [robust_acc_name(spec.label, norm, eps) for eps in sorted(plan.eps) for spec in plan.config.attacks]
         return tuple(names) + tuple(robust_acc_name("ensemble", norm, eps) for eps in sorted(plan.eps))
 
+    def max_passes(self, plan) -> tuple[float, float] | None:
+        """Every attack at every ε on every sample, each costing its :meth:`Attack.max_passes`:
+        the upper bound where every sample is classified correctly and survives to the last
+        attack of a cascade. None if an attack can't bound its cost in advance."""
+        forward = backward = 0
+        for spec in plan.config.attacks:
+            bound = spec.build().max_passes(plan.num_classes)
+            if bound is None:
+                return None
+            recheck = 0 if plan.config.precision == "float32" else 1  # the float32 re-check of a low-precision run
+            forward += (bound[0] + recheck) * len(plan.eps)
+            backward += bound[1] * len(plan.eps)
+        return float(forward), float(backward)
+
     def compute(self, ctx) -> Part:
         cfg = ctx.config
         clean = ctx.local("clean")
@@ -178,8 +192,13 @@ class AttacksCheck(Check):
 
     @staticmethod
     def _run_one(ctx, spec, threat, rows, weakest) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Attack this process's samples at local ``rows``: (broken, ‖δ‖ or NaN, counts)."""
+        """Attack this process's samples at local ``rows``: (broken, ‖δ‖ or NaN, counts).
+
+        With ``--precision`` bfloat16/float16 the attack runs on the model under autocast, and a
+        sample counts as broken only if the float32 model misclassifies its adversarial example
+        (one more forward, counted): a low-precision artefact never lowers the robust accuracy."""
         attack = spec.build()
+        model = in_precision(ctx.model, ctx.config.precision, ctx.device)
         attack.progress = ctx.within  # the bar moves per attack iteration, not once per batch
         n = int(ctx.positions.numel())
         broken = torch.zeros(n, dtype=torch.bool)
@@ -189,9 +208,12 @@ class AttacksCheck(Check):
         t0 = time.perf_counter()
 
         def batch(x, y, sl):
-            out = attack.run(ctx.model, x, y, threat, attack_rng(ctx, attack, tag, targets[sl]))
+            out = attack.run(model, x, y, threat, attack_rng(ctx, attack, tag, targets[sl]))
             local = rows[sl]
-            success = out.success.cpu()
+            if model is ctx.model:
+                success = out.success.cpu()
+            else:  # the float32 verdict on the low-precision attack's point
+                success = (predict(ctx.model, out.x_adv, attack.counter).argmax(1) != y).cpu()
             broken[local] = success
             if success.any():
                 hit = success.nonzero().squeeze(1)

@@ -72,6 +72,12 @@ class Check:
             info.tables[name] = merge_parts([earlier], name)[0]
         return self.combine(tables, extras, info)
 
+    def max_passes(self, plan: MetricPlan) -> tuple[float, float] | None:
+        """An upper bound of the (forward, backward) model passes this check costs per scanned
+        sample, known before it runs (the scan's estimate, :mod:`robaudit.estimate`). None: not
+        counted in advance."""
+        return None
+
     def metric_names(self, plan: MetricPlan) -> tuple[str, ...] | None:
         """Every metric name :meth:`run`'s section can have, predicted without running it (used by
         ``scan --list-metrics`` and to reject unknown gate names before a scan). None: this check

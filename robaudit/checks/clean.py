@@ -72,6 +72,9 @@ class CleanCheck(Check):
     def metric_names(self, plan) -> tuple[str, ...]:
         return ("clean.accuracy",)
 
+    def max_passes(self, plan) -> tuple[float, float]:
+        return 1.0, 0.0
+
     def compute(self, ctx) -> Part:
         k = ctx.data.num_classes
         n = int(ctx.positions.numel())

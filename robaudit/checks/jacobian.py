@@ -163,6 +163,9 @@ class JacobianCheck(Check):
     zero_threshold: float = ZERO_THRESHOLD
     n_heatmaps: int = N_HEATMAPS
 
+    def max_passes(self, plan) -> tuple[float, float]:
+        return 2.0, 2.0  # one input gradient of the margin, one of the cross-entropy
+
     def metric_names(self, plan) -> tuple[str, ...]:
         return JACOBIAN_METRICS
 

@@ -78,6 +78,10 @@ class MarginCheck(Check):
     requires = ("clean",)
     description = "distribution of the logit margin L(x), true-class probability and loss"
 
+    def max_passes(self, plan) -> tuple[float, float] | None:
+        # the clean check's logits; --train-n's training samples are not counted
+        return (0.0, 0.0) if plan.train_n is None else None
+
     def metric_names(self, plan) -> tuple[str, ...]:
         return MARGIN_METRICS + (TRAIN_METRICS if plan.train_n else ())
 

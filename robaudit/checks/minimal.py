@@ -62,6 +62,10 @@ def _rounded(radii: torch.Tensor) -> tuple[float | None, ...]:
     return tuple(None if not math.isfinite(v) else round(float(v), 7) for v in radii.tolist())
 
 
+BISECTION_STEPS = 8  # bisection steps on ε refining DeepFool's radius
+BISECTION_PGD_STEPS = 20  # PGD iterations per bisection step
+
+
 @CHECKS.register("minimal")
 class MinimalCheck(Check):
     """Per-sample records (table ``samples``): ``radius`` (refined; None where none was found, 0
@@ -73,6 +77,13 @@ class MinimalCheck(Check):
 
     def metric_names(self, plan) -> tuple[str, ...]:
         return MINIMAL_METRICS
+
+    def max_passes(self, plan) -> tuple[float, float]:
+        """DeepFool: ≤ max_iter iterations of one backward per candidate class (each counted with
+        a forward) and a final forward; each bisection step: PGD's gradients and one forward."""
+        deepfool = DeepFool()
+        grads = deepfool.max_iter * (min(deepfool.num_candidates, plan.num_classes) - 1) + BISECTION_STEPS * BISECTION_PGD_STEPS
+        return float(grads + 1 + BISECTION_STEPS), float(grads)
 
     def compute(self, ctx) -> Part:
         norm = ctx.config.norm
@@ -88,13 +99,14 @@ class MinimalCheck(Check):
             _, upper = deepfool.minimal_perturbation(ctx.model, x, y, norm)
             deepfool_radii[rows[sl]] = upper.detach().double().cpu()
             rng = ctx.sample_rng("minimal:bisection", targets[sl])
-            refined = refine_minimal_perturbation(ctx.model, x, y, norm, upper, lambda: PGD(steps=20), steps=8, generator=rng)
+            refined = refine_minimal_perturbation(ctx.model, x, y, norm, upper, lambda: PGD(steps=BISECTION_PGD_STEPS),
+                                                  steps=BISECTION_STEPS, generator=rng)
             radii[rows[sl]] = refined.detach().double().cpu()
 
         if targets.numel():
             # the bar's estimate of a sample's gradient passes: DeepFool (~5 iterations × 9 classes),
             # then 8 bisection steps of PGD-20
-            ctx.map_batches(batch, indices=targets, description=f"minimal perturbation ({norm.value})", work_per_sample=45 + 8 * 20)
+            ctx.map_batches(batch, indices=targets, description=f"minimal perturbation ({norm.value})", work_per_sample=45 + BISECTION_STEPS * BISECTION_PGD_STEPS)
         part = Part()
         part.add("samples", ctx.positions, radius=_finite_or_none(radii), deepfool=_finite_or_none(deepfool_radii))
         return part

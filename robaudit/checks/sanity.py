@@ -89,6 +89,16 @@ class SanityCheck(Check):
     def metric_names(self, plan) -> tuple[str, ...]:
         return SANITY_METRICS
 
+    def max_passes(self, plan) -> tuple[float, float]:
+        """Per sample at most: the margin and CE gradients (2), the repeated forward (2), and the
+        ε = 0.5 PGD (on at most LARGE_EPS_SAMPLES samples; counted as if on every one)."""
+        forward, backward = self._large_eps_attack().max_passes(plan.num_classes)
+        return float(2 + 2 + forward), float(2 + backward)
+
+    @staticmethod
+    def _large_eps_attack():
+        return PGD(steps=20, loss="cw")
+
     def compute(self, ctx) -> Part:
         part = Part()
         logits = ctx.cache["clean_logits"]
@@ -163,7 +173,7 @@ class SanityCheck(Check):
         idx = torch.tensor(first_correct(ctx.local("clean"), LARGE_EPS_SAMPLES), dtype=torch.long)
         if idx.numel() == 0:
             return
-        attack = PGD(steps=20, loss="cw")
+        attack = SanityCheck._large_eps_attack()
         threat = ThreatModel(Norm.LINF, LARGE_EPS)
         robust = torch.zeros(idx.numel(), dtype=torch.bool)
 

@@ -135,6 +135,9 @@ class SpectraCheck(Check):
     description = "singular values of every weight matrix (per-layer spread, ICML 2020)"
     scope = "model"  # computed once, by the lead process
 
+    def max_passes(self, plan) -> tuple[float, float]:
+        return 0.0, 0.0  # weight matrices only: no model pass on the samples
+
     def metric_names(self, plan) -> tuple[str, ...] | None:
         if plan.model is None:
             return None

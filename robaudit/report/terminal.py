@@ -225,6 +225,10 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
     fixed = getattr(p, "fixed_batch", None)
     if fixed:
         console.print(styled("  ", ("FIXED BATCH", "yellow"), f" {_fixed_batch_line(fixed)}"))
+    precision = getattr(p, "precision", "float32")
+    if precision != "float32":
+        console.print(styled("  ", ("PRECISION", "yellow"), f" attacks ran in {precision} (torch.autocast); every "
+                             "adversarial example was re-checked in float32 before it counted"))
 
     if attacks is not None and attacks.runs:
         mode = "each attack alone" if attacks.mode == "independent" else "cascade: after this and earlier attacks"
