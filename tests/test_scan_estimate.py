@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 
 from conftest import TinyCNN
 from robaudit.config import ScanConfig
 from robaudit.data.spec import DataSpec
-from robaudit.engine import run_scan
+from robaudit.engine import build_checks, run_scan
+from robaudit.estimate import PassPlan
 from robaudit.models.spec import LoadedModel, ModelInfo
 
 ATTACKS = ("fgsm,pgd:steps=4:restarts=2,apgd-ce:n_iter=5,apgd-t:n_iter=4:n_target_classes=3,"
@@ -17,9 +19,16 @@ ATTACKS = ("fgsm,pgd:steps=4:restarts=2,apgd-ce:n_iter=5,apgd-t:n_iter=4:n_targe
 LINE = re.compile(r"estimate: ≤ ([\d,]+) model passes per sample \(([\d,]+) with a backward; [^)]*\) × (\d+) samples ≈ ")
 
 
-def _setup(n: int = 6):
+class SmoothTinyCNN(TinyCNN):
+    """TinyCNN with softplus: not piecewise linear, so curvature takes the exact Hessian's HVPs."""
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.nn.functional.softplus(self.conv(x))).flatten(1))
+
+
+def _setup(n: int = 6, model_class=TinyCNN):
     torch.manual_seed(0)
-    model = TinyCNN().eval()
+    model = model_class().eval()
     x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         y = model(x).argmax(1)  # every sample correct: all of them are attacked
@@ -87,7 +96,50 @@ def test_the_bound_covers_every_counted_check(capsys):
     assert recorded <= backward * data.n
 
 
-def test_uncounted_checks_are_named(capsys):
+GEOMETRY = ("clean,curvature:k=2:n_probes=2:full_max_dim={full},indicator,surfaces:n_samples=1:steps=3,"
+            "landscape:n_samples=4:steps_1d=4:steps_2d=2")
+
+
+@pytest.mark.parametrize("model_class", [TinyCNN, SmoothTinyCNN])
+@pytest.mark.parametrize("full_max_dim", [4096, 16])  # d = 64: full spectra (shared sweep), then Lanczos
+def test_the_bound_covers_the_geometry_checks(capsys, monkeypatch, full_max_dim, model_class):
+    """curvature, indicator, surfaces and landscape are counted, and no check makes more model passes
+    than its bound: every pass (a forward of a row) counted by a hook on the model that charges it to
+    the check computing at the time, and the passes with a backward by the ledger's input gradients
+    (ScanResult.passes "grad": one per backward of a row; its "hvp" counts a finite-difference HVP
+    once more on top of that gradient, so it is not a pass count)."""
+    loaded, data = _setup(model_class=model_class)
+    config = ScanConfig.parse(checks=GEOMETRY.format(full=full_max_dim), eps="0.02", device="cpu", batch_size=4)
+    checks = {c.name: c for c in build_checks(config)}
+    plan = PassPlan(config=config, eps=(0.02,), input_shape=data.input_shape, num_classes=10, n=data.n, data_n=data.n)
+    bounds = {name: checks[name].max_passes(plan) for name in ("curvature", "indicator", "surfaces", "landscape")}
+    current, forwards = [None], {}
+    for name, check in checks.items():
+        def compute(self, ctx, _name=name, _compute=type(check).compute):
+            current[0] = _name
+            try:
+                return _compute(self, ctx)
+            finally:
+                current[0] = None
+        monkeypatch.setattr(type(check), "compute", compute)
+    loaded.model.register_forward_hook(
+        lambda module, args, out: forwards.__setitem__(current[0], forwards.get(current[0], 0) + args[0].shape[0]))
+    result = run_scan(loaded, data, config, quiet=False)
+    err = _unwrapped(capsys.readouterr().err)
+    assert LINE.search(err) and "not counted" not in err
+    for name, (forward, backward) in bounds.items():  # bounds are per sample: × n, to 6 decimals
+        assert 0 < forwards[name] <= round(forward * data.n, 6), name
+        assert result.passes[name]["grad"] <= round(backward * data.n, 6), name
+    assert result.passes["curvature"]["hvp"] > 0 and result.passes["indicator"]["grad"] > 0
+    assert forwards["landscape"] == (4 + 2**2 + 1) * 4  # even steps_1d: one more forward for the centre
+
+
+def test_uncounted_checks_are_named(capsys, monkeypatch):
+    """A check without a bound (a plugin's; here a built-in with its bound taken away)."""
+    from robaudit.checks.base import Check
+    from robaudit.checks.surfaces import SurfacesCheck
+
+    monkeypatch.setattr(SurfacesCheck, "max_passes", Check.max_passes)
     loaded, data = _setup()
     config = ScanConfig.parse(checks="clean,attacks,surfaces", attacks="pgd:steps=2", eps="0.02", device="cpu", batch_size=8)
     run_scan(loaded, data, config, quiet=False)

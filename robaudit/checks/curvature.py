@@ -52,7 +52,8 @@ flips some unit, so the finite-difference near-zero fraction is ≈ 0; the exact
 
 Cost per sample: d + 1 gradients (finite-difference spectrum; Lanczos: LANCZOS_ITERS), C backward
 passes (exact spectrum of a piecewise-linear net; otherwise d Hessian-vector products), 2 ×
-HUTCHINSON_PROBES + 2 Hessian-vector products. Measured: 45 s for the 32 default samples of the
+HUTCHINSON_PROBES + 2 Hessian-vector products (the scan's estimate bounds it:
+:meth:`CurvatureCheck.max_passes`). Measured: 45 s for the 32 default samples of the
 demo Fashion-MNIST CNN (d = 784) on one CPU thread, float64 (about 4× less in float32).
 """
 from __future__ import annotations
@@ -537,6 +538,23 @@ class CurvatureCheck(Check):
     k: int = K_SAMPLES
     full_max_dim: int = FULL_SPECTRUM_MAX_DIM
     n_probes: int = HUTCHINSON_PROBES
+
+    def max_passes(self, plan) -> tuple[float, float]:
+        """Per analysed sample (at most ``k`` of the ``plan.n``): 1 gradient; the exact spectrum's
+        C backwards (piecewise linear) or d exact HVPs (Lanczos: its iterations), whichever is more;
+        the FD spectrum's d + 1 gradients per function (two when the indicator's margin Hessian
+        shares the sweep; Lanczos: 1 + its iterations); n_probes + 1 exact and n_probes + 1 FD
+        HVPs. Once per process: the float64 copy's forward and the piecewise-linear probe's HVP.
+        An exact HVP counts as 2 passes with a backward (forward, backward, double backward)."""
+        from ..estimate import spread
+
+        d, C = math.prod(plan.input_shape), int(plan.num_classes)
+        full = d <= self.full_max_dim
+        iters = max(lanczos_k_for(d), min(LANCZOS_ITERS, d))
+        exact = max(C, 2 * (d if full else iters))
+        fd = (d + 1) * (2 if "indicator" in plan.config.checks else 1) if full else 1 + iters
+        grads = 1 + exact + fd + 3 * int(self.n_probes) + 3
+        return spread((grads, grads), int(self.k), plan.n, fixed=(3, 2))
 
     def compute(self, ctx) -> Part:
         """Spectra of this process's first ``k`` clean-correct samples (a superset of its share

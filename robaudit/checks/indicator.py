@@ -52,7 +52,9 @@ from ..results import Section, section
 from ..threat import Norm
 from .base import CHECKS, Check
 from ..geometry.hessian import near_zero_fraction
-from .curvature import HESSIAN_ZERO_THRESHOLD, MARGIN_FD_CACHE, _nan_to_none, _r, _tup, analysis_model, fd_spectrum
+from .curvature import (
+    HESSIAN_ZERO_THRESHOLD, LANCZOS_ITERS, MARGIN_FD_CACHE, _nan_to_none, _r, _tup, analysis_model, fd_spectrum, lanczos_k_for,
+)
 
 __all__ = ["Theorem1Result", "IndicatorSection", "IndicatorCheck", "spearman", "boundary_loss"]
 
@@ -232,6 +234,24 @@ class IndicatorCheck(Check):
 
     def metric_names(self, plan) -> tuple[str, ...]:
         return INDICATOR_METRICS
+
+    def max_passes(self, plan) -> tuple[float, float]:
+        """Per curvature sample (at most the curvature check's ``k`` of the ``plan.n``), as if the
+        curvature check shared nothing (sharing only removes work): a forward, the margin's
+        gradient, its FD Hessian (d + 1 gradients; Lanczos: 1 + its iterations) and DeepFool for
+        both norms (max_iter + 1 forwards, max_iter × (candidates − 1) backwards each; one is
+        skipped when the minimal check runs). Once per process: the float64 copy's forward."""
+        from ..config import build_check
+        from ..estimate import deepfool_passes, spread
+
+        curvature = build_check("curvature", dict(plan.config.check_options).get("curvature", ()))
+        d = math.prod(plan.input_shape)
+        iters = max(lanczos_k_for(d), min(LANCZOS_ITERS, d))
+        fd = d + 1 if d <= curvature.full_max_dim else 1 + iters
+        df_forward, df_backward = deepfool_passes(DeepFool(), plan.num_classes)
+        backward = 1 + fd + 2 * df_backward
+        forward = 2 + fd + 2 * df_forward
+        return spread((forward, backward), int(curvature.k), plan.n, fixed=(1, 0))
 
     def compute(self, ctx) -> Part:
         """Per-sample records (table ``samples``) on this process's curvature samples: t, L(x),

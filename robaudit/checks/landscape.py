@@ -13,7 +13,7 @@ Weights **and buffers** are set from a saved copy at every point and restored bi
 afterwards (:func:`robaudit.geometry.param_landscape`); the check verifies the restoration and
 raises if any tensor differs. Xu et al. find adversarially fine-tuned models' landscapes *not*
 flatter than the natural model's (CIFAR-10, ResNet-32): compare ``sharpness_*`` between scans.
-Cost: (STEPS_1D + STEPS_2D²) forward passes of the batch.
+Cost: (STEPS_1D + STEPS_2D²) forward passes of the batch (one more when STEPS_1D is even: the centre).
 """
 from __future__ import annotations
 
@@ -113,6 +113,14 @@ class LandscapeCheck(Check):
 
     def metric_names(self, plan) -> tuple[str, ...]:
         return LANDSCAPE_METRICS
+
+    def max_passes(self, plan) -> tuple[float, float]:
+        """Forwards only, once per model: every grid point (steps_1d + steps_2d², one more for the
+        centre when steps_1d is even) on min(n_samples, data_n) samples, spread over ``plan.n``."""
+        from ..estimate import spread
+
+        points = int(self.steps_1d) + int(self.steps_2d) ** 2 + (0 if int(self.steps_1d) % 2 else 1)
+        return spread((0.0, 0.0), 0, plan.n, fixed=(points * min(int(self.n_samples), int(plan.data_n)), 0.0))
 
     def compute(self, ctx) -> Part:
         return Part(extra={"section": to_jsonable(self._landscape(ctx))})

@@ -179,6 +179,20 @@ class SurfacesCheck(Check):
     steps: int = STEPS
     extent_factor: float = EXTENT_FACTOR
 
+    def max_passes(self, plan) -> tuple[float, float]:
+        """Per surface sample (at most ``n_samples`` of the ``plan.n``): two input gradients (C&W
+        margin, CE), the least-likely attack (a forward, ``steps`` gradients, a forward), C&W-ℓ2
+        (binary_search_steps × max_iterations gradients), DeepFool-ℓ2, and steps² forwards per
+        plane."""
+        from ..estimate import deepfool_passes, spread
+
+        ll, cw = LeastLikely(), CarliniWagnerL2()
+        df_forward, df_backward = deepfool_passes(DeepFool(), plan.num_classes)
+        cw_grads = int(cw.binary_search_steps) * int(cw.max_iterations)
+        backward = 2 + int(ll.steps) + cw_grads + df_backward
+        forward = 2 + int(ll.steps) + 2 + cw_grads + df_forward + len(PLANES) * int(self.steps) ** 2
+        return spread((forward, backward), int(self.n_samples), plan.n)
+
     def _directions(self, ctx, x: torch.Tensor, y: torch.Tensor, norm: Norm, eps: float, gen) -> dict[str, tuple[torch.Tensor, list[str]]]:
         """Per plane, (u [S, ...] unit in ``norm``, per-sample source notes)."""
         model = ctx.model
