@@ -73,19 +73,23 @@ def scan(
     batch_size: int = 256,
     compute_block: int | None = None,
     precision: str = "float32",
+    channels_last: bool = False,
     progress: bool = False,
 ) -> ScanResult:
     """Scan ``model`` (an nn.Module taking [0,1] pixels — pass ``mean``/``std`` if it expects
     normalized inputs — or a checkpoint path) on ``data`` (a dataset name, a DataSpec or an
     ``(x, y)`` pair; ``n`` samples chosen as ``sample`` says: "first" or "stratified", default
     stratified for image folders, first otherwise). ``compute_block``: see ``--compute-block``;
-    ``precision``: ``--precision`` (float32, bfloat16, float16: the attacks' forward passes).
+    ``precision``: ``--precision`` (float32, bfloat16, float16: the attacks' forward passes);
+    ``channels_last``: ``--channels-last`` (the module's 4-d parameters are converted to that memory
+    format in place, values unchanged).
     The module's train/eval mode and weights are left as they were."""
     was_training = model.training if isinstance(model, nn.Module) else None
     loaded = _as_model(model, mean, std)  # wrapping puts the module in eval mode
     spec = _as_data(data, n, split, data_dir, sample, seed)
     config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,
-                              device=device, batch_size=batch_size, compute_block=compute_block, precision=precision)
+                              device=device, batch_size=batch_size, compute_block=compute_block, precision=precision,
+                              channels_last=channels_last)
     loaded = check_fits(loaded, input_shape=spec.input_shape, num_classes=spec.num_classes, dataset_name=spec.name)
     try:
         return run_scan(loaded, spec, config, quiet=not progress, command_line="robaudit.scan()")

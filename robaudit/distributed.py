@@ -91,6 +91,7 @@ def config_to_dict(config: ScanConfig) -> dict:
         "compute_block": config.compute_block,
         "workers": config.workers,
         "precision": config.precision,
+        "channels_last": config.channels_last,
     }
 
 
@@ -110,6 +111,7 @@ def config_from_dict(d: dict) -> ScanConfig:
         compute_block=d["compute_block"],
         workers=d["workers"],
         precision=d.get("precision", "float32"),
+        channels_last=bool(d.get("channels_last", False)),
     )
 
 

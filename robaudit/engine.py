@@ -24,7 +24,7 @@ from . import __version__
 from .config import ScanConfig
 from .console import make_console
 from .data.spec import DataSpec, as_positions
-from .attacks.base import autocast_dtype
+from .attacks.base import autocast_dtype, in_memory_format
 from .geometry import passes
 from .errors import RuntimeFailure, UsageError
 from .models.spec import LoadedModel
@@ -329,7 +329,8 @@ def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, dev
     autocast_dtype(config.precision, device)  # a precision the device can't run: a usage error before any work
     eps = config.radii(data.input_shape)
     plain = loaded.model.to(device)
-    model = FixedBlockModel(plain, config.compute_block) if config.compute_block else plain
+    model = in_memory_format(plain, config.channels_last)  # plain's 4-d weights too (in place); its inputs stay as given
+    model = FixedBlockModel(model, config.compute_block) if config.compute_block else model
     if config.compute_block and device.type == "cuda":  # same shapes must also mean the same cuDNN algorithms
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
@@ -468,6 +469,7 @@ def provenance(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: 
         compute_block=config.compute_block,
         execution=execution,
         precision=config.precision,
+        channels_last=config.channels_last,
     )
 
 

@@ -128,6 +128,8 @@ class Provenance:
     fixed_batch: int | None = None  # the model ran at this batch size only (a fixed-batch export)
     # the dtype of the attacks' forward passes (--precision); every broken sample was re-checked in float32
     precision: str = "float32"
+    # --channels-last: the model and its 4-d inputs ran in torch.channels_last memory format
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)

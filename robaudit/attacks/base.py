@@ -32,7 +32,9 @@ __all__ = [
     "lp_norm",
     "autocast_dtype",
     "AutocastModel",
+    "ChannelsLastModel",
     "in_precision",
+    "in_memory_format",
 ]
 
 ATTACKS: Registry[type["Attack"]] = Registry(
@@ -200,6 +202,31 @@ def in_precision(model: nn.Module, precision: str, device: torch.device) -> nn.M
     """``model`` itself at float32, else an :class:`AutocastModel` in that precision."""
     dtype = autocast_dtype(precision, device)
     return model if dtype is None else AutocastModel(model, device.type, dtype)
+
+
+class ChannelsLastModel(nn.Module):
+    """``model`` fed its 4-d inputs in ``torch.channels_last`` memory format (NHWC strides, same
+    values): convolution kernels may then run without layout conversions (``--channels-last``).
+    The logits equal the default format's up to float rounding (another kernel, another order of
+    additions); inputs of any other rank (a vmap-ed single sample, vectors) pass unchanged."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+
+def in_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
+    """``model`` itself by default; with ``channels_last`` its 4-d parameters converted in place to
+    channels_last (values unchanged) and the model wrapped in :class:`ChannelsLastModel`."""
+    if not channels_last:
+        return model
+    return ChannelsLastModel(model.to(memory_format=torch.channels_last))
 
 
 _RUNTIME_FIELDS = frozenset({"counter", "max_rows", "progress", "stagger"})
