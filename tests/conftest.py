@@ -35,6 +35,19 @@ class TinyCNN(nn.Module):
         return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
 
 
+class Conv6Net(nn.Module):
+    """A seeded conv + linear net for 1×6×6 inputs (the batch- and process-independence tests)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
 @pytest.fixture
 def tiny_cnn() -> nn.Module:
     torch.manual_seed(0)

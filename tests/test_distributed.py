@@ -18,6 +18,7 @@ from robaudit.distributed import merge_payloads, read_part, run_shard, write_par
 from robaudit.engine import Shard, run_scan
 from robaudit.errors import UsageError
 from robaudit.models.spec import LoadedModel, ModelInfo
+from conftest import Conv6Net
 
 
 def _comparable(result_dict: dict) -> dict:
@@ -32,21 +33,10 @@ def _comparable(result_dict: dict) -> dict:
     return d
 
 
-class _Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = torch.nn.Linear(4 * 6 * 6, 10)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
-
-
 def _setup(n=30):
     g = torch.Generator().manual_seed(5)
     x = torch.rand(n, 1, 6, 6, generator=g)
-    net = _Net().eval()
+    net = Conv6Net().eval()
     with torch.no_grad():
         y = net(x).argmax(1)
     y[::4] = (y[::4] + 3) % 10

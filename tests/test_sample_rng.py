@@ -16,6 +16,7 @@ from robaudit.parts import Part, merge_parts
 from robaudit.errors import InputError
 from robaudit.rng import SampleRNG
 from robaudit.threat import Norm, ThreatModel
+from conftest import Conv6Net
 
 
 # --- the primitive ---------------------------------------------------------------------------
@@ -84,22 +85,11 @@ GOLDEN_WORDS = [[3360102517, 378078086], [3778231846, 1757417331], [412519196, 3
 # --- attacks: per-sample results don't depend on the batch --------------------------------------
 
 
-class _Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = torch.nn.Linear(4 * 6 * 6, 10)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
-
-
 @pytest.fixture
 def batch():
     g = torch.Generator().manual_seed(1)
     x = torch.rand(12, 1, 6, 6, generator=g)
-    model = FixedBlockModel(_Tiny().eval(), 4)
+    model = FixedBlockModel(Conv6Net().eval(), 4)
     with torch.no_grad():
         y = model(x).argmax(1)
     return model, x, y
@@ -178,7 +168,7 @@ def _scan_json(model, x, y, batch_size, **cfg):
 def _samples(n=70):
     g = torch.Generator().manual_seed(3)
     x = torch.rand(n, 1, 6, 6, generator=g)
-    model = _Tiny().eval()
+    model = Conv6Net().eval()
     with torch.no_grad():
         y = model(x).argmax(1)
     y[::5] = (y[::5] + 1) % 10  # some misclassified

@@ -93,6 +93,18 @@ def evaluate(result, spec: GateSpec | None) -> GateOutcome | None:
     return evaluate_gates(result, spec) if spec else None
 
 
+def write_reports(result, outcome: GateOutcome | None, html_path: Optional[str], csv_dir: Optional[str]) -> None:
+    """The HTML report (with the gate outcome in its verdict) and the CSV tables, where asked for."""
+    if html_path is not None:
+        from ..report.html import write_html
+
+        write_html(result, html_path, outcome)
+    if csv_dir is not None:
+        from ..report.tables import write_csv
+
+        write_csv(result, csv_dir)
+
+
 def print_outcome(outcome: GateOutcome, console: Console, *, failures_only: bool = False) -> None:
     rows = outcome.failures if failures_only else outcome.results
     title = "Failed gates" if failures_only else "Gates"

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from ._common import error_boundary, make_console
-from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option
+from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option, write_reports
 
 
 def merge(
@@ -43,14 +43,7 @@ def merge(
         result = merge_part_files(parts)
         result.write_json(output)
         outcome = evaluate(result, spec)
-        if html_path is not None:
-            from ..report.html import write_html
-
-            write_html(result, html_path, outcome)
-        if csv_dir is not None:
-            from ..report.tables import write_csv
-
-            write_csv(result, csv_dir)
+        write_reports(result, outcome, html_path, csv_dir)
         console = make_console()
         if not quiet:
             print_summary(result, console)

@@ -17,7 +17,7 @@ from ..report.terminal import print_summary
 from ..results import ScanResult
 from ._common import command_line, dataset_file, error_boundary, make_console, parse_floats, parse_shape
 from .gate_options import (
-    evaluate, finish, gate_file_option, junit_option, load_gates, print_metric_names, require_option,
+    evaluate, finish, gate_file_option, junit_option, load_gates, print_metric_names, require_option, write_reports,
 )
 
 
@@ -117,14 +117,7 @@ def scan(
         if json_path is not None:
             result.write_json(json_path)
         outcome = evaluate(result, gates)
-        if html_path is not None:
-            from ..report.html import write_html
-
-            write_html(result, html_path, outcome)
-        if csv_dir is not None:
-            from ..report.tables import write_csv
-
-            write_csv(result, csv_dir)
+        write_reports(result, outcome, html_path, csv_dir)
         console = make_console()
         if not quiet:
             print_summary(result, console)
