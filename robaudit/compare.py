@@ -30,8 +30,8 @@ _DATA_FIELDS = ("dataset", "split", "n", "data_source")
 
 
 def is_accuracy_metric(name: str) -> bool:
-    """The metrics ``--max-drop`` guards: clean and robust accuracies (higher is better)."""
-    return name == "clean.accuracy" or name.startswith("robust_acc.")
+    """The metrics ``--max-drop`` guards: clean, robust and certified accuracies (higher is better)."""
+    return name == "clean.accuracy" or name.startswith(("robust_acc.", "certified_acc.", "certify.upper."))
 
 
 @dataclass(frozen=True)

@@ -355,6 +355,8 @@ def _counted(ctx: ScanContext, check, k: int, n: int) -> Iterator[None]:
 def compute_parts(ctx: ScanContext, checks: Sequence, log: Callable[[str], None] | None = None) -> dict[str, float]:
     """Compute every check's part into ``ctx.parts`` (no combining); returns timings (s)."""
     timings: dict[str, float] = {}
+    for check in checks:
+        check.preflight(ctx)
     for k, check in enumerate(checks):
         t0 = time.perf_counter()
         if check.scope == "model" and not ctx.lead:
@@ -399,6 +401,8 @@ def run_scan(
         ctx.progress = progress
         if not quiet:
             _announce_estimate(ctx, checks)
+        for check in checks:
+            check.preflight(ctx)
         for k, check in enumerate(checks):
             t0 = time.perf_counter()
             with _counted(ctx, check, k, len(checks)):
@@ -474,16 +478,23 @@ def provenance(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: 
 
 
 def _with_requirements(names: tuple[str, ...]) -> list[str]:
-    """Order checks so each one's ``requires`` run first (``clean`` is always first)."""
+    """Order checks so each one's ``requires`` (and its ``after`` among the selected) run first
+    (``clean`` is always first)."""
     from .checks import CHECKS
 
     ordered: list[str] = []
 
+    selected = {n.strip().lower() for n in names}
+
     def visit(name: str) -> None:
         if name in ordered:
             return
-        for dep in CHECKS.get(name).requires:
+        cls = CHECKS.get(name)
+        for dep in cls.requires:
             visit(dep)
+        for dep in getattr(cls, "after", ()):
+            if dep in selected:
+                visit(dep)
         ordered.append(name)
 
     visit("clean")

@@ -11,6 +11,10 @@ is not a multiple of 0.1), otherwise the shortest decimal (``0.1``, ``1.5``). A 
 any other spelling of the same ε (``@0.03137254901960784``) or of the same attack
 (``pgd[steps=20]``) resolves to the canonical one (:func:`canonical_metric`).
 
+**Certification** metrics are ``certified_acc.<method>.<norm>@<ε>`` and
+``certify.{upper,unresolved}.<method>.<norm>@<ε>`` (:mod:`robaudit.checks.certify`); their ε and
+norm are respelled the same way.
+
 **Prediction.** :func:`predict_metric_names` lists every name a scan can produce from its checks,
 attacks and ε, without a forward pass (each check's ``metric_names(plan)``), so gates are checked
 before the scan and ``robaudit scan … --list-metrics`` can print them.
@@ -31,6 +35,8 @@ __all__ = [
     "canonical_params",
     "attack_label",
     "robust_acc_name",
+    "certified_acc_name",
+    "certify_metric_name",
     "parse_attack_label",
     "canonical_metric",
     "closest",
@@ -100,6 +106,20 @@ def robust_acc_name(label: str, norm: str, eps: float | str) -> str:
     return f"robust_acc.{label}.{norm}@{eps if isinstance(eps, str) else format_eps(eps)}"
 
 
+def certified_acc_name(method: str, norm: str, eps: float | str) -> str:
+    """``certified_acc.<method>.<norm>@<ε>``: the fraction of samples certified by ``method``."""
+    return f"certified_acc.{method}.{norm}@{eps if isinstance(eps, str) else format_eps(eps)}"
+
+
+def certify_metric_name(kind: str, method: str, norm: str, eps: float | str) -> str:
+    """``certify.<kind>.<method>.<norm>@<ε>`` for kind ``upper`` (the attacks' worst case without
+    exact's counterexamples) or ``unresolved`` (neither certified nor broken), fractions of samples."""
+    return f"certify.{kind}.{method}.{norm}@{eps if isinstance(eps, str) else format_eps(eps)}"
+
+
+_CERTIFY_PREFIXES = ("certified_acc.", "certify.upper.", "certify.unresolved.")
+
+
 def parse_attack_label(text: str) -> tuple[str, list[tuple[str, object]]] | None:
     """``pgd[steps=50,restarts=2]`` → ("pgd", [("steps", 50), ...]); None if it isn't one."""
     from .config import _parse_value
@@ -125,6 +145,13 @@ def _parse_number(text: str) -> float:
 def canonical_metric(name: str) -> str:
     """The canonical spelling of a metric name: for ``robust_acc.<attack>.<norm>@<ε>`` the attack
     label, norm and ε are respelled (see the module docstring); any other name is returned as is."""
+    if name.startswith(_CERTIFY_PREFIXES) and "@" in name:
+        head, _, eps_text = name.rpartition("@")
+        stem, _, norm_text = head.rpartition(".")
+        try:
+            return f"{stem}.{Norm.parse(norm_text).value}@{format_eps(_parse_number(eps_text))}"
+        except (ValueError, ZeroDivisionError, UsageError):
+            return name
     if not name.startswith("robust_acc.") or "@" not in name:
         return name
     head, _, eps_text = name.rpartition("@")
@@ -143,7 +170,7 @@ def canonical_metric(name: str) -> str:
 
 def has_interval(name: str) -> bool:
     """Whether metric ``name`` is a proportion of samples with a 95% interval (``lower()``/``upper()``)."""
-    return name in ("clean.accuracy", "sanity.large_eps_robust_accuracy") or name.startswith("robust_acc.")
+    return name in ("clean.accuracy", "sanity.large_eps_robust_accuracy") or name.startswith(("robust_acc.",) + _CERTIFY_PREFIXES)
 
 
 def closest(name: str, names: Iterable[str], n: int = 3) -> list[str]:

@@ -45,12 +45,18 @@ class MetricPlan:
 
 class Check:
     """``name`` is the section it writes; ``requires`` the checks that must run before it;
-    ``scope`` "samples" (shardable per-sample work) or "model" (computed once, in the lead process)."""
+    ``scope`` "samples" (shardable per-sample work) or "model" (computed once, in the lead process);
+    ``after`` checks it runs after when they are selected too."""
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
+    after: ClassVar[tuple[str, ...]] = ()  # run after these when they are selected too (not required)
     description: ClassVar[str] = ""
     scope: ClassVar[str] = "samples"
+
+    def preflight(self, ctx: "ScanContext") -> None:
+        """Called before the first check of a scan runs (in every process): refuse settings that
+        can only be judged with the model and data loaded (raise UsageError), before any work."""
 
     def compute(self, ctx: "ScanContext") -> "Part":
         """This process's part: per-sample tables for ``ctx.positions`` and an extra dict."""
@@ -100,5 +106,6 @@ CHECKS: Registry[type[Check]] = Registry(
         "robaudit.checks.spectra",
         "robaudit.checks.surfaces",
         "robaudit.checks.landscape",
+        "robaudit.checks.certify",
     ),
 )

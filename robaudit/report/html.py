@@ -51,6 +51,7 @@ SECTION_TITLES = {
     "spectra": "Layer spectra (singular values of the weights)",
     "surfaces": "Decision and loss surfaces in input space",
     "landscape": "Loss landscape in parameter space",
+    "certify": "Certified robust accuracy: the bracket",
 }
 _TEMPLATE_NAME = re.compile(r"^[a-z0-9_-]+$")
 

@@ -317,6 +317,56 @@ def _robust_curve(sec, result) -> str:
     return to_data_uri(fig)
 
 
+@plots_for("certify")
+@styled
+def certify_figures(sec, result) -> dict[str, Any]:
+    """The bracket across ε: attacked (upper) and certified (lower) robust accuracy with their 95%
+    intervals, the unresolved band shaded between them."""
+    if not sec.runs:
+        return {}
+    from ..metric_names import certified_acc_name, certify_metric_name
+
+    fig = figure(7.6, 4.2)
+    ax = fig.add_subplot()
+    intervals = result.intervals()
+    runs = sorted(sec.runs, key=lambda r: r.eps)
+    lower = [(r.eps, r.certified_accuracy) for r in runs]
+    upper = [(r.eps, r.upper_accuracy) for r in runs if r.upper_accuracy is not None]
+    if len(upper) == len(runs):
+        ax.fill_between([e for e, _ in lower], [100 * a for _, a in lower], [100 * a for _, a in upper],
+                        color="#bbbbbb", alpha=0.45, linewidth=0, label="unresolved (neither certified nor broken)", zorder=1)
+    if upper:
+        cis = [intervals.get(certify_metric_name("upper", sec.method, sec.norm, e)) for e, _ in upper]
+        _errorbar(ax, upper, cis, marker="s", markersize=5, linewidth=2.0, color=ADVERSARIAL,
+                  label="attacked: upper bound (worst case over attacks)", zorder=3)
+    cis = [intervals.get(certified_acc_name(sec.method, sec.norm, e)) for e, _ in lower]
+    _errorbar(ax, lower, cis, marker="o", markersize=5, linewidth=2.0, color=NATURAL,
+              label=f"certified ({plain(sec.method)}): lower bound", zorder=4)
+    sym = norm_symbol(sec.norm)
+    ax.set_xlabel(f"ε ({sym} radius, pixel scale [0,1])")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    top = max(e for e, _ in lower) or 1.0
+    ax.set_xlim(left=-0.03 * top, right=1.05 * top)
+    from ..threat import format_eps
+
+    ticks = sorted({e for e, _ in lower})
+    ax.set_xticks(ticks, [format_eps(e) for e in ticks], rotation=30 if len(ticks) > 5 else 0)
+    ax.set_title(f"certified ≤ true ≤ attacked ({sym}, n={result.provenance.n}; bars: 95% intervals)")
+    fig.legend(loc="outside lower center", ncols=2)
+    out: dict[str, Any] = {"bracket": to_data_uri(fig)}
+    radii = [v for v in sec.radius if v is not None]
+    if radii:
+        fig = figure(6.4, 3.0)
+        ax = fig.add_subplot()
+        ax.hist(radii, bins=histogram_bins(radii, 30).edges, color=NATURAL)
+        ax.set_xlabel(f"largest certified ε per sample ({sym}, pixel scale; search up to {format_eps(sec.radius_max or top)})")
+        ax.set_ylabel("samples")
+        ax.set_title(f"Certified radii ({plain(sec.method if sec.method != 'exact' else 'crown')}, clean-correct samples)")
+        out["radii"] = to_data_uri(fig)
+    return out
+
+
 def _gallery(sec, result) -> list[dict[str, Any]]:
     """Per weak sample: clean image, adversarial image, amplified perturbation, labels, margin, and
     the margin-Jacobian heatmap when the jacobian section stored one for the same sample."""

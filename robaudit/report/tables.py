@@ -5,7 +5,11 @@ dataset order. ``index`` (position in the dataset), ``label``, ``prediction``, `
 ``margin`` L(x) = Z_y − max_{i≠y} Z_i (logits), ``true_class_probability`` (softmax(Z)_y in
 [0,1]), ``loss`` (cross-entropy, nats); one boolean column per attack and ε,
 ``robust.<attack>.<norm>@<eps>``, and ``robust.ensemble.<norm>@<eps>`` (worst case); with the
-geometry checks that ran: ``minimal.radius`` / ``minimal.deepfool_radius`` (attack-found minimal
+geometry checks that ran: with ``certify``, per ε ``certified.<method>.<norm>@<eps>`` (bool),
+``certified_lower.<method>.<norm>@<eps>`` (the lower bound of the smallest margin z_y − z_j over
+the threat set, logits; NaN where misclassified), ``certify_status.<method>.<norm>@<eps>``
+(certified, unknown, incorrect, falsified, timeout, undecided, skipped) and ``certify.radius``
+(largest certified ε, pixel scale); ``minimal.radius`` / ``minimal.deepfool_radius`` (attack-found minimal
 perturbation, threat norm, pixel scale; NaN where none was found, 0 where misclassified),
 ``jacobian.<margin|ce>.<l1|l2|linf|zero_fraction>`` (norms of ∂L/∂x in logits per pixel unit and
 of ∇ℓ in nats per pixel unit), and on the samples the curvature/indicator checks used (NaN
@@ -13,7 +17,8 @@ elsewhere) ``curvature.*`` (loss, ‖∇ℓ‖₂, Hessian λ_max/λ_min, ‖H�
 (Eq. 9 radii ``radius_*``, Theorem-1 bounds, the attack-found ``attack_radius_*``).
 
 ``per_class_table`` (``ScanResult.per_class()``, ``per_class.csv``): one row per class: ``n``,
-``clean_accuracy``, robust accuracy per attack and ε (fraction of the class's samples),
+``clean_accuracy``, robust accuracy per attack and ε and certified accuracy per ε (fractions of
+the class's samples),
 ``margin_mean``, ``minimal.radius_median`` and ``jacobian.margin.l1_mean`` where those ran.
 
 ``robust_accuracy.csv``: attack, norm, eps (float, pixel scale [0,1]), eps_label (as in metric
@@ -112,6 +117,17 @@ def samples_table(result: ScanResult) -> pd.DataFrame:
     for key, robust in (_get(attacks, "ensemble_robust", {}) or {}).items():
         if len(robust) == n:
             cols[f"robust.ensemble.{norm}@{key}"] = list(robust)
+    certify = result.section("certify")
+    for run in _get(certify, "runs", ()) or ():
+        name = f"{_get(certify, 'method')}.{_get(certify, 'norm')}@{format_eps(_get(run, 'eps'))}"
+        for field, prefix, convert in (("certified", "certified", list), ("lower", "certified_lower", _floats),
+                                       ("status", "certify_status", list)):
+            values = _get(run, field)
+            if values is not None and len(values) == n:
+                cols[f"{prefix}.{name}"] = convert(values)
+    radius = _get(certify, "radius")
+    if radius and len(radius) == n:
+        cols["certify.radius"] = _floats(radius)
     jacobian = result.section("jacobian")
     for function in ("margin", "ce"):
         for stat in _JACOBIAN_STATS:
@@ -148,7 +164,7 @@ def per_class_table(result: ScanResult) -> pd.DataFrame:
     table["n"] = table["n"].astype("int64")
     if "correct" in samples:
         table["clean_accuracy"] = by_class["correct"].mean()
-    for col in [c for c in samples.columns if c.startswith("robust.")]:
+    for col in [c for c in samples.columns if c.startswith(("robust.", "certified."))]:
         table[col] = by_class[col].mean()
     summaries = (("margin", "mean"), ("minimal.radius", "median"), ("jacobian.margin.l1", "mean"))
     for col, how in summaries:

@@ -179,6 +179,47 @@ def geometry_tables(result: ScanResult) -> list[Table]:
     return tables
 
 
+def certify_lines(sec) -> list[str]:
+    """Why a certify section has no runs (blocking layers, an untraceable graph), as text lines."""
+    if sec.untraceable:
+        return [f"CERTIFY: not run: the model's graph can't be traced ({sec.untraceable}); the rest of the scan ran"]
+    if sec.blocked_by:
+        return [f"CERTIFY: not run: certification is blocked by {'; '.join(sec.blocked_by)} (operators outside "
+                "the supported set, docs/certify.md); the rest of the scan ran"]
+    return []
+
+
+def certify_table(sec, result: ScanResult) -> Table | None:
+    """Per ε: certified accuracy (lower bound), the attacks' worst case (upper bound) and the
+    samples in between, each accuracy with its 95% interval."""
+    if not sec.runs:
+        return None
+    from ..metric_names import certified_acc_name, certify_metric_name
+
+    intervals = result.intervals()
+    exact = sec.method == "exact"
+    inter = "" if sec.method == "ibp" or exact else f", pre-activation boxes by {sec.intermediate}"
+    t = Table(title=(f"Certified vs attacked robust accuracy ({sec.norm}, pixel space [0,1]; {sec.method}{inter}; "
+                     f"n={result.provenance.n}, 95% Clopper–Pearson interval): certified ≤ true ≤ attacked"),
+              title_justify="left")
+    columns = ["ε", f"certified ({sec.method}) [95% CI]", "attacked worst case [95% CI]", "unresolved"]
+    if exact:
+        columns += ["falsified", "timeout"]
+    columns += ["time"]
+    for col in columns:
+        t.add_column(col, justify="right")
+    for r in sec.runs:
+        cert = pct_ci(r.certified_accuracy, intervals.get(certified_acc_name(sec.method, sec.norm, r.eps)))
+        upper = pct_ci(r.upper_accuracy, intervals.get(certify_metric_name("upper", sec.method, sec.norm, r.eps)))
+        unresolved = "—" if r.n_unresolved is None else str(r.n_unresolved)
+        row = [format_eps(r.eps), cert, upper if r.upper_accuracy is not None else "— (no attacks)", unresolved]
+        if exact:
+            row += [str(r.n_falsified), str(sum(s in ("timeout", "undecided", "skipped") for s in r.status))]
+        row.append(f"{r.seconds:.1f}s")
+        t.add_row(*row)
+    return t
+
+
 def _fixed_batch_line(batch: int) -> str:
     """What auditing a model that runs at one batch size only costs."""
     if batch == 1:
@@ -263,6 +304,14 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
         console.print(t)
         for c in getattr(attacks, "blackbox_only", ()):
             console.print(Text(f"  {_blackbox_only_line(c)}", style="dim"), soft_wrap=True)
+
+    certify = _typed(result, "certify")
+    if certify is not None:
+        for line in certify_lines(certify):
+            console.print(Text(f"  {line}", style="yellow"), soft_wrap=True)
+        table = certify_table(certify, result)
+        if table is not None:
+            console.print(table)
 
     if margins is not None:
         t = Table(title="Margin L(x) = Z_y − max_{i≠y} Z_i (logits)", title_justify="left")

@@ -87,7 +87,8 @@ def recipe(attacks) -> Recipe | None:
 
 
 def headline(result) -> list[Headline]:
-    """Clean accuracy, then the worst-case robust accuracy at each ε, each with its interval."""
+    """Clean accuracy, the worst-case robust accuracy at each ε (an upper bound) and the certified
+    accuracy at each ε (a lower bound), each with its interval."""
     intervals = result.intervals()
     out = []
     clean = result.section("clean")
@@ -101,6 +102,14 @@ def headline(result) -> list[Headline]:
             key = format_eps(eps)
             out.append(Headline(f"robust accuracy, worst case, {sym} ε={key}", (_get(attacks, "ensemble", {}) or {}).get(key),
                                 intervals.get(f"robust_acc.ensemble.{norm}@{key}"), adversarial=True))
+    certify = result.section("certify")
+    if certify is not None:
+        norm, method = _get(certify, "norm"), _get(certify, "method")
+        sym = {"linf": "ℓ∞", "l2": "ℓ2"}.get(norm, norm)
+        for run in _get(certify, "runs", ()) or ():
+            key = format_eps(_get(run, "eps"))
+            out.append(Headline(f"certified accuracy ({method}), {sym} ε={key}", _get(run, "certified_accuracy"),
+                                intervals.get(f"certified_acc.{method}.{norm}@{key}")))
     return out
 
 
