@@ -26,8 +26,9 @@ def _comparable(result_dict: dict) -> dict:
     d = json.loads(json.dumps(result_dict))
     d.pop("timings")
     d.pop("passes")  # costs, like timings: a Lanczos batch runs as long as its slowest sample
-    for run in d["sections"].get("attacks", {}).get("runs", []):
-        run.pop("seconds")
+    for name in ("attacks", "certify"):
+        for run in d["sections"].get(name, {}).get("runs", []):
+            run.pop("seconds")
     d["provenance"].pop("command_line")
     d["provenance"].pop("execution")
     return d
@@ -48,7 +49,7 @@ def _setup(n=30):
 CFG = dict(
     eps="0.05,0.15", attacks="apgd-ce:n_iter=6,apgd-t:n_iter=4:n_target_classes=3,square:n_queries=20", ensemble="cascade",
     checks="clean,sanity,attacks,margins,minimal,jacobian,curvature:k=4:n_probes=2,indicator,spectra,"
-           "surfaces:n_samples=2:steps=5,landscape:n_samples=20:steps_1d=3:steps_2d=3",
+           "surfaces:n_samples=2:steps=5,landscape:n_samples=20:steps_1d=3:steps_2d=3,certify:radius=true:radius_steps=4",
     compute_block=4, device="cpu",
 )
 
@@ -69,6 +70,7 @@ def test_three_shards_merged_equal_the_single_process_scan(tmp_path):
     # the selections were made over all samples, not per shard
     assert len(b["sections"]["curvature"]["indices"]) == 4 and len(b["sections"]["surfaces"]["samples"]) == 2
     assert b["sections"]["landscape"]["n_samples"] == 20 and b["sections"]["spectra"]["layers"]
+    assert b["sections"]["certify"]["runs"] and any(b["sections"]["certify"]["runs"][0]["certified"])
 
 
 def test_two_shards_of_the_default_checks_via_the_cli(tmp_path):
@@ -145,7 +147,8 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     """torchrun --nproc_per_node=2 on CPU (gloo): rank 0 writes one result equal to a single process's."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = ["scan", str(DEMO_MODEL), "-d", "demo", "-n", "30", "--attacks", "fgsm,pgd:steps=3",
-            "--checks", "clean,sanity,attacks,margins,jacobian,spectra", "--compute-block", "8", "--device", "cpu"]
+            "--checks", "clean,sanity,attacks,margins,jacobian,spectra,certify:method=ibp", "--compute-block", "8",
+            "--device", "cpu"]
     single = subprocess.run([sys.executable, "-m", "robaudit", *args, "-q", "--json", str(tmp_path / "one.json")],
                             env=env, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr

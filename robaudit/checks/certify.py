@@ -125,7 +125,7 @@ class CertifyCheck(Check):
     max_unstable: int = 400  # exact: refuse models whose probed samples need more binary variables
     radius: bool = False  # also the largest certified ε per sample (bisection with the method; crown for exact)
     radius_steps: int = 12
-    dtype: str = "auto"  # bounds in float32 or float64 (auto: float64 for exact, float32 otherwise)
+    dtype: str = "auto"  # bounds in float32 or float64 (auto: float64 for exact and under --compute-block)
 
     # --- settings ---------------------------------------------------------------------------------
     def _validate(self, norm: str) -> None:
@@ -152,9 +152,12 @@ class CertifyCheck(Check):
             return self.intermediate
         return "ibp" if self.method == "ibp" else "crown"
 
-    def _dtype(self) -> torch.dtype:
+    def _dtype(self, config) -> torch.dtype:
+        """float64 for exact (its big-M constants) and under --compute-block (whose promise is the same
+        JSON at any batch size: float32 bounds differ in their last bits with the batch's kernels);
+        float32 otherwise."""
         if self.dtype == "auto":
-            return torch.float64 if self.method == "exact" else torch.float32
+            return torch.float64 if self.method == "exact" or config.compute_block else torch.float32
         return getattr(torch, self.dtype)
 
     # --- planning ---------------------------------------------------------------------------------
@@ -213,8 +216,8 @@ class CertifyCheck(Check):
         y = ctx.data.y[probe].to(ctx.device)
         eps = max(ctx.eps)
         with torch.no_grad():
-            threat = ThreatSet(x.to(self._dtype()), eps, ctx.config.norm.value)
-            _, bounds = spec_bounds(graph, threat, margin_spec(y, graph.num_classes, self._dtype()), "crown")
+            threat = ThreatSet(x.to(self._dtype(ctx.config)), eps, ctx.config.norm.value)
+            _, bounds = spec_bounds(graph, threat, margin_spec(y, graph.num_classes, self._dtype(ctx.config)), "crown")
             counts = count_binaries(graph, bounds)
         worst = int(counts.argmax())
         if int(counts[worst]) > self.max_unstable:
@@ -279,7 +282,7 @@ class CertifyCheck(Check):
         if not rows.numel():
             return certified, lower, status
         verifier = self._verifier(ctx, graph) if self.method == "exact" else None
-        dtype = self._dtype()
+        dtype = self._dtype(ctx.config)
         norm = ctx.config.norm.value
         tag = f"certify {self.method} {norm}@{format_eps(eps)}"
 
@@ -338,7 +341,7 @@ class CertifyCheck(Check):
         radii: list[float | None] = [None] * n
         rows = correct.nonzero().squeeze(1)
         top = self.radius_max(ctx.eps)
-        dtype = self._dtype()
+        dtype = self._dtype(ctx.config)
         method = self._bound_method()
 
         def batch(x, y, sl):
