@@ -289,11 +289,12 @@ def test_no_certified_sample_is_broken_by_attacks_or_sampling(norm, eps):
     ("resnet18", {}, (3, 32, 32)),
     ("preact-resnet18", {}, (3, 32, 32)),
     ("wrn-28-10", {"depth": 10, "widen_factor": 1}, (3, 32, 32)),
+    ("mlp", {"hidden": 8}, (1, 28, 28)),
 ])
 def test_registry_networks_trace(arch, kwargs, shape):
     from robaudit.models.architectures import ARCHITECTURES
 
-    net = ARCHITECTURES.get(arch)(num_classes=10, **kwargs) if arch != "small-cnn" else ARCHITECTURES.get(arch)(**kwargs)
+    net = ARCHITECTURES.get(arch)(num_classes=10, in_channels=shape[0], **kwargs)
     model = NormalizedModel(net, mean=[0.5] * shape[0], std=[0.25] * shape[0]).eval()
     try:
         graph = trace(model, shape)

@@ -355,7 +355,7 @@ def test_check_fits_static_batch_export(tmp_path):
 # --- architectures ---------------------------------------------------------------------------
 
 ARCH_INPUTS = {"small-cnn": (1, 28, 28), "yu-convnet": (3, 32, 32), "resnet18": (3, 32, 32),
-               "preact-resnet18": (3, 32, 32), "wrn-28-10": (3, 32, 32)}
+               "preact-resnet18": (3, 32, 32), "wrn-28-10": (3, 32, 32), "mlp": (1, 28, 28)}
 
 
 @pytest.mark.parametrize("name", sorted(ARCH_INPUTS))
