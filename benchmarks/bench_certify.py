@@ -62,7 +62,7 @@ def main() -> None:
     header = f"{'eps':>7} {'method':>12} {'s/image':>9} {'÷ PGD-20':>9} {'certified':>10} {'PGD-robust':>11}"
     print(header)
     for eps in parse_eps_list(args.eps):
-        def pgd():
+        def pgd(eps=eps):
             robust = []
             for k in range(0, len(y), args.batch):
                 out = PGD(steps=20).run(model, x[k:k + args.batch], y[k:k + args.batch], ThreatModel(norm, eps),
@@ -76,7 +76,7 @@ def main() -> None:
         for method in args.methods.split(","):
             bound, inter = ("crown", "ibp") if method == "crown-ibp" else (method, None)
 
-            def certify(bound=bound, inter=inter):
+            def certify(bound=bound, inter=inter, eps=eps):
                 cert = []
                 with torch.no_grad():
                     for k in range(0, len(y), args.batch):

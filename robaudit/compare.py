@@ -4,7 +4,7 @@ Two results are comparable when they were computed on the same data (provenance 
 ``split``, ``n``, ``data_source`` and, where both record them, the scanned samples' ``indices``) under the same threat model (the attacks section's ``norm`` and
 its set of ε). ``delta = after − before`` in the metric's own unit (accuracies: fractions in
 [0,1]); a *drop* is a negative delta. ``--max-drop`` applies to ``clean.accuracy`` and every
-``robust_acc.*`` metric, where higher is better.
+``robust_acc.*``, ``certified_acc.*`` and ``certify.upper.*`` metric, where higher is better.
 
 Accuracies are compared **per sample**: both results store, for every sample in dataset order,
 whether it was correct / robust, so each accuracy gets the exact McNemar test
@@ -76,8 +76,14 @@ class Comparison:
         )
 
 
-def _eps_set(result: ScanResult) -> tuple[float, ...] | None:
+def _threat_section(result: ScanResult):
+    """The section that states the threat model: the attacks', else the certify check's."""
     sec = result.section("attacks")
+    return sec if sec is not None else result.section("certify")
+
+
+def _eps_set(result: ScanResult) -> tuple[float, ...] | None:
+    sec = _threat_section(result)
     if sec is None:
         return None
     eps = sec.get("eps") if isinstance(sec, dict) else getattr(sec, "eps", None)
@@ -85,7 +91,7 @@ def _eps_set(result: ScanResult) -> tuple[float, ...] | None:
 
 
 def _norm(result: ScanResult) -> str | None:
-    sec = result.section("attacks")
+    sec = _threat_section(result)
     if sec is None:
         return None
     return sec.get("norm") if isinstance(sec, dict) else getattr(sec, "norm", None)

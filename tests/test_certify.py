@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from robaudit.certify.exact import ExactVerifier
 from robaudit.cli.main import app
 from robaudit.data import load_dataset
 from robaudit.data.registry import DataRequest
-from robaudit.models import NormalizedModel, save_model
+from robaudit.models import NormalizedModel
 
 runner = CliRunner()
 
@@ -106,7 +105,7 @@ def test_linear_model_l2_bound_where_the_box_clips_the_ball():
     x0 = x.flatten().numpy()
     for k, j in enumerate(other_classes(y, 3)[0].tolist()):
         a, c = w[1] - w[j], b[1] - b[j]
-        res = minimize(lambda v: a @ v + c, x0, jac=lambda v: a, bounds=[(0, 1)] * 6, method="SLSQP",
+        res = minimize(lambda v, a=a, c=c: a @ v + c, x0, jac=lambda v, a=a: a, bounds=[(0, 1)] * 6, method="SLSQP",
                        constraints=[{"type": "ineq", "fun": lambda v: eps**2 - ((v - x0) ** 2).sum(),
                                      "jac": lambda v: -2 * (v - x0)}], options={"ftol": 1e-12, "maxiter": 500})
         assert res.success
@@ -197,7 +196,7 @@ def test_exact_decides_every_sample_of_a_small_net():
     result = api.scan(model, (x, y), eps=[0.05, 0.12], checks="clean,attacks,certify:method=exact", attacks="standard")
     sec = result.section("certify")
     for run in sec.runs:
-        assert set(run.status) <= {"certified", "falsified", "incorrect"}
+        assert set(run.status) <= {"certified", "falsified", "incorrect", "broken"}
         assert run.n_unresolved == 0
         assert run.certified_accuracy == pytest.approx(run.upper_accuracy)
         # falsified samples are misclassified by the float32 model at a point within ε
@@ -258,7 +257,8 @@ def test_no_certified_sample_is_broken_by_attacks_or_sampling(norm, eps):
     x = torch.rand(32, 1, 8, 8)
     y = model(x).argmax(1)
     y[-4:] = torch.arange(4)  # every class present (an in-memory dataset's classes are 0..max(y))
-    result = api.scan(model, (x, y), eps=[eps], norm=norm, checks="clean,attacks,certify:method=crown", attacks="standard")
+    result = api.scan(model, (x, y), eps=[eps], norm=norm, checks="clean,attacks,certify:method=crown:skip_broken=false",
+                        attacks="standard")
     run = result.section("certify").runs[0]
     robust = result.section("attacks").ensemble_robust[next(iter(result.section("attacks").ensemble_robust))]
     certified = torch.tensor(run.certified)
@@ -367,20 +367,25 @@ def test_blocked_model_leaves_the_rest_of_the_scan(tmp_path):
 # --- the check through the CLI --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def small_mlp_file(tmp_path_factory):
-    """A 784-24-10 MLP trained for a few epochs on the embedded Fashion-MNIST sample."""
+def _train_mlp(epochs: int) -> nn.Module:
+    """A 784-24-10 MLP trained full-batch on the embedded Fashion-MNIST sample (seeded)."""
     data = load_dataset("demo", DataRequest(split="test"))
     x, y = data.batch(torch.arange(data.n)), data.y
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 24), nn.ReLU(), nn.Linear(24, 10))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(60):
+    for _ in range(epochs):
         opt.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
+    return net
+
+
+@pytest.fixture(scope="module")
+def small_mlp_file(tmp_path_factory):
+    """The MLP after 60 full-batch steps, pickled whole: loaded with --trust-checkpoint (a file this test wrote)."""
     path = tmp_path_factory.mktemp("certify") / "mlp.pt"
-    torch.save(net, path)  # a pickled complete model: loaded with --trust-checkpoint (a file this test wrote)
+    torch.save(_train_mlp(60), path)
     return path
 
 
@@ -457,3 +462,21 @@ def test_shards_merge_to_the_single_process_result(small_mlp_file, tmp_path):
     for c, r in zip(one["runs"][0]["certified"], one["radius"]):
         if c:
             assert r >= one["runs"][0]["eps"] - one["radius_max"] / 2 ** 6
+
+
+def test_compare_guards_certified_accuracy(small_mlp_file, tmp_path):
+    """A less trained model certifies fewer samples; compare --max-drop flags certified_acc."""
+    from robaudit.compare import compare_results
+    from robaudit.results import ScanResult
+
+    worse = tmp_path / "worse.pt"
+    torch.save(_train_mlp(8), worse)
+    args = ["-n", 40, "--checks", "clean,certify", "--eps", "0.005"]
+    assert _cli_scan(small_mlp_file, *args, "--json", tmp_path / "a.json")[0] == 0
+    assert _cli_scan(worse, *args, "--json", tmp_path / "b.json")[0] == 0
+    before, after = ScanResult.read_json(tmp_path / "a.json"), ScanResult.read_json(tmp_path / "b.json")
+    name = "certified_acc.crown.linf@0.005"
+    assert before.metrics()[name] - after.metrics()[name] > 0.01  # the premise
+    assert name in {d.metric for d in compare_results(before, after).regressions(0.01)}
+    res = runner.invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--max-drop", "0.01"])
+    assert res.exit_code == 1 and name in res.output, res.output

@@ -409,7 +409,7 @@ class MaxPool2d(BoundOp):
             return cached
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
         ph, pw = self.padding
-        H, W = self.in_shape[-2] + 2 * ph, self.in_shape[-1] + 2 * pw
+        W = self.in_shape[-1] + 2 * pw  # the padded map's width
         oh, ow = self.out_shape[-2:]
         rows = (torch.arange(oh) * sh)[None, :, None] + (torch.arange(kh) * dh)[:, None, None]  # [kh, oh, 1]
         cols = (torch.arange(ow) * sw)[None, None, :] + (torch.arange(kw) * dw)[:, None, None]  # [kw, 1, ow]

@@ -120,8 +120,7 @@ def _conv(op: ops.Conv2d, patch: Patch) -> tuple[Patch, torch.Tensor | int] | No
     w, b = op._wb(patch.A)
     R, K, C, h, wd = patch.A.shape
     C_in, H, W = op.in_shape
-    kh, kw = w.shape[-2:]
-    (sh, sw), (ph, pw), (dh, dw) = op.stride, op.padding, op.dilation
+    (sh, sw), (ph, pw) = op.stride, op.padding
     back = F.conv_transpose2d(patch.A.reshape(R * K, C, h, wd), w, None, op.stride, 0, 0, op.groups, op.dilation)
     if back.shape[-2] >= H and back.shape[-1] >= W:
         return None  # the window covers the map: dense is cheaper

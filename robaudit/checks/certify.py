@@ -36,9 +36,10 @@ __all__ = ["CertifyRun", "CertifySection", "CertifyCheck", "STATUSES"]
 
 METHODS = ("ibp", "crown", "alpha-crown", "exact")
 # per sample and ε: certified; unknown (bound ≤ 0, not decided); incorrect (misclassified clean);
+# broken (an attack of the same scan broke it at this or a smaller ε: not bounded, skip_broken);
 # exact only: falsified (counterexample), timeout, undecided (within the solver's tolerance),
 # skipped (more binary variables than max_unstable)
-STATUSES = ("certified", "unknown", "incorrect", "falsified", "timeout", "undecided", "skipped")
+STATUSES = ("certified", "unknown", "incorrect", "broken", "falsified", "timeout", "undecided", "skipped")
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class CertifyCheck(Check):
     max_unstable: int = 400  # exact: refuse models whose probed samples need more binary variables
     radius: bool = False  # also the largest certified ε per sample (bisection with the method; crown for exact)
     radius_steps: int = 12
+    skip_broken: bool = True  # don't bound samples an attack of this scan broke at ε (false: bound them, a soundness cross-check)
     dtype: str = "auto"  # bounds in float32 or float64 (auto: float64 for exact and under --compute-block)
 
     # --- settings ---------------------------------------------------------------------------------
@@ -259,11 +261,12 @@ class CertifyCheck(Check):
         clean = ctx.local("clean")
         correct = torch.tensor(clean.col("correct"), dtype=torch.bool)
         n = int(ctx.positions.numel())
+        broken = self._broken_by_attacks(ctx, n) if self.skip_broken else {}
         columns: dict[str, list] = {}
         seconds = []
         for r, eps in enumerate(sorted(ctx.eps)):
             t0 = time.perf_counter()
-            certified, lower, status = self._at_eps(ctx, graph, eps, correct, n)
+            certified, lower, status = self._at_eps(ctx, graph, eps, correct, n, broken.get(eps))
             columns.update({f"certified.{r}": certified, f"lower.{r}": lower, f"status.{r}": status})
             seconds.append(round(time.perf_counter() - t0, 4))
         if self.radius:
@@ -272,12 +275,32 @@ class CertifyCheck(Check):
         part.add("samples", ctx.positions, **columns)
         return part
 
-    def _at_eps(self, ctx, graph, eps: float, correct: torch.Tensor, n: int):
-        from ..certify import ThreatSet, margin_spec, other_classes, spec_bounds
+    @staticmethod
+    def _broken_by_attacks(ctx, n: int) -> dict[float, torch.Tensor]:
+        """ε → this process's samples an attack of the same scan broke at ε or a smaller ε (the
+        attacks check's records: run r is ε index r // len(attacks), attack r % len(attacks))."""
+        table = ctx.local("attacks")
+        specs = ctx.config.attacks
+        if not len(table) or not specs:
+            return {}
+        out: dict[float, torch.Tensor] = {}
+        carried = torch.zeros(n, dtype=torch.bool)
+        for k, eps in enumerate(sorted(ctx.eps)):
+            for a in range(len(specs)):
+                carried = carried | torch.tensor(table.col(f"broken.{k * len(specs) + a}"), dtype=torch.bool)
+            out[eps] = carried.clone()
+        return out
+
+    def _at_eps(self, ctx, graph, eps: float, correct: torch.Tensor, n: int, broken: torch.Tensor | None = None):
+        from ..certify import ThreatSet, margin_spec, spec_bounds
 
         certified = [False] * n
         lower: list[float | None] = [None] * n
         status = ["incorrect"] * n
+        if broken is not None:  # an attack found an adversarial example: it can't be certified
+            for i in (correct & broken).nonzero().squeeze(1).tolist():
+                status[i] = "broken"
+            correct = correct & ~broken
         rows = correct.nonzero().squeeze(1)
         if not rows.numel():
             return certified, lower, status

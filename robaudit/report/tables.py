@@ -8,7 +8,7 @@ dataset order. ``index`` (position in the dataset), ``label``, ``prediction``, `
 geometry checks that ran: with ``certify``, per ε ``certified.<method>.<norm>@<eps>`` (bool),
 ``certified_lower.<method>.<norm>@<eps>`` (the lower bound of the smallest margin z_y − z_j over
 the threat set, logits; NaN where misclassified), ``certify_status.<method>.<norm>@<eps>``
-(certified, unknown, incorrect, falsified, timeout, undecided, skipped) and ``certify.radius``
+(certified, unknown, incorrect, broken, falsified, timeout, undecided, skipped) and ``certify.radius``
 (largest certified ε, pixel scale); ``minimal.radius`` / ``minimal.deepfool_radius`` (attack-found minimal
 perturbation, threat norm, pixel scale; NaN where none was found, 0 where misclassified),
 ``jacobian.<margin|ce>.<l1|l2|linf|zero_fraction>`` (norms of ∂L/∂x in logits per pixel unit and
