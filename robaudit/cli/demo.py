@@ -18,7 +18,7 @@ DEMO_FILES = ("results.json", "report.html")  # written into --out
 
 
 def demo(
-    n: int = typer.Option(500, "--n", "-n", help="How many of the 1,000 embedded test images to scan."),
+    n: int = typer.Option(500, "--num-samples", "--n", "-n", help="How many of the 1,000 embedded test images to scan."),
     eps: str = typer.Option("0.05,0.1", "--eps", help="ℓ∞ radii on the [0,1] pixel scale."),
     out: Path = typer.Option(Path("robaudit-demo"), "--out", help="Folder for results.json and report.html."),
     device: str = typer.Option("auto", "--device"),
@@ -34,7 +34,7 @@ def demo(
     with error_boundary(debug):
         # usage errors (radii, output folder) before any work
         if n < 1:
-            raise UsageError("--n must be >= 1")
+            raise UsageError("--num-samples (-n) must be >= 1")
         config = ScanConfig(norm=Norm.LINF, eps=tuple(parse_eps_list(eps)), attacks=parse_attack_list("quick"), seed=seed, device=device)
         check_outputs(folders={"--out": (out, DEMO_FILES)})
         data = load_dataset("demo", DataRequest(n=n))
