@@ -40,7 +40,8 @@ from .engine import (
 )
 from .errors import InputError, RobauditError, UsageError
 from .models.spec import LoadedModel
-from .parts import PART_FORMAT, CombineInfo, Part, digest, read_json
+from .jsonio import read_json
+from .parts import PART_FORMAT, CombineInfo, Part, digest
 from .results import Provenance, ScanResult, from_jsonable, to_jsonable
 from .threat import Norm
 
@@ -197,17 +198,15 @@ class _Labelled:
 
 
 def write_part(path: str | Path, payload: dict) -> None:
-    """Write a part file atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, allow_nan=True))
-    tmp.replace(path)
+    """Write a part file atomically (robaudit.outputs: the previous file or the complete new one)."""
+    from .outputs import atomic_write
+
+    atomic_write(path, json.dumps(payload, allow_nan=True))
 
 
 def read_part(path: str | Path) -> dict:
     """A part file's payload; InputError (exit 3) when it is not one."""
-    data = read_json(path)
+    data = read_json(path, "robaudit part file")
     if not isinstance(data, dict) or "robaudit_part" not in data:
         raise InputError(f"{path} is not a robaudit part file (write one with robaudit scan --shard K/N --json FILE)")
     if data["robaudit_part"] != PART_FORMAT:
@@ -267,17 +266,37 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
     clean = info.tables["clean"]["samples"]
     if clean.positions != list(range(info.n)):
         raise InputError(f"the parts cover {len(clean.positions)} of the scan's {info.n} samples")
-    prov = from_jsonable(Provenance, payloads[0]["provenance"])
-    timings = {c.name: max(float(p.get("timings", {}).get(c.name, 0.0)) for p in payloads) for c in checks}
-    passes = {c.name: {kind: sum(_count(p, c.name, kind) for p in payloads) for kind in ("grad", "hvp")} for c in checks}
-    return ScanResult(
-        provenance=replace(prov, execution=execution),
-        sections=dict(info.sections),
-        flags=tuple(info.flags),
-        model_warnings=tuple(payloads[0].get("model_warnings", ())),
-        timings=timings,
-        passes=passes,
-    )
+    try:
+        prov = from_jsonable(Provenance, payloads[0]["provenance"])
+        timings = {c.name: max(float(p.get("timings", {}).get(c.name, 0.0)) for p in payloads) for c in checks}
+        passes = {c.name: {kind: sum(_count(p, c.name, kind) for p in payloads) for kind in ("grad", "hvp")} for c in checks}
+        result = ScanResult(
+            provenance=replace(prov, execution=execution),
+            sections=dict(info.sections),
+            flags=tuple(info.flags),
+            model_warnings=tuple(payloads[0].get("model_warnings", ())),
+            timings=timings,
+            passes=passes,
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"the parts can't be combined ({type(exc).__name__}: {exc}); are they complete part files?") from None
+    _check_as_a_result_file(result)
+    return result
+
+
+def _check_as_a_result_file(result: ScanResult) -> None:
+    """The merged result must read back as its JSON file would (``ScanResult.read_json``: types,
+    per-sample and per-class lengths, sample indices, encoded images): parts whose records
+    disagree are refused here, before ``merge`` or rank 0 writes any file (exit 3)."""
+    from .jsonio import parse_json
+
+    try:
+        ScanResult.from_dict(parse_json(result.to_json(indent=None), "the merged result"))
+    except InputError as exc:
+        raise InputError(f"the parts' records are inconsistent: the merged result would be invalid ({exc})") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a section's own checks
+        raise InputError(f"the parts' records are inconsistent: the merged result would be invalid "
+                         f"({type(exc).__name__}: {exc})") from None
 
 
 def _count(payload: dict, check: str, kind: str) -> int:
