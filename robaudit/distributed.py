@@ -256,6 +256,7 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
         raise InputError(f"{names[0]}: its settings can't be read ({type(exc).__name__}: {exc})") from None
     checks = build_checks(config)
     _refuse_run_only_checks(checks)
+    _check_records(payloads, names, header.get("n"))
     try:
         parts = {c.name: [Part.from_dict(p["parts"][c.name]) for p in payloads] for c in checks}
         info = CombineInfo(n=int(header["n"]), class_names=tuple(header["class_names"]), input_shape=tuple(header["input_shape"]),
@@ -266,6 +267,7 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
     clean = info.tables["clean"]["samples"]
     if clean.positions != list(range(info.n)):
         raise InputError(f"the parts cover {len(clean.positions)} of the scan's {info.n} samples")
+    _check_labels(clean, payloads[0]["run"])
     try:
         prov = from_jsonable(Provenance, payloads[0]["provenance"])
         timings = {c.name: max(float(p.get("timings", {}).get(c.name, 0.0)) for p in payloads) for c in checks}
@@ -282,6 +284,68 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
         raise InputError(f"the parts can't be combined ({type(exc).__name__}: {exc}); are they complete part files?") from None
     _check_as_a_result_file(result)
     return result
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "text" if isinstance(value, str) else "list/object"
+
+
+def _check_records(payloads: Sequence[dict], names: Sequence[str], n: Any) -> None:
+    """Per-sample consistency of the parts' tables before they are combined (exit 3, naming the
+    part, check, table and column): every position an integer in [0, n) that belongs to the
+    part's shard (p mod N = K), every column as long as its positions and of one kind across all
+    parts — numbers (null allowed: a missing value), true/false, or text — so a tampered or
+    damaged part never becomes a result that merely looks plausible."""
+    if type(n) is not int or n < 0:
+        raise InputError(f"{names[0]}: its header's sample count {_short(n)} is not a count")
+    kinds: dict[tuple[str, str, str], tuple[set, str]] = {}
+    for payload, name in zip(payloads, names):
+        k, count = payload["shard"]
+        for check, part in payload["parts"].items():
+            tables = part.get("tables", {}) if isinstance(part, dict) else None
+            if not isinstance(tables, dict):
+                raise InputError(f"{name}: {check} has no tables object; is it a complete part file?")
+            for table, columns in tables.items():
+                where = f"{name}: {check}.{table}"
+                positions = columns.get("positions") if isinstance(columns, dict) else None
+                if not isinstance(positions, list):
+                    raise InputError(f"{where} has no list of positions")
+                bad = next((p for p in positions if type(p) is not int or not 0 <= p < n or p % count != k), None)
+                if bad is not None:
+                    raise InputError(f"{where}: position {_short(bad)} is not one of shard {k}/{count}'s samples "
+                                     f"(p mod {count} = {k}, p < {n}); the part is damaged or from another run")
+                for column, values in columns.items():
+                    if column == "positions":
+                        continue
+                    if not isinstance(values, list) or len(values) != len(positions):
+                        got = len(values) if isinstance(values, list) else _kind(values)
+                        raise InputError(f"{where}.{column} has {got} values for {len(positions)} samples")
+                    seen, first = kinds.setdefault((check, table, column), (set(), name))
+                    seen.update(_kind(v) for v in values)
+                    numeric = seen <= {"number", "null"}
+                    if not (numeric or seen in ({"true/false"}, {"text"})):
+                        raise InputError(f"{where}.{column} holds {' and '.join(sorted(seen))} values (with {first}); "
+                                         f"a column holds one kind: the part is damaged or from another robaudit")
+
+
+def _check_labels(clean: Any, run: dict) -> None:
+    """The merged clean records against the run's own fingerprint: the labels in scan order hash to
+    the run's ``labels (sha256)``, and ``correct`` is ``prediction == label`` for every sample."""
+    labels, predictions, correct = clean.col("label"), clean.col("prediction"), clean.col("correct")
+    expected = run.get("labels (sha256)")
+    if expected is not None and digest(labels)[:16] != expected:
+        raise InputError(f"the parts' per-sample labels do not hash to their run's labels (sha256 {expected}); "
+                         f"a part is damaged or was edited")
+    wrong = next((i for i, (y, p, c) in enumerate(zip(labels, predictions, correct)) if (y == p) != c), None)
+    if wrong is not None:
+        raise InputError(f"sample {wrong}: the parts say correct={correct[wrong]} for prediction {predictions[wrong]} and "
+                         f"label {labels[wrong]}; a part is damaged or was edited")
 
 
 def _check_as_a_result_file(result: ScanResult) -> None:
