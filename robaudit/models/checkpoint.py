@@ -107,6 +107,7 @@ class OpenedModel:
     weights_label: str | None = None
     preprocessing: Preprocessing | None = None
     class_names: tuple[str, ...] | None = None
+    named: Any = None  # the NamedWeights of published weights read from a cache, else None
 
     @property
     def image_size(self) -> int | None:
@@ -133,7 +134,8 @@ class OpenedModel:
                     f"checkpoint {p} has no architecture metadata; pass --arch NAME "
                     f"(built-ins: {', '.join(ARCHITECTURES.names())}), torchvision:NAME, timm:NAME or --arch path/to/net.py:Class"
                 )
-            net, s.num_classes, channels = _build_and_load(p, s, contents.weights, default_num_classes, default_shape)
+            net, s.num_classes, channels = _cached_input(p, self.named, _build_and_load, p, s, contents.weights,
+                                                         default_num_classes, default_shape)
         nonfinite = nonfinite_warning(net.state_dict())
         if nonfinite:
             notes.append(nonfinite)
@@ -200,15 +202,18 @@ def open_model(
         )
     else:
         p = check_exists(path)
-    fmt = detect_format(p)
-    if fmt in SELF_DESCRIBING and (arch or arch_kwargs):
-        raise UsageError(_self_describing(p, SELF_DESCRIBING[fmt], arch, arch_kwargs))
-    reader = {"safetensors": _read_safetensors, "pickle": _read_pickle, "torchscript": _read_torchscript,
-              "torch-export": _read_export, "onnx": _read_onnx}[fmt]
-    contents = reader(p, trust_checkpoint and named is None)  # published weights are always read as data
+    if named is not None:
+        fmt, contents = _read_published(p, named)
+    else:
+        fmt = detect_format(p)
+        if fmt in SELF_DESCRIBING and (arch or arch_kwargs):
+            raise UsageError(_self_describing(p, SELF_DESCRIBING[fmt], arch, arch_kwargs))
+        reader = {"safetensors": _read_safetensors, "pickle": _read_pickle, "torchscript": _read_torchscript,
+                  "torch-export": _read_export, "onnx": _read_onnx}[fmt]
+        contents = reader(p, trust_checkpoint)
     if contents.module is not None and (arch or arch_kwargs):
         raise UsageError(_self_describing(p, "a pickled complete model", arch, arch_kwargs))
-    meta = _parse_metadata(contents.metadata, p)
+    meta = _cached_input(p, named, _parse_metadata, contents.metadata, p)
     if contents.module is None and not arch and meta.arch:  # named by the file, not by the caller: a registry name only
         meta.arch = parse_arch(metadata_architecture(meta.arch, p)).spec
     # what the weights state (published weights' transforms, robaudit metadata) must agree with --mean/--std;
@@ -225,7 +230,44 @@ def open_model(
             s.mean, s.std = pre.mean, pre.std
     class_names = named.class_names if named is not None else _metadata_class_names(contents.metadata, p)
     notes = list(contents.warnings) + (list(named.warnings) if named else [])
-    return OpenedModel(p, fmt, contents, s, notes, named.label if named else None, pre, class_names)
+    return OpenedModel(p, fmt, contents, s, notes, named.label if named else None, pre, class_names, named)
+
+
+def _read_published(p: Path, named: Any) -> tuple[str, "_Contents"]:
+    """A cached published-weights file (torch hub cache, Hugging Face cache), judged as an input:
+    it must be a safetensors file or a weights-only pickle holding a state dict. Anything else —
+    TorchScript, torch.export, ONNX, a pickle that needs other globals, garbage, a truncated file —
+    is a CheckpointError (exit 3) naming the cached file and the remedy; ``--trust-checkpoint``
+    changes nothing (published weights are always read as data)."""
+    def read() -> tuple[str, _Contents]:
+        fmt = detect_format(p)
+        if fmt not in ("safetensors", "pickle"):
+            what = {**SELF_DESCRIBING, "torch-export": "a torch.export archive"}[fmt]
+            raise CheckpointError(f"{p} is {what}, not a state dict")
+        contents = (_read_safetensors if fmt == "safetensors" else _read_pickle)(p, False)
+        if contents.weights is None:
+            raise CheckpointError(f"{p} holds a complete model, not a state dict")
+        return fmt, contents
+
+    return _cached_input(p, named, read)
+
+
+def _cached_input(p: Path, named: Any, step: Any, *args: Any) -> Any:
+    """``step(*args)``; with published weights a CheckpointError is restated as one line naming the
+    cached file and what to do about it (not the advice for a file of one's own, e.g. --trust-checkpoint)."""
+    if named is None:
+        return step(*args)
+    try:
+        return step(*args)
+    except CheckpointError as exc:
+        raise CheckpointError(_cached_file_message(p, named, str(exc))) from None
+
+
+def _cached_file_message(p: Path, named: Any, message: str) -> str:
+    reason = message[len(str(p)):].strip() if message.startswith(str(p)) else message
+    reason = reason.split("; ")[0]
+    return (f"{p}, the cached file of {named.label}, {reason}: it is not the published weights "
+            f"(robaudit reads them as data only, whatever --trust-checkpoint says); {named.remedy}")
 
 
 def _self_describing(p: Path, what: str, arch: str | None, arch_kwargs: Any) -> str:
