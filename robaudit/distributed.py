@@ -54,6 +54,8 @@ __all__ = [
     "merge_part_files",
     "torchrun_env",
     "start_process_group",
+    "wait_for_all_ranks",
+    "stop_process_group",
     "error_payload",
     "raise_first_error",
     "run_torchrun",
@@ -300,8 +302,8 @@ def _check_records(payloads: Sequence[dict], names: Sequence[str], n: Any) -> No
     """Per-sample consistency of the parts' tables before they are combined (exit 3, naming the
     part, check, table and column): every position an integer in [0, n) that belongs to the
     part's shard (p mod N = K), every column as long as its positions and of one kind across all
-    parts — numbers (null allowed: a missing value), true/false, or text — so a tampered or
-    damaged part never becomes a result that merely looks plausible."""
+    parts — numbers, true/false, text or lists (null, a missing value, with any but true/false) —
+    so a tampered or damaged part never becomes a result that merely looks plausible."""
     if type(n) is not int or n < 0:
         raise InputError(f"{names[0]}: its header's sample count {_short(n)} is not a count")
     kinds: dict[tuple[str, str, str], tuple[set, str]] = {}
@@ -328,8 +330,8 @@ def _check_records(payloads: Sequence[dict], names: Sequence[str], n: Any) -> No
                         raise InputError(f"{where}.{column} has {got} values for {len(positions)} samples")
                     seen, first = kinds.setdefault((check, table, column), (set(), name))
                     seen.update(_kind(v) for v in values)
-                    numeric = seen <= {"number", "null"}
-                    if not (numeric or seen in ({"true/false"}, {"text"})):
+                    kinds_seen = seen - {"null"}
+                    if len(kinds_seen) > 1 or seen == {"true/false", "null"}:
                         raise InputError(f"{where}.{column} holds {' and '.join(sorted(seen))} values (with {first}); "
                                          f"a column holds one kind: the part is damaged or from another robaudit")
 
@@ -398,19 +400,47 @@ def _rank_device(requested: str, local_rank: int) -> torch.device:
     return device
 
 
+_LIVENESS: Any = None  # this process's robaudit.liveness.Liveness while a process group is up
+
+
 def start_process_group(requested_device: str) -> tuple[int, int, torch.device, str]:
     """(rank, world size, this rank's device, backend) under torchrun, the process group started:
-    NCCL on ``cuda:LOCAL_RANK``, gloo on the CPU."""
+    NCCL on ``cuda:LOCAL_RANK``, gloo on the CPU, with robaudit's collective timeout and heartbeats
+    (:mod:`robaudit.liveness`)."""
     import torch.distributed as dist
 
+    from .liveness import Liveness, dist_timeout
+
+    global _LIVENESS
     rank, world, local = torchrun_env()  # type: ignore[misc]
     device = _rank_device(requested_device, local)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=dist_timeout())
+    if _LIVENESS is None:
+        _LIVENESS = Liveness.for_process_group(rank, world)
     return rank, world, device, backend
+
+
+def wait_for_all_ranks(what: str) -> None:
+    """Every rank's next collective waits here first, polling the store with heartbeats, so a lost
+    rank is named within ``$ROBAUDIT_PEER_TIMEOUT`` seconds instead of blocking a collective."""
+    if _LIVENESS is not None:
+        _LIVENESS.wait_all(what)
+
+
+def stop_process_group() -> None:
+    """Stop the heartbeats and destroy the process group (idempotent)."""
+    import torch.distributed as dist
+
+    global _LIVENESS
+    if _LIVENESS is not None:
+        _LIVENESS.stop()
+        _LIVENESS = None
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def error_payload(exc: BaseException) -> dict:
@@ -460,6 +490,7 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
                                      label=f"[rank 0/{world}]")
         except Exception as exc:  # noqa: BLE001 - every rank must reach the gather, or the others wait forever
             payload = error_payload(exc)
+        wait_for_all_ranks("every shard scanned")  # the early ones wait here, not in the gather
         gathered = [None] * world if rank == 0 else None
         dist.gather_object(payload, gathered, dst=0)
         outcome: list[Any] = [None]
@@ -474,6 +505,7 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
                     outcome[0] = {"ok": True}
                 except RobauditError as exc:
                     outcome[0] = {"error": str(exc), "exit_code": exc.exit_code}
+        wait_for_all_ranks("rank 0 combined the shards")
         dist.broadcast_object_list(outcome, src=0)
         if "error" in outcome[0]:
             raise _agreed_error(outcome[0]["error"], outcome[0]["exit_code"], rank)
@@ -481,4 +513,4 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
             log(f"total: {time.perf_counter() - t0:.1f}s on {world} processes")
         return result if rank == 0 else None
     finally:
-        dist.destroy_process_group()
+        stop_process_group()
