@@ -41,10 +41,9 @@ def demo(
         loaded = load_model(str(DEMO_MODEL))
         loaded = check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
         result = run_scan(loaded, data, config, quiet=quiet, command_line=command_line())
-        result.write_json(out / DEMO_FILES[0])
-        from ..report.html import write_html
+        from .gate_options import write_reports
 
-        write_html(result, out / DEMO_FILES[1])
+        write_reports(result, None, str(out / DEMO_FILES[1]), None, json_path=str(out / DEMO_FILES[0]))  # all or none
         if not quiet:
             console = make_console()
             print_summary(result, console)
