@@ -290,12 +290,12 @@ def torchrun():
     id in their environment); whatever happens, the test leaves no process of it behind."""
     started: list[tuple[subprocess.Popen, str]] = []
 
-    def start(args: list, cwd: Path, **env) -> tuple[subprocess.Popen, str]:
+    def start(args: list, cwd: Path, options: tuple = (), **env) -> tuple[subprocess.Popen, str]:
         run_id = f"{os.getpid()}-{len(started)}-{time.monotonic_ns()}"
         # output to a file: a stopped worker would hold a pipe open after torchrun has exited
         log = open(cwd / f"torchrun-{len(started)}.log", "w+")
         proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                 "-m", "robaudit", *map(str, args)], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                 *options, "-m", "robaudit", *map(str, args)], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                 text=True, env=dict(ENV, ROBAUDIT_FAULT_TEST=run_id, **env), start_new_session=True)
         proc.log = log  # type: ignore[attr-defined]
         started.append((proc, run_id))
@@ -368,7 +368,8 @@ def test_a_torchrun_scan_with_a_rank_hung_names_it_after_the_peer_timeout(tmp_pa
     sees nothing): rank 0, waiting for the shards by heartbeat instead of inside the gather, names
     rank 1 after $ROBAUDIT_PEER_TIMEOUT (5 s here; 120 by default) instead of blocking for the
     process group's timeout; exit 4, no result file."""
-    proc, run_id = torchrun(["scan", *SCAN_LONG], tmp_path, ROBAUDIT_PEER_TIMEOUT="5")
+    proc, run_id = torchrun(["scan", *SCAN_LONG], tmp_path, ROBAUDIT_PEER_TIMEOUT="5")  # torchrun then waits
+    # ~30 s before it SIGKILLs the stopped worker: most of this test's time
     ranks = _scanning(proc, run_id)
     os.kill(ranks[1], signal.SIGSTOP)
     code, err, took = _finish(proc, 300)
