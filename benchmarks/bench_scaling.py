@@ -46,7 +46,7 @@ def main() -> None:
     from robaudit.cli.demo import DEMO_MODEL
 
     tmp = Path(tempfile.mkdtemp(prefix="robaudit-bench-scaling-"))
-    scan = [str(DEMO_MODEL), "-d", "demo", "-n", str(args.n), "--compute-block", "16", "--device", "cpu", "-q"]
+    scan = [str(DEMO_MODEL), "-d", "demo", "--num-samples", str(args.n), "--compute-block", "16", "--device", "cpu", "-q"]
     py = [sys.executable, "-m", "robaudit"]
 
     def run(cmds: list[list[str]], threads: int) -> float:

@@ -40,7 +40,8 @@ from .engine import (
 )
 from .errors import InputError, RobauditError, UsageError
 from .models.spec import LoadedModel
-from .parts import PART_FORMAT, CombineInfo, Part, digest, read_json
+from .jsonio import read_json
+from .parts import PART_FORMAT, CombineInfo, Part, digest
 from .results import Provenance, ScanResult, from_jsonable, to_jsonable
 from .threat import Norm
 
@@ -53,6 +54,8 @@ __all__ = [
     "merge_part_files",
     "torchrun_env",
     "start_process_group",
+    "wait_for_all_ranks",
+    "stop_process_group",
     "error_payload",
     "raise_first_error",
     "run_torchrun",
@@ -197,17 +200,15 @@ class _Labelled:
 
 
 def write_part(path: str | Path, payload: dict) -> None:
-    """Write a part file atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, allow_nan=True))
-    tmp.replace(path)
+    """Write a part file atomically (robaudit.outputs: the previous file or the complete new one)."""
+    from .outputs import atomic_write
+
+    atomic_write(path, json.dumps(payload, allow_nan=True))
 
 
 def read_part(path: str | Path) -> dict:
     """A part file's payload; InputError (exit 3) when it is not one."""
-    data = read_json(path)
+    data = read_json(path, "robaudit part file")
     if not isinstance(data, dict) or "robaudit_part" not in data:
         raise InputError(f"{path} is not a robaudit part file (write one with robaudit scan --shard K/N --json FILE)")
     if data["robaudit_part"] != PART_FORMAT:
@@ -257,6 +258,7 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
         raise InputError(f"{names[0]}: its settings can't be read ({type(exc).__name__}: {exc})") from None
     checks = build_checks(config)
     _refuse_run_only_checks(checks)
+    _check_records(payloads, names, header.get("n"))
     try:
         parts = {c.name: [Part.from_dict(p["parts"][c.name]) for p in payloads] for c in checks}
         info = CombineInfo(n=int(header["n"]), class_names=tuple(header["class_names"]), input_shape=tuple(header["input_shape"]),
@@ -267,17 +269,100 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
     clean = info.tables["clean"]["samples"]
     if clean.positions != list(range(info.n)):
         raise InputError(f"the parts cover {len(clean.positions)} of the scan's {info.n} samples")
-    prov = from_jsonable(Provenance, payloads[0]["provenance"])
-    timings = {c.name: max(float(p.get("timings", {}).get(c.name, 0.0)) for p in payloads) for c in checks}
-    passes = {c.name: {kind: sum(_count(p, c.name, kind) for p in payloads) for kind in ("grad", "hvp")} for c in checks}
-    return ScanResult(
-        provenance=replace(prov, execution=execution),
-        sections=dict(info.sections),
-        flags=tuple(info.flags),
-        model_warnings=tuple(payloads[0].get("model_warnings", ())),
-        timings=timings,
-        passes=passes,
-    )
+    _check_labels(clean, payloads[0]["run"])
+    try:
+        prov = from_jsonable(Provenance, payloads[0]["provenance"])
+        timings = {c.name: max(float(p.get("timings", {}).get(c.name, 0.0)) for p in payloads) for c in checks}
+        passes = {c.name: {kind: sum(_count(p, c.name, kind) for p in payloads) for kind in ("grad", "hvp")} for c in checks}
+        result = ScanResult(
+            provenance=replace(prov, execution=execution),
+            sections=dict(info.sections),
+            flags=tuple(info.flags),
+            model_warnings=tuple(payloads[0].get("model_warnings", ())),
+            timings=timings,
+            passes=passes,
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"the parts can't be combined ({type(exc).__name__}: {exc}); are they complete part files?") from None
+    _check_as_a_result_file(result)
+    return result
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "text" if isinstance(value, str) else "list/object"
+
+
+def _check_records(payloads: Sequence[dict], names: Sequence[str], n: Any) -> None:
+    """Per-sample consistency of the parts' tables before they are combined (exit 3, naming the
+    part, check, table and column): every position an integer in [0, n) that belongs to the
+    part's shard (p mod N = K), every column as long as its positions and of one kind across all
+    parts — numbers, true/false, text or lists (null, a missing value, with any but true/false) —
+    so a tampered or damaged part never becomes a result that merely looks plausible."""
+    if type(n) is not int or n < 0:
+        raise InputError(f"{names[0]}: its header's sample count {_short(n)} is not a count")
+    kinds: dict[tuple[str, str, str], tuple[set, str]] = {}
+    for payload, name in zip(payloads, names):
+        k, count = payload["shard"]
+        for check, part in payload["parts"].items():
+            tables = part.get("tables", {}) if isinstance(part, dict) else None
+            if not isinstance(tables, dict):
+                raise InputError(f"{name}: {check} has no tables object; is it a complete part file?")
+            for table, columns in tables.items():
+                where = f"{name}: {check}.{table}"
+                positions = columns.get("positions") if isinstance(columns, dict) else None
+                if not isinstance(positions, list):
+                    raise InputError(f"{where} has no list of positions")
+                bad = next((p for p in positions if type(p) is not int or not 0 <= p < n or p % count != k), None)
+                if bad is not None:
+                    raise InputError(f"{where}: position {_short(bad)} is not one of shard {k}/{count}'s samples "
+                                     f"(p mod {count} = {k}, p < {n}); the part is damaged or from another run")
+                for column, values in columns.items():
+                    if column == "positions":
+                        continue
+                    if not isinstance(values, list) or len(values) != len(positions):
+                        got = len(values) if isinstance(values, list) else _kind(values)
+                        raise InputError(f"{where}.{column} has {got} values for {len(positions)} samples")
+                    seen, first = kinds.setdefault((check, table, column), (set(), name))
+                    seen.update(_kind(v) for v in values)
+                    kinds_seen = seen - {"null"}
+                    if len(kinds_seen) > 1 or seen == {"true/false", "null"}:
+                        raise InputError(f"{where}.{column} holds {' and '.join(sorted(seen))} values (with {first}); "
+                                         f"a column holds one kind: the part is damaged or from another robaudit")
+
+
+def _check_labels(clean: Any, run: dict) -> None:
+    """The merged clean records against the run's own fingerprint: the labels in scan order hash to
+    the run's ``labels (sha256)``, and ``correct`` is ``prediction == label`` for every sample."""
+    labels, predictions, correct = clean.col("label"), clean.col("prediction"), clean.col("correct")
+    expected = run.get("labels (sha256)")
+    if expected is not None and digest(labels)[:16] != expected:
+        raise InputError(f"the parts' per-sample labels do not hash to their run's labels (sha256 {expected}); "
+                         f"a part is damaged or was edited")
+    wrong = next((i for i, (y, p, c) in enumerate(zip(labels, predictions, correct)) if (y == p) != c), None)
+    if wrong is not None:
+        raise InputError(f"sample {wrong}: the parts say correct={correct[wrong]} for prediction {predictions[wrong]} and "
+                         f"label {labels[wrong]}; a part is damaged or was edited")
+
+
+def _check_as_a_result_file(result: ScanResult) -> None:
+    """The merged result must read back as its JSON file would (``ScanResult.read_json``: types,
+    per-sample and per-class lengths, sample indices, encoded images): parts whose records
+    disagree are refused here, before ``merge`` or rank 0 writes any file (exit 3)."""
+    from .jsonio import parse_json
+
+    try:
+        ScanResult.from_dict(parse_json(result.to_json(indent=None), "the merged result"))
+    except InputError as exc:
+        raise InputError(f"the parts' records are inconsistent: the merged result would be invalid ({exc})") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a section's own checks
+        raise InputError(f"the parts' records are inconsistent: the merged result would be invalid "
+                         f"({type(exc).__name__}: {exc})") from None
 
 
 def _count(payload: dict, check: str, kind: str) -> int:
@@ -315,19 +400,47 @@ def _rank_device(requested: str, local_rank: int) -> torch.device:
     return device
 
 
+_LIVENESS: Any = None  # this process's robaudit.liveness.Liveness while a process group is up
+
+
 def start_process_group(requested_device: str) -> tuple[int, int, torch.device, str]:
     """(rank, world size, this rank's device, backend) under torchrun, the process group started:
-    NCCL on ``cuda:LOCAL_RANK``, gloo on the CPU."""
+    NCCL on ``cuda:LOCAL_RANK``, gloo on the CPU, with robaudit's collective timeout and heartbeats
+    (:mod:`robaudit.liveness`)."""
     import torch.distributed as dist
 
+    from .liveness import Liveness, dist_timeout
+
+    global _LIVENESS
     rank, world, local = torchrun_env()  # type: ignore[misc]
     device = _rank_device(requested_device, local)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=dist_timeout())
+    if _LIVENESS is None:
+        _LIVENESS = Liveness.for_process_group(rank, world)
     return rank, world, device, backend
+
+
+def wait_for_all_ranks(what: str) -> None:
+    """Every rank's next collective waits here first, polling the store with heartbeats, so a lost
+    rank is named within ``$ROBAUDIT_PEER_TIMEOUT`` seconds instead of blocking a collective."""
+    if _LIVENESS is not None:
+        _LIVENESS.wait_all(what)
+
+
+def stop_process_group() -> None:
+    """Stop the heartbeats and destroy the process group (idempotent)."""
+    import torch.distributed as dist
+
+    global _LIVENESS
+    if _LIVENESS is not None:
+        _LIVENESS.stop()
+        _LIVENESS = None
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def error_payload(exc: BaseException) -> dict:
@@ -377,6 +490,7 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
                                      label=f"[rank 0/{world}]")
         except Exception as exc:  # noqa: BLE001 - every rank must reach the gather, or the others wait forever
             payload = error_payload(exc)
+        wait_for_all_ranks("every shard scanned")  # the early ones wait here, not in the gather
         gathered = [None] * world if rank == 0 else None
         dist.gather_object(payload, gathered, dst=0)
         outcome: list[Any] = [None]
@@ -391,6 +505,7 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
                     outcome[0] = {"ok": True}
                 except RobauditError as exc:
                     outcome[0] = {"error": str(exc), "exit_code": exc.exit_code}
+        wait_for_all_ranks("rank 0 combined the shards")
         dist.broadcast_object_list(outcome, src=0)
         if "error" in outcome[0]:
             raise _agreed_error(outcome[0]["error"], outcome[0]["exit_code"], rank)
@@ -398,4 +513,4 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
             log(f"total: {time.perf_counter() - t0:.1f}s on {world} processes")
         return result if rank == 0 else None
     finally:
-        dist.destroy_process_group()
+        stop_process_group()

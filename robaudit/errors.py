@@ -1,6 +1,7 @@
 """Typed errors. Library code raises these; only the CLI turns them into one line + exit code.
 
-Exit codes (DESIGN.md): 0 ok · 1 gate failed · 2 usage · 3 input · 4 runtime.
+Exit codes (README "Exit codes"): 0 ok · 1 gate failed · 2 usage · 3 input (and outputs the machine
+refuses to write) · 4 robaudit's own failure.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "DatasetError",
     "DatasetNotFoundError",
+    "WriteError",
     "RuntimeFailure",
     "GateFailed",
 ]
@@ -50,6 +52,16 @@ class DatasetError(InputError):
 
 class DatasetNotFoundError(DatasetError):
     """The dataset files are not on this machine."""
+
+
+class WriteError(RobauditError):
+    """An output file could not be written once the work was done: the disk is full, a file-size
+    limit (``ulimit -f``) or a quota was reached, the folder became read-only or went away. Exit 3,
+    like an input the machine refuses: robaudit did not fail, and the fix is the user's (free space,
+    another path). Output paths that are wrong from the start are refused before any work
+    (UsageError, exit 2); the previous file is always left as it was (:mod:`robaudit.outputs`)."""
+
+    exit_code = 3
 
 
 class RuntimeFailure(RobauditError):

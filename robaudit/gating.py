@@ -371,6 +371,6 @@ def junit_xml(outcome: GateOutcome, suite: str = "robaudit.gate") -> str:
 
 
 def write_junit(outcome: GateOutcome, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(junit_xml(outcome), encoding="utf-8")
+    from .outputs import atomic_write
+
+    atomic_write(path, junit_xml(outcome))

@@ -7,7 +7,11 @@ A bad path is a usage error (exit 2), so a scan never runs for minutes and then 
 
 :func:`atomic_write` / :func:`atomic_target` write through a temporary file in the target's folder
 and rename it over the target: a reader sees the old file or the complete new one, and a failure
-(or Ctrl-C) leaves no partial file behind.
+(or Ctrl-C) leaves no partial file behind. :func:`atomic_write_all` writes a command's several
+outputs (JSON, HTML, CSV, JUnit) this way and renames them only once every one is written, so a
+full disk midway changes none of them. A write that fails once the work is done — disk full
+(ENOSPC), a file-size limit (EFBIG), permission or folder changed — is a :class:`WriteError`
+(exit 3) naming the file and what to do.
 """
 from __future__ import annotations
 
@@ -15,18 +19,29 @@ import errno
 import os
 import secrets
 import stat
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from .errors import RuntimeFailure, UsageError
+from .errors import UsageError, WriteError
 
-__all__ = ["check_outputs", "atomic_target", "atomic_write", "TEMP_PREFIX"]
+__all__ = ["check_outputs", "atomic_target", "atomic_write", "atomic_write_all", "TEMP_PREFIX"]
 
 TEMP_PREFIX = ".robaudit-tmp-"  # short, so a long target name never makes the temporary name too long
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
-# errno values that say the *path* is wrong (a usage error), not that the machine failed
-_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST}
+# what to do when a write fails with these errno values, after check_outputs accepted the path
+_REMEDY = {
+    errno.ENOSPC: "free space on its file system or give another output path",
+    errno.EDQUOT: "free space within your disk quota or give another output path",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the file system allows; "
+                 "raise the limit or give another output path",
+    errno.EACCES: "the folder is no longer writable; give another output path",
+    errno.EPERM: "the folder is no longer writable; give another output path",
+    errno.EROFS: "the file system is read-only; give another output path",
+    errno.ENOENT: "its folder was removed while robaudit ran; give an existing folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; give another output path",
+    errno.EEXIST: "a part of the path is a file, not a folder; give another output path",  # from mkdir
+}
 
 
 def check_outputs(
@@ -155,15 +170,24 @@ def atomic_target(path: "str | os.PathLike[str]") -> Iterator[Path]:
 
 def atomic_write(path: "str | os.PathLike[str]", data: str | bytes) -> None:
     """Write ``data`` (str as UTF-8) to ``path`` atomically (see :func:`atomic_target`)."""
-    with atomic_target(path) as tmp:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
+    atomic_write_all({path: data})
 
 
-def _write_error(target: Path, exc: OSError) -> Exception:
+def atomic_write_all(files: "Mapping[str | os.PathLike[str], str | bytes]") -> None:
+    """Write every ``path: data`` (str as UTF-8): all temporary files first, then the renames, so a
+    failure while writing (a full disk on the third file) leaves every target as it was and no
+    temporary file. WriteError (exit 3) names the file that failed."""
+    with ExitStack() as stack:
+        for path, data in files.items():
+            tmp = stack.enter_context(atomic_target(path))
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            except OSError as exc:
+                raise _write_error(Path(path), exc) from None
+
+
+def _write_error(target: Path, exc: OSError) -> WriteError:
     reason = exc.strerror or type(exc).__name__
-    if exc.errno in _PATH_ERRNOS:
-        return UsageError(f"cannot write {target}: {reason}; give another output path")
-    return RuntimeFailure(f"cannot write {target}: {reason}")
+    remedy = _REMEDY.get(exc.errno, "give another output path")
+    return WriteError(f"cannot write {target}: {reason}; {remedy} (nothing was changed: the previous file, if any, is intact)")

@@ -12,8 +12,6 @@ import collections.abc
 import dataclasses
 import json
 import math
-import os
-import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,9 +26,6 @@ if typing.TYPE_CHECKING:
 __all__ = ["SCHEMA_VERSION", "Section", "section", "Provenance", "Flag", "ScanResult", "to_jsonable", "from_jsonable"]
 
 SCHEMA_VERSION = 1
-# A result holds per-sample arrays and a few thumbnails: megabytes for 10,000 samples. A larger
-# file is refused before it is parsed (parsing takes ~10× its size in memory).
-MAX_RESULT_BYTES = 1 << 30
 
 _SECTION_TYPES: dict[str, type] = {}
 
@@ -288,35 +283,9 @@ class ScanResult:
     @classmethod
     def read_json(cls, path: str | Path) -> "ScanResult":
         """Read a result file; any malformed content is an InputError (exit 3) in one line naming the field."""
-        try:
-            with open(path, "rb") as fh:
-                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                    raise InputError(f"{path} is not a regular file, so not a robaudit JSON result")
-                raw = fh.read(MAX_RESULT_BYTES + 1)
-        except FileNotFoundError:
-            raise InputError(f"result file {path} not found") from None
-        except IsADirectoryError:
-            raise InputError(f"{path} is a folder, not a robaudit JSON result") from None
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-        if len(raw) > MAX_RESULT_BYTES:
-            raise InputError(f"{path} is larger than {MAX_RESULT_BYTES >> 20} MiB, far more than any robaudit result")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path} is not a robaudit JSON result: not UTF-8 text (byte {exc.start})") from None
-        if not text.strip():
-            raise InputError(f"{path} is empty, not a robaudit JSON result")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            ends_early = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
-            what = "it ends before the JSON does (truncated?)" if ends_early else "not valid JSON"
-            raise InputError(f"{path} is not a robaudit JSON result: {what} ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-        except RecursionError:
-            raise InputError(f"{path} is not a robaudit JSON result: nested too deeply") from None
-        except ValueError as exc:  # e.g. an integer literal longer than Python's digit limit
-            raise InputError(f"{path} is not a robaudit JSON result: {exc}") from None
+        from .jsonio import read_json
+
+        data = read_json(path, "robaudit JSON result")  # at most jsonio.MAX_FILE_BYTES, checked before parsing
         try:
             return cls.from_dict(data)
         except InputError as exc:

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from robaudit.cli.demo import DEMO_MODEL
 from robaudit.cli.main import app
 from robaudit.config import ScanConfig, check_radii
-from robaudit.errors import CheckpointError, InputError, UsageError
+from robaudit.errors import CheckpointError, InputError, UsageError, WriteError
 from robaudit.outputs import TEMP_PREFIX, atomic_target, atomic_write, check_outputs
 from robaudit.results import ScanResult
 
@@ -213,8 +213,9 @@ def test_atomic_write_leaves_nothing_on_failure_and_keeps_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "mode.txt").stat().st_mode) == 0o644  # not mkstemp's 0o600
-    with pytest.raises(UsageError, match="cannot write"):
-        atomic_write(tmp_path / "sub" / "out.json" / "x", "y")  # a file where a folder should be
+    with pytest.raises(WriteError, match="cannot write .*a part of the path is a file"):
+        atomic_write(tmp_path / "sub" / "out.json" / "x", "y")  # a file where a folder should be (exit 3 once
+        # the work is done; check_outputs refuses such a path before any work, exit 2)
 
 
 def test_check_outputs_accepts_what_it_should(tmp_path, monkeypatch):
@@ -504,6 +505,7 @@ CKPT_EDITS = {
     "history rows": (_put("history", value=[{"epoch": 0}]), "history[0] lacks the numbers"),
     "fingerprint not JSON": (_put("fingerprint", value="{"), "malformed settings fingerprint"),
     "fingerprint a list": (_put("fingerprint", value="[1]"), "malformed settings fingerprint"),
+    "fingerprint nested deeply": (_put("fingerprint", value="[" * 100_000 + "]" * 100_000), "malformed settings fingerprint"),
     "model of other things": (_put("model", value={"w": "x"}), "model holds something other than named tensors"),
     "not a dict": (lambda s: None, "not a robaudit harden checkpoint"),
 }

@@ -115,6 +115,81 @@ def test_class_map_for_a_subset_of_the_models_classes(tmp_path):
         load_dataset("demo", DataRequest(class_map=str(mapping)))
 
 
+# --class-map: one validator (folder.check_class_map) for every format ------------------------------
+
+CLASS_MAP_FORMATS = {  # format → (write the map of these folders in this order, where the 1st and 3rd entries are)
+    "JSON object": (lambda folders: json.dumps({f: i for i, f in enumerate(folders)}) if len(set(folders)) == len(folders)
+                    else "{" + ", ".join(f'"{f}": {i}' for i, f in enumerate(folders)) + "}", ("entry 1", "entry 3")),
+    "JSON list": (lambda folders: json.dumps(list(folders)), ("position 0", "position 2")),
+    "text": (lambda folders: "# synsets\n" + "\n".join(f"{f} name of {f}" for f in folders) + "\n", ("line 2", "line 4")),
+}
+
+
+def _two_class_folder(root):
+    for wnid in ("n00", "n01"):
+        _save(root / wnid / "0.png", np.zeros((4, 4, 3), np.uint8))
+    return f"imagefolder:{root}"
+
+
+@pytest.mark.parametrize("fmt", list(CLASS_MAP_FORMATS))
+def test_class_map_formats_agree(tmp_path, fmt):
+    """The same map in each format gives the same labels; the text format's readable names aside."""
+    write, _ = CLASS_MAP_FORMATS[fmt]
+    (tmp_path / "map").write_text(write(["n00", "x", "n01"]))
+    spec = load_dataset(_two_class_folder(tmp_path / "f"), DataRequest(class_map=str(tmp_path / "map")))
+    assert spec.y.tolist() == [0, 2] and spec.num_classes == 3
+
+
+@pytest.mark.parametrize("fmt", list(CLASS_MAP_FORMATS))
+def test_a_folder_listed_twice_is_refused_in_every_format(tmp_path, fmt):
+    """Issue 21: a JSON list naming a folder twice silently gave one folder's images another index;
+    the text format refused it. Every format now refuses, naming the folder and both places."""
+    write, (first, third) = CLASS_MAP_FORMATS[fmt]
+    (tmp_path / "map").write_text(write(["n00", "n01", "n00"]))
+    with pytest.raises(DatasetError) as err:
+        load_dataset(_two_class_folder(tmp_path / "f"), DataRequest(class_map=str(tmp_path / "map")))
+    assert f"folder 'n00' is listed twice ({first} and {third}); keep one" in str(err.value)
+    from robaudit.cli.demo import DEMO_MODEL
+
+    res = CliRunner().invoke(app, ["scan", str(DEMO_MODEL), "-d", _two_class_folder(tmp_path / "f"),
+                                   "--class-map", str(tmp_path / "map"), "-q"])
+    assert res.exit_code == 3 and res.stderr.count("\n") == 1 and "listed twice" in res.stderr, res.output
+
+
+def test_two_folders_mapped_to_one_class_are_refused(tmp_path):
+    """Issue 21: {a: 1, b: 1} lost one folder's name and left class 0 an empty "0". Only the JSON
+    object can say it (a list and a text file give each folder its own position); the validator
+    every format goes through refuses it, naming both folders."""
+    from robaudit.data.folder import ClassMapEntry, check_class_map
+
+    (tmp_path / "map.json").write_text(json.dumps({"n00": 1, "n01": 1}))
+    with pytest.raises(DatasetError, match=r"folders 'n00' \(entry 1\) and 'n01' \(entry 2\) both map to class 1"):
+        load_dataset(_two_class_folder(tmp_path / "f"), DataRequest(class_map=str(tmp_path / "map.json")))
+    with pytest.raises(DatasetError, match="both map to class 4"):
+        check_class_map([ClassMapEntry("a", 4, "a", "line 1"), ClassMapEntry("b", 4, "b", "line 2")], "m")
+    for bad, fragment in ((ClassMapEntry("a/b", 0, "x", "line 1"), "not a folder name"),
+                          (ClassMapEntry("..", 0, "x", "line 1"), "not a folder name"),
+                          (ClassMapEntry("a", -1, "x", "entry 1"), "must be >= 0")):
+        with pytest.raises(DatasetError, match=fragment):
+            check_class_map([bad], "m")
+    with pytest.raises(DatasetError, match="maps no class"):
+        check_class_map([], "m")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    ('{"n00": 0, "n01": ', "truncated"),
+    (b"\xff\xfe[]", "not UTF-8"),
+    ('{"n00": 1e999999}', "expected a JSON object"),
+], ids=["deep", "truncated", "not UTF-8", "float index"])
+def test_a_malformed_class_map_is_one_input_error(tmp_path, content, fragment):
+    path = tmp_path / "map.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DatasetError, match=fragment) as err:
+        read_class_map(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
 def test_resize_then_centre_crop_is_torchvisions(tmp_path):
     from torchvision.transforms import CenterCrop, Compose, Resize
 

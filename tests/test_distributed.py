@@ -114,6 +114,72 @@ def test_two_shards_of_the_default_checks_via_the_cli(tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.fixture(scope="module")
+def two_parts(tmp_path_factory):
+    """The two part files of the default checks on 16 demo images, and a previous merged result."""
+    d = tmp_path_factory.mktemp("parts")
+    for k in (0, 1):
+        r = CliRunner().invoke(app, ["scan", str(DEMO_MODEL), "-d", "demo", "-n", "16", "--device", "cpu", "-q",
+                                     "--shard", f"{k}/2", "--json", str(d / f"p{k}.json")])
+        assert r.exit_code == 0, r.output
+    return d
+
+
+def _mutations(part: dict):
+    """(name, edit) for every table column of ``part``: a value of another kind, a value missing, a
+    position outside the shard, null in a true/false column; and records the merged result checks:
+    a gallery example's sample index and image shape."""
+    for check, entry in part["parts"].items():
+        for table, columns in entry["tables"].items():
+            for column, values in columns.items():
+                def at(d, check=check, table=table, column=column):
+                    return d["parts"][check]["tables"][table][column]
+
+                yield f"{check}.{table}.{column} short", lambda d, at=at: at(d).pop()
+                if column == "positions":
+                    yield f"{check}.{table} position of shard 0", lambda d, at=at: at(d).__setitem__(0, 0)
+                    yield f"{check}.{table} position past n", lambda d, at=at: at(d).__setitem__(0, 99)
+                else:
+                    yield f"{check}.{table}.{column} as text", lambda d, at=at: at(d).__setitem__(0, "x")
+                if values and isinstance(values[0], bool):
+                    yield f"{check}.{table}.{column} null", lambda d, at=at: at(d).__setitem__(0, None)
+    yield "clean label of another class", lambda d: d["parts"]["clean"]["tables"]["samples"]["label"].__setitem__(0, 9)
+    yield "clean correct flipped", lambda d: d["parts"]["clean"]["tables"]["samples"]["correct"].__setitem__(
+        0, not d["parts"]["clean"]["tables"]["samples"]["correct"][0])
+    yield "gallery example outside the samples", lambda d: d["parts"]["attacks"]["extra"]["examples"][0].update(position=99)
+    yield "gallery example of another shape", lambda d: d["parts"]["attacks"]["extra"]["examples"][0].update(shape=[1, 28])
+
+
+def test_merge_checks_every_record_before_writing_anything(two_parts, tmp_path):
+    """Issue 21: merge exited 3 *after* writing merged.json. Every per-sample inconsistency a part can
+    carry is now found before any output: exit 3, one line naming it, the previous files untouched,
+    no temporary file. (Changed values that stay consistent, e.g. another margin, can't be told
+    from real ones without the model; they are what the part says.)"""
+    import copy
+
+    good = json.loads((two_parts / "p1.json").read_text())
+    outputs = {"merged.json": "old result", "report.html": "old report"}
+    for name, text in outputs.items():
+        (tmp_path / name).write_text(text)
+    mutations = list(_mutations(good))
+    assert len(mutations) > 60
+    for name, edit in mutations:
+        bad = copy.deepcopy(good)
+        edit(bad)
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        r = CliRunner().invoke(app, ["merge", str(two_parts / "p0.json"), str(tmp_path / "bad.json"), "-o",
+                                     str(tmp_path / "merged.json"), "--html", str(tmp_path / "report.html"),
+                                     "--csv", str(tmp_path / "tables")])
+        assert r.exit_code == 3, (name, r.output)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, (name, r.output)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "merged.json", "report.html"], name
+        assert all((tmp_path / f).read_text() == t for f, t in outputs.items()), name
+    r = CliRunner().invoke(app, ["merge", str(two_parts / "p0.json"), str(two_parts / "p1.json"), "-o",
+                                 str(tmp_path / "merged.json"), "-q"])
+    assert r.exit_code == 0 and json.loads((tmp_path / "merged.json").read_text())["provenance"]["n"] == 16
+
+
 def test_shard_usage_errors_come_before_any_work(tmp_path):
     runner = CliRunner()
     base = ["scan", str(DEMO_MODEL), "-d", "demo"]

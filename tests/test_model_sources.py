@@ -260,6 +260,106 @@ def test_timm_unknown_names(timm_mod):
         load_model(arch="timm:test_resnet.r999")
 
 
+# --- a cached file that is not the weights: an input error, whatever the source (issue 21) ---------
+
+
+class _Touch:
+    """A pickle payload: opening the marker file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _write_bad(kind: str, path: Path, marker: Path) -> None:
+    """Write something that is not the published weights where the cache keeps them."""
+    if kind == "TorchScript archive (the issue's row)":
+        torch.jit.save(torch.jit.script(_Tiny()), str(path))
+    elif kind == "torch.export archive":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.export.save(torch.export.export(_Tiny(), (torch.zeros(1, 2),)), str(path))
+    elif kind == "pickle that runs code":
+        torch.save({"weights": _Touch(marker)}, path)
+    elif kind == "pickled list, not a state dict":
+        torch.save([torch.zeros(3)], path)
+    elif kind == "state dict of another model":
+        torch.save(_Tiny().state_dict(), path)
+    elif kind == "truncated pickle":
+        torch.save(_Tiny().state_dict(), path)
+        path.write_bytes(path.read_bytes()[:100])
+    elif kind == "zip that is not PyTorch":
+        import zipfile
+
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("hello.txt", "hi")
+    elif kind == "empty file":
+        path.write_bytes(b"")
+    elif kind == "garbage":
+        path.write_bytes(b"<html>404 Not Found</html>" * 10)
+    elif kind == "safetensors cut short":
+        from safetensors.torch import save_file
+
+        save_file(_Tiny().state_dict(), str(path))
+        path.write_bytes(path.read_bytes()[:-4])
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+
+
+BAD_CACHE_FILES = ["TorchScript archive (the issue's row)", "torch.export archive", "pickle that runs code",
+                   "pickled list, not a state dict", "state dict of another model", "truncated pickle",
+                   "zip that is not PyTorch", "empty file", "garbage", "safetensors cut short"]
+
+
+@pytest.fixture(params=["torchvision", "timm"])
+def published(request, tmp_path, monkeypatch) -> dict:
+    """Every source of published weights: where its cache keeps the file robaudit reads, and the --arch naming it."""
+    if request.param == "torchvision":
+        import torchvision
+
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+        weights = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
+        path = tmp_path / "torch-home" / "hub" / "checkpoints" / os.path.basename(weights.url)
+        path.parent.mkdir(parents=True)
+        return {"path": path, "arch": f"torchvision:{TV_MODEL}:{TV_WEIGHTS}"}
+    pytest.importorskip("timm")
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    snapshot = _hf_cache(cache, "timm/test_resnet.r160_in1k", {"model.safetensors": {"w": torch.zeros(1)}})
+    return {"path": snapshot / "model.safetensors", "arch": "timm:test_resnet.r160_in1k"}
+
+
+@pytest.mark.parametrize("kind", BAD_CACHE_FILES)
+def test_a_cached_file_that_is_not_the_weights_is_an_input_error_naming_it(published, kind, tmp_path):
+    """Exit 3 and one line naming the cached file and the remedy (delete it, --download), with or
+    without --trust-checkpoint (published weights are data); never exit 2 with advice about --arch,
+    never --trust-checkpoint as the way out, and no code runs."""
+    marker = tmp_path / "marker"
+    _write_bad(kind, published["path"], marker)
+    folder = tmp_path / "photos"
+    for name in ("tench", "goldfish"):  # ImageNet's first two classes, RGB: what these weights would scan
+        (folder / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / name / "0.png")
+    for flags in ([], ["--trust-checkpoint"]):
+        line = one_line_error(cli("scan", "--arch", published["arch"], "-d", f"imagefolder:{folder}", "--checks", "clean",
+                                  "--attacks", "fgsm", "-q", *flags), 3)
+        assert str(published["path"]) in line and "the cached file of" in line, line
+        assert "not the published weights" in line and "delete" in line and "--download" in line, line
+        assert "pass --trust-checkpoint" not in line and "drop --arch" not in line, line
+    assert not marker.exists()
+
+
 # --- ONNX -------------------------------------------------------------------------------------------
 
 

@@ -42,11 +42,23 @@ def error_boundary(debug: bool) -> Iterator[None]:
         if debug:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if _lost_peer(exc):
+            err_console.print(styled(("error:", "bold red"), f" another process of this torchrun run failed or was lost "
+                                     f"({type(exc).__name__}: {one_line(first)[:200]}); torchrun's summary names it"),
+                              soft_wrap=True)
+            raise typer.Exit(4) from None
         err_console.print(
             styled(("internal error:", "bold red"), f" {type(exc).__name__}: {one_line(first)} (rerun with --debug for the traceback)"),
             soft_wrap=True,
         )
         raise typer.Exit(4) from None
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """A torch.distributed error (a peer's connection closed, a collective timed out, the store gone)."""
+    dist = sys.modules.get("torch.distributed")
+    error = getattr(dist, "DistError", None) if dist is not None else None
+    return isinstance(error, type) and isinstance(exc, error)
 
 
 def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:

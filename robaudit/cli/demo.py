@@ -18,7 +18,7 @@ DEMO_FILES = ("results.json", "report.html")  # written into --out
 
 
 def demo(
-    n: int = typer.Option(500, "--n", "-n", help="How many of the 1,000 embedded test images to scan."),
+    n: int = typer.Option(500, "--num-samples", "--n", "-n", help="How many of the 1,000 embedded test images to scan."),
     eps: str = typer.Option("0.05,0.1", "--eps", help="ℓ∞ radii on the [0,1] pixel scale."),
     out: Path = typer.Option(Path("robaudit-demo"), "--out", help="Folder for results.json and report.html."),
     device: str = typer.Option("auto", "--device"),
@@ -34,17 +34,16 @@ def demo(
     with error_boundary(debug):
         # usage errors (radii, output folder) before any work
         if n < 1:
-            raise UsageError("--n must be >= 1")
+            raise UsageError("--num-samples (-n) must be >= 1")
         config = ScanConfig(norm=Norm.LINF, eps=tuple(parse_eps_list(eps)), attacks=parse_attack_list("quick"), seed=seed, device=device)
         check_outputs(folders={"--out": (out, DEMO_FILES)})
         data = load_dataset("demo", DataRequest(n=n))
         loaded = load_model(str(DEMO_MODEL))
         loaded = check_fits(loaded, input_shape=data.input_shape, num_classes=data.num_classes, dataset_name=data.name)
         result = run_scan(loaded, data, config, quiet=quiet, command_line=command_line())
-        result.write_json(out / DEMO_FILES[0])
-        from ..report.html import write_html
+        from .gate_options import write_reports
 
-        write_html(result, out / DEMO_FILES[1])
+        write_reports(result, None, str(out / DEMO_FILES[1]), None, json_path=str(out / DEMO_FILES[0]))  # all or none
         if not quiet:
             console = make_console()
             print_summary(result, console)

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ..errors import GateFailed, UsageError
 from ..gating import GateOutcome, GateSpec, evaluate_gates, find_gate_file, junit_xml, load_gate_file, parse_requires
-from ..outputs import atomic_write, check_outputs
+from ..outputs import atomic_write, atomic_write_all, check_outputs
 
 __all__ = [
     "gate_file_option", "require_option", "junit_option", "load_gates", "evaluate", "finish", "print_outcome",
@@ -93,16 +93,27 @@ def evaluate(result, spec: GateSpec | None) -> GateOutcome | None:
     return evaluate_gates(result, spec) if spec else None
 
 
-def write_reports(result, outcome: GateOutcome | None, html_path: Optional[str], csv_dir: Optional[str]) -> None:
-    """The HTML report (with the gate outcome in its verdict) and the CSV tables, where asked for."""
+def write_reports(result, outcome: GateOutcome | None, html_path: Optional[str], csv_dir: Optional[str], *,
+                  json_path: Optional[str] = None, junit: Optional[str] = None) -> list:
+    """Every output asked for — the result JSON, the HTML report (with the gate outcome in its
+    verdict), the CSV tables, the gates' JUnit XML — rendered first, then written all or none
+    (:func:`robaudit.outputs.atomic_write_all`): an error while rendering or a full disk leaves
+    every previous file as it was."""
+    files: dict = {}
+    if json_path is not None:
+        files[json_path] = result.to_json()
     if html_path is not None:
-        from ..report.html import write_html
+        from ..report.html import render_html
 
-        write_html(result, html_path, outcome)
+        files[html_path] = render_html(result, outcome)
     if csv_dir is not None:
-        from ..report.tables import write_csv
+        from ..report.tables import csv_texts
 
-        write_csv(result, csv_dir)
+        files.update({Path(csv_dir) / name: text for name, text in csv_texts(result).items()})
+    if junit is not None and outcome is not None:
+        files[junit] = junit_xml(outcome)
+    atomic_write_all(files)
+    return list(files)
 
 
 def print_outcome(outcome: GateOutcome, console: Console, *, failures_only: bool = False) -> None:

@@ -54,4 +54,20 @@ def version() -> None:
 
 
 def run() -> None:
+    _stop_on_sigterm()
     app()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends robaudit as Ctrl-C does: torchrun sends it to the other workers when one fails,
+    schedulers (Slurm) before they kill a job, ``timeout`` when time is up. So temporary files are
+    removed, ``harden`` saves OUT.ckpt, and the exit is 130 — instead of dying mid-write."""
+    import signal
+
+    def interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except (ValueError, OSError):  # not the main thread, or a platform without SIGTERM
+        pass

@@ -40,12 +40,11 @@ def merge(
             folders={"--csv": (csv_dir, CSV_FILES)},
             inputs={f"part {i + 1}": part for i, part in enumerate(parts)} | {"--gate": gate_file},
         )
-        result = merge_part_files(parts)
-        result.write_json(output)
+        result = merge_part_files(parts)  # combined and checked as a result file is (exit 3 if inconsistent)
         outcome = evaluate(result, spec)
-        write_reports(result, outcome, html_path, csv_dir)
+        write_reports(result, outcome, html_path, csv_dir, json_path=output, junit=junit)  # all or none
         console = make_console()
         if not quiet:
             print_summary(result, console)
             console.print(f"  merged {len(parts)} parts into {output}", markup=False, highlight=False)
-        finish(outcome, junit, console, quiet=quiet)
+        finish(outcome, None, console, quiet=quiet)  # --junit is written with the other outputs

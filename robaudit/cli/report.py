@@ -8,7 +8,7 @@ import typer
 
 from ..outputs import check_outputs
 from ._common import error_boundary, make_console
-from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option
+from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option, write_reports
 
 
 def report(
@@ -25,8 +25,7 @@ def report(
 
     With --gate/--require the gate outcomes go into the report's verdict and a failed gate exits 1.
     """
-    from ..report.html import write_html
-    from ..report.tables import CSV_FILES, write_csv
+    from ..report.tables import CSV_FILES
     from ..results import ScanResult
 
     with error_boundary(debug):
@@ -38,12 +37,11 @@ def report(
         )
         result = ScanResult.read_json(results)
         outcome = evaluate(result, spec)
-        write_html(result, out, outcome)
+        written = write_reports(result, outcome, out, csv_dir, junit=junit)  # all or none
         console = make_console()
         if not quiet:
             console.print(f"  report written to {out}")
-        if csv_dir is not None:
-            paths = write_csv(result, csv_dir)
-            if not quiet:
-                console.print("  tables written to " + ", ".join(str(p) for p in paths))
-        finish(outcome, junit, console, quiet=quiet)
+            tables = [str(p) for p in written if Path(p).name in CSV_FILES and str(p) != str(out)]
+            if tables:
+                console.print("  tables written to " + ", ".join(tables))
+        finish(outcome, None, console, quiet=quiet)  # --junit is written with the other outputs

@@ -27,8 +27,8 @@ def scan(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset lives (also $ROBAUDIT_DATA)."),
     download: bool = typer.Option(False, "--download", help="Download the dataset or the published weights if missing (needs internet)."),
     split: str = typer.Option("test", "--split", help="test or train."),
-    n: Optional[int] = typer.Option(None, "--n", "-n", help="Scan N samples (see --sample)."),
-    sample: Optional[str] = typer.Option(None, "--sample", help="How --n chooses: first (the first N, RobustBench's convention; default for built-in datasets and tensor files) or stratified (a seeded class-stratified subset; default for imagefolder:)."),
+    n: Optional[int] = typer.Option(None, "--num-samples", "--n", "-n", help="Scan N samples (see --sample). Under torchrun write --num-samples (or -n): torchrun's own parser takes --n for an abbreviation of its options and stops."),
+    sample: Optional[str] = typer.Option(None, "--sample", help="How --num-samples chooses: first (the first N, RobustBench's convention; default for built-in datasets and tensor files) or stratified (a seeded class-stratified subset; default for imagefolder:)."),
     train_n: Optional[int] = typer.Option(None, "--train-n", help="Also compute margins and loss on N training samples, chosen as --sample chooses (train/test loss gap)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="imagefolder: resize short side + centre crop."),
     resize: Optional[int] = typer.Option(None, "--resize", help="imagefolder: short side before the --image-size centre crop (ImageNet: --resize 256 --image-size 224)."),
@@ -114,10 +114,8 @@ def scan(
                 make_console().print(f"  shard {part.index}/{part.count}: part written to {json_path}; combine all "
                                      f"{part.count} with `robaudit merge`", markup=False, highlight=False)
             return
-        if json_path is not None:
-            result.write_json(json_path)
         outcome = evaluate(result, gates)
-        write_reports(result, outcome, html_path, csv_dir)
+        write_reports(result, outcome, html_path, csv_dir, json_path=json_path, junit=junit)
         console = make_console()
         if not quiet:
             print_summary(result, console)
@@ -125,7 +123,7 @@ def scan(
                 console.print(Text(f"  result written to {json_path}", style="dim"))
             if html_path is not None:
                 console.print(Text(f"  report written to {html_path}", style="dim"))
-        finish(outcome, junit, console, quiet=quiet)
+        finish(outcome, None, console, quiet=quiet)  # --junit is written with the other outputs
 
 
 def scan_command(
@@ -145,7 +143,7 @@ def scan_command(
     from ..models import align_labels, check_fits, open_model, parse_arch_kwargs
 
     if n is not None and n < 1:
-        raise UsageError("--n must be >= 1")
+        raise UsageError("--num-samples (-n) must be >= 1")
     if train_n is not None and train_n < 1:
         raise UsageError("--train-n must be >= 1")
     config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,

@@ -34,7 +34,7 @@ def validate_request(request: DataRequest) -> None:
     if request.split not in SPLITS:
         raise UsageError(f"unknown split {request.split!r}; valid splits: {', '.join(SPLITS)}")
     if request.n is not None and (isinstance(request.n, bool) or int(request.n) < 1):
-        raise UsageError(f"--n must be at least 1 (got {request.n})")
+        raise UsageError(f"--num-samples (-n) must be at least 1 (got {request.n})")
     if request.image_size is not None and int(request.image_size) < 1:
         raise UsageError(f"--image-size must be at least 1 (got {request.image_size})")
     if request.resize is not None and int(request.resize) < 1:

@@ -6,7 +6,6 @@ Image folders are in :mod:`robaudit.data.folder`.
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -43,10 +42,13 @@ def _names_list(value: Any, path: Path) -> tuple[str, ...] | None:
     if value is None:
         return None
     if isinstance(value, str):  # safetensors metadata: a JSON list
+        from ..errors import InputError
+        from ..jsonio import parse_json
+
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: class_names metadata is not a JSON list ({exc})") from None
+            value = parse_json(value, f"{path}: the class_names metadata")
+        except InputError as exc:
+            raise DatasetError(str(exc)) from None
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):

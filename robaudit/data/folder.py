@@ -11,29 +11,30 @@ leads back to one of its own ancestors is a loop: the walk stops with one line n
 (exit 3), where ``os.walk(followlinks=True)`` (torchvision's walk) would never end.
 
 Pixels: 1 channel when every probed image (up to :data:`PROBE` spread over the folder) is
-greyscale, else RGB; each image is converted to that mode. Without ``image_size`` every image must
-have the probed images' size; with it, the short side is resized to ``resize`` (default
-``image_size``; bilinear, PIL) and a centred ``image_size`` square is cropped (torchvision's
-Resize + CenterCrop).
+greyscale, else RGB; each image is decoded to that many channels in [0,1] by
+:func:`robaudit.data.images.decode_image` (every Pillow mode, 16-bit images by their real range,
+alpha dropped), which shares its grey-or-colour judgement (:func:`~robaudit.data.images.image_layout`)
+with the probe. Without ``image_size`` every image must have the probed images' size; with it, the
+short side is resized to ``resize`` (default ``image_size``; bilinear, PIL) and a centred
+``image_size`` square is cropped (torchvision's Resize + CenterCrop).
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from ..errors import DatasetError, DatasetNotFoundError, UsageError
+from ..errors import DatasetError, DatasetNotFoundError, InputError, UsageError
 from ._common import SPLITS
+from .images import decode_image, image_layout, open_image, resize_crop, to_tensor
 from .spec import DataRequest, DataSpec
 
-__all__ = ["IMAGE_EXTENSIONS", "load_image_folder", "read_class_map", "walk_images"]
+__all__ = ["IMAGE_EXTENSIONS", "ClassMapEntry", "check_class_map", "load_image_folder", "read_class_map", "walk_images"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-PROBE = 32  # images whose mode and size decide the channels and check the size
+PROBE = 32  # images whose layout (grey or colour) and size decide the channels and check the size
 
 
 def _split_root(root: Path, split: str) -> Path:
@@ -82,68 +83,87 @@ def walk_images(top: Path) -> list[Path]:
     return [f for _, files in sorted(found, key=lambda item: item[0]) for f in files]
 
 
+MAX_CLASS_MAP_BYTES = 64 << 20  # ImageNet-21k's 21,843 synsets take < 1 MB
+
+
 def read_class_map(path: str | os.PathLike) -> tuple[dict[str, int], tuple[str, ...]]:
     """``--class-map FILE`` → ({folder name: model class index}, class names by index).
 
     Accepted: a JSON object ``{"n01440764": 0, ...}``, a JSON list of folder names (position =
     index), or a text file with one class per line, ``FOLDER [readable name]`` (line order =
     index, e.g. ImageNet's LOC_synset_mapping.txt; blank lines and lines starting with # skipped).
-    Class names are the readable names where given, else the folder names (``str(i)`` for an index
-    no folder maps to)."""
+    Every format is parsed into the same entries and checked by :func:`check_class_map`. Class
+    names are the readable names where given, else the folder names (``str(i)`` for an index no
+    folder maps to)."""
+    from ..jsonio import Pairs, parse_json, read_bytes
+
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetNotFoundError(f"class map {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"class map {path} can't be read ({type(exc).__name__}: {exc})") from None
-    readable: dict[int, str] = {}
-    stripped = text.lstrip()
-    if stripped.startswith(("{", "[")):
+        raw = read_bytes(path, "class map", max_bytes=MAX_CLASS_MAP_BYTES)
+    except InputError as exc:
+        raise (DatasetNotFoundError if not path.exists() else DatasetError)(str(exc)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"class map {path} is not UTF-8 text (byte {exc.start})") from None
+    if text.lstrip().startswith(("{", "[")):
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"class map {path} is not valid JSON ({exc})") from None
-        if isinstance(obj, list) and all(isinstance(v, str) for v in obj):
-            mapping = {name: i for i, name in enumerate(obj)}
-        elif isinstance(obj, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in obj.values()):
-            mapping = {str(k): int(v) for k, v in obj.items()}
+            obj = parse_json(text, f"class map {path}", keep_pairs=True)
+        except InputError as exc:
+            raise DatasetError(str(exc)) from None
+        if isinstance(obj, Pairs) and all(isinstance(v, int) and not isinstance(v, bool) for _, v in obj):
+            entries = [ClassMapEntry(k, int(v), k, f"entry {i + 1}") for i, (k, v) in enumerate(obj)]
+        elif isinstance(obj, list) and not isinstance(obj, Pairs) and all(isinstance(v, str) for v in obj):
+            entries = [ClassMapEntry(name, i, name, f"position {i}") for i, name in enumerate(obj)]
         else:
             raise DatasetError(f"class map {path}: expected a JSON object {{folder: index}} or a list of folder names")
     else:
-        mapping = {}
-        for line in text.splitlines():
+        entries = []
+        for number, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             folder, _, name = line.partition(" ")
-            readable[len(mapping)] = name.strip() or folder
-            if folder in mapping:
-                raise DatasetError(f"class map {path}: folder {folder!r} is listed twice")
-            mapping[folder] = len(mapping)
-    if not mapping:
-        raise DatasetError(f"class map {path} maps no class")
-    if min(mapping.values()) < 0:
-        raise DatasetError(f"class map {path}: class indices must be >= 0")
-    k = max(mapping.values()) + 1
-    names = [str(i) for i in range(k)]
-    for folder, i in sorted(mapping.items(), key=lambda kv: kv[1], reverse=True):
-        names[i] = folder
-    for i, name in readable.items():
-        names[i] = name
-    return mapping, tuple(names)
+            entries.append(ClassMapEntry(folder, len(entries), name.strip() or folder, f"line {number}"))
+    return check_class_map(entries, f"class map {path}")
 
 
-def _open(path: str, mode: str | None = None) -> Any:
-    from PIL import Image
+class ClassMapEntry(NamedTuple):
+    """One class of a class map: its folder, the model's class index, the readable name, and where
+    in the file it was given (``line 3``, ``position 2``, ``key "n01"``) for error messages."""
 
-    try:
-        im = Image.open(path)
-        if mode is not None:
-            im = im.convert(mode)
-        return im
-    except Exception as exc:  # not an image, truncated, decompression bomb, ...
-        raise DatasetError(f"{path} can't be read as an image ({type(exc).__name__}: {exc})") from None
+    folder: str
+    index: int
+    name: str
+    where: str
+
+
+def check_class_map(entries: list[ClassMapEntry], source: str) -> tuple[dict[str, int], tuple[str, ...]]:
+    """The one validator of every class-map format: DatasetError (exit 3) naming the entries when a
+    folder is listed twice, two folders map to one class index, an index is negative or a folder
+    name is empty or holds a path separator. Returns ({folder: index}, names by index)."""
+    if not entries:
+        raise DatasetError(f"{source} maps no class")
+    by_folder: dict[str, ClassMapEntry] = {}
+    by_index: dict[int, ClassMapEntry] = {}
+    for e in entries:
+        if not e.folder or "/" in e.folder or "\\" in e.folder or e.folder in (".", ".."):
+            raise DatasetError(f"{source}: {e.where} names the folder {e.folder!r}, which is not a folder name")
+        if e.index < 0:
+            raise DatasetError(f"{source}: {e.where} maps {e.folder!r} to class {e.index}; class indices must be >= 0")
+        if e.folder in by_folder:
+            raise DatasetError(f"{source}: folder {e.folder!r} is listed twice ({by_folder[e.folder].where} and "
+                               f"{e.where}); keep one")
+        if e.index in by_index:
+            other = by_index[e.index]
+            raise DatasetError(f"{source}: folders {other.folder!r} ({other.where}) and {e.folder!r} ({e.where}) both "
+                               f"map to class {e.index}; map each folder to its own class (merge the folders' images "
+                               f"into one folder if they are one class)")
+        by_folder[e.folder], by_index[e.index] = e, e
+    names = [str(i) for i in range(max(by_index) + 1)]
+    for e in entries:
+        names[e.index] = e.name
+    return {e.folder: e.index for e in entries}, tuple(names)
 
 
 def _folder_dataset_class():
@@ -156,7 +176,7 @@ def _folder_dataset_class():
 
         def __init__(self, root: Path, class_to_idx: dict[str, int], transform):
             self._class_to_idx = class_to_idx
-            self.mode: str | None = None  # set by the probe, before the first item is read
+            self.channels: int | None = None  # set by the probe, before the first item is read
             self.sample_shape: tuple[int, int, int] | None = None
             super().__init__(str(root), transform=transform, loader=self._load)
 
@@ -168,7 +188,7 @@ def _folder_dataset_class():
                     for p in walk_images(Path(directory) / cls)]
 
         def _load(self, path: str):
-            return _open(path, self.mode)
+            return decode_image(path, self.channels)
 
         def __getitem__(self, p: int) -> torch.Tensor:
             path, _ = self.samples[p]
@@ -183,19 +203,17 @@ def _folder_dataset_class():
     return FolderImages
 
 
-def _to_unit(img) -> torch.Tensor:
-    from torchvision.transforms.functional import pil_to_tensor
+class _Pixels:
+    """A decoded image → float32 [C, H, W] in [0,1], resized and centre-cropped when asked
+    (:func:`~robaudit.data.images.resize_crop`); picklable for DataLoader workers."""
 
-    return pil_to_tensor(img).to(torch.float32).div_(255.0)
+    def __init__(self, image_size: int | None, resize: int | None) -> None:
+        self.image_size, self.resize = image_size, resize
 
-
-def _transform(image_size: int | None, resize: int | None):
-    from torchvision.transforms import CenterCrop, Compose, Resize
-
-    steps = []
-    if image_size is not None:
-        steps += [Resize(resize or image_size), CenterCrop(image_size)]
-    return Compose([*steps, _to_unit])
+    def __call__(self, img: Any) -> torch.Tensor:
+        if self.image_size is not None:
+            img = resize_crop(img, self.image_size, self.resize)
+        return to_tensor(img)
 
 
 def _classes(root: Path, class_map: str | None) -> tuple[dict[str, int], tuple[str, ...]]:
@@ -225,7 +243,7 @@ def load_image_folder(path: str | os.PathLike, request: DataRequest, name: str |
         raise UsageError(f"--resize {request.resize} is smaller than --image-size {request.image_size}")
     root = _split_root(root, request.split)
     class_to_idx, class_names = _classes(root, request.class_map)
-    images = _folder_dataset_class()(root, class_to_idx, _transform(request.image_size, request.resize))
+    images = _folder_dataset_class()(root, class_to_idx, _Pixels(request.image_size, request.resize))
     files = images.samples
     if not files:
         raise DatasetNotFoundError(
@@ -235,10 +253,9 @@ def load_image_folder(path: str | os.PathLike, request: DataRequest, name: str |
     probe = sorted({int(i) for i in torch.linspace(0, len(files) - 1, min(PROBE, len(files))).round().tolist()})
     headers = []
     for i in probe:
-        with _open(files[i][0]) as im:
-            headers.append((im.mode, im.size))
-    mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
-    channels = 1 if mode == "L" else 3
+        with open_image(files[i][0]) as im:
+            headers.append((image_layout(files[i][0], im).grey, im.size))
+    channels = 1 if all(grey for grey, _ in headers) else 3  # the decoder converts every image to this
     if request.image_size is None:
         w, h = headers[0][1]
         odd = next((j for j, (_, s) in enumerate(headers) if s != (w, h)), None)
@@ -251,7 +268,7 @@ def load_image_folder(path: str | os.PathLike, request: DataRequest, name: str |
         shape = (channels, h, w)
     else:
         shape = (channels, request.image_size, request.image_size)
-    images.mode, images.sample_shape = mode, shape
+    images.channels, images.sample_shape = channels, shape
     labels = torch.tensor([c for _, c in images.samples], dtype=torch.long)
     return DataSpec(
         name=name or f"imagefolder:{path}",

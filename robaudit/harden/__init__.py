@@ -281,9 +281,12 @@ def _class_names(metadata: dict[str, str]) -> list[str] | None:
     raw = metadata.get("robaudit.class_names")
     if not raw:
         return None
+    from ..errors import InputError
+    from ..jsonio import parse_json
+
     try:
-        names = json.loads(raw)
-    except ValueError:
+        names = parse_json(raw, "robaudit.class_names")
+    except InputError:  # the parent was read by load_model, which checks this key; nothing more to say here
         return None
     return [str(c) for c in names] if isinstance(names, list) else None
 

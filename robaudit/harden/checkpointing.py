@@ -14,6 +14,7 @@ on another number of processes with the same global batch (:mod:`.ddp`).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, UsageError
-from ..outputs import atomic_target
+from ..outputs import atomic_write
 
 __all__ = [
     "FORMAT", "ckpt_path_for", "save_state", "load_state", "resume_from", "capture_rng", "restore_rng", "check_fingerprint",
@@ -54,9 +55,11 @@ def ckpt_path_for(out: str | os.PathLike[str]) -> Path:
 
 
 def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, then an atomic rename (robaudit.outputs)."""
-    with atomic_target(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+    """torch.save into memory, then written atomically (robaudit.outputs): a failed write (disk
+    full, a file-size limit) is a WriteError and leaves the previous checkpoint loadable."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    atomic_write(path, buffer.getbuffer())
 
 
 def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -198,13 +201,16 @@ def restore_rng(rng: dict[str, Any], device_generator: torch.Generator | None) -
 
 def check_fingerprint(saved: str, current: dict[str, Any], path: Path) -> None:
     """A resumed run must have the settings of the interrupted one; name the ones that differ."""
+    from ..errors import InputError
+    from ..jsonio import parse_json
+
     try:
-        old = json.loads(saved)
-    except (TypeError, ValueError, RecursionError):
+        old = parse_json(saved, "its settings fingerprint")
+    except InputError:
         old = None
     if not isinstance(old, dict):
         raise CheckpointError(f"{path} has a malformed settings fingerprint; delete it and start over")
-    new = json.loads(json.dumps(current, sort_keys=True))
+    new = parse_json(json.dumps(current, sort_keys=True), "this run's settings")
     diffs = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if any(d.startswith("batch_size:") for d in diffs):  # torchrun: the global batch, processes × --batch-size
         diffs.append("batch_size is the global batch (processes × --batch-size): keep it, e.g. with --batch-size "

@@ -41,7 +41,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..distributed import error_payload, raise_first_error, start_process_group, torchrun_env
+from ..distributed import (
+    error_payload, raise_first_error, start_process_group, stop_process_group, torchrun_env, wait_for_all_ranks,
+)
 
 __all__ = ["DDPRun", "start_ddp", "agreement"]
 
@@ -122,10 +124,7 @@ class DDPRun:
                 offset += b.numel()
 
     def close(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        stop_process_group()
 
 
 def start_ddp(requested_device: str) -> DDPRun | None:
@@ -143,6 +142,7 @@ def _agreeing(run: DDPRun) -> Iterator[None]:
         yield
     except Exception as exc:  # noqa: BLE001 - every rank must reach the agreement, or the others wait forever
         failure = error_payload(exc)
+    wait_for_all_ranks("an agreement: loading, an epoch's evaluation and checkpoint, or the output")
     run.agree_on(failure)
 
 

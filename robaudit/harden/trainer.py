@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import torch
 from torch import nn
 
-from ..errors import RuntimeFailure
+from ..errors import RuntimeFailure, WriteError
 from ..threat import ThreatModel
 from .checkpointing import capture_rng, resume_from, save_state
 from .ddp import agreement
@@ -334,7 +334,7 @@ def train(
             try:
                 save_state(ckpt, snapshot(epoch, done_steps))
                 saved = True
-            except KeyboardInterrupt:  # a second Ctrl-C while saving: the previous file is intact
+            except (KeyboardInterrupt, WriteError):  # a second Ctrl-C or a full disk while saving: the previous file is intact
                 saved = False
         raise HardenInterrupted(ckpt, epoch, done_steps, steps_per_epoch, saved) from None
     finally:

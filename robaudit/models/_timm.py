@@ -148,5 +148,9 @@ def named_weights(name: str, *, download: bool) -> dict[str, Any]:
             path = Path(hf_hub_download(repo, files[0], cache_dir=str(cache)))
         except Exception as exc:  # noqa: BLE001 - network, missing file, auth
             raise CheckpointError(f"downloading {files[0]} of {repo} failed: {type(exc).__name__}: {exc}") from None
+    blob = Path(os.path.realpath(path))  # a snapshot file is a link to a blob, which huggingface_hub would reuse
+    also = f" and the link {path}" if blob != path else ""
+    remedy = (f"delete {blob}{also} and rerun with --download to fetch it again, or run "
+              f"`huggingface-cli download {repo} {path.name} --cache-dir {cache}`")
     return {"path": path, "label": label, "preprocessing": preprocessing(full),
-            "class_names": None, "num_classes": getattr(cfg, "num_classes", None), "warnings": []}
+            "class_names": None, "num_classes": getattr(cfg, "num_classes", None), "warnings": [], "remedy": remedy}

@@ -124,6 +124,8 @@ def named_weights(name: str, weights: str, *, download: bool) -> dict[str, Any]:
         "class_names": tuple(str(c) for c in categories) if categories else None,
         "num_classes": len(categories) if categories else None,
         "warnings": warnings,
+        "remedy": f"delete it and rerun with --download to fetch it again (torch.hub checks its hash), or download "
+                  f"{w.url} to {path} yourself",
     }
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -75,10 +74,13 @@ def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     if text.startswith("{"):
+        from ..errors import InputError
+        from ..jsonio import parse_json
+
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--arch-kwargs is not valid JSON: {exc.msg} at column {exc.colno}") from None
+            value = parse_json(text, "--arch-kwargs")
+        except InputError as exc:  # typed on the command line: a usage error
+            raise UsageError(str(exc)) from None
         if not isinstance(value, dict):
             raise UsageError("--arch-kwargs JSON must be an object, e.g. '{\"width\": 16}'")
         return value

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +107,7 @@ class OpenedModel:
     weights_label: str | None = None
     preprocessing: Preprocessing | None = None
     class_names: tuple[str, ...] | None = None
+    named: Any = None  # the NamedWeights of published weights read from a cache, else None
 
     @property
     def image_size(self) -> int | None:
@@ -133,7 +134,8 @@ class OpenedModel:
                     f"checkpoint {p} has no architecture metadata; pass --arch NAME "
                     f"(built-ins: {', '.join(ARCHITECTURES.names())}), torchvision:NAME, timm:NAME or --arch path/to/net.py:Class"
                 )
-            net, s.num_classes, channels = _build_and_load(p, s, contents.weights, default_num_classes, default_shape)
+            net, s.num_classes, channels = _cached_input(p, self.named, _build_and_load, p, s, contents.weights,
+                                                         default_num_classes, default_shape)
         nonfinite = nonfinite_warning(net.state_dict())
         if nonfinite:
             notes.append(nonfinite)
@@ -200,15 +202,18 @@ def open_model(
         )
     else:
         p = check_exists(path)
-    fmt = detect_format(p)
-    if fmt in SELF_DESCRIBING and (arch or arch_kwargs):
-        raise UsageError(_self_describing(p, SELF_DESCRIBING[fmt], arch, arch_kwargs))
-    reader = {"safetensors": _read_safetensors, "pickle": _read_pickle, "torchscript": _read_torchscript,
-              "torch-export": _read_export, "onnx": _read_onnx}[fmt]
-    contents = reader(p, trust_checkpoint and named is None)  # published weights are always read as data
+    if named is not None:
+        fmt, contents = _read_published(p, named)
+    else:
+        fmt = detect_format(p)
+        if fmt in SELF_DESCRIBING and (arch or arch_kwargs):
+            raise UsageError(_self_describing(p, SELF_DESCRIBING[fmt], arch, arch_kwargs))
+        reader = {"safetensors": _read_safetensors, "pickle": _read_pickle, "torchscript": _read_torchscript,
+                  "torch-export": _read_export, "onnx": _read_onnx}[fmt]
+        contents = reader(p, trust_checkpoint)
     if contents.module is not None and (arch or arch_kwargs):
         raise UsageError(_self_describing(p, "a pickled complete model", arch, arch_kwargs))
-    meta = _parse_metadata(contents.metadata, p)
+    meta = _cached_input(p, named, _parse_metadata, contents.metadata, p)
     if contents.module is None and not arch and meta.arch:  # named by the file, not by the caller: a registry name only
         meta.arch = parse_arch(metadata_architecture(meta.arch, p)).spec
     # what the weights state (published weights' transforms, robaudit metadata) must agree with --mean/--std;
@@ -223,9 +228,46 @@ def open_model(
         pre = architecture_preprocessing(ref)
         if pre is not None and given.mean is None and given.std is None:
             s.mean, s.std = pre.mean, pre.std
-    class_names = named.class_names if named is not None else _metadata_class_names(contents.metadata)
+    class_names = named.class_names if named is not None else _metadata_class_names(contents.metadata, p)
     notes = list(contents.warnings) + (list(named.warnings) if named else [])
-    return OpenedModel(p, fmt, contents, s, notes, named.label if named else None, pre, class_names)
+    return OpenedModel(p, fmt, contents, s, notes, named.label if named else None, pre, class_names, named)
+
+
+def _read_published(p: Path, named: Any) -> tuple[str, "_Contents"]:
+    """A cached published-weights file (torch hub cache, Hugging Face cache), judged as an input:
+    it must be a safetensors file or a weights-only pickle holding a state dict. Anything else —
+    TorchScript, torch.export, ONNX, a pickle that needs other globals, garbage, a truncated file —
+    is a CheckpointError (exit 3) naming the cached file and the remedy; ``--trust-checkpoint``
+    changes nothing (published weights are always read as data)."""
+    def read() -> tuple[str, _Contents]:
+        fmt = detect_format(p)
+        if fmt not in ("safetensors", "pickle"):
+            what = {**SELF_DESCRIBING, "torch-export": "a torch.export archive"}[fmt]
+            raise CheckpointError(f"{p} is {what}, not a state dict")
+        contents = (_read_safetensors if fmt == "safetensors" else _read_pickle)(p, False)
+        if contents.weights is None:
+            raise CheckpointError(f"{p} holds a complete model, not a state dict")
+        return fmt, contents
+
+    return _cached_input(p, named, read)
+
+
+def _cached_input(p: Path, named: Any, step: Any, *args: Any) -> Any:
+    """``step(*args)``; with published weights a CheckpointError is restated as one line naming the
+    cached file and what to do about it (not the advice for a file of one's own, e.g. --trust-checkpoint)."""
+    if named is None:
+        return step(*args)
+    try:
+        return step(*args)
+    except CheckpointError as exc:
+        raise CheckpointError(_cached_file_message(p, named, str(exc))) from None
+
+
+def _cached_file_message(p: Path, named: Any, message: str) -> str:
+    reason = message[len(str(p)):].strip() if message.startswith(str(p)) else message
+    reason = reason.split("; ")[0]
+    return (f"{p}, the cached file of {named.label}, {reason}: it is not the published weights "
+            f"(robaudit reads them as data only, whatever --trust-checkpoint says); {named.remedy}")
 
 
 def _self_describing(p: Path, what: str, arch: str | None, arch_kwargs: Any) -> str:
@@ -242,13 +284,25 @@ def _metadata_preprocessing(meta: _Settings, p: Path) -> Preprocessing | None:
     return Preprocessing(source=f"the robaudit metadata in {p.name}", crop_size=crop, mean=meta.mean, std=meta.std)
 
 
-def _metadata_class_names(meta: Mapping[str, str]) -> tuple[str, ...] | None:
+def _metadata_class_names(meta: Mapping[str, str], p: Path) -> tuple[str, ...] | None:
     raw = meta.get(f"{META}class_names")
-    try:
-        names = json.loads(raw) if raw else None
-    except ValueError:
+    if not raw:
         return None
+    names = _metadata_json(raw, f"{META}class_names", p)
     return tuple(str(n) for n in names) if isinstance(names, list) else None
+
+
+def _metadata_json(raw: Any, key: str, p: Path) -> Any:
+    """A metadata value that holds JSON (safetensors header, ONNX metadata_props, a pickle's
+    top-level dict), read by robaudit's one JSON reader: malformed, nested too deeply or huge is
+    a CheckpointError (exit 3) naming the key."""
+    from ..errors import InputError
+    from ..jsonio import parse_json
+
+    try:
+        return parse_json(raw, f"{p} has malformed metadata {key}")
+    except InputError as exc:
+        raise CheckpointError(f"{exc}; re-save it with robaudit") from None
 
 
 def save_model(
@@ -268,7 +322,9 @@ def save_model(
 
     ``net`` is the raw model; a ``NormalizedModel`` is unwrapped (its mean/std are used unless given).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from ..outputs import atomic_write
 
     if isinstance(net, NormalizedModel):
         mean = mean if mean is not None else _buffer(net.mean)
@@ -284,43 +340,29 @@ def save_model(
         meta[key] = value
     # clone: safetensors refuses shared or non-contiguous storage (tied weights, views)
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in net.state_dict().items()}
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        _sort_safetensors_metadata(tmp)
-        digest = sha256_file(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest
+    raw = _sort_safetensors_metadata(save(tensors, metadata=meta))
+    atomic_write(path, raw)  # a failed write (disk full, ...) leaves the previous file: WriteError, exit 3
+    return hashlib.sha256(raw).hexdigest()
 
 
-def _sort_safetensors_metadata(path: str) -> None:
-    """Rewrite a safetensors header with its ``__metadata__`` keys sorted, in place.
+def _sort_safetensors_metadata(raw: bytes) -> bytes:
+    """The safetensors bytes ``raw`` with the header's ``__metadata__`` keys sorted.
 
     The safetensors writer stores metadata from a hash map, so the same weights and metadata give
     different bytes (and sha256) on every save; sorting makes the file a function of its content,
     so provenance hashes (``robaudit.harden.parent_sha256``) and resumed runs compare equal.
     """
-    import json
     import struct
 
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n).decode("utf-8"))
-        data = fh.read()
+    from ..jsonio import parse_json
+
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = parse_json(raw[8:8 + n], "the safetensors header robaudit just serialized")
     if "__metadata__" in header:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # the format pads the header to 8-byte alignment
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
-        fh.write(data)
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    head += b" " * (-len(head) % 8)  # the format pads the header to 8-byte alignment
+    return struct.pack("<Q", len(head)) + head + raw[8 + n:]
 
 
 def metadata_strings(
@@ -546,12 +588,15 @@ def _parse_metadata(meta: Mapping[str, str], p: Path) -> _Settings:
         raw = meta.get(META + key)
         if raw is None:
             return None
-        try:
-            value = raw if kind is str else (int(raw) if kind is int else json.loads(raw))
-        except (TypeError, ValueError):
-            raise CheckpointError(f"{p} has malformed metadata {META}{key}={raw!r}; re-save it with robaudit") from None
+        if kind is None or kind not in (str, int):
+            value = _metadata_json(raw, META + key, p)
+        else:
+            try:
+                value = raw if kind is str else int(raw)
+            except (TypeError, ValueError):
+                raise CheckpointError(f"{p} has malformed metadata {META}{key}={_clip(raw)!r}; re-save it with robaudit") from None
         if kind not in (None, str, int) and not isinstance(value, kind):
-            raise CheckpointError(f"{p} has malformed metadata {META}{key}={raw!r}; re-save it with robaudit")
+            raise CheckpointError(f"{p} has malformed metadata {META}{key}={_clip(raw)!r}; re-save it with robaudit")
         return value
 
     try:
@@ -565,13 +610,22 @@ def _parse_metadata(meta: Mapping[str, str], p: Path) -> _Settings:
         raise CheckpointError(f"{p} has malformed metadata: {exc}") from None
 
 
+def _clip(raw: Any, limit: int = 80) -> Any:
+    """A metadata value short enough for an error line."""
+    return raw if not isinstance(raw, str) or len(raw) <= limit else raw[:limit] + "…"
+
+
 def _extra_meta(raw: Any) -> dict[str, str]:
-    """A ``robaudit.json`` extra file (bytes/str JSON object) as a metadata dict of strings."""
+    """A ``robaudit.json`` extra file (bytes/str JSON object) as a metadata dict of strings; a
+    malformed one is ignored, as a file without it would be (these archives load only when trusted)."""
+    from ..errors import InputError
+    from ..jsonio import parse_json
+
     if not raw:
         return {}
     try:
-        value = json.loads(raw)
-    except (TypeError, ValueError):
+        value = parse_json(raw, EXTRA_FILE)
+    except InputError:
         return {}
     if not isinstance(value, dict):
         return {}

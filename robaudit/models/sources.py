@@ -77,6 +77,7 @@ class NamedWeights:
     class_names: tuple[str, ...] | None = None
     num_classes: int | None = None
     warnings: tuple[str, ...] = ()
+    remedy: str = "delete it and rerun with --download to fetch it again"  # what to do when the cached file is bad
 
 
 def named_weights(ref: ArchRef, *, download: bool = False) -> NamedWeights:
@@ -89,7 +90,7 @@ def named_weights(ref: ArchRef, *, download: bool = False) -> NamedWeights:
         found = _timm.named_weights(f"{ref.name}.{ref.weights}", download=download)
     return NamedWeights(
         path=found["path"], label=found["label"], preprocessing=found["preprocessing"], class_names=found["class_names"],
-        num_classes=found["num_classes"], warnings=tuple(found["warnings"]),
+        num_classes=found["num_classes"], warnings=tuple(found["warnings"]), remedy=found["remedy"],
     )
 
 

@@ -160,7 +160,9 @@ class SectionView:
 def canonical(result: ScanResult) -> ScanResult:
     """The result exactly as its JSON file reads back (lists → tuples; a non-finite float → null →
     None in an optional field, NaN in a float one)."""
-    return ScanResult.from_dict(json.loads(json.dumps(result.to_dict(), allow_nan=False)))
+    from ..jsonio import parse_json
+
+    return ScanResult.from_dict(parse_json(json.dumps(result.to_dict(), allow_nan=False), "the result"))
 
 
 def _section_view(name: str, sec: Any, result: ScanResult) -> SectionView:

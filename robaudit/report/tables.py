@@ -36,11 +36,11 @@ import numpy as np
 import pandas as pd
 
 from ..metric_names import robust_acc_name
-from ..outputs import atomic_write
+from ..outputs import atomic_write_all
 from ..results import ScanResult
 from ..threat import format_eps
 
-__all__ = ["samples_table", "per_class_table", "robust_table", "write_csv", "CSV_FILES"]
+__all__ = ["samples_table", "per_class_table", "robust_table", "csv_texts", "write_csv", "CSV_FILES"]
 
 CSV_FILES = ("samples.csv", "robust_accuracy.csv", "per_class.csv")  # what write_csv may write into its folder
 
@@ -214,17 +214,17 @@ def robust_table(result: ScanResult) -> pd.DataFrame:
     return table
 
 
+def csv_texts(result: ScanResult) -> dict[str, str]:
+    """``samples.csv``, ``robust_accuracy.csv`` and (when the result has labels) ``per_class.csv``:
+    file name → CSV text."""
+    tables = {"samples.csv": samples_table(result), "robust_accuracy.csv": robust_table(result)}
+    if _get(result.section("clean"), "labels"):
+        tables["per_class.csv"] = per_class_table(result)
+    return {name: table.to_csv(index=False) for name, table in tables.items()}
+
+
 def write_csv(result: ScanResult, directory: str | Path) -> list[Path]:
-    """Write ``samples.csv``, ``robust_accuracy.csv`` and (when the result has labels) ``per_class.csv``
-    into ``directory``; return their paths."""
-    directory = Path(directory)
-    out = []
-    tables = [("samples.csv", samples_table(result)), ("robust_accuracy.csv", robust_table(result))]
-    clean = result.section("clean")
-    if _get(clean, "labels"):
-        tables.append(("per_class.csv", per_class_table(result)))
-    for name, table in tables:
-        path = directory / name
-        atomic_write(path, table.to_csv(index=False))
-        out.append(path)
-    return out
+    """Write :func:`csv_texts` into ``directory`` (all or none: robaudit.outputs); return their paths."""
+    files = {Path(directory) / name: text for name, text in csv_texts(result).items()}
+    atomic_write_all(files)
+    return list(files)
