@@ -282,6 +282,11 @@ def _exact_under_ibp(graph: BoundGraph, norm: str) -> set[int]:
     return set(matrices)
 
 
+def tightened_nodes(graph: BoundGraph, norm: str) -> set[int]:
+    """The nodes whose boxes CROWN tightens (``intermediate="crown"``) on a threat set of ``norm``."""
+    return _needs_tightening(graph) - _exact_under_ibp(graph, norm)
+
+
 def intermediate_bounds(graph: BoundGraph, threat: ThreatSet, method: str = "crown",
                         max_elements: int | None = None,
                         progress: Callable[[float], None] | None = None) -> list[Bounds]:
@@ -291,7 +296,7 @@ def intermediate_bounds(graph: BoundGraph, threat: ThreatSet, method: str = "cro
     if method == "ibp":
         return ibp_bounds(graph, threat)
     max_elements = _budget(max_elements, threat.x)
-    targets = _needs_tightening(graph) - _exact_under_ibp(graph, threat.norm)
+    targets = tightened_nodes(graph, threat.norm)
     bounds: list[Bounds] = [threat.box()]
     relax = _Relaxations(graph, bounds)
     order = sorted(targets)

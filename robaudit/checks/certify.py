@@ -185,7 +185,7 @@ class CertifyCheck(Check):
         if self.method == "exact" or plan.model is None:
             return None
         from ..certify import UnsupportedModel, UntraceableModel, trace
-        from ..certify.bounds import _needs_tightening
+        from ..certify.bounds import tightened_nodes
 
         try:
             graph = trace(plan.model, tuple(plan.input_shape))
@@ -194,7 +194,7 @@ class CertifyCheck(Check):
         forward = 2.0
         backward = float(plan.num_classes - 1)
         if self._intermediate() == "crown":
-            backward += sum(2 * math.prod(graph.nodes[i].shape) for i in _needs_tightening(graph))
+            backward += sum(2 * math.prod(graph.nodes[i].shape) for i in tightened_nodes(graph, plan.config.norm.value))
         if self.method == "alpha-crown":
             backward += 2 * self.alpha_steps * (plan.num_classes - 1)
         per_eps = len(plan.eps) + (self.radius_steps if self.radius else 0)
