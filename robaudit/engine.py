@@ -325,6 +325,9 @@ def is_legacy(check) -> bool:
     return type(check).compute is Check.compute
 
 
+LIGHT_CHECKS = frozenset({"clean", "margins", "spectra"})  # about one forward per sample, or the weights alone: no probe
+
+
 def decide_memory_format(model: torch.nn.Module, data: DataSpec, config: ScanConfig, device: torch.device,
                          positions: torch.Tensor, *, sharded: bool, fixed_batch: int | None):
     """(MemoryFormat, the channels_last copy or None) for ``model`` on ``device``: ``--channels-last``
@@ -334,13 +337,15 @@ def decide_memory_format(model: torch.nn.Module, data: DataSpec, config: ScanCon
     from .memory_format import PROBE_ROWS, choose_memory_format
 
     probe = None
+    light = set(config.checks) <= LIGHT_CHECKS
     needs_probe = (config.channels_last is None and not config.compute_block and not sharded and not fixed_batch
-                   and len(data.input_shape) == 3 and positions.numel() > 0)
+                   and not light and len(data.input_shape) == 3 and positions.numel() > 0)
     if needs_probe:
         rows = min(PROBE_ROWS, config.batch_size, int(positions.numel()))
         probe = data.batch(positions[:rows]).to(device)
     return choose_memory_format(model, probe, requested=config.channels_last, compute_block=config.compute_block,
-                                sharded=sharded, fixed_batch=fixed_batch, precision=config.precision, device=device)
+                                sharded=sharded, fixed_batch=fixed_batch, precision=config.precision, device=device,
+                                light=light)
 
 
 def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, device: torch.device | None = None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import replace
 
 import torch
@@ -49,7 +50,9 @@ def _has_4d_weights(model: nn.Module) -> bool:
 
 
 def _converted_copy(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model).to(memory_format=torch.channels_last)
+    with warnings.catch_warnings():  # TorchScript parameters: torch's _apply reads .grad of non-leaf tensors
+        warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf", category=UserWarning)
+        return copy.deepcopy(model).to(memory_format=torch.channels_last)
 
 
 def _probe_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -69,12 +72,13 @@ def _probe_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def choose_memory_format(model: nn.Module, x: torch.Tensor | None, *, requested: bool | None, compute_block: int | None,
                          sharded: bool, fixed_batch: int | None, precision: str = "float32",
-                         device: torch.device | None = None) -> tuple[MemoryFormat, nn.Module | None]:
+                         device: torch.device | None = None, light: bool = False) -> tuple[MemoryFormat, nn.Module | None]:
     """The decision for ``model`` (already on its device) and, when channels_last is chosen, the
     converted copy to run (None otherwise, or when the module could not be copied: then
     :func:`apply_memory_format` converts it in place). ``x``: probe images of the scan (on the
     device; None: no samples). ``requested``: ``--channels-last`` (True), ``--no-channels-last``
-    (False) or neither (None: auto)."""
+    (False) or neither (None: auto). ``light``: the scan's checks cost about one pass per sample
+    (clean, margins, spectra): a probe would cost more than it can save."""
     if requested is False:
         return MemoryFormat("contiguous", "--no-channels-last", "forced"), None
     if requested is True:
@@ -91,6 +95,8 @@ def choose_memory_format(model: nn.Module, x: torch.Tensor | None, *, requested:
                     "--channels-last forces it")
     if fixed_batch:
         return keep("a fixed-batch export")
+    if light:
+        return keep("only checks of about one pass per sample: a probe would cost more than it saves")
     if x is None or x.dim() != 4 or x.shape[0] == 0 or not _has_4d_weights(model):
         return keep("no 4-d weights or image inputs: nothing to convert")
     try:

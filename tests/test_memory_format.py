@@ -103,6 +103,10 @@ def test_no_probe_where_a_timed_choice_would_break_a_promise(monkeypatch):
     payload = run_shard(loaded, _data(net), ScanConfig.parse(checks="clean", device="cpu"), Shard(1, 2))
     assert "--shard" in payload["provenance"]["memory_format"]["reason"]
     assert payload["run"]["channels_last"] is None  # the shards' fingerprints carry the request: auto
+    net = _rgb_net()
+    light = run_scan(LoadedModel(net, ModelInfo(path="m", format="in-memory", sha256="0" * 64)), _data(net),
+                     ScanConfig.parse(checks="clean,margins", device="cpu")).provenance.memory_format
+    assert light.chosen == "contiguous" and light.probe_rows is None and "a probe would cost more" in light.reason
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
     memory = _scan(mlp).provenance.memory_format
     assert memory.chosen == "contiguous" and "nothing to convert" in memory.reason
