@@ -73,7 +73,7 @@ def scan(
     batch_size: int = 256,
     compute_block: int | None = None,
     precision: str = "float32",
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     progress: bool = False,
 ) -> ScanResult:
     """Scan ``model`` (an nn.Module taking [0,1] pixels — pass ``mean``/``std`` if it expects
@@ -81,9 +81,11 @@ def scan(
     ``(x, y)`` pair; ``n`` samples chosen as ``sample`` says: "first" or "stratified", default
     stratified for image folders, first otherwise). ``compute_block``: see ``--compute-block``;
     ``precision``: ``--precision`` (float32, bfloat16, float16: the attacks' forward passes);
-    ``channels_last``: ``--channels-last`` (the module's 4-d parameters are converted to that memory
-    format in place, values unchanged).
-    The module's train/eval mode and weights are left as they were."""
+    ``channels_last``: True = ``--channels-last``, False = ``--no-channels-last``, None (default) =
+    chosen at scan start by a timed probe (README, "Speed and progress"); channels_last runs on a
+    converted copy of the module, never the module itself (``result.provenance.memory_format`` says
+    what was chosen and why).
+    The module's train/eval mode, weights and memory format are left as they were."""
     was_training = model.training if isinstance(model, nn.Module) else None
     loaded = _as_model(model, mean, std)  # wrapping puts the module in eval mode
     spec = _as_data(data, n, split, data_dir, sample, seed)

@@ -266,7 +266,8 @@ class ScanConfig:
     compute_block: int | None = None  # run the model on blocks of exactly this many rows (engine.FixedBlockModel)
     workers: int | None = None  # DataLoader workers for lazy datasets (None: engine.default_workers())
     precision: str = "float32"  # the attacks' forward passes (PRECISIONS); checked_precision() for the device
-    channels_last: bool = False  # the model and its 4-d inputs in torch.channels_last (attacks.base.in_memory_format)
+    # the model and its 4-d inputs in torch.channels_last: True/False forced, None chosen at scan start (robaudit.memory_format)
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
         check_radii(self.eps, self.norm)  # ℓ2's bound needs the data: radii()
@@ -282,7 +283,7 @@ class ScanConfig:
         cls, *, norm: str = "linf", eps: str | Sequence[float] | None = None, attacks: str = "quick",
         ensemble: str | None = None, checks: str | Sequence[str] = DEFAULT_CHECKS, seed: int = 0,
         device: str = "auto", batch_size: int = 256, compute_block: int | None = None, workers: int | None = None,
-        precision: str = "float32", channels_last: bool = False,
+        precision: str = "float32", channels_last: bool | None = None,
     ) -> "ScanConfig":
         """The config from the CLI's / API's strings, every usage error raised here, before heavy work."""
         if batch_size < 1:
@@ -306,5 +307,5 @@ class ScanConfig:
             ensemble=ensemble_mode_for(attacks, ensemble), checks=names, check_options=options,
             seed=seed, device=device, batch_size=batch_size, preset=preset if preset in ATTACK_PRESETS else None,
             compute_block=compute_block, workers=workers, precision=precision,
-            channels_last=bool(channels_last),
+            channels_last=None if channels_last is None else bool(channels_last),
         )

@@ -114,7 +114,7 @@ def config_from_dict(d: dict) -> ScanConfig:
         compute_block=d["compute_block"],
         workers=d["workers"],
         precision=d.get("precision", "float32"),
-        channels_last=bool(d.get("channels_last", False)),
+        channels_last=None if d.get("channels_last", False) is None else bool(d.get("channels_last", False)),
     )
 
 
@@ -161,16 +161,17 @@ def _refuse_run_only_checks(checks) -> None:
 
 def run_shard(loaded: LoadedModel, data: DataSpec, config: ScanConfig, shard: Shard, *, device: torch.device | None = None,
               quiet: bool = True, command_line: str | None = None, log: Callable[[str], None] | None = None,
-              train_data: DataSpec | None = None, label: str = "") -> dict:
-    """Compute every check's part for ``shard`` of the samples: the payload of a part file."""
+              train_data: DataSpec | None = None, label: str = "", memory=None) -> dict:
+    """Compute every check's part for ``shard`` of the samples: the payload of a part file.
+    ``memory``: the memory format decided for every rank (torchrun), else decided here."""
     checks = build_checks(config)
     _refuse_run_only_checks(checks)
-    ctx = make_context(loaded, data, config, device=device, train_data=train_data, shard=shard)
+    ctx = make_context(loaded, data, config, device=device, train_data=train_data, shard=shard, memory=memory)
     torch.manual_seed(config.seed)
     with _progress(quiet) as progress:
         ctx.progress = _Labelled(progress, label) if label else progress
         timings = compute_parts(ctx, checks, log)
-    prov = provenance(loaded, data, config, ctx.device.type, command_line)
+    prov = provenance(loaded, data, config, ctx.device.type, command_line, memory_format=ctx.memory_format)
     return {
         "robaudit_part": PART_FORMAT,
         "shard": [shard.index, shard.count],
@@ -469,6 +470,28 @@ def raise_first_error(payloads: Sequence[dict | None], rank: int) -> None:
     raise _agreed_error(p["error"] if alike else f"rank {r}: {p['error']}", p["exit_code"], rank)
 
 
+def _agreed_memory_format(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: torch.device, rank: int, world: int):
+    """The memory format every rank runs (robaudit.memory_format): rank 0 decides — probing its own
+    samples when neither --channels-last nor --no-channels-last is given — and broadcasts the
+    decision, so all ranks use the same kernels. Returns (MemoryFormat, rank 0's channels_last
+    copy or None)."""
+    import torch.distributed as dist
+
+    from .engine import decide_memory_format
+    from .memory_format import MemoryFormat
+
+    decided: list[Any] = [None]
+    converted = None
+    if rank == 0:
+        try:
+            decided[0], converted = decide_memory_format(loaded.model.to(device), data, config, device, Shard(0, world).positions(data.n),
+                                                         sharded=False, fixed_batch=loaded.info.fixed_batch)
+        except Exception as exc:  # noqa: BLE001 - every rank must reach the broadcast; the scan then reports real errors
+            decided[0] = MemoryFormat("contiguous", "auto", f"the probe failed on rank 0 ({type(exc).__name__})")
+    dist.broadcast_object_list(decided, src=0)
+    return decided[0], converted
+
+
 def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, quiet: bool, command_line: str | None,
                  train_data: DataSpec | None = None, log: Callable[[str], None] | None = None) -> ScanResult | None:
     """Scan this rank's shard, gather every payload on rank 0 and combine there. Returns the
@@ -484,10 +507,11 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
             make_console(stderr=True).print(
                 f"scanning {data.n} samples on {world} processes ({backend}), ≈{-(-data.n // world)} each; "
                 f"the bars show rank 0's share", markup=False, highlight=False)
+        memory = _agreed_memory_format(loaded, data, config, device, rank, world)
         try:
             payload: Any = run_shard(loaded, data, config, Shard(rank, world), device=device, quiet=quiet or rank != 0,
                                      command_line=command_line, log=log if rank == 0 else None, train_data=train_data,
-                                     label=f"[rank 0/{world}]")
+                                     label=f"[rank 0/{world}]", memory=memory)
         except Exception as exc:  # noqa: BLE001 - every rank must reach the gather, or the others wait forever
             payload = error_payload(exc)
         wait_for_all_ranks("every shard scanned")  # the early ones wait here, not in the gather

@@ -24,15 +24,16 @@ from . import __version__
 from .config import ScanConfig
 from .console import make_console
 from .data.spec import DataSpec, as_positions
-from .attacks.base import autocast_dtype, in_memory_format
+from .attacks.base import ChannelsLastModel, autocast_dtype
 from .geometry import passes
 from .errors import RuntimeFailure, UsageError
 from .models.spec import LoadedModel
 from .parts import CombineInfo, Part, Table, merge_parts
-from .results import Flag, Provenance, ScanResult
+from .results import Flag, MemoryFormat, Provenance, ScanResult
 from .rng import SampleRNG
 
-__all__ = ["resolve_device", "ScanContext", "run_scan", "FixedBlockModel", "Shard", "compute_parts", "combine_parts", "fit_batch_size"]
+__all__ = ["resolve_device", "ScanContext", "run_scan", "FixedBlockModel", "Shard", "compute_parts", "combine_parts", "fit_batch_size",
+           "decide_memory_format"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -155,6 +156,7 @@ class ScanContext:
     plain_model: torch.nn.Module | None = None  # the model without FixedBlockModel (model-level checks)
     fixed_batch: int | None = None
     passes: dict = field(default_factory=dict)  # check name → {"grad": n, "hvp": n} (geometry.passes)
+    memory_format: MemoryFormat | None = None  # how the model's memory format was chosen (robaudit.memory_format)
     _within: Callable[[float], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -323,13 +325,46 @@ def is_legacy(check) -> bool:
     return type(check).compute is Check.compute
 
 
+LIGHT_CHECKS = frozenset({"clean", "margins", "spectra"})  # about one forward per sample, or the weights alone: no probe
+
+
+def decide_memory_format(model: torch.nn.Module, data: DataSpec, config: ScanConfig, device: torch.device,
+                         positions: torch.Tensor, *, sharded: bool, fixed_batch: int | None):
+    """(MemoryFormat, the channels_last copy or None) for ``model`` on ``device``: ``--channels-last``
+    / ``--no-channels-last`` as asked, else measured on up to PROBE_ROWS of ``positions``' samples
+    (:mod:`robaudit.memory_format`; no probe under ``--compute-block``, for ``--shard`` jobs and
+    fixed-batch exports)."""
+    from .memory_format import PROBE_ROWS, choose_memory_format
+
+    probe = None
+    light = set(config.checks) <= LIGHT_CHECKS
+    needs_probe = (config.channels_last is None and not config.compute_block and not sharded and not fixed_batch
+                   and not light and len(data.input_shape) == 3 and positions.numel() > 0)
+    if needs_probe:
+        rows = min(PROBE_ROWS, config.batch_size, int(positions.numel()))
+        probe = data.batch(positions[:rows]).to(device)
+    return choose_memory_format(model, probe, requested=config.channels_last, compute_block=config.compute_block,
+                                sharded=sharded, fixed_batch=fixed_batch, precision=config.precision, device=device,
+                                light=light)
+
+
 def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, device: torch.device | None = None,
-                 train_data: DataSpec | None = None, shard: Shard = Shard()) -> ScanContext:
+                 train_data: DataSpec | None = None, shard: Shard = Shard(),
+                 memory: tuple[MemoryFormat, torch.nn.Module | None] | None = None) -> ScanContext:
+    """The context of a scan of ``shard``'s samples. ``memory``: the memory format already decided
+    (torchrun: by rank 0) with its channels_last copy, if any; None: decided here."""
+    from .memory_format import apply_memory_format
+
     device = device or resolve_device(config.device)
     autocast_dtype(config.precision, device)  # a precision the device can't run: a usage error before any work
     eps = config.radii(data.input_shape)
     plain = loaded.model.to(device)
-    model = in_memory_format(plain, config.channels_last)  # plain's 4-d weights too (in place); its inputs stay as given
+    if memory is None:
+        memory = decide_memory_format(plain, data, config, device, shard.positions(data.n), sharded=shard.count > 1,
+                                      fixed_batch=loaded.info.fixed_batch)
+    choice, converted = memory
+    plain = apply_memory_format(plain, choice, converted)  # a converted copy: the caller's module keeps its format
+    model = ChannelsLastModel(plain) if choice.channels_last else plain
     model = FixedBlockModel(model, config.compute_block) if config.compute_block else model
     if config.compute_block and device.type == "cuda":  # same shapes must also mean the same cuDNN algorithms
         torch.backends.cudnn.deterministic = True
@@ -338,7 +373,7 @@ def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, dev
         model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size,
         train_data=train_data, positions=shard.positions(data.n), lead=shard.lead,
         workers=default_workers() if config.workers is None else config.workers, plain_model=plain,
-        fixed_batch=loaded.info.fixed_batch,
+        fixed_batch=loaded.info.fixed_batch, memory_format=choice,
     )
 
 
@@ -419,7 +454,7 @@ def run_scan(
             if log:
                 log(f"{check.name}: {timings[check.name]:.1f}s")
     return ScanResult(
-        provenance=provenance(loaded, data, config, str(ctx.device), command_line),
+        provenance=provenance(loaded, data, config, str(ctx.device), command_line, memory_format=ctx.memory_format),
         sections=dict(ctx.sections),
         flags=tuple(ctx.flags),
         model_warnings=tuple(loaded.info.warnings),
@@ -446,7 +481,7 @@ def combine_info(data: DataSpec, config: ScanConfig, eps: tuple[float, ...]) -> 
 
 
 def provenance(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: str, command_line: str | None,
-               execution: str = "1 process") -> Provenance:
+               execution: str = "1 process", memory_format: MemoryFormat | None = None) -> Provenance:
     info = loaded.info
     return Provenance(
         robaudit_version=__version__,
@@ -473,7 +508,8 @@ def provenance(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: 
         compute_block=config.compute_block,
         execution=execution,
         precision=config.precision,
-        channels_last=config.channels_last,
+        channels_last=memory_format.channels_last if memory_format is not None else bool(config.channels_last),
+        memory_format=memory_format,
     )
 
 

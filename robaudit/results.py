@@ -23,7 +23,7 @@ from .errors import InputError
 if typing.TYPE_CHECKING:
     from .stats import Proportion
 
-__all__ = ["SCHEMA_VERSION", "Section", "section", "Provenance", "Flag", "ScanResult", "to_jsonable", "from_jsonable"]
+__all__ = ["SCHEMA_VERSION", "Section", "section", "Provenance", "MemoryFormat", "Flag", "ScanResult", "to_jsonable", "from_jsonable"]
 
 SCHEMA_VERSION = 1
 
@@ -92,6 +92,39 @@ class Flag:
 
 
 @dataclass(frozen=True)
+class MemoryFormat:
+    """How the model's memory format was chosen (``provenance.memory_format``).
+
+    chosen: ``channels_last`` or ``contiguous``; how: ``auto`` (measured at scan start or kept by a
+    rule), ``--channels-last`` or ``--no-channels-last``; reason: one line why. The probe (auto,
+    when it ran): its rows, the seconds of one forward + one forward+backward of that batch in each
+    format (the fastest of its rounds; timings, like ``timings``: they differ between runs), whether
+    both formats decided the same, and the largest logit difference. converted_in_place: the module
+    itself was converted (it could not be copied)."""
+
+    chosen: str
+    how: str
+    reason: str
+    probe_rows: int | None = None
+    probe_seconds_contiguous: float | None = None
+    probe_seconds_channels_last: float | None = None
+    same_decisions: bool | None = None
+    max_logit_difference: float | None = None
+    converted_in_place: bool = False
+
+    @property
+    def channels_last(self) -> bool:
+        return self.chosen == "channels_last"
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        line = f"memory format: {self.chosen} ({self.how}: {self.reason})"
+        if self.converted_in_place:
+            line += "; the module itself was converted to channels_last (it could not be copied)"
+        return line
+
+
+@dataclass(frozen=True)
 class Provenance:
     """Where a result came from. Same seed + same device + same inputs → same JSON (timings aside)."""
 
@@ -123,8 +156,10 @@ class Provenance:
     fixed_batch: int | None = None  # the model ran at this batch size only (a fixed-batch export)
     # the dtype of the attacks' forward passes (--precision); every broken sample was re-checked in float32
     precision: str = "float32"
-    # --channels-last: the model and its 4-d inputs ran in torch.channels_last memory format
+    # the model and its 4-d inputs ran in torch.channels_last memory format (--channels-last, or auto)
     channels_last: bool = False
+    # how that format was chosen (robaudit.memory_format); None in results from before auto
+    memory_format: MemoryFormat | None = None
 
 
 @dataclass(frozen=True)

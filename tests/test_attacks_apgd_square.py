@@ -229,6 +229,41 @@ def test_square_makes_only_forward_passes(tiny_cnn, monkeypatch):
     assert not hasattr(square_module, "input_gradient")
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_square_decoded_block_draws_equal_the_per_iteration_draws(channels, monkeypatch):
+    """A scan's ℓ∞ Square decodes a block of iterations' corners, signs and resampling flips at
+    once (_BlockDraws.linf); the points must be those of the per-iteration path, bit for bit,
+    resampled proposals included (a large ε makes them frequent)."""
+    from conftest import TinyCNN
+    from robaudit.rng import SampleRNG
+
+    torch.manual_seed(0)
+    model = TinyCNN(in_channels=channels).eval()
+    x = torch.rand(10, channels, 8, 8, generator=torch.Generator().manual_seed(4))
+    y = model(x).argmax(1)
+    resampled = []
+    original = square_module._flips_from_words
+    monkeypatch.setattr(square_module, "_flips_from_words", lambda w, c, like: resampled.append(1) or original(w, c, like))
+
+    def run():
+        attack = ATTACKS.get("square")(n_queries=200)
+        return attack.run(model, x, y, ThreatModel(Norm.LINF, 0.04), SampleRNG.for_indices(0, "sq", torch.arange(10))), attack.counter
+
+    (fast, c_fast), used = run(), len(resampled)
+    monkeypatch.setattr(square_module._BlockDraws, "_decode", lambda self, k: None)
+    init = square_module._BlockDraws.__init__
+
+    def undecoded(self, *a, **k):
+        init(self, *a, **k)
+        self.decoded = False
+
+    monkeypatch.setattr(square_module._BlockDraws, "__init__", undecoded)
+    slow, c_slow = run()
+    assert used == 0 and len(resampled) > 0, "the test needs resampled proposals (counted on the per-iteration path)"
+    assert torch.equal(fast.x_adv, slow.x_adv) and torch.equal(fast.success, slow.success)
+    assert c_fast.forward == c_slow.forward
+
+
 def test_square_stops_querying_broken_samples(tiny_cnn):
     x, _ = _batch(seed=6)
     y = tiny_cnn(x).argmax(1)

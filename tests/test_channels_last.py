@@ -1,6 +1,7 @@
 """--channels-last (issue 15): the model and its image batches in torch.channels_last memory format
 — the same function up to float rounding, so the scan's invariants hold and its figures agree
-with the default format's within float tolerance; off, it is the scan it always was."""
+with the default format's within float tolerance; --no-channels-last is the scan it always was.
+The automatic choice (neither flag): tests/test_memory_format.py."""
 from __future__ import annotations
 
 import json
@@ -75,7 +76,7 @@ def test_geometry_checks_run_and_agree_in_channels_last():
     """torch.func paths (Hessian-vector products, input Jacobians) through the wrapper: same figures
     within float tolerance."""
     checks = "clean,margins,jacobian,curvature"
-    a = _scan(checks=checks, attacks="fgsm").metrics()
+    a = _scan(checks=checks, attacks="fgsm", channels_last=False).metrics()
     b = _scan(checks=checks, attacks="fgsm", channels_last=True).metrics()
     assert a.keys() == b.keys() and len(a) > 3
     for name in a:
@@ -90,14 +91,16 @@ def _sections(result) -> str:
     return json.dumps(sections, sort_keys=True)
 
 
-def test_off_is_the_scan_without_the_option_and_old_results_load():
-    a, b = _scan(), _scan(channels_last=False)
-    assert _sections(a) == _sections(b)
+def test_forced_off_is_the_default_format_and_old_results_load():
+    a = _scan(channels_last=False)
+    assert a.provenance.channels_last is False and a.provenance.memory_format.how == "--no-channels-last"
     model = _tiny()
     assert in_memory_format(model, False) is model
     data = a.to_dict()
     assert data["provenance"].pop("channels_last") is False
-    assert ScanResult.from_dict(data).provenance.channels_last is False  # a result from before the option
+    data["provenance"].pop("memory_format")
+    old = ScanResult.from_dict(data).provenance  # a result from before the options
+    assert old.channels_last is False and old.memory_format is None
 
 
 def test_cli_channels_last_is_recorded(tmp_path):

@@ -56,20 +56,41 @@ def test_scan_invariants(tiny_cnn):
     assert "robust_acc.pgd[steps=10].linf@0.05" in result.metrics()
 
 
-def test_json_round_trip_and_determinism(tiny_cnn, tmp_path):
+def _without_timings(result) -> dict:
+    d = result.to_dict()
+    d.pop("timings")
+    for run in d["sections"]["attacks"]["runs"]:
+        run.pop("seconds")
+    return d
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_json_round_trip_and_determinism(tiny_cnn, tmp_path, channels_last):
+    """Same seed, same device, same memory format → same JSON (timings aside)."""
     loaded, data = _setup(tiny_cnn)
-    r1 = run_scan(loaded, data, _config(seed=3), command_line="test")
-    r2 = run_scan(loaded, data, _config(seed=3), command_line="test")
-    d1, d2 = r1.to_dict(), r2.to_dict()
-    d1.pop("timings"), d2.pop("timings")
-    for run1, run2 in zip(d1["sections"]["attacks"]["runs"], d2["sections"]["attacks"]["runs"]):
-        run1.pop("seconds"), run2.pop("seconds")
+    r1 = run_scan(loaded, data, _config(seed=3, channels_last=channels_last), command_line="test")
+    r2 = run_scan(loaded, data, _config(seed=3, channels_last=channels_last), command_line="test")
+    d1, d2 = _without_timings(r1), _without_timings(r2)
     assert json.dumps(d1) == json.dumps(d2), "same seed, same device → same JSON"
     path = tmp_path / "r.json"
     r1.write_json(path)
     back = ScanResult.read_json(path)
     assert back == r1
     assert back.to_json() == r1.to_json()
+
+
+def test_an_automatic_memory_format_is_repeated_by_forcing_the_recorded_one(tiny_cnn):
+    """With neither --channels-last nor --no-channels-last the format is timed at scan start (it
+    may differ between runs); forcing the format the result recorded repeats its sections exactly."""
+    loaded, data = _setup(tiny_cnn)
+    auto = run_scan(loaded, data, _config(seed=3), command_line="test")
+    memory = auto.provenance.memory_format
+    assert memory.how == "auto" and memory.probe_rows == 16 and memory.probe_seconds_contiguous > 0
+    forced = run_scan(loaded, data, _config(seed=3, channels_last=memory.channels_last), command_line="test")
+    a, f = _without_timings(auto), _without_timings(forced)
+    assert json.dumps(a["sections"]) == json.dumps(f["sections"])
+    assert a["provenance"].pop("memory_format")["chosen"] == f["provenance"].pop("memory_format")["chosen"]
+    assert a["provenance"] == f["provenance"]
 
 
 def test_batch_size_halves_on_oom(tiny_cnn):

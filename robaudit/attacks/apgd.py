@@ -155,6 +155,25 @@ class _APGD(Attack):
         z = project(xa + _bview(st["step"], xa) * normalize_direction(st["grad"], threat.norm), x0, threat)
         return project(xa + _bview(a, xa) * (z - xa) + _bview(1 - a, xa) * (xa - st["x_old"]), x0, threat)
 
+    def _fixed(self, st: dict, threat: ThreatModel) -> torch.Tensor:
+        """[R] bool: rows at a fixed point of the iteration, whose remaining iterations are provably
+        identical to this one (for a deterministic model): the input gradient is exactly zero, so
+        the step is P(x_adv) whatever the step size; x_adv = P(x_adv) and x_old = x_adv, so the
+        momentum term is zero and the next iterate is x_adv again, with the same loss, logits and
+        zero gradient; and x_best = x_adv with a zero gradient, so a checkpoint's restart from the
+        best point changes nothing either. The run's answer is then already final: x_best and
+        margin_best, not misclassified (a misclassified row is done anyway). Rows with a nonzero
+        or non-finite gradient never qualify."""
+        flat = st["grad"].flatten(1)
+        zero = (flat == 0).all(dim=1)
+        if not bool(zero.any()):
+            return zero
+        r = zero.nonzero().squeeze(1)
+        xa = st["x_adv"][r]
+        still = ((st["x_old"][r] == xa) & (st["x_best"][r] == xa) & (project(xa, st["x0"][r], threat) == xa)).flatten(1).all(dim=1)
+        still &= (st["grad_best"][r].flatten(1) == 0).all(dim=1)
+        return zero.index_put((r,), still)
+
     def _update(self, st: dict, x_next, loss, logits, grad, is_check: torch.Tensor, check_now: bool) -> torch.Tensor:
         """One iteration's bookkeeping for the active rows (Croce & Hein's Algorithm 1). Returns
         the rows now misclassified."""
@@ -278,6 +297,8 @@ class _APGD(Attack):
             wrong = torch.cat(wrong_parts)
             wrong_cpu = wrong.cpu()
             done_cpu = wrong_cpu | (it_cpu >= self.n_iter)
+            if self.stop_at_fixed_points:
+                done_cpu |= self._fixed(st, threat).cpu()  # their later iterations can't change anything
             finished, removed = schedule.end_tick(s_cpu, q_cpu, wrong_cpu, done_cpu)
             if bool(finished.any()):
                 f = finished.to(x.device)

@@ -257,6 +257,11 @@ class Attack(ABC):
     # progress — called with the fraction (0..1) of the current run() call's work done, as it goes.
     max_rows: int | None = field(default=None, repr=False, compare=False)
     progress: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
+    # Attacks that can tell that a sample's remaining iterations are provably identical to the
+    # last one (a zero input gradient at a point that no longer moves: APGD, FAB-T) stop it there;
+    # the result is the same, only the pass counts drop. An internal switch for the tests that
+    # prove it (not a user option, not a hyper-parameter).
+    stop_at_fixed_points: ClassVar[bool] = True
 
     def params(self) -> dict:
         """Hyper-parameters as plain values (for provenance in ScanResult)."""

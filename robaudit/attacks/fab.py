@@ -164,10 +164,13 @@ class FABTargeted(Attack):
                 st = fresh if st is None else {k: torch.cat([st[k], fresh[k]]) for k in st}
                 s_cpu, q_cpu = torch.cat([s_cpu, new_s]), torch.cat([q_cpu, new_q])
                 it_cpu = torch.cat([it_cpu, torch.zeros_like(new_s)])
-            self._iterate(model, st, threat.norm)
+            fixed = self._iterate(model, st, threat.norm)
             it_cpu = it_cpu + 1
             ok = st["best_norm"] <= threat.eps
-            finished, removed = schedule.end_tick(s_cpu, q_cpu, ok.cpu(), it_cpu >= self.n_iter)
+            done = it_cpu >= self.n_iter
+            if self.stop_at_fixed_points:
+                done |= fixed.cpu()  # their later iterations would repeat this one exactly
+            finished, removed = schedule.end_tick(s_cpu, q_cpu, ok.cpu(), done)
             if bool(finished.any()):
                 f = finished.to(dev)
                 results.add(s_cpu[finished].to(dev), q_cpu[finished].to(dev), st["best"][f], ok[f], st["best_norm"][f])
@@ -181,10 +184,15 @@ class FABTargeted(Attack):
         best[todo] = results.final()
         return best
 
-    def _iterate(self, model, st: dict, norm: Norm) -> None:
+    def _iterate(self, model, st: dict, norm: Norm) -> torch.Tensor:
         """One FAB iteration of every row of ``st`` (x0, y, target, x1, best, best_norm), in
         model calls of at most ``max_rows`` rows: the gradient of Z_t − Z_y at x1, the step onto
-        the linearized boundary (from x1 and from x0), a forward at the new point."""
+        the linearized boundary (from x1 and from x0), a forward at the new point.
+
+        Returns the rows at a fixed point: a zero input gradient at x1 (the step then only pulls
+        x1 towards x by α_max) and a new point bitwise equal to x1, correctly classified. For a
+        deterministic model every later iteration of such a row computes exactly this one again
+        (same point, same gradient, same test), so its run's answer is already final."""
         x, x1, y, target = st["x0"], st["x1"], st["y"], st["target"]
         n = x.shape[0]
         chunk = max(1, int(self.max_rows or self._batch_rows or n))
@@ -209,11 +217,15 @@ class FABTargeted(Attack):
         alpha = _view((a1 / (a1 + a2)).clamp(0.0, self.alpha_max), x)
         x1 = ((1 - alpha) * (x1 + self.eta * d1) + alpha * (x + self.eta * d2)).clamp(0.0, 1.0)
         wrong = torch.cat([predict(model, x1[s : s + chunk], self.counter).argmax(1) for s in range(0, n, chunk)]) != y
+        fixed = (w == 0).all(dim=1) & ~wrong
+        if bool(fixed.any()):
+            fixed &= (x1 == st["x1"]).flatten(1).all(dim=1)
         size = lp_norm(x1 - x, norm)
         improved = wrong & (size < st["best_norm"])
         st["best"] = torch.where(_view(improved, x), x1, st["best"])
         st["best_norm"] = torch.where(improved, size, st["best_norm"])
         st["x1"] = torch.where(_view(wrong, x), x + self.beta * (x1 - x), x1)
+        return fixed
 
     def minimal_run(
         self, model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, threat: ThreatModel,

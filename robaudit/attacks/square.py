@@ -103,12 +103,18 @@ class _Draws:
         return rng.uniform((self.n,), self.gen, self.like.device) > 0.5
 
 
+@lru_cache(maxsize=256)
+def _bands(s: int, size: int, device: torch.device) -> torch.Tensor:
+    """[size − s + 1, size] bool: row i is True on [i, i + s) (a window's rows, or its columns)."""
+    start = torch.arange(size - s + 1)[:, None]
+    idx = torch.arange(size)[None, :]
+    return ((idx >= start) & (idx < start + s)).to(device)
+
+
 def _window(pos_h: torch.Tensor, pos_w: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
     """Per-sample boolean mask [n,1,h,w] of the s×s square whose top-left corner is (pos_h, pos_w)."""
-    rows = torch.arange(h, device=pos_h.device)[None, :]
-    cols = torch.arange(w, device=pos_h.device)[None, :]
-    in_h = (rows >= pos_h[:, None]) & (rows < pos_h[:, None] + s)
-    in_w = (cols >= pos_w[:, None]) & (cols < pos_w[:, None] + s)
+    in_h = _bands(s, h, pos_h.device)[pos_h]  # [n,h]
+    in_w = _bands(s, w, pos_w.device)[pos_w]  # [n,w]
     return (in_h[:, :, None] & in_w[:, None, :])[:, None]
 
 
@@ -206,27 +212,50 @@ class SquareAttack(Attack):
                       words: torch.Tensor | None = None, flip_words: torch.Tensor | None = None) -> torch.Tensor:
         """``words`` [n, 3] / ``flip_words`` [n]: this iteration's draws, precomputed (else drawn)."""
         n, c, h, w = xc.shape
-        s = max(min(int(round(math.sqrt(p * h * w))), min(h, w) - 1), 1)
+        s = max(min(int(round(math.sqrt(p * h * w))), min(h, w) - 1), 1)  # = _side_linf(it)
         draw = _Draws(generator, n, xc, 3, words)
         pos_h, pos_w = draw.randint(h - s + 1), draw.randint(w - s + 1)
         mask = _window(pos_h, pos_w, s, h, w)
         delta = xb - xc
         sign = draw.signs(c)
-        x_new = (xc + torch.where(mask, eps * sign, delta)).clamp(0.0, 1.0)
+        x_new = torch.where(mask, eps * sign, delta).add_(xc).clamp_(0.0, 1.0)  # = (xc + where(...)).clamp(0, 1)
+        if eps <= 0:
+            return x_new
         # The paper resamples a proposal that leaves the square unchanged (it already holds ±ε per
         # channel there). For ε > 0 only one sign vector can do that, so resampling until it
         # changes is drawing uniformly among the others: flip a uniform non-empty set of channels.
-        same = (((x_new - xb).abs() < 1e-7) | ~mask).flatten(1).all(dim=1)
-        if eps > 0 and flip_words is not None:  # every row's flips are drawn already: no sync, no gather
-            flipped = torch.where(same.view(-1, 1, 1, 1), sign * _flips_from_words(flip_words, c, xc), sign)
-            return torch.where(same.view(-1, 1, 1, 1), (xc + torch.where(mask, eps * flipped, delta)).clamp(0.0, 1.0), x_new)
-        if eps > 0 and bool(same.any()):
-            rows_ = same.nonzero().squeeze(1)
+        # "Unchanged": every pixel of the window within 1e-7 of the current best point.
+        same = (x_new - xb).abs_().masked_fill_(~mask, 0.0).flatten(1).amax(dim=1) < 1e-7
+        if not bool(same.any()):  # most iterations: no row to resample
+            return x_new
+        rows_ = same.nonzero().squeeze(1)
+        if flip_words is not None:  # drawn already, for every row: take the resampled rows' own
+            flips = _flips_from_words(flip_words[rows_.to(flip_words.device)], c, xc)
+        else:
             flips = _nonempty_flips(int(rows_.numel()), c, rng.rows(generator, rows_), xc, counter=it)
-            sign = sign.clone()
-            sign[rows_] = sign[rows_] * flips
-            x_new = (xc + torch.where(mask, eps * sign, delta)).clamp(0.0, 1.0)
+        x_new[rows_] = torch.where(mask[rows_], eps * (sign[rows_] * flips), delta[rows_]).add_(xc[rows_]).clamp_(0.0, 1.0)
         return x_new
+
+    @staticmethod
+    def _propose_linf_drawn(xc, xb, eps: float, s: int, pos_h, pos_w, sign, flip) -> torch.Tensor:
+        """:meth:`_propose_linf` with this iteration's draws decoded already (``_BlockDraws``): the
+        window's side ``s`` and corner, the signs [n,c,1,1] and the resampling flips [n,c,1,1] —
+        the same arithmetic, in fewer tensor operations (a scan's path)."""
+        h, w = xc.shape[2], xc.shape[3]
+        mask = _window(pos_h, pos_w, s, h, w)
+        delta = xb - xc
+        x_new = torch.where(mask, eps * sign, delta).add_(xc).clamp_(0.0, 1.0)
+        if eps <= 0:
+            return x_new
+        same = torch.where(mask, (x_new - xb).abs_(), 0.0).flatten(1).amax(dim=1) < 1e-7
+        if bool(same.any()):  # resample: a uniform non-empty set of channels flipped (see _propose_linf)
+            rows_ = same.nonzero().squeeze(1)
+            x_new[rows_] = torch.where(mask[rows_], eps * (sign[rows_] * flip[rows_]), delta[rows_]).add_(xc[rows_]).clamp_(0.0, 1.0)
+        return x_new
+
+    def _side_linf(self, it: int, h: int, w: int) -> int:
+        """The side of iteration ``it``'s ℓ∞ square."""
+        return max(min(int(round(math.sqrt(self._p(it) * h * w))), min(h, w) - 1), 1)
 
     def _propose_l2(self, xc, xb, eps: float, p: float, generator, words: torch.Tensor | None = None) -> torch.Tensor:
         n, c, h, w = xc.shape
@@ -278,7 +307,9 @@ class SquareAttack(Attack):
         wrong = logits.argmax(1) != yc
         # the samples still robust, compacted (x, best point, label, best margin); a sample leaves
         # once misclassified, its best point written back
-        block = _BlockDraws(gen, 3 if linf else 6, linf, x.shape[1]) if rng.is_sample_rng(gen) else None
+        h, w = x.shape[2], x.shape[3]
+        block = (_BlockDraws(gen, 3 if linf else 6, linf, x.shape[1], xc.dtype, (lambda i: self._side_linf(i, h, w)) if linf else None,
+                             (h, w)) if rng.is_sample_rng(gen) else None)
         total = max(self.n_queries - 1, 1)
         for it in range(self.n_queries):
             if bool(wrong.any()):
@@ -294,7 +325,9 @@ class SquareAttack(Attack):
                 break
             p = self._p(it)
             words, flips = block.at(it, self.n_queries - 1) if block is not None else (None, None)
-            if linf:
+            if linf and block is not None and block.decoded:
+                x_new = self._propose_linf_drawn(xc, xb, eps, *block.linf(it))
+            elif linf:
                 x_new = self._propose_linf(xc, xb, eps, p, gen, it, words, flips)
             else:
                 x_new = self._propose_l2(xc, xb, eps, p, gen, words)
@@ -314,13 +347,22 @@ class _BlockDraws:
     """The per-sample words of ``_BLOCK`` iterations at once (one batched hash instead of a few
     dozen small tensor ops per iteration): iteration ``it`` takes draw ``position + it`` of the
     rows' streams (what drawing one per iteration gives) and, for ℓ∞, draw ``it`` of their
-    resample streams. Exactly the numbers of :class:`_Draws` and :func:`_nonempty_flips`."""
+    resample streams. Exactly the numbers of :class:`_Draws` and :func:`_nonempty_flips`.
 
-    def __init__(self, gen, words: int, linf: bool, channels: int) -> None:
+    For ℓ∞ (``side``: iteration → the square's side; at most 30 channels) the block's words are
+    also decoded at once into each iteration's corner, signs and resampling flips
+    (:meth:`linf`) — the integer arithmetic of :class:`_Draws`, vectorized over the block."""
+
+    def __init__(self, gen, words: int, linf: bool, channels: int, dtype: torch.dtype = torch.float32, side=None,
+                 shape: tuple[int, int] = (0, 0)) -> None:
         self.gen, self.words, self.base = gen, words, gen.position
         self.flip = gen.fork(_RESAMPLE) if linf and channels <= 30 else None
         self.direct = channels > 30  # signs over more than 32 channels take draws of their own
         self.start, self.main, self.flips = 0, None, None
+        self.channels, self.dtype, self.side, self.shape = channels, dtype, side, shape
+        self.decoded = linf and side is not None and self.flip is not None
+        self.sides: list[int] = []
+        self.pos_h = self.pos_w = self.signs = self.flip_signs = None
 
     def keep(self, rows: torch.Tensor) -> None:
         self.gen = self.gen.subset(rows)
@@ -329,6 +371,9 @@ class _BlockDraws:
         if self.main is not None:
             self.main = self.main[rows.to(self.main.device)]
             self.flips = self.flips[rows.to(self.flips.device)] if self.flips is not None else None
+        if self.pos_h is not None:
+            r = rows.to(self.pos_h.device)
+            self.pos_h, self.pos_w, self.signs, self.flip_signs = self.pos_h[r], self.pos_w[r], self.signs[r], self.flip_signs[r]
 
     def at(self, it: int, end: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.direct:
@@ -338,5 +383,29 @@ class _BlockDraws:
             self.start = it
             self.main = self.gen.words_block(self.words, self.base + it, k)
             self.flips = self.flip.words_block(1, it, k)[:, :, 0] if self.flip is not None else None
+            if self.decoded:
+                self._decode(k)
         j = it - self.start
         return self.main[:, j], (self.flips[:, j] if self.flips is not None else None)
+
+    def _decode(self, k: int) -> None:
+        """This block's ℓ∞ draws: corners ``(word · (side − s + 1)) >> 32`` (:meth:`_Draws.randint`),
+        signs from the third word's bits (:meth:`_Draws.signs`), flips (:func:`_flips_from_words`)."""
+        c, dev = self.channels, self.main.device
+        self.sides = [self.side(self.start + j) for j in range(k)]
+        h, w = self.shape
+        s = torch.tensor(self.sides, dtype=torch.int64, device=dev)[None, :]
+        self.pos_h = (self.main[:, :, 0] * (h - s + 1)) >> 32
+        self.pos_w = (self.main[:, :, 1] * (w - s + 1)) >> 32
+        bit = torch.arange(c, device=dev)
+        self.signs = (1 - 2 * ((self.main[:, :, 2, None] >> bit) & 1)).to(self.dtype)
+        r = 1 + ((self.flips * (2**c - 1)) >> 32)
+        self.flip_signs = (1 - 2 * ((r[:, :, None] >> bit) & 1)).to(self.dtype)
+
+    def linf(self, it: int):
+        """(side, corner rows [n], corner columns [n], signs [n,c,1,1], flips [n,c,1,1]) of iteration ``it``
+        (after :meth:`at`)."""
+        j = it - self.start
+        n, c = self.signs.shape[0], self.channels
+        return (self.sides[j], self.pos_h[:, j], self.pos_w[:, j], self.signs[:, j].view(n, c, 1, 1),
+                self.flip_signs[:, j].view(n, c, 1, 1))

@@ -51,7 +51,7 @@ def scan(
     batch_size: int = typer.Option(256, "--batch-size", help="Batch size; halves automatically on out-of-memory."),
     compute_block: Optional[int] = typer.Option(None, "--compute-block", help="Run the model on blocks of exactly this many rows (padding the last) so per-sample results are bit-identical at any --batch-size, shard or process count (costs up to N-1 padded rows per call)."),
     precision: str = typer.Option("float32", "--precision", help="dtype of the attacks' forward passes: float32, bfloat16 (CPU or CUDA) or float16 (CUDA only), under torch.autocast; clean accuracy, margins and geometry stay float32, and every adversarial example is re-checked in float32 before it counts."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="Run the model and its image batches in torch.channels_last memory format (same values, other convolution kernels: logits equal up to float rounding); off by default: see README 'Speed and progress' for when it helps."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Run the model and its image batches in torch.channels_last memory format (same values, other convolution kernels: logits equal up to float rounding) / in the default format. Neither: chosen at scan start by timing a few passes of both on a probe batch (channels_last when ≥5% faster with the same decisions; the default format under --compute-block and --shard); the choice is in the summary and provenance.memory_format."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random draw (attack starts); same seed + device → same result."),
     json_path: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the ScanResult as JSON here (with --shard: this shard's part file)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: scan only shard K (0-based) of N (samples p with p % N == K) and write a part file with --json; combine the N parts with `robaudit merge`."),
@@ -131,7 +131,7 @@ def scan_command(
     sample=None, resize=None, class_map=None, workers=None, compute_block=None, shard=None,
     weights=None, arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
     norm="linf", eps=None, attacks="quick", ensemble=None, checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
-    seed=0, quiet=True, before_scan=None, precision="float32", channels_last=False,
+    seed=0, quiet=True, before_scan=None, precision="float32", channels_last=None,
 ) -> ScanResult | None:
     """Parse every option first (usage errors before any heavy work), then load and scan.
 

@@ -297,8 +297,10 @@ def _scan_pair(parent, out, *, loaded_kwargs, data, threat, seed, device, batch_
     from ..engine import run_scan
     from ..models import load_model
 
+    # the default memory format, not a timed choice: the before/after figures repeat exactly run to run
     config = ScanConfig(norm=threat.norm, eps=(threat.eps,), attacks=parse_attack_list("quick"),
-                        checks=("clean", "attacks", "margins"), seed=seed, device=device, batch_size=batch_size)
+                        checks=("clean", "attacks", "margins"), seed=seed, device=device, batch_size=batch_size,
+                        channels_last=False)
     results = []
     # the hardened file's metadata names the parent's architecture; one the user typed (a file.py:Class)
     # must be typed again, since robaudit never imports a file named in metadata

@@ -270,7 +270,10 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
     if precision != "float32":
         console.print(styled("  ", ("PRECISION", "yellow"), f" attacks ran in {precision} (torch.autocast); every "
                              "adversarial example was re-checked in float32 before it counted"))
-    if getattr(p, "channels_last", False):
+    memory = getattr(p, "memory_format", None)
+    if memory is not None and (memory.channels_last or memory.probe_rows is not None):
+        console.print(Text(f"  {memory.summary()}", style="dim"))
+    elif getattr(p, "channels_last", False):
         console.print(Text("  channels_last: the model and its image batches ran in torch.channels_last memory format", style="dim"))
 
     if attacks is not None and attacks.runs:
