@@ -44,6 +44,7 @@ TORCH_APIS = {
     "torch.jit.script": (1, 0),
     "torch.jit.trace": (1, 0),  # tests build TorchScript files with these
     "torch.jit.export": (1, 0),
+    "torch.jit.ScriptModule": (1, 0),  # certify refuses to trace TorchScript modules
     "torch.export.export": (2, 1),
     "torch.onnx.export": (1, 0),  # tests export ONNX models with it
 }

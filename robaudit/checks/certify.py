@@ -178,9 +178,10 @@ class CertifyCheck(Check):
         return tuple(names)
 
     def max_passes(self, plan) -> tuple[float, float] | None:
-        """In model-pass equivalents per sample: IBP ≈ 2 forwards per ε; CROWN ≤ one backward per
-        bound row — two per neuron of every tightened pre-activation layer (an upper bound: only
-        the unstable ones are tightened) plus one per other class; α-CROWN adds 2 × steps × rows.
+        """In model-pass equivalents per sample: IBP ≈ 2 forwards per ε; CROWN ≤ one pass back
+        through the layers per bound row — two per neuron of every tightened pre-activation layer
+        (an upper bound: only the unstable ones are tightened) plus one per other class; α-CROWN
+        adds 2 × steps × rows.
         None for exact (a MILP's time is not bounded by passes; its time limit is) or without a model."""
         if self.method == "exact" or plan.model is None:
             return None
@@ -191,14 +192,14 @@ class CertifyCheck(Check):
             graph = trace(plan.model, tuple(plan.input_shape))
         except (UnsupportedModel, UntraceableModel):
             return (0.0, 0.0)
-        forward = 2.0
-        backward = float(plan.num_classes - 1)
+        rows = float(plan.num_classes - 1)  # each bound row costs about one pass back through the layers
         if self._intermediate() == "crown":
-            backward += sum(2 * math.prod(graph.nodes[i].shape) for i in tightened_nodes(graph, plan.config.norm.value))
+            rows += sum(2 * math.prod(graph.nodes[i].shape) for i in tightened_nodes(graph, plan.config.norm.value))
         if self.method == "alpha-crown":
-            backward += 2 * self.alpha_steps * (plan.num_classes - 1)
+            rows += 2 * self.alpha_steps * (plan.num_classes - 1)
         per_eps = len(plan.eps) + (self.radius_steps if self.radius else 0)
-        return forward * per_eps, backward * per_eps
+        # counted as passes with a backward (the estimate's second figure) and, like them, in the total
+        return (2.0 + rows) * per_eps, rows * per_eps
 
     def preflight(self, ctx) -> None:
         """Before any check runs: the settings, and for ``exact`` the size of the programs on the
