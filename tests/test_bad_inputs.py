@@ -1,4 +1,4 @@
-"""Bad input, every command: one line on stderr, the README's exit code, no traceback, nothing half-written.
+"""Bad input, every command: one line on stderr, the exit code of docs/exit-codes.md, no traceback, nothing half-written.
 
 Rows of issue 12: radii outside the pixel cube, output paths that can't be written, malformed
 result JSON and harden checkpoints, and user strings with Rich markup or emoji codes in them

@@ -4,7 +4,7 @@ system, a folder made read-only while the scan ran), the harden checkpoint write
 the image folder removed while it is read. Each ends with one line, a documented exit code, the
 previous files as they were and no temporary file; harden then resumes from its last checkpoint.
 
-The README's "Faults" table lists each fault with the test here that injects it.
+The "Faults" table of docs/exit-codes.md lists each fault with the test here that injects it.
 """
 from __future__ import annotations
 

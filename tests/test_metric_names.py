@@ -129,7 +129,9 @@ def test_a_spelling_of_a_predicted_name_passes_the_pre_scan_check(tmp_path):
 _PREFIXES = ("clean", "robust_acc", "margins", "sanity", "minimal", "jacobian", "curvature", "indicator", "spectra",
              "surfaces", "landscape")
 _NAME = re.compile(r"(?<![\w.\-])(?:" + "|".join(_PREFIXES) + r")\.[A-Za-z0-9_.\[\]=,@/\-]+")
-_DOC_FILES = ["README.md", "docs/results.md", "docs/plugins.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").iterdir())]
+_FILE = re.compile(r"\.(?:safetensors|py|json|html|csv|md|toml|xml|pt2?|pth|onnx|npz|png)$")
+_DOC_FILES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+              *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").iterdir())]
 
 
 def _documented_names() -> dict[str, set[str]]:
@@ -143,6 +145,8 @@ def _documented_names() -> dict[str, set[str]]:
             name = m.group(0).rstrip(",")
             if name.endswith(("@", ".")):
                 continue  # a placeholder (robust_acc.<attack>…) or an f-string ({eps}) left a prefix only
+            if _FILE.search(name):
+                continue  # a file name (robaudit/checks/sanity.py, runs/jacobian.safetensors), not a metric
             found.setdefault(name, set()).add(rel)
     return found
 

@@ -5,8 +5,8 @@ option string of the command line, robaudit's included, and allows abbreviations
 "ambiguous" (--nnodes, --nproc-per-node, ...). The class test runs every option of `scan` and
 `harden` (taken from the Typer/Click commands, so a new option is tested too) through
 ``torch.distributed.run.get_args_parser()`` after ``-m robaudit <command>`` and asserts it reaches
-robaudit unchanged; then it parses the README's torchrun command lines as written, with torchrun's
-parser and with robaudit's own.
+robaudit unchanged; then it parses the torchrun command lines of the README and docs/ as written, with
+torchrun's parser and with robaudit's own.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import typer
 
 from robaudit.cli.main import app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # scaling.md and harden.md hold the examples
 COMMANDS = typer.main.get_command(app).commands
 TORCHRUN = ["--standalone", "--nproc_per_node=2", "-m", "robaudit"]
 
@@ -92,8 +93,9 @@ def test_the_ambiguous_spelling_is_what_fails_and_num_samples_is_the_same_option
 
 
 def _readme_torchrun_commands() -> list[str]:
-    """Every `torchrun ...` command line in the README's code blocks, continuation lines joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    """Every `torchrun ...` command line in the code blocks of the README and docs/, continuation lines joined."""
+    text = "\n".join(f.read_text(encoding="utf-8") for f in DOC_FILES)
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     commands = []
     for block in blocks:
         joined = re.sub(r"\\\n\s*", " ", block)
