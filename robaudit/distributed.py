@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .config import AttackSpec, ScanConfig
 from .data.spec import DataSpec
 from .engine import (
@@ -502,7 +502,7 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
     try:
         t0 = time.perf_counter()
         if rank == 0 and not quiet:
-            from .cli._common import make_console
+            from .console import make_console
 
             make_console(stderr=True).print(
                 f"scanning {data.n} samples on {world} processes ({backend}), ≈{-(-data.n // world)} each; "

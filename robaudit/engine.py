@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import __version__
+from ._version import __version__
 from .config import ScanConfig
 from .console import make_console
 from .data.spec import DataSpec, as_positions
@@ -312,7 +312,7 @@ def default_workers() -> int:
 
 
 def build_checks(config: ScanConfig) -> list:
-    from .config import build_check
+    from .checks.base import build_check
 
     options = dict(config.check_options)
     return [build_check(name, options.get(name, ())) for name in _with_requirements(config.checks)]

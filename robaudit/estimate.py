@@ -1,7 +1,8 @@
 """The line a scan prints before its first check: how many model passes it will cost, and how long.
 
 Pass counts come from the configuration (:meth:`robaudit.checks.base.Check.max_passes`, which the
-attacks check takes from each attack's :meth:`robaudit.attacks.base.Attack.max_passes`): an
+attacks check takes from each attack's :meth:`robaudit.attacks.base.Attack.max_passes`; the shared
+arithmetic, :class:`PassPlan` and :func:`spread`, is in :mod:`robaudit.checks.cost`): an
 **upper bound**, reached when every sample is classified correctly and resists every attack to its
 last step (attacks stop at a broken sample, and a cascade attacks only the survivors). Checks that
 work on a fixed subset (curvature, indicator: their first k correct samples) or once per model
@@ -18,34 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks.base import MetricPlan
+from .checks.cost import PassPlan, deepfool_passes, spread
 
 __all__ = ["PassPlan", "ScanEstimate", "deepfool_passes", "estimate_scan", "spread", "time_per_pass"]
-
-
-@dataclass(frozen=True)
-class PassPlan(MetricPlan):
-    """The plan :meth:`Check.max_passes` gets from the estimate: n, this process's scanned samples
-    (the bound is per one of them); data_n, the data set's samples (a model-level check's batch)."""
-
-    n: int = 1
-    data_n: int = 1
-
-
-def deepfool_passes(attack, num_classes: int) -> tuple[int, int]:
-    """(forward, backward) passes of one sample in :meth:`DeepFool.minimal_perturbation`: max_iter
-    iterations of one forward and (candidates − 1) backwards, then the last iterate's forward; a
-    backward counted with a forward of its own."""
-    backward = int(attack.max_iter) * (min(int(attack.num_candidates), int(num_classes)) - 1)
-    return int(attack.max_iter) + 1 + backward, backward
-
-
-def spread(per_sample: tuple[float, float], k: int, n: int, fixed: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float]:
-    """Per scanned sample (of ``n``): ``per_sample`` passes on at most ``k`` of them, plus ``fixed``
-    passes once per process."""
-    n = max(1, int(n))
-    share = min(int(k), n) / n
-    return per_sample[0] * share + fixed[0] / n, per_sample[1] * share + fixed[1] / n
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def parse_json(text: str | bytes | bytearray, what: str, *, max_depth: int = MAX
 
     ``what`` names the source, e.g. ``"robaudit.mean in the metadata of m.safetensors"``.
     NaN/Infinity literals are accepted (part files hold them); readers that must refuse them check
-    the values (``results._check_json_values``). A key repeated in an object is refused, unless
+    the values (``schema.check_json_values``). A key repeated in an object is refused, unless
     ``keep_pairs``: then every object is a :class:`Pairs` list and the caller judges repeats.
     """
     try:

@@ -15,9 +15,14 @@ any other spelling of the same ε (``@0.03137254901960784``) or of the same atta
 ``certify.{upper,unresolved}.<method>.<norm>@<ε>`` (:mod:`robaudit.checks.certify`); their ε and
 norm are respelled the same way.
 
-**Prediction.** :func:`predict_metric_names` lists every name a scan can produce from its checks,
-attacks and ε, without a forward pass (each check's ``metric_names(plan)``), so gates are checked
-before the scan and ``robaudit scan … --list-metrics`` can print them.
+**Prediction.** :func:`robaudit.config.predict_metric_names` lists every name a scan can produce from
+its checks, attacks and ε, without a forward pass (each check's ``metric_names(plan)``), as a
+:class:`PredictedMetrics`, so gates are checked before the scan and ``robaudit scan … --list-metrics``
+can print them.
+
+Layering: naming sits above the attacks (an attack's label drops the parameters at their defaults,
+which only the attack classes know) and below the checks, the config and everything that reads
+results; it imports neither the config nor the checks.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from fractions import Fraction
 from typing import Iterable, Sequence
 
 from .errors import UsageError
+from .params import parse_value
 from .threat import Norm, format_eps
 
 __all__ = [
@@ -43,7 +49,6 @@ __all__ = [
     "has_interval",
     "unknown_metric_message",
     "PredictedMetrics",
-    "predict_metric_names",
 ]
 
 
@@ -122,8 +127,6 @@ _CERTIFY_PREFIXES = ("certified_acc.", "certify.upper.", "certify.unresolved.")
 
 def parse_attack_label(text: str) -> tuple[str, list[tuple[str, object]]] | None:
     """``pgd[steps=50,restarts=2]`` → ("pgd", [("steps", 50), ...]); None if it isn't one."""
-    from .config import _parse_value
-
     if "[" not in text:
         return text, []
     if not text.endswith("]"):
@@ -134,7 +137,7 @@ def parse_attack_label(text: str) -> tuple[str, list[tuple[str, object]]] | None
         key, sep, value = item.partition("=")
         if not sep:
             return None
-        params.append((key.strip().replace("-", "_"), _parse_value(value.strip())))
+        params.append((key.strip().replace("-", "_"), parse_value(value.strip())))
     return name.strip().lower(), params
 
 
@@ -207,25 +210,3 @@ class PredictedMetrics:
         if canon in {canonical_metric(n) for n in self.names}:
             return True
         return bool(self.unpredictable) and name.split(".", 1)[0] not in self.prefixes
-
-
-def predict_metric_names(
-    config, *, input_shape: Sequence[int], num_classes: int, model=None, train_n: int | None = None
-) -> PredictedMetrics:
-    """Every metric name ``config``'s checks will produce on data of ``input_shape`` (ε defaults
-    resolved as the scan resolves them); ``model`` (loaded, not run) names the spectra layers."""
-    from .checks.base import MetricPlan
-    from .config import build_check
-
-    plan = MetricPlan(config=config, eps=config.radii(tuple(input_shape)), input_shape=tuple(input_shape),
-                      num_classes=num_classes, train_n=train_n, model=model)
-    options = dict(config.check_options)
-    names: dict[str, None] = {}
-    unknown = []
-    for check_name in config.checks:
-        got = build_check(check_name, options.get(check_name, ())).metric_names(plan)
-        if got is None:
-            unknown.append(check_name)
-        else:
-            names.update(dict.fromkeys(got))
-    return PredictedMetrics(tuple(names), tuple(unknown))

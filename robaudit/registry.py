@@ -102,7 +102,7 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T, *, distribution: str = "robaudit", version: str | None = None) -> None:
         """Register an already imported object (built-ins, tests, programmatic plugins)."""
         if version is None:
-            from . import __version__
+            from ._version import __version__
 
             version = __version__ if distribution == "robaudit" else "?"
         self._put(Entry(name.lower(), obj, distribution, version))

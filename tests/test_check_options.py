@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from robaudit.config import ALL_CHECKS, ScanConfig, build_check, parse_attack_list, parse_check_list
+from robaudit.checks.base import build_check
+from robaudit.config import ALL_CHECKS, ScanConfig, parse_attack_list, parse_check_list
 from robaudit.data.spec import DataSpec
 from robaudit.engine import run_scan
 from robaudit.errors import UsageError

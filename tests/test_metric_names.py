@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from robaudit.cli.demo import DEMO_MODEL
 from robaudit.cli.main import app
-from robaudit.config import ScanConfig
+from robaudit.config import ScanConfig, predict_metric_names
 from robaudit.data import DataRequest, load_dataset
 from robaudit.engine import run_scan
 from robaudit.gating import resolve_metric
-from robaudit.metric_names import canonical_metric, parse_attack_label, predict_metric_names
+from robaudit.metric_names import canonical_metric, parse_attack_label
 from robaudit.models import load_model
 from robaudit.models.nets.small_cnn import SmallCNN
 

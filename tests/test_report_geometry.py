@@ -20,7 +20,7 @@ from robaudit.config import ScanConfig, parse_attack_list
 from robaudit.data.spec import DataSpec
 from robaudit.engine import run_scan
 from robaudit.models.spec import LoadedModel, ModelInfo
-from robaudit.report.geometry_plots import draw_boundary
+from robaudit.report.surface_plots import draw_boundary
 from robaudit.report.html import render_html
 from robaudit.report.plots import figure
 from robaudit.report.terminal import print_summary

@@ -17,7 +17,7 @@ import torch
 from ..attacks.base import in_precision, lp_norm, predict
 from ..metric_names import robust_acc_name
 from ..parts import Part, lowest
-from ..results import Flag, Section, section
+from ..schema import Flag, Section, section
 from ..threat import ThreatModel, format_eps
 from .base import CHECKS, Check
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..errors import UsageError
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from ..engine import ScanContext
     from ..parts import CombineInfo, Part, Tables
 
-__all__ = ["Check", "CHECKS", "MetricPlan"]
+__all__ = ["Check", "CHECKS", "MetricPlan", "build_check", "check_parameters"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,33 @@ CHECKS: Registry[type[Check]] = Registry(
         "robaudit.checks.certify",
     ),
 )
+
+
+def check_parameters(cls) -> dict[str, object]:
+    """A check's settable parameters: its annotated, non-ClassVar class attributes and their defaults."""
+    out: dict[str, object] = {}
+    for klass in reversed(cls.__mro__):
+        for key, ann in vars(klass).get("__annotations__", {}).items():
+            if "ClassVar" not in str(ann) and not key.startswith("_") and hasattr(cls, key):
+                out[key] = getattr(cls, key)
+    return out
+
+
+def build_check(name: str, params=()):
+    """The registered check ``name`` with parameter overrides (``surfaces:steps=41``) applied."""
+    cls = CHECKS.get(name)
+    allowed = check_parameters(cls)
+    check = cls()
+    for key, value in params:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise UsageError(f"check {name!r} has no parameter {key!r}; its parameters are: {known}")
+        default = allowed[key]
+        if isinstance(default, bool) != isinstance(value, bool) or (
+            isinstance(default, (int, float)) and not isinstance(value, (int, float))
+        ):
+            raise UsageError(f"check {name!r}: {key}={value!r} must be {type(default).__name__} like its default {default!r}")
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        setattr(check, key, value)
+    return check

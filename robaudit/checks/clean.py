@@ -13,7 +13,7 @@ import torch
 
 from ..geometry.margin import margin
 from ..parts import Part
-from ..results import Section, section
+from ..schema import Section, section
 from .base import CHECKS, Check
 
 

@@ -82,7 +82,7 @@ from ..geometry.hessian import (
 from ..geometry.jacobian import input_jacobian, resolve_fn
 from ..geometry.passes import tick
 from ..parts import Part, first_correct
-from ..results import Section, section
+from ..schema import Section, section
 from ..rng import is_sample_rng
 from ..threat import Norm
 from .base import CHECKS, Check
@@ -546,7 +546,7 @@ class CurvatureCheck(Check):
         shares the sweep; Lanczos: 1 + its iterations); n_probes + 1 exact and n_probes + 1 FD
         HVPs. Once per process: the float64 copy's forward and the piecewise-linear probe's HVP.
         An exact HVP counts as 2 passes with a backward (forward, backward, double backward)."""
-        from ..estimate import spread
+        from .cost import spread
 
         d, C = math.prod(plan.input_shape), int(plan.num_classes)
         full = d <= self.full_max_dim

@@ -48,7 +48,7 @@ from ..geometry.bounds import second_order_radius, theorem1_bounds
 from ..geometry.jacobian import input_jacobian, jacobian_stats
 from ..geometry.margin import margin
 from ..parts import Part
-from ..results import Section, section
+from ..schema import Section, section
 from ..threat import Norm
 from .base import CHECKS, Check
 from ..geometry.hessian import near_zero_fraction
@@ -241,8 +241,8 @@ class IndicatorCheck(Check):
         gradient, its FD Hessian (d + 1 gradients; Lanczos: 1 + its iterations) and DeepFool for
         both norms (max_iter + 1 forwards, max_iter × (candidates − 1) backwards each; one is
         skipped when the minimal check runs). Once per process: the float64 copy's forward."""
-        from ..config import build_check
-        from ..estimate import deepfool_passes, spread
+        from .base import build_check
+        from .cost import deepfool_passes, spread
 
         curvature = build_check("curvature", dict(plan.config.check_options).get("curvature", ()))
         d = math.prod(plan.input_shape)

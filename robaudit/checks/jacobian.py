@@ -28,7 +28,7 @@ import torch
 
 from ..geometry.jacobian import input_jacobian, jacobian_stats
 from ..parts import Part, lowest
-from ..results import Section, section
+from ..schema import Section, section
 from .attacks import encode_tensor
 from .base import CHECKS, Check
 

@@ -26,7 +26,7 @@ from ..errors import RuntimeFailure
 from ..geometry.margin import cross_entropy
 from ..geometry.surfaces import param_landscape
 from ..parts import Part
-from ..results import Section, from_jsonable, section, to_jsonable
+from ..schema import Section, from_jsonable, section, to_jsonable
 from .base import CHECKS, Check
 
 __all__ = ["N_SAMPLES", "STEPS_1D", "STEPS_2D", "EXTENT", "LandscapeSection", "LandscapeCheck"]
@@ -117,7 +117,7 @@ class LandscapeCheck(Check):
     def max_passes(self, plan) -> tuple[float, float]:
         """Forwards only, once per model: every grid point (steps_1d + steps_2d², one more for the
         centre when steps_1d is even) on min(n_samples, data_n) samples, spread over ``plan.n``."""
-        from ..estimate import spread
+        from .cost import spread
 
         points = int(self.steps_1d) + int(self.steps_2d) ** 2 + (0 if int(self.steps_1d) % 2 else 1)
         return spread((0.0, 0.0), 0, plan.n, fixed=(points * min(int(self.n_samples), int(plan.data_n)), 0.0))

@@ -12,7 +12,7 @@ import torch
 
 from ..geometry.margin import cross_entropy, margin, true_class_probability
 from ..parts import Part, to_list
-from ..results import Section, section
+from ..schema import Section, section
 from .base import CHECKS, Check
 from .clean import per_class_mean
 

@@ -15,7 +15,7 @@ import torch
 from ..attacks.deepfool import DeepFool, refine_minimal_perturbation
 from ..attacks.pgd import PGD
 from ..parts import Part
-from ..results import Section, section
+from ..schema import Section, section
 from ..threat import format_eps
 from .base import CHECKS, Check
 

@@ -12,7 +12,7 @@ import torch
 from ..attacks.pgd import PGD
 from ..geometry.margin import cross_entropy, margin
 from ..parts import Part, first_correct
-from ..results import Flag, Section, section
+from ..schema import Flag, Section, section
 from ..threat import Norm, ThreatModel
 from .base import CHECKS, Check
 

@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 
 from ..parts import Part
-from ..results import Section, from_jsonable, section, to_jsonable
+from ..schema import Section, from_jsonable, section, to_jsonable
 from .base import CHECKS, Check
 
 __all__ = ["MAX_VALUES", "LayerSpectrum", "SpectraSection", "SpectraCheck", "layer_spectrum"]

@@ -46,7 +46,7 @@ from ..attacks.least_likely import LeastLikely
 from ..geometry.margin import cross_entropy, margin
 from ..geometry.surfaces import surface_grid
 from ..parts import Part, lowest
-from ..results import Section, from_jsonable, section, to_jsonable
+from ..schema import Section, from_jsonable, section, to_jsonable
 from ..rng import normal, signs
 from ..threat import Norm, ThreatModel
 from .base import CHECKS, Check
@@ -184,7 +184,7 @@ class SurfacesCheck(Check):
         margin, CE), the least-likely attack (a forward, ``steps`` gradients, a forward), C&W-ℓ2
         (binary_search_steps × max_iterations gradients), DeepFool-ℓ2, and steps² forwards per
         plane."""
-        from ..estimate import deepfool_passes, spread
+        from .cost import deepfool_passes, spread
 
         ll, cw = LeastLikely(), CarliniWagnerL2()
         df_forward, df_backward = deepfool_passes(DeepFool(), plan.num_classes)

@@ -58,7 +58,7 @@ def parameters(kind: str, obj) -> list[str]:
     """``name=default`` for what a user can set: attack/hardener dataclass fields, check parameters
     (``--checks name:k=v``), architecture factory arguments (``--arch-kwargs k=v``)."""
     if kind == "checks":
-        from ..config import check_parameters
+        from ..checks.base import check_parameters
 
         return [f"{k}={_value(v)}" for k, v in check_parameters(obj).items()]
     if dataclasses.is_dataclass(obj):

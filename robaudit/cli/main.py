@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from .compare import compare
 from .demo import demo
 from .harden import harden_cli

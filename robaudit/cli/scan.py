@@ -8,10 +8,9 @@ from typing import List, Optional
 import typer
 from rich.text import Text
 
-from ..config import DEFAULT_CHECKS, ScanConfig
+from ..config import DEFAULT_CHECKS, ScanConfig, predict_metric_names
 from ..errors import UsageError
 from ..gating import check_metric_names
-from ..metric_names import predict_metric_names
 from ..outputs import check_outputs
 from ..report.terminal import print_summary
 from ..results import ScanResult

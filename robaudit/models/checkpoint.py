@@ -371,7 +371,7 @@ def metadata_strings(
     class_names: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """The ``robaudit.*`` metadata as strings (also usable as a ``robaudit.json`` extra file)."""
-    from .. import __version__
+    from .._version import __version__
 
     meta = {f"{META}version": __version__}
     if arch is not None:

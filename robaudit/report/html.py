@@ -30,7 +30,7 @@ from ..outputs import atomic_write
 from ..results import ScanResult, to_jsonable
 from ..stats import Proportion, proportion
 from ..threat import format_eps
-from . import geometry_plots, plots  # noqa: F401  (geometry_plots registers its figures)
+from . import geometry_plots, plots, surface_plots  # noqa: F401  (each registers its sections' figures)
 from .bibliography import REFERENCES, cite, cite_attack, cited_keys, link_mentions
 from .flag_docs import flag_explanations
 from .verdict import headline as headline_numbers
@@ -139,7 +139,7 @@ def _env() -> jinja2.Environment:
     env.filters.update(pct=pct, num=num, eps=format_eps, slug=slug, norm_symbol=plots.norm_symbol, ci=ci,
                        cites=lambda text: link_mentions(str(markupsafe.escape(text))))
     env.globals.update(colors={"natural": plots.NATURAL, "adversarial": plots.ADVERSARIAL, "misclassified": plots.MISCLASSIFIED},
-                       directions=geometry_plots.SURFACE_DIRECTIONS, cite=cite, cite_attack=cite_attack,
+                       directions=surface_plots.SURFACE_DIRECTIONS, cite=cite, cite_attack=cite_attack,
                        fraction_interval=fraction_interval, proportion=proportion)
     return env
 
@@ -230,7 +230,7 @@ def render_html(result: ScanResult, gate_outcome=None) -> str:
     """The report as one self-contained HTML string. ``gate_outcome`` (a GateOutcome) goes in the verdict."""
     result = canonical(result)
     views = [_section_view(name, sec, result) for name, sec in result.sections.items()]
-    from .. import __version__
+    from .._version import __version__
 
     attacks = result.section("attacks")
     return _render_with_references(
@@ -259,7 +259,7 @@ def write_html(result: ScanResult, path: str | Path, gate_outcome=None) -> None:
 def render_compare_html(comparison, max_drop: float | None = None, significant: bool = False) -> str:
     """Side-by-side provenance, comparability warnings, per-metric deltas (accuracies first, with
     n, 95% intervals and the exact McNemar test)."""
-    from .. import __version__
+    from .._version import __version__
     from ..compare import is_accuracy_metric
 
     before, after = canonical(comparison.before), canonical(comparison.after)
