@@ -5,7 +5,8 @@ produces a *payload*: every check's :class:`~robaudit.parts.Part` plus what ``co
 (the run's settings, the data's size and classes, provenance). A ``--shard`` job writes it as a
 JSON part file; ``robaudit merge`` reads N of them, refuses parts of different runs, and combines
 (:func:`merge_payloads`); under ``torchrun`` rank 0 gathers the payloads with
-``torch.distributed.gather_object`` and combines them the same way. Model-level checks (spectra,
+``torch.distributed.gather_object`` and combines them the same way (the process group itself:
+:mod:`robaudit.process_group`). Model-level checks (spectra,
 landscape, the training-set margins) compute once, in shard 0 / rank 0.
 
 Since each sample's records don't depend on where it was computed (per-sample random streams,
@@ -16,7 +17,6 @@ the single-process one (bit for bit with ``--compute-block``; ``timings``, ``com
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,21 +27,29 @@ import torch
 from ._version import __version__
 from .config import AttackSpec, ScanConfig
 from .data.spec import DataSpec
+from .context import progress_bars
 from .engine import (
     Shard,
-    _progress,
     build_checks,
     combine_parts,
     compute_parts,
     is_legacy,
     make_context,
     provenance,
-    resolve_device,
 )
 from .errors import InputError, RobauditError, UsageError
 from .models.spec import LoadedModel
 from .jsonio import read_json
 from .parts import PART_FORMAT, CombineInfo, Part, digest
+from .process_group import (
+    agreed_error,
+    error_payload,
+    raise_first_error,
+    start_process_group,
+    stop_process_group,
+    torchrun_env,
+    wait_for_all_ranks,
+)
 from .results import Provenance, ScanResult, from_jsonable, to_jsonable
 from .threat import Norm
 
@@ -168,7 +176,7 @@ def run_shard(loaded: LoadedModel, data: DataSpec, config: ScanConfig, shard: Sh
     _refuse_run_only_checks(checks)
     ctx = make_context(loaded, data, config, device=device, train_data=train_data, shard=shard, memory=memory)
     torch.manual_seed(config.seed)
-    with _progress(quiet) as progress:
+    with progress_bars(quiet) as progress:
         ctx.progress = _Labelled(progress, label) if label else progress
         timings = compute_parts(ctx, checks, log)
     prov = provenance(loaded, data, config, ctx.device.type, command_line, memory_format=ctx.memory_format)
@@ -382,94 +390,6 @@ def merge_part_files(paths: Sequence[str | Path]) -> ScanResult:
 # --- torchrun ------------------------------------------------------------------------------------
 
 
-def torchrun_env() -> tuple[int, int, int] | None:
-    """(rank, world size, local rank) when started by torchrun with more than one process."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ["RANK"]) if world > 1 else 0
-        local = int(os.environ.get("LOCAL_RANK", rank))
-    except (KeyError, ValueError):
-        return None
-    return (rank, world, local) if world > 1 else None
-
-
-def _rank_device(requested: str, local_rank: int) -> torch.device:
-    """Each rank's device: ``cuda:LOCAL_RANK`` for auto/cuda when CUDA is there, else as asked."""
-    device = resolve_device(requested)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    return device
-
-
-_LIVENESS: Any = None  # this process's robaudit.liveness.Liveness while a process group is up
-
-
-def start_process_group(requested_device: str) -> tuple[int, int, torch.device, str]:
-    """(rank, world size, this rank's device, backend) under torchrun, the process group started:
-    NCCL on ``cuda:LOCAL_RANK``, gloo on the CPU, with robaudit's collective timeout and heartbeats
-    (:mod:`robaudit.liveness`)."""
-    import torch.distributed as dist
-
-    from .liveness import Liveness, dist_timeout
-
-    global _LIVENESS
-    rank, world, local = torchrun_env()  # type: ignore[misc]
-    device = _rank_device(requested_device, local)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=dist_timeout())
-    if _LIVENESS is None:
-        _LIVENESS = Liveness.for_process_group(rank, world)
-    return rank, world, device, backend
-
-
-def wait_for_all_ranks(what: str) -> None:
-    """Every rank's next collective waits here first, polling the store with heartbeats, so a lost
-    rank is named within ``$ROBAUDIT_PEER_TIMEOUT`` seconds instead of blocking a collective."""
-    if _LIVENESS is not None:
-        _LIVENESS.wait_all(what)
-
-
-def stop_process_group() -> None:
-    """Stop the heartbeats and destroy the process group (idempotent)."""
-    import torch.distributed as dist
-
-    global _LIVENESS
-    if _LIVENESS is not None:
-        _LIVENESS.stop()
-        _LIVENESS = None
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def error_payload(exc: BaseException) -> dict:
-    """A rank's error as a picklable payload: its one line and exit code (4 for an internal error)."""
-    if isinstance(exc, RobauditError):
-        return {"error": str(exc), "exit_code": exc.exit_code}
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return {"error": f"internal error: {type(exc).__name__}: {first}", "exit_code": 4}
-
-
-def _agreed_error(message: str, exit_code: int, rank: int) -> RobauditError:
-    err = RobauditError(message)
-    err.exit_code = exit_code
-    err.reported_elsewhere = rank != 0  # type: ignore[attr-defined]  # rank 0 prints it; the others exit with its code
-    return err
-
-
-def raise_first_error(payloads: Sequence[dict | None], rank: int) -> None:
-    """Given every rank's payload (None or without "error" when it went well), raise the first
-    rank's error on this rank: one line naming the rank (none when every rank failed alike)."""
-    failed = [(r, p) for r, p in enumerate(payloads) if p and "error" in p]
-    if not failed:
-        return
-    r, p = failed[0]
-    alike = len(failed) == len(payloads) and all(q["error"] == p["error"] for _, q in failed)
-    raise _agreed_error(p["error"] if alike else f"rank {r}: {p['error']}", p["exit_code"], rank)
-
-
 def _agreed_memory_format(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: torch.device, rank: int, world: int):
     """The memory format every rank runs (robaudit.memory_format): rank 0 decides — probing its own
     samples when neither --channels-last nor --no-channels-last is given — and broadcasts the
@@ -532,7 +452,7 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
         wait_for_all_ranks("rank 0 combined the shards")
         dist.broadcast_object_list(outcome, src=0)
         if "error" in outcome[0]:
-            raise _agreed_error(outcome[0]["error"], outcome[0]["exit_code"], rank)
+            raise agreed_error(outcome[0]["error"], outcome[0]["exit_code"], rank)
         if rank == 0 and log:
             log(f"total: {time.perf_counter() - t0:.1f}s on {world} processes")
         return result if rank == 0 else None

@@ -16,6 +16,7 @@ from torch import nn
 from .. import rng
 from ..errors import UsageError
 from ..geometry.margin import cross_entropy, margin
+from ..geometry.norms import lp_norm
 from ..geometry.passes import record
 from ..registry import Registry
 from ..threat import Norm, ThreatModel
@@ -84,12 +85,6 @@ class AttackOutput:
 
     x_adv: torch.Tensor
     success: torch.Tensor
-
-
-def lp_norm(v: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Per-sample ‖v‖ (ℓ∞ or ℓ2) over all non-batch dimensions."""
-    flat = v.flatten(1)
-    return flat.abs().amax(dim=1) if norm is Norm.LINF else flat.norm(p=2, dim=1)
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

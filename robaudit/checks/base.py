@@ -23,7 +23,7 @@ from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..config import ScanConfig
-    from ..engine import ScanContext
+    from ..context import ScanContext
     from ..parts import CombineInfo, Part, Tables
 
 __all__ = ["Check", "CHECKS", "MetricPlan", "build_check", "check_parameters"]

@@ -52,9 +52,9 @@ from ..schema import Section, section
 from ..threat import Norm
 from .base import CHECKS, Check
 from ..geometry.hessian import near_zero_fraction
-from .curvature import (
-    HESSIAN_ZERO_THRESHOLD, LANCZOS_ITERS, MARGIN_FD_CACHE, _nan_to_none, _r, _tup, analysis_model, fd_spectrum, lanczos_k_for,
-)
+from ..geometry.spectra import LANCZOS_ITERS, analysis_model, fd_spectrum, lanczos_k_for
+from ._values import nan_to_none, rounded, rounded_tuple
+from .curvature import HESSIAN_ZERO_THRESHOLD, MARGIN_FD_CACHE
 
 __all__ = ["Theorem1Result", "IndicatorSection", "IndicatorCheck", "spearman", "boundary_loss"]
 
@@ -216,12 +216,12 @@ def _theorem1(kind: str, c: torch.Tensor, c2: torch.Tensor, cC: torch.Tensor, gn
     ratio = (r / lo)[valid & (lo > 0)]
     return Theorem1Result(
         kind=kind,
-        lower=_tup(lo), upper=_tup(up), lower_bracket=_tup(lo2), upper_bracket=_tup(upC),
+        lower=rounded_tuple(lo), upper=rounded_tuple(up), lower_bracket=rounded_tuple(lo2), upper_bracket=rounded_tuple(upC),
         fraction_within=_frac(within, valid),
         fraction_within_bracket=_frac(within_b, valid),
         fraction_below_lower=_frac(r < lo * (1 - tol), valid),
         fraction_above_upper=_frac(r > up * (1 + tol), valid),
-        median_ratio_to_lower=_r(float(ratio.median())) if ratio.numel() else None,
+        median_ratio_to_lower=rounded(float(ratio.median())) if ratio.numel() else None,
         spearman_lower=spearman(lo.tolist(), r.tolist()),
     )
 
@@ -309,7 +309,7 @@ class IndicatorCheck(Check):
         # (unless shared), DeepFool (~ its iterations × classes)
         work = 1 + (0 if shared else (3 * d + 1 if full else 161)) + 2 * 50
         ctx.map_batches(batch, indices=idx, description=f"indicator ({K} samples)", work_per_sample=work)
-        part.add("samples", idx, **{k: _nan_to_none(torch.cat([v[s] for s in sorted(v)])) for k, v in cols.items()})
+        part.add("samples", idx, **{k: nan_to_none(torch.cat([v[s] for s in sorted(v)])) for k, v in cols.items()})
         return part
 
     @staticmethod
@@ -363,7 +363,7 @@ class IndicatorCheck(Check):
 
         def med(t):
             t = t[torch.isfinite(t)]
-            return _r(float(t.median())) if t.numel() else None
+            return rounded(float(t.median())) if t.numel() else None
 
         return IndicatorSection(
             n_samples=K,
@@ -373,30 +373,30 @@ class IndicatorCheck(Check):
                 "t = log(2 + sum_{i not in {y, j}} exp(Z_i - Z_j)), the CE once Z_y is lowered to the runner-up's "
                 "logit Z_j (in [log 2, log C)); bracket: t = log 2 for the lower bound, log C for the upper bound"
             ),
-            t=_tup(t_b),
+            t=rounded_tuple(t_b),
             loss_values=tuple(curv.loss_values),
             theorem1=theorem1,
-            radii_l2=_tup(r2),
+            radii_l2=rounded_tuple(r2),
             radii_l2_source=src2,
-            radii_linf=_tup(rinf),
+            radii_linf=rounded_tuple(rinf),
             radii_linf_source=srcinf,
             margin_hessian=(
                 f"finite difference of the margin's gradient at the curvature check's eps-ball step (eps = {eps:g}, "
                 f"{'pixel basis, symmetrized, all eigenvalues' if full else 'Lanczos top/bottom eigenvalues'}); "
                 "the exact margin Hessian of a ReLU network is 0 almost everywhere"
             ),
-            margin=_tup(L),
-            j_l1=_tup(j1),
-            j_l2=_tup(j2),
-            lambda_abs_max=_tup(lam),
-            margin_hessian_near_zero_fraction=_tup(nz) if full and K else None,
-            margin_hessian_near_zero_fraction_mean=_r(float(nz.mean())) if full and K else None,
-            radius_linf=_tup(rad_inf),
-            radius_l2=_tup(rad_2),
+            margin=rounded_tuple(L),
+            j_l1=rounded_tuple(j1),
+            j_l2=rounded_tuple(j2),
+            lambda_abs_max=rounded_tuple(lam),
+            margin_hessian_near_zero_fraction=rounded_tuple(nz) if full and K else None,
+            margin_hessian_near_zero_fraction_mean=rounded(float(nz.mean())) if full and K else None,
+            radius_linf=rounded_tuple(rad_inf),
+            radius_l2=rounded_tuple(rad_2),
             indicator_linf=med(rad_inf),
             indicator_l2=med(rad_2),
-            mean_j_l1=_r(float(j1.mean())) if K else None,
-            mean_lambda_abs_max=_r(float(lam.mean())) if K else None,
+            mean_j_l1=rounded(float(j1.mean())) if K else None,
+            mean_lambda_abs_max=rounded(float(lam.mean())) if K else None,
             spearman_linf=spearman(rad_inf.tolist(), rinf.tolist()) if K else None,
             spearman_l2=spearman(rad_2.tolist(), r2.tolist()) if K else None,
             fraction_radius_below_attack_linf=below(rad_inf, rinf) if K else None,
