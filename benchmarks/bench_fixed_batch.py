@@ -44,7 +44,7 @@ def main() -> None:
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as d:
         paths = {"dynamic": Path(d) / "dyn.pt2", "fixed batch 1": Path(d) / "b1.pt2", "fixed batch 4": Path(d) / "b4.pt2"}
-        for (name, path), batch in zip(paths.items(), (None, 1, 4)):
+        for (_name, path), batch in zip(paths.items(), (None, 1, 4)):
             export(path, batch)
         for _ in range(args.reps):
             for name, path in paths.items():

@@ -95,7 +95,7 @@ def main() -> None:
         # run outside the checkout: `python -c` puts the working directory first on sys.path
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=root)
         seconds = time.perf_counter() - t0
-        line = next((l for l in proc.stderr.splitlines() if l.startswith("PEAK ")), None)
+        line = next((row for row in proc.stderr.splitlines() if row.startswith("PEAK ")), None)
         if line is None or line.split()[3] != "0":
             print(proc.stderr[-2000:])
             raise SystemExit(f"the scan of {n} images failed")

@@ -98,14 +98,14 @@ def figure_attacks(model, x, y, eps: float, device) -> list[dict]:
         torchattacks = None
     for name, params, steps in (("pgd", {"steps": 20}, 20), ("apgd-ce", {}, 100)):
         attack = ATTACKS.get(name)(**params)
-        res, t = timed(lambda: attack.run(model, xd, yd, threat, SampleRNG.for_indices(0, f"gpu:{name}", idx, device)), device)
+        res, t = timed(lambda: attack.run(model, xd, yd, threat, SampleRNG.for_indices(0, f"gpu:{name}", idx, device)), device)  # noqa: B023 - called within this iteration
         row = {"attack": name, "steps": steps, "eps": eps, "robaudit_seconds": round(t, 3), "robaudit_robust_acc": acc(res.x_adv)}
         if torchattacks is not None:
             if name == "pgd":
                 ta = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
             else:
                 ta = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)
-            x_ta, t_ta = timed(lambda: ta(xd, yd), device)
+            x_ta, t_ta = timed(lambda: ta(xd, yd), device)  # noqa: B023 - called within this iteration
             row.update(torchattacks_seconds=round(t_ta, 3), torchattacks_robust_acc=acc(x_ta), ratio=round(t / t_ta, 3))
         out.append(row)
     return out

@@ -7,8 +7,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -105,9 +105,8 @@ def gate(result: ScanResult, thresholds: Iterable[str] | str | Path):
     (``.passed``, per-gate results)."""
     from .gating import evaluate_gates, load_gate_file, parse_requires
 
-    spec = load_gate_file(thresholds) if isinstance(thresholds, (str, Path)) and Path(thresholds).is_file() else None
-    if spec is None:
-        if isinstance(thresholds, str):
-            thresholds = [thresholds]
-        spec = parse_requires(list(thresholds))
+    if isinstance(thresholds, Path) or (isinstance(thresholds, str) and Path(thresholds).is_file()):
+        spec = load_gate_file(thresholds)  # a Path that is no file: "thresholds file ... not found"
+    else:
+        spec = parse_requires([thresholds] if isinstance(thresholds, str) else list(thresholds))
     return evaluate_gates(result, spec)

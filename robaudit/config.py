@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any
 
 from .errors import UsageError
 from .metric_names import PredictedMetrics, attack_label, canonical_params
@@ -67,8 +68,9 @@ class AttackSpec:
         from .attacks import ATTACKS
 
         cls = ATTACKS.get(self.name)
+        kwargs: dict[str, Any] = dict(self.params)
         try:
-            return cls(**dict(self.params))
+            return cls(**kwargs)
         except TypeError as exc:
             import dataclasses
 
@@ -143,7 +145,7 @@ def default_eps(input_shape: tuple[int, ...], norm: Norm, preset: str | None = N
 
 
 def check_radii(
-    eps: Sequence[float], norm: "Norm | str", input_shape: Sequence[int] | None = None, *, given: str | None = None
+    eps: Sequence[float], norm: Norm | str, input_shape: Sequence[int] | None = None, *, given: str | None = None
 ) -> None:
     """Raise UsageError unless every radius means something on the [0,1] pixel cube.
 
@@ -209,7 +211,7 @@ class ScanConfig:
         ensemble: str | None = None, checks: str | Sequence[str] = DEFAULT_CHECKS, seed: int = 0,
         device: str = "auto", batch_size: int = 256, compute_block: int | None = None, workers: int | None = None,
         precision: str = "float32", channels_last: bool | None = None,
-    ) -> "ScanConfig":
+    ) -> ScanConfig:
         """The config from the CLI's / API's strings, every usage error raised here, before heavy work."""
         if batch_size < 1:
             raise UsageError("--batch-size must be >= 1")

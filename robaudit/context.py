@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -135,7 +136,7 @@ class ScanContext:
     config: ScanConfig
     device: torch.device
     eps: tuple[float, ...]
-    progress: object = field(default_factory=_NullProgress)
+    progress: Any = field(default_factory=_NullProgress)  # a rich Progress, or _NullProgress (same methods)
     batch_size: int = 256
     train_data: DataSpec | None = None  # first --train-n training samples, for train/test comparisons
     positions: torch.Tensor | None = None
@@ -197,6 +198,7 @@ class ScanContext:
         counted so far (capped just below the batch's end, so an estimate too low stalls late,
         never overshoots)."""
         data = self.data if data is None else data
+        assert self.positions is not None  # set in __post_init__
         if indices is None:
             idx = self.positions if data is self.data else torch.arange(data.n)
         else:
@@ -219,7 +221,7 @@ class ScanContext:
                     try:
                         if work_per_sample:
                             budget = float(work_per_sample) * rows
-                            with passes.watch(lambda units: self.within(units / budget)):
+                            with passes.watch(lambda units: self.within(units / budget)):  # noqa: B023 - called within this iteration
                                 fn(x, y, slice(done + start, done + stop))
                         else:
                             fn(x, y, slice(done + start, done + stop))
@@ -247,8 +249,12 @@ class ScanContext:
         """A progress bar of ``total`` steps for work that is not batches of samples (surface
         grids, model-level loops); yields ``advance(k=1)``."""
         task = self.progress.add_task(description, total=total)
+
+        def advance(k: int = 1) -> None:
+            self.progress.advance(task, k)
+
         try:
-            yield lambda k=1: self.progress.advance(task, k)
+            yield advance
         finally:
             self.progress.remove_task(task)
 

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from ._version import __version__
 from .config import AttackSpec, ScanConfig
-from .data.spec import DataSpec
 from .context import progress_bars
+from .data.spec import DataSpec
 from .engine import (
     Shard,
     build_checks,
@@ -38,8 +39,8 @@ from .engine import (
     provenance,
 )
 from .errors import InputError, RobauditError, UsageError
-from .models.spec import LoadedModel
 from .jsonio import read_json
+from .models.spec import LoadedModel
 from .parts import PART_FORMAT, CombineInfo, Part, digest
 from .process_group import (
     agreed_error,
@@ -435,10 +436,11 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
         except Exception as exc:  # noqa: BLE001 - every rank must reach the gather, or the others wait forever
             payload = error_payload(exc)
         wait_for_all_ranks("every shard scanned")  # the early ones wait here, not in the gather
-        gathered = [None] * world if rank == 0 else None
+        gathered: list[Any] | None = [None] * world if rank == 0 else None
         dist.gather_object(payload, gathered, dst=0)
         outcome: list[Any] = [None]
         if rank == 0:
+            assert gathered is not None  # rank 0 gathers
             failed = [(r, p) for r, p in enumerate(gathered) if "error" in p]
             if failed:
                 outcome[0] = {"error": f"rank {failed[0][0]}: {failed[0][1]['error']}", "exit_code": failed[0][1]["exit_code"]}

@@ -23,10 +23,10 @@ import difflib
 import math
 import operator
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable
 from xml.etree import ElementTree as ET
 
 from .errors import UsageError
@@ -83,7 +83,7 @@ class GateSpec:
     forbid_all_flags: bool = False
     source: str = ""
 
-    def merged(self, other: "GateSpec") -> "GateSpec":
+    def merged(self, other: GateSpec) -> GateSpec:
         return GateSpec(
             thresholds=self.thresholds + other.thresholds,
             forbid_flags=self.forbid_flags + tuple(c for c in other.forbid_flags if c not in self.forbid_flags),
@@ -195,7 +195,7 @@ def _toml():
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ModuleNotFoundError:
             raise UsageError("reading a thresholds file on Python 3.10 needs tomli (pip install tomli); or use --require") from None
     return tomllib
@@ -239,9 +239,9 @@ def load_gate_file(path: str | Path) -> GateSpec:
         raise UsageError(f"{_where(path, text, 'require')}: 'require' must be a list of strings like [\"clean.accuracy >= 0.9\"]")
     thresholds = []
     for item in require:
-        line = _item_line(text, item) if isinstance(item, str) else None
-        where = _where(path, text, "require", line)
-        short = f"{path}:{line}" if line else str(path)
+        item_line = _item_line(text, item) if isinstance(item, str) else None
+        where = _where(path, text, "require", item_line)
+        short = f"{path}:{item_line}" if item_line else str(path)
         thresholds.append(dataclasses.replace(parse_threshold(item, where), source=short))
     forbid = table.get("forbid_flags", [])
     forbid_all = False
@@ -292,7 +292,7 @@ def resolve_metric(name: str, available: Iterable[str], *, where: str = "in the 
     raise UsageError(unknown_metric_message(name, names, where, listing))
 
 
-def check_metric_names(gates: "GateSpec | None", predicted, listing: str) -> None:
+def check_metric_names(gates: GateSpec | None, predicted, listing: str) -> None:
     """Before a scan: every threshold's metric must be one ``predicted`` (a
     :class:`~robaudit.metric_names.PredictedMetrics`) says the scan can produce; else UsageError."""
     from .metric_names import has_interval, unknown_metric_message

@@ -68,7 +68,7 @@ class Liveness:
         self._thread.start()
 
     @classmethod
-    def for_process_group(cls, rank: int, world: int) -> "Liveness | None":
+    def for_process_group(cls, rank: int, world: int) -> Liveness | None:
         """Liveness on the default process group's store (namespaced by torchrun's restart count), or
         None when torch gives no store (then waits are the collectives themselves)."""
         import torch.distributed as dist

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable, Sequence
 
 from .errors import UsageError
 from .params import parse_value
@@ -66,14 +66,14 @@ def format_param(value: object) -> str:
 
 
 def _defaults(cls) -> dict[str, object]:
-    out = {}
+    out: dict[str, object] = {}
     for f in dataclasses.fields(cls):
         if f.name == "counter":
             continue
         if f.default is not dataclasses.MISSING:
             out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
     return out
 
 
@@ -82,14 +82,14 @@ def canonical_params(name: str, params: Iterable[tuple[str, object]]) -> tuple[t
     for a float parameter becomes a float. Unknown attacks keep every parameter (sorted)."""
     from .attacks import ATTACKS
 
-    params = dict(params)
+    given = dict(params)
     try:
         defaults = _defaults(ATTACKS.get(name)) if name in ATTACKS else {}
     except UsageError:  # a plugin that fails to load: keep the spelling as given
         defaults = {}
-    out = []
-    for key in sorted(params):
-        value, default = params[key], defaults.get(key, dataclasses.MISSING)
+    out: list[tuple[str, object]] = []
+    for key in sorted(given):
+        value, default = given[key], defaults.get(key, dataclasses.MISSING)
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if default is not dataclasses.MISSING and type(value) is type(default) and value == default:

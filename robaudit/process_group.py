@@ -7,7 +7,8 @@ Used by multi-process scans (:mod:`robaudit.distributed`) and hardening (``harde
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import InputError
 from .schema import (
@@ -169,7 +170,7 @@ class ScanResult:
                 out.update(sec.outcomes())
         return out
 
-    def intervals(self) -> dict[str, "Proportion"]:
+    def intervals(self) -> dict[str, Proportion]:
         """Metric name → k, n and the 95% Clopper–Pearson interval, for every proportion metric."""
         out: dict[str, Proportion] = {}
         for sec in self.sections.values():
@@ -221,7 +222,7 @@ class ScanResult:
         atomic_write(path, self.to_json())
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ScanResult":
+    def from_dict(cls, data: Any) -> ScanResult:
         """The result from parsed JSON; InputError naming the field when its shape is wrong."""
         if not isinstance(data, dict):
             raise InputError(f"the top level is {json_kind(data)}, expected an object with schema_version, provenance and sections")
@@ -266,7 +267,7 @@ class ScanResult:
         )
 
     @classmethod
-    def read_json(cls, path: str | Path) -> "ScanResult":
+    def read_json(cls, path: str | Path) -> ScanResult:
         """Read a result file; any malformed content is an InputError (exit 3) in one line naming the field."""
         from .jsonio import read_json
 

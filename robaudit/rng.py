@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -89,7 +90,7 @@ class SampleRNG:
         self._counter = counter or _Counter()
 
     @classmethod
-    def for_indices(cls, seed: int, tag: str, indices: Sequence[int] | torch.Tensor, device: torch.device | str = "cpu") -> "SampleRNG":
+    def for_indices(cls, seed: int, tag: str, indices: Sequence[int] | torch.Tensor, device: torch.device | str = "cpu") -> SampleRNG:
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).cpu()
         t = tag_words(seed, tag)
         lo = (idx & _M32).to(device)
@@ -105,7 +106,7 @@ class SampleRNG:
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
-    def subset(self, rows: Any, start: int | None = None) -> "SampleRNG":
+    def subset(self, rows: Any, start: int | None = None) -> SampleRNG:
         """The streams of ``rows`` (index tensor, bool mask or slice), sharing this stream
         position — or, with ``start``, positioned at draw ``start`` on a counter of their own
         (the same logical draw split over groups of rows)."""
@@ -122,7 +123,7 @@ class SampleRNG:
 
     __getitem__ = subset
 
-    def fork(self, tag: str) -> "SampleRNG":
+    def fork(self, tag: str) -> SampleRNG:
         """Independent streams for the same rows (a new family, its own position from 0)."""
         t = tag_words(0, tag)
         keys = torch.stack([_h(self.keys[:, 0] ^ t[0]), _h(self.keys[:, 1] ^ t[1])], dim=1)

@@ -16,8 +16,9 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from .errors import InputError
 
@@ -77,7 +78,7 @@ class Section:
     def outcomes(self) -> dict[str, tuple[bool, ...]]:
         return {}
 
-    def intervals(self) -> dict[str, "Proportion"]:
+    def intervals(self) -> dict[str, Proportion]:
         """k, n and the 95% interval of each proportion metric (from :meth:`outcomes` by default)."""
         from .stats import proportion
 
@@ -143,8 +144,9 @@ def from_jsonable(typ: Any, data: Any, where: str = "value") -> Any:
                 kwargs[f.name] = from_jsonable(hints[f.name], data[f.name], f"{where}.{f.name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise InputError(f"{where}: missing field {f.name!r}")
+        make: Any = typ  # the dataclass itself (is_dataclass narrows it to an instance for mypy)
         try:
-            return typ(**kwargs)
+            return make(**kwargs)
         except (TypeError, ValueError) as exc:
             raise InputError(f"{where}: {exc}") from None
     if origin is tuple or typ is tuple:
@@ -233,10 +235,11 @@ def check_invariants(obj: Any, where: str, *, n: int, n_classes: int, input_shap
         if isinstance(sub, (list, tuple)) and isinstance(sup, (list, tuple)) and any(a and not b for a, b in zip(sub, sup)):
             raise InputError(f"{where}.{sub_path}: a sample is true here but not in {where}.{super_path}")
     encoded = getattr(cls, "encoded_fields", ())
-    if encoded and input_shape is not None and tuple(obj.shape) != input_shape:
-        raise InputError(f"{where}.shape: {list(obj.shape)} is not the inputs' shape {list(input_shape)}")
+    shape = tuple(getattr(obj, "shape", ())) if encoded else ()  # a class with encoded_fields has a shape field
+    if encoded and input_shape is not None and shape != input_shape:
+        raise InputError(f"{where}.shape: {list(shape)} is not the inputs' shape {list(input_shape)}")
     for name in encoded:
-        _check_encoded(getattr(obj, name), obj.shape, f"{where}.{name}")
+        _check_encoded(getattr(obj, name), shape, f"{where}.{name}")
     for f in dataclasses.fields(obj):
         check_invariants(getattr(obj, f.name), f"{where}.{f.name}", n=n, n_classes=n_classes, input_shape=input_shape)
 

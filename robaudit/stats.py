@@ -13,8 +13,8 @@ fair coin, so the two-sided p-value is ``min(1, 2·P[Binomial(b+c, ½) ≤ min(b
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 __all__ = ["LEVEL", "METHOD", "Proportion", "proportion", "clopper_pearson", "mcnemar_exact", "Paired", "paired_test"]
 

@@ -18,7 +18,7 @@ class Norm(str, Enum):
     L2 = "l2"
 
     @classmethod
-    def parse(cls, value: "str | Norm") -> "Norm":
+    def parse(cls, value: str | Norm) -> Norm:
         if isinstance(value, Norm):
             return value
         v = str(value).strip().lower().replace("ℓ", "l")
@@ -28,7 +28,7 @@ class Norm(str, Enum):
         return aliases[v]
 
 
-def parse_eps(text: "str | float") -> float:
+def parse_eps(text: str | float) -> float:
     """``'8/255'`` → 0.03137..., ``'0.1'`` → 0.1. ε is on the [0,1] pixel scale."""
     if isinstance(text, (int, float)):
         value = float(text)

@@ -18,7 +18,6 @@ from robaudit.attacks.base import lp_norm
 from robaudit.errors import UsageError
 from robaudit.threat import Norm, ThreatModel
 
-
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (as conftest)
 NAMES = ["apgd-ce", "apgd-dlr", "apgd-t", "square"]
 # small budgets for the structural tests; the defaults are exercised by the analytic tests
@@ -235,6 +234,7 @@ def test_square_decoded_block_draws_equal_the_per_iteration_draws(channels, monk
     once (_BlockDraws.linf); the points must be those of the per-iteration path, bit for bit,
     resampled proposals included (a large ε makes them frequent)."""
     from conftest import TinyCNN
+
     from robaudit.rng import SampleRNG
 
     torch.manual_seed(0)

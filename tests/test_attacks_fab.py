@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import linprog, minimize
+from test_attacks_basic import _binary_linear
 
 from robaudit.attacks import ATTACKS
 from robaudit.attacks.base import lp_norm
@@ -13,8 +14,6 @@ from robaudit.attacks.fab import FABTargeted, boundary_projection
 from robaudit.config import ScanConfig, parse_attack_list
 from robaudit.errors import UsageError
 from robaudit.threat import Norm, ThreatModel
-
-from test_attacks_basic import _binary_linear
 
 
 def _hyperplanes(seed: int = 1, batch: int = 24, d: int = 9):

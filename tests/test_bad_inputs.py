@@ -28,7 +28,7 @@ from robaudit.cli.demo import DEMO_MODEL
 from robaudit.cli.main import app
 from robaudit.config import ScanConfig, check_radii
 from robaudit.errors import CheckpointError, InputError, UsageError, WriteError
-from robaudit.outputs import TEMP_PREFIX, atomic_target, atomic_write, check_outputs
+from robaudit.outputs import atomic_target, atomic_write, check_outputs
 from robaudit.results import ScanResult
 
 runner = CliRunner()
@@ -402,7 +402,7 @@ def test_every_field_mutated_reads_as_an_input_error_or_a_result_the_renderers_t
     }
     read = rejected = 0
     for path in list(_leaf_paths(base))[1:]:
-        for name, mutate in mutations.items():
+        for _name, mutate in mutations.items():
             data = copy.deepcopy(base)
             parent = data
             for key in path[:-1]:

@@ -8,7 +8,13 @@ import math
 import pytest
 
 from robaudit.checks.attacks import (
-    MASKING_ALPHA, MASKING_RATE, AttackRun, AttacksSection, attack_flags, binomial_tail, blackbox_only_counts,
+    MASKING_ALPHA,
+    MASKING_RATE,
+    AttackRun,
+    AttacksSection,
+    attack_flags,
+    binomial_tail,
+    blackbox_only_counts,
     min_broken_to_flag,
 )
 from robaudit.results import ScanResult

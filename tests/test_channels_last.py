@@ -8,9 +8,9 @@ import json
 import math
 
 import torch
+from conftest import TinyCNN
 from torch import nn
 
-from conftest import TinyCNN
 from robaudit.attacks.base import ChannelsLastModel, in_memory_format
 from robaudit.checks.attacks import decode_tensor
 from robaudit.config import ScanConfig
@@ -105,6 +105,7 @@ def test_forced_off_is_the_default_format_and_old_results_load():
 
 def test_cli_channels_last_is_recorded(tmp_path):
     from typer.testing import CliRunner
+
     from robaudit.cli.demo import DEMO_MODEL
     from robaudit.cli.main import app
 

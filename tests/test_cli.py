@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import torch
 from typer.testing import CliRunner
 
 import robaudit
-
 from robaudit.cli.demo import DEMO_MODEL
 from robaudit.cli.main import app
 from robaudit.models import load_model

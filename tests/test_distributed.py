@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import Conv6Net
 from typer.testing import CliRunner
 
 from robaudit.cli.demo import DEMO_MODEL
@@ -18,7 +19,6 @@ from robaudit.distributed import merge_payloads, read_part, run_shard, write_par
 from robaudit.engine import Shard, run_scan
 from robaudit.errors import UsageError
 from robaudit.models.spec import LoadedModel, ModelInfo
-from conftest import Conv6Net
 
 
 def _comparable(result_dict: dict) -> dict:

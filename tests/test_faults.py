@@ -9,7 +9,6 @@ The README's "Faults" table lists each fault with the test here that injects it.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import shutil
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from robaudit.cli.demo import DEMO_MODEL

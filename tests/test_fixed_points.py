@@ -9,9 +9,9 @@ import json
 
 import pytest
 import torch
+from conftest import TinyCNN
 from torch import nn
 
-from conftest import TinyCNN
 from robaudit.attacks import ATTACKS
 from robaudit.attacks.base import Attack
 from robaudit.config import ScanConfig
@@ -139,7 +139,7 @@ def test_scan_results_equal_with_the_early_stop_off(quantized, monkeypatch):
     assert json.dumps(on["sections"], sort_keys=True) == json.dumps(off["sections"], sort_keys=True)
     assert on["flags"] == off["flags"]
     gradient = {k: v for k, v in passes.items() if k.startswith(("apgd", "fab"))}
-    for (f_on, b_on), (f_off, b_off) in gradient.values():
+    for (_f_on, b_on), (_f_off, b_off) in gradient.values():
         assert b_on <= b_off
     if quantized:
         assert sum(v[0][1] for v in gradient.values()) < sum(v[1][1] for v in gradient.values()) / 4

@@ -316,5 +316,5 @@ def test_a_possible_metric_without_a_value_fails_its_gate_not_the_command():
 def test_gate_list_metrics(result_json):
     res = runner.invoke(app, ["gate", str(result_json), "--list-metrics"])
     assert res.exit_code == 0, res.output
-    line = next(l for l in res.output.splitlines() if l.startswith("clean.accuracy"))
+    line = next(row for row in res.output.splitlines() if row.startswith("clean.accuracy"))
     assert "0.4" in line and "2/5" in line and "lower(...)" in line

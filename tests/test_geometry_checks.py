@@ -130,7 +130,7 @@ def test_battery_runs_consistently_and_round_trips(tiny_cnn, small_k, norm):
 
     # spectra: one entry per weight matrix, conv reshaped out x (in*k*k)
     sp = result.section("spectra")
-    assert [l.name for l in sp.layers] == ["conv.weight", "fc.weight"]
+    assert [layer.name for layer in sp.layers] == ["conv.weight", "fc.weight"]
     assert sp.layers[0].matrix_shape == (4, 9) and sp.layers[0].count == 4
 
     # surfaces: the centre of every grid is the sample itself

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
+from conftest import TinyCNN
 from torch import nn
 from typer.testing import CliRunner
 
 import robaudit
 import robaudit.memory_format as mf
-from conftest import TinyCNN
 from robaudit.attacks.base import ChannelsLastModel
 from robaudit.cli.demo import DEMO_MODEL
 from robaudit.cli.main import app

@@ -14,7 +14,13 @@ from torch import nn
 
 from robaudit.errors import CheckpointError, InputError, UnsafeCheckpointError, UsageError
 from robaudit.models import (
-    ARCHITECTURES, NormalizedModel, build_architecture, check_fits, detect_format, load_model, parse_arch_kwargs,
+    ARCHITECTURES,
+    NormalizedModel,
+    build_architecture,
+    check_fits,
+    detect_format,
+    load_model,
+    parse_arch_kwargs,
     save_model,
 )
 from robaudit.models.checkpoint import EXTRA_FILE, metadata_strings

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import TinyCNN
 from torch import nn
 
-from conftest import TinyCNN
 from robaudit.attacks.base import in_precision
 from robaudit.checks.attacks import decode_tensor
 from robaudit.cli.main import app
@@ -107,6 +107,7 @@ def test_float16_on_cpu_is_a_usage_error():
 
 def test_cli_float16_on_cpu_exits_2(tmp_path):
     from typer.testing import CliRunner
+
     from robaudit.cli.demo import DEMO_MODEL
 
     out = CliRunner().invoke(app, ["scan", str(DEMO_MODEL), "-d", "demo", "-n", "4", "--device", "cpu",

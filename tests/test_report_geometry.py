@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import TinyCNN
 from PIL import Image
 from rich.console import Console
 
@@ -20,13 +21,11 @@ from robaudit.config import ScanConfig, parse_attack_list
 from robaudit.data.spec import DataSpec
 from robaudit.engine import run_scan
 from robaudit.models.spec import LoadedModel, ModelInfo
-from robaudit.report.surface_plots import draw_boundary
 from robaudit.report.html import render_html
 from robaudit.report.plots import figure
+from robaudit.report.surface_plots import draw_boundary
 from robaudit.report.terminal import print_summary
 from robaudit.results import ScanResult
-
-from conftest import TinyCNN
 
 GEOMETRY = ("minimal", "jacobian", "curvature", "indicator", "spectra", "surfaces", "landscape")
 # section → alt texts of the figures its partial must show

@@ -5,19 +5,18 @@ import json
 
 import pytest
 import torch
+from conftest import Conv6Net
 
 from robaudit.attacks import ATTACKS
 from robaudit.config import ScanConfig
 from robaudit.data.spec import DataSpec
 from robaudit.engine import FixedBlockModel, run_scan
+from robaudit.errors import InputError
 from robaudit.geometry.hessian import lanczos
 from robaudit.models.spec import LoadedModel, ModelInfo
 from robaudit.parts import Part, merge_parts
-from robaudit.errors import InputError
 from robaudit.rng import SampleRNG
 from robaudit.threat import Norm, ThreatModel
-from conftest import Conv6Net
-
 
 # --- the primitive ---------------------------------------------------------------------------
 
@@ -138,7 +137,7 @@ def test_lanczos_per_sample_convergence_does_not_depend_on_the_batch():
                                       batch=3, tol=1e-6, return_info=True)
     # the slowest sample sets the loop's length; the others converged earlier (here 26, 27 and 28 iterations)
     for i in range(3):
-        one = lanczos(lambda v: torch.bmm(H[i : i + 1], v.unsqueeze(-1)).squeeze(-1), 30, 2, 30, rng[[i]].subset([0], start=0),
+        one = lanczos(lambda v: torch.bmm(H[i : i + 1], v.unsqueeze(-1)).squeeze(-1), 30, 2, 30, rng[[i]].subset([0], start=0),  # noqa: B023 - called within this iteration
                       batch=1, tol=1e-6)
         # equal up to rounding of the batched linear algebra (~1e-15); running sample 0 on to the
         # batch's 28 iterations instead would move its Ritz vector by ~1e-7

@@ -6,8 +6,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import TinyCNN
+
 from robaudit.config import ScanConfig
 from robaudit.data.spec import DataSpec
 from robaudit.engine import build_checks, run_scan
@@ -115,7 +115,7 @@ def test_the_bound_covers_the_geometry_checks(capsys, monkeypatch, full_max_dim,
     bounds = {name: checks[name].max_passes(plan) for name in ("curvature", "indicator", "surfaces", "landscape")}
     current, forwards = [None], {}
     for name, check in checks.items():
-        def compute(self, ctx, _name=name, _compute=type(check).compute):
+        def compute(self, ctx, _name=name, _compute=type(check).compute):  # noqa: B008 - bound per loop iteration
             current[0] = _name
             try:
                 return _compute(self, ctx)

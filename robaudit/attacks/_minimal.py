@@ -11,8 +11,8 @@ tensor) where :mod:`robaudit.attacks.base` has one ε per batch.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import nn

@@ -18,8 +18,9 @@ correctly classified.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
 
 import torch
 
@@ -137,9 +138,8 @@ class _APGD(Attack):
         step = max(1, int(self.max_rows or self._batch_rows or points.shape[0]))
         outs = []
         for s in range(0, points.shape[0], step):
-            t = targets[s : s + step]
             outs.append(input_gradient(model, points[s : s + step], ys[s : s + step],
-                                       lambda z, yy, t=t: self._row_loss(z, yy, t), self.counter))
+                                       partial(self._row_loss, target=targets[s : s + step]), self.counter))
         if len(outs) == 1:
             return outs[0]
         return tuple(torch.cat(parts) for parts in zip(*outs))
@@ -270,7 +270,7 @@ class _APGD(Attack):
         step0 = self.initial_step * threat.eps
         while not bool(schedule.finished.all()):
             new_s, new_q = schedule.starts()
-            points, parts = [], []
+            points = []
             if st is not None:
                 x_next = self._step(st, threat)
                 points.append(x_next)
@@ -295,6 +295,7 @@ class _APGD(Attack):
                 it_cpu = torch.cat([it_cpu, torch.zeros_like(new_s)])
                 wrong_parts.append(logits[R:].argmax(1) != ys[sd])
             wrong = torch.cat(wrong_parts)
+            assert st is not None  # every running row has its state once started
             wrong_cpu = wrong.cpu()
             done_cpu = wrong_cpu | (it_cpu >= self.n_iter)
             if self.stop_at_fixed_points:

@@ -7,8 +7,9 @@ losses are summed, never averaged, before differentiating w.r.t. the input.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ __all__ = [
     "in_memory_format",
 ]
 
-ATTACKS: Registry[type["Attack"]] = Registry(
+ATTACKS: Registry[type[Attack]] = Registry(
     "attack",
     "robaudit.attacks",
     builtin_modules=(

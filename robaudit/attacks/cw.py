@@ -109,7 +109,7 @@ class CarliniWagnerL2(Attack):
             c = const.detach()
 
             def objective_f(logits: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-                return c * margin(logits, yy).clamp(min=-kappa)
+                return c * margin(logits, yy).clamp(min=-kappa)  # noqa: B023 - called within this iteration
 
             w = w0.clone()
             m = torch.zeros_like(w)

@@ -32,8 +32,8 @@ and :func:`refine_minimal_perturbation` tightens them by bisection with a per-sa
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -135,6 +135,7 @@ class DeepFool(Attack):
             fooled[active[now]] = True
             if f is None:
                 break
+            assert grads is not None  # with f: _candidate_gradients returns both or neither
             keep = ~now
             idx, f, grads = active[keep], f[keep], grads[keep]
             if idx.numel() == 0:
@@ -143,13 +144,13 @@ class DeepFool(Attack):
             flat = grads.flatten(2)  # [A, C, d]
             wn = flat.abs().sum(2) if norm is Norm.LINF else flat.norm(p=2, dim=2)
             dist = torch.where(wn > 0, f.abs() / wn.clamp_min(1e-30), torch.full_like(wn, float("inf")))
-            l = dist.argmin(1)
-            f_l = f.gather(1, l[:, None]).squeeze(1).abs()
+            nearest = dist.argmin(1)
+            f_l = f.gather(1, nearest[:, None]).squeeze(1).abs()
             if it > 0:  # see the module docstring: the authors' +1e-4, from the second step on
                 f_l = f_l + _XI
-            wn_l = wn.gather(1, l[:, None]).squeeze(1)
-            w_l = grads[torch.arange(idx.numel(), device=x.device), l]
-            ok = torch.isfinite(dist.gather(1, l[:, None]).squeeze(1))
+            wn_l = wn.gather(1, nearest[:, None]).squeeze(1)
+            w_l = grads[torch.arange(idx.numel(), device=x.device), nearest]
+            ok = torch.isfinite(dist.gather(1, nearest[:, None]).squeeze(1))
             if norm is Norm.LINF:
                 scale = torch.where(ok, f_l / wn_l.clamp_min(1e-30), torch.zeros_like(f_l))
                 r = scale.view(shape1) * w_l.sign()

@@ -164,6 +164,7 @@ class FABTargeted(Attack):
                 st = fresh if st is None else {k: torch.cat([st[k], fresh[k]]) for k in st}
                 s_cpu, q_cpu = torch.cat([s_cpu, new_s]), torch.cat([q_cpu, new_q])
                 it_cpu = torch.cat([it_cpu, torch.zeros_like(new_s)])
+            assert st is not None  # every running row has its state once started
             fixed = self._iterate(model, st, threat.norm)
             it_cpu = it_cpu + 1
             ok = st["best_norm"] <= threat.eps
@@ -196,7 +197,7 @@ class FABTargeted(Attack):
         x, x1, y, target = st["x0"], st["x1"], st["y"], st["target"]
         n = x.shape[0]
         chunk = max(1, int(self.max_rows or self._batch_rows or n))
-        df, dg = [], []
+        df_parts, dg_parts = [], []
         for s in range(0, n, chunk):
             t = target[s : s + chunk]
 
@@ -204,9 +205,9 @@ class FABTargeted(Attack):
                 return logits.gather(1, t[:, None]).squeeze(1) - logits.gather(1, yy[:, None]).squeeze(1)
 
             d, _, g = input_gradient(model, x1[s : s + chunk], y[s : s + chunk], diff, self.counter)
-            df.append(d)
-            dg.append(g)
-        df, dg = torch.cat(df), torch.cat(dg)
+            df_parts.append(d)
+            dg_parts.append(g)
+        df, dg = torch.cat(df_parts), torch.cat(dg_parts)
         x0f = x.flatten(1)
         w = dg.flatten(1)
         b = (w * x1.flatten(1)).sum(dim=1) - df  # the linearized boundary: w·z = b

@@ -70,6 +70,7 @@ class _Draws:
     def __init__(self, generator, n: int, like: torch.Tensor, words: int, precomputed: torch.Tensor | None = None) -> None:
         self.gen, self.n, self.like = generator, n, like
         self.keyed = precomputed is not None or rng.is_sample_rng(generator)
+        self.w: torch.Tensor | None  # the words of a keyed draw (None: draws come from a torch.Generator)
         if precomputed is not None:
             self.w = precomputed
         else:
@@ -77,6 +78,7 @@ class _Draws:
         self.col = 0
 
     def _word(self) -> torch.Tensor:
+        assert self.w is not None  # keyed draws only
         w = self.w[:, self.col]
         self.col += 1
         return w
@@ -358,11 +360,17 @@ class _BlockDraws:
         self.gen, self.words, self.base = gen, words, gen.position
         self.flip = gen.fork(_RESAMPLE) if linf and channels <= 30 else None
         self.direct = channels > 30  # signs over more than 32 channels take draws of their own
-        self.start, self.main, self.flips = 0, None, None
+        self.start = 0
+        self.main: torch.Tensor | None = None  # the block's words [n, k, words] (filled by at())
+        self.flips: torch.Tensor | None = None
         self.channels, self.dtype, self.side, self.shape = channels, dtype, side, shape
         self.decoded = linf and side is not None and self.flip is not None
         self.sides: list[int] = []
-        self.pos_h = self.pos_w = self.signs = self.flip_signs = None
+        # the block's decoded ℓ∞ draws (filled by _decode)
+        self.pos_h: torch.Tensor | None = None
+        self.pos_w: torch.Tensor | None = None
+        self.signs: torch.Tensor | None = None
+        self.flip_signs: torch.Tensor | None = None
 
     def keep(self, rows: torch.Tensor) -> None:
         self.gen = self.gen.subset(rows)
@@ -372,6 +380,7 @@ class _BlockDraws:
             self.main = self.main[rows.to(self.main.device)]
             self.flips = self.flips[rows.to(self.flips.device)] if self.flips is not None else None
         if self.pos_h is not None:
+            assert self.pos_w is not None and self.signs is not None and self.flip_signs is not None  # decoded together
             r = rows.to(self.pos_h.device)
             self.pos_h, self.pos_w, self.signs, self.flip_signs = self.pos_h[r], self.pos_w[r], self.signs[r], self.flip_signs[r]
 
@@ -391,21 +400,24 @@ class _BlockDraws:
     def _decode(self, k: int) -> None:
         """This block's ℓ∞ draws: corners ``(word · (side − s + 1)) >> 32`` (:meth:`_Draws.randint`),
         signs from the third word's bits (:meth:`_Draws.signs`), flips (:func:`_flips_from_words`)."""
-        c, dev = self.channels, self.main.device
+        main, flips = self.main, self.flips
+        assert main is not None and flips is not None  # at() drew the block; decoded implies flips
+        c, dev = self.channels, main.device
         self.sides = [self.side(self.start + j) for j in range(k)]
         h, w = self.shape
         s = torch.tensor(self.sides, dtype=torch.int64, device=dev)[None, :]
-        self.pos_h = (self.main[:, :, 0] * (h - s + 1)) >> 32
-        self.pos_w = (self.main[:, :, 1] * (w - s + 1)) >> 32
+        self.pos_h = (main[:, :, 0] * (h - s + 1)) >> 32
+        self.pos_w = (main[:, :, 1] * (w - s + 1)) >> 32
         bit = torch.arange(c, device=dev)
-        self.signs = (1 - 2 * ((self.main[:, :, 2, None] >> bit) & 1)).to(self.dtype)
-        r = 1 + ((self.flips * (2**c - 1)) >> 32)
+        self.signs = (1 - 2 * ((main[:, :, 2, None] >> bit) & 1)).to(self.dtype)
+        r = 1 + ((flips * (2**c - 1)) >> 32)
         self.flip_signs = (1 - 2 * ((r[:, :, None] >> bit) & 1)).to(self.dtype)
 
     def linf(self, it: int):
         """(side, corner rows [n], corner columns [n], signs [n,c,1,1], flips [n,c,1,1]) of iteration ``it``
         (after :meth:`at`)."""
         j = it - self.start
-        n, c = self.signs.shape[0], self.channels
-        return (self.sides[j], self.pos_h[:, j], self.pos_w[:, j], self.signs[:, j].view(n, c, 1, 1),
-                self.flip_signs[:, j].view(n, c, 1, 1))
+        pos_h, pos_w, signs, flip_signs = self.pos_h, self.pos_w, self.signs, self.flip_signs
+        assert pos_h is not None and pos_w is not None and signs is not None and flip_signs is not None  # _decode ran
+        n, c = signs.shape[0], self.channels
+        return (self.sides[j], pos_h[:, j], pos_w[:, j], signs[:, j].view(n, c, 1, 1), flip_signs[:, j].view(n, c, 1, 1))

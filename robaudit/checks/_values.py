@@ -3,6 +3,7 @@ summaries over samples that ignore missing values. Shared by the curvature and i
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import torch
 
@@ -16,6 +17,12 @@ def rounded(v: float | None, digits: int = 7) -> float | None:
     return float(f"{v:.{digits}g}")
 
 
+@overload
+def rounded_tuple(t: torch.Tensor, digits: int = 7) -> tuple[float | None, ...]: ...
+@overload
+def rounded_tuple(t: None, digits: int = 7) -> None: ...
+@overload
+def rounded_tuple(t: torch.Tensor | None, digits: int = 7) -> tuple[float | None, ...] | None: ...
 def rounded_tuple(t: torch.Tensor | None, digits: int = 7) -> tuple[float | None, ...] | None:
     """Each value of ``t`` by :func:`rounded`; None for None."""
     if t is None:

@@ -227,7 +227,7 @@ class AttacksCheck(Check):
         return broken, norms, info
 
     @staticmethod
-    def _examples(ctx, weakest: "_Weakest") -> list[dict]:
+    def _examples(ctx, weakest: _Weakest) -> list[dict]:
         """This process's weakest broken samples: candidates for the section's examples."""
         chosen = weakest.chosen()
         if not chosen:

@@ -36,7 +36,7 @@ class MetricPlan:
     eps: the radii it will use (pixel scale [0,1]); model: the loaded, wrapped model (its parameter
     names), or None when not loaded; train_n: ``--train-n`` or None."""
 
-    config: "ScanConfig"
+    config: ScanConfig
     eps: tuple[float, ...]
     input_shape: tuple[int, ...]
     num_classes: int
@@ -55,19 +55,19 @@ class Check:
     description: ClassVar[str] = ""
     scope: ClassVar[str] = "samples"
 
-    def preflight(self, ctx: "ScanContext") -> None:
+    def preflight(self, ctx: ScanContext) -> None:
         """Called before the first check of a scan runs (in every process): refuse settings that
         can only be judged with the model and data loaded (raise UsageError), before any work."""
 
-    def compute(self, ctx: "ScanContext") -> "Part":
+    def compute(self, ctx: ScanContext) -> Part:
         """This process's part: per-sample tables for ``ctx.positions`` and an extra dict."""
         raise NotImplementedError(f"check {self.name!r} implements neither compute/combine nor run")
 
-    def combine(self, tables: "Tables", extras: list[dict], info: "CombineInfo"):
+    def combine(self, tables: Tables, extras: list[dict], info: CombineInfo):
         """The section from every part (see the module docstring)."""
         raise NotImplementedError(f"check {self.name!r} has compute but no combine")
 
-    def run(self, ctx: "ScanContext"):
+    def run(self, ctx: ScanContext):
         """The section of a single-process scan: compute, then combine the one part."""
         from ..parts import CombineInfo, merge_parts
 

@@ -53,7 +53,7 @@ class CleanSection(Section):
 
 def per_class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int, reduce=None) -> tuple[float | None, ...]:
     """Per class c: ``reduce(values[labels == c])`` (default: the mean, float64), None when absent."""
-    out = []
+    out: list[float | None] = []
     for c in range(num_classes):
         mask = labels == c
         if not bool(mask.any()):

@@ -319,7 +319,7 @@ class CurvatureCheck(Check):
         model, dt = analysis_model(ctx.model, probe)
         pl = is_piecewise_linear(model, probe.to(dt), ctx.data.num_classes, ctx.generator("curvature:piecewise-linear"))
         exact_method = "gauss-newton" if pl else "full" if full else "lanczos"
-        rows: dict[str, list[torch.Tensor]] = {}
+        rows: dict[str, dict[int, torch.Tensor]] = {}  # column → {batch start: values}
         # pixel-basis FD Hessians of the margin for the indicator check (Lanczos mode: its
         # directions depend on the function, nothing to share)
         share = full and "indicator" in ctx.config.checks
@@ -401,7 +401,7 @@ class CurvatureCheck(Check):
         full = d <= self.full_max_dim
         chosen = first_correct(info.clean(), self.k)
         K = len(chosen)
-        meta = next((e for e in extras if "exact_method" in e), {})
+        meta: dict = next((e for e in extras if "exact_method" in e), {})
         exact = fd = None
         cols: dict[str, torch.Tensor] = {}
         if K:

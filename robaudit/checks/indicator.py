@@ -45,15 +45,14 @@ import torch
 
 from ..attacks.deepfool import DeepFool
 from ..geometry.bounds import second_order_radius, theorem1_bounds
+from ..geometry.hessian import near_zero_fraction
 from ..geometry.jacobian import input_jacobian, jacobian_stats
-from ..geometry.margin import margin
+from ..geometry.spectra import LANCZOS_ITERS, analysis_model, fd_spectrum, lanczos_k_for
 from ..parts import Part
 from ..schema import Section, section
 from ..threat import Norm
-from .base import CHECKS, Check
-from ..geometry.hessian import near_zero_fraction
-from ..geometry.spectra import LANCZOS_ITERS, analysis_model, fd_spectrum, lanczos_k_for
 from ._values import nan_to_none, rounded, rounded_tuple
+from .base import CHECKS, Check
 from .curvature import HESSIAN_ZERO_THRESHOLD, MARGIN_FD_CACHE
 
 __all__ = ["Theorem1Result", "IndicatorSection", "IndicatorCheck", "spearman", "boundary_loss"]
@@ -322,7 +321,6 @@ class IndicatorCheck(Check):
         idx = list(curv.indices)
         K = len(idx)
         d = curv.d
-        norm = Norm.parse(curv.norm)
         eps = float(curv.fd_step)
         full = curv.finite_difference is not None and curv.finite_difference.complete
         t = tables["samples"]

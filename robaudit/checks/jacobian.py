@@ -201,7 +201,7 @@ class JacobianCheck(Check):
         ctx.map_batches(batch, description="input Jacobians")
         part = Part()
         part.add("samples", ctx.positions, **{f"{fn}.{k}": per[fn][k] for fn in per for k in _STATS})
-        images = ctx.data.batch(sorted(kept)) if kept else None
+        images = ctx.data.batch(sorted(kept)) if kept else torch.empty(0)
         part.extra["heatmaps"] = [
             {"position": p, "margin": clean.at("margin", [p])[0], "label": int(ctx.data.y[p]),
              "l1": float(per["margin"]["l1"][clean.row_of[p]]), "shape": list(kept[p].shape),
@@ -218,11 +218,11 @@ class JacobianCheck(Check):
         gallery = {int(ex.index) for ex in getattr(info.sections.get("attacks"), "examples", ()) or ()}
         chosen = {h["position"]: h for h in lowest(candidates, self.n_heatmaps)}
         chosen.update({h["position"]: h for h in candidates if h["position"] in gallery})
-        chosen = lowest(chosen.values(), len(chosen))  # ascending margin, ties by position
+        ordered = lowest(chosen.values(), len(chosen))  # ascending margin, ties by position
         heatmaps = tuple(
             JacobianHeatmap(index=h["position"], label=h["label"], margin=_round(h["margin"]), l1=_round(h["l1"]),
                             shape=tuple(h["shape"]), image=h["image"], gradient=h["gradient"])
-            for h in chosen
+            for h in ordered
         )
         return JacobianSection(
             scale="pixel space [0,1]; margin gradient in logit units per pixel unit, CE gradient in nats per pixel unit",

@@ -5,6 +5,7 @@ softmax(Z)_y and the cross-entropy loss in nats, whose histograms the report dra
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -61,7 +62,7 @@ class MarginSection(Section):
         out.update({f"margins.q{k}": v for k, v in self.quantiles.items()})
         if self.loss_gap is not None:
             out["margins.loss_gap"] = self.loss_gap
-            out["margins.train_median"] = self.train_median
+            out["margins.train_median"] = self.train_median if self.train_median is not None else math.nan
         return out
 
     def metric_names(self) -> tuple[str, ...]:

@@ -69,20 +69,20 @@ class SpectraSection(Section):
         if not self.layers:
             return {}
         out = {
-            "spectra.sigma_max_max": max(l.sigma_max for l in self.layers),
-            "spectra.std_mean": sum(l.std for l in self.layers) / len(self.layers),
+            "spectra.sigma_max_max": max(layer.sigma_max for layer in self.layers),
+            "spectra.std_mean": sum(layer.std for layer in self.layers) / len(self.layers),
         }
-        ratios = [l.ratio for l in self.layers if l.ratio is not None]
+        ratios = [layer.ratio for layer in self.layers if layer.ratio is not None]
         if ratios:
             out["spectra.ratio_max"] = max(ratios)
-        for l in self.layers:
-            key = _layer_key(l.name)
-            out[f"spectra.{key}.sigma_max"] = l.sigma_max
-            out[f"spectra.{key}.std"] = l.std
+        for layer in self.layers:
+            key = _layer_key(layer.name)
+            out[f"spectra.{key}.sigma_max"] = layer.sigma_max
+            out[f"spectra.{key}.std"] = layer.std
         return out
 
     def metric_names(self) -> tuple[str, ...]:
-        return spectra_metric_names([l.name for l in self.layers])
+        return spectra_metric_names([layer.name for layer in self.layers])
 
 
 def _layer_key(name: str) -> str:
@@ -168,7 +168,9 @@ def weight_matrices(model: torch.nn.Module) -> tuple[str, str, list[tuple[str, t
     dimensions, from its parameters, else its buffers (exported graphs); reason says why none."""
     net = _raw(model)
     try:
-        named = [(n, p) for n, p in net.named_parameters() if p.dim() >= 2 and p.is_floating_point()]
+        named: list[tuple[str, torch.Tensor]] = [
+            (n, p) for n, p in net.named_parameters() if p.dim() >= 2 and p.is_floating_point()
+        ]
         source = "parameters"
         if not named:
             named = [(n, b) for n, b in net.named_buffers() if b is not None and b.dim() >= 2 and b.is_floating_point()]

@@ -46,8 +46,8 @@ from ..attacks.least_likely import LeastLikely
 from ..geometry.margin import cross_entropy, margin
 from ..geometry.surfaces import surface_grid
 from ..parts import Part, lowest
-from ..schema import Section, from_jsonable, section, to_jsonable
 from ..rng import normal, signs
+from ..schema import Section, from_jsonable, section, to_jsonable
 from ..threat import Norm, ThreatModel
 from .base import CHECKS, Check
 from .jacobian import lowest_margin_correct

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import typer
 
@@ -80,7 +80,7 @@ def parse_shape(text: str | None) -> tuple[int, int, int] | None:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
         raise UsageError(f"--input-shape must be C,H,W (e.g. 3,32,32), got {text!r}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def command_line() -> str:

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -17,8 +16,8 @@ from ._common import error_boundary, make_console
 def compare(
     before: Path = typer.Argument(..., help="The reference results.json."),
     after: Path = typer.Argument(..., help="The new results.json."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help="Also write the comparison as a self-contained HTML file."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Exit 1 if clean.accuracy or any robust_acc.* metric dropped by more than this (absolute fraction, e.g. 0.01 = 1 point)."),
+    output: str | None = typer.Option(None, "--output", "-o", metavar="PATH", help="Also write the comparison as a self-contained HTML file."),
+    max_drop: float | None = typer.Option(None, "--max-drop", help="Exit 1 if clean.accuracy or any robust_acc.* metric dropped by more than this (absolute fraction, e.g. 0.01 = 1 point)."),
     significant: bool = typer.Option(False, "--significant", help="With --max-drop: count a drop only when it is significant at 0.05 (exact McNemar test on the per-sample results)."),
     force: bool = typer.Option(False, "--force", help="Compare even if the data, threat model or samples differ (no paired test then)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only regressions."),
@@ -65,8 +64,10 @@ def _print_table(console: Console, comparison, regressed: set[str], is_accuracy)
 
     title = f"{comparison.before_label} → {comparison.after_label} (Δ = after − before; accuracies with n and 95% interval)"
     table = Table(title=title, title_justify="left")
-    for col, just in (("metric", "left"), ("before", "right"), ("after", "right"), ("Δ", "right"),
-                      ("McNemar p", "right"), ("", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("metric", "left"), ("before", "right"), ("after", "right"), ("Δ", "right"), ("McNemar p", "right"), ("", "left"),
+    )
+    for col, just in columns:
         table.add_column(col, justify=just)
     ib, ia = comparison.before.intervals(), comparison.after.intervals()
     for d in comparison.deltas:

@@ -9,6 +9,7 @@ import inspect
 import re
 
 import typer
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -67,7 +68,7 @@ def parameters(kind: str, obj) -> list[str]:
             if f.name == "counter" or f.name.startswith("_"):
                 continue
             default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")  # type: ignore[misc]
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
             out.append(f"{f.name}={_value(default)}")
         return out
     if callable(obj):
@@ -89,10 +90,11 @@ def parameters(kind: str, obj) -> list[str]:
 def paper(kind: str, obj) -> str:
     """Where the entry comes from: a check's description; else the first paragraph that cites a
     paper (names a year) in the entry's docstring, then in its module's; else its first paragraph."""
-    if kind == "checks" and getattr(obj, "description", ""):
-        return str(obj.description)
+    description = getattr(obj, "description", None)
+    if kind == "checks" and description:
+        return str(description)
     module = inspect.getmodule(obj)
-    candidates = _paragraphs(getattr(obj, "__doc__", ""))[:2] + _paragraphs(getattr(module, "__doc__", ""))[:2]
+    candidates = _paragraphs(getattr(obj, "__doc__", ""))[:2] + _paragraphs(module.__doc__ if module is not None else "")[:2]
     return next((p for p in candidates if _CITES.search(p)), candidates[0] if candidates else "")
 
 

@@ -6,8 +6,8 @@ import typer
 from .._version import __version__
 from .compare import compare
 from .demo import demo
-from .harden import harden_cli
 from .gate_options import gate
+from .harden import harden_cli
 from .listing import list_command
 from .merge import merge
 from .plugins import plugins_command

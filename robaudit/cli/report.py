@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -13,11 +12,11 @@ from .gate_options import evaluate, finish, gate_file_option, junit_option, load
 
 def report(
     results: Path = typer.Argument(..., help="A results.json written by `robaudit scan --json`."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help="HTML file to write (default: next to the JSON, .html)."),
-    csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help="Also write samples.csv and robust_accuracy.csv into this folder."),
-    gate_file: Optional[Path] = gate_file_option(),
-    require: Optional[List[str]] = require_option(),
-    junit: Optional[str] = junit_option(),
+    output: str | None = typer.Option(None, "--output", "-o", metavar="PATH", help="HTML file to write (default: next to the JSON, .html)."),
+    csv_dir: str | None = typer.Option(None, "--csv", metavar="DIR", help="Also write samples.csv and robust_accuracy.csv into this folder."),
+    gate_file: Path | None = gate_file_option(),
+    require: list[str] | None = require_option(),
+    junit: str | None = junit_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and failed gates."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:

@@ -25,7 +25,7 @@ def demo(request: DataRequest) -> DataSpec:
     """The first 1000 Fashion-MNIST test images (uint8 in the package; returned as pixels in [0,1])."""
     if request.split != "test":
         raise UsageError("the demo dataset has only a test split (the first 1000 Fashion-MNIST test images)")
-    ref = resources.files("robaudit.data").joinpath("assets", DEMO_ASSET)
+    ref = resources.files("robaudit.data").joinpath("assets").joinpath(DEMO_ASSET)
     try:
         with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as z:
             x, y = z["x"][: request.n], z["y"][: request.n]

@@ -133,7 +133,7 @@ class ClassMapEntry(NamedTuple):
     in the file it was given (``line 3``, ``position 2``, ``key "n01"``) for error messages."""
 
     folder: str
-    index: int
+    index: int  # type: ignore[assignment]  # the class index; shadows tuple.index, which nothing calls on an entry
     name: str
     where: str
 
@@ -188,11 +188,13 @@ def _folder_dataset_class():
                     for p in walk_images(Path(directory) / cls)]
 
         def _load(self, path: str):
+            assert self.channels is not None  # the probe sets it before the first item is read
             return decode_image(path, self.channels)
 
         def __getitem__(self, p: int) -> torch.Tensor:
             path, _ = self.samples[p]
             img = self.transform(self.loader(path))
+            assert self.sample_shape is not None  # the probe sets it before the first item is read
             if tuple(img.shape) != tuple(self.sample_shape):
                 raise DatasetError(
                     f"{path} is {img.shape[2]}x{img.shape[1]} but the folder's images are "
@@ -239,7 +241,7 @@ def load_image_folder(path: str | os.PathLike, request: DataRequest, name: str |
         raise DatasetNotFoundError(f"image folder {root} not found")
     if request.resize is not None and request.image_size is None:
         raise UsageError("--resize needs --image-size (the centre crop taken after resizing)")
-    if request.resize is not None and request.resize < request.image_size:
+    if request.resize is not None and request.image_size is not None and request.resize < request.image_size:
         raise UsageError(f"--resize {request.resize} is smaller than --image-size {request.image_size}")
     root = _split_root(root, request.split)
     class_to_idx, class_names = _classes(root, request.class_map)

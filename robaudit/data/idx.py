@@ -9,7 +9,6 @@ import gzip
 import io
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -17,15 +16,15 @@ from ..errors import DatasetError
 
 __all__ = ["read_idx"]
 
-_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
+_DTYPES: dict[int, np.dtype] = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
            0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _read_exact(f: BinaryIO, nbytes: int, path: Path, what: str) -> bytes:
+def _read_exact(f: io.BufferedIOBase, nbytes: int, path: Path, what: str) -> bytes:
     data = f.read(nbytes)
     if len(data) != nbytes:
         raise DatasetError(f"{path} is truncated (its {what} is {len(data)} of {nbytes} bytes)")

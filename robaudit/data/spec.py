@@ -9,8 +9,9 @@ folders). Labels are always in memory. ``indices[p]`` is the sample's index in t
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -160,9 +161,10 @@ class DataSpec:
             raise type(exc)(message.split(f"{type(exc).__name__}: ", 1)[-1]) from None
 
     # --- subsets ----------------------------------------------------------------------------
-    def subset(self, positions: Any, sample: str | None = None) -> "DataSpec":
+    def subset(self, positions: Any, sample: str | None = None) -> DataSpec:
         """The samples at ``positions`` (in that order), their dataset indices carried along."""
         pos = as_positions(positions, self.n)
+        images: Any
         if isinstance(self.images, torch.Tensor):
             images = self.images[pos]
         else:

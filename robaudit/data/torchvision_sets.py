@@ -7,10 +7,10 @@ batch) and int64 labels, the first ``n`` samples in the files' own order.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -202,6 +203,7 @@ def hvp_operator(
     if method == "fd":
         if h is None:
             raise ValueError("method='fd' needs a step h (pixel units)")
+        step: float | torch.Tensor = h
         g0 = None if central else _grad(model, x, y, f)
 
     def op(v: torch.Tensor) -> torch.Tensor:
@@ -211,7 +213,7 @@ def hvp_operator(
         elif method == "func":
             out = hvp_func(model, x, y, vv, f)
         elif method == "fd":
-            out = hvp_fd(model, x, y, vv, h, f, central=central, grad_at_x=g0)
+            out = hvp_fd(model, x, y, vv, step, f, central=central, grad_at_x=g0)
         else:
             raise ValueError(f"unknown HVP method {method!r}; expected 'exact', 'func' or 'fd'")
         return out.reshape(v.shape).to(v.dtype)
@@ -314,6 +316,7 @@ def _full_hessian_replicated(model, x, y, fs, method, h, chunk, central) -> list
             if central:
                 rows = [hvp_fd(model, xs, ys, basis, hs, fs[0], central=True)]
             else:  # hvp_fd's forward difference, the point's forward shared by the functions
+                assert g0 is not None  # computed above unless central
                 hb = _per_sample(hs, xs)
                 record("hvp", n * len(fs))
                 rows = [(g - g0[k][s].reshape(xs.shape)) / hb for k, g in enumerate(_grads(model, xs + hb * basis, ys, fs))]
@@ -335,8 +338,8 @@ def _full_hessian_func(model, x, y, f, chunk) -> torch.Tensor:
         for s0 in range(0, B, group):
             xs, ys = x[s0 : s0 + group], y[s0 : s0 + group]
             bs = xs.shape[0]
-            grad_total = torch.func.grad(lambda z: f(model(z), ys).sum())
-            push = torch.func.vmap(lambda t: torch.func.jvp(grad_total, (xs,), (t,))[1])
+            grad_total = torch.func.grad(lambda z: f(model(z), ys).sum())  # noqa: B023 - called within this iteration
+            push = torch.func.vmap(lambda t: torch.func.jvp(grad_total, (xs,), (t,))[1])  # noqa: B023 - called within this iteration
             for c0 in range(0, d, n_vec):
                 cols = torch.arange(c0, min(c0 + n_vec, d), device=x.device)
                 n = cols.numel()

@@ -15,7 +15,7 @@ is sample ``b``'s own exact gradient (samples do not interact in eval mode).
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from .passes import record
 
 __all__ = ["input_jacobian", "jacobian_stats", "resolve_fn", "ScalarFn"]
 
-ScalarFn = Union[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+ScalarFn = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _FNS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "margin": margin,

@@ -7,7 +7,8 @@ results independent of batch composition, one stream per row from a :class:`roba
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 

@@ -13,9 +13,9 @@ records the totals in the result (``ScanResult.passes``).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
 
 __all__ = ["ledger", "record", "tick", "watch"]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ from torch import nn
 from ..rng import is_sample_rng
 from ..threat import Norm
 from .bounds import alignment
-from .hessian import full_hessian, full_hessians_fd, hvp_exact, hvp_fd, near_zero_fraction
+from .hessian import Method, full_hessian, full_hessians_fd, hvp_exact, hvp_fd, near_zero_fraction
 from .jacobian import input_jacobian, resolve_fn
 from .lanczos import lanczos
 from .norms import ball_step
@@ -165,7 +165,7 @@ def _full_spectrum(H: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch
     return out
 
 
-def full_spectra(model, x, y, fn, method: str, chunk: int, h: float | None = None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+def full_spectra(model, x, y, fn, method: Method, chunk: int, h: float | None = None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(eigvals [B, d] descending, top eigvec [B, d])`` of every sample's full Hessian
     (:func:`robaudit.geometry.full_hessian` with ``method``/``h``), built for groups of samples
     whose d×d float64 matrices fit :data:`FULL_GROUP_BYTES`."""
@@ -187,7 +187,7 @@ def _grouped_spectra(build, x, y, generators) -> list[tuple[torch.Tensor, torch.
     group = max(1, FULL_GROUP_BYTES // (d * d * 8))
     # one logical draw for every group, per generator
     starts = [g.next_counter() if is_sample_rng(g) else None for g in generators]
-    out = [([], []) for _ in generators]
+    out: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [([], []) for _ in generators]
     for s in range(0, x.shape[0], group):
         for H, gen, start, (eigs, vecs) in zip(build(x[s : s + group], y[s : s + group]), generators, starts, out):
             e, u = _full_spectrum(H, gen.subset(slice(s, s + group), start=start) if start is not None else gen)
@@ -210,7 +210,7 @@ def fd_operator(model, x, y, fn, norm: Norm, eps: float, grad0: torch.Tensor) ->
 def fd_spectrum(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn, norm: Norm, eps: float, *,
     full: bool, chunk: int, generator=None, lanczos_k: int = LANCZOS_K, lanczos_iters: int = LANCZOS_ITERS,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Finite-difference Hessian spectrum of ``fn`` ("ce" or "margin") at the ball step.
 
     ``full``: pixel-basis columns at ``h = eps`` (each column moves one pixel by eps, the largest

@@ -8,7 +8,7 @@ default (the surface is the model's function along the plane, as in the papers);
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn

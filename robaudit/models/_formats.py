@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -16,7 +17,7 @@ SUPPORTED = "safetensors, torch.export (.pt2), TorchScript, torch.save (.pt/.pth
 _MAX_SAFETENSORS_HEADER = 100_000_000  # safetensors' own limit
 
 
-def check_exists(path: str | Path) -> Path:
+def check_exists(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist")
@@ -25,7 +26,7 @@ def check_exists(path: str | Path) -> Path:
     return p
 
 
-def detect_format(path: str | Path) -> str:
+def detect_format(path: str | os.PathLike[str]) -> str:
     """Return "safetensors", "torch-export", "torchscript", "pickle" or "onnx", judged by content, not extension."""
     p = check_exists(path)
     with open(p, "rb") as f:

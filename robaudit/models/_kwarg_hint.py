@@ -10,7 +10,8 @@ Only registry architectures are probed (a user's ``file.py:Class`` is not re-run
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

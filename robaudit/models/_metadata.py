@@ -179,7 +179,7 @@ def parse_shape(value: Sequence[int] | None, what: str) -> tuple[int, int, int] 
         raise UsageError(f"{what} must be three integers C,H,W; got {value!r}") from None
     if len(dims) != 3 or min(dims) < 1:
         raise UsageError(f"{what} must be three positive integers C,H,W; got {list(dims)}")
-    return dims  # type: ignore[return-value]
+    return dims
 
 
 def parse_floats(values: Sequence[float] | None) -> tuple[float, ...] | None:

@@ -132,7 +132,8 @@ def named_weights(name: str, *, download: bool) -> dict[str, Any]:
     from huggingface_hub import try_to_load_from_cache
 
     cache = hub_cache_dir()
-    files = [getattr(cfg, "hf_hub_filename", None)] if getattr(cfg, "hf_hub_filename", None) else list(WEIGHT_FILES)
+    named_file = getattr(cfg, "hf_hub_filename", None)
+    files: list[str] = [str(named_file)] if named_file else list(WEIGHT_FILES)
     path = next((Path(found) for found in (try_to_load_from_cache(repo, f, cache_dir=str(cache)) for f in files)
                  if isinstance(found, str) and Path(found).is_file()), None)
     if path is None and not download:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import CheckpointError, UnsafeCheckpointError
 from .architectures import ARCHITECTURES

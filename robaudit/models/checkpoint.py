@@ -15,8 +15,8 @@ written by :mod:`._metadata`. Each format's reader: :mod:`._readers`.
 """
 from __future__ import annotations
 
-import os
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +49,14 @@ from ._readers import (
     read_safetensors,
     read_torchscript,
 )
-from ._trust import metadata_architecture
 from ._state_dict import (
-    classifier_key, first_conv_key, fit_keys, load_strict, nonfinite_warning,
+    classifier_key,
+    first_conv_key,
+    fit_keys,
+    load_strict,
+    nonfinite_warning,
 )
+from ._trust import metadata_architecture
 from .architectures import ARCHITECTURES, build_architecture, parse_arch_kwargs
 from .sources import architecture_preprocessing, named_weights, parse_arch, weights_is_file
 from .spec import LoadedModel, ModelInfo, Preprocessing
@@ -230,7 +234,7 @@ def open_model(
     return OpenedModel(p, fmt, contents, s, notes, named.label if named else None, pre, class_names, named)
 
 
-def _read_published(p: Path, named: Any) -> tuple[str, "Contents"]:
+def _read_published(p: Path, named: Any) -> tuple[str, Contents]:
     """A cached published-weights file (torch hub cache, Hugging Face cache), judged as an input:
     it must be a safetensors file or a weights-only pickle holding a state dict. Anything else —
     TorchScript, torch.export, ONNX, a pickle that needs other globals, garbage, a truncated file —

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 
 from markupsafe import Markup, escape
 
@@ -93,12 +94,16 @@ def cite_attack(label: str) -> Markup:
     return cite(key, str(label)) if key else Markup(escape(label))
 
 
+def _linked(key: str, match: re.Match[str]) -> str:
+    return str(cite(key, match.group(0)))
+
+
 def link_mentions(html: str) -> Markup:
     """Already-escaped HTML text with each known author-year mention linked to its entry."""
     for key, ref in REFERENCES.items():
         for mention in ref.mentions:
             pattern = re.escape(str(escape(mention)))
-            html = re.sub(rf"(?<![\w>]){pattern}(?![^<]*</a>)", lambda m, k=key: str(cite(k, m.group(0))), html)
+            html = re.sub(rf"(?<![\w>]){pattern}(?![^<]*</a>)", partial(_linked, key), html)
     return Markup(html)
 
 

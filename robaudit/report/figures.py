@@ -15,8 +15,9 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Literal
 
 import numpy as np
 
@@ -57,7 +58,7 @@ ATTACK_CYCLE = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"
 HEATMAP_CMAP = "magma"  # |∂L/∂x| heatmaps: black = 0
 
 DPI = 100
-_STYLE = {
+_STYLE: dict[Any, Any] = {  # matplotlib rcParams
     "font.size": 9,
     "axes.titlesize": 10,
     "axes.grid": True,
@@ -90,7 +91,7 @@ def plots_for(name: str) -> Callable[[PlotFn], PlotFn]:
 
 
 # --- primitives ------------------------------------------------------------------------------------
-def figure(width: float = 6.4, height: float = 3.4, layout: str | None = "constrained"):
+def figure(width: float = 6.4, height: float = 3.4, layout: Literal["constrained", "compressed", "tight"] | None = "constrained"):
     """A new Agg-backed Figure with the report style (use inside :func:`styled`); ``layout=None``
     for manual placement (constrained layout is slow with 3-D axes)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -332,16 +332,16 @@ def spectra_figures(sec, result) -> dict[str, Any]:
     x = np.arange(len(layers))
     fig = figure(max(5.0, 0.7 * len(layers) + 2.5), 3.6)
     ax = fig.add_subplot()
-    smax = np.asarray([l.sigma_max for l in layers], dtype=np.float64)
+    smax = np.asarray([layer.sigma_max for layer in layers], dtype=np.float64)
     ax.bar(x, smax, color=NATURAL, alpha=0.8, label="σ_max (spectral norm)")
-    ax.errorbar(x, [l.mean for l in layers], yerr=[l.std for l in layers], fmt="o", color="black", markersize=3,
+    ax.errorbar(x, [layer.mean for layer in layers], yerr=[layer.std for layer in layers], fmt="o", color="black", markersize=3,
                 capsize=3, label="mean σ ± std")
-    smin = np.asarray([l.sigma_min for l in layers], dtype=np.float64)
+    smin = np.asarray([layer.sigma_min for layer in layers], dtype=np.float64)
     ax.scatter(x, smin, marker="_", s=120, color=ATTACK_CYCLE[0], label="σ_min", zorder=3)
     pos = np.concatenate([smax[smax > 0], smin[smin > 0]])
     if pos.size and pos.max() / pos.min() > 100:
         ax.set_yscale("log")
-    names = [plain(l.name[: -len(".weight")] if l.name.endswith(".weight") else l.name) for l in layers]
+    names = [plain(layer.name[: -len(".weight")] if layer.name.endswith(".weight") else layer.name) for layer in layers]
     ax.set_xticks(x, names, rotation=45 if len(layers) > 4 else 0, ha="right" if len(layers) > 4 else "center", fontsize=7)
     ax.set_xlabel("layer (weights read as out × in matrices)")
     ax.set_ylabel("singular value (weight units)")

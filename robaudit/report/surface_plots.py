@@ -159,7 +159,7 @@ def landscape_figures(sec, result) -> dict[str, Any]:
     twin.set_ylim(-2, 102)
     twin.grid(False)
     lines = ax1.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax1.legend(lines, [l.get_label() for l in lines], loc="upper center")
+    ax1.legend(lines, [line.get_label() for line in lines], loc="upper center")
     sharpness = "—" if sec.sharpness_1d is None else f"{sec.sharpness_1d:.3g}"  # None: no finite loss at θ
     ax1.set_title(f"1-D landscape (n = {sec.n_samples}; sharpness {sharpness} nats)")
     if sec.loss_2d:

@@ -30,6 +30,7 @@ passes per attacked sample), seconds; plus one ``ensemble`` row per ε with the 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -134,12 +135,12 @@ def samples_table(result: ScanResult) -> pd.DataFrame:
             values = _dotted(jacobian, f"{function}.{stat}")
             if values is not None and len(values) == n:
                 cols[f"jacobian.{function}.{stat}"] = _floats(values)
-    for name, fields in _PER_SUBSET.items():
+    for name, subset_fields in _PER_SUBSET.items():
         sec = result.section(name)
         indices = _get(sec, "indices")
         if not indices or any(not 0 <= int(i) < n for i in indices):
             continue
-        for field in fields:
+        for field in subset_fields:
             values = _dotted(sec, field)
             if values is None or len(values) != len(indices):
                 continue
@@ -225,6 +226,6 @@ def csv_texts(result: ScanResult) -> dict[str, str]:
 
 def write_csv(result: ScanResult, directory: str | Path) -> list[Path]:
     """Write :func:`csv_texts` into ``directory`` (all or none: robaudit.outputs); return their paths."""
-    files = {Path(directory) / name: text for name, text in csv_texts(result).items()}
+    files: dict[str | os.PathLike[str], str | bytes] = {Path(directory) / name: text for name, text in csv_texts(result).items()}
     atomic_write_all(files)
-    return list(files)
+    return [Path(p) for p in files]

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
 from ..console import make_console, styled
-
 from ..metric_names import robust_acc_name
 from ..results import ScanResult
 from ..stats import proportion
@@ -48,7 +47,7 @@ def _num(v, digits: int = 4) -> str:
     return "—" if v is None else f"{float(v):.{digits}g}"
 
 
-def _table(title: str, columns: list[str], row: list[str]) -> Table:
+def _table(title: str, columns: list[str], row: list[str | Text]) -> Table:
     """A one-row table: a few key numbers of one section."""
     t = Table(title=title, title_justify="left")
     for col in columns:
@@ -119,12 +118,12 @@ def _spectra_table(sec) -> Table | None:
     """Largest spectral norm, mean per-layer std and worst condition ratio (weight units)."""
     if not sec.layers:
         return None
-    largest = max(sec.layers, key=lambda l: l.sigma_max)
-    ratios = [l.ratio for l in sec.layers if l.ratio is not None]
+    largest = max(sec.layers, key=lambda layer: layer.sigma_max)
+    ratios = [layer.ratio for layer in sec.layers if layer.ratio is not None]
     return _table(
         f"Layer spectra ({len(sec.layers)} weight matrices; singular values in weight units)",
         ["largest σ_max", "in layer", "mean std of σ", "largest σ_max/σ_min"],
-        [_num(largest.sigma_max), Text(largest.name), _num(sum(l.std for l in sec.layers) / len(sec.layers)),
+        [_num(largest.sigma_max), Text(largest.name), _num(sum(layer.std for layer in sec.layers) / len(sec.layers)),
          _num(max(ratios)) if ratios else "—"],
     )
 
@@ -137,7 +136,10 @@ def _surfaces_table(sec) -> Table | None:
         return None
     t = Table(title=f"Decision surfaces ({len(sec.samples)} samples, {sec.norm} ε={sec.eps:g})",
               title_justify="left")
-    for col, just in (("plane u", "left"), ("misclassified within ε", "right"), ("min L within ε (logits)", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("plane u", "left"), ("misclassified within ε", "right"), ("min L within ε (logits)", "right"),
+    )
+    for col, just in columns:
         t.add_column(col, justify=just)
     for name in names:
         t.add_row(Text(name), _pct(metrics[f"surfaces.{name}.fraction_misclassified_within_eps"]),
@@ -173,7 +175,7 @@ def geometry_tables(result: ScanResult) -> list[Table]:
     for name in result.sections:
         fn = _GEOMETRY_TABLES.get(name)
         sec = _typed(result, name) if fn else None
-        table = fn(sec) if sec is not None else None
+        table = fn(sec) if fn is not None and sec is not None else None
         if table is not None:
             tables.append(table)
     return tables
@@ -281,7 +283,7 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
         intervals = result.intervals()
         t = Table(title=f"Robust accuracy ({attacks.norm}, pixel space [0,1]; {mode}; n={p.n}, 95% Clopper–Pearson interval)",
                   title_justify="left")
-        for col, just in [
+        columns: list[tuple[str, JustifyMethod]] = [
             ("attack", "left"),
             ("ε", "right"),
             ("robust acc [95% CI]", "right"),
@@ -289,7 +291,8 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             (f"mean ‖δ‖ ({attacks.norm})", "right"),
             ("fwd+bwd / sample", "right"),
             ("time", "right"),
-        ]:
+        ]
+        for col, just in columns:
             t.add_column(col, justify=just)
         for r in attacks.runs:
             t.add_row(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +19,6 @@ from robaudit.cli.main import app
 from robaudit.data import DataRequest, load_dataset
 from robaudit.models import build_architecture, load_model, save_model
 from robaudit.threat import Norm, ThreatModel
-
 from robaudit_example.calibration import calibration_bins
 
 N = 48

@@ -35,6 +35,7 @@ class BasicBlock(nn.Module):
             shortcut = x
         else:
             x = self.relu1(self.bn1(x))
+            assert self.convShortcut is not None  # built when in and out planes differ
             out, shortcut = x, self.convShortcut(x)
         out = self.relu2(self.bn2(self.conv1(out)))
         if self.droprate > 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from robaudit.checks import Check
 from robaudit.errors import UsageError
 from robaudit.parts import Part

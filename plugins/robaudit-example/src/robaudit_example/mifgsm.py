@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from robaudit.attacks.base import LOSSES, Attack, input_gradient, normalize_direction, project
 from robaudit.errors import UsageError
 from robaudit.threat import ThreatModel
