@@ -8,6 +8,7 @@ its ratio to the dynamic export.
 
 Run:  python benchmarks/bench_fixed_batch.py [--n 200] [--reps 2] [--batch-size 256]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,12 @@ def main() -> None:
             export(path, batch)
         for _ in range(args.reps):
             for name, path in paths.items():
-                loaded = check_fits(load_model(path, trust_checkpoint=True), input_shape=data.input_shape,
-                                    num_classes=data.num_classes, dataset_name=data.name)
+                loaded = check_fits(
+                    load_model(path, trust_checkpoint=True),
+                    input_shape=data.input_shape,
+                    num_classes=data.num_classes,
+                    dataset_name=data.name,
+                )
                 t0 = time.perf_counter()
                 run_scan(loaded, data, config, command_line="bench_fixed_batch")
                 best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)

@@ -1,4 +1,5 @@
 """robaudit: how robust is an image classifier, why, and did a change make it better."""
+
 from ._version import __version__
 
 __all__ = ["__version__", "scan", "gate", "harden", "ScanResult"]

@@ -1,10 +1,11 @@
 """The Python API: the CLI is a thin layer over these.
 
-    >>> import robaudit
-    >>> result = robaudit.scan(net, "fashion-mnist", eps="0.1", attacks="quick", n=500)
-    >>> outcome = robaudit.gate(result, ["robust_acc.ensemble.linf@0.1 >= 0.3"])
-    >>> html = result.to_html()
+>>> import robaudit
+>>> result = robaudit.scan(net, "fashion-mnist", eps="0.1", attacks="quick", n=500)
+>>> outcome = robaudit.gate(result, ["robust_acc.ensemble.linf@0.1 >= 0.3"])
+>>> html = result.to_html()
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -49,7 +50,9 @@ def _as_model(model, mean, std) -> LoadedModel:
         return load_model(str(model), mean=mean, std=std)
     if isinstance(model, nn.Module):
         wrapped = model if isinstance(model, NormalizedModel) else NormalizedModel(model, mean, std)
-        return LoadedModel(wrapped, ModelInfo(path=f"<{type(model).__name__}>", format="in-memory", sha256="", mean=mean, std=std))
+        return LoadedModel(
+            wrapped, ModelInfo(path=f"<{type(model).__name__}>", format="in-memory", sha256="", mean=mean, std=std)
+        )
     raise UsageError("model must be an nn.Module, a LoadedModel or a checkpoint path")
 
 
@@ -89,9 +92,19 @@ def scan(
     was_training = model.training if isinstance(model, nn.Module) else None
     loaded = _as_model(model, mean, std)  # wrapping puts the module in eval mode
     spec = _as_data(data, n, split, data_dir, sample, seed)
-    config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,
-                              device=device, batch_size=batch_size, compute_block=compute_block, precision=precision,
-                              channels_last=channels_last)
+    config = ScanConfig.parse(
+        norm=norm,
+        eps=eps,
+        attacks=attacks,
+        ensemble=ensemble,
+        checks=checks,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        compute_block=compute_block,
+        precision=precision,
+        channels_last=channels_last,
+    )
     loaded = check_fits(loaded, input_shape=spec.input_shape, num_classes=spec.num_classes, dataset_name=spec.name)
     try:
         return run_scan(loaded, spec, config, quiet=not progress, command_line="robaudit.scan()")

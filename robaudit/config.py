@@ -1,4 +1,5 @@
 """Typed scan configuration. Strings from the CLI or TOML become these at the boundary."""
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,17 @@ PAPER_EPS = {"grey": (0.1, 0.2, 0.3), "colour": (3 / 255, 6 / 255, 9 / 255)}
 DEFAULT_CHECKS = ("clean", "sanity", "attacks", "margins", "jacobian", "spectra")
 # The whole battery in a sensible order (``--checks all``); minimal before indicator so it reuses the radii.
 ALL_CHECKS = (
-    "clean", "sanity", "attacks", "margins", "minimal", "jacobian", "curvature", "indicator", "spectra", "surfaces", "landscape",
+    "clean",
+    "sanity",
+    "attacks",
+    "margins",
+    "minimal",
+    "jacobian",
+    "curvature",
+    "indicator",
+    "spectra",
+    "surfaces",
+    "landscape",
 )
 
 
@@ -207,10 +218,20 @@ class ScanConfig:
 
     @classmethod
     def parse(
-        cls, *, norm: str = "linf", eps: str | Sequence[float] | None = None, attacks: str = "quick",
-        ensemble: str | None = None, checks: str | Sequence[str] = DEFAULT_CHECKS, seed: int = 0,
-        device: str = "auto", batch_size: int = 256, compute_block: int | None = None, workers: int | None = None,
-        precision: str = "float32", channels_last: bool | None = None,
+        cls,
+        *,
+        norm: str = "linf",
+        eps: str | Sequence[float] | None = None,
+        attacks: str = "quick",
+        ensemble: str | None = None,
+        checks: str | Sequence[str] = DEFAULT_CHECKS,
+        seed: int = 0,
+        device: str = "auto",
+        batch_size: int = 256,
+        compute_block: int | None = None,
+        workers: int | None = None,
+        precision: str = "float32",
+        channels_last: bool | None = None,
     ) -> ScanConfig:
         """The config from the CLI's / API's strings, every usage error raised here, before heavy work."""
         if batch_size < 1:
@@ -230,10 +251,19 @@ class ScanConfig:
         names, options = parse_check_list(checks)
         preset = attacks.strip().lower()
         return cls(
-            norm=Norm.parse(norm), eps=eps_t, attacks=parse_attack_list(attacks),
-            ensemble=ensemble_mode_for(attacks, ensemble), checks=names, check_options=options,
-            seed=seed, device=device, batch_size=batch_size, preset=preset if preset in ATTACK_PRESETS else None,
-            compute_block=compute_block, workers=workers, precision=precision,
+            norm=Norm.parse(norm),
+            eps=eps_t,
+            attacks=parse_attack_list(attacks),
+            ensemble=ensemble_mode_for(attacks, ensemble),
+            checks=names,
+            check_options=options,
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+            preset=preset if preset in ATTACK_PRESETS else None,
+            compute_block=compute_block,
+            workers=workers,
+            precision=precision,
             channels_last=None if channels_last is None else bool(channels_last),
         )
 
@@ -245,8 +275,14 @@ def predict_metric_names(
     resolved as the scan resolves them); ``model`` (loaded, not run) names the spectra layers."""
     from .checks.base import MetricPlan, build_check
 
-    plan = MetricPlan(config=config, eps=config.radii(tuple(input_shape)), input_shape=tuple(input_shape),
-                      num_classes=num_classes, train_n=train_n, model=model)
+    plan = MetricPlan(
+        config=config,
+        eps=config.radii(tuple(input_shape)),
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+        train_n=train_n,
+        model=model,
+    )
     options = dict(config.check_options)
     names: dict[str, None] = {}
     unknown = []

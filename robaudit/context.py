@@ -5,6 +5,7 @@ with progress and out-of-memory retries, seeded random streams), the device, the
 :mod:`robaudit.engine` builds a context per scan (``make_context``) and runs the checks in it;
 checks receive it and never touch devices, seeds or progress bars themselves.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -217,7 +218,8 @@ class ScanContext:
                     y = yb[start:stop].to(self.device, non_blocking=True)
                     base, rows = done + start, stop - start
                     self._within = lambda f, base=base, rows=rows: self.progress.update(
-                        task, completed=base + rows * min(max(float(f), 0.0), 0.999))
+                        task, completed=base + rows * min(max(float(f), 0.0), 0.999)
+                    )
                     try:
                         if work_per_sample:
                             budget = float(work_per_sample) * rows

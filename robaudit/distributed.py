@@ -14,6 +14,7 @@ Since each sample's records don't depend on where it was computed (per-sample ra
 the single-process one (bit for bit with ``--compute-block``; ``timings``, ``command_line`` and
 ``execution`` aside).
 """
+
 from __future__ import annotations
 
 import json
@@ -168,9 +169,20 @@ def _refuse_run_only_checks(checks) -> None:
         )
 
 
-def run_shard(loaded: LoadedModel, data: DataSpec, config: ScanConfig, shard: Shard, *, device: torch.device | None = None,
-              quiet: bool = True, command_line: str | None = None, log: Callable[[str], None] | None = None,
-              train_data: DataSpec | None = None, label: str = "", memory=None) -> dict:
+def run_shard(
+    loaded: LoadedModel,
+    data: DataSpec,
+    config: ScanConfig,
+    shard: Shard,
+    *,
+    device: torch.device | None = None,
+    quiet: bool = True,
+    command_line: str | None = None,
+    log: Callable[[str], None] | None = None,
+    train_data: DataSpec | None = None,
+    label: str = "",
+    memory=None,
+) -> dict:
     """Compute every check's part for ``shard`` of the samples: the payload of a part file.
     ``memory``: the memory format decided for every rank (torchrun), else decided here."""
     checks = build_checks(config)
@@ -185,8 +197,13 @@ def run_shard(loaded: LoadedModel, data: DataSpec, config: ScanConfig, shard: Sh
         "robaudit_part": PART_FORMAT,
         "shard": [shard.index, shard.count],
         "run": _fingerprint(prov, config, data, ctx.eps, ctx.device),
-        "header": {"n": data.n, "class_names": list(data.class_names), "input_shape": list(data.input_shape),
-                   "eps": list(ctx.eps), "config": config_to_dict(config)},
+        "header": {
+            "n": data.n,
+            "class_names": list(data.class_names),
+            "input_shape": list(data.input_shape),
+            "eps": list(ctx.eps),
+            "config": config_to_dict(config),
+        },
         "provenance": to_jsonable(prov),
         "model_warnings": list(loaded.info.warnings),
         "checks": [c.name for c in checks],
@@ -222,12 +239,16 @@ def read_part(path: str | Path) -> dict:
     if not isinstance(data, dict) or "robaudit_part" not in data:
         raise InputError(f"{path} is not a robaudit part file (write one with robaudit scan --shard K/N --json FILE)")
     if data["robaudit_part"] != PART_FORMAT:
-        raise InputError(f"{path} is a part file of format {data['robaudit_part']!r}; this robaudit reads format {PART_FORMAT}")
+        raise InputError(
+            f"{path} is a part file of format {data['robaudit_part']!r}; this robaudit reads format {PART_FORMAT}"
+        )
     missing = [k for k in ("shard", "run", "header", "provenance", "checks", "parts") if k not in data]
     if missing:
         raise InputError(f"{path} is not a complete part file (missing {', '.join(missing)})")
     shard = data["shard"]
-    if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard) and 0 <= shard[0] < shard[1]):
+    if not (
+        isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard) and 0 <= shard[0] < shard[1]
+    ):
         raise InputError(f"{path}: its shard {shard!r} is not [K, N] with 0 <= K < N")
     if not all(isinstance(data[k], dict) for k in ("run", "header", "provenance", "parts")):
         raise InputError(f"{path} is not a valid part file (run, header, provenance and parts must be objects)")
@@ -245,8 +266,10 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
     for p, name in zip(payloads[1:], names[1:]):
         for key, value in first["run"].items():
             if p["run"].get(key) != value:
-                raise UsageError(f"{name} is from a different run than {first_name}: {key} is {_short(p['run'].get(key))} "
-                                 f"there, {_short(value)} in {first_name}; merge the parts of one scan only")
+                raise UsageError(
+                    f"{name} is from a different run than {first_name}: {key} is {_short(p['run'].get(key))} "
+                    f"there, {_short(value)} in {first_name}; merge the parts of one scan only"
+                )
     count = first["shard"][1]
     seen: dict[int, str] = {}
     for p, name in zip(payloads, names):
@@ -271,8 +294,13 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
     _check_records(payloads, names, header.get("n"))
     try:
         parts = {c.name: [Part.from_dict(p["parts"][c.name]) for p in payloads] for c in checks}
-        info = CombineInfo(n=int(header["n"]), class_names=tuple(header["class_names"]), input_shape=tuple(header["input_shape"]),
-                           eps=tuple(header["eps"]), config=config)
+        info = CombineInfo(
+            n=int(header["n"]),
+            class_names=tuple(header["class_names"]),
+            input_shape=tuple(header["input_shape"]),
+            eps=tuple(header["eps"]),
+            config=config,
+        )
         combine_parts(checks, parts, info)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise InputError(f"the parts can't be combined ({type(exc).__name__}: {exc}); are they complete part files?") from None
@@ -330,8 +358,10 @@ def _check_records(payloads: Sequence[dict], names: Sequence[str], n: Any) -> No
                     raise InputError(f"{where} has no list of positions")
                 bad = next((p for p in positions if type(p) is not int or not 0 <= p < n or p % count != k), None)
                 if bad is not None:
-                    raise InputError(f"{where}: position {_short(bad)} is not one of shard {k}/{count}'s samples "
-                                     f"(p mod {count} = {k}, p < {n}); the part is damaged or from another run")
+                    raise InputError(
+                        f"{where}: position {_short(bad)} is not one of shard {k}/{count}'s samples "
+                        f"(p mod {count} = {k}, p < {n}); the part is damaged or from another run"
+                    )
                 for column, values in columns.items():
                     if column == "positions":
                         continue
@@ -342,8 +372,10 @@ def _check_records(payloads: Sequence[dict], names: Sequence[str], n: Any) -> No
                     seen.update(_kind(v) for v in values)
                     kinds_seen = seen - {"null"}
                     if len(kinds_seen) > 1 or seen == {"true/false", "null"}:
-                        raise InputError(f"{where}.{column} holds {' and '.join(sorted(seen))} values (with {first}); "
-                                         f"a column holds one kind: the part is damaged or from another robaudit")
+                        raise InputError(
+                            f"{where}.{column} holds {' and '.join(sorted(seen))} values (with {first}); "
+                            f"a column holds one kind: the part is damaged or from another robaudit"
+                        )
 
 
 def _check_labels(clean: Any, run: dict) -> None:
@@ -352,12 +384,16 @@ def _check_labels(clean: Any, run: dict) -> None:
     labels, predictions, correct = clean.col("label"), clean.col("prediction"), clean.col("correct")
     expected = run.get("labels (sha256)")
     if expected is not None and digest(labels)[:16] != expected:
-        raise InputError(f"the parts' per-sample labels do not hash to their run's labels (sha256 {expected}); "
-                         f"a part is damaged or was edited")
+        raise InputError(
+            f"the parts' per-sample labels do not hash to their run's labels (sha256 {expected}); "
+            f"a part is damaged or was edited"
+        )
     wrong = next((i for i, (y, p, c) in enumerate(zip(labels, predictions, correct)) if (y == p) != c), None)
     if wrong is not None:
-        raise InputError(f"sample {wrong}: the parts say correct={correct[wrong]} for prediction {predictions[wrong]} and "
-                         f"label {labels[wrong]}; a part is damaged or was edited")
+        raise InputError(
+            f"sample {wrong}: the parts say correct={correct[wrong]} for prediction {predictions[wrong]} and "
+            f"label {labels[wrong]}; a part is damaged or was edited"
+        )
 
 
 def _check_as_a_result_file(result: ScanResult) -> None:
@@ -371,8 +407,9 @@ def _check_as_a_result_file(result: ScanResult) -> None:
     except InputError as exc:
         raise InputError(f"the parts' records are inconsistent: the merged result would be invalid ({exc})") from None
     except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a section's own checks
-        raise InputError(f"the parts' records are inconsistent: the merged result would be invalid "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise InputError(
+            f"the parts' records are inconsistent: the merged result would be invalid ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _count(payload: dict, check: str, kind: str) -> int:
@@ -391,7 +428,9 @@ def merge_part_files(paths: Sequence[str | Path]) -> ScanResult:
 # --- torchrun ------------------------------------------------------------------------------------
 
 
-def _agreed_memory_format(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: torch.device, rank: int, world: int):
+def _agreed_memory_format(
+    loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: torch.device, rank: int, world: int
+):
     """The memory format every rank runs (robaudit.memory_format): rank 0 decides — probing its own
     samples when neither --channels-last nor --no-channels-last is given — and broadcasts the
     decision, so all ranks use the same kernels. Returns (MemoryFormat, rank 0's channels_last
@@ -405,16 +444,31 @@ def _agreed_memory_format(loaded: LoadedModel, data: DataSpec, config: ScanConfi
     converted = None
     if rank == 0:
         try:
-            decided[0], converted = decide_memory_format(loaded.model.to(device), data, config, device, Shard(0, world).positions(data.n),
-                                                         sharded=False, fixed_batch=loaded.info.fixed_batch)
+            decided[0], converted = decide_memory_format(
+                loaded.model.to(device),
+                data,
+                config,
+                device,
+                Shard(0, world).positions(data.n),
+                sharded=False,
+                fixed_batch=loaded.info.fixed_batch,
+            )
         except Exception as exc:  # noqa: BLE001 - every rank must reach the broadcast; the scan then reports real errors
             decided[0] = MemoryFormat("contiguous", "auto", f"the probe failed on rank 0 ({type(exc).__name__})")
     dist.broadcast_object_list(decided, src=0)
     return decided[0], converted
 
 
-def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, quiet: bool, command_line: str | None,
-                 train_data: DataSpec | None = None, log: Callable[[str], None] | None = None) -> ScanResult | None:
+def run_torchrun(
+    loaded: LoadedModel,
+    data: DataSpec,
+    config: ScanConfig,
+    *,
+    quiet: bool,
+    command_line: str | None,
+    train_data: DataSpec | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ScanResult | None:
     """Scan this rank's shard, gather every payload on rank 0 and combine there. Returns the
     ScanResult on rank 0, None elsewhere. An error on any rank is raised on every rank."""
     import torch.distributed as dist
@@ -427,12 +481,25 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
 
             make_console(stderr=True).print(
                 f"scanning {data.n} samples on {world} processes ({backend}), ≈{-(-data.n // world)} each; "
-                f"the bars show rank 0's share", markup=False, highlight=False)
+                f"the bars show rank 0's share",
+                markup=False,
+                highlight=False,
+            )
         memory = _agreed_memory_format(loaded, data, config, device, rank, world)
         try:
-            payload: Any = run_shard(loaded, data, config, Shard(rank, world), device=device, quiet=quiet or rank != 0,
-                                     command_line=command_line, log=log if rank == 0 else None, train_data=train_data,
-                                     label=f"[rank 0/{world}]", memory=memory)
+            payload: Any = run_shard(
+                loaded,
+                data,
+                config,
+                Shard(rank, world),
+                device=device,
+                quiet=quiet or rank != 0,
+                command_line=command_line,
+                log=log if rank == 0 else None,
+                train_data=train_data,
+                label=f"[rank 0/{world}]",
+                memory=memory,
+            )
         except Exception as exc:  # noqa: BLE001 - every rank must reach the gather, or the others wait forever
             payload = error_payload(exc)
         wait_for_all_ranks("every shard scanned")  # the early ones wait here, not in the gather
@@ -446,8 +513,9 @@ def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, qui
                 outcome[0] = {"error": f"rank {failed[0][0]}: {failed[0][1]['error']}", "exit_code": failed[0][1]["exit_code"]}
             else:
                 try:
-                    result = merge_payloads(gathered, [f"rank {r}" for r in range(world)],
-                                            f"torchrun: {world} processes ({backend})")
+                    result = merge_payloads(
+                        gathered, [f"rank {r}" for r in range(world)], f"torchrun: {world} processes ({backend})"
+                    )
                     outcome[0] = {"ok": True}
                 except RobauditError as exc:
                     outcome[0] = {"error": str(exc), "exit_code": exc.exit_code}

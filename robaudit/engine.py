@@ -7,6 +7,7 @@ owns: all of them in a single-process scan, one shard's under ``--shard``/``torc
 combines merged parts into its section (:mod:`robaudit.parts`); a plugin check that only has
 ``run(ctx)`` still runs, in single-process scans.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -27,8 +28,17 @@ from .models.spec import LoadedModel
 from .parts import CombineInfo, Part, merge_parts
 from .results import MemoryFormat, Provenance, ScanResult
 
-__all__ = ["resolve_device", "ScanContext", "run_scan", "FixedBlockModel", "Shard", "compute_parts", "combine_parts", "fit_batch_size",
-           "decide_memory_format"]
+__all__ = [
+    "resolve_device",
+    "ScanContext",
+    "run_scan",
+    "FixedBlockModel",
+    "Shard",
+    "compute_parts",
+    "combine_parts",
+    "fit_batch_size",
+    "decide_memory_format",
+]
 
 
 def build_checks(config: ScanConfig) -> list:
@@ -48,8 +58,16 @@ def is_legacy(check) -> bool:
 LIGHT_CHECKS = frozenset({"clean", "margins", "spectra"})  # about one forward per sample, or the weights alone: no probe
 
 
-def decide_memory_format(model: torch.nn.Module, data: DataSpec, config: ScanConfig, device: torch.device,
-                         positions: torch.Tensor, *, sharded: bool, fixed_batch: int | None):
+def decide_memory_format(
+    model: torch.nn.Module,
+    data: DataSpec,
+    config: ScanConfig,
+    device: torch.device,
+    positions: torch.Tensor,
+    *,
+    sharded: bool,
+    fixed_batch: int | None,
+):
     """(MemoryFormat, the channels_last copy or None) for ``model`` on ``device``: ``--channels-last``
     / ``--no-channels-last`` as asked, else measured on up to PROBE_ROWS of ``positions``' samples
     (:mod:`robaudit.memory_format`; no probe under ``--compute-block``, for ``--shard`` jobs and
@@ -58,19 +76,41 @@ def decide_memory_format(model: torch.nn.Module, data: DataSpec, config: ScanCon
 
     probe = None
     light = set(config.checks) <= LIGHT_CHECKS
-    needs_probe = (config.channels_last is None and not config.compute_block and not sharded and not fixed_batch
-                   and not light and len(data.input_shape) == 3 and positions.numel() > 0)
+    needs_probe = (
+        config.channels_last is None
+        and not config.compute_block
+        and not sharded
+        and not fixed_batch
+        and not light
+        and len(data.input_shape) == 3
+        and positions.numel() > 0
+    )
     if needs_probe:
         rows = min(PROBE_ROWS, config.batch_size, int(positions.numel()))
         probe = data.batch(positions[:rows]).to(device)
-    return choose_memory_format(model, probe, requested=config.channels_last, compute_block=config.compute_block,
-                                sharded=sharded, fixed_batch=fixed_batch, precision=config.precision, device=device,
-                                light=light)
+    return choose_memory_format(
+        model,
+        probe,
+        requested=config.channels_last,
+        compute_block=config.compute_block,
+        sharded=sharded,
+        fixed_batch=fixed_batch,
+        precision=config.precision,
+        device=device,
+        light=light,
+    )
 
 
-def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, device: torch.device | None = None,
-                 train_data: DataSpec | None = None, shard: Shard = Shard(),
-                 memory: tuple[MemoryFormat, torch.nn.Module | None] | None = None) -> ScanContext:
+def make_context(
+    loaded: LoadedModel,
+    data: DataSpec,
+    config: ScanConfig,
+    *,
+    device: torch.device | None = None,
+    train_data: DataSpec | None = None,
+    shard: Shard = Shard(),
+    memory: tuple[MemoryFormat, torch.nn.Module | None] | None = None,
+) -> ScanContext:
     """The context of a scan of ``shard``'s samples. ``memory``: the memory format already decided
     (torchrun: by rank 0) with its channels_last copy, if any; None: decided here."""
     from .memory_format import apply_memory_format
@@ -80,8 +120,9 @@ def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, dev
     eps = config.radii(data.input_shape)
     plain = loaded.model.to(device)
     if memory is None:
-        memory = decide_memory_format(plain, data, config, device, shard.positions(data.n), sharded=shard.count > 1,
-                                      fixed_batch=loaded.info.fixed_batch)
+        memory = decide_memory_format(
+            plain, data, config, device, shard.positions(data.n), sharded=shard.count > 1, fixed_batch=loaded.info.fixed_batch
+        )
     choice, converted = memory
     plain = apply_memory_format(plain, choice, converted)  # a converted copy: the caller's module keeps its format
     model = ChannelsLastModel(plain) if choice.channels_last else plain
@@ -90,10 +131,19 @@ def make_context(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, dev
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     return ScanContext(
-        model=model, data=data, config=config, device=device, eps=eps, batch_size=config.batch_size,
-        train_data=train_data, positions=shard.positions(data.n), lead=shard.lead,
-        workers=default_workers() if config.workers is None else config.workers, plain_model=plain,
-        fixed_batch=loaded.info.fixed_batch, memory_format=choice,
+        model=model,
+        data=data,
+        config=config,
+        device=device,
+        eps=eps,
+        batch_size=config.batch_size,
+        train_data=train_data,
+        positions=shard.positions(data.n),
+        lead=shard.lead,
+        workers=default_workers() if config.workers is None else config.workers,
+        plain_model=plain,
+        fixed_batch=loaded.info.fixed_batch,
+        memory_format=choice,
     )
 
 
@@ -200,8 +250,15 @@ def combine_info(data: DataSpec, config: ScanConfig, eps: tuple[float, ...]) -> 
     return CombineInfo(n=data.n, class_names=data.class_names, input_shape=data.input_shape, eps=eps, config=config)
 
 
-def provenance(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: str, command_line: str | None,
-               execution: str = "1 process", memory_format: MemoryFormat | None = None) -> Provenance:
+def provenance(
+    loaded: LoadedModel,
+    data: DataSpec,
+    config: ScanConfig,
+    device: str,
+    command_line: str | None,
+    execution: str = "1 process",
+    memory_format: MemoryFormat | None = None,
+) -> Provenance:
     info = loaded.info
     return Provenance(
         robaudit_version=__version__,

@@ -11,6 +11,7 @@ exact Hessian-vector product counts as two passes with a backward. Checks that c
 cost in advance (plugins) are named, not counted. The time
 per pass is measured on the scan's device from one forward and one forward+backward of one batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,10 +94,16 @@ def time_per_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
 
 def estimate_scan(ctx, checks) -> ScanEstimate:
     """The estimate for ``checks`` on the context's samples, timing one batch of them."""
-    plan = PassPlan(config=ctx.config, eps=ctx.eps, input_shape=ctx.data.input_shape,
-                    num_classes=ctx.data.num_classes, model=ctx.plain_model,
-                    train_n=ctx.train_data.n if ctx.train_data is not None else None,
-                    n=int(ctx.positions.numel()), data_n=int(ctx.data.n))
+    plan = PassPlan(
+        config=ctx.config,
+        eps=ctx.eps,
+        input_shape=ctx.data.input_shape,
+        num_classes=ctx.data.num_classes,
+        model=ctx.plain_model,
+        train_n=ctx.train_data.n if ctx.train_data is not None else None,
+        n=int(ctx.positions.numel()),
+        data_n=int(ctx.data.n),
+    )
     bounds = [(check.name, check.max_passes(plan)) for check in checks]
     by_check = tuple((name, float(b[0]), float(b[1])) for name, b in bounds if b is not None)
     uncounted = [name for name, b in bounds if b is None]

@@ -18,6 +18,7 @@ would block), or larger than ``max_bytes`` (refused before it is parsed: parsing
 text's size in memory). ``tests/test_jsonio.py`` fails when ``json.load``/``json.loads`` is called
 anywhere else in the package.
 """
+
 from __future__ import annotations
 
 import json
@@ -143,8 +144,9 @@ def read_bytes(path: str | os.PathLike[str], kind: str, *, max_bytes: int | None
     return raw
 
 
-def read_json(path: str | os.PathLike[str], kind: str = "JSON file", *, max_bytes: int | None = None,
-              max_depth: int = MAX_DEPTH) -> Any:
+def read_json(
+    path: str | os.PathLike[str], kind: str = "JSON file", *, max_bytes: int | None = None, max_depth: int = MAX_DEPTH
+) -> Any:
     """The JSON file at ``path`` (:func:`read_bytes`, then parsed as :func:`parse_json` does); every
     failure is one InputError line naming ``path`` and what it should be (``kind``: ``"robaudit part file"``)."""
     raw = read_bytes(path, kind, max_bytes=max_bytes)

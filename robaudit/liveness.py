@@ -16,6 +16,7 @@ and the run stops. The collective that follows starts with every rank present, s
 group's own timeout only bounds a rank that hangs *inside* a short collective or step:
 ``ROBAUDIT_DIST_TIMEOUT`` seconds, default 600 (:func:`dist_timeout`).
 """
+
 from __future__ import annotations
 
 import os

@@ -24,6 +24,7 @@ Layering: naming sits above the attacks (an attack's label drops the parameters 
 which only the attack classes know) and below the checks, the config and everything that reads
 results; it imports neither the config nor the checks.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -158,7 +159,7 @@ def canonical_metric(name: str) -> str:
     if not name.startswith("robust_acc.") or "@" not in name:
         return name
     head, _, eps_text = name.rpartition("@")
-    middle, _, norm_text = head[len("robust_acc."):].rpartition(".")
+    middle, _, norm_text = head[len("robust_acc.") :].rpartition(".")
     try:
         eps = _parse_number(eps_text)
         norm = Norm.parse(norm_text).value
@@ -173,7 +174,9 @@ def canonical_metric(name: str) -> str:
 
 def has_interval(name: str) -> bool:
     """Whether metric ``name`` is a proportion of samples with a 95% interval (``lower()``/``upper()``)."""
-    return name in ("clean.accuracy", "sanity.large_eps_robust_accuracy") or name.startswith(("robust_acc.",) + _CERTIFY_PREFIXES)
+    return name in ("clean.accuracy", "sanity.large_eps_robust_accuracy") or name.startswith(
+        ("robust_acc.",) + _CERTIFY_PREFIXES
+    )
 
 
 def closest(name: str, names: Iterable[str], n: int = 3) -> list[str]:

@@ -13,6 +13,7 @@ full disk midway changes none of them. A write that fails once the work is done 
 (ENOSPC), a file-size limit (EFBIG), permission or folder changed — is a :class:`WriteError`
 (exit 3) naming the file and what to do.
 """
+
 from __future__ import annotations
 
 import errno
@@ -34,7 +35,7 @@ _REMEDY: dict[int | None, str] = {
     errno.ENOSPC: "free space on its file system or give another output path",
     errno.EDQUOT: "free space within your disk quota or give another output path",
     errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the file system allows; "
-                 "raise the limit or give another output path",
+    "raise the limit or give another output path",
     errno.EACCES: "the folder is no longer writable; give another output path",
     errno.EPERM: "the folder is no longer writable; give another output path",
     errno.EROFS: "the file system is read-only; give another output path",

@@ -3,6 +3,7 @@
 Lowest layer: config, metric naming and the CLI read parameters through it, so that none of them
 needs another to read ``steps=50`` or ``eps=8/255``.
 """
+
 from __future__ import annotations
 
 from .errors import UsageError

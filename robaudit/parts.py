@@ -12,6 +12,7 @@ averaged from per-part averages, so one process, N processes (``torchrun``) and 
 Values are JSON-native (ints, floats, bools, strings, None, lists) so that a part written to a
 file and read back merges exactly as the in-memory one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -208,4 +209,3 @@ def first_correct(clean: Table, k: int) -> list[int]:
 def digest(values: Any) -> str:
     """sha256 of a JSON-native value (canonical JSON)."""
     return hashlib.sha256(json.dumps(values, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-

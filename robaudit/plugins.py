@@ -3,6 +3,7 @@
 The interfaces are documented in docs/plugins.md; this is what ``robaudit plugins --check`` runs.
 Importing a plugin runs its code, so this only happens on request, never when listing.
 """
+
 from __future__ import annotations
 
 import inspect

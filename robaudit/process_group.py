@@ -4,6 +4,7 @@ the group with heartbeats (:mod:`robaudit.liveness`), and one error agreed by ev
 Used by multi-process scans (:mod:`robaudit.distributed`) and hardening (``harden`` under torchrun);
 :mod:`robaudit.distributed` re-exports these names.
 """
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ the first time its name is looked up (:meth:`Registry.get`) or when :meth:`Regis
 is asked for. :func:`discover` reads the same metadata for every group without touching any
 registry, which is what ``robaudit plugins`` lists.
 """
+
 from __future__ import annotations
 
 import difflib

@@ -11,6 +11,7 @@ below the engine, the renderers, the gate and compare; :meth:`ScanResult.to_html
 :meth:`ScanResult.samples` and :meth:`ScanResult.per_class` are thin facades over
 :mod:`robaudit.report` (declared in pyproject.toml, ``[tool.robaudit.layers]``).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,11 +38,21 @@ if typing.TYPE_CHECKING:
     from .stats import Proportion
 
 __all__ = [
-    "SCHEMA_VERSION", "Section", "section", "Provenance", "MemoryFormat", "Flag", "ScanResult", "to_jsonable", "from_jsonable",
+    "SCHEMA_VERSION",
+    "Section",
+    "section",
+    "Provenance",
+    "MemoryFormat",
+    "Flag",
+    "ScanResult",
+    "to_jsonable",
+    "from_jsonable",
     "check_invariants",
 ]
 
 SCHEMA_VERSION = 1
+
+
 @dataclass(frozen=True)
 class MemoryFormat:
     """How the model's memory format was chosen (``provenance.memory_format``).
@@ -204,7 +215,9 @@ class ScanResult:
         per_class = {}
         for sec in self.sections.values():
             if hasattr(sec, "per_class_intervals"):
-                per_class.update({k: [None if p is None else p.to_dict() for p in v] for k, v in sec.per_class_intervals().items()})
+                per_class.update(
+                    {k: [None if p is None else p.to_dict() for p in v] for k, v in sec.per_class_intervals().items()}
+                )
         return {
             "method": METHOD,
             "level": LEVEL,
@@ -225,7 +238,9 @@ class ScanResult:
     def from_dict(cls, data: Any) -> ScanResult:
         """The result from parsed JSON; InputError naming the field when its shape is wrong."""
         if not isinstance(data, dict):
-            raise InputError(f"the top level is {json_kind(data)}, expected an object with schema_version, provenance and sections")
+            raise InputError(
+                f"the top level is {json_kind(data)}, expected an object with schema_version, provenance and sections"
+            )
         version = data.get("schema_version")
         if type(version) is not int or version != SCHEMA_VERSION:
             raise InputError(
@@ -252,8 +267,13 @@ class ScanResult:
         try:
             for name, sec in sections.items():
                 if not isinstance(sec, dict):  # a plugin's section read as a plain dict declares nothing
-                    check_invariants(sec, f"sections.{name}", n=provenance.n, n_classes=len(provenance.class_names),
-                                     input_shape=tuple(provenance.input_shape))
+                    check_invariants(
+                        sec,
+                        f"sections.{name}",
+                        n=provenance.n,
+                        n_classes=len(provenance.class_names),
+                        input_shape=tuple(provenance.input_shape),
+                    )
         except RecursionError:
             raise InputError("sections: nested too deeply") from None
         return cls(

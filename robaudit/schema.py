@@ -8,6 +8,7 @@ defined (a built-in check's module, or a plugin's), so JSON reads back into the 
 section written by a plugin that isn't installed reads back as a plain dict. Every section exposes
 ``metrics()``: flat dotted names → floats, the vocabulary of gates and ``compare``.
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -26,7 +27,14 @@ if typing.TYPE_CHECKING:
     from .stats import Proportion
 
 __all__ = [
-    "Section", "section", "section_type", "Flag", "to_jsonable", "from_jsonable", "check_invariants", "check_json_values",
+    "Section",
+    "section",
+    "section_type",
+    "Flag",
+    "to_jsonable",
+    "from_jsonable",
+    "check_invariants",
+    "check_json_values",
     "json_kind",
 ]
 
@@ -229,7 +237,9 @@ def check_invariants(obj: Any, where: str, *, n: int, n_classes: int, input_shap
     for count_path, flags_path in getattr(cls, "counted_fields", ()):
         count, flags = getattr(obj, count_path), getattr(obj, flags_path)
         if isinstance(count, int) and isinstance(flags, (list, tuple)) and count != sum(bool(v) for v in flags):
-            raise InputError(f"{where}.{count_path} is {count}, but {where}.{flags_path} holds {sum(bool(v) for v in flags)} true values")
+            raise InputError(
+                f"{where}.{count_path} is {count}, but {where}.{flags_path} holds {sum(bool(v) for v in flags)} true values"
+            )
     for sub_path, super_path in getattr(cls, "implied_fields", ()):
         sub, sup = getattr(obj, sub_path), getattr(obj, super_path)
         if isinstance(sub, (list, tuple)) and isinstance(sup, (list, tuple)) and any(a and not b for a, b in zip(sub, sup)):

@@ -1,4 +1,5 @@
 """The Python API on an in-memory module and tensors."""
+
 from __future__ import annotations
 
 import pytest

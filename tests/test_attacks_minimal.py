@@ -1,5 +1,6 @@
 """C&W-ℓ2, DeepFool (+ bisection refinement), SPSA, iterative least-likely: invariants and analytic
 linear cases (exact minimal perturbations of a two-class affine model)."""
+
 from __future__ import annotations
 
 import pytest

@@ -13,6 +13,7 @@ The graph is read from the source with an AST walk (no import runs):
 
 Run ``python tests/test_import_layers.py`` for the graph's summary (modules, edges, layers, cycles).
 """
+
 from __future__ import annotations
 
 import ast
@@ -275,7 +276,9 @@ def test_declared_facades_are_lazy_and_used():
         if not reason.strip():
             problems.append(f"facade {source} -> {target}: give the reason in pyproject.toml")
         if not found:
-            problems.append(f"facade {source} -> {target} is declared but no such import exists: remove it from pyproject.toml")
+            problems.append(
+                f"facade {source} -> {target} is declared but no such import exists: remove it from pyproject.toml"
+            )
         problems += [f"{e.describe()}: a declared facade must be imported inside a function" for e in found if not e.lazy]
     assert not problems, "\n".join(problems)
 
@@ -296,8 +299,10 @@ def test_registries_load_builtins_from_their_own_package():
                 for const in ast.walk(kw.value):
                     if isinstance(const, ast.Constant) and isinstance(const.value, str):
                         if not (const.value == package or const.value.startswith(package + ".")):
-                            problems.append(f"{path.relative_to(ROOT)}:{const.lineno}: registry built-in {const.value!r} "
-                                            f"is outside its package {package!r}")
+                            problems.append(
+                                f"{path.relative_to(ROOT)}:{const.lineno}: registry built-in {const.value!r} "
+                                f"is outside its package {package!r}"
+                            )
     assert not problems, "\n".join(problems)
 
 
@@ -307,8 +312,10 @@ def test_long_modules_say_why():
     for path in modules().values():
         lines = path.read_text(encoding="utf-8").splitlines()
         if len(lines) > MAX_LINES and not any(LONG_MODULE_MARK in line for line in lines[:40]):
-            problems.append(f"{path.relative_to(ROOT)}: {len(lines)} lines > {MAX_LINES} and no {LONG_MODULE_MARK!r} "
-                            "in its first 40 lines: split it, or say why it is one module")
+            problems.append(
+                f"{path.relative_to(ROOT)}: {len(lines)} lines > {MAX_LINES} and no {LONG_MODULE_MARK!r} "
+                "in its first 40 lines: split it, or say why it is one module"
+            )
     assert not problems, "\n".join(problems)
 
 

@@ -7,6 +7,7 @@ lists every torch API of the families robaudit uses beyond the basics, with the 
 introduced it, checks each exists here, that the source tree calls no unlisted one, and that
 pyproject's bound is the security minimum and not below any API's release.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -4,6 +4,7 @@ Conventions (DESIGN.md): inputs are pixel space [0,1]; the model (already wrappe
 normalization) is passed at run time and stays in eval mode with its weights untouched; per-sample
 losses are summed, never averaged, before differentiating w.r.t. the input.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -173,8 +174,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     dtype, devices = _AUTOCAST[precision]
     if device.type not in devices:
-        raise UsageError(f"--precision {precision} needs a {' or '.join(d.upper() for d in devices)} device, "
-                         f"not {device.type}; use --precision float32" + (" or bfloat16" if device.type == "cpu" else ""))
+        raise UsageError(
+            f"--precision {precision} needs a {' or '.join(d.upper() for d in devices)} device, "
+            f"not {device.type}; use --precision float32" + (" or bfloat16" if device.type == "cpu" else "")
+        )
     return dtype
 
 
@@ -277,9 +280,7 @@ class Attack(ABC):
             self.progress(fraction)
 
     @abstractmethod
-    def _perturb(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, generator
-    ) -> torch.Tensor:
+    def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, generator) -> torch.Tensor:
         """Return x_adv (any point; the base projects it and checks success)."""
 
     def run(
@@ -312,4 +313,3 @@ class Attack(ABC):
             if was_training:
                 model.train()
         return AttackOutput(x_adv=x_adv, success=success)
-

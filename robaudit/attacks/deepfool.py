@@ -30,6 +30,7 @@ and :func:`refine_minimal_perturbation` tightens them by bisection with a per-sa
     >>> x_adv, norms = DeepFool().minimal_perturbation(model, x, y, Norm.LINF)
     >>> radii = refine_minimal_perturbation(model, x, y, Norm.LINF, norms, lambda: PGD(steps=20))
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -52,7 +53,11 @@ _XI = 1e-4  # added to |f_l| from the second step on (the authors' code adds it 
 
 
 def _candidate_gradients(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cand: torch.Tensor | None, num_candidates: int,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cand: torch.Tensor | None,
+    num_candidates: int,
     counter: PassCounter | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """One forward, then one backward per candidate difference f_k = Z_{cand_k} − Z_y.
@@ -107,7 +112,9 @@ class DeepFool(Attack):
         if self.num_candidates < 2 or self.max_iter < 1 or self.overshoot < 0:
             raise UsageError(f"{self.name}: need num_candidates >= 2, max_iter >= 1, overshoot >= 0")
 
-    def _deepfool(self, model, x: torch.Tensor, y: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _deepfool(
+        self, model, x: torch.Tensor, y: torch.Tensor, norm: Norm
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(last iterate per sample, fooled?, iterations used per sample)."""
         B = x.shape[0]
         shape1 = (-1,) + (1,) * (x.dim() - 1)
@@ -126,8 +133,12 @@ class DeepFool(Attack):
                 break
             ya = y[active]
             logits, f, grads, cand = _candidate_gradients(
-                model, x_cur[active], ya, None if cand_all is None else cand_all[active],
-                self.num_candidates, self.counter,
+                model,
+                x_cur[active],
+                ya,
+                None if cand_all is None else cand_all[active],
+                self.num_candidates,
+                self.counter,
             )
             if cand_all is None:
                 cand_all = cand
@@ -227,10 +238,18 @@ def refine_minimal_perturbation(
             mid = (lo[idx] + hi[idx]) / 2
             xs = x[idx]
             x_adv, found = pgd_eps(
-                model, xs, y[idx], norm, mid,
-                steps=attack.steps, rel_step=rel_step, restarts=attack.restarts,
-                random_start=attack.random_start, loss_fn=LOSSES[attack.loss],
-                counter=counter, generator=rows(generator, idx),
+                model,
+                xs,
+                y[idx],
+                norm,
+                mid,
+                steps=attack.steps,
+                rel_step=rel_step,
+                restarts=attack.restarts,
+                random_start=attack.random_start,
+                loss_fn=LOSSES[attack.loss],
+                counter=counter,
+                generator=rows(generator, idx),
             )
             reached = torch.minimum(lp_norm(x_adv - xs, norm), mid)
             hi[idx] = torch.where(found, torch.minimum(hi[idx], reached), hi[idx])

@@ -6,6 +6,7 @@ gradient). Each iteration proposes a change of the current best perturbation ins
 square window whose side follows a decreasing schedule, and keeps it if the margin loss
 z_y − max_{i≠y} z_i decreases. A sample stops being queried as soon as it is misclassified.
 """
+
 from __future__ import annotations
 
 import math
@@ -210,8 +211,17 @@ class SquareAttack(Attack):
 
     # -- proposals ---------------------------------------------------------------------------
 
-    def _propose_linf(self, xc, xb, eps: float, p: float, generator, it: int = 0,
-                      words: torch.Tensor | None = None, flip_words: torch.Tensor | None = None) -> torch.Tensor:
+    def _propose_linf(
+        self,
+        xc,
+        xb,
+        eps: float,
+        p: float,
+        generator,
+        it: int = 0,
+        words: torch.Tensor | None = None,
+        flip_words: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``words`` [n, 3] / ``flip_words`` [n]: this iteration's draws, precomputed (else drawn)."""
         n, c, h, w = xc.shape
         s = max(min(int(round(math.sqrt(p * h * w))), min(h, w) - 1), 1)  # = _side_linf(it)
@@ -252,7 +262,9 @@ class SquareAttack(Attack):
         same = torch.where(mask, (x_new - xb).abs_(), 0.0).flatten(1).amax(dim=1) < 1e-7
         if bool(same.any()):  # resample: a uniform non-empty set of channels flipped (see _propose_linf)
             rows_ = same.nonzero().squeeze(1)
-            x_new[rows_] = torch.where(mask[rows_], eps * (sign[rows_] * flip[rows_]), delta[rows_]).add_(xc[rows_]).clamp_(0.0, 1.0)
+            x_new[rows_] = (
+                torch.where(mask[rows_], eps * (sign[rows_] * flip[rows_]), delta[rows_]).add_(xc[rows_]).clamp_(0.0, 1.0)
+            )
         return x_new
 
     def _side_linf(self, it: int, h: int, w: int) -> int:
@@ -310,8 +322,19 @@ class SquareAttack(Attack):
         # the samples still robust, compacted (x, best point, label, best margin); a sample leaves
         # once misclassified, its best point written back
         h, w = x.shape[2], x.shape[3]
-        block = (_BlockDraws(gen, 3 if linf else 6, linf, x.shape[1], xc.dtype, (lambda i: self._side_linf(i, h, w)) if linf else None,
-                             (h, w)) if rng.is_sample_rng(gen) else None)
+        block = (
+            _BlockDraws(
+                gen,
+                3 if linf else 6,
+                linf,
+                x.shape[1],
+                xc.dtype,
+                (lambda i: self._side_linf(i, h, w)) if linf else None,
+                (h, w),
+            )
+            if rng.is_sample_rng(gen)
+            else None
+        )
         total = max(self.n_queries - 1, 1)
         for it in range(self.n_queries):
             if bool(wrong.any()):
@@ -355,8 +378,16 @@ class _BlockDraws:
     also decoded at once into each iteration's corner, signs and resampling flips
     (:meth:`linf`) — the integer arithmetic of :class:`_Draws`, vectorized over the block."""
 
-    def __init__(self, gen, words: int, linf: bool, channels: int, dtype: torch.dtype = torch.float32, side=None,
-                 shape: tuple[int, int] = (0, 0)) -> None:
+    def __init__(
+        self,
+        gen,
+        words: int,
+        linf: bool,
+        channels: int,
+        dtype: torch.dtype = torch.float32,
+        side=None,
+        shape: tuple[int, int] = (0, 0),
+    ) -> None:
         self.gen, self.words, self.base = gen, words, gen.position
         self.flip = gen.fork(_RESAMPLE) if linf and channels <= 30 else None
         self.direct = channels > 30  # signs over more than 32 channels take draws of their own
@@ -382,7 +413,12 @@ class _BlockDraws:
         if self.pos_h is not None:
             assert self.pos_w is not None and self.signs is not None and self.flip_signs is not None  # decoded together
             r = rows.to(self.pos_h.device)
-            self.pos_h, self.pos_w, self.signs, self.flip_signs = self.pos_h[r], self.pos_w[r], self.signs[r], self.flip_signs[r]
+            self.pos_h, self.pos_w, self.signs, self.flip_signs = (
+                self.pos_h[r],
+                self.pos_w[r],
+                self.signs[r],
+                self.flip_signs[r],
+            )
 
     def at(self, it: int, end: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.direct:

@@ -1,5 +1,6 @@
 """Section values as JSON-native numbers: significant digits, NaN ↔ None (JSON has no NaN), the
 summaries over samples that ignore missing values. Shared by the curvature and indicator checks."""
+
 from __future__ import annotations
 
 import math
@@ -48,6 +49,7 @@ def finite_mean(t: torch.Tensor | None) -> float | None:
 
 def nan_to_none(t: torch.Tensor) -> list:
     """Per-sample values (1-D) or rows (2-D) as JSON-native lists, NaN → None."""
+
     def one(v: float):
         return None if math.isnan(v) else float(v)
 

@@ -4,6 +4,7 @@ Each attack runs on the clean-correct samples (a misclassified sample is already
 sample is robust at ε against an attack if the attack found no misclassified point within the
 ε-ball. The ensemble is the per-sample worst case over all attacks at that ε.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,8 +23,16 @@ from ..threat import ThreatModel, format_eps
 from .base import CHECKS, Check
 
 __all__ = [
-    "AttackRun", "AttacksSection", "AdversarialExample", "BlackboxOnly", "encode_tensor", "decode_tensor",
-    "MASKING_RATE", "MASKING_ALPHA", "binomial_tail", "min_broken_to_flag",
+    "AttackRun",
+    "AttacksSection",
+    "AdversarialExample",
+    "BlackboxOnly",
+    "encode_tensor",
+    "decode_tensor",
+    "MASKING_RATE",
+    "MASKING_ALPHA",
+    "binomial_tail",
+    "min_broken_to_flag",
 ]
 
 _MAX_EXAMPLE_NUMEL = 3 * 64 * 64  # keep adversarial examples only for inputs up to this size
@@ -172,8 +181,11 @@ class AttacksCheck(Check):
         correct = torch.tensor(clean.col("correct"), dtype=torch.bool)
         columns: dict[str, torch.Tensor] = {}
         runs: list[dict] = []
-        weakest = _Weakest(torch.tensor(clean.col("margin"), dtype=torch.float64), cfg.keep_examples,
-                           enabled=math.prod(ctx.data.input_shape) <= _MAX_EXAMPLE_NUMEL)
+        weakest = _Weakest(
+            torch.tensor(clean.col("margin"), dtype=torch.float64),
+            cfg.keep_examples,
+            enabled=math.prod(ctx.data.input_shape) <= _MAX_EXAMPLE_NUMEL,
+        )
         for eps in sorted(ctx.eps):
             threat = ThreatModel(cfg.norm, eps)
             robust_all = correct.clone()
@@ -222,8 +234,11 @@ class AttacksCheck(Check):
 
         if targets.numel():
             ctx.map_batches(batch, indices=targets, description=f"{spec.label} {threat}")
-        info = {"forward": int(attack.counter.forward), "backward": int(attack.counter.backward),
-                "seconds": round(time.perf_counter() - t0, 4)}
+        info = {
+            "forward": int(attack.counter.forward),
+            "backward": int(attack.counter.backward),
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
         return broken, norms, info
 
     @staticmethod
@@ -240,11 +255,19 @@ class AttacksCheck(Check):
         out = []
         for j, (i, pred) in enumerate(zip(chosen, preds)):
             adv, label, eps = weakest.kept[i]
-            out.append({
-                "position": int(pos[j]), "margin": float(weakest.margins[i]), "label": int(ctx.data.y[pos[j]]),
-                "adversarial_prediction": int(pred), "attack": label, "eps": eps, "shape": list(adv.shape),
-                "image": encode_tensor(images[j]), "adversarial": encode_tensor(adv),
-            })
+            out.append(
+                {
+                    "position": int(pos[j]),
+                    "margin": float(weakest.margins[i]),
+                    "label": int(ctx.data.y[pos[j]]),
+                    "adversarial_prediction": int(pred),
+                    "attack": label,
+                    "eps": eps,
+                    "shape": list(adv.shape),
+                    "image": encode_tensor(images[j]),
+                    "adversarial": encode_tensor(adv),
+                }
+            )
         return out
 
     def combine(self, tables, extras, info) -> AttacksSection:
@@ -265,24 +288,26 @@ class AttacksCheck(Check):
                 counts = [e["runs"][r] for e in extras if e.get("runs")]
                 n_att = int(attacked.sum())
                 robust = (robust_all if cfg.ensemble == "cascade" else clean_correct) & ~broken
-                runs.append(AttackRun(
-                    attack=spec.label,
-                    kind=type(attack).kind,
-                    single_step=type(attack).single_step,
-                    params=attack.params(),
-                    norm=cfg.norm.value,
-                    eps=eps,
-                    robust_accuracy=float(robust.double().mean()) if n else 0.0,
-                    success_rate=float(broken.sum()) / max(n_att, 1),
-                    n_attacked=n_att,
-                    mean_perturbation=float(norms.mean()) if norms.numel() else None,
-                    forward_per_sample=sum(c["forward"] for c in counts) / max(n_att, 1),
-                    backward_per_sample=sum(c["backward"] for c in counts) / max(n_att, 1),
-                    seconds=max((c["seconds"] for c in counts), default=0.0),
-                    robust=tuple(bool(v) for v in robust.tolist()),
-                    attacked=tuple(bool(v) for v in attacked.tolist()),
-                    broken=tuple(bool(v) for v in broken.tolist()),
-                ))
+                runs.append(
+                    AttackRun(
+                        attack=spec.label,
+                        kind=type(attack).kind,
+                        single_step=type(attack).single_step,
+                        params=attack.params(),
+                        norm=cfg.norm.value,
+                        eps=eps,
+                        robust_accuracy=float(robust.double().mean()) if n else 0.0,
+                        success_rate=float(broken.sum()) / max(n_att, 1),
+                        n_attacked=n_att,
+                        mean_perturbation=float(norms.mean()) if norms.numel() else None,
+                        forward_per_sample=sum(c["forward"] for c in counts) / max(n_att, 1),
+                        backward_per_sample=sum(c["backward"] for c in counts) / max(n_att, 1),
+                        seconds=max((c["seconds"] for c in counts), default=0.0),
+                        robust=tuple(bool(v) for v in robust.tolist()),
+                        attacked=tuple(bool(v) for v in attacked.tolist()),
+                        broken=tuple(bool(v) for v in broken.tolist()),
+                    )
+                )
                 robust_all &= ~broken
                 r += 1
             raw_ensemble[eps] = robust_all
@@ -303,9 +328,15 @@ class AttacksCheck(Check):
             ensemble_robust=ensemble_robust,
             examples=tuple(
                 AdversarialExample(
-                    index=c["position"], label=c["label"], adversarial_prediction=c["adversarial_prediction"],
-                    attack=c["attack"], eps=c["eps"], clean_margin=c["margin"], shape=tuple(c["shape"]),
-                    image=c["image"], adversarial=c["adversarial"],
+                    index=c["position"],
+                    label=c["label"],
+                    adversarial_prediction=c["adversarial_prediction"],
+                    attack=c["attack"],
+                    eps=c["eps"],
+                    clean_margin=c["margin"],
+                    shape=tuple(c["shape"]),
+                    image=c["image"],
+                    adversarial=c["adversarial"],
                 )
                 for c in candidates
             ),
@@ -347,7 +378,7 @@ class _Weakest:
                 continue
             self.seen.add(i)
             self.kept[i] = (x_adv[j].detach().float().cpu(), label, eps)
-        for i in sorted(self.kept, key=lambda i: (float(self.margins[i]), i))[self.keep:]:
+        for i in sorted(self.kept, key=lambda i: (float(self.margins[i]), i))[self.keep :]:
             del self.kept[i]
 
     def chosen(self) -> list[int]:
@@ -412,8 +443,16 @@ def blackbox_only_counts(runs: tuple[AttackRun, ...], n: int) -> tuple[BlackboxO
             broken |= torch.tensor(r.broken, dtype=torch.bool)
         m, k = int((survived & attacked).sum()), int((survived & broken).sum())
         p_value = binomial_tail(k, m, MASKING_RATE)
-        out.append(BlackboxOnly(eps=eps, attacked=m, broken=k, p_value=p_value, needed=min_broken_to_flag(m),
-                                flagged=k > 0 and p_value <= MASKING_ALPHA))
+        out.append(
+            BlackboxOnly(
+                eps=eps,
+                attacked=m,
+                broken=k,
+                p_value=p_value,
+                needed=min_broken_to_flag(m),
+                flagged=k > 0 and p_value <= MASKING_ALPHA,
+            )
+        )
     return tuple(out)
 
 
@@ -426,10 +465,16 @@ def attack_flags(sec: AttacksSection, raw_ensemble: dict[float, torch.Tensor], n
     for c in sec.blackbox_only:
         if c.flagged:
             black = ", ".join(r.attack for r in sec.runs if r.eps == c.eps and r.kind != "white-box")
-            flags.append(Flag("blackbox-beats-whitebox", (
-                f"at ε={format_eps(c.eps)}, {black} broke {c.broken} of the {c.attacked} samples that survived every "
-                f"white-box attack ({c.broken / c.attacked:.1%}); where gradients work, a black-box attack breaks at "
-                f"most {MASKING_RATE:.0%} of them (binomial p = {c.p_value:.1e} < {MASKING_ALPHA:g}): gradients may be masked")))
+            flags.append(
+                Flag(
+                    "blackbox-beats-whitebox",
+                    (
+                        f"at ε={format_eps(c.eps)}, {black} broke {c.broken} of the {c.attacked} samples that survived every "
+                        f"white-box attack ({c.broken / c.attacked:.1%}); where gradients work, a black-box attack breaks at "
+                        f"most {MASKING_RATE:.0%} of them (binomial p = {c.p_value:.1e} < {MASKING_ALPHA:g}): gradients may be masked"
+                    ),
+                )
+            )
     for eps, runs in sorted(by_eps.items()):
         key = format_eps(eps)
         white = [r for r in runs if r.kind == "white-box"]
@@ -439,17 +484,32 @@ def attack_flags(sec: AttacksSection, raw_ensemble: dict[float, torch.Tensor], n
             best_single = min(r.robust_accuracy for r in single)
             best_multi = min(r.robust_accuracy for r in multi)
             if best_single < best_multi:
-                flags.append(Flag("single-step-stronger", f"at ε={key}, a single-step attack leaves {best_single:.1%} robust but the best multi-step attack {best_multi:.1%}: the loss surface may be masking gradients"))
+                flags.append(
+                    Flag(
+                        "single-step-stronger",
+                        f"at ε={key}, a single-step attack leaves {best_single:.1%} robust but the best multi-step attack {best_multi:.1%}: the loss surface may be masking gradients",
+                    )
+                )
     ordered = sorted(raw_ensemble)
     for a, b in zip(ordered, ordered[1:]):
         acc_a, acc_b = float(raw_ensemble[a].double().mean()), float(raw_ensemble[b].double().mean())
         if acc_b > acc_a:
-            flags.append(Flag("non-monotone-eps", f"robust accuracy rises from {acc_a:.1%} at ε={format_eps(a)} to {acc_b:.1%} at ε={format_eps(b)} before carrying adversarial examples over: the attacks are not converging"))
+            flags.append(
+                Flag(
+                    "non-monotone-eps",
+                    f"robust accuracy rises from {acc_a:.1%} at ε={format_eps(a)} to {acc_b:.1%} at ε={format_eps(b)} before carrying adversarial examples over: the attacks are not converging",
+                )
+            )
     if sec.mode == "independent":
         for name in {r.attack for r in sec.runs}:
             accs = [(r.eps, r.robust_accuracy) for r in sec.runs if r.attack == name]
             accs.sort()
             for (ea, aa), (eb, ab) in zip(accs, accs[1:]):
                 if ab > aa:
-                    flags.append(Flag("non-monotone-eps", f"{name}: robust accuracy rises from {aa:.1%} at ε={format_eps(ea)} to {ab:.1%} at ε={format_eps(eb)}: the attack is not converging"))
+                    flags.append(
+                        Flag(
+                            "non-monotone-eps",
+                            f"{name}: robust accuracy rises from {aa:.1%} at ε={format_eps(ea)} to {ab:.1%} at ε={format_eps(eb)}: the attack is not converging",
+                        )
+                    )
     return flags

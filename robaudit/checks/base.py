@@ -13,6 +13,7 @@ A check is computed in two steps so that a scan can be split over batches, shard
 A check that implements only ``run(ctx)`` (plugins written before parts existed) still runs in
 single-process scans, with ``ctx.sections`` holding the earlier checks' sections.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,8 +74,15 @@ class Check:
 
         part = self.compute(ctx)
         tables, extras = merge_parts([part], self.name)
-        info = CombineInfo(n=ctx.data.n, class_names=ctx.data.class_names, input_shape=ctx.data.input_shape,
-                           eps=ctx.eps, config=ctx.config, sections=ctx.sections, flags=ctx.flags)
+        info = CombineInfo(
+            n=ctx.data.n,
+            class_names=ctx.data.class_names,
+            input_shape=ctx.data.input_shape,
+            eps=ctx.eps,
+            config=ctx.config,
+            sections=ctx.sections,
+            flags=ctx.flags,
+        )
         for name, earlier in ctx.parts.items():
             info.tables[name] = merge_parts([earlier], name)[0]
         return self.combine(tables, extras, info)

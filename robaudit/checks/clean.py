@@ -4,6 +4,7 @@ Per-sample records (table ``samples``, every sample): label, prediction, correct
 margin L(x) = Z_y − max_{i≠y} Z_i (float64 from the float32 logits) that later checks' selections (the
 lowest-margin samples) and the ``margins`` check read. The section is recomputed from them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -94,8 +95,14 @@ class CleanCheck(Check):
         labels = ctx.data.y[ctx.positions]
         pred = logits.argmax(1)
         part = Part()
-        part.add("samples", ctx.positions, label=labels, prediction=pred, correct=pred == labels,
-                 margin=margin(logits.double(), labels))
+        part.add(
+            "samples",
+            ctx.positions,
+            label=labels,
+            prediction=pred,
+            correct=pred == labels,
+            margin=margin(logits.double(), labels),
+        )
         return part
 
     def combine(self, tables, extras, info) -> CleanSection:

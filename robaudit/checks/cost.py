@@ -2,6 +2,7 @@
 shared arithmetic (model passes per scanned sample, an upper bound; :mod:`robaudit.estimate` sums
 them and times one batch before a scan).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -56,6 +56,7 @@ HUTCHINSON_PROBES + 2 Hessian-vector products (the scan's estimate bounds it:
 :meth:`CurvatureCheck.max_passes`). Measured: 45 s for the 32 default samples of the
 demo Fashion-MNIST CNN (d = 784) on one CPU thread, float64 (about 4× less in float32).
 """
+
 from __future__ import annotations
 
 import math
@@ -184,12 +185,26 @@ class CurvatureSection(Section):
     hz_exact: tuple[float | None, ...]
     hz_fd: tuple[float | None, ...]
     cure_step: tuple[float | None, ...]
-    aligned_fields: ClassVar = ((  # what the JSON reader checks (results.Section)
-        "indices", "n_samples", "loss_values", "grad_norm", "frobenius_exact", "frobenius_exact_se", "frobenius_fd",
-        "frobenius_fd_se", "hz_exact", "hz_fd", "cure_step",
-        *(f"{spectrum}.{name}" for spectrum in ("exact", "finite_difference")
-          for name in ("lambda_max", "lambda_min", "near_zero_fraction", "alignment", "gu", "frobenius")),
-    ),)
+    aligned_fields: ClassVar = (
+        (  # what the JSON reader checks (results.Section)
+            "indices",
+            "n_samples",
+            "loss_values",
+            "grad_norm",
+            "frobenius_exact",
+            "frobenius_exact_se",
+            "frobenius_fd",
+            "frobenius_fd_se",
+            "hz_exact",
+            "hz_fd",
+            "cure_step",
+            *(
+                f"{spectrum}.{name}"
+                for spectrum in ("exact", "finite_difference")
+                for name in ("lambda_max", "lambda_min", "near_zero_fraction", "alignment", "gu", "frobenius")
+            ),
+        ),
+    )
     sample_index_fields: ClassVar = ("indices",)
 
     def _med(self, values) -> float | None:
@@ -200,19 +215,23 @@ class CurvatureSection(Section):
         out: dict[str, float | None] = {}
         fd, ex = self.finite_difference, self.exact
         if fd is not None:
-            out.update({
-                "curvature.lambda_max_median": fd.lambda_max_median,
-                "curvature.lambda_max_mean": fd.lambda_max_mean,
-                "curvature.lambda_min_median": fd.lambda_min_median,
-                "curvature.near_zero_fraction_mean": fd.near_zero_fraction_mean,
-                "curvature.alignment_mean": fd.alignment_mean,
-            })
+            out.update(
+                {
+                    "curvature.lambda_max_median": fd.lambda_max_median,
+                    "curvature.lambda_max_mean": fd.lambda_max_mean,
+                    "curvature.lambda_min_median": fd.lambda_min_median,
+                    "curvature.near_zero_fraction_mean": fd.near_zero_fraction_mean,
+                    "curvature.alignment_mean": fd.alignment_mean,
+                }
+            )
         if ex is not None:
-            out.update({
-                "curvature.exact.lambda_max_median": ex.lambda_max_median,
-                "curvature.exact.near_zero_fraction_mean": ex.near_zero_fraction_mean,
-                "curvature.exact.alignment_mean": ex.alignment_mean,
-            })
+            out.update(
+                {
+                    "curvature.exact.lambda_max_median": ex.lambda_max_median,
+                    "curvature.exact.near_zero_fraction_mean": ex.near_zero_fraction_mean,
+                    "curvature.exact.alignment_mean": ex.alignment_mean,
+                }
+            )
         out["curvature.frobenius_median"] = self._med(self.frobenius_fd)
         out["curvature.exact.frobenius_median"] = self._med(self.frobenius_exact)
         out["curvature.hz_median"] = self._med(self.hz_fd)
@@ -224,10 +243,18 @@ class CurvatureSection(Section):
 
 
 CURVATURE_METRICS = (
-    "curvature.lambda_max_median", "curvature.lambda_max_mean", "curvature.lambda_min_median",
-    "curvature.near_zero_fraction_mean", "curvature.alignment_mean", "curvature.exact.lambda_max_median",
-    "curvature.exact.near_zero_fraction_mean", "curvature.exact.alignment_mean", "curvature.frobenius_median",
-    "curvature.exact.frobenius_median", "curvature.hz_median", "curvature.exact.hz_median",
+    "curvature.lambda_max_median",
+    "curvature.lambda_max_mean",
+    "curvature.lambda_min_median",
+    "curvature.near_zero_fraction_mean",
+    "curvature.alignment_mean",
+    "curvature.exact.lambda_max_median",
+    "curvature.exact.near_zero_fraction_mean",
+    "curvature.exact.alignment_mean",
+    "curvature.frobenius_median",
+    "curvature.exact.frobenius_median",
+    "curvature.hz_median",
+    "curvature.exact.hz_median",
 )
 
 
@@ -278,6 +305,7 @@ class CurvatureCheck(Check):
 
     def metric_names(self, plan) -> tuple[str, ...]:
         return CURVATURE_METRICS
+
     description = "input-space curvature of the loss: Hessian spectra, ||H||_F, ||Hz|| (Moosavi-Dezfooli et al.)"
 
     k: int = K_SAMPLES
@@ -357,20 +385,27 @@ class CurvatureCheck(Check):
             # finite-difference spectrum at the ball step; when the indicator check runs too, its
             # margin FD Hessian (same samples, points, step and chunks) comes from the same sweep
             if share:
-                (e, u), (e_margin, _) = shared_fd_spectra(model, x, y, ["ce", "margin"], eps, chunk,
-                                                          [gen, ctx.sample_rng("indicator", idx[sl])])
+                (e, u), (e_margin, _) = shared_fd_spectra(
+                    model, x, y, ["ce", "margin"], eps, chunk, [gen, ctx.sample_rng("indicator", idx[sl])]
+                )
                 bottom = None
                 store = ctx.cache.setdefault(MARGIN_FD_CACHE, {})
                 store.update({int(p): e_margin[i] for i, p in enumerate(idx[sl].tolist())})
             else:
                 e, u, bottom = fd_spectrum(model, x, y, "ce", norm, eps, full=full, chunk=chunk, generator=gen)
             fd_eig = e if bottom is None else torch.cat([e, bottom.flip(-1)], dim=1)
-            for key, value in spectrum_stats(fd_eig, profile_ranks(d) if full else lanczos_ranks(d), full, g, u, HESSIAN_ZERO_THRESHOLD).items():
+            for key, value in spectrum_stats(
+                fd_eig, profile_ranks(d) if full else lanczos_ranks(d), full, g, u, HESSIAN_ZERO_THRESHOLD
+            ).items():
                 put(f"fd.{key}", value)
             # Hutchinson (Rademacher probes), exact and finite difference
             shape = tuple(x.shape)
-            f_ex, se_ex = hutchinson_frobenius(hvp_operator(model, x, y, "ce", method="exact"), shape, self.n_probes, gen, dtype=dt, device=x.device)
-            f_fd, se_fd = hutchinson_frobenius(fd_operator(model, x, y, resolve_fn("ce"), norm, eps, g), shape, self.n_probes, gen, dtype=dt, device=x.device)
+            f_ex, se_ex = hutchinson_frobenius(
+                hvp_operator(model, x, y, "ce", method="exact"), shape, self.n_probes, gen, dtype=dt, device=x.device
+            )
+            f_fd, se_fd = hutchinson_frobenius(
+                fd_operator(model, x, y, resolve_fn("ce"), norm, eps, g), shape, self.n_probes, gen, dtype=dt, device=x.device
+            )
             put("fro_ex", f_ex.clamp_min(0).sqrt())
             put("fro_fd", f_fd.clamp_min(0).sqrt())
             # standard error of ‖H‖_F from that of ‖H‖_F² (delta method: se/(2‖H‖_F))
@@ -389,8 +424,13 @@ class CurvatureCheck(Check):
         cat = {k: torch.cat([v[s] for s in sorted(v)]) for k, v in rows.items()}
         columns = {k: nan_to_none(v) for k, v in cat.items()}
         part.add("samples", idx, **columns)
-        part.extra = {"exact_method": exact_method, "piecewise_linear": bool(pl),
-                      "dtype": str(dt).replace("torch.", ""), "full": full, "fd_step": eps}
+        part.extra = {
+            "exact_method": exact_method,
+            "piecewise_linear": bool(pl),
+            "dtype": str(dt).replace("torch.", ""),
+            "full": full,
+            "fd_step": eps,
+        }
         return part
 
     def combine(self, tables, extras, info) -> CurvatureSection:
@@ -408,8 +448,11 @@ class CurvatureCheck(Check):
             t = tables["samples"]
             for key in t.data:
                 if key != "positions":
-                    cols[key] = torch.tensor([math.nan if v is None else v for v in t.at(key, chosen)], dtype=torch.float64) \
-                        if not key.endswith(".profile") else torch.tensor(none_to_nan_rows(t.at(key, chosen)), dtype=torch.float64)
+                    cols[key] = (
+                        torch.tensor([math.nan if v is None else v for v in t.at(key, chosen)], dtype=torch.float64)
+                        if not key.endswith(".profile")
+                        else torch.tensor(none_to_nan_rows(t.at(key, chosen)), dtype=torch.float64)
+                    )
             method = meta["exact_method"]
             kk = lanczos_k_for(d)
             exact_kind = {
@@ -418,15 +461,21 @@ class CurvatureCheck(Check):
                 "lanczos": f"exact: top/bottom {kk} eigenvalues by Lanczos on exact Hessian-vector products",
             }[method]
             ex_complete = method != "lanczos"
-            exact = _summary(exact_kind, profile_ranks(d) if ex_complete else lanczos_ranks(d), ex_complete,
-                             {k: cols[f"ex.{k}"] for k in _SPECTRUM_COLUMNS})
+            exact = _summary(
+                exact_kind,
+                profile_ranks(d) if ex_complete else lanczos_ranks(d),
+                ex_complete,
+                {k: cols[f"ex.{k}"] for k in _SPECTRUM_COLUMNS},
+            )
             fd_kind = (
                 f"finite difference: pixel-basis columns (grad(x + h e_i) - grad(x))/h, h = {eps:g} per pixel "
                 f"(the largest single-pixel move inside the {norm.value} eps-ball), symmetrized"
                 if full
                 else f"finite difference: top/bottom {kk} eigenvalues by Lanczos, each step to the {norm.value} eps-ball's boundary (eps = {eps:g})"
             )
-            fd = _summary(fd_kind, profile_ranks(d) if full else lanczos_ranks(d), full, {k: cols[f"fd.{k}"] for k in _SPECTRUM_COLUMNS})
+            fd = _summary(
+                fd_kind, profile_ranks(d) if full else lanczos_ranks(d), full, {k: cols[f"fd.{k}"] for k in _SPECTRUM_COLUMNS}
+            )
         empty: tuple = ()
 
         def column(key: str):

@@ -35,6 +35,7 @@ Cost per sample: d + 1 gradients of the margin (its finite-difference spectrum, 
 DeepFool in ℓ2 and ℓ∞ where the ``minimal`` section doesn't provide the radii. Measured: 45–60 s
 for the 32 default samples of the demo Fashion-MNIST CNN (d = 784) on one CPU thread.
 """
+
 from __future__ import annotations
 
 import math
@@ -162,11 +163,27 @@ class IndicatorSection(Section):
     spearman_l2: float | None
     fraction_radius_below_attack_linf: float | None
     fraction_radius_below_attack_l2: float | None
-    aligned_fields: ClassVar = ((  # what the JSON reader checks (results.Section)
-        "indices", "n_samples", "t", "loss_values", "radii_l2", "radii_linf", "margin", "j_l1", "j_l2", "lambda_abs_max",
-        "margin_hessian_near_zero_fraction", "radius_linf", "radius_l2",
-        "theorem1.*.lower", "theorem1.*.upper", "theorem1.*.lower_bracket", "theorem1.*.upper_bracket",
-    ),)
+    aligned_fields: ClassVar = (
+        (  # what the JSON reader checks (results.Section)
+            "indices",
+            "n_samples",
+            "t",
+            "loss_values",
+            "radii_l2",
+            "radii_linf",
+            "margin",
+            "j_l1",
+            "j_l2",
+            "lambda_abs_max",
+            "margin_hessian_near_zero_fraction",
+            "radius_linf",
+            "radius_l2",
+            "theorem1.*.lower",
+            "theorem1.*.upper",
+            "theorem1.*.lower_bracket",
+            "theorem1.*.upper_bracket",
+        ),
+    )
     sample_index_fields: ClassVar = ("indices",)
 
     def metrics(self) -> dict[str, float]:
@@ -189,10 +206,17 @@ class IndicatorSection(Section):
 
 
 INDICATOR_METRICS = (
-    "indicator.radius_linf_median", "indicator.radius_l2_median", "indicator.mean_j_l1", "indicator.mean_lambda_abs_max",
-    "indicator.margin_hessian_near_zero_fraction_mean", "indicator.spearman_linf", "indicator.spearman_l2",
+    "indicator.radius_linf_median",
+    "indicator.radius_l2_median",
+    "indicator.mean_j_l1",
+    "indicator.mean_lambda_abs_max",
+    "indicator.margin_hessian_near_zero_fraction_mean",
+    "indicator.spearman_linf",
+    "indicator.spearman_l2",
 ) + tuple(
-    f"indicator.theorem1.{key}.{name}" for key in ("finite_difference", "exact") for name in ("fraction_within", "fraction_within_bracket")
+    f"indicator.theorem1.{key}.{name}"
+    for key in ("finite_difference", "exact")
+    for name in ("fraction_within", "fraction_within_bracket")
 )
 
 
@@ -215,7 +239,10 @@ def _theorem1(kind: str, c: torch.Tensor, c2: torch.Tensor, cC: torch.Tensor, gn
     ratio = (r / lo)[valid & (lo > 0)]
     return Theorem1Result(
         kind=kind,
-        lower=rounded_tuple(lo), upper=rounded_tuple(up), lower_bracket=rounded_tuple(lo2), upper_bracket=rounded_tuple(upC),
+        lower=rounded_tuple(lo),
+        upper=rounded_tuple(up),
+        lower_bracket=rounded_tuple(lo2),
+        upper_bracket=rounded_tuple(upC),
         fraction_within=_frac(within, valid),
         fraction_within_bracket=_frac(within_b, valid),
         fraction_below_lower=_frac(r < lo * (1 - tol), valid),
@@ -290,17 +317,27 @@ class IndicatorCheck(Check):
                 e, bottom = torch.stack([shared[p] for p in positions]), None
             else:
                 gen = ctx.sample_rng("indicator", idx[sl])
-                e, _, bottom = fd_spectrum(model, x, y, "margin", norm, eps, full=full, chunk=max(1, int(ctx.batch_size)), generator=gen)
+                e, _, bottom = fd_spectrum(
+                    model, x, y, "margin", norm, eps, full=full, chunk=max(1, int(ctx.batch_size)), generator=gen
+                )
             top_abs = e.abs().amax(dim=1)
             if bottom is not None:
                 top_abs = torch.maximum(top_abs, bottom.abs().amax(dim=1))
             put("lambda_abs_max", sl, top_abs)
-            nz = near_zero_fraction(e.double(), HESSIAN_ZERO_THRESHOLD) if bottom is None else torch.full_like(top_abs, math.nan)
+            nz = (
+                near_zero_fraction(e.double(), HESSIAN_ZERO_THRESHOLD)
+                if bottom is None
+                else torch.full_like(top_abs, math.nan)
+            )
             put("near_zero", sl, nz)
             for radius_norm in (Norm.L2, Norm.LINF):
                 if radius_norm is not self._minimal_norm(ctx.config, ctx.parts):
                     _, norms = DeepFool().minimal_perturbation(ctx.model, x_in, y, radius_norm)
-                    put(f"deepfool_{radius_norm.value}", sl, torch.where(torch.isfinite(norms), norms, torch.full_like(norms, math.nan)))
+                    put(
+                        f"deepfool_{radius_norm.value}",
+                        sl,
+                        torch.where(torch.isfinite(norms), norms, torch.full_like(norms, math.nan)),
+                    )
 
         d = int(idx.new_tensor(ctx.data.input_shape).prod())
         shared = all(int(p) in ctx.cache.get(MARGIN_FD_CACHE, {}) for p in idx.tolist())
@@ -335,7 +372,10 @@ class IndicatorCheck(Check):
             if minimal is not None and getattr(minimal, "norm", None) == radius_norm.value:
                 radii[radius_norm] = (_opt([minimal.radii[i] for i in idx]), f"minimal section ({minimal.method})")
             elif K:
-                radii[radius_norm] = (col(f"deepfool_{radius_norm.value}"), "DeepFool (overshoot 0.02), unrefined; an upper bound on the true minimum")
+                radii[radius_norm] = (
+                    col(f"deepfool_{radius_norm.value}"),
+                    "DeepFool (overshoot 0.02), unrefined; an upper bound on the true minimum",
+                )
             else:
                 radii[radius_norm] = (torch.empty(0, dtype=torch.float64), "none")
         (r2, src2), (rinf, srcinf) = radii[Norm.L2], radii[Norm.LINF]

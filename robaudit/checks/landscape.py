@@ -15,6 +15,7 @@ raises if any tensor differs. Xu et al. find adversarially fine-tuned models' la
 flatter than the natural model's (CIFAR-10, ResNet-32): compare ``sharpness_*`` between scans.
 Cost: (STEPS_1D + STEPS_2D²) forward passes of the batch (one more when STEPS_1D is even: the centre).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -134,9 +135,20 @@ class LandscapeCheck(Check):
         params = {k: p for k, p in model.named_parameters() if p.is_floating_point()}
         if not params:
             return LandscapeSection(
-                n_samples=0, normalization=norm_note, extent=float(self.extent), center_loss=None, center_accuracy=None,
-                axis_1d=(), loss_1d=(), accuracy_1d=(), axis_2d=(), loss_2d=(), accuracy_2d=(),
-                sharpness_1d=None, mean_increase_2d=None, weights_restored=True,
+                n_samples=0,
+                normalization=norm_note,
+                extent=float(self.extent),
+                center_loss=None,
+                center_accuracy=None,
+                axis_1d=(),
+                loss_1d=(),
+                accuracy_1d=(),
+                axis_2d=(),
+                loss_2d=(),
+                accuracy_2d=(),
+                sharpness_1d=None,
+                mean_increase_2d=None,
+                weights_restored=True,
                 skipped="the model exposes no floating-point parameters (a frozen export?)",
             )
         n = min(int(self.n_samples), ctx.data.n)

@@ -3,6 +3,7 @@
 L(x) = Z_y(x) − max_{i≠y} Z_i(x) in logit units (> 0 correct). Also the true-class probability
 softmax(Z)_y and the cross-entropy loss in nats, whose histograms the report draws.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,11 @@ class MarginSection(Section):
     train_mean_loss: float | None = None
     loss_gap: float | None = None
     train_margins: tuple[float, ...] = ()
-    per_sample_fields: ClassVar = ("margins", "true_class_probability", "loss")  # what the JSON reader checks (results.Section)
+    per_sample_fields: ClassVar = (
+        "margins",
+        "true_class_probability",
+        "loss",
+    )  # what the JSON reader checks (results.Section)
     per_class_fields: ClassVar = ("per_class_mean",)
 
     def metrics(self) -> dict[str, float]:
@@ -90,8 +95,13 @@ class MarginCheck(Check):
         logits = ctx.cache["clean_logits"].double()
         y = ctx.data.y[ctx.positions]
         part = Part()
-        part.add("samples", ctx.positions, margin=margin(logits, y), p_true=true_class_probability(logits, y),
-                 loss=cross_entropy(logits, y))
+        part.add(
+            "samples",
+            ctx.positions,
+            margin=margin(logits, y),
+            p_true=true_class_probability(logits, y),
+            loss=cross_entropy(logits, y),
+        )
         if ctx.lead and ctx.train_data is not None:
             part.extra["train"] = self._train(ctx)
         return part

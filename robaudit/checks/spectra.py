@@ -14,6 +14,7 @@ singular values (descending; evenly subsampled beyond that). Computed in float64
 A model with no accessible parameters (some exported graphs keep weights as constants) falls back
 to its floating-point buffers with ≥ 2 dimensions; with neither, the section says ``skipped``.
 """
+
 from __future__ import annotations
 
 import math
@@ -151,7 +152,9 @@ class SpectraCheck(Check):
         return from_jsonable(SpectraSection, next(e["section"] for e in extras if "section" in e))
 
     def _spectra(self, ctx) -> SpectraSection:
-        convention = "rows = output units: Linear [out, in] as is; conv [out, in/groups, k...] reshaped to out x (in/groups*k...)"
+        convention = (
+            "rows = output units: Linear [out, in] as is; conv [out, in/groups, k...] reshaped to out x (in/groups*k...)"
+        )
         source, reason, named = weight_matrices(ctx.plain_model)
         if not named:
             return SpectraSection(convention, "skipped", reason, ())

@@ -1,6 +1,7 @@
 """`robaudit list [KIND] [-v]`: what is registered (built-ins and plugins) for architectures, datasets,
 attacks, checks and hardeners. Without ``-v`` plugins are listed from their metadata, without
 importing them; ``-v`` imports each entry to show its parameters with their defaults and its paper."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,7 @@ def _registries():
     from ..harden import HARDENERS
     from ..models import ARCHITECTURES
 
-    return {"architectures": ARCHITECTURES, "datasets": DATASETS, "attacks": ATTACKS, "checks": CHECKS,
-            "hardeners": HARDENERS}
+    return {"architectures": ARCHITECTURES, "datasets": DATASETS, "attacks": ATTACKS, "checks": CHECKS, "hardeners": HARDENERS}
 
 
 def _kind(kind: str, kinds) -> str:
@@ -67,8 +67,11 @@ def parameters(kind: str, obj) -> list[str]:
         for f in dataclasses.fields(obj):
             if f.name == "counter" or f.name.startswith("_"):
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+            )
             out.append(f"{f.name}={_value(default)}")
         return out
     if callable(obj):
@@ -105,8 +108,12 @@ def _details(kind: str, entry) -> list[str]:
         norms = ", ".join(n.value for n in getattr(obj, "norms", ()))
         lines.append(f"{getattr(obj, 'kind', '?')}; norms: {norms}")
     params = parameters(kind, obj) if kind != "datasets" else []
-    how = {"attacks": "--attacks NAME:k=v", "checks": "--checks NAME:k=v", "architectures": "--arch-kwargs k=v",
-           "hardeners": "robaudit harden --help"}.get(kind)
+    how = {
+        "attacks": "--attacks NAME:k=v",
+        "checks": "--checks NAME:k=v",
+        "architectures": "--arch-kwargs k=v",
+        "hardeners": "robaudit harden --help",
+    }.get(kind)
     if params:
         lines.append(f"parameters ({how}): " + ", ".join(params))
     if kind == "architectures":
@@ -116,7 +123,12 @@ def _details(kind: str, entry) -> list[str]:
 
 def list_command(
     kind: str = typer.Argument("all", help="architectures, datasets, attacks, checks, hardeners, or all (singular accepted)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also each entry's parameters with their defaults and its paper, and every model source with an example and its kwargs (imports plugins)."),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Also each entry's parameters with their defaults and its paper, and every model source with an example and its kwargs (imports plugins).",
+    ),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
     """List the registered architectures, datasets, attacks, checks and hardeners, with where each comes from."""
@@ -171,4 +183,6 @@ def print_model_sources(console: Console, verbose: bool) -> None:
         d = describe(source)
         t.add_row(Text(d["name"]), Text(d["trust"]), Text(d["installed"]))
     console.print(t)
-    console.print(Text("  (robaudit list architectures -v: an example command, what is read and the kwargs of each source)", style="dim"))
+    console.print(
+        Text("  (robaudit list architectures -v: an example command, what is read and the kwargs of each source)", style="dim")
+    )

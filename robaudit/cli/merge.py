@@ -1,4 +1,5 @@
 """`robaudit merge part_*.json -o result.json`: one ScanResult from the part files of a sharded scan."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,9 @@ def merge(
     parts: list[Path] = typer.Argument(..., help="The part files of every shard (robaudit scan --shard K/N --json PART)."),
     output: str = typer.Option(..., "--output", "-o", metavar="PATH", help="Where to write the merged ScanResult (JSON)."),
     html_path: str | None = typer.Option(None, "--html", metavar="PATH", help="Also write the HTML report here."),
-    csv_dir: str | None = typer.Option(None, "--csv", metavar="DIR", help="Also write samples.csv and robust_accuracy.csv into this folder."),
+    csv_dir: str | None = typer.Option(
+        None, "--csv", metavar="DIR", help="Also write samples.csv and robust_accuracy.csv into this folder."
+    ),
     gate_file: Path | None = gate_file_option(),
     require: list[str] | None = require_option(),
     junit: str | None = junit_option(),

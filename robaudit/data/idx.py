@@ -3,6 +3,7 @@
 Header: two zero bytes, a type code, the number of dimensions, then one big-endian int32 per
 dimension; the data follows in C order. Only the first ``limit`` items are decompressed.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -16,8 +17,14 @@ from ..errors import DatasetError
 
 __all__ = ["read_idx"]
 
-_DTYPES: dict[int, np.dtype] = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
-           0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def _open(path: Path) -> io.BufferedIOBase:

@@ -1,5 +1,6 @@
 """Autodiff primitives on pixel-space inputs [0,1]: margins, norms, input gradients, Hessian-vector
 products, Hessian spectra (full, Gauss-Newton, finite-difference, Lanczos), bounds, surfaces."""
+
 from .bounds import alignment, second_order_radius, theorem1_bounds, theorem1_simplified
 from .hessian import (
     cure_direction,

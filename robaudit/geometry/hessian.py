@@ -18,6 +18,7 @@ Scale and conventions (apply to every function here):
 * Flattened vectors: ``d = C·H·W``; operators built by :func:`hvp_operator` accept ``[B, d]`` or
   ``[B, C, H, W]`` and return the same shape.
 """
+
 from __future__ import annotations
 
 import math
@@ -270,7 +271,12 @@ def full_hessian(
 
 
 def full_hessians_fd(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, fns, h: float | torch.Tensor, chunk: int = 256,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fns,
+    h: float | torch.Tensor,
+    chunk: int = 256,
     symmetrize: bool = True,
 ) -> list[torch.Tensor]:
     """Finite-difference full Hessians ``[B, d, d]`` of several scalar functions at once, one per

@@ -13,6 +13,7 @@ The scalar differentiated is chosen by ``fn``:
 Per-sample values are summed (never averaged) before differentiating, so row ``b`` of the result
 is sample ``b``'s own exact gradient (samples do not interact in eval mode).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -5,6 +5,7 @@ Units are the operator's (for the input-space Hessians of :mod:`.hessian`: nats 
 pixel², pixel scale [0,1]). Random start and restart vectors come from a torch.Generator or, for
 results independent of batch composition, one stream per row from a :class:`robaudit.rng.SampleRNG`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

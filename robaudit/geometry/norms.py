@@ -1,5 +1,6 @@
 """Per-sample norms in the threat model's norm (ℓ∞ or ℓ2, pixel scale [0,1]) and the step that
 reaches the ε-ball's boundary."""
+
 from __future__ import annotations
 
 import torch

@@ -11,6 +11,7 @@ records the totals in the result (``ScanResult.passes``).
     ...     hvp_exact(model, x, y, v)
     >>> counts["hvp"]                      # x.shape[0]
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

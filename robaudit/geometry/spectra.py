@@ -21,6 +21,7 @@ eigenvalues in the function's units per pixel² (cross-entropy: nats; margin: lo
 
 Second-order work runs on a float64 copy of the model when it converts (:func:`analysis_model`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -142,8 +143,16 @@ def _top_eigvec(H: torch.Tensor, generator=None) -> torch.Tensor:
     if d <= EIGH_MAX_DIM:
         return torch.linalg.eigh(H)[1][:, :, -1]
     _, _, vecs = lanczos(
-        lambda v: torch.bmm(H, v.unsqueeze(-1)).squeeze(-1), d, 1, min(d, 300), generator,
-        batch=H.shape[0], dtype=H.dtype, device=H.device, tol=1e-10, which="top",
+        lambda v: torch.bmm(H, v.unsqueeze(-1)).squeeze(-1),
+        d,
+        1,
+        min(d, 300),
+        generator,
+        batch=H.shape[0],
+        dtype=H.dtype,
+        device=H.device,
+        tol=1e-10,
+        which="top",
     )
     return vecs[:, 0]
 
@@ -165,7 +174,9 @@ def _full_spectrum(H: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch
     return out
 
 
-def full_spectra(model, x, y, fn, method: Method, chunk: int, h: float | None = None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+def full_spectra(
+    model, x, y, fn, method: Method, chunk: int, h: float | None = None, generator=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(eigvals [B, d] descending, top eigvec [B, d])`` of every sample's full Hessian
     (:func:`robaudit.geometry.full_hessian` with ``method``/``h``), built for groups of samples
     whose d×d float64 matrices fit :data:`FULL_GROUP_BYTES`."""
@@ -208,8 +219,18 @@ def fd_operator(model, x, y, fn, norm: Norm, eps: float, grad0: torch.Tensor) ->
 
 
 def fd_spectrum(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn, norm: Norm, eps: float, *,
-    full: bool, chunk: int, generator=None, lanczos_k: int = LANCZOS_K, lanczos_iters: int = LANCZOS_ITERS,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fn,
+    norm: Norm,
+    eps: float,
+    *,
+    full: bool,
+    chunk: int,
+    generator=None,
+    lanczos_k: int = LANCZOS_K,
+    lanczos_iters: int = LANCZOS_ITERS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Finite-difference Hessian spectrum of ``fn`` ("ce" or "margin") at the ball step.
 

@@ -1,4 +1,5 @@
 """Checkpoint format detection by content (magic bytes and zip member names), and file hashing."""
+
 from __future__ import annotations
 
 import hashlib
@@ -51,8 +52,11 @@ def _zip_kind(p: Path) -> str:
     except (zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"{p} is a damaged zip archive (truncated or corrupt): {exc}") from None
     tails = {n.split("/", 1)[1] if "/" in n else n for n in names}
-    if "archive_format" in tails or any(t.startswith("models/") and t.endswith(".json") for t in tails) \
-            or "serialized_exported_program.json" in tails:
+    if (
+        "archive_format" in tails
+        or any(t.startswith("models/") and t.endswith(".json") for t in tails)
+        or "serialized_exported_program.json" in tails
+    ):
         return "torch-export"
     if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
         return "torchscript"

@@ -2,6 +2,7 @@
 count, input shape, mean/std, class names, version), read into :class:`Settings` and merged with
 what the caller gave; written as strings by :func:`metadata_strings` (see :mod:`.checkpoint`).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,18 @@ from ..errors import CheckpointError, UsageError
 from .spec import Preprocessing
 
 __all__ = [
-    "META", "Settings", "metadata_strings", "parse_metadata", "merge_settings", "metadata_preprocessing",
-    "metadata_class_names", "metadata_json", "sort_safetensors_metadata", "parse_shape", "parse_floats", "check_stats",
+    "META",
+    "Settings",
+    "metadata_strings",
+    "parse_metadata",
+    "merge_settings",
+    "metadata_preprocessing",
+    "metadata_class_names",
+    "metadata_json",
+    "sort_safetensors_metadata",
+    "parse_shape",
+    "parse_floats",
+    "check_stats",
     "buffer_values",
 ]
 
@@ -76,17 +87,22 @@ def sort_safetensors_metadata(raw: bytes) -> bytes:
     from ..jsonio import parse_json
 
     (n,) = struct.unpack("<Q", raw[:8])
-    header = parse_json(raw[8:8 + n], "the safetensors header robaudit just serialized")
+    header = parse_json(raw[8 : 8 + n], "the safetensors header robaudit just serialized")
     if "__metadata__" in header:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     head += b" " * (-len(head) % 8)  # the format pads the header to 8-byte alignment
-    return struct.pack("<Q", len(head)) + head + raw[8 + n:]
+    return struct.pack("<Q", len(head)) + head + raw[8 + n :]
 
 
 def metadata_strings(
-    *, arch: str | None = None, arch_kwargs: dict[str, Any] | None = None, num_classes: int | None = None,
-    input_shape: Sequence[int] | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+    *,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """The ``robaudit.*`` metadata as strings (also usable as a ``robaudit.json`` extra file)."""
@@ -149,7 +165,9 @@ def parse_metadata(meta: Mapping[str, str], p: Path) -> Settings:
             try:
                 value = raw if kind is str else int(raw)
             except (TypeError, ValueError):
-                raise CheckpointError(f"{p} has malformed metadata {META}{key}={_clip(raw)!r}; re-save it with robaudit") from None
+                raise CheckpointError(
+                    f"{p} has malformed metadata {META}{key}={_clip(raw)!r}; re-save it with robaudit"
+                ) from None
         if kind not in (None, str, int) and not isinstance(value, kind):
             raise CheckpointError(f"{p} has malformed metadata {META}{key}={_clip(raw)!r}; re-save it with robaudit")
         return value
@@ -157,9 +175,12 @@ def parse_metadata(meta: Mapping[str, str], p: Path) -> Settings:
     try:
         shape = get("input_shape", list)
         return Settings(
-            arch=get("arch", str), arch_kwargs=get("arch_kwargs", dict), num_classes=get("num_classes", int),
+            arch=get("arch", str),
+            arch_kwargs=get("arch_kwargs", dict),
+            num_classes=get("num_classes", int),
             input_shape=parse_shape(shape, f"{META}input_shape") if shape is not None else None,
-            mean=parse_floats(get("mean", list)), std=parse_floats(get("std", list)),
+            mean=parse_floats(get("mean", list)),
+            std=parse_floats(get("std", list)),
         )
     except UsageError as exc:
         raise CheckpointError(f"{p} has malformed metadata: {exc}") from None

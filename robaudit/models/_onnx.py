@@ -19,6 +19,7 @@ other files is closed here, before the converter sees it:
   dispatched by its extension to the text/JSON readers, and never written next to (onnx2torch's
   ``convert(path)`` writes a temporary file into the model's folder; robaudit passes the parsed model).
 """
+
 from __future__ import annotations
 
 import operator
@@ -231,4 +232,3 @@ def _input_shape(model: Any) -> tuple[tuple[int, int, int] | None, list[str]]:
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return (lines[0] if lines else type(exc).__name__)[:300]
-

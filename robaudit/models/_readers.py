@@ -3,6 +3,7 @@ safetensors, torch.save pickles, TorchScript, torch.export and ONNX archives. Th
 applied here (code-carrying formats only with ``trust``; docs/security.md); :mod:`.checkpoint`
 turns the contents into a model.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,15 @@ from ._state_dict import extract_weights, is_state_dict
 from ._trust import quiet_loading, refuse_code
 
 __all__ = [
-    "EXTRA_FILE", "Contents", "read_safetensors", "read_pickle", "read_torchscript", "read_onnx_model", "read_export",
-    "extra_meta", "first_line",
+    "EXTRA_FILE",
+    "Contents",
+    "read_safetensors",
+    "read_pickle",
+    "read_torchscript",
+    "read_onnx_model",
+    "read_export",
+    "extra_meta",
+    "first_line",
 ]
 
 EXTRA_FILE = "robaudit.json"  # metadata inside TorchScript / torch.export archives
@@ -115,15 +123,19 @@ def _describe_export(net: nn.Module, contents: Contents) -> None:
     train_ops = sorted({_op_name(n) for n in graph.nodes if n.op == "call_function" and _is_train_op(n)})
     if train_ops:
         contents.warnings.append(
-            f"exported in training mode ({', '.join(train_ops)} use batch statistics/randomness); "
-            f"re-export after model.eval()"
+            f"exported in training mode ({', '.join(train_ops)} use batch statistics/randomness); re-export after model.eval()"
         )
 
 
 _TRAIN_ARG = {  # op name -> position of its `training` flag
-    "aten.batch_norm.default": 5, "aten.native_batch_norm.default": 5, "aten._native_batch_norm_legit.default": 5,
-    "aten._native_batch_norm_legit_functional.default": 5, "aten.dropout.default": 2,
-    "aten.native_dropout.default": 2, "aten.feature_dropout.default": 2, "aten.alpha_dropout.default": 2,
+    "aten.batch_norm.default": 5,
+    "aten.native_batch_norm.default": 5,
+    "aten._native_batch_norm_legit.default": 5,
+    "aten._native_batch_norm_legit_functional.default": 5,
+    "aten.dropout.default": 2,
+    "aten.native_dropout.default": 2,
+    "aten.feature_dropout.default": 2,
+    "aten.alpha_dropout.default": 2,
 }
 
 

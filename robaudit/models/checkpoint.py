@@ -13,6 +13,7 @@ object), ``robaudit.num_classes``, ``robaudit.input_shape`` (JSON [C,H,W]), ``ro
 ``robaudit.std`` (JSON lists), ``robaudit.class_names`` (JSON list), ``robaudit.version``; read and
 written by :mod:`._metadata`. Each format's reader: :mod:`._readers`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,7 +66,6 @@ from .wrapper import NormalizedModel
 __all__ = ["load_model", "open_model", "OpenedModel", "save_model", "detect_format", "metadata_strings", "EXTRA_FILE"]
 
 
-
 def load_model(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -89,8 +89,16 @@ def load_model(
     the weights say otherwise.
     """
     opened = open_model(
-        path, arch=arch, weights=weights, arch_kwargs=arch_kwargs, num_classes=num_classes, input_shape=input_shape,
-        mean=mean, std=std, trust_checkpoint=trust_checkpoint, download=download,
+        path,
+        arch=arch,
+        weights=weights,
+        arch_kwargs=arch_kwargs,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        mean=mean,
+        std=std,
+        trust_checkpoint=trust_checkpoint,
+        download=download,
     )
     return opened.build(default_num_classes=default_num_classes, default_input_shape=default_input_shape, device=device)
 
@@ -119,7 +127,10 @@ class OpenedModel:
         return shape[1] if shape is not None and shape[1] == shape[2] else None
 
     def build(
-        self, *, default_num_classes: int | None = None, default_input_shape: Sequence[int] | None = None,
+        self,
+        *,
+        default_num_classes: int | None = None,
+        default_input_shape: Sequence[int] | None = None,
         device: str | torch.device = "cpu",
     ) -> LoadedModel:
         """Build the architecture with the right class/channel counts and load the weights strictly."""
@@ -135,8 +146,9 @@ class OpenedModel:
                     f"checkpoint {p} has no architecture metadata; pass --arch NAME "
                     f"(built-ins: {', '.join(ARCHITECTURES.names())}), torchvision:NAME, timm:NAME or --arch path/to/net.py:Class"
                 )
-            net, s.num_classes, channels = _cached_input(p, self.named, _build_and_load, p, s, contents.weights,
-                                                         default_num_classes, default_shape)
+            net, s.num_classes, channels = _cached_input(
+                p, self.named, _build_and_load, p, s, contents.weights, default_num_classes, default_shape
+            )
         nonfinite = nonfinite_warning(net.state_dict())
         if nonfinite:
             notes.append(nonfinite)
@@ -146,10 +158,20 @@ class OpenedModel:
         except ValueError as exc:
             raise UsageError(f"--mean/--std: {exc}") from None
         info = ModelInfo(
-            path=str(p), format=self.format, sha256=sha256_file(p), arch=s.arch, arch_kwargs=dict(s.arch_kwargs or {}),
-            num_classes=s.num_classes, input_shape=s.input_shape, mean=s.mean, std=s.std,
-            metadata=dict(contents.metadata), warnings=tuple(notes), weights=self.weights_label,
-            preprocessing=self.preprocessing, class_names=self.class_names,
+            path=str(p),
+            format=self.format,
+            sha256=sha256_file(p),
+            arch=s.arch,
+            arch_kwargs=dict(s.arch_kwargs or {}),
+            num_classes=s.num_classes,
+            input_shape=s.input_shape,
+            mean=s.mean,
+            std=s.std,
+            metadata=dict(contents.metadata),
+            warnings=tuple(notes),
+            weights=self.weights_label,
+            preprocessing=self.preprocessing,
+            class_names=self.class_names,
         )
         return LoadedModel(model.to(device).eval(), info)
 
@@ -209,8 +231,13 @@ def open_model(
         fmt = detect_format(p)
         if fmt in SELF_DESCRIBING and (arch or arch_kwargs):
             raise UsageError(_self_describing(p, SELF_DESCRIBING[fmt], arch, arch_kwargs))
-        reader = {"safetensors": read_safetensors, "pickle": read_pickle, "torchscript": read_torchscript,
-                  "torch-export": read_export, "onnx": read_onnx_model}[fmt]
+        reader = {
+            "safetensors": read_safetensors,
+            "pickle": read_pickle,
+            "torchscript": read_torchscript,
+            "torch-export": read_export,
+            "onnx": read_onnx_model,
+        }[fmt]
         contents = reader(p, trust_checkpoint)
     if contents.module is not None and (arch or arch_kwargs):
         raise UsageError(_self_describing(p, "a pickled complete model", arch, arch_kwargs))
@@ -220,10 +247,22 @@ def open_model(
     # what the weights state (published weights' transforms, robaudit metadata) must agree with --mean/--std;
     # an architecture's default pretrained config (timm:NAME with your own file) only fills in what is not given
     pre = named.preprocessing if named is not None else metadata_preprocessing(meta, p)
-    given = Settings(ref.spec if ref else None, arch_kwargs, num_classes, parse_shape(input_shape, "--input-shape"),
-                      parse_floats(mean), parse_floats(std))
-    stated = Settings(meta.arch, meta.arch_kwargs, meta.num_classes or (named.num_classes if named else None),
-                       meta.input_shape, pre.mean if pre else None, pre.std if pre else None)
+    given = Settings(
+        ref.spec if ref else None,
+        arch_kwargs,
+        num_classes,
+        parse_shape(input_shape, "--input-shape"),
+        parse_floats(mean),
+        parse_floats(std),
+    )
+    stated = Settings(
+        meta.arch,
+        meta.arch_kwargs,
+        meta.num_classes or (named.num_classes if named else None),
+        meta.input_shape,
+        pre.mean if pre else None,
+        pre.std if pre else None,
+    )
     s = merge_settings(given, stated, contents.input_shape, pre.source if pre else "")
     if pre is None and ref is not None and contents.module is None:
         pre = architecture_preprocessing(ref)
@@ -240,6 +279,7 @@ def _read_published(p: Path, named: Any) -> tuple[str, Contents]:
     TorchScript, torch.export, ONNX, a pickle that needs other globals, garbage, a truncated file —
     is a CheckpointError (exit 3) naming the cached file and the remedy; ``--trust-checkpoint``
     changes nothing (published weights are always read as data)."""
+
     def read() -> tuple[str, Contents]:
         fmt = detect_format(p)
         if fmt not in ("safetensors", "pickle"):
@@ -265,10 +305,12 @@ def _cached_input(p: Path, named: Any, step: Any, *args: Any) -> Any:
 
 
 def _cached_file_message(p: Path, named: Any, message: str) -> str:
-    reason = message[len(str(p)):].strip() if message.startswith(str(p)) else message
+    reason = message[len(str(p)) :].strip() if message.startswith(str(p)) else message
     reason = reason.split("; ")[0]
-    return (f"{p}, the cached file of {named.label}, {reason}: it is not the published weights "
-            f"(robaudit reads them as data only, whatever --trust-checkpoint says); {named.remedy}")
+    return (
+        f"{p}, the cached file of {named.label}, {reason}: it is not the published weights "
+        f"(robaudit reads them as data only, whatever --trust-checkpoint says); {named.remedy}"
+    )
 
 
 def _self_describing(p: Path, what: str, arch: str | None, arch_kwargs: Any) -> str:
@@ -301,8 +343,15 @@ def save_model(
         mean = mean if mean is not None else buffer_values(net.mean)
         std = std if std is not None else buffer_values(net.std)
         net = net.inner
-    meta = metadata_strings(arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes, input_shape=input_shape,
-                            mean=mean, std=std, class_names=class_names)
+    meta = metadata_strings(
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        mean=mean,
+        std=std,
+        class_names=class_names,
+    )
     for key, value in (extra_metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise UsageError(f"extra_metadata must map str to str; got {key!r}: {type(value).__name__}")
@@ -320,7 +369,10 @@ def save_model(
 
 
 def _build_and_load(
-    p: Path, s: Settings, weights: dict[str, torch.Tensor], default_classes: int | None,
+    p: Path,
+    s: Settings,
+    weights: dict[str, torch.Tensor],
+    default_classes: int | None,
     default_shape: tuple[int, int, int] | None,
 ) -> tuple[nn.Module, int, int]:
     """Build ``s.arch`` with the right class/channel counts (inferred from the weights if unknown) and load strictly."""

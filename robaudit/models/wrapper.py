@@ -1,4 +1,5 @@
 """``NormalizedModel``: the model robaudit attacks. Inputs are pixel space [0,1]; normalization is inside."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

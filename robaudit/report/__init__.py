@@ -1,4 +1,5 @@
 """Renderers: they read only ScanResult."""
+
 from .terminal import print_summary
 
 __all__ = ["print_summary", "render_html", "write_html", "write_csv"]

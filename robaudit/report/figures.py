@@ -10,6 +10,7 @@ section's name (``SECTION_PLOTS``); the HTML renderer looks it up by name and ha
 that section's template partial as ``fig``. Rendering uses matplotlib's Agg canvas directly (no
 pyplot, no global state) with fixed style and PNG metadata, so the same result gives the same bytes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -91,7 +92,9 @@ def plots_for(name: str) -> Callable[[PlotFn], PlotFn]:
 
 
 # --- primitives ------------------------------------------------------------------------------------
-def figure(width: float = 6.4, height: float = 3.4, layout: Literal["constrained", "compressed", "tight"] | None = "constrained"):
+def figure(
+    width: float = 6.4, height: float = 3.4, layout: Literal["constrained", "compressed", "tight"] | None = "constrained"
+):
     """A new Agg-backed Figure with the report style (use inside :func:`styled`); ``layout=None``
     for manual placement (constrained layout is slow with 3-D axes)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -8,6 +8,7 @@ gradients ∂L/∂x in logits per unit of pixel intensity; Hessian eigenvalues i
 weight singular values in weight units. Colours: blue = natural / correct (L > 0), red =
 adversarial / misclassified (L < 0), as in the rest of the report.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -112,14 +113,22 @@ def minimal_figures(sec, result) -> dict[str, Any]:
     ax = fig.add_subplot()
     bins = histogram_bins([d for _, _, d in series])
     for i, (label, color, data) in enumerate(series):
-        ax.hist(data, bins=bins.edges, histtype="stepfilled" if i == 0 else "step", alpha=0.55 if i == 0 else 1.0,
-                linewidth=1.6, color=color, label=f"{label} ({data.size})")
+        ax.hist(
+            data,
+            bins=bins.edges,
+            histtype="stepfilled" if i == 0 else "step",
+            alpha=0.55 if i == 0 else 1.0,
+            linewidth=1.6,
+            color=color,
+            label=f"{label} ({data.size})",
+        )
     from ..threat import format_eps
 
     for j, e in enumerate(eps_values(sec, result)):
         ax.axvline(e, color="black", linestyle=(0, (4, 2)), linewidth=1, label="scan ε" if j == 0 else None)
-        ax.annotate(f"ε={format_eps(e)}", (e, 1.0), xycoords=("data", "axes fraction"), rotation=90,
-                    ha="right", va="top", fontsize=7)
+        ax.annotate(
+            f"ε={format_eps(e)}", (e, 1.0), xycoords=("data", "axes fraction"), rotation=90, ha="right", va="top", fontsize=7
+        )
     bins.apply(ax)
     ax.set_xlabel(f"minimal perturbation ‖δ‖ ({sym}, pixel scale [0,1]{bins.suffix()})")
     ax.set_ylabel("clean-correct samples")
@@ -143,7 +152,10 @@ def _jacobian_norms(sec, result) -> str:
     """‖∂L/∂x‖₁ (log x) and the near-zero fraction per sample, split correct / misclassified."""
     n = len(sec.margin.l1)
     correct = _correct_mask(result, n)
-    groups = [("correctly classified (natural inputs)", NATURAL, correct), ("misclassified without attack", MISCLASSIFIED, ~correct)]
+    groups = [
+        ("correctly classified (natural inputs)", NATURAL, correct),
+        ("misclassified without attack", MISCLASSIFIED, ~correct),
+    ]
     fig = figure(8.0, 3.2)
     ax1, ax2 = fig.subplots(1, 2)
     l1 = floats(sec.margin.l1)
@@ -152,8 +164,14 @@ def _jacobian_norms(sec, result) -> str:
     for ax, values, bounds in ((ax1, l1, None), (ax2, 100 * zf, (0.0, 100.0))):
         bins = histogram_bins([values], 25, bounds)
         data = [values[m & np.isfinite(values)] for _, _, m in groups]
-        ax.hist(data, bins=bins.edges, stacked=True, histtype="stepfilled", color=[c for _, c, _ in groups],
-                label=[f"{label} ({d.size})" for (label, _, _), d in zip(groups, data)])
+        ax.hist(
+            data,
+            bins=bins.edges,
+            stacked=True,
+            histtype="stepfilled",
+            color=[c for _, c, _ in groups],
+            label=[f"{label} ({d.size})" for (label, _, _), d in zip(groups, data)],
+        )
         bins.apply(ax)
         suffixes.append(bins.suffix())
         ax.set_ylabel("samples")
@@ -186,8 +204,13 @@ def _jacobian_heatmaps(sec) -> str:
         img = np.clip(decode_tensor(h.image, tuple(h.shape)).numpy(), 0, 1)
         r, c = divmod(j, cols)
         top, bottom = axes[2 * r][c], axes[2 * r + 1][c]
-        top.imshow(img[0] if img.shape[0] == 1 else np.transpose(img[:3], (1, 2, 0)), cmap="gray", vmin=0, vmax=1,
-                   interpolation="nearest")
+        top.imshow(
+            img[0] if img.shape[0] == 1 else np.transpose(img[:3], (1, 2, 0)),
+            cmap="gray",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
         top.set_title(f"#{h.index}, L(x)={h.margin:.3g}", fontsize=8)
         image = bottom.imshow(m, cmap=HEATMAP_CMAP, vmin=0, vmax=peak, interpolation="nearest")
         bottom.set_title(f"‖∂L/∂x‖₁={h.l1:.3g}", fontsize=8)
@@ -218,7 +241,14 @@ def _runs(ranks: np.ndarray) -> list[slice]:
 def curvature_figures(sec, result) -> dict[str, Any]:
     """The curvature profile: Hessian eigenvalues sorted descending, median (solid), mean (dashed)
     and 25–75 % band over the samples, per spectrum (exact, finite difference), on a symlog y axis (nats per pixel²)."""
-    spectra = [(label, color, s) for label, color, s in (("exact Hessian", EXACT, sec.exact), ("finite difference at the ε-ball step", FINITE_DIFFERENCE, sec.finite_difference)) if s is not None and s.profile_ranks]
+    spectra = [
+        (label, color, s)
+        for label, color, s in (
+            ("exact Hessian", EXACT, sec.exact),
+            ("finite difference at the ε-ball step", FINITE_DIFFERENCE, sec.finite_difference),
+        )
+        if s is not None and s.profile_ranks
+    ]
     if not spectra:
         return {}
     fig = figure(7.2, 3.6)
@@ -231,15 +261,34 @@ def curvature_figures(sec, result) -> dict[str, Any]:
         allv.extend([mean, q25, q75])
         ends = "" if s.complete else " (Lanczos: both ends only)"
         for i, sl in enumerate(_runs(ranks)):
-            ax.fill_between(ranks[sl], q25[sl], q75[sl], color=color, alpha=0.2, linewidth=0,
-                            label=f"{label}: 25–75 % of samples" if i == 0 else None)
+            ax.fill_between(
+                ranks[sl],
+                q25[sl],
+                q75[sl],
+                color=color,
+                alpha=0.2,
+                linewidth=0,
+                label=f"{label}: 25–75 % of samples" if i == 0 else None,
+            )
             marker = "." if ranks[sl].size < 60 else None
             if median is not None:  # the typical sample; the mean follows the few with large curvature
-                ax.plot(ranks[sl], median[sl], color=color, linewidth=1.6, marker=marker,
-                        label=f"{label}: median{ends}" if i == 0 else None)
-            ax.plot(ranks[sl], mean[sl], color=color, linewidth=1.0, linestyle="--" if median is not None else "-",
-                    marker=None if median is not None else marker,
-                    label=f"{label}: mean{'' if median is not None else ends}" if i == 0 else None)
+                ax.plot(
+                    ranks[sl],
+                    median[sl],
+                    color=color,
+                    linewidth=1.6,
+                    marker=marker,
+                    label=f"{label}: median{ends}" if i == 0 else None,
+                )
+            ax.plot(
+                ranks[sl],
+                mean[sl],
+                color=color,
+                linewidth=1.0,
+                linestyle="--" if median is not None else "-",
+                marker=None if median is not None else marker,
+                label=f"{label}: mean{'' if median is not None else ends}" if i == 0 else None,
+            )
     ax.set_yscale("symlog", linthresh=_symlog_threshold(np.concatenate(allv)), linscale=2.0)  # room for the labels around 0
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel(f"eigenvalue rank (0 = largest, of d = {sec.d})")
@@ -308,8 +357,15 @@ def _theorem1_bounds(sec) -> str:
         lo, up = floats(res.lower)[order], floats(res.upper)[order]
         ok = np.isfinite(lo) & np.isfinite(up) & (lo > 0) & (up > 0)
         offset = -0.15 + 0.3 * k
-        ax.vlines(x[ok] + offset, lo[ok], up[ok], color=colors.get(key, ATTACK_CYCLE[2 + k]), linewidth=3, alpha=0.7,
-                  label=f"Theorem 1 [lower, upper], {key.replace('_', ' ')} Hessian")
+        ax.vlines(
+            x[ok] + offset,
+            lo[ok],
+            up[ok],
+            color=colors.get(key, ATTACK_CYCLE[2 + k]),
+            linewidth=3,
+            alpha=0.7,
+            label=f"Theorem 1 [lower, upper], {key.replace('_', ' ')} Hessian",
+        )
     ax.scatter(x, r2[order], color=ADVERSARIAL, s=18, zorder=3, label="attack-found minimal ℓ2 radius")
     ax.set_yscale("log")
     _no_minor_labels(ax)
@@ -334,8 +390,16 @@ def spectra_figures(sec, result) -> dict[str, Any]:
     ax = fig.add_subplot()
     smax = np.asarray([layer.sigma_max for layer in layers], dtype=np.float64)
     ax.bar(x, smax, color=NATURAL, alpha=0.8, label="σ_max (spectral norm)")
-    ax.errorbar(x, [layer.mean for layer in layers], yerr=[layer.std for layer in layers], fmt="o", color="black", markersize=3,
-                capsize=3, label="mean σ ± std")
+    ax.errorbar(
+        x,
+        [layer.mean for layer in layers],
+        yerr=[layer.std for layer in layers],
+        fmt="o",
+        color="black",
+        markersize=3,
+        capsize=3,
+        label="mean σ ± std",
+    )
     smin = np.asarray([layer.sigma_min for layer in layers], dtype=np.float64)
     ax.scatter(x, smin, marker="_", s=120, color=ATTACK_CYCLE[0], label="σ_min", zorder=3)
     pos = np.concatenate([smax[smax > 0], smin[smin > 0]])

@@ -1,6 +1,7 @@
 """Figures of the core sections (clean, attacks, certify, margins) and compare's curve, as
 deterministic base64 PNG data URIs drawn with :mod:`.figures` (scales and colours: see there).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -70,16 +71,20 @@ def clean_figures(sec, result) -> dict[str, Any]:
         per_class = sec.per_class_intervals().get("clean.accuracy", []) if hasattr(sec, "per_class_intervals") else []
         err = None
         if per_class:
-            err = [[100 * (v - per_class[i].lower) if per_class[i] else 0.0 for i, v in acc],
-                   [100 * (per_class[i].upper - v) if per_class[i] else 0.0 for i, v in acc]]
+            err = [
+                [100 * (v - per_class[i].lower) if per_class[i] else 0.0 for i, v in acc],
+                [100 * (per_class[i].upper - v) if per_class[i] else 0.0 for i, v in acc],
+            ]
         ax.bar(range(len(acc)), [100 * v for _, v in acc], color=NATURAL, yerr=err, capsize=3, ecolor="0.25")
         ax.set_xticks(range(len(acc)), labels, rotation=45 if len(acc) > 6 else 0, ha="right" if len(acc) > 6 else "center")
         ax.set_xlabel("class")
     ax.axhline(100 * sec.accuracy, color="black", linewidth=1, linestyle="--")
     ax.set_ylim(0, 100)
     ax.set_ylabel("clean accuracy (%)")
-    ax.set_title(f"Clean accuracy per class, natural inputs (n={sec.n}; dashed: overall {100 * sec.accuracy:.1f}%)"
-                 + ("\nerror bars: 95% intervals (per-class n is small)" if not many else ""))
+    ax.set_title(
+        f"Clean accuracy per class, natural inputs (n={sec.n}; dashed: overall {100 * sec.accuracy:.1f}%)"
+        + ("\nerror bars: 95% intervals (per-class n is small)" if not many else "")
+    )
     return {"per_class": to_data_uri(fig)}
 
 
@@ -127,16 +132,35 @@ def _robust_curve(sec, result) -> str:
     for label, color in colors.items():
         pts = sorted((r.eps, r.robust_accuracy) for r in sec.runs if r.attack == label)
         cis = [intervals.get(robust_acc_name(label, sec.norm, e)) for e, _ in pts]
-        _errorbar(ax, pts, cis, marker="o", markersize=4, linestyle="--", linewidth=1.2, color=color, label=plain(label), zorder=3)
+        _errorbar(
+            ax, pts, cis, marker="o", markersize=4, linestyle="--", linewidth=1.2, color=color, label=plain(label), zorder=3
+        )
     worst = sorted((e, sec.ensemble.get(format_eps(e))) for e in sec.eps)
     worst = [(e, a) for e, a in worst if a is not None]
     if worst:
         cis = [intervals.get(robust_acc_name("ensemble", sec.norm, e)) for e, _ in worst]
-        _errorbar(ax, worst, cis, marker="s", markersize=6, linewidth=2.2, color=ADVERSARIAL,
-                  label="worst case over attacks (adversarial)", zorder=2)
+        _errorbar(
+            ax,
+            worst,
+            cis,
+            marker="s",
+            markersize=6,
+            linewidth=2.2,
+            color=ADVERSARIAL,
+            label="worst case over attacks (adversarial)",
+            zorder=2,
+        )
     if clean_acc is not None:
-        _errorbar(ax, [(0.0, clean_acc)], [intervals.get("clean.accuracy")], marker="o", markersize=7, color=NATURAL,
-                  label=f"clean (natural), ε=0: {100 * clean_acc:.1f}%", zorder=4)
+        _errorbar(
+            ax,
+            [(0.0, clean_acc)],
+            [intervals.get("clean.accuracy")],
+            marker="o",
+            markersize=7,
+            color=NATURAL,
+            label=f"clean (natural), ε=0: {100 * clean_acc:.1f}%",
+            zorder=4,
+        )
     sym = norm_symbol(sec.norm)
     ax.set_xlabel(f"ε ({sym} radius, pixel scale [0,1])")
     ax.set_ylabel("robust accuracy (%)")
@@ -166,15 +190,41 @@ def certify_figures(sec, result) -> dict[str, Any]:
     lower = [(r.eps, r.certified_accuracy) for r in runs]
     upper = [(r.eps, r.upper_accuracy) for r in runs if r.upper_accuracy is not None]
     if len(upper) == len(runs):
-        ax.fill_between([e for e, _ in lower], [100 * a for _, a in lower], [100 * a for _, a in upper],
-                        color="#bbbbbb", alpha=0.45, linewidth=0, label="unresolved (neither certified nor broken)", zorder=1)
+        ax.fill_between(
+            [e for e, _ in lower],
+            [100 * a for _, a in lower],
+            [100 * a for _, a in upper],
+            color="#bbbbbb",
+            alpha=0.45,
+            linewidth=0,
+            label="unresolved (neither certified nor broken)",
+            zorder=1,
+        )
     if upper:
         cis = [intervals.get(certify_metric_name("upper", sec.method, sec.norm, e)) for e, _ in upper]
-        _errorbar(ax, upper, cis, marker="s", markersize=5, linewidth=2.0, color=ADVERSARIAL,
-                  label="attacked: upper bound (worst case over attacks)", zorder=3)
+        _errorbar(
+            ax,
+            upper,
+            cis,
+            marker="s",
+            markersize=5,
+            linewidth=2.0,
+            color=ADVERSARIAL,
+            label="attacked: upper bound (worst case over attacks)",
+            zorder=3,
+        )
     cis = [intervals.get(certified_acc_name(sec.method, sec.norm, e)) for e, _ in lower]
-    _errorbar(ax, lower, cis, marker="o", markersize=5, linewidth=2.0, color=NATURAL,
-              label=f"certified ({plain(sec.method)}): lower bound", zorder=4)
+    _errorbar(
+        ax,
+        lower,
+        cis,
+        marker="o",
+        markersize=5,
+        linewidth=2.0,
+        color=NATURAL,
+        label=f"certified ({plain(sec.method)}): lower bound",
+        zorder=4,
+    )
     sym = norm_symbol(sec.norm)
     ax.set_xlabel(f"ε ({sym} radius, pixel scale [0,1])")
     ax.set_ylabel("robust accuracy (%)")
@@ -237,7 +287,13 @@ def margins_figures(sec, result) -> dict[str, Any]:
     groups = _sample_groups(sec, result)
     return {
         "margin": _hist(sec.margins, groups, "margin L(x) (logits)", "Margin L(x) = Z_y − max_{i≠y} Z_i", zero_line=True),
-        "probability": _hist(sec.true_class_probability, groups, "true-class probability softmax(Z)_y", "True-class probability", bounds=(0.0, 1.0)),
+        "probability": _hist(
+            sec.true_class_probability,
+            groups,
+            "true-class probability softmax(Z)_y",
+            "True-class probability",
+            bounds=(0.0, 1.0),
+        ),
         "loss": _hist(sec.loss, groups, "cross-entropy loss (nats)", "Cross-entropy loss"),
     }
 

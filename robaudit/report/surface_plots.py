@@ -6,6 +6,7 @@ Scales: plane coordinates on the pixel scale [0,1] (the threat norm, unclipped);
 L(x) = Z_y − max_{i≠y} Z_i in logits (blue > 0 correct, red < 0); losses in nats; landscape
 coordinates in filter-normalized units (a = 1 moves every filter by its own norm).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -109,15 +110,21 @@ def surface_sample_figure(sec, sample) -> str:
     fig.subplots_adjust(left=0.07, right=0.88, top=1 - 1.0 / height, bottom=0.2 / height, wspace=0.35, hspace=0.22)
     allm = np.concatenate([np.asarray(p.margin, dtype=np.float64).ravel() for p in planes])
     finite = allm[np.isfinite(allm)]
-    norm = TwoSlopeNorm(vcenter=0.0, vmin=float(min(finite.min(), -1e-6)) if finite.size else -1.0,
-                        vmax=float(max(finite.max(), 1e-6)) if finite.size else 1.0)
+    norm = TwoSlopeNorm(
+        vcenter=0.0,
+        vmin=float(min(finite.min(), -1e-6)) if finite.size else -1.0,
+        vmax=float(max(finite.max(), 1e-6)) if finite.size else 1.0,
+    )
     cs = None
     for j, plane in enumerate(planes):
         r, c = divmod(j, cols)
         top = fig.add_subplot(2 * rows, cols, 2 * r * cols + c + 1)
         cs, boundary = _margin_contours(top, a, plane, sec.eps, norm)
-        top.set_title(f"u: {SURFACE_DIRECTIONS_SHORT.get(plane.name, plain(plane.name))}"
-                      + ("" if boundary is not None else " (no L = 0 in view)"), fontsize=10)
+        top.set_title(
+            f"u: {SURFACE_DIRECTIONS_SHORT.get(plane.name, plain(plane.name))}"
+            + ("" if boundary is not None else " (no L = 0 in view)"),
+            fontsize=10,
+        )
         top.set_xlabel(f"a along u ({sym})", fontsize=8, labelpad=1)
         top.set_ylabel(f"b along v = random ({sym})", fontsize=8)
         top.tick_params(labelsize=7)
@@ -125,8 +132,11 @@ def surface_sample_figure(sec, sample) -> str:
         _surface_3d(fig.add_subplot(2 * rows, cols, (2 * r + 1) * cols + c + 1, projection="3d"), a, plane)
     cax = fig.add_axes((0.91, 1 - 3.8 / height, 0.015, 2.6 / height))
     fig.colorbar(cs, cax=cax, label="margin L (logits)")
-    fig.suptitle(f"Sample #{sample.index}: margin L on planes x + a·u + b·v (black: decision boundary L = 0, ★ = the sample,\n"
-                 f"dotted: ±ε = {sec.eps:.3g}); under each plane: the loss surface in 3-D", fontsize=10)
+    fig.suptitle(
+        f"Sample #{sample.index}: margin L on planes x + a·u + b·v (black: decision boundary L = 0, ★ = the sample,\n"
+        f"dotted: ±ε = {sec.eps:.3g}); under each plane: the loss surface in 3-D",
+        fontsize=10,
+    )
     return to_data_uri(fig)
 
 
@@ -154,7 +164,9 @@ def landscape_figures(sec, result) -> dict[str, Any]:
     ax1.set_xlabel("a along d₁ (filter-normalized units)")
     ax1.set_ylabel("batch-mean cross-entropy (nats)")
     twin = ax1.twinx()
-    twin.plot(x1, 100 * np.asarray(sec.accuracy_1d, dtype=np.float64), color=ATTACK_CYCLE[2], linestyle="--", label="accuracy (%)")
+    twin.plot(
+        x1, 100 * np.asarray(sec.accuracy_1d, dtype=np.float64), color=ATTACK_CYCLE[2], linestyle="--", label="accuracy (%)"
+    )
     twin.set_ylabel("accuracy (%)")
     twin.set_ylim(-2, 102)
     twin.grid(False)
@@ -175,4 +187,3 @@ def landscape_figures(sec, result) -> dict[str, Any]:
         ax2.set_title("2-D loss landscape (★ = trained weights)")
         ax2.grid(False)
     return {"landscape": to_data_uri(fig)}
-

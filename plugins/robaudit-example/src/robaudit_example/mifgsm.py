@@ -9,6 +9,7 @@ Cost: T forward + T backward passes of the batch (plus one forward per check of 
 
     >>> MIFGSM(steps=10).run(model, x, y, ThreatModel(Norm.LINF, 0.1))
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
