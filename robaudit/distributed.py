@@ -5,8 +5,8 @@ produces a *payload*: every check's :class:`~robaudit.parts.Part` plus what ``co
 (the run's settings, the data's size and classes, provenance). A ``--shard`` job writes it as a
 JSON part file; ``robaudit merge`` reads N of them, refuses parts of different runs, and combines
 (:func:`merge_payloads`); under ``torchrun`` rank 0 gathers the payloads with
-``torch.distributed.gather_object`` and combines them the same way (the process group itself:
-:mod:`robaudit.process_group`). Model-level checks (spectra,
+``torch.distributed.gather_object`` and combines them the same way (:mod:`robaudit.torchrun`; the
+process group itself: :mod:`robaudit.process_group`). Model-level checks (spectra,
 landscape, the training-set margins) compute once, in shard 0 / rank 0.
 
 Since each sample's records don't depend on where it was computed (per-sample random streams,
@@ -18,7 +18,6 @@ the single-process one (bit for bit with ``--compute-block``; ``timings``, ``com
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -39,12 +38,11 @@ from .engine import (
     make_context,
     provenance,
 )
-from .errors import InputError, RobauditError, UsageError
+from .errors import InputError, UsageError
 from .jsonio import read_json
 from .models.spec import LoadedModel
 from .parts import PART_FORMAT, CombineInfo, Part, digest
 from .process_group import (
-    agreed_error,
     error_payload,
     raise_first_error,
     start_process_group,
@@ -68,7 +66,6 @@ __all__ = [
     "stop_process_group",
     "error_payload",
     "raise_first_error",
-    "run_torchrun",
 ]
 
 
@@ -423,108 +420,3 @@ def _count(payload: dict, check: str, kind: str) -> int:
 def merge_part_files(paths: Sequence[str | Path]) -> ScanResult:
     payloads = [read_part(p) for p in paths]
     return merge_payloads(payloads, [str(p) for p in paths], f"merged from {len(payloads)} shards")
-
-
-# --- torchrun ------------------------------------------------------------------------------------
-
-
-def _agreed_memory_format(
-    loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: torch.device, rank: int, world: int
-):
-    """The memory format every rank runs (robaudit.memory_format): rank 0 decides — probing its own
-    samples when neither --channels-last nor --no-channels-last is given — and broadcasts the
-    decision, so all ranks use the same kernels. Returns (MemoryFormat, rank 0's channels_last
-    copy or None)."""
-    import torch.distributed as dist
-
-    from .engine import decide_memory_format
-    from .memory_format import MemoryFormat
-
-    decided: list[Any] = [None]
-    converted = None
-    if rank == 0:
-        try:
-            decided[0], converted = decide_memory_format(
-                loaded.model.to(device),
-                data,
-                config,
-                device,
-                Shard(0, world).positions(data.n),
-                sharded=False,
-                fixed_batch=loaded.info.fixed_batch,
-            )
-        except Exception as exc:  # noqa: BLE001 - every rank must reach the broadcast; the scan then reports real errors
-            decided[0] = MemoryFormat("contiguous", "auto", f"the probe failed on rank 0 ({type(exc).__name__})")
-    dist.broadcast_object_list(decided, src=0)
-    return decided[0], converted
-
-
-def run_torchrun(
-    loaded: LoadedModel,
-    data: DataSpec,
-    config: ScanConfig,
-    *,
-    quiet: bool,
-    command_line: str | None,
-    train_data: DataSpec | None = None,
-    log: Callable[[str], None] | None = None,
-) -> ScanResult | None:
-    """Scan this rank's shard, gather every payload on rank 0 and combine there. Returns the
-    ScanResult on rank 0, None elsewhere. An error on any rank is raised on every rank."""
-    import torch.distributed as dist
-
-    rank, world, device, backend = start_process_group(config.device)
-    try:
-        t0 = time.perf_counter()
-        if rank == 0 and not quiet:
-            from .console import make_console
-
-            make_console(stderr=True).print(
-                f"scanning {data.n} samples on {world} processes ({backend}), ≈{-(-data.n // world)} each; "
-                f"the bars show rank 0's share",
-                markup=False,
-                highlight=False,
-            )
-        memory = _agreed_memory_format(loaded, data, config, device, rank, world)
-        try:
-            payload: Any = run_shard(
-                loaded,
-                data,
-                config,
-                Shard(rank, world),
-                device=device,
-                quiet=quiet or rank != 0,
-                command_line=command_line,
-                log=log if rank == 0 else None,
-                train_data=train_data,
-                label=f"[rank 0/{world}]",
-                memory=memory,
-            )
-        except Exception as exc:  # noqa: BLE001 - every rank must reach the gather, or the others wait forever
-            payload = error_payload(exc)
-        wait_for_all_ranks("every shard scanned")  # the early ones wait here, not in the gather
-        gathered: list[Any] | None = [None] * world if rank == 0 else None
-        dist.gather_object(payload, gathered, dst=0)
-        outcome: list[Any] = [None]
-        if rank == 0:
-            assert gathered is not None  # rank 0 gathers
-            failed = [(r, p) for r, p in enumerate(gathered) if "error" in p]
-            if failed:
-                outcome[0] = {"error": f"rank {failed[0][0]}: {failed[0][1]['error']}", "exit_code": failed[0][1]["exit_code"]}
-            else:
-                try:
-                    result = merge_payloads(
-                        gathered, [f"rank {r}" for r in range(world)], f"torchrun: {world} processes ({backend})"
-                    )
-                    outcome[0] = {"ok": True}
-                except RobauditError as exc:
-                    outcome[0] = {"error": str(exc), "exit_code": exc.exit_code}
-        wait_for_all_ranks("rank 0 combined the shards")
-        dist.broadcast_object_list(outcome, src=0)
-        if "error" in outcome[0]:
-            raise agreed_error(outcome[0]["error"], outcome[0]["exit_code"], rank)
-        if rank == 0 and log:
-            log(f"total: {time.perf_counter() - t0:.1f}s on {world} processes")
-        return result if rank == 0 else None
-    finally:
-        stop_process_group()

@@ -148,7 +148,7 @@ def test_torchrun_ranks_use_rank_0s_decision(monkeypatch):
     """Rank 0 probes and broadcasts; another rank takes the broadcast decision without probing."""
     import torch.distributed as dist
 
-    from robaudit.distributed import _agreed_memory_format
+    from robaudit.torchrun import agreed_memory_format
 
     decided = MemoryFormat("channels_last", "auto", "faster (rank 0)", probe_rows=8)
 
@@ -162,7 +162,7 @@ def test_torchrun_ranks_use_rank_0s_decision(monkeypatch):
     monkeypatch.setattr(mf, "_probe_seconds", fail)
     net = _rgb_net()
     loaded = LoadedModel(net, ModelInfo(path="m", format="in-memory", sha256="0" * 64))
-    choice, converted = _agreed_memory_format(loaded, _data(net), ScanConfig.parse(device="cpu"), torch.device("cpu"), 1, 2)
+    choice, converted = agreed_memory_format(loaded, _data(net), ScanConfig.parse(device="cpu"), torch.device("cpu"), 1, 2)
     assert choice == decided and converted is None
 
 

@@ -1,3 +1,6 @@
+# Why this module is long: its docstring (60 lines) is the check's reference (what each spectrum is, the
+# step rule, scales, reading, cost); the code is the section type and the check, the primitives are in
+# robaudit.geometry.spectra.
 """Check ``curvature``: input-space curvature of the cross-entropy loss (Moosavi-Dezfooli et al., 002).
 
 On the first ``k`` clean-correct samples (dataset order; default :data:`K_SAMPLES` = 32) of the

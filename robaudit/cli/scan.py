@@ -367,7 +367,8 @@ def scan_command(
         train = load_dataset(dataset, replace(request, split="train", n=train_n))
         if class_map is None:
             train = align_labels(train, loaded.info)
-    from ..distributed import run_shard, run_torchrun, torchrun_env
+    from ..distributed import run_shard, torchrun_env
+    from ..torchrun import run_torchrun
 
     if shard is not None:
         if torchrun_env() is not None:
