@@ -169,12 +169,13 @@ def atomic_target(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:
-    """Write ``data`` (str as UTF-8) to ``path`` atomically (see :func:`atomic_target`)."""
+def atomic_write(path: str | os.PathLike[str], data: str | bytes | bytearray | memoryview) -> None:
+    """Write ``data`` (str as UTF-8; bytes or any bytes-like buffer as is) to ``path`` atomically (see
+    :func:`atomic_target`)."""
     atomic_write_all({path: data})
 
 
-def atomic_write_all(files: Mapping[str | os.PathLike[str], str | bytes]) -> None:
+def atomic_write_all(files: Mapping[str | os.PathLike[str], str | bytes | bytearray | memoryview]) -> None:
     """Write every ``path: data`` (str as UTF-8): all temporary files first, then the renames, so a
     failure while writing (a full disk on the third file) leaves every target as it was and no
     temporary file. WriteError (exit 3) names the file that failed."""

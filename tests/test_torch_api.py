@@ -45,6 +45,7 @@ TORCH_APIS = {
     "torch.jit.script": (1, 0),
     "torch.jit.trace": (1, 0),  # tests build TorchScript files with these
     "torch.jit.export": (1, 0),
+    "torch.jit.ScriptModule": (1, 0),  # certify refuses TorchScript models (certify/graph.py)
     "torch.export.export": (2, 1),
     "torch.onnx.export": (1, 0),  # tests export ONNX models with it
 }
