@@ -239,31 +239,44 @@ def test_every_module_has_a_layer():
     )
 
 
-def test_no_import_cycle():
-    """Lazy imports included, the declared facade edges excepted."""
-    adjacency, first = _graph(import_edges(), set(facades()))
+def cycle_problems(root: Path = ROOT) -> list[str]:
+    """One line per import cycle (lazy imports included, declared facades excepted): its modules and
+    one shortest loop through them, each step with its file and line."""
+    adjacency, first = _graph(import_edges(root), set(facades(root)))
     problems = []
-    for component in strongly_connected(modules(), adjacency):
+    for component in strongly_connected(modules(root), adjacency):
         cycle = _cycle_through(component, adjacency)
         steps = " ; ".join(first[(a, b)].describe() for a, b in zip(cycle, cycle[1:]))
         problems.append(f"import cycle of {len(component)} modules ({', '.join(component)}): {steps}")
+    return problems
+
+
+def upward_imports(root: Path = ROOT) -> list[str]:
+    """One line per import that goes up the declared layers and is not a declared facade."""
+    table = layers(root)
+    declared = facades(root)
+    problems = set()
+    for e in import_edges(root):
+        src, dst = layer_of(e.source, table), layer_of(e.target, table)
+        if src is None or dst is None or dst <= src or (e.source, e.via) in declared:
+            continue
+        problems.add(
+            f"{e.describe()}: layer {table[src][0]!r} imports the higher layer {table[dst][0]!r}; move the code "
+            "down, or declare a lazy facade in [tool.robaudit.import-facades] (pyproject.toml)"
+        )
+    return sorted(problems)
+
+
+def test_no_import_cycle():
+    """Lazy imports included, the declared facade edges excepted."""
+    problems = cycle_problems()
     assert not problems, "\n".join(problems)
 
 
 def test_imports_go_down_the_layers():
     """A module imports its own layer or the layers below it; an upward edge must be a declared facade."""
-    table = layers()
-    declared = facades()
-    problems = []
-    for e in import_edges():
-        src, dst = layer_of(e.source, table), layer_of(e.target, table)
-        if src is None or dst is None or dst <= src or (e.source, e.via) in declared:
-            continue
-        problems.append(
-            f"{e.describe()}: layer {table[src][0]!r} imports the higher layer {table[dst][0]!r}; move the code "
-            "down, or declare a lazy facade in [tool.robaudit.import-facades] (pyproject.toml)"
-        )
-    assert not problems, "\n".join(sorted(set(problems)))
+    problems = upward_imports()
+    assert not problems, "\n".join(problems)
 
 
 def test_declared_facades_are_lazy_and_used():
@@ -343,6 +356,27 @@ def test_the_walk_sees_lazy_and_implicit_imports(tmp_path):
     (pkg / "low" / "leaf.py").write_text("import robaudit.high\n")
     adjacency, _ = _graph(import_edges(tmp_path), set())
     assert strongly_connected(modules(tmp_path), adjacency) == [["robaudit.high", "robaudit.low.leaf"]]
+
+
+def test_the_rules_catch_a_planted_upward_import_and_accept_a_declared_facade(tmp_path):
+    """The oracle for the layer and facade rules, on a made-up package of two layers."""
+    pkg = tmp_path / PACKAGE
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "low.py").write_text("def show():\n    from .high import render\n")
+    (pkg / "high.py").write_text("from .low import show\n\ndef render():\n    pass\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[[tool.robaudit.layers]]\nname = "low"\nmodules = ["robaudit.low"]\n'
+        '[[tool.robaudit.layers]]\nname = "high"\nmodules = ["robaudit", "robaudit.high"]\n'
+    )
+    assert upward_imports(tmp_path) == [
+        "robaudit/low.py:2: robaudit.low -> robaudit.high [lazy import]: layer 'low' imports the higher layer 'high'; "
+        "move the code down, or declare a lazy facade in [tool.robaudit.import-facades] (pyproject.toml)"
+    ]
+    assert len(cycle_problems(tmp_path)) == 1 and "robaudit/low.py:2" in cycle_problems(tmp_path)[0]
+    with (tmp_path / "pyproject.toml").open("a") as f:
+        f.write('[tool.robaudit.import-facades]\n"robaudit.low -> robaudit.high" = "show(): a convenience"\n')
+    assert upward_imports(tmp_path) == [] and cycle_problems(tmp_path) == []
 
 
 def summary(root: Path = ROOT) -> str:
