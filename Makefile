@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,timm,onnx,docs
 PYTEST_ARGS ?=
 
-.PHONY: demo test docs venv clean
+.PHONY: demo test docs lint venv clean
 
 EXAMPLE_PLUGIN := plugins/robaudit-example
 
@@ -29,10 +29,18 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/robaudit demo
 
+# The suite, then `make lint`: both run, and either failing fails the target (CI: .ci/run).
 # pytest exits 5 when it collected no test; that is not a failure of the suite itself.
 # The docs site is built first: a broken link or a missing page fails in seconds, before the suite.
 test: venv docs
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
+	$(MAKE) --no-print-directory lint || { [ $$rc -ne 0 ] || rc=1; }; exit $$rc
+
+# ruff (lint and format check) on the whole tree and mypy on the package; their settings are in
+# pyproject.toml ([tool.ruff], [tool.mypy]). `ruff check --fix .` and `ruff format .` fix most findings.
+# All three run (every finding shown); any failing fails the target.
+lint: venv
+	rc=0; $(PY) -m ruff check . || rc=1; $(PY) -m ruff format --check . || rc=1; $(PY) -m mypy || rc=1; exit $$rc
 
 # --strict (also `strict: true` in mkdocs.yml): broken links, unknown anchors and pages missing from
 # the nav fail the build. Offline: no web fonts, no social cards.

@@ -17,6 +17,7 @@ Two regimes are worth running: the default ε = 0.1 breaks most of the demo mode
 a few iterations (cascade tails: the few survivors pay per-call overhead), ε = 0.02 leaves 70 %
 robust, so every iteration runs on most of the batch (per-iteration overhead).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,6 +54,7 @@ def robust_acc(model, x_adv, y) -> float:
 
 def pass_costs(model, x, y, device) -> tuple[float, float]:
     """Seconds per sample of one forward+backward and of one forward of the whole batch (best of 3)."""
+
     def fb():
         xr = x.clone().requires_grad_(True)
         torch.autograd.grad(torch.nn.functional.cross_entropy(model(xr), y, reduction="sum"), xr)
@@ -86,12 +88,15 @@ def torchattacks_runner(name: str, model, x, y, threat, num_classes: int, steps:
         "pgd": lambda s: torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True),
         "apgd-ce": lambda s: torchattacks.APGD(model, norm=ta_norm, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=s),
         # AutoAttack's APGD-T / FAB-T: the 9 highest other classes as targets (torchattacks: n_classes − 1)
-        "apgd-t": lambda s: torchattacks.APGDT(model, norm=ta_norm, eps=eps, steps=steps, n_restarts=1, seed=s,
-                                               n_classes=num_classes),
-        "square": lambda s: torchattacks.Square(model, norm=ta_norm, eps=eps, n_queries=steps, n_restarts=1, p_init=0.8,
-                                                seed=s),
-        "fab-t": lambda s: torchattacks.FAB(model, norm=ta_norm, eps=eps, steps=steps, n_restarts=1, multi_targeted=True,
-                                            n_classes=num_classes, seed=s),
+        "apgd-t": lambda s: torchattacks.APGDT(
+            model, norm=ta_norm, eps=eps, steps=steps, n_restarts=1, seed=s, n_classes=num_classes
+        ),
+        "square": lambda s: torchattacks.Square(
+            model, norm=ta_norm, eps=eps, n_queries=steps, n_restarts=1, p_init=0.8, seed=s
+        ),
+        "fab-t": lambda s: torchattacks.FAB(
+            model, norm=ta_norm, eps=eps, steps=steps, n_restarts=1, multi_targeted=True, n_classes=num_classes, seed=s
+        ),
     }[name]
 
     def run(seed: int):
@@ -106,10 +111,24 @@ def art_runner(model, x, y, threat, num_classes: int, device):
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
     from art.estimators.classification import PyTorchClassifier
 
-    clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=num_classes,
-                            clip_values=(0.0, 1.0), device_type="gpu" if device.type == "cuda" else "cpu")
-    pgd = ProjectedGradientDescentPyTorch(clf, norm=float("inf"), eps=threat.eps, eps_step=2.5 * threat.eps / 20, max_iter=20,
-                                          num_random_init=1, batch_size=x.shape[0], verbose=False)
+    clf = PyTorchClassifier(
+        model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=num_classes,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if device.type == "cuda" else "cpu",
+    )
+    pgd = ProjectedGradientDescentPyTorch(
+        clf,
+        norm=float("inf"),
+        eps=threat.eps,
+        eps_step=2.5 * threat.eps / 20,
+        max_iter=20,
+        num_random_init=1,
+        batch_size=x.shape[0],
+        verbose=False,
+    )
 
     def run(seed: int):
         np.random.seed(seed)  # ART draws its random start from numpy's global generator
@@ -148,17 +167,22 @@ def main() -> None:
     x, y = data.batch(slice(0, args.n)).to(device), data.y.to(device)
     threat = ThreatModel(Norm.parse(args.norm), args.eps)
     fb, f = pass_costs(model, x, y, device)
-    print(f"device {device}, {torch.get_num_threads()} thread(s), demo CNN, n={args.n}, {threat}; per sample in a batch of "
-          f"{args.n}: forward+backward {fb * 1e3:.3f} ms, forward {f * 1e3:.3f} ms; clean accuracy {robust_acc(model, x, y):.3f}")
+    print(
+        f"device {device}, {torch.get_num_threads()} thread(s), demo CNN, n={args.n}, {threat}; per sample in a batch of "
+        f"{args.n}: forward+backward {fb * 1e3:.3f} ms, forward {f * 1e3:.3f} ms; clean accuracy {robust_acc(model, x, y):.3f}"
+    )
     try:
         import torchattacks  # noqa: F401
+
         have_ta = True
     except ImportError:
         have_ta = False
         print("torchattacks not installed: pip install 'robaudit[bench]' (robaudit's times only)")
     print(f"{args.reps} alternating rounds; median time; robust accuracy averaged over the rounds\n")
-    header = (f"{'attack':<13} {'robaudit s':>10} {'torchatt. s':>11} {'ratio':>6} {'spread':>11} "
-              f"{'robust acc (robaudit / torchatt.)':>34} {'overhead':>9}")
+    header = (
+        f"{'attack':<13} {'robaudit s':>10} {'torchatt. s':>11} {'ratio':>6} {'spread':>11} "
+        f"{'robust acc (robaudit / torchatt.)':>34} {'overhead':>9}"
+    )
     print(header)
     for name in args.only or ATTACK_NAMES:
         label, params, steps = SETTINGS[name]
@@ -175,7 +199,7 @@ def main() -> None:
             for who, run in order:
                 if run is None:
                     continue
-                (x_adv, fwd, bwd), t = timed(lambda: run(rep), device)
+                (x_adv, fwd, bwd), t = timed(lambda: run(rep), device)  # noqa: B023 - called within this iteration
                 acc = robust_acc(model, x_adv, y)
                 if who == "ours":
                     t_ours.append(t)
@@ -192,8 +216,10 @@ def main() -> None:
             acc = f"{statistics.mean(a_ours):.4f} / {statistics.mean(a_theirs):.4f}"
         else:
             m_theirs, ratio, spread, acc = float("nan"), "—", "—", f"{statistics.mean(a_ours):.4f} / —"
-        print(f"{label:<13} {m_ours:>10.2f} {m_theirs:>11.2f} {ratio:>6} {spread:>11} {acc:>34} {statistics.median(over):>9.2f}",
-              flush=True)
+        print(
+            f"{label:<13} {m_ours:>10.2f} {m_theirs:>11.2f} {ratio:>6} {spread:>11} {acc:>34} {statistics.median(over):>9.2f}",
+            flush=True,
+        )
     if args.art and threat.norm is Norm.LINF:
         try:
             run = art_runner(model, x, y, threat, data.num_classes, device)
@@ -202,10 +228,12 @@ def main() -> None:
             return
         times, accs = [], []
         for rep in range(args.reps):
-            (x_adv, _, _), t = timed(lambda: run(rep), device)
+            (x_adv, _, _), t = timed(lambda: run(rep), device)  # noqa: B023 - called within this iteration
             times.append(t)
             accs.append(robust_acc(model, x_adv, y))
-        print(f"{'PGD-20 (ART)':<13} {statistics.median(times):>10.2f} {'':>11} {'':>6} {'':>11} {statistics.mean(accs):>34.4f}")
+        print(
+            f"{'PGD-20 (ART)':<13} {statistics.median(times):>10.2f} {'':>11} {'':>6} {'':>11} {statistics.mean(accs):>34.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ The authors' AutoAttack is not on PyPI: ``pip install git+https://github.com/fra
 (or ``pip install -e '.[autoattack]'``); torchattacks: ``pip install torchattacks`` (in
 ``.[bench]``). A runner whose package is missing is skipped with that line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,11 +62,29 @@ RUNNERS = ("robaudit", "robaudit-nchw", "autoattack", "torchattacks")
 DEFAULT_RUNNERS = ("robaudit", "autoattack", "torchattacks")
 INSTALL = {
     "autoattack": "the authors' AutoAttack is not installed: pip install git+https://github.com/fra31/auto-attack "
-                  "(or pip install -e '.[autoattack]'; offline: pip install a local clone)",
+    "(or pip install -e '.[autoattack]'; offline: pip install a local clone)",
     "torchattacks": "torchattacks is not installed: pip install torchattacks (or pip install -e '.[bench]')",
 }
-HARDEN = ["harden", "{demo}", "--method", "pgd-at", "--dataset", "fashion-mnist", "--eps", "0.1", "--epochs", "3",
-          "--seed", "0", "--no-scan", "--device", "cpu", "-q", "--out", str(ROBUST)]
+HARDEN = [
+    "harden",
+    "{demo}",
+    "--method",
+    "pgd-at",
+    "--dataset",
+    "fashion-mnist",
+    "--eps",
+    "0.1",
+    "--epochs",
+    "3",
+    "--seed",
+    "0",
+    "--no-scan",
+    "--device",
+    "cpu",
+    "-q",
+    "--out",
+    str(ROBUST),
+]
 
 
 def data_name() -> str:
@@ -80,7 +99,10 @@ def data_name() -> str:
         return "demo"
 
 
-QUANTIZED = [f"{Path(__file__).with_name('quantized_net.py')}:QuantizedSmallCNN", "width=16,hidden=128"]  # --arch, --arch-kwargs
+QUANTIZED = [
+    f"{Path(__file__).with_name('quantized_net.py')}:QuantizedSmallCNN",
+    "width=16,hidden=128",
+]  # --arch, --arch-kwargs
 
 
 def model_spec(name: str, threads: int) -> tuple[Path, list[str]] | None:
@@ -102,8 +124,10 @@ def model_path(name: str, threads: int) -> Path | None:
     if ROBUST.exists():
         return ROBUST
     if data_name() != "fashion-mnist":
-        print(f"robust model: not cached at {ROBUST} and Fashion-MNIST's training images are missing to train it "
-              f"(apt-get install dataset-fashion-mnist); skipped")
+        print(
+            f"robust model: not cached at {ROBUST} and Fashion-MNIST's training images are missing to train it "
+            f"(apt-get install dataset-fashion-mnist); skipped"
+        )
         return None
     CACHE.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "robaudit", *[a.format(demo=DEMO_MODEL) for a in HARDEN]]
@@ -124,12 +148,50 @@ def run_once(runner: str, model: Path, extra: list[str], data: str, args) -> dic
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
         if runner.startswith("robaudit"):
-            cmd = [sys.executable, "-m", "robaudit", "scan", str(model), *extra, "-d", data, "-n", str(args.n), "--eps", str(args.eps),
-                   "--attacks", "standard", "--checks", "attacks", "--device", args.device, "--json", str(out), "-q"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "robaudit",
+                "scan",
+                str(model),
+                *extra,
+                "-d",
+                data,
+                "-n",
+                str(args.n),
+                "--eps",
+                str(args.eps),
+                "--attacks",
+                "standard",
+                "--checks",
+                "attacks",
+                "--device",
+                args.device,
+                "--json",
+                str(out),
+                "-q",
+            ]
             cmd += ["--no-channels-last"] if runner == "robaudit-nchw" else []
         else:
-            cmd = [sys.executable, __file__, "--child", runner, "--model", str(model), *extra, "--data", data, "--n", str(args.n),
-                   "--eps", str(args.eps), "--device", args.device, "--out", str(out)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                runner,
+                "--model",
+                str(model),
+                *extra,
+                "--data",
+                data,
+                "--n",
+                str(args.n),
+                "--eps",
+                str(args.eps),
+                "--device",
+                args.device,
+                "--out",
+                str(out),
+            ]
         t0 = time.perf_counter()
         done = subprocess.run(cmd, env=_env(args.threads), capture_output=True, text=True)
         seconds = time.perf_counter() - t0
@@ -138,11 +200,14 @@ def run_once(runner: str, model: Path, extra: list[str], data: str, args) -> dic
         result = json.loads(out.read_text())
     if runner.startswith("robaudit"):
         runs = [r for r in result["sections"]["attacks"]["runs"]]
-        return {"seconds": seconds, "clean": result["sections"]["clean"]["accuracy"],
-                "stages": [r["robust_accuracy"] for r in runs],
-                "stage_seconds": [r["seconds"] for r in runs],
-                "passes": [(r["forward_per_sample"], r["backward_per_sample"]) for r in runs],
-                "memory_format": (result["provenance"].get("memory_format") or {}).get("chosen", "contiguous")}
+        return {
+            "seconds": seconds,
+            "clean": result["sections"]["clean"]["accuracy"],
+            "stages": [r["robust_accuracy"] for r in runs],
+            "stage_seconds": [r["seconds"] for r in runs],
+            "passes": [(r["forward_per_sample"], r["backward_per_sample"]) for r in runs],
+            "memory_format": (result["provenance"].get("memory_format") or {}).get("chosen", "contiguous"),
+        }
     result["seconds"] = seconds
     return result
 
@@ -167,7 +232,9 @@ def child(args) -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             log = Path(tmp) / "aa.log"
-            aa = AutoAttack(model, norm="Linf", eps=args.eps, version="standard", seed=0, device=str(device), log_path=str(log))
+            aa = AutoAttack(
+                model, norm="Linf", eps=args.eps, version="standard", seed=0, device=str(device), log_path=str(log)
+            )
             x_adv = aa.run_standard_evaluation(x, y, bs=250)
             text = log.read_text()
         found = {k: float(v) / 100 for k, v in re.findall(r"robust accuracy after ([A-Z-]+): ([0-9.]+)%", text)}
@@ -177,7 +244,9 @@ def child(args) -> None:
     else:
         import torchattacks
 
-        attack = torchattacks.AutoAttack(model, norm="Linf", eps=args.eps, version="standard", n_classes=data.num_classes, seed=0)
+        attack = torchattacks.AutoAttack(
+            model, norm="Linf", eps=args.eps, version="standard", n_classes=data.num_classes, seed=0
+        )
         x_adv = attack(x, y)
         stages = []
     with torch.no_grad():
@@ -212,8 +281,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run (0: leave it)")
     ap.add_argument("--models", default="robust,natural,quantized")
-    ap.add_argument("--runners", default=",".join(DEFAULT_RUNNERS),
-                    help=f"of {', '.join(RUNNERS)} (robaudit-nchw: robaudit with --no-channels-last, the default memory format)")
+    ap.add_argument(
+        "--runners",
+        default=",".join(DEFAULT_RUNNERS),
+        help=f"of {', '.join(RUNNERS)} (robaudit-nchw: robaudit with --no-channels-last, the default memory format)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--child", choices=("autoattack", "torchattacks"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -236,9 +308,12 @@ def main() -> None:
     data = data_name()
     load_before = _load()
     started = time.strftime("%Y-%m-%d %H:%M")
-    print(f"{started} · {_cpu()} · {os.cpu_count()} cores · torch {torch.__version__} · device {args.device} · "
-          f"{args.threads or 'default'} thread(s) per process · {data}, first {args.n} test images · ℓ∞ ε = {args.eps} · "
-          f"{args.rounds} rounds, order rotated per round · load average {load_before}", flush=True)
+    print(
+        f"{started} · {_cpu()} · {os.cpu_count()} cores · torch {torch.__version__} · device {args.device} · "
+        f"{args.threads or 'default'} thread(s) per process · {data}, first {args.n} test images · ℓ∞ ε = {args.eps} · "
+        f"{args.rounds} rounds, order rotated per round · load average {load_before}",
+        flush=True,
+    )
     rows = []
     for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
         spec = model_spec(model_name, args.threads)
@@ -247,22 +322,28 @@ def main() -> None:
         path, extra = spec
         results: dict[str, list[dict]] = {r: [] for r in runners}
         for rnd in range(args.rounds):
-            order = runners[rnd % len(runners):] + runners[:rnd % len(runners)]
+            order = runners[rnd % len(runners) :] + runners[: rnd % len(runners)]
             for runner in order:
                 res = run_once(runner, path, extra, data, args)
                 results[runner].append(res)
                 stages = " ".join(f"{a:.3f}" for a in res["stages"]) or f"final {res['final']:.3f}"
-                print(f"  {model_name} round {rnd + 1}/{args.rounds} {runner:<12} {res['seconds']:8.1f} s  robust acc {stages}", flush=True)
+                print(
+                    f"  {model_name} round {rnd + 1}/{args.rounds} {runner:<12} {res['seconds']:8.1f} s  robust acc {stages}",
+                    flush=True,
+                )
         rows.append((model_name, results))
     print(f"\nload average {load_before} before, {_load()} after · {started} → {time.strftime('%H:%M')}")
     print_table(rows, runners, args)
 
 
 def print_table(rows, runners, args) -> None:
-    head = (f"{'model':<9} {'runner':<13} {'time s (min–max)':>21} {'÷ AutoAttack (min–max)':>23} {'clean':>6} "
-            + " ".join(f"{s:>8}" for s in STAGE_LABELS))
-    print(f"\nrobaudit scan --attacks standard vs AutoAttack (version='standard'), n = {args.n}, ℓ∞ ε = {args.eps}, "
-          f"{args.rounds} rounds; whole processes, wall time; robust accuracy after each stage (cascade)")
+    head = f"{'model':<9} {'runner':<13} {'time s (min–max)':>21} {'÷ AutoAttack (min–max)':>23} {'clean':>6} " + " ".join(
+        f"{s:>8}" for s in STAGE_LABELS
+    )
+    print(
+        f"\nrobaudit scan --attacks standard vs AutoAttack (version='standard'), n = {args.n}, ℓ∞ ε = {args.eps}, "
+        f"{args.rounds} rounds; whole processes, wall time; robust accuracy after each stage (cascade)"
+    )
     print(head)
     print("-" * len(head))
     for model_name, results in rows:
@@ -289,9 +370,13 @@ def print_table(rows, runners, args) -> None:
             ours = results[runner]
             per_stage = [statistics.median(r["stage_seconds"][i] for r in ours) for i in range(len(ours[0]["stage_seconds"]))]
             passes = ours[0]["passes"]
-            print(f"{'':<9} {runner}'s stages (median s; forward+backward passes per attacked sample): "
-                  + ", ".join(f"{lab.lstrip('+')} {s:.1f} s ({f:.0f}+{b:.0f})" for lab, s, (f, b) in zip(STAGE_LABELS, per_stage, passes))
-                  + f"; memory format {', '.join(sorted({r['memory_format'] for r in ours}))}")
+            print(
+                f"{'':<9} {runner}'s stages (median s; forward+backward passes per attacked sample): "
+                + ", ".join(
+                    f"{lab.lstrip('+')} {s:.1f} s ({f:.0f}+{b:.0f})" for lab, s, (f, b) in zip(STAGE_LABELS, per_stage, passes)
+                )
+                + f"; memory format {', '.join(sorted({r['memory_format'] for r in ours}))}"
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ of --reps runs; the first run of each is a warm-up that is not counted.
     python benchmarks/bench_certify.py                       # the embedded demo CNN, 100 demo images
     python benchmarks/bench_certify.py --model M.safetensors --dataset fashion-mnist --n 200 --eps 0.01,0.02
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,17 +57,25 @@ def main() -> None:
         correct = model(x).argmax(1) == y
     x, y = x[correct], y[correct]
     graph = trace(model, tuple(x.shape[1:]))
-    print(f"model {args.model}: {graph.describe()}; {graph.relu_units()} ReLU units; "
-          f"{int(correct.sum())}/{data.n} clean-correct images, {args.threads} thread(s), batches of {args.batch}")
+    print(
+        f"model {args.model}: {graph.describe()}; {graph.relu_units()} ReLU units; "
+        f"{int(correct.sum())}/{data.n} clean-correct images, {args.threads} thread(s), batches of {args.batch}"
+    )
     norm = Norm.parse(args.norm)
     header = f"{'eps':>7} {'method':>12} {'s/image':>9} {'÷ PGD-20':>9} {'certified':>10} {'PGD-robust':>11}"
     print(header)
     for eps in parse_eps_list(args.eps):
+
         def pgd(eps=eps):
             robust = []
             for k in range(0, len(y), args.batch):
-                out = PGD(steps=20).run(model, x[k:k + args.batch], y[k:k + args.batch], ThreatModel(norm, eps),
-                                        torch.Generator().manual_seed(0))
+                out = PGD(steps=20).run(
+                    model,
+                    x[k : k + args.batch],
+                    y[k : k + args.batch],
+                    ThreatModel(norm, eps),
+                    torch.Generator().manual_seed(0),
+                )
                 robust.append(~out.success)
             return torch.cat(robust)
 
@@ -80,9 +89,14 @@ def main() -> None:
                 cert = []
                 with torch.no_grad():
                     for k in range(0, len(y), args.batch):
-                        xb, yb = x[k:k + args.batch], y[k:k + args.batch]
-                        low, _ = spec_bounds(graph, ThreatSet(xb, eps, norm.value), margin_spec(yb, graph.num_classes),
-                                             bound, intermediate=inter)
+                        xb, yb = x[k : k + args.batch], y[k : k + args.batch]
+                        low, _ = spec_bounds(
+                            graph,
+                            ThreatSet(xb, eps, norm.value),
+                            margin_spec(yb, graph.num_classes),
+                            bound,
+                            intermediate=inter,
+                        )
                         cert.append(low.min(1).values > 0)
                 return torch.cat(cert)
 
@@ -90,8 +104,10 @@ def main() -> None:
             per = t / len(y)
             bad = int((cert & ~robust).sum())
             note = f"  ({bad} certified but broken: a bug!)" if bad else ""
-            print(f"{eps:>7g} {method:>12} {per:>9.4f} {per / per_pgd:>9.1f} {float(cert.double().mean()):>10.3f} "
-                  f"{float(robust.double().mean()):>11.3f}{note}")
+            print(
+                f"{eps:>7g} {method:>12} {per:>9.4f} {per / per_pgd:>9.1f} {float(cert.double().mean()):>10.3f} "
+                f"{float(robust.double().mean()):>11.3f}{note}"
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ its ratio to the dynamic export.
 
 Run:  python benchmarks/bench_fixed_batch.py [--n 200] [--reps 2] [--batch-size 256]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,12 +45,16 @@ def main() -> None:
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as d:
         paths = {"dynamic": Path(d) / "dyn.pt2", "fixed batch 1": Path(d) / "b1.pt2", "fixed batch 4": Path(d) / "b4.pt2"}
-        for (name, path), batch in zip(paths.items(), (None, 1, 4)):
+        for (_name, path), batch in zip(paths.items(), (None, 1, 4)):
             export(path, batch)
         for _ in range(args.reps):
             for name, path in paths.items():
-                loaded = check_fits(load_model(path, trust_checkpoint=True), input_shape=data.input_shape,
-                                    num_classes=data.num_classes, dataset_name=data.name)
+                loaded = check_fits(
+                    load_model(path, trust_checkpoint=True),
+                    input_shape=data.input_shape,
+                    num_classes=data.num_classes,
+                    dataset_name=data.name,
+                )
                 t0 = time.perf_counter()
                 run_scan(loaded, data, config, command_line="bench_fixed_batch")
                 best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)

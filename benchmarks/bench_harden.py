@@ -17,6 +17,7 @@ Targets: jacobian ≤ 2.5× natural, cure ≤ 3.5×. pgd-at uses 10 PGD steps.
 
 Run:  python benchmarks/bench_harden.py [--n 4096] [--reps 2] [--threads 2] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,7 +99,7 @@ def main() -> None:
         perm = torch.randperm(data.n, generator=torch.Generator().manual_seed(rep))
         total = {k: 0.0 for k in methods}
         for step in range(steps):
-            idx = perm[step * args.batch_size:(step + 1) * args.batch_size]
+            idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
             x, y = data.x[idx].to(device), data.y[idx].to(device)
             times = {}
             for name, hardener in methods.items():
@@ -116,8 +117,10 @@ def main() -> None:
             epoch_best[name] = min(epoch_best[name], total[name])
         print(f"  epoch {rep + 1}/{args.reps}: " + ", ".join(f"{k} {v:.1f}s" for k, v in total.items()), flush=True)
     base = epoch_best["natural"]
-    print(f"\nOne epoch of {data.n} Fashion-MNIST training images ({steps} steps of {args.batch_size}), demo small-cnn, "
-          f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}; methods interleaved per step:")
+    print(
+        f"\nOne epoch of {data.n} Fashion-MNIST training images ({steps} steps of {args.batch_size}), demo small-cnn, "
+        f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}; methods interleaved per step:"
+    )
     print(f"{'method':20s} {'epoch s':>8s} {'× natural':>10s} {'median step ×':>14s}   target")
     for name, t in epoch_best.items():
         target = TARGETS.get(name)

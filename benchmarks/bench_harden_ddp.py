@@ -21,6 +21,7 @@ difference in what is computed would show.
 
     python benchmarks/bench_harden_ddp.py --data-dir /usr/share/datasets/fashion-mnist --train-n 2000 --epochs 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,13 +53,38 @@ def main() -> None:
     if args.global_batch % args.nproc:
         raise SystemExit("--global-batch must be a multiple of --nproc")
     tmp = Path(tempfile.mkdtemp(prefix="robaudit-bench-harden-ddp-"))
-    common = ["harden", str(DEMO_MODEL), "--method", args.method, "-d", "fashion-mnist", "--data-dir", args.data_dir,
-              "--train-n", str(args.train_n), "--epochs", str(args.epochs), "--device", "cpu", "--no-scan", "-q"]
+    common = [
+        "harden",
+        str(DEMO_MODEL),
+        "--method",
+        args.method,
+        "-d",
+        "fashion-mnist",
+        "--data-dir",
+        args.data_dir,
+        "--train-n",
+        str(args.train_n),
+        "--epochs",
+        str(args.epochs),
+        "--device",
+        "cpu",
+        "--no-scan",
+        "-q",
+    ]
     runs = {
         "1 process, 1 thread": [sys.executable, "-m", "robaudit", *common, "--batch-size", str(args.global_batch)],
         f"torchrun --nproc_per_node={args.nproc} (1 thread each)": [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-            "-m", "robaudit", *common, "--batch-size", str(args.global_batch // args.nproc)],
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={args.nproc}",
+            "-m",
+            "robaudit",
+            *common,
+            "--batch-size",
+            str(args.global_batch // args.nproc),
+        ],
     }
     env = dict(os.environ, OMP_NUM_THREADS="1")
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -77,13 +103,17 @@ def main() -> None:
         return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
     base = statistics.median(times["1 process, 1 thread"])
-    print(f"harden --method {args.method}, {args.train_n} Fashion-MNIST images × {args.epochs} epoch(s), "
-          f"global batch {args.global_batch}, CPU (torch {torch.__version__})")
+    print(
+        f"harden --method {args.method}, {args.train_n} Fashion-MNIST images × {args.epochs} epoch(s), "
+        f"global batch {args.global_batch}, CPU (torch {torch.__version__})"
+    )
     for label, ts in times.items():
         t = statistics.median(ts)
         print(f"  {label:40s} {t:7.1f} s  ({t / base:.2f}×)")
-    print(f"  float32: largest |weight difference| between the two runs: {max_diff(one, two):.2e} "
-          f"(largest change of a weight by the fine-tuning: {max_diff(one, parent):.2e})")
+    print(
+        f"  float32: largest |weight difference| between the two runs: {max_diff(one, two):.2e} "
+        f"(largest change of a weight by the fine-tuning: {max_diff(one, parent):.2e})"
+    )
     f64 = tmp / "f64"
     f64.mkdir()
     with socket.socket() as s:
@@ -92,13 +122,16 @@ def main() -> None:
     torch.multiprocessing.spawn(_rank_float64, args=(args, port, f64 / "two.pt"), nprocs=args.nproc)
     _train_float64(args, None, f64 / "one.pt")
     one64, two64 = torch.load(f64 / "one.pt"), torch.load(f64 / "two.pt")
-    print(f"  float64 (the same training through the API): largest |weight difference| {max_diff(one64, two64):.2e} "
-          f"(change by the fine-tuning {max_diff(one64, {k: v.double() for k, v in parent.items()}):.2e})")
+    print(
+        f"  float64 (the same training through the API): largest |weight difference| {max_diff(one64, two64):.2e} "
+        f"(change by the fine-tuning {max_diff(one64, {k: v.double() for k, v in parent.items()}):.2e})"
+    )
 
 
 def _rank_float64(rank: int, args, port: int, out: Path) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.nproc), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     from robaudit.harden.ddp import start_ddp
 
     _train_float64(args, start_ddp("cpu"), out)
@@ -125,8 +158,14 @@ def _train_float64(args, run, out: Path) -> None:
     hardener.resolve(threat, data.input_shape)
     torch.manual_seed(seed_for(0, "torch"))
     world = run.world if run is not None else 1
-    config = TrainConfig(epochs=args.epochs, schedule=LRSchedule(), batch_size=args.global_batch // world, seed=0,
-                         threat=threat, device=torch.device("cpu"))
+    config = TrainConfig(
+        epochs=args.epochs,
+        schedule=LRSchedule(),
+        batch_size=args.global_batch // world,
+        seed=0,
+        threat=threat,
+        device=torch.device("cpu"),
+    )
     try:
         train(net, hardener, x, data.y, x[:10], data.y[:10], config, out.with_suffix(f".{world}.ckpt"), dist=run)
     finally:

@@ -17,6 +17,7 @@ in the same run and thread setting.
 
 Run:  python benchmarks/bench_hessian.py [--threads N] [--dtype float64|float32] [--chunk 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,8 +89,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {args.dtype} model, "
-          f"CE loss, eigvalsh in float64, best of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {args.dtype} model, "
+        f"CE loss, eigvalsh in float64, best of {args.repeats}"
+    )
     if hasattr(os, "getloadavg"):
         print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
@@ -113,13 +116,15 @@ def main() -> None:
     print(f"\n[d={d}: 1x28x28, small CNN]  eigvalsh of a {d}x{d} matrix: {t_eig:.3f} s")
     print(f"  per-column autograd loop ({d} grad calls): {t_loop:8.3f} s   spectrum {t_loop + t_eig:8.3f} s")
     for method, h in (("func", None), ("exact", None), ("fd", 1e-4)):
-        t_h, H = _best(lambda: full_hessian(model, x, y, "ce", method=method, h=h, chunk=args.chunk)[0], args.repeats, device)
+        t_h, H = _best(lambda: full_hessian(model, x, y, "ce", method=method, h=h, chunk=args.chunk)[0], args.repeats, device)  # noqa: B023 - called within this iteration
         ev = eig(H)
         rel = ((H - H_l).abs().max() / H_l.abs().max()).item()
         erel = ((ev - ev_l).abs().max() / ev_l.abs().max()).item()
         tag = f"batched {method}" + (f" h={h:g}" if h else "") + f" ({passes} passes)"
-        print(f"  {tag:41s}: {t_h:8.3f} s   spectrum {t_h + t_eig:8.3f} s   speed-up {t_loop / t_h:5.1f}x "
-              f"(spectrum {(t_loop + t_eig) / (t_h + t_eig):5.1f}x)   max|dH|/max|H| {rel:.1e}, max|dλ|/λmax {erel:.1e}")
+        print(
+            f"  {tag:41s}: {t_h:8.3f} s   spectrum {t_h + t_eig:8.3f} s   speed-up {t_loop / t_h:5.1f}x "
+            f"(spectrum {(t_loop + t_eig) / (t_h + t_eig):5.1f}x)   max|dH|/max|H| {rel:.1e}, max|dλ|/λmax {erel:.1e}"
+        )
     print(f"  lambda_max = {ev_l[0].item():.6e}, lambda_min = {ev_l[-1].item():.6e}  (target speed-up >= 10x)")
 
     # ---------------------------------------------------------------- 2. d = 3072, Lanczos
@@ -135,8 +140,16 @@ def main() -> None:
     _sync(device)
     t0 = time.perf_counter()
     top, _, _, info = lanczos(
-        op, d3, args.k, iters=args.max_iters, generator=gen, dtype=torch.float64, device=device, tol=args.tol,
-        which="top", return_info=True,
+        op,
+        d3,
+        args.k,
+        iters=args.max_iters,
+        generator=gen,
+        dtype=torch.float64,
+        device=device,
+        tol=args.tol,
+        which="top",
+        return_info=True,
     )
     _sync(device)
     t_lz = time.perf_counter() - t0
@@ -149,8 +162,10 @@ def main() -> None:
         _sync(device)
         t_full = time.perf_counter() - t0
         err = ((top[0] - ev3[: args.k]).abs() / ev3.abs().max()).max().item()
-        print(f"  full Hessian (func) + eigvalsh for comparison: {t_full:.3f} s; "
-              f"max |λ_lanczos − λ_eigvalsh| / λmax over top-{args.k}: {err:.2e}")
+        print(
+            f"  full Hessian (func) + eigvalsh for comparison: {t_full:.3f} s; "
+            f"max |λ_lanczos − λ_eigvalsh| / λmax over top-{args.k}: {err:.2e}"
+        )
 
 
 if __name__ == "__main__":

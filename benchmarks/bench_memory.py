@@ -12,6 +12,7 @@ N's peak to the smallest's.
     python benchmarks/bench_memory.py --sizes 1000,20000
     python benchmarks/bench_memory.py --sizes 1000,20000 --pythonpath /tmp/old-robaudit   # another checkout
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,14 @@ def make_model(root: Path) -> Path:
     if not path.exists():
         torch.manual_seed(0)
         net = SmallCNN(10, 3, width=8, hidden=64, input_size=32)
-        save_model(path, net, arch="small-cnn", arch_kwargs={"width": 8, "hidden": 64, "input_size": 32},
-                   num_classes=10, input_shape=(3, 32, 32))
+        save_model(
+            path,
+            net,
+            arch="small-cnn",
+            arch_kwargs={"width": 8, "hidden": 64, "input_size": 32},
+            num_classes=10,
+            input_shape=(3, 32, 32),
+        )
     return path
 
 
@@ -88,14 +95,32 @@ def main() -> None:
     for n in (int(s) for s in args.sizes.split(",")):
         folder = make_folder(root, n)
         out = root / f"result-{n}.json"
-        cmd = [sys.executable, "-c", _RUNNER, "scan", str(model), "--dataset", f"imagefolder:{folder}", "--n", str(n),
-               "--checks", "clean,margins", "--attacks", "fgsm", "--eps", "0.03", "-q", "--json", str(out),
-               *args.extra.split()]
+        cmd = [
+            sys.executable,
+            "-c",
+            _RUNNER,
+            "scan",
+            str(model),
+            "--dataset",
+            f"imagefolder:{folder}",
+            "--n",
+            str(n),
+            "--checks",
+            "clean,margins",
+            "--attacks",
+            "fgsm",
+            "--eps",
+            "0.03",
+            "-q",
+            "--json",
+            str(out),
+            *args.extra.split(),
+        ]
         t0 = time.perf_counter()
         # run outside the checkout: `python -c` puts the working directory first on sys.path
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=root)
         seconds = time.perf_counter() - t0
-        line = next((l for l in proc.stderr.splitlines() if l.startswith("PEAK ")), None)
+        line = next((row for row in proc.stderr.splitlines() if row.startswith("PEAK ")), None)
         if line is None or line.split()[3] != "0":
             print(proc.stderr[-2000:])
             raise SystemExit(f"the scan of {n} images failed")

@@ -11,6 +11,7 @@ the n samples still correct after the attack, on the default-format uncompiled m
 
     python benchmarks/bench_memory_format.py [--n 200] [--eps 0.1] [--reps 3] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,9 @@ def main() -> None:
         "channels_last": in_memory_format(demo_model(), True),
         "torch.compile": torch.compile(demo_model()),
     }
-    print(f"demo model, n {args.n}, eps {args.eps}, cpu, {torch.get_num_threads()} threads, {args.reps} rounds, torch {torch.__version__}")
+    print(
+        f"demo model, n {args.n}, eps {args.eps}, cpu, {torch.get_num_threads()} threads, {args.reps} rounds, torch {torch.__version__}"
+    )
     for name in ATTACK_PARAMS:
         times: dict[str, list[float]] = {v: [] for v in variants}
         accs: dict[str, float] = {}
@@ -71,7 +74,7 @@ def main() -> None:
             first, acc = attack_once(name, variants["torch.compile"], x, y, threat, variants["default"])
             print(f"torch.compile first {name} run (compilation included): {first:.2f} s, robust acc {acc:.4f}")
         for r in range(args.reps):
-            order = list(variants)[r % len(variants):] + list(variants)[:r % len(variants)]
+            order = list(variants)[r % len(variants) :] + list(variants)[: r % len(variants)]
             for v in order:
                 seconds, accs[v] = attack_once(name, variants[v], x, y, threat, variants["default"])
                 times[v].append(seconds)
@@ -79,8 +82,10 @@ def main() -> None:
         for v in variants:
             ratios = [t / b for t, b in zip(times[v], times["default"])]
             med = statistics.median(times[v])
-            print(f"{name:8s} {v:14s} {med:6.2f} s · ratio {med / base:.2f} (per round {min(ratios):.2f}–{max(ratios):.2f}) · "
-                  f"robust acc {accs[v]:.4f}")
+            print(
+                f"{name:8s} {v:14s} {med:6.2f} s · ratio {med / base:.2f} (per round {min(ratios):.2f}–{max(ratios):.2f}) · "
+                f"robust acc {accs[v]:.4f}"
+            )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ more forward per attacked sample), so its robust accuracy can only be ≥ what i
 CPUs without native bfloat16 matrix units (AVX-512-BF16/AMX) usually gain nothing from bfloat16:
 autocast adds casts around every convolution and matmul, and the small kernels are not faster.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     def scan(precision: str):
-        result = robaudit.scan(str(DEMO_MODEL), "demo", n=args.n, attacks=args.attacks, eps=args.eps,
-                               checks="clean,attacks", device=args.device, precision=precision)
+        result = robaudit.scan(
+            str(DEMO_MODEL),
+            "demo",
+            n=args.n,
+            attacks=args.attacks,
+            eps=args.eps,
+            checks="clean,attacks",
+            device=args.device,
+            precision=precision,
+        )
         return result.timings["attacks"], {k: v for k, v in result.metrics().items() if k.startswith("robust_acc")}
 
     times: dict[str, list[float]] = {"float32": [], args.precision: []}
@@ -61,9 +70,13 @@ def main() -> None:
             accs[precision] = acc
     ratios = [lo / hi for lo, hi in zip(times[args.precision], times["float32"])]
     f32, low = statistics.median(times["float32"]), statistics.median(times[args.precision])
-    print(f"attacks {args.attacks!r}, eps {args.eps}, n {args.n}, {args.device}, {torch.get_num_threads()} threads, {args.reps} rounds, "
-          f"CPU bfloat16 units: {cpu_bf16_units()}")
-    print(f"float32 {f32:.2f} s · {args.precision} {low:.2f} s · ratio {low / f32:.2f} (per round {min(ratios):.2f}–{max(ratios):.2f})")
+    print(
+        f"attacks {args.attacks!r}, eps {args.eps}, n {args.n}, {args.device}, {torch.get_num_threads()} threads, {args.reps} rounds, "
+        f"CPU bfloat16 units: {cpu_bf16_units()}"
+    )
+    print(
+        f"float32 {f32:.2f} s · {args.precision} {low:.2f} s · ratio {low / f32:.2f} (per round {min(ratios):.2f}–{max(ratios):.2f})"
+    )
     for name in accs["float32"]:
         a, b = accs["float32"][name], accs[args.precision][name]
         print(f"{name}: float32 {a:.4f} · {args.precision} {b:.4f}" + ("" if a == b else f" (moved {b - a:+.4f})"))

@@ -9,6 +9,7 @@ start (uniform, B×784) and an SPSA iteration's ±1 probes (B×64 pairs×784).
 
     python benchmarks/bench_rng.py --n 256 --reps 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,17 +58,23 @@ def main() -> None:
     for label, (name, params, threat) in ATTACK_SPECS.items():
         plain, keyed = [], []
         for _ in range(args.reps):  # alternate, so a busy machine slows both alike
-            for make, out in ((lambda: torch.Generator().manual_seed(0), plain), (lambda: SampleRNG.for_indices(0, name, idx), keyed)):
+            for make, out in (
+                (lambda: torch.Generator().manual_seed(0), plain),
+                (lambda: SampleRNG.for_indices(0, name, idx), keyed),  # noqa: B023 - called within this iteration
+            ):
                 attack = ATTACKS.get(name)(**params)
-                seconds = _time(lambda: attack.run(model, x, y, threat, make()), 1)[0]
+                seconds = _time(lambda: attack.run(model, x, y, threat, make()), 1)[0]  # noqa: B023 - called within this iteration
                 out.append(seconds / (attack.counter.forward + attack.counter.backward) * 1e6)
         mp, mk = statistics.median(plain), statistics.median(keyed)
         print(f"{label:26s} µs per sample pass: Generator {mp:7.1f}   SampleRNG {mk:7.1f}   ratio {mk / mp:5.2f}")
     g, r = torch.Generator().manual_seed(0), SampleRNG.for_indices(0, "draw", idx)
     for label, plain_fn, keyed_fn in (
         ("random start (B×784 uniform)", lambda: torch.rand(x.shape, generator=g), lambda: r.uniform(x.shape[1:])),
-        ("SPSA probes (B×64×784 ±1)", lambda: torch.randint(0, 2, (args.n * 64, 784), generator=g) * 2 - 1,
-         lambda: r.signs((64 * 784,))),
+        (
+            "SPSA probes (B×64×784 ±1)",
+            lambda: torch.randint(0, 2, (args.n * 64, 784), generator=g) * 2 - 1,
+            lambda: r.signs((64 * 784,)),
+        ),
     ):
         mp, mk = statistics.median(_time(plain_fn, 5)), statistics.median(_time(keyed_fn, 5))
         print(f"{label:30s} Generator {mp * 1e3:7.1f} ms SampleRNG {mk * 1e3:7.1f} ms ratio {mk / mp:5.2f}")

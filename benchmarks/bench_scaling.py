@@ -14,6 +14,7 @@ the equality.
 
     python benchmarks/bench_scaling.py --n 1000 --nproc 2 --reps 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,11 +64,30 @@ def main() -> None:
         "1 process, 1 thread": ([py + ["scan", *scan, "--json", "one.json"]], 1, "one.json"),
         f"1 process, {n} threads": ([py + ["scan", *scan, "--json", "threads.json"]], n, "threads.json"),
         f"torchrun, {n} processes × 1 thread": (
-            [[sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "robaudit",
-              "scan", *scan, "--json", "torchrun.json"]], 1, "torchrun.json"),
+            [
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc_per_node={n}",
+                    "-m",
+                    "robaudit",
+                    "scan",
+                    *scan,
+                    "--json",
+                    "torchrun.json",
+                ]
+            ],
+            1,
+            "torchrun.json",
+        ),
         f"{n} shards in turn + merge": (
             [py + ["scan", *scan, "--shard", f"{k}/{n}", "--json", f"part_{k}.json"] for k in range(n)]
-            + [py + ["merge", *[f"part_{k}.json" for k in range(n)], "-o", "merged.json", "-q"]], 1, "merged.json"),
+            + [py + ["merge", *[f"part_{k}.json" for k in range(n)], "-o", "merged.json", "-q"]],
+            1,
+            "merged.json",
+        ),
     }
     times: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(args.reps):

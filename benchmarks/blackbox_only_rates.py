@@ -10,6 +10,7 @@ masked gradients (input quantized to 8 levels; logits ×10⁴) at ε = 0.1.
 
 Run:  python benchmarks/blackbox_only_rates.py [--n 500] [--model cure.safetensors ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,13 +43,22 @@ class Masked(nn.Module):
 
 def measure(name: str, model: nn.Module, data, eps: float, attacks: str) -> None:
     loaded = LoadedModel(model.eval(), ModelInfo(path=name, format="in-memory", sha256=""))
-    config = ScanConfig(eps=(eps,), attacks=parse_attack_list(attacks), ensemble="cascade", checks=("clean", "attacks"),
-                        device="cpu", batch_size=256)
+    config = ScanConfig(
+        eps=(eps,),
+        attacks=parse_attack_list(attacks),
+        ensemble="cascade",
+        checks=("clean", "attacks"),
+        device="cpu",
+        batch_size=256,
+    )
     result = run_scan(loaded, data, config, command_line="blackbox_only_rates")
     for c in result.section("attacks").blackbox_only:
         rate = f"{c.broken / c.attacked:.1%}" if c.attacked else "—"
-        print(f"{name:<28} {attacks:<10} ε={eps:<5g} m={c.attacked:<4} k={c.broken:<4} k/m={rate:<6} "
-              f"needed={c.needed} flagged={c.flagged}", flush=True)
+        print(
+            f"{name:<28} {attacks:<10} ε={eps:<5g} m={c.attacked:<4} k={c.broken:<4} k/m={rate:<6} "
+            f"needed={c.needed} flagged={c.flagged}",
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ dataset-fashion-mnist (or --data-dir).
 
     python benchmarks/exact_small_net.py --hidden 64 --n 200 --eps 0.01,0.02,0.03
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ def train(hidden: int, n: int, epochs: int, data_dir: str | None) -> nn.Module:
     for _ in range(epochs):
         perm = torch.randperm(len(y))
         for k in range(0, len(y), 128):
-            idx = perm[k:k + 128]
+            idx = perm[k : k + 128]
             opt.zero_grad()
             nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
             opt.step()
@@ -47,9 +48,26 @@ def train(hidden: int, n: int, epochs: int, data_dir: str | None) -> nn.Module:
 
 
 def scan(model: Path, method: str, args, out: Path) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "robaudit", "scan", str(model), "-d", "fashion-mnist", "-n", str(args.n),
-           "--checks", f"clean,attacks,certify:method={method}:time_limit={args.time_limit}", "--attacks", "standard",
-           "--eps", args.eps, "--json", str(out), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "robaudit",
+        "scan",
+        str(model),
+        "-d",
+        "fashion-mnist",
+        "-n",
+        str(args.n),
+        "--checks",
+        f"clean,attacks,certify:method={method}:time_limit={args.time_limit}",
+        "--attacks",
+        "standard",
+        "--eps",
+        args.eps,
+        "--json",
+        str(out),
+        "-q",
+    ]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     t0 = time.perf_counter()
@@ -76,18 +94,24 @@ def main() -> None:
         save_model(path, net, arch="mlp", arch_kwargs={"hidden": args.hidden}, num_classes=10, input_shape=(1, 28, 28))
         crown, t_crown = scan(path, "crown", args, Path(tmp) / "crown.json")
         exact, t_exact = scan(path, "exact", args, Path(tmp) / "exact.json")
-    print(f"mlp 784-{args.hidden}-{args.hidden}-10 trained on {args.train_n} images × {args.epochs} epochs; "
-          f"n={args.n} Fashion-MNIST test images; clean {exact['sections']['clean']['accuracy']:.3f}; "
-          f"scan with crown {t_crown:.0f} s, with exact {t_exact:.0f} s (each includes --attacks standard)")
-    print(f"{'eps':>6} {'crown cert.':>12} {'exact cert.':>12} {'attacked':>9} {'exact upper':>12} "
-          f"{'unresolved':>11} {'falsified':>10} {'timeouts':>9}")
+    print(
+        f"mlp 784-{args.hidden}-{args.hidden}-10 trained on {args.train_n} images × {args.epochs} epochs; "
+        f"n={args.n} Fashion-MNIST test images; clean {exact['sections']['clean']['accuracy']:.3f}; "
+        f"scan with crown {t_crown:.0f} s, with exact {t_exact:.0f} s (each includes --attacks standard)"
+    )
+    print(
+        f"{'eps':>6} {'crown cert.':>12} {'exact cert.':>12} {'attacked':>9} {'exact upper':>12} "
+        f"{'unresolved':>11} {'falsified':>10} {'timeouts':>9}"
+    )
     attacks = exact["sections"]["attacks"]["ensemble"]
     for c_run, e_run in zip(crown["sections"]["certify"]["runs"], exact["sections"]["certify"]["runs"]):
         key = format_eps(e_run["eps"])
         open_ = sum(s in ("timeout", "undecided", "skipped") for s in e_run["status"])
-        print(f"{e_run['eps']:>6g} {c_run['certified_accuracy']:>12.3f} {e_run['certified_accuracy']:>12.3f} "
-              f"{attacks[key]:>9.3f} {e_run['upper_accuracy']:>12.3f} {e_run['n_unresolved']:>11} "
-              f"{e_run['n_falsified']:>10} {open_:>9}")
+        print(
+            f"{e_run['eps']:>6g} {c_run['certified_accuracy']:>12.3f} {e_run['certified_accuracy']:>12.3f} "
+            f"{attacks[key]:>9.3f} {e_run['upper_accuracy']:>12.3f} {e_run['n_unresolved']:>11} "
+            f"{e_run['n_falsified']:>10} {open_:>9}"
+        )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ any error (after printing it as a JSON line), 0 otherwise.
     python benchmarks/gpu_timings.py                  # on the GPU machine (cuda)
     python benchmarks/gpu_timings.py --tiny --device cpu   # a minute-scale smoke run of the same code
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,12 @@ def figure_scan(model, x, y, eps: float, device, batch: int) -> dict:
     from robaudit.data import DataSpec
 
     data = DataSpec("random", "test", x, y, tuple(str(i) for i in range(10)), "random [0,1] inputs, model-predicted labels")
-    result, t = timed(lambda: robaudit.scan(model, data, eps=[eps], attacks="standard", checks=["clean", "attacks"],
-                                            device=str(device), batch_size=batch), device)
+    result, t = timed(
+        lambda: robaudit.scan(
+            model, data, eps=[eps], attacks="standard", checks=["clean", "attacks"], device=str(device), batch_size=batch
+        ),
+        device,
+    )
     metrics = result.metrics()
     ensemble = {k: v for k, v in metrics.items() if k.startswith("robust_acc.ensemble")}
     per_attack = {k: v for k, v in metrics.items() if k.startswith("robust_acc.") and "ensemble" not in k}
@@ -89,7 +94,11 @@ def figure_attacks(model, x, y, eps: float, device) -> list[dict]:
 
     def acc(x_adv) -> float:
         with torch.no_grad():
-            return float(torch.cat([(model(x_adv[i : i + 500]).argmax(1) == yd[i : i + 500]) for i in range(0, len(yd), 500)]).double().mean())
+            return float(
+                torch.cat([(model(x_adv[i : i + 500]).argmax(1) == yd[i : i + 500]) for i in range(0, len(yd), 500)])
+                .double()
+                .mean()
+            )
 
     out = []
     try:
@@ -98,14 +107,20 @@ def figure_attacks(model, x, y, eps: float, device) -> list[dict]:
         torchattacks = None
     for name, params, steps in (("pgd", {"steps": 20}, 20), ("apgd-ce", {}, 100)):
         attack = ATTACKS.get(name)(**params)
-        res, t = timed(lambda: attack.run(model, xd, yd, threat, SampleRNG.for_indices(0, f"gpu:{name}", idx, device)), device)
-        row = {"attack": name, "steps": steps, "eps": eps, "robaudit_seconds": round(t, 3), "robaudit_robust_acc": acc(res.x_adv)}
+        res, t = timed(lambda: attack.run(model, xd, yd, threat, SampleRNG.for_indices(0, f"gpu:{name}", idx, device)), device)  # noqa: B023 - called within this iteration
+        row = {
+            "attack": name,
+            "steps": steps,
+            "eps": eps,
+            "robaudit_seconds": round(t, 3),
+            "robaudit_robust_acc": acc(res.x_adv),
+        }
         if torchattacks is not None:
             if name == "pgd":
                 ta = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
             else:
                 ta = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)
-            x_ta, t_ta = timed(lambda: ta(xd, yd), device)
+            x_ta, t_ta = timed(lambda: ta(xd, yd), device)  # noqa: B023 - called within this iteration
             row.update(torchattacks_seconds=round(t_ta, 3), torchattacks_robust_acc=acc(x_ta), ratio=round(t / t_ta, 3))
         out.append(row)
     return out
@@ -127,8 +142,13 @@ def figure_hessian(device, tiny: bool) -> dict:
     H_loop, t_loop = timed(lambda: per_column_hessian(model, x, y), device)
     H, t_b = timed(lambda: full_hessian(model, x, y, "ce", method="func", chunk=64)[0], device)
     rel = float((H - H_loop).abs().max() / H_loop.abs().max())
-    return {"d": x.numel(), "per_column_seconds": round(t_loop, 4), "batched_func_seconds": round(t_b, 4),
-            "speed_up": round(t_loop / t_b, 1), "max_rel_diff": rel}
+    return {
+        "d": x.numel(),
+        "per_column_seconds": round(t_loop, 4),
+        "batched_func_seconds": round(t_b, 4),
+        "speed_up": round(t_loop / t_b, 1),
+        "max_rel_diff": rel,
+    }
 
 
 def main() -> int:
@@ -146,8 +166,15 @@ def main() -> int:
         return 1
     n, side = (6, 16) if args.tiny else (args.n, 32)
     start = time.perf_counter()
-    emit(figure="setup", device=str(device), name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-         torch=torch.__version__, n=n, input=[3, side, side], tiny=args.tiny)
+    emit(
+        figure="setup",
+        device=str(device),
+        name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        torch=torch.__version__,
+        n=n,
+        input=[3, side, side],
+        tiny=args.tiny,
+    )
 
     def due(name: str) -> bool:
         if time.perf_counter() - start > args.budget:
@@ -159,7 +186,12 @@ def main() -> int:
         model, x, y = make_model_and_data(n, side, device)
         for eps in (8 / 255, args.small_eps):
             if due("scan-standard"):
-                emit(figure="scan-standard", model="resnet18 random-init", eps=eps, **figure_scan(model, x, y, eps, device, args.batch_size))
+                emit(
+                    figure="scan-standard",
+                    model="resnet18 random-init",
+                    eps=eps,
+                    **figure_scan(model, x, y, eps, device, args.batch_size),
+                )
         if due("attack"):
             for row in figure_attacks(model, x, y, args.small_eps, device):
                 emit(figure="attack", **row)

@@ -5,6 +5,7 @@ moves and its longest pause (seconds), for ``--checks all`` on ``--n`` demo imag
 
 Issue 15's goal: no bar still for more than a few seconds. Prints, never fails.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -2,6 +2,7 @@
 (any small-cnn state dict loads), but every input gradient is exactly zero (round() has a zero
 derivative) — the accidental gradient mask benchmarks/bench_autoattack.py's ``quantized`` model
 measures. Used as ``--arch benchmarks/quantized_net.py:QuantizedSmallCNN``."""
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ leaves most of them robust (the default: the demo model at ℓ∞ ε = 0.02, ~70
     python benchmarks/square_overhead.py [--model demo|PATH] [--n 100] [--eps 0.02] [--queries 1000] [--threads 1]
         [--channels-last] [--reps 3] [--profile]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,11 +84,15 @@ def main() -> None:
         walls.append(time.perf_counter() - t0)
         inside.append(model.seconds)
     shares = [1 - i / w for i, w in zip(inside, walls)]
-    print(f"{args.model}, n {args.n}, {threat}, {args.queries} queries, {torch.get_num_threads()} thread(s), device {device}, "
-          f"channels_last {args.channels_last}: robust {float((~out.success).double().mean()):.3f}, "
-          f"{attack.counter.forward} sample forwards")
-    print(f"wall {statistics.median(walls):.2f} s, in the model's forwards {statistics.median(inside):.2f} s: "
-          f"outside the model {statistics.median(shares):.1%} (per round {min(shares):.1%}–{max(shares):.1%})")
+    print(
+        f"{args.model}, n {args.n}, {threat}, {args.queries} queries, {torch.get_num_threads()} thread(s), device {device}, "
+        f"channels_last {args.channels_last}: robust {float((~out.success).double().mean()):.3f}, "
+        f"{attack.counter.forward} sample forwards"
+    )
+    print(
+        f"wall {statistics.median(walls):.2f} s, in the model's forwards {statistics.median(inside):.2f} s: "
+        f"outside the model {statistics.median(shares):.1%} (per round {min(shares):.1%}–{max(shares):.1%})"
+    )
     if prof:
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
 

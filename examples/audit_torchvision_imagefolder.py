@@ -10,6 +10,7 @@ models; one 224×224 ResNet-18 PGD-20 batch of 64 costs ~40 s on 2 CPU cores.
 
     python examples/audit_torchvision_imagefolder.py photos/ --arch resnet18 --weights ft.pth --out runs/photos
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,16 @@ def main() -> None:
     if args.weights != "none":
         net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     net.eval()
-    result = robaudit.scan(net, data, eps=args.eps, attacks=args.attacks, checks=("clean", "attacks", "margins"),
-                           mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size=args.batch_size)
+    result = robaudit.scan(
+        net,
+        data,
+        eps=args.eps,
+        attacks=args.attacks,
+        checks=("clean", "attacks", "margins"),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        batch_size=args.batch_size,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     result.write_json(args.out / "results.json")
     (args.out / "report.html").write_text(result.to_html())

@@ -14,6 +14,7 @@ little).
 
     python examples/harden_and_compare.py --train-n 2000 --epochs 1 --out runs/cure
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,23 +60,38 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     hardened = args.out / "cure.safetensors"
     hardened.unlink(missing_ok=True)
-    res = robaudit.harden(args.checkpoint, dataset, hardened, method="cure", eval_dataset=eval_dataset,
-                          data_dir=args.data_dir, train_n=args.train_n, eval_n=args.eval_n, epochs=args.epochs,
-                          eps=args.eps, device="cpu", log=print)
+    res = robaudit.harden(
+        args.checkpoint,
+        dataset,
+        hardened,
+        method="cure",
+        eval_dataset=eval_dataset,
+        data_dir=args.data_dir,
+        train_n=args.train_n,
+        eval_n=args.eval_n,
+        epochs=args.epochs,
+        eps=args.eps,
+        device="cpu",
+        log=print,
+    )
     for row in res.history:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     comparison = compare_results(res.before, res.after, before_label="parent", after_label="cure")
     print(f"{'metric':40s} {'parent':>8s} {'cure':>8s} {'delta':>8s}")
     for d in comparison.deltas:
-        if (d.metric.startswith(("clean.", "robust_acc.")) or d.metric in ("margins.mean", "margins.median")) and d.delta is not None:
+        if (
+            d.metric.startswith(("clean.", "robust_acc.")) or d.metric in ("margins.mean", "margins.median")
+        ) and d.delta is not None:
             print(f"{d.metric:40s} {d.before:8.3f} {d.after:8.3f} {d.delta:+8.3f}")
     res.before.write_json(args.out / "before.json")
     res.after.write_json(args.out / "after.json")
     from robaudit.report.html import render_compare_html
 
     (args.out / "compare.html").write_text(render_compare_html(comparison))
-    print(f"wrote {hardened}, {args.out}/before.json, after.json, compare.html "
-          f"(also: robaudit compare {args.out}/before.json {args.out}/after.json)")
+    print(
+        f"wrote {hardened}, {args.out}/before.json, after.json, compare.html "
+        f"(also: robaudit compare {args.out}/before.json {args.out}/after.json)"
+    )
 
 
 if __name__ == "__main__":

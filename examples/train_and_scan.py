@@ -11,6 +11,7 @@ scan), which is enough to run but not to measure anything.
     python examples/train_and_scan.py --steps 300 --out runs/natural
     robaudit report runs/natural/results.json -o report.html     # re-render later
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ def fashion_or_demo(train_n: int, test_n: int, data_dir: str | None):
 
         print("Fashion-MNIST not found: using robaudit's embedded demo sample (800 train / 200 test)")
         demo = load_dataset("demo")
-        return (replace(demo, x=demo.x[:800][:train_n], y=demo.y[:800][:train_n]),
-                replace(demo, x=demo.x[800:][:test_n], y=demo.y[800:][:test_n]))
+        return (
+            replace(demo, x=demo.x[:800][:train_n], y=demo.y[:800][:train_n]),
+            replace(demo, x=demo.x[800:][:test_n], y=demo.y[800:][:test_n]),
+        )
 
 
 def main() -> None:
@@ -56,8 +59,9 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     train, test = fashion_or_demo(args.train_n, args.test_n, args.data_dir)
-    net = build_architecture("small-cnn", num_classes=10, in_channels=1, input_size=28,
-                             kwargs={"width": args.width, "hidden": 128})
+    net = build_architecture(
+        "small-cnn", num_classes=10, in_channels=1, input_size=28, kwargs={"width": args.width, "hidden": 128}
+    )
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(args.seed)
     net.train()
@@ -74,10 +78,24 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "model.safetensors"
     # the metadata (arch, kwargs, classes, shape) lets `robaudit scan ckpt --dataset ...` rebuild it alone
-    save_model(ckpt, net, arch="small-cnn", arch_kwargs={"width": args.width, "hidden": 128}, num_classes=10,
-               input_shape=(1, 28, 28), class_names=train.class_names)
-    result = robaudit.scan(str(ckpt), test, eps=args.eps, attacks=args.attacks,
-                           checks=("clean", "attacks", "margins"), seed=args.seed, device="cpu")
+    save_model(
+        ckpt,
+        net,
+        arch="small-cnn",
+        arch_kwargs={"width": args.width, "hidden": 128},
+        num_classes=10,
+        input_shape=(1, 28, 28),
+        class_names=train.class_names,
+    )
+    result = robaudit.scan(
+        str(ckpt),
+        test,
+        eps=args.eps,
+        attacks=args.attacks,
+        checks=("clean", "attacks", "margins"),
+        seed=args.seed,
+        device="cpu",
+    )
     result.write_json(args.out / "results.json")
     (args.out / "report.html").write_text(result.to_html())
     for name, value in sorted(result.metrics().items()):

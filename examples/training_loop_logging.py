@@ -11,6 +11,7 @@ so the loop needs no bookkeeping. Falls back to robaudit's embedded 1,000 test i
 
     python examples/training_loop_logging.py --epochs 3 --adv-eps 0.1 --log runs/robustness.csv
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,17 @@ from robaudit.models import build_architecture
 
 def fashion_or_demo(train_n: int, eval_n: int):
     try:
-        return (load_dataset("fashion-mnist", DataRequest(split="train", n=train_n)),
-                load_dataset("fashion-mnist", DataRequest(split="test", n=eval_n)))
+        return (
+            load_dataset("fashion-mnist", DataRequest(split="train", n=train_n)),
+            load_dataset("fashion-mnist", DataRequest(split="test", n=eval_n)),
+        )
     except DatasetNotFoundError:
         print("Fashion-MNIST not found: using robaudit's embedded demo sample (800 train / 200 test)")
         demo = load_dataset("demo")
-        return (replace(demo, x=demo.x[:800][:train_n], y=demo.y[:800][:train_n]),
-                replace(demo, x=demo.x[800:][:eval_n], y=demo.y[800:][:eval_n]))
+        return (
+            replace(demo, x=demo.x[:800][:train_n], y=demo.y[:800][:train_n]),
+            replace(demo, x=demo.x[800:][:eval_n], y=demo.y[800:][:eval_n]),
+        )
 
 
 def main() -> None:
@@ -63,7 +68,7 @@ def main() -> None:
             perm = torch.randperm(train.n)
             total = 0.0
             for i in range(0, train.n, args.batch_size):
-                x, y = train.x[perm[i:i + args.batch_size]], train.y[perm[i:i + args.batch_size]]
+                x, y = train.x[perm[i : i + args.batch_size]], train.y[perm[i : i + args.batch_size]]
                 if args.adv_eps > 0:  # FGSM adversarial examples (the gradient w.r.t. x only)
                     xr = x.clone().requires_grad_(True)
                     (g,) = torch.autograd.grad(F.cross_entropy(net(xr), y), xr)
@@ -73,12 +78,19 @@ def main() -> None:
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(y)
-            r = robaudit.scan(net, held_out, eps=[args.eps], attacks="quick", checks=("clean", "attacks", "margins"),
-                              device="cpu", seed=0)
+            r = robaudit.scan(
+                net, held_out, eps=[args.eps], attacks="quick", checks=("clean", "attacks", "margins"), device="cpu", seed=0
+            )
             m = r.metrics()
             e = f"{args.eps:g}"
-            row = [epoch, total / train.n, m["clean.accuracy"], m[f"robust_acc.fgsm.linf@{e}"],
-                   m[f"robust_acc.pgd.linf@{e}"], m["margins.median"]]
+            row = [
+                epoch,
+                total / train.n,
+                m["clean.accuracy"],
+                m[f"robust_acc.fgsm.linf@{e}"],
+                m[f"robust_acc.pgd.linf@{e}"],
+                m["margins.median"],
+            ]
             log.writerow([f"{v:.4f}" if isinstance(v, float) else v for v in row])
             f.flush()
             print("epoch {} loss {:.3f} clean {:.3f} fgsm {:.3f} pgd {:.3f} margin {:.2f}".format(*row))

@@ -1,5 +1,6 @@
 """robaudit: how robust is an image classifier, why, and did a change make it better."""
-__version__ = "0.1.0"
+
+from ._version import __version__
 
 __all__ = ["__version__", "scan", "gate", "harden", "ScanResult"]
 

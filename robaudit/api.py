@@ -1,14 +1,15 @@
 """The Python API: the CLI is a thin layer over these.
 
-    >>> import robaudit
-    >>> result = robaudit.scan(net, "fashion-mnist", eps="0.1", attacks="quick", n=500)
-    >>> outcome = robaudit.gate(result, ["robust_acc.ensemble.linf@0.1 >= 0.3"])
-    >>> html = result.to_html()
+>>> import robaudit
+>>> result = robaudit.scan(net, "fashion-mnist", eps="0.1", attacks="quick", n=500)
+>>> outcome = robaudit.gate(result, ["robust_acc.ensemble.linf@0.1 >= 0.3"])
+>>> html = result.to_html()
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -49,7 +50,9 @@ def _as_model(model, mean, std) -> LoadedModel:
         return load_model(str(model), mean=mean, std=std)
     if isinstance(model, nn.Module):
         wrapped = model if isinstance(model, NormalizedModel) else NormalizedModel(model, mean, std)
-        return LoadedModel(wrapped, ModelInfo(path=f"<{type(model).__name__}>", format="in-memory", sha256="", mean=mean, std=std))
+        return LoadedModel(
+            wrapped, ModelInfo(path=f"<{type(model).__name__}>", format="in-memory", sha256="", mean=mean, std=std)
+        )
     raise UsageError("model must be an nn.Module, a LoadedModel or a checkpoint path")
 
 
@@ -89,9 +92,19 @@ def scan(
     was_training = model.training if isinstance(model, nn.Module) else None
     loaded = _as_model(model, mean, std)  # wrapping puts the module in eval mode
     spec = _as_data(data, n, split, data_dir, sample, seed)
-    config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,
-                              device=device, batch_size=batch_size, compute_block=compute_block, precision=precision,
-                              channels_last=channels_last)
+    config = ScanConfig.parse(
+        norm=norm,
+        eps=eps,
+        attacks=attacks,
+        ensemble=ensemble,
+        checks=checks,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        compute_block=compute_block,
+        precision=precision,
+        channels_last=channels_last,
+    )
     loaded = check_fits(loaded, input_shape=spec.input_shape, num_classes=spec.num_classes, dataset_name=spec.name)
     try:
         return run_scan(loaded, spec, config, quiet=not progress, command_line="robaudit.scan()")
@@ -105,9 +118,8 @@ def gate(result: ScanResult, thresholds: Iterable[str] | str | Path):
     (``.passed``, per-gate results)."""
     from .gating import evaluate_gates, load_gate_file, parse_requires
 
-    spec = load_gate_file(thresholds) if isinstance(thresholds, (str, Path)) and Path(thresholds).is_file() else None
-    if spec is None:
-        if isinstance(thresholds, str):
-            thresholds = [thresholds]
-        spec = parse_requires(list(thresholds))
+    if isinstance(thresholds, Path) or (isinstance(thresholds, str) and Path(thresholds).is_file()):
+        spec = load_gate_file(thresholds)  # a Path that is no file: "thresholds file ... not found"
+    else:
+        spec = parse_requires([thresholds] if isinstance(thresholds, str) else list(thresholds))
     return evaluate_gates(result, spec)

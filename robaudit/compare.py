@@ -13,6 +13,7 @@ only for the same samples in the same order: the per-sample vectors must have th
 the stored labels must agree, else the comparison is refused (``--force`` compares the values
 without the test).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,12 @@ from .stats import Paired, paired_test
 from .threat import format_eps
 
 __all__ = [
-    "MetricDelta", "Comparison", "comparability_problems", "pairing_problem", "compare_results", "is_accuracy_metric",
+    "MetricDelta",
+    "Comparison",
+    "comparability_problems",
+    "pairing_problem",
+    "compare_results",
+    "is_accuracy_metric",
 ]
 
 _DATA_FIELDS = ("dataset", "split", "n", "data_source")
@@ -71,8 +77,12 @@ class Comparison:
         if significant and self.unpaired:
             raise UsageError(f"--significant needs per-sample results of the same samples: {self.unpaired}")
         return tuple(
-            d for d in self.deltas
-            if is_accuracy_metric(d.metric) and d.delta is not None and d.drop > max_drop and (not significant or d.significant)
+            d
+            for d in self.deltas
+            if is_accuracy_metric(d.metric)
+            and d.delta is not None
+            and d.drop > max_drop
+            and (not significant or d.significant)
         )
 
 
@@ -159,8 +169,14 @@ def compare_results(
         b, a = _value(mb[name]), _value(ma[name])
         paired = paired_test(ob[name], oa[name]) if name in ob and name in oa else None
         deltas.append(MetricDelta(name, b, a, None if a is None or b is None else a - b, paired))
-    deltas.sort(key=lambda d: (not is_accuracy_metric(d.metric), d.delta is None,
-                               d.delta if d.delta is not None and is_accuracy_metric(d.metric) else 0.0, d.metric))
+    deltas.sort(
+        key=lambda d: (
+            not is_accuracy_metric(d.metric),
+            d.delta is None,
+            d.delta if d.delta is not None and is_accuracy_metric(d.metric) else 0.0,
+            d.metric,
+        )
+    )
     return Comparison(
         before=before,
         after=after,

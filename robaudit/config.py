@@ -1,19 +1,23 @@
 """Typed scan configuration. Strings from the CLI or TOML become these at the boundary."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any
 
 from .errors import UsageError
-from .threat import Norm, parse_eps, parse_eps_list
+from .metric_names import PredictedMetrics, attack_label, canonical_params
+from .params import parse_spec_list
+from .threat import Norm, parse_eps_list
 
 __all__ = [
     "AttackSpec",
     "ScanConfig",
     "parse_attack_list",
     "parse_check_list",
-    "build_check",
+    "predict_metric_names",
     "ATTACK_PRESETS",
     "PRESET_MODE",
     "PAPER_EPS",
@@ -44,7 +48,17 @@ PAPER_EPS = {"grey": (0.1, 0.2, 0.3), "colour": (3 / 255, 6 / 255, 9 / 255)}
 DEFAULT_CHECKS = ("clean", "sanity", "attacks", "margins", "jacobian", "spectra")
 # The whole battery in a sensible order (``--checks all``); minimal before indicator so it reuses the radii.
 ALL_CHECKS = (
-    "clean", "sanity", "attacks", "margins", "minimal", "jacobian", "curvature", "indicator", "spectra", "surfaces", "landscape",
+    "clean",
+    "sanity",
+    "attacks",
+    "margins",
+    "minimal",
+    "jacobian",
+    "curvature",
+    "indicator",
+    "spectra",
+    "surfaces",
+    "landscape",
 )
 
 
@@ -59,64 +73,20 @@ class AttackSpec:
     def label(self) -> str:
         """Name used in results: ``pgd`` at the defaults, ``pgd[steps=50]`` for the parameters that
         differ from them (canonical spelling: :mod:`robaudit.metric_names`)."""
-        from .metric_names import attack_label
-
         return attack_label(self.name, self.params)
 
     def build(self):
         from .attacks import ATTACKS
 
         cls = ATTACKS.get(self.name)
+        kwargs: dict[str, Any] = dict(self.params)
         try:
-            return cls(**dict(self.params))
+            return cls(**kwargs)
         except TypeError as exc:
             import dataclasses
 
             names = [f.name for f in dataclasses.fields(cls) if f.name != "counter"]
             raise UsageError(f"attack {self.name!r}: {exc}; its parameters are: {', '.join(names)}") from None
-
-
-def _parse_value(text: str) -> object:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return parse_eps(text) if "/" in text else float(text)
-    except (ValueError, UsageError):
-        return text
-
-
-def parse_spec_list(text: str, kind: str) -> list[tuple[str, list[tuple[str, object]]]]:
-    """``pgd:steps=50:restarts=2,fgsm`` or ``pgd:steps=50,restarts=2,fgsm`` → [(name, [(k, v), ...]), ...].
-
-    Parameters follow the name after ``:``; a comma-separated ``k=v`` without a name continues the
-    previous entry's parameters. Names are lower-cased, ``-`` in parameter names becomes ``_``.
-    """
-    specs: list[tuple[str, list[tuple[str, object]]]] = []
-    for token in (t.strip() for t in text.split(",")):
-        if not token:
-            continue
-        if "=" in token and ":" not in token:
-            if not specs:
-                raise UsageError(f"{kind} list {text!r} starts with a parameter; write name:param=value")
-            k, v = token.split("=", 1)
-            specs[-1][1].append((k.strip().replace("-", "_"), _parse_value(v.strip())))
-            continue
-        name, *params = token.split(":")
-        parsed = []
-        for p in params:
-            if "=" not in p:
-                raise UsageError(f"{kind} parameter {p!r} in {token!r} must be written name=value")
-            k, v = p.split("=", 1)
-            parsed.append((k.strip().replace("-", "_"), _parse_value(v.strip())))
-        specs.append((name.strip().lower(), parsed))
-    return specs
 
 
 def parse_attack_list(text: str) -> tuple[AttackSpec, ...]:
@@ -135,49 +105,17 @@ def parse_attack_list(text: str) -> tuple[AttackSpec, ...]:
     out = tuple(AttackSpec(n, tuple(p)) for n, p in specs)
     for spec in out:
         spec.build()  # validate names and parameters now, not halfway through a scan
-    from .metric_names import canonical_params
-
     return tuple(AttackSpec(s.name, canonical_params(s.name, s.params)) for s in out)
 
 
 CheckOptions = tuple[tuple[str, tuple[tuple[str, object], ...]], ...]
 
 
-def check_parameters(cls) -> dict[str, object]:
-    """A check's settable parameters: its annotated, non-ClassVar class attributes and their defaults."""
-    out: dict[str, object] = {}
-    for klass in reversed(cls.__mro__):
-        for key, ann in vars(klass).get("__annotations__", {}).items():
-            if "ClassVar" not in str(ann) and not key.startswith("_") and hasattr(cls, key):
-                out[key] = getattr(cls, key)
-    return out
-
-
-def build_check(name: str, params=()):
-    """The registered check ``name`` with parameter overrides (``surfaces:steps=41``) applied."""
-    from .checks import CHECKS
-
-    cls = CHECKS.get(name)
-    allowed = check_parameters(cls)
-    check = cls()
-    for key, value in params:
-        if key not in allowed:
-            known = ", ".join(sorted(allowed)) or "none"
-            raise UsageError(f"check {name!r} has no parameter {key!r}; its parameters are: {known}")
-        default = allowed[key]
-        if isinstance(default, bool) != isinstance(value, bool) or (
-            isinstance(default, (int, float)) and not isinstance(value, (int, float))
-        ):
-            raise UsageError(f"check {name!r}: {key}={value!r} must be {type(default).__name__} like its default {default!r}")
-        if isinstance(default, float) and isinstance(value, int):
-            value = float(value)
-        setattr(check, key, value)
-    return check
-
-
 def parse_check_list(text: str | Sequence[str]) -> tuple[tuple[str, ...], CheckOptions]:
     """``clean,attacks,surfaces:steps=41:extent_factor=3`` (or a sequence of such entries; ``all``
     expands to :data:`ALL_CHECKS`) → (names, per-check parameter overrides), validated now."""
+    from .checks.base import build_check
+
     text = text if isinstance(text, str) else ",".join(text)
     names: list[str] = []
     options: dict[str, tuple[tuple[str, object], ...]] = {}
@@ -218,7 +156,7 @@ def default_eps(input_shape: tuple[int, ...], norm: Norm, preset: str | None = N
 
 
 def check_radii(
-    eps: Sequence[float], norm: "Norm | str", input_shape: Sequence[int] | None = None, *, given: str | None = None
+    eps: Sequence[float], norm: Norm | str, input_shape: Sequence[int] | None = None, *, given: str | None = None
 ) -> None:
     """Raise UsageError unless every radius means something on the [0,1] pixel cube.
 
@@ -280,11 +218,21 @@ class ScanConfig:
 
     @classmethod
     def parse(
-        cls, *, norm: str = "linf", eps: str | Sequence[float] | None = None, attacks: str = "quick",
-        ensemble: str | None = None, checks: str | Sequence[str] = DEFAULT_CHECKS, seed: int = 0,
-        device: str = "auto", batch_size: int = 256, compute_block: int | None = None, workers: int | None = None,
-        precision: str = "float32", channels_last: bool | None = None,
-    ) -> "ScanConfig":
+        cls,
+        *,
+        norm: str = "linf",
+        eps: str | Sequence[float] | None = None,
+        attacks: str = "quick",
+        ensemble: str | None = None,
+        checks: str | Sequence[str] = DEFAULT_CHECKS,
+        seed: int = 0,
+        device: str = "auto",
+        batch_size: int = 256,
+        compute_block: int | None = None,
+        workers: int | None = None,
+        precision: str = "float32",
+        channels_last: bool | None = None,
+    ) -> ScanConfig:
         """The config from the CLI's / API's strings, every usage error raised here, before heavy work."""
         if batch_size < 1:
             raise UsageError("--batch-size must be >= 1")
@@ -303,9 +251,45 @@ class ScanConfig:
         names, options = parse_check_list(checks)
         preset = attacks.strip().lower()
         return cls(
-            norm=Norm.parse(norm), eps=eps_t, attacks=parse_attack_list(attacks),
-            ensemble=ensemble_mode_for(attacks, ensemble), checks=names, check_options=options,
-            seed=seed, device=device, batch_size=batch_size, preset=preset if preset in ATTACK_PRESETS else None,
-            compute_block=compute_block, workers=workers, precision=precision,
+            norm=Norm.parse(norm),
+            eps=eps_t,
+            attacks=parse_attack_list(attacks),
+            ensemble=ensemble_mode_for(attacks, ensemble),
+            checks=names,
+            check_options=options,
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+            preset=preset if preset in ATTACK_PRESETS else None,
+            compute_block=compute_block,
+            workers=workers,
+            precision=precision,
             channels_last=None if channels_last is None else bool(channels_last),
         )
+
+
+def predict_metric_names(
+    config: ScanConfig, *, input_shape: Sequence[int], num_classes: int, model=None, train_n: int | None = None
+) -> PredictedMetrics:
+    """Every metric name ``config``'s checks will produce on data of ``input_shape`` (ε defaults
+    resolved as the scan resolves them); ``model`` (loaded, not run) names the spectra layers."""
+    from .checks.base import MetricPlan, build_check
+
+    plan = MetricPlan(
+        config=config,
+        eps=config.radii(tuple(input_shape)),
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+        train_n=train_n,
+        model=model,
+    )
+    options = dict(config.check_options)
+    names: dict[str, None] = {}
+    unknown = []
+    for check_name in config.checks:
+        got = build_check(check_name, options.get(check_name, ())).metric_names(plan)
+        if got is None:
+            unknown.append(check_name)
+        else:
+            names.update(dict.fromkeys(got))
+    return PredictedMetrics(tuple(names), tuple(unknown))

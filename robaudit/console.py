@@ -5,6 +5,7 @@ Rich's markup on, the first raises a MarkupError and the second silently loses `
 So markup and emoji codes (``:smile:``) are off on every console made here, and styles are given
 as :class:`rich.text.Text` spans or ``style=``, never as ``[tags]`` inside a string.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,7 +5,8 @@ produces a *payload*: every check's :class:`~robaudit.parts.Part` plus what ``co
 (the run's settings, the data's size and classes, provenance). A ``--shard`` job writes it as a
 JSON part file; ``robaudit merge`` reads N of them, refuses parts of different runs, and combines
 (:func:`merge_payloads`); under ``torchrun`` rank 0 gathers the payloads with
-``torch.distributed.gather_object`` and combines them the same way. Model-level checks (spectra,
+``torch.distributed.gather_object`` and combines them the same way (:mod:`robaudit.torchrun`; the
+process group itself: :mod:`robaudit.process_group`). Model-level checks (spectra,
 landscape, the training-set margins) compute once, in shard 0 / rank 0.
 
 Since each sample's records don't depend on where it was computed (per-sample random streams,
@@ -13,35 +14,42 @@ Since each sample's records don't depend on where it was computed (per-sample ra
 the single-process one (bit for bit with ``--compute-block``; ``timings``, ``command_line`` and
 ``execution`` aside).
 """
+
 from __future__ import annotations
 
 import json
-import os
-import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .config import AttackSpec, ScanConfig
+from .context import progress_bars
 from .data.spec import DataSpec
 from .engine import (
     Shard,
-    _progress,
     build_checks,
     combine_parts,
     compute_parts,
     is_legacy,
     make_context,
     provenance,
-    resolve_device,
 )
-from .errors import InputError, RobauditError, UsageError
-from .models.spec import LoadedModel
+from .errors import InputError, UsageError
 from .jsonio import read_json
+from .models.spec import LoadedModel
 from .parts import PART_FORMAT, CombineInfo, Part, digest
+from .process_group import (
+    error_payload,
+    raise_first_error,
+    start_process_group,
+    stop_process_group,
+    torchrun_env,
+    wait_for_all_ranks,
+)
 from .results import Provenance, ScanResult, from_jsonable, to_jsonable
 from .threat import Norm
 
@@ -58,7 +66,6 @@ __all__ = [
     "stop_process_group",
     "error_payload",
     "raise_first_error",
-    "run_torchrun",
 ]
 
 
@@ -159,16 +166,27 @@ def _refuse_run_only_checks(checks) -> None:
         )
 
 
-def run_shard(loaded: LoadedModel, data: DataSpec, config: ScanConfig, shard: Shard, *, device: torch.device | None = None,
-              quiet: bool = True, command_line: str | None = None, log: Callable[[str], None] | None = None,
-              train_data: DataSpec | None = None, label: str = "", memory=None) -> dict:
+def run_shard(
+    loaded: LoadedModel,
+    data: DataSpec,
+    config: ScanConfig,
+    shard: Shard,
+    *,
+    device: torch.device | None = None,
+    quiet: bool = True,
+    command_line: str | None = None,
+    log: Callable[[str], None] | None = None,
+    train_data: DataSpec | None = None,
+    label: str = "",
+    memory=None,
+) -> dict:
     """Compute every check's part for ``shard`` of the samples: the payload of a part file.
     ``memory``: the memory format decided for every rank (torchrun), else decided here."""
     checks = build_checks(config)
     _refuse_run_only_checks(checks)
     ctx = make_context(loaded, data, config, device=device, train_data=train_data, shard=shard, memory=memory)
     torch.manual_seed(config.seed)
-    with _progress(quiet) as progress:
+    with progress_bars(quiet) as progress:
         ctx.progress = _Labelled(progress, label) if label else progress
         timings = compute_parts(ctx, checks, log)
     prov = provenance(loaded, data, config, ctx.device.type, command_line, memory_format=ctx.memory_format)
@@ -176,8 +194,13 @@ def run_shard(loaded: LoadedModel, data: DataSpec, config: ScanConfig, shard: Sh
         "robaudit_part": PART_FORMAT,
         "shard": [shard.index, shard.count],
         "run": _fingerprint(prov, config, data, ctx.eps, ctx.device),
-        "header": {"n": data.n, "class_names": list(data.class_names), "input_shape": list(data.input_shape),
-                   "eps": list(ctx.eps), "config": config_to_dict(config)},
+        "header": {
+            "n": data.n,
+            "class_names": list(data.class_names),
+            "input_shape": list(data.input_shape),
+            "eps": list(ctx.eps),
+            "config": config_to_dict(config),
+        },
         "provenance": to_jsonable(prov),
         "model_warnings": list(loaded.info.warnings),
         "checks": [c.name for c in checks],
@@ -213,12 +236,16 @@ def read_part(path: str | Path) -> dict:
     if not isinstance(data, dict) or "robaudit_part" not in data:
         raise InputError(f"{path} is not a robaudit part file (write one with robaudit scan --shard K/N --json FILE)")
     if data["robaudit_part"] != PART_FORMAT:
-        raise InputError(f"{path} is a part file of format {data['robaudit_part']!r}; this robaudit reads format {PART_FORMAT}")
+        raise InputError(
+            f"{path} is a part file of format {data['robaudit_part']!r}; this robaudit reads format {PART_FORMAT}"
+        )
     missing = [k for k in ("shard", "run", "header", "provenance", "checks", "parts") if k not in data]
     if missing:
         raise InputError(f"{path} is not a complete part file (missing {', '.join(missing)})")
     shard = data["shard"]
-    if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard) and 0 <= shard[0] < shard[1]):
+    if not (
+        isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard) and 0 <= shard[0] < shard[1]
+    ):
         raise InputError(f"{path}: its shard {shard!r} is not [K, N] with 0 <= K < N")
     if not all(isinstance(data[k], dict) for k in ("run", "header", "provenance", "parts")):
         raise InputError(f"{path} is not a valid part file (run, header, provenance and parts must be objects)")
@@ -236,8 +263,10 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
     for p, name in zip(payloads[1:], names[1:]):
         for key, value in first["run"].items():
             if p["run"].get(key) != value:
-                raise UsageError(f"{name} is from a different run than {first_name}: {key} is {_short(p['run'].get(key))} "
-                                 f"there, {_short(value)} in {first_name}; merge the parts of one scan only")
+                raise UsageError(
+                    f"{name} is from a different run than {first_name}: {key} is {_short(p['run'].get(key))} "
+                    f"there, {_short(value)} in {first_name}; merge the parts of one scan only"
+                )
     count = first["shard"][1]
     seen: dict[int, str] = {}
     for p, name in zip(payloads, names):
@@ -262,8 +291,13 @@ def merge_payloads(payloads: Sequence[dict], names: Sequence[str], execution: st
     _check_records(payloads, names, header.get("n"))
     try:
         parts = {c.name: [Part.from_dict(p["parts"][c.name]) for p in payloads] for c in checks}
-        info = CombineInfo(n=int(header["n"]), class_names=tuple(header["class_names"]), input_shape=tuple(header["input_shape"]),
-                           eps=tuple(header["eps"]), config=config)
+        info = CombineInfo(
+            n=int(header["n"]),
+            class_names=tuple(header["class_names"]),
+            input_shape=tuple(header["input_shape"]),
+            eps=tuple(header["eps"]),
+            config=config,
+        )
         combine_parts(checks, parts, info)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise InputError(f"the parts can't be combined ({type(exc).__name__}: {exc}); are they complete part files?") from None
@@ -321,8 +355,10 @@ def _check_records(payloads: Sequence[dict], names: Sequence[str], n: Any) -> No
                     raise InputError(f"{where} has no list of positions")
                 bad = next((p for p in positions if type(p) is not int or not 0 <= p < n or p % count != k), None)
                 if bad is not None:
-                    raise InputError(f"{where}: position {_short(bad)} is not one of shard {k}/{count}'s samples "
-                                     f"(p mod {count} = {k}, p < {n}); the part is damaged or from another run")
+                    raise InputError(
+                        f"{where}: position {_short(bad)} is not one of shard {k}/{count}'s samples "
+                        f"(p mod {count} = {k}, p < {n}); the part is damaged or from another run"
+                    )
                 for column, values in columns.items():
                     if column == "positions":
                         continue
@@ -333,8 +369,10 @@ def _check_records(payloads: Sequence[dict], names: Sequence[str], n: Any) -> No
                     seen.update(_kind(v) for v in values)
                     kinds_seen = seen - {"null"}
                     if len(kinds_seen) > 1 or seen == {"true/false", "null"}:
-                        raise InputError(f"{where}.{column} holds {' and '.join(sorted(seen))} values (with {first}); "
-                                         f"a column holds one kind: the part is damaged or from another robaudit")
+                        raise InputError(
+                            f"{where}.{column} holds {' and '.join(sorted(seen))} values (with {first}); "
+                            f"a column holds one kind: the part is damaged or from another robaudit"
+                        )
 
 
 def _check_labels(clean: Any, run: dict) -> None:
@@ -343,12 +381,16 @@ def _check_labels(clean: Any, run: dict) -> None:
     labels, predictions, correct = clean.col("label"), clean.col("prediction"), clean.col("correct")
     expected = run.get("labels (sha256)")
     if expected is not None and digest(labels)[:16] != expected:
-        raise InputError(f"the parts' per-sample labels do not hash to their run's labels (sha256 {expected}); "
-                         f"a part is damaged or was edited")
+        raise InputError(
+            f"the parts' per-sample labels do not hash to their run's labels (sha256 {expected}); "
+            f"a part is damaged or was edited"
+        )
     wrong = next((i for i, (y, p, c) in enumerate(zip(labels, predictions, correct)) if (y == p) != c), None)
     if wrong is not None:
-        raise InputError(f"sample {wrong}: the parts say correct={correct[wrong]} for prediction {predictions[wrong]} and "
-                         f"label {labels[wrong]}; a part is damaged or was edited")
+        raise InputError(
+            f"sample {wrong}: the parts say correct={correct[wrong]} for prediction {predictions[wrong]} and "
+            f"label {labels[wrong]}; a part is damaged or was edited"
+        )
 
 
 def _check_as_a_result_file(result: ScanResult) -> None:
@@ -362,8 +404,9 @@ def _check_as_a_result_file(result: ScanResult) -> None:
     except InputError as exc:
         raise InputError(f"the parts' records are inconsistent: the merged result would be invalid ({exc})") from None
     except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a section's own checks
-        raise InputError(f"the parts' records are inconsistent: the merged result would be invalid "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise InputError(
+            f"the parts' records are inconsistent: the merged result would be invalid ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _count(payload: dict, check: str, kind: str) -> int:
@@ -377,164 +420,3 @@ def _count(payload: dict, check: str, kind: str) -> int:
 def merge_part_files(paths: Sequence[str | Path]) -> ScanResult:
     payloads = [read_part(p) for p in paths]
     return merge_payloads(payloads, [str(p) for p in paths], f"merged from {len(payloads)} shards")
-
-
-# --- torchrun ------------------------------------------------------------------------------------
-
-
-def torchrun_env() -> tuple[int, int, int] | None:
-    """(rank, world size, local rank) when started by torchrun with more than one process."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ["RANK"]) if world > 1 else 0
-        local = int(os.environ.get("LOCAL_RANK", rank))
-    except (KeyError, ValueError):
-        return None
-    return (rank, world, local) if world > 1 else None
-
-
-def _rank_device(requested: str, local_rank: int) -> torch.device:
-    """Each rank's device: ``cuda:LOCAL_RANK`` for auto/cuda when CUDA is there, else as asked."""
-    device = resolve_device(requested)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    return device
-
-
-_LIVENESS: Any = None  # this process's robaudit.liveness.Liveness while a process group is up
-
-
-def start_process_group(requested_device: str) -> tuple[int, int, torch.device, str]:
-    """(rank, world size, this rank's device, backend) under torchrun, the process group started:
-    NCCL on ``cuda:LOCAL_RANK``, gloo on the CPU, with robaudit's collective timeout and heartbeats
-    (:mod:`robaudit.liveness`)."""
-    import torch.distributed as dist
-
-    from .liveness import Liveness, dist_timeout
-
-    global _LIVENESS
-    rank, world, local = torchrun_env()  # type: ignore[misc]
-    device = _rank_device(requested_device, local)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=dist_timeout())
-    if _LIVENESS is None:
-        _LIVENESS = Liveness.for_process_group(rank, world)
-    return rank, world, device, backend
-
-
-def wait_for_all_ranks(what: str) -> None:
-    """Every rank's next collective waits here first, polling the store with heartbeats, so a lost
-    rank is named within ``$ROBAUDIT_PEER_TIMEOUT`` seconds instead of blocking a collective."""
-    if _LIVENESS is not None:
-        _LIVENESS.wait_all(what)
-
-
-def stop_process_group() -> None:
-    """Stop the heartbeats and destroy the process group (idempotent)."""
-    import torch.distributed as dist
-
-    global _LIVENESS
-    if _LIVENESS is not None:
-        _LIVENESS.stop()
-        _LIVENESS = None
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def error_payload(exc: BaseException) -> dict:
-    """A rank's error as a picklable payload: its one line and exit code (4 for an internal error)."""
-    if isinstance(exc, RobauditError):
-        return {"error": str(exc), "exit_code": exc.exit_code}
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return {"error": f"internal error: {type(exc).__name__}: {first}", "exit_code": 4}
-
-
-def _agreed_error(message: str, exit_code: int, rank: int) -> RobauditError:
-    err = RobauditError(message)
-    err.exit_code = exit_code
-    err.reported_elsewhere = rank != 0  # type: ignore[attr-defined]  # rank 0 prints it; the others exit with its code
-    return err
-
-
-def raise_first_error(payloads: Sequence[dict | None], rank: int) -> None:
-    """Given every rank's payload (None or without "error" when it went well), raise the first
-    rank's error on this rank: one line naming the rank (none when every rank failed alike)."""
-    failed = [(r, p) for r, p in enumerate(payloads) if p and "error" in p]
-    if not failed:
-        return
-    r, p = failed[0]
-    alike = len(failed) == len(payloads) and all(q["error"] == p["error"] for _, q in failed)
-    raise _agreed_error(p["error"] if alike else f"rank {r}: {p['error']}", p["exit_code"], rank)
-
-
-def _agreed_memory_format(loaded: LoadedModel, data: DataSpec, config: ScanConfig, device: torch.device, rank: int, world: int):
-    """The memory format every rank runs (robaudit.memory_format): rank 0 decides — probing its own
-    samples when neither --channels-last nor --no-channels-last is given — and broadcasts the
-    decision, so all ranks use the same kernels. Returns (MemoryFormat, rank 0's channels_last
-    copy or None)."""
-    import torch.distributed as dist
-
-    from .engine import decide_memory_format
-    from .memory_format import MemoryFormat
-
-    decided: list[Any] = [None]
-    converted = None
-    if rank == 0:
-        try:
-            decided[0], converted = decide_memory_format(loaded.model.to(device), data, config, device, Shard(0, world).positions(data.n),
-                                                         sharded=False, fixed_batch=loaded.info.fixed_batch)
-        except Exception as exc:  # noqa: BLE001 - every rank must reach the broadcast; the scan then reports real errors
-            decided[0] = MemoryFormat("contiguous", "auto", f"the probe failed on rank 0 ({type(exc).__name__})")
-    dist.broadcast_object_list(decided, src=0)
-    return decided[0], converted
-
-
-def run_torchrun(loaded: LoadedModel, data: DataSpec, config: ScanConfig, *, quiet: bool, command_line: str | None,
-                 train_data: DataSpec | None = None, log: Callable[[str], None] | None = None) -> ScanResult | None:
-    """Scan this rank's shard, gather every payload on rank 0 and combine there. Returns the
-    ScanResult on rank 0, None elsewhere. An error on any rank is raised on every rank."""
-    import torch.distributed as dist
-
-    rank, world, device, backend = start_process_group(config.device)
-    try:
-        t0 = time.perf_counter()
-        if rank == 0 and not quiet:
-            from .cli._common import make_console
-
-            make_console(stderr=True).print(
-                f"scanning {data.n} samples on {world} processes ({backend}), ≈{-(-data.n // world)} each; "
-                f"the bars show rank 0's share", markup=False, highlight=False)
-        memory = _agreed_memory_format(loaded, data, config, device, rank, world)
-        try:
-            payload: Any = run_shard(loaded, data, config, Shard(rank, world), device=device, quiet=quiet or rank != 0,
-                                     command_line=command_line, log=log if rank == 0 else None, train_data=train_data,
-                                     label=f"[rank 0/{world}]", memory=memory)
-        except Exception as exc:  # noqa: BLE001 - every rank must reach the gather, or the others wait forever
-            payload = error_payload(exc)
-        wait_for_all_ranks("every shard scanned")  # the early ones wait here, not in the gather
-        gathered = [None] * world if rank == 0 else None
-        dist.gather_object(payload, gathered, dst=0)
-        outcome: list[Any] = [None]
-        if rank == 0:
-            failed = [(r, p) for r, p in enumerate(gathered) if "error" in p]
-            if failed:
-                outcome[0] = {"error": f"rank {failed[0][0]}: {failed[0][1]['error']}", "exit_code": failed[0][1]["exit_code"]}
-            else:
-                try:
-                    result = merge_payloads(gathered, [f"rank {r}" for r in range(world)],
-                                            f"torchrun: {world} processes ({backend})")
-                    outcome[0] = {"ok": True}
-                except RobauditError as exc:
-                    outcome[0] = {"error": str(exc), "exit_code": exc.exit_code}
-        wait_for_all_ranks("rank 0 combined the shards")
-        dist.broadcast_object_list(outcome, src=0)
-        if "error" in outcome[0]:
-            raise _agreed_error(outcome[0]["error"], outcome[0]["exit_code"], rank)
-        if rank == 0 and log:
-            log(f"total: {time.perf_counter() - t0:.1f}s on {world} processes")
-        return result if rank == 0 else None
-    finally:
-        stop_process_group()

@@ -3,6 +3,7 @@
 Exit codes (README "Exit codes"): 0 ok · 1 gate failed · 2 usage · 3 input (and outputs the machine
 refuses to write) · 4 robaudit's own failure.
 """
+
 from __future__ import annotations
 
 __all__ = [

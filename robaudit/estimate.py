@@ -1,7 +1,8 @@
 """The line a scan prints before its first check: how many model passes it will cost, and how long.
 
 Pass counts come from the configuration (:meth:`robaudit.checks.base.Check.max_passes`, which the
-attacks check takes from each attack's :meth:`robaudit.attacks.base.Attack.max_passes`): an
+attacks check takes from each attack's :meth:`robaudit.attacks.base.Attack.max_passes`; the shared
+arithmetic, :class:`PassPlan` and :func:`spread`, is in :mod:`robaudit.checks.cost`): an
 **upper bound**, reached when every sample is classified correctly and resists every attack to its
 last step (attacks stop at a broken sample, and a cascade attacks only the survivors). Checks that
 work on a fixed subset (curvature, indicator: their first k correct samples) or once per model
@@ -10,6 +11,7 @@ exact Hessian-vector product counts as two passes with a backward. Checks that c
 cost in advance (plugins) are named, not counted. The time
 per pass is measured on the scan's device from one forward and one forward+backward of one batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,34 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks.base import MetricPlan
+from .checks.cost import PassPlan, deepfool_passes, spread
 
 __all__ = ["PassPlan", "ScanEstimate", "deepfool_passes", "estimate_scan", "spread", "time_per_pass"]
-
-
-@dataclass(frozen=True)
-class PassPlan(MetricPlan):
-    """The plan :meth:`Check.max_passes` gets from the estimate: n, this process's scanned samples
-    (the bound is per one of them); data_n, the data set's samples (a model-level check's batch)."""
-
-    n: int = 1
-    data_n: int = 1
-
-
-def deepfool_passes(attack, num_classes: int) -> tuple[int, int]:
-    """(forward, backward) passes of one sample in :meth:`DeepFool.minimal_perturbation`: max_iter
-    iterations of one forward and (candidates − 1) backwards, then the last iterate's forward; a
-    backward counted with a forward of its own."""
-    backward = int(attack.max_iter) * (min(int(attack.num_candidates), int(num_classes)) - 1)
-    return int(attack.max_iter) + 1 + backward, backward
-
-
-def spread(per_sample: tuple[float, float], k: int, n: int, fixed: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float]:
-    """Per scanned sample (of ``n``): ``per_sample`` passes on at most ``k`` of them, plus ``fixed``
-    passes once per process."""
-    n = max(1, int(n))
-    share = min(int(k), n) / n
-    return per_sample[0] * share + fixed[0] / n, per_sample[1] * share + fixed[1] / n
 
 
 @dataclass(frozen=True)
@@ -117,10 +94,16 @@ def time_per_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
 
 def estimate_scan(ctx, checks) -> ScanEstimate:
     """The estimate for ``checks`` on the context's samples, timing one batch of them."""
-    plan = PassPlan(config=ctx.config, eps=ctx.eps, input_shape=ctx.data.input_shape,
-                    num_classes=ctx.data.num_classes, model=ctx.plain_model,
-                    train_n=ctx.train_data.n if ctx.train_data is not None else None,
-                    n=int(ctx.positions.numel()), data_n=int(ctx.data.n))
+    plan = PassPlan(
+        config=ctx.config,
+        eps=ctx.eps,
+        input_shape=ctx.data.input_shape,
+        num_classes=ctx.data.num_classes,
+        model=ctx.plain_model,
+        train_n=ctx.train_data.n if ctx.train_data is not None else None,
+        n=int(ctx.positions.numel()),
+        data_n=int(ctx.data.n),
+    )
     bounds = [(check.name, check.max_passes(plan)) for check in checks]
     by_check = tuple((name, float(b[0]), float(b[1])) for name, b in bounds if b is not None)
     uncounted = [name for name, b in bounds if b is None]

@@ -16,6 +16,7 @@ in their canonical spelling (:func:`robaudit.metric_names.canonical_metric`: ``@
 ``@8/255``, ``pgd[steps=20]`` finds ``pgd``). A name the result cannot have, or a malformed line
 or file, is a :class:`~robaudit.errors.UsageError` (exit 2) with up to three close names.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,10 +24,10 @@ import difflib
 import math
 import operator
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable
 from xml.etree import ElementTree as ET
 
 from .errors import UsageError
@@ -83,7 +84,7 @@ class GateSpec:
     forbid_all_flags: bool = False
     source: str = ""
 
-    def merged(self, other: "GateSpec") -> "GateSpec":
+    def merged(self, other: GateSpec) -> GateSpec:
         return GateSpec(
             thresholds=self.thresholds + other.thresholds,
             forbid_flags=self.forbid_flags + tuple(c for c in other.forbid_flags if c not in self.forbid_flags),
@@ -195,9 +196,11 @@ def _toml():
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ModuleNotFoundError:
-            raise UsageError("reading a thresholds file on Python 3.10 needs tomli (pip install tomli); or use --require") from None
+            raise UsageError(
+                "reading a thresholds file on Python 3.10 needs tomli (pip install tomli); or use --require"
+            ) from None
     return tomllib
 
 
@@ -231,17 +234,21 @@ def load_gate_file(path: str | Path) -> GateSpec:
         if key not in _GATE_KEYS:
             close = difflib.get_close_matches(key, _GATE_KEYS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UsageError(f"{_where(path, text, key)}: unknown key {key!r} in {header}{hint} (known: {', '.join(_GATE_KEYS)})")
+            raise UsageError(
+                f"{_where(path, text, key)}: unknown key {key!r} in {header}{hint} (known: {', '.join(_GATE_KEYS)})"
+            )
     require = table.get("require", [])
     if isinstance(require, str):
         require = [require]
     if not isinstance(require, list):
-        raise UsageError(f"{_where(path, text, 'require')}: 'require' must be a list of strings like [\"clean.accuracy >= 0.9\"]")
+        raise UsageError(
+            f"{_where(path, text, 'require')}: 'require' must be a list of strings like [\"clean.accuracy >= 0.9\"]"
+        )
     thresholds = []
     for item in require:
-        line = _item_line(text, item) if isinstance(item, str) else None
-        where = _where(path, text, "require", line)
-        short = f"{path}:{line}" if line else str(path)
+        item_line = _item_line(text, item) if isinstance(item, str) else None
+        where = _where(path, text, "require", item_line)
+        short = f"{path}:{item_line}" if item_line else str(path)
         thresholds.append(dataclasses.replace(parse_threshold(item, where), source=short))
     forbid = table.get("forbid_flags", [])
     forbid_all = False
@@ -250,7 +257,9 @@ def load_gate_file(path: str | Path) -> GateSpec:
             raise UsageError(f"{_where(path, text, 'forbid_flags')}: 'forbid_flags' must be \"all\" or a list of flag codes")
         forbid_all, forbid = True, []
     if not isinstance(forbid, list) or not all(isinstance(c, str) and c.strip() for c in forbid):
-        raise UsageError(f"{_where(path, text, 'forbid_flags')}: 'forbid_flags' must be \"all\" or a list of flag codes like [\"zero-gradients\"]")
+        raise UsageError(
+            f'{_where(path, text, "forbid_flags")}: \'forbid_flags\' must be "all" or a list of flag codes like ["zero-gradients"]'
+        )
     spec = GateSpec(
         thresholds=tuple(thresholds),
         forbid_flags=tuple(dict.fromkeys(c.strip() for c in forbid)),
@@ -292,7 +301,7 @@ def resolve_metric(name: str, available: Iterable[str], *, where: str = "in the 
     raise UsageError(unknown_metric_message(name, names, where, listing))
 
 
-def check_metric_names(gates: "GateSpec | None", predicted, listing: str) -> None:
+def check_metric_names(gates: GateSpec | None, predicted, listing: str) -> None:
     """Before a scan: every threshold's metric must be one ``predicted`` (a
     :class:`~robaudit.metric_names.PredictedMetrics`) says the scan can produce; else UsageError."""
     from .metric_names import has_interval, unknown_metric_message
@@ -301,8 +310,10 @@ def check_metric_names(gates: "GateSpec | None", predicted, listing: str) -> Non
         if not predicted.may_produce(t.metric):
             raise UsageError(f"{t.source}: " + unknown_metric_message(t.metric, predicted.names, "for this scan", listing))
         if t.bound and not has_interval(t.metric) and t.metric.split(".", 1)[0] in predicted.prefixes:
-            raise UsageError(f"{t.source}: {t.bound}({t.metric}): only accuracies have a 95% interval "
-                             "(clean.accuracy, robust_acc.*, sanity.large_eps_robust_accuracy)")
+            raise UsageError(
+                f"{t.source}: {t.bound}({t.metric}): only accuracies have a 95% interval "
+                "(clean.accuracy, robust_acc.*, sanity.large_eps_robust_accuracy)"
+            )
 
 
 def evaluate_gates(result, gates: GateSpec) -> GateOutcome:
@@ -318,8 +329,10 @@ def evaluate_gates(result, gates: GateSpec) -> GateOutcome:
     resolved = [resolve_metric(t.metric, result.metric_names()) for t in gates.thresholds]
     for t, name in zip(gates.thresholds, resolved):
         if t.bound and name not in intervals and not has_interval(name):
-            raise UsageError(f"{t.source}: {t.bound}({name}): only accuracies have a 95% interval "
-                             "(clean.accuracy, robust_acc.*, sanity.large_eps_robust_accuracy)")
+            raise UsageError(
+                f"{t.source}: {t.bound}({name}): only accuracies have a 95% interval "
+                "(clean.accuracy, robust_acc.*, sanity.large_eps_robust_accuracy)"
+            )
     out: list[GateResult] = []
     for t, name in zip(gates.thresholds, resolved):
         label = f"{t.bound}({name})" if t.bound else name
@@ -347,7 +360,9 @@ def evaluate_gates(result, gates: GateSpec) -> GateOutcome:
         count = raised.count(code)
         msgs = [f.message for f in result.flags if f.code == code]
         message = f"flag {code} not raised" if not count else f"flag {code} raised: {msgs[0]}"
-        out.append(GateResult(f"no flag {code}", f"flag:{code}", "absent", None, float(count), count == 0, message, gates.source))
+        out.append(
+            GateResult(f"no flag {code}", f"flag:{code}", "absent", None, float(count), count == 0, message, gates.source)
+        )
     return GateOutcome(tuple(out))
 
 
@@ -356,8 +371,14 @@ def junit_xml(outcome: GateOutcome, suite: str = "robaudit.gate") -> str:
     """JUnit XML: one <testcase> per gate, a <failure message=...> for each failed one. No timestamps."""
     root = ET.Element("testsuites", name="robaudit", tests=str(len(outcome.results)), failures=str(len(outcome.failures)))
     ts = ET.SubElement(
-        root, "testsuite", name=suite, tests=str(len(outcome.results)), failures=str(len(outcome.failures)),
-        errors="0", skipped="0", time="0",
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(outcome.results)),
+        failures=str(len(outcome.failures)),
+        errors="0",
+        skipped="0",
+        time="0",
     )
     for r in outcome.results:
         tc = ET.SubElement(ts, "testcase", classname=suite, name=r.expression, time="0")

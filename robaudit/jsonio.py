@@ -18,11 +18,13 @@ would block), or larger than ``max_bytes`` (refused before it is parsed: parsing
 text's size in memory). ``tests/test_jsonio.py`` fails when ``json.load``/``json.loads`` is called
 anywhere else in the package.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,7 @@ def depth(value: Any) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
         node, level = stack.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):
@@ -108,7 +111,7 @@ def parse_json(text: str | bytes | bytearray, what: str, *, max_depth: int = MAX
 
     ``what`` names the source, e.g. ``"robaudit.mean in the metadata of m.safetensors"``.
     NaN/Infinity literals are accepted (part files hold them); readers that must refuse them check
-    the values (``results._check_json_values``). A key repeated in an object is refused, unless
+    the values (``schema.check_json_values``). A key repeated in an object is refused, unless
     ``keep_pairs``: then every object is a :class:`Pairs` list and the caller judges repeats.
     """
     try:
@@ -141,8 +144,9 @@ def read_bytes(path: str | os.PathLike[str], kind: str, *, max_bytes: int | None
     return raw
 
 
-def read_json(path: str | os.PathLike[str], kind: str = "JSON file", *, max_bytes: int | None = None,
-              max_depth: int = MAX_DEPTH) -> Any:
+def read_json(
+    path: str | os.PathLike[str], kind: str = "JSON file", *, max_bytes: int | None = None, max_depth: int = MAX_DEPTH
+) -> Any:
     """The JSON file at ``path`` (:func:`read_bytes`, then parsed as :func:`parse_json` does); every
     failure is one InputError line naming ``path`` and what it should be (``kind``: ``"robaudit part file"``)."""
     raw = read_bytes(path, kind, max_bytes=max_bytes)

@@ -16,6 +16,7 @@ and the run stops. The collective that follows starts with every rank present, s
 group's own timeout only bounds a rank that hangs *inside* a short collective or step:
 ``ROBAUDIT_DIST_TIMEOUT`` seconds, default 600 (:func:`dist_timeout`).
 """
+
 from __future__ import annotations
 
 import os
@@ -68,7 +69,7 @@ class Liveness:
         self._thread.start()
 
     @classmethod
-    def for_process_group(cls, rank: int, world: int) -> "Liveness | None":
+    def for_process_group(cls, rank: int, world: int) -> Liveness | None:
         """Liveness on the default process group's store (namespaced by torchrun's restart count), or
         None when torch gives no store (then waits are the collectives themselves)."""
         import torch.distributed as dist

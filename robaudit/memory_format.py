@@ -23,6 +23,7 @@ The model is never converted in place: channels_last runs on a converted copy (`
 so a module passed to :func:`robaudit.scan` keeps its strides; only a module that can't be copied
 is converted in place when ``--channels-last`` asks for it, and the provenance and the summary say so.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,7 +37,15 @@ from torch import nn
 from .attacks.base import ChannelsLastModel, in_precision
 from .results import MemoryFormat
 
-__all__ = ["MemoryFormat", "PROBE_ROWS", "PROBE_ROUNDS", "MIN_GAIN", "LOGIT_RTOL", "choose_memory_format", "apply_memory_format"]
+__all__ = [
+    "MemoryFormat",
+    "PROBE_ROWS",
+    "PROBE_ROUNDS",
+    "MIN_GAIN",
+    "LOGIT_RTOL",
+    "choose_memory_format",
+    "apply_memory_format",
+]
 
 PROBE_ROWS = 64  # rows of the probe batch (fewer if the scan has fewer samples or a smaller batch)
 PROBE_ROUNDS = 3  # timed alternating rounds per format (after one untimed round each)
@@ -70,9 +79,18 @@ def _probe_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def choose_memory_format(model: nn.Module, x: torch.Tensor | None, *, requested: bool | None, compute_block: int | None,
-                         sharded: bool, fixed_batch: int | None, precision: str = "float32",
-                         device: torch.device | None = None, light: bool = False) -> tuple[MemoryFormat, nn.Module | None]:
+def choose_memory_format(
+    model: nn.Module,
+    x: torch.Tensor | None,
+    *,
+    requested: bool | None,
+    compute_block: int | None,
+    sharded: bool,
+    fixed_batch: int | None,
+    precision: str = "float32",
+    device: torch.device | None = None,
+    light: bool = False,
+) -> tuple[MemoryFormat, nn.Module | None]:
     """The decision for ``model`` (already on its device) and, when channels_last is chosen, the
     converted copy to run (None otherwise, or when the module could not be copied: then
     :func:`apply_memory_format` converts it in place). ``x``: probe images of the scan (on the
@@ -88,11 +106,9 @@ def choose_memory_format(model: nn.Module, x: torch.Tensor | None, *, requested:
             return MemoryFormat("channels_last", "--channels-last", "forced", converted_in_place=True), None
     keep = lambda reason: (MemoryFormat("contiguous", "auto", reason), None)  # noqa: E731
     if compute_block:
-        return keep("--compute-block promises bit-identical results, which a timed choice can't; "
-                    "--channels-last forces it")
+        return keep("--compute-block promises bit-identical results, which a timed choice can't; --channels-last forces it")
     if sharded:
-        return keep("a --shard job is part of one result and would time only its own machine; "
-                    "--channels-last forces it")
+        return keep("a --shard job is part of one result and would time only its own machine; --channels-last forces it")
     if fixed_batch:
         return keep("a fixed-batch export")
     if light:
@@ -115,8 +131,9 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def _probe(model: nn.Module, candidate: nn.Module, x: torch.Tensor, precision: str,
-           device: torch.device) -> tuple[MemoryFormat, nn.Module | None]:
+def _probe(
+    model: nn.Module, candidate: nn.Module, x: torch.Tensor, precision: str, device: torch.device
+) -> tuple[MemoryFormat, nn.Module | None]:
     variants = {"contiguous": model, "channels_last": ChannelsLastModel(candidate)}
     with torch.no_grad():
         logits = {k: m(x).float() for k, m in variants.items()}
@@ -132,17 +149,28 @@ def _probe(model: nn.Module, candidate: nn.Module, x: torch.Tensor, precision: s
         x, y = x[:rows], y[:rows]
     best = {k: float("inf") for k in timed}
     for r in range(PROBE_ROUNDS):
-        for k in (list(timed) if r % 2 == 0 else list(reversed(timed))):
+        for k in list(timed) if r % 2 == 0 else list(reversed(timed)):
             best[k] = min(best[k], _probe_seconds(timed[k], x, y))
-    record = MemoryFormat("contiguous", "auto", "", probe_rows=int(x.shape[0]), probe_seconds_contiguous=round(best["contiguous"], 6),
-                          probe_seconds_channels_last=round(best["channels_last"], 6), same_decisions=same,
-                          max_logit_difference=diff)
+    record = MemoryFormat(
+        "contiguous",
+        "auto",
+        "",
+        probe_rows=int(x.shape[0]),
+        probe_seconds_contiguous=round(best["contiguous"], 6),
+        probe_seconds_channels_last=round(best["channels_last"], 6),
+        same_decisions=same,
+        max_logit_difference=diff,
+    )
     ratio = best["channels_last"] / max(best["contiguous"], 1e-12)
-    timing = (f"a forward + a forward+backward of {x.shape[0]} rows took {best['channels_last'] * 1e3:.1f} ms in "
-              f"channels_last, {best['contiguous'] * 1e3:.1f} ms contiguous ({ratio:.2f}×)")
+    timing = (
+        f"a forward + a forward+backward of {x.shape[0]} rows took {best['channels_last'] * 1e3:.1f} ms in "
+        f"channels_last, {best['contiguous'] * 1e3:.1f} ms contiguous ({ratio:.2f}×)"
+    )
     if not same:
-        return replace(record, reason=f"channels_last decided differently on the probe batch (largest logit difference "
-                                      f"{diff:.2g}); {timing}"), None
+        return replace(
+            record,
+            reason=f"channels_last decided differently on the probe batch (largest logit difference {diff:.2g}); {timing}",
+        ), None
     if ratio > 1 - MIN_GAIN:
         return replace(record, reason=f"channels_last not ≥ {MIN_GAIN:.0%} faster: {timing}"), None
     return replace(record, chosen="channels_last", reason=f"faster, same decisions: {timing}"), candidate

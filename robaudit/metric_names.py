@@ -15,19 +15,26 @@ any other spelling of the same ε (``@0.03137254901960784``) or of the same atta
 ``certify.{upper,unresolved}.<method>.<norm>@<ε>`` (:mod:`robaudit.checks.certify`); their ε and
 norm are respelled the same way.
 
-**Prediction.** :func:`predict_metric_names` lists every name a scan can produce from its checks,
-attacks and ε, without a forward pass (each check's ``metric_names(plan)``), so gates are checked
-before the scan and ``robaudit scan … --list-metrics`` can print them.
+**Prediction.** :func:`robaudit.config.predict_metric_names` lists every name a scan can produce from
+its checks, attacks and ε, without a forward pass (each check's ``metric_names(plan)``), as a
+:class:`PredictedMetrics`, so gates are checked before the scan and ``robaudit scan … --list-metrics``
+can print them.
+
+Layering: naming sits above the attacks (an attack's label drops the parameters at their defaults,
+which only the attack classes know) and below the checks, the config and everything that reads
+results; it imports neither the config nor the checks.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable, Sequence
 
 from .errors import UsageError
+from .params import parse_value
 from .threat import Norm, format_eps
 
 __all__ = [
@@ -43,7 +50,6 @@ __all__ = [
     "has_interval",
     "unknown_metric_message",
     "PredictedMetrics",
-    "predict_metric_names",
 ]
 
 
@@ -61,14 +67,14 @@ def format_param(value: object) -> str:
 
 
 def _defaults(cls) -> dict[str, object]:
-    out = {}
+    out: dict[str, object] = {}
     for f in dataclasses.fields(cls):
         if f.name == "counter":
             continue
         if f.default is not dataclasses.MISSING:
             out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
     return out
 
 
@@ -77,14 +83,14 @@ def canonical_params(name: str, params: Iterable[tuple[str, object]]) -> tuple[t
     for a float parameter becomes a float. Unknown attacks keep every parameter (sorted)."""
     from .attacks import ATTACKS
 
-    params = dict(params)
+    given = dict(params)
     try:
         defaults = _defaults(ATTACKS.get(name)) if name in ATTACKS else {}
     except UsageError:  # a plugin that fails to load: keep the spelling as given
         defaults = {}
-    out = []
-    for key in sorted(params):
-        value, default = params[key], defaults.get(key, dataclasses.MISSING)
+    out: list[tuple[str, object]] = []
+    for key in sorted(given):
+        value, default = given[key], defaults.get(key, dataclasses.MISSING)
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if default is not dataclasses.MISSING and type(value) is type(default) and value == default:
@@ -122,8 +128,6 @@ _CERTIFY_PREFIXES = ("certified_acc.", "certify.upper.", "certify.unresolved.")
 
 def parse_attack_label(text: str) -> tuple[str, list[tuple[str, object]]] | None:
     """``pgd[steps=50,restarts=2]`` → ("pgd", [("steps", 50), ...]); None if it isn't one."""
-    from .config import _parse_value
-
     if "[" not in text:
         return text, []
     if not text.endswith("]"):
@@ -134,7 +138,7 @@ def parse_attack_label(text: str) -> tuple[str, list[tuple[str, object]]] | None
         key, sep, value = item.partition("=")
         if not sep:
             return None
-        params.append((key.strip().replace("-", "_"), _parse_value(value.strip())))
+        params.append((key.strip().replace("-", "_"), parse_value(value.strip())))
     return name.strip().lower(), params
 
 
@@ -155,7 +159,7 @@ def canonical_metric(name: str) -> str:
     if not name.startswith("robust_acc.") or "@" not in name:
         return name
     head, _, eps_text = name.rpartition("@")
-    middle, _, norm_text = head[len("robust_acc."):].rpartition(".")
+    middle, _, norm_text = head[len("robust_acc.") :].rpartition(".")
     try:
         eps = _parse_number(eps_text)
         norm = Norm.parse(norm_text).value
@@ -170,7 +174,9 @@ def canonical_metric(name: str) -> str:
 
 def has_interval(name: str) -> bool:
     """Whether metric ``name`` is a proportion of samples with a 95% interval (``lower()``/``upper()``)."""
-    return name in ("clean.accuracy", "sanity.large_eps_robust_accuracy") or name.startswith(("robust_acc.",) + _CERTIFY_PREFIXES)
+    return name in ("clean.accuracy", "sanity.large_eps_robust_accuracy") or name.startswith(
+        ("robust_acc.",) + _CERTIFY_PREFIXES
+    )
 
 
 def closest(name: str, names: Iterable[str], n: int = 3) -> list[str]:
@@ -207,25 +213,3 @@ class PredictedMetrics:
         if canon in {canonical_metric(n) for n in self.names}:
             return True
         return bool(self.unpredictable) and name.split(".", 1)[0] not in self.prefixes
-
-
-def predict_metric_names(
-    config, *, input_shape: Sequence[int], num_classes: int, model=None, train_n: int | None = None
-) -> PredictedMetrics:
-    """Every metric name ``config``'s checks will produce on data of ``input_shape`` (ε defaults
-    resolved as the scan resolves them); ``model`` (loaded, not run) names the spectra layers."""
-    from .checks.base import MetricPlan
-    from .config import build_check
-
-    plan = MetricPlan(config=config, eps=config.radii(tuple(input_shape)), input_shape=tuple(input_shape),
-                      num_classes=num_classes, train_n=train_n, model=model)
-    options = dict(config.check_options)
-    names: dict[str, None] = {}
-    unknown = []
-    for check_name in config.checks:
-        got = build_check(check_name, options.get(check_name, ())).metric_names(plan)
-        if got is None:
-            unknown.append(check_name)
-        else:
-            names.update(dict.fromkeys(got))
-    return PredictedMetrics(tuple(names), tuple(unknown))

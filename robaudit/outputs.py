@@ -13,15 +13,16 @@ full disk midway changes none of them. A write that fails once the work is done 
 (ENOSPC), a file-size limit (EFBIG), permission or folder changed — is a :class:`WriteError`
 (exit 3) naming the file and what to do.
 """
+
 from __future__ import annotations
 
 import errno
 import os
 import secrets
 import stat
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 from .errors import UsageError, WriteError
 
@@ -30,11 +31,11 @@ __all__ = ["check_outputs", "atomic_target", "atomic_write", "atomic_write_all",
 TEMP_PREFIX = ".robaudit-tmp-"  # short, so a long target name never makes the temporary name too long
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 # what to do when a write fails with these errno values, after check_outputs accepted the path
-_REMEDY = {
+_REMEDY: dict[int | None, str] = {
     errno.ENOSPC: "free space on its file system or give another output path",
     errno.EDQUOT: "free space within your disk quota or give another output path",
     errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the file system allows; "
-                 "raise the limit or give another output path",
+    "raise the limit or give another output path",
     errno.EACCES: "the folder is no longer writable; give another output path",
     errno.EPERM: "the folder is no longer writable; give another output path",
     errno.EROFS: "the file system is read-only; give another output path",
@@ -45,9 +46,9 @@ _REMEDY = {
 
 
 def check_outputs(
-    files: Mapping[str, "str | os.PathLike[str] | None"] = {},
-    folders: Mapping[str, "tuple[str | os.PathLike[str] | None, Sequence[str]]"] = {},
-    inputs: Mapping[str, "str | os.PathLike[str] | None"] = {},
+    files: Mapping[str, str | os.PathLike[str] | None] = {},
+    folders: Mapping[str, tuple[str | os.PathLike[str] | None, Sequence[str]]] = {},
+    inputs: Mapping[str, str | os.PathLike[str] | None] = {},
 ) -> None:
     """Raise UsageError (exit 2) unless every output path can be written.
 
@@ -89,7 +90,7 @@ def _identity(path: Path) -> Path:
         return Path(os.path.abspath(path))
 
 
-def _check_path(option: str, raw: "str | os.PathLike[str]", *, folder: bool) -> Path:
+def _check_path(option: str, raw: str | os.PathLike[str], *, folder: bool) -> Path:
     """The checks common to file and folder outputs, then the kind's own; OSError → UsageError."""
     text = os.fspath(raw)
     if not text.strip():
@@ -147,7 +148,7 @@ def _check_parent(option: str, parent: Path, target: Path) -> None:
 
 
 @contextmanager
-def atomic_target(path: "str | os.PathLike[str]") -> Iterator[Path]:
+def atomic_target(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on any failure
     (Ctrl-C included) it is removed. Missing parent folders are created."""
     target = Path(path)
@@ -168,12 +169,13 @@ def atomic_target(path: "str | os.PathLike[str]") -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: "str | os.PathLike[str]", data: str | bytes) -> None:
-    """Write ``data`` (str as UTF-8) to ``path`` atomically (see :func:`atomic_target`)."""
+def atomic_write(path: str | os.PathLike[str], data: str | bytes | bytearray | memoryview) -> None:
+    """Write ``data`` (str as UTF-8; bytes or any bytes-like buffer as is) to ``path`` atomically (see
+    :func:`atomic_target`)."""
     atomic_write_all({path: data})
 
 
-def atomic_write_all(files: "Mapping[str | os.PathLike[str], str | bytes]") -> None:
+def atomic_write_all(files: Mapping[str | os.PathLike[str], str | bytes | bytearray | memoryview]) -> None:
     """Write every ``path: data`` (str as UTF-8): all temporary files first, then the renames, so a
     failure while writing (a full disk on the third file) leaves every target as it was and no
     temporary file. WriteError (exit 3) names the file that failed."""

@@ -12,13 +12,15 @@ averaged from per-part averages, so one process, N processes (``torchrun``) and 
 Values are JSON-native (ints, floats, bools, strings, None, lists) so that a part written to a
 file and read back merges exactly as the in-memory one.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -71,14 +73,14 @@ class Part:
         for k, v in cols.items():
             t.setdefault(k, []).extend(v)
 
-    def table(self, name: str) -> "Table":
+    def table(self, name: str) -> Table:
         return Table(self.tables.get(name, {"positions": []}))
 
     def to_dict(self) -> dict:
         return {"tables": self.tables, "extra": self.extra}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Part":
+    def from_dict(cls, data: dict) -> Part:
         if not isinstance(data, dict) or not isinstance(data.get("tables", {}), dict):
             raise InputError("a part's check entry is not a {tables, extra} object")
         return cls(tables=dict(data.get("tables", {})), extra=dict(data.get("extra", {})))
@@ -207,4 +209,3 @@ def first_correct(clean: Table, k: int) -> list[int]:
 def digest(values: Any) -> str:
     """sha256 of a JSON-native value (canonical JSON)."""
     return hashlib.sha256(json.dumps(values, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-

@@ -3,6 +3,7 @@
 The interfaces are documented in docs/plugins.md; this is what ``robaudit plugins --check`` runs.
 Importing a plugin runs its code, so this only happens on request, never when listing.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -18,18 +19,16 @@ def load_plugin(info: PluginInfo):
     return metadata.EntryPoint(name=info.name, value=info.target, group=info.group).load()
 
 
-def _is_subclass(obj, dotted: str) -> bool:
-    module, _, name = dotted.rpartition(".")
-    import importlib
-
-    base = getattr(importlib.import_module(module), name)
+def _is_subclass(obj, base: type) -> bool:
     return inspect.isclass(obj) and issubclass(obj, base)
 
 
 def interface_problem(group: str, obj) -> str | None:
     """None if ``obj`` satisfies ``group``'s interface, else what is wrong (one line)."""
     if group == "robaudit.attacks":
-        if not _is_subclass(obj, "robaudit.attacks.base.Attack"):
+        from .attacks.base import Attack
+
+        if not _is_subclass(obj, Attack):
             return "not a subclass of robaudit.attacks.Attack"
         import dataclasses
 
@@ -38,17 +37,20 @@ def interface_problem(group: str, obj) -> str | None:
         if inspect.isabstract(obj):
             return "does not implement _perturb"
     elif group == "robaudit.checks":
-        if not _is_subclass(obj, "robaudit.checks.base.Check"):
+        from .checks.base import Check
+
+        if not _is_subclass(obj, Check):
             return "not a subclass of robaudit.checks.Check"
         if not isinstance(getattr(obj, "name", None), str):
             return "a Check needs a class attribute name (its section name)"
-        from .checks.base import Check
 
         own = lambda m: getattr(obj, m, None) is not getattr(Check, m)  # noqa: E731
         if not (own("compute") and own("combine")) and not own("run"):
             return "implements neither compute(ctx) + combine(tables, extras, info) nor run(ctx)"
     elif group == "robaudit.hardeners":
-        if not _is_subclass(obj, "robaudit.harden.regularizers.Hardener"):
+        from .harden.regularizers import Hardener
+
+        if not _is_subclass(obj, Hardener):
             return "not a subclass of robaudit.harden.regularizers.Hardener"
         if inspect.isabstract(obj):
             return "does not implement loss() and measure()"

@@ -9,13 +9,15 @@ the first time its name is looked up (:meth:`Registry.get`) or when :meth:`Regis
 is asked for. :func:`discover` reads the same metadata for every group without touching any
 registry, which is what ``robaudit plugins`` lists.
 """
+
 from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import UsageError
 
@@ -102,7 +104,7 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T, *, distribution: str = "robaudit", version: str | None = None) -> None:
         """Register an already imported object (built-ins, tests, programmatic plugins)."""
         if version is None:
-            from . import __version__
+            from ._version import __version__
 
             version = __version__ if distribution == "robaudit" else "?"
         self._put(Entry(name.lower(), obj, distribution, version))

@@ -23,11 +23,13 @@ Rules for code that draws (the batch-32-vs-256 test checks them):
 Helpers :func:`uniform`, :func:`normal`, :func:`randint`, :func:`signs` take either a
 SampleRNG or a ``torch.Generator`` (or None), so attacks keep working when called directly.
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -89,7 +91,9 @@ class SampleRNG:
         self._counter = counter or _Counter()
 
     @classmethod
-    def for_indices(cls, seed: int, tag: str, indices: Sequence[int] | torch.Tensor, device: torch.device | str = "cpu") -> "SampleRNG":
+    def for_indices(
+        cls, seed: int, tag: str, indices: Sequence[int] | torch.Tensor, device: torch.device | str = "cpu"
+    ) -> SampleRNG:
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).cpu()
         t = tag_words(seed, tag)
         lo = (idx & _M32).to(device)
@@ -105,13 +109,15 @@ class SampleRNG:
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
-    def subset(self, rows: Any, start: int | None = None) -> "SampleRNG":
+    def subset(self, rows: Any, start: int | None = None) -> SampleRNG:
         """The streams of ``rows`` (index tensor, bool mask or slice), sharing this stream
         position — or, with ``start``, positioned at draw ``start`` on a counter of their own
         (the same logical draw split over groups of rows)."""
         if isinstance(rows, slice):
             rows = torch.arange(len(self))[rows]
-        rows = torch.as_tensor(rows, device=self.keys.device) if not isinstance(rows, torch.Tensor) else rows.to(self.keys.device)
+        rows = (
+            torch.as_tensor(rows, device=self.keys.device) if not isinstance(rows, torch.Tensor) else rows.to(self.keys.device)
+        )
         if rows.dtype == torch.bool:
             rows = rows.nonzero().squeeze(1)
         counter = self._counter
@@ -122,7 +128,7 @@ class SampleRNG:
 
     __getitem__ = subset
 
-    def fork(self, tag: str) -> "SampleRNG":
+    def fork(self, tag: str) -> SampleRNG:
         """Independent streams for the same rows (a new family, its own position from 0)."""
         t = tag_words(0, tag)
         keys = torch.stack([_h(self.keys[:, 0] ^ t[0]), _h(self.keys[:, 1] ^ t[1])], dim=1)
@@ -139,8 +145,15 @@ class SampleRNG:
         return c
 
     # --- raw words ------------------------------------------------------------------------
-    def words(self, m: int, *, counter: int | None = None, rows: torch.Tensor | None = None,
-              offset: torch.Tensor | None = None, lane: int = 0) -> torch.Tensor:
+    def words(
+        self,
+        m: int,
+        *,
+        counter: int | None = None,
+        rows: torch.Tensor | None = None,
+        offset: torch.Tensor | None = None,
+        lane: int = 0,
+    ) -> torch.Tensor:
         """int64 ``[R', m]`` of 32-bit words: element j of row r is word ``offset[r] + j`` of draw
         ``counter`` (default: the next one) of that row's stream. ``rows`` picks (and may repeat)
         rows; ``lane`` selects an independent word sequence of the same draw."""
@@ -226,7 +239,9 @@ def _check_rows(shape: Sequence[int], rng: SampleRNG) -> tuple[int, ...]:
     return shape[1:]
 
 
-def uniform(shape: Sequence[int], generator: Any, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def uniform(
+    shape: Sequence[int], generator: Any, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``torch.rand(shape)`` from a SampleRNG (one stream per row of dim 0) or a torch.Generator/None."""
     if isinstance(generator, SampleRNG):
         return generator.uniform(_check_rows(shape, generator), dtype=dtype).to(device)
@@ -234,7 +249,9 @@ def uniform(shape: Sequence[int], generator: Any, device: torch.device | str, dt
     return torch.rand(tuple(shape), generator=generator, device=gdev, dtype=dtype).to(device)
 
 
-def normal(shape: Sequence[int], generator: Any, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def normal(
+    shape: Sequence[int], generator: Any, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``torch.randn(shape)`` from a SampleRNG or a torch.Generator/None."""
     if isinstance(generator, SampleRNG):
         return generator.normal(_check_rows(shape, generator), dtype=dtype).to(device)
@@ -250,7 +267,9 @@ def randint(low: int, high: int, shape: Sequence[int], generator: Any, device: t
     return torch.randint(low, high, tuple(shape), generator=generator, device=gdev).to(device)
 
 
-def signs(shape: Sequence[int], generator: Any, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def signs(
+    shape: Sequence[int], generator: Any, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Uniform ±1 from a SampleRNG or a torch.Generator/None."""
     if isinstance(generator, SampleRNG):
         return generator.signs(_check_rows(shape, generator), dtype=dtype).to(device)

@@ -11,10 +11,11 @@ Two scans of the same samples are compared with the **exact McNemar test** (McNe
 samples whose outcome changed, b went right→wrong and c wrong→right; under "no change" each is a
 fair coin, so the two-sided p-value is ``min(1, 2·P[Binomial(b+c, ½) ≤ min(b, c)])``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 __all__ = ["LEVEL", "METHOD", "Proportion", "proportion", "clopper_pearson", "mcnemar_exact", "Paired", "paired_test"]
 

@@ -1,4 +1,5 @@
 """Threat models on pixel space [0,1]: a norm (``linf`` or ``l2``) and a radius ε."""
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ class Norm(str, Enum):
     L2 = "l2"
 
     @classmethod
-    def parse(cls, value: "str | Norm") -> "Norm":
+    def parse(cls, value: str | Norm) -> Norm:
         if isinstance(value, Norm):
             return value
         v = str(value).strip().lower().replace("ℓ", "l")
@@ -28,7 +29,7 @@ class Norm(str, Enum):
         return aliases[v]
 
 
-def parse_eps(text: "str | float") -> float:
+def parse_eps(text: str | float) -> float:
     """``'8/255'`` → 0.03137..., ``'0.1'`` → 0.1. ε is on the [0,1] pixel scale."""
     if isinstance(text, (int, float)):
         value = float(text)
@@ -61,7 +62,9 @@ def parse_eps_list(text: str) -> list[float]:
             if k < 2 or hi <= lo:
                 raise UsageError(f"epsilon sweep {part!r} must be start:stop:count with start < stop and count >= 2")
             if k > MAX_SWEEP:
-                raise UsageError(f"epsilon sweep {part!r} asks for {k} radii; at most {MAX_SWEEP} (every radius reruns every attack)")
+                raise UsageError(
+                    f"epsilon sweep {part!r} asks for {k} radii; at most {MAX_SWEEP} (every radius reruns every attack)"
+                )
             values.update(round(lo + (hi - lo) * i / (k - 1), 12) for i in range(k))
         else:
             values.add(parse_eps(part))

@@ -8,6 +8,7 @@ on robaudit's models; see the closing note of the geometry issue for the figures
 
     python scripts/alignment_vs_fd_step.py MODEL.safetensors [MODEL2 ...] [--k 30] [--steps 1e-4,1e-2,1e-1]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ x uint8 [1000,1,28,28], y int64 [1000], class_names str [10]. Byte-for-byte dete
 zip members' timestamps are pinned. Usage: python scripts/build_demo_data.py [FASHION_MNIST_DIR]
 (default /usr/share/datasets/fashion-mnist, Debian's layout; torchvision's FashionMNIST/raw works too).
 """
+
 from __future__ import annotations
 
 import io

@@ -7,6 +7,7 @@ robaudit/models/assets/demo_fashion_mnist_small_cnn.safetensors with robaudit me
 
     python scripts/build_demo_model.py [--epochs 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,11 +54,19 @@ def main() -> None:
             sched.step()
         net.eval()
         with torch.no_grad():
-            acc = sum((net(test.x[i : i + 1000]).argmax(1) == test.y[i : i + 1000]).sum().item() for i in range(0, test.n, 1000)) / test.n
+            acc = (
+                sum((net(test.x[i : i + 1000]).argmax(1) == test.y[i : i + 1000]).sum().item() for i in range(0, test.n, 1000))
+                / test.n
+            )
         print(f"epoch {epoch + 1}: test accuracy {acc:.4f} ({time.time() - t0:.0f}s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sha = save_model(
-        args.out, net, arch="small-cnn", arch_kwargs=ARCH_KWARGS, num_classes=10, input_shape=(1, 28, 28),
+        args.out,
+        net,
+        arch="small-cnn",
+        arch_kwargs=ARCH_KWARGS,
+        num_classes=10,
+        input_shape=(1, 28, 28),
         class_names=test.class_names,
         extra_metadata={"robaudit.training": f"natural, Adam one-cycle max lr 2e-3, {args.epochs} epochs, batch 128, seed 0"},
     )

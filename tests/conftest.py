@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models and data, no network. Real Fashion-MNIST tests skip without the Debian data."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Writers for small synthetic datasets in exactly torchvision's (and Debian's) on-disk layouts."""
+
 from __future__ import annotations
 
 import gzip
@@ -81,8 +82,16 @@ def write_cifar10(root: Path, per_batch: int = 4, protocol: int = 4, seed: int =
     for fname in ["test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]:
         data = g.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in g.integers(0, 10, per_batch)]
-        _dump(folder / fname, {b"batch_label": fname.encode(), b"data": data, b"labels": labels,
-                               b"filenames": [b"f%d.png" % i for i in range(per_batch)]}, protocol)
+        _dump(
+            folder / fname,
+            {
+                b"batch_label": fname.encode(),
+                b"data": data,
+                b"labels": labels,
+                b"filenames": [b"f%d.png" % i for i in range(per_batch)],
+            },
+            protocol,
+        )
         if fname == "test_batch":
             out["test"] = (data, labels)
         else:
@@ -101,8 +110,7 @@ def write_cifar100(root: Path, n_test: int = 5, n_train: int = 6, seed: int = 0)
     for split, n in (("test", n_test), ("train", n_train)):
         data = g.integers(0, 256, (n, 3072), dtype=np.uint8)
         fine_labels = [int(v) for v in g.integers(0, 100, n)]
-        _dump(folder / split, {b"data": data, b"fine_labels": fine_labels,
-                               b"coarse_labels": [v // 5 for v in fine_labels]}, 4)
+        _dump(folder / split, {b"data": data, b"fine_labels": fine_labels, b"coarse_labels": [v // 5 for v in fine_labels]}, 4)
         out[split] = (data, fine_labels)
     return out
 

@@ -1,11 +1,14 @@
 """The Python API on an in-memory module and tensors."""
+
 from __future__ import annotations
 
+import pytest
 import torch
 
 import robaudit
 from robaudit.cli.demo import DEMO_MODEL
 from robaudit.data import DataRequest, load_dataset
+from robaudit.errors import UsageError
 from robaudit.models import load_model
 
 
@@ -23,6 +26,13 @@ def test_scan_gate_html_on_a_plain_module():
     assert path_result.metrics()["clean.accuracy"] == acc
     assert isinstance(result, robaudit.ScanResult)
     assert torch.is_tensor(data.x)
+
+
+def test_gate_with_a_thresholds_path_that_is_no_file(tmp_path):
+    """A Path is a thresholds file: a missing one is a usage error naming it (it used to be iterated
+    as if it were a list of requirements: a TypeError). The file is read before any result is."""
+    with pytest.raises(UsageError, match=r"thresholds file .*robaudit\.toml not found"):
+        robaudit.gate(None, tmp_path / "robaudit.toml")
 
 
 def test_api_and_cli_share_config_parsing():

@@ -1,6 +1,7 @@
 """Packed runs (robaudit.attacks._runs): APGD's and FAB-T's restarts/targets sharing model calls
 give exactly what the runs one after the other give, at any stagger and row cap; and an attack's
 progress callback advances while it runs, not only at its end."""
+
 from __future__ import annotations
 
 import pytest

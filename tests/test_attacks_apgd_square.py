@@ -1,5 +1,6 @@
 """APGD (CE, DLR, targeted) and Square Attack: invariants, determinism, analytic linear cases,
 pass counts, and APGD-CE (100 steps) at least as strong as PGD-20 on a small trained model."""
+
 from __future__ import annotations
 
 import gzip
@@ -17,7 +18,6 @@ from robaudit.attacks.apgd import checkpoints, dlr_loss, dlr_targeted_loss
 from robaudit.attacks.base import lp_norm
 from robaudit.errors import UsageError
 from robaudit.threat import Norm, ThreatModel
-
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (as conftest)
 NAMES = ["apgd-ce", "apgd-dlr", "apgd-t", "square"]
@@ -112,7 +112,19 @@ def test_apgd_checkpoints_follow_the_paper():
 def test_square_p_schedule():
     sq = ATTACKS.get("square")(n_queries=10000, p_init=0.8)
     assert [sq._p(i) for i in (0, 10, 11, 50, 51, 201, 501, 1001, 2001, 4001, 6001, 8001, 9999)] == [
-        0.8, 0.8, 0.4, 0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625, 0.003125, 0.0015625, 0.0015625
+        0.8,
+        0.8,
+        0.4,
+        0.4,
+        0.2,
+        0.1,
+        0.05,
+        0.025,
+        0.0125,
+        0.00625,
+        0.003125,
+        0.0015625,
+        0.0015625,
     ]
     assert ATTACKS.get("square")(n_queries=5000)._p(6) == 0.4  # rescaled: 6/5000 of the budget = 12/10000
 
@@ -235,6 +247,7 @@ def test_square_decoded_block_draws_equal_the_per_iteration_draws(channels, monk
     once (_BlockDraws.linf); the points must be those of the per-iteration path, bit for bit,
     resampled proposals included (a large ε makes them frequent)."""
     from conftest import TinyCNN
+
     from robaudit.rng import SampleRNG
 
     torch.manual_seed(0)
@@ -247,7 +260,9 @@ def test_square_decoded_block_draws_equal_the_per_iteration_draws(channels, monk
 
     def run():
         attack = ATTACKS.get("square")(n_queries=200)
-        return attack.run(model, x, y, ThreatModel(Norm.LINF, 0.04), SampleRNG.for_indices(0, "sq", torch.arange(10))), attack.counter
+        return attack.run(
+            model, x, y, ThreatModel(Norm.LINF, 0.04), SampleRNG.for_indices(0, "sq", torch.arange(10))
+        ), attack.counter
 
     (fast, c_fast), used = run(), len(resampled)
     monkeypatch.setattr(square_module._BlockDraws, "_decode", lambda self, k: None)

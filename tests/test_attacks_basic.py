@@ -1,4 +1,5 @@
 """FGSM / PGD / BIM: analytic linear cases and the invariants every attack keeps."""
+
 from __future__ import annotations
 
 import pytest

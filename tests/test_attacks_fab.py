@@ -1,11 +1,13 @@
 """FAB-T: the exact box-constrained projection, the minimal perturbation of an affine model, the
 invariants every attack keeps, its cost per iteration, and its place in the `standard` preset."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import linprog, minimize
+from test_attacks_basic import _binary_linear
 
 from robaudit.attacks import ATTACKS
 from robaudit.attacks.base import lp_norm
@@ -13,8 +15,6 @@ from robaudit.attacks.fab import FABTargeted, boundary_projection
 from robaudit.config import ScanConfig, parse_attack_list
 from robaudit.errors import UsageError
 from robaudit.threat import Norm, ThreatModel
-
-from test_attacks_basic import _binary_linear
 
 
 def _hyperplanes(seed: int = 1, batch: int = 24, d: int = 9):
@@ -48,12 +48,24 @@ def test_projection_is_the_exact_box_constrained_minimum():
         checked += 1
         dim = pi.size
         bounds = [(-pi[j], 1 - pi[j]) for j in range(dim)]
-        lp = linprog(np.r_[np.zeros(dim), 1.0], A_ub=np.r_[np.c_[np.eye(dim), -np.ones(dim)], np.c_[-np.eye(dim), -np.ones(dim)]],
-                     b_ub=np.zeros(2 * dim), A_eq=np.r_[wi, 0.0][None], b_eq=[ci], bounds=bounds + [(0, None)])
+        lp = linprog(
+            np.r_[np.zeros(dim), 1.0],
+            A_ub=np.r_[np.c_[np.eye(dim), -np.ones(dim)], np.c_[-np.eye(dim), -np.ones(dim)]],
+            b_ub=np.zeros(2 * dim),
+            A_eq=np.r_[wi, 0.0][None],
+            b_eq=[ci],
+            bounds=bounds + [(0, None)],
+        )
         assert lp.status == 0
         assert np.abs(d_inf[i]).max() == pytest.approx(lp.x[-1], abs=1e-9)
-        qp = minimize(lambda z: (z ** 2).sum(), np.zeros(dim), method="SLSQP", bounds=bounds,
-                      constraints=[{"type": "eq", "fun": lambda z, wi=wi, ci=ci: wi @ z - ci}], options={"ftol": 1e-14, "maxiter": 500})
+        qp = minimize(
+            lambda z: (z**2).sum(),
+            np.zeros(dim),
+            method="SLSQP",
+            bounds=bounds,
+            constraints=[{"type": "eq", "fun": lambda z, wi=wi, ci=ci: wi @ z - ci}],
+            options={"ftol": 1e-14, "maxiter": 500},
+        )
         assert np.linalg.norm(d_two[i]) == pytest.approx(np.sqrt(qp.fun), abs=1e-7)
         for d in (d_inf[i], d_two[i]):  # on the hyperplane, inside the box
             assert wi @ d == pytest.approx(ci, abs=1e-9)
@@ -97,7 +109,9 @@ def test_invariants_ball_box_mode_weights(norm, tiny_cnn):
     eps = 0.1 if norm is Norm.LINF else 0.5
     before = {k: v.clone() for k, v in tiny_cnn.state_dict().items()}
     tiny_cnn.train()
-    out = FABTargeted(n_iter=8, n_target_classes=3, n_restarts=2).run(tiny_cnn, x, y, ThreatModel(norm, eps), torch.Generator().manual_seed(0))
+    out = FABTargeted(n_iter=8, n_target_classes=3, n_restarts=2).run(
+        tiny_cnn, x, y, ThreatModel(norm, eps), torch.Generator().manual_seed(0)
+    )
     assert tiny_cnn.training  # the mode it was in is restored
     tiny_cnn.eval()
     assert (lp_norm(out.x_adv - x, norm) <= eps + 1e-6).all()

@@ -1,9 +1,11 @@
 """C&W-ℓ2, DeepFool (+ bisection refinement), SPSA, iterative least-likely: invariants and analytic
 linear cases (exact minimal perturbations of a two-class affine model)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_attacks_basic import _binary_linear
 from torch import nn
 
 import robaudit.attacks.cw  # noqa: F401  (registers cw-l2)
@@ -18,8 +20,6 @@ from robaudit.attacks.pgd import PGD
 from robaudit.attacks.spsa import SPSA
 from robaudit.errors import UsageError
 from robaudit.threat import Norm, ThreatModel
-
-from test_attacks_basic import _binary_linear
 
 # small settings so the invariant tests stay fast on 2 cores
 FAST = {

@@ -1,10 +1,10 @@
 """The suite through the engine: presets, cascade vs independent, ensemble invariants, real data end to end."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from robaudit.attacks import ATTACKS
@@ -15,7 +15,21 @@ from robaudit.data import DataRequest, load_dataset
 from robaudit.engine import run_scan
 from robaudit.models import load_model
 
-ALL = ("fgsm", "bim", "pgd", "cw-pgd", "least-likely", "cw-l2", "deepfool", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "spsa")
+ALL = (
+    "fgsm",
+    "bim",
+    "pgd",
+    "cw-pgd",
+    "least-likely",
+    "cw-l2",
+    "deepfool",
+    "apgd-ce",
+    "apgd-dlr",
+    "apgd-t",
+    "fab-t",
+    "square",
+    "spsa",
+)
 
 
 def test_every_attack_is_registered_with_a_documented_default():
@@ -49,7 +63,11 @@ def test_cascade_and_independent_agree_on_the_worst_case_bound(demo):
     for r_ind, r_cas in zip(ind.runs, cas.runs):
         assert r_cas.n_attacked <= r_ind.n_attacked <= clean
     later = [r for r in cas.runs if r.attack != "fgsm"]
-    assert all(not any(a and not b for a, b in zip(r.attacked, prev.robust)) for prev, r in zip(cas.runs, cas.runs[1:]) if prev.eps == r.eps)
+    assert all(
+        not any(a and not b for a, b in zip(r.attacked, prev.robust))
+        for prev, r in zip(cas.runs, cas.runs[1:])
+        if prev.eps == r.eps
+    )
     assert later
 
 
@@ -58,8 +76,24 @@ def test_standard_preset_end_to_end_on_real_fashion_mnist(fashion_available, tmp
     out = tmp_path / "r.json"
     res = CliRunner().invoke(
         app,
-        ["scan", str(DEMO_MODEL), "--dataset", "fashion-mnist", "--data-dir", str(fashion_available), "--n", "40",
-         "--attacks", "standard", "--eps", "0.05", "--checks", "clean,attacks", "--json", str(out)],
+        [
+            "scan",
+            str(DEMO_MODEL),
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(fashion_available),
+            "--n",
+            "40",
+            "--attacks",
+            "standard",
+            "--eps",
+            "0.05",
+            "--checks",
+            "clean,attacks",
+            "--json",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     sec = json.loads(out.read_text())["sections"]["attacks"]
@@ -70,8 +104,25 @@ def test_standard_preset_end_to_end_on_real_fashion_mnist(fashion_available, tmp
     # AutoAttack-grade: no weaker than PGD-20 on the same samples
     res2 = CliRunner().invoke(
         app,
-        ["scan", str(DEMO_MODEL), "--dataset", "fashion-mnist", "--data-dir", str(fashion_available), "--n", "40",
-         "--attacks", "pgd", "--eps", "0.05", "--checks", "clean,attacks", "--json", str(tmp_path / "p.json"), "--quiet"],
+        [
+            "scan",
+            str(DEMO_MODEL),
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(fashion_available),
+            "--n",
+            "40",
+            "--attacks",
+            "pgd",
+            "--eps",
+            "0.05",
+            "--checks",
+            "clean,attacks",
+            "--json",
+            str(tmp_path / "p.json"),
+            "--quiet",
+        ],
     )
     assert res2.exit_code == 0
     pgd_acc = json.loads((tmp_path / "p.json").read_text())["sections"]["attacks"]["ensemble"]["0.05"]
@@ -80,8 +131,24 @@ def test_standard_preset_end_to_end_on_real_fashion_mnist(fashion_available, tmp
 
 def test_paper_preset_uses_yu_et_al_eps_columns(demo, tmp_path):
     out = tmp_path / "r.json"
-    res = CliRunner().invoke(app, ["scan", str(DEMO_MODEL), "--dataset", "demo", "--n", "16", "--attacks", "paper",
-                                   "--checks", "clean,attacks", "--json", str(out), "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "scan",
+            str(DEMO_MODEL),
+            "--dataset",
+            "demo",
+            "--n",
+            "16",
+            "--attacks",
+            "paper",
+            "--checks",
+            "clean,attacks",
+            "--json",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     sec = json.loads(out.read_text())["sections"]["attacks"]
     assert sec["eps"] == [0.1, 0.2, 0.3]

@@ -5,6 +5,7 @@ result JSON and harden checkpoints, and user strings with Rich markup or emoji c
 (printed as text, never interpreted). Exit codes: 2 usage, 3 bad input file, never 4 for an input
 robaudit can diagnose.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,7 +29,7 @@ from robaudit.cli.demo import DEMO_MODEL
 from robaudit.cli.main import app
 from robaudit.config import ScanConfig, check_radii
 from robaudit.errors import CheckpointError, InputError, UsageError, WriteError
-from robaudit.outputs import TEMP_PREFIX, atomic_target, atomic_write, check_outputs
+from robaudit.outputs import atomic_target, atomic_write, check_outputs
 from robaudit.results import ScanResult
 
 runner = CliRunner()
@@ -79,17 +80,21 @@ def workdir(tmp_path, monkeypatch, result_json) -> Path:
 
 # --- radii ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--eps", "2"], "2/255"),  # the issue's row: the whole cube; the hint names the 0-255 reading
-    (["--eps", "8"], "8/255"),
-    (["--eps", "0.1,1.5"], "1.5 is larger than 1"),
-    (["--eps", "0:2:5"], "in --eps 0:2:5"),  # a sweep that ends outside the cube names the sweep
-    (["--norm", "l2", "--eps", "28.5"], "√d = 28"),  # 1×28×28: the cube's diameter is 28
-    (["--eps", "-0.1"], ">= 0"),
-    (["--eps", "nan"], ">= 0"),
-    (["--eps", "inf"], ">= 0"),
-    (["--eps", "0:0.3:5000"], "at most 1000"),
-])
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--eps", "2"], "2/255"),  # the issue's row: the whole cube; the hint names the 0-255 reading
+        (["--eps", "8"], "8/255"),
+        (["--eps", "0.1,1.5"], "1.5 is larger than 1"),
+        (["--eps", "0:2:5"], "in --eps 0:2:5"),  # a sweep that ends outside the cube names the sweep
+        (["--norm", "l2", "--eps", "28.5"], "√d = 28"),  # 1×28×28: the cube's diameter is 28
+        (["--eps", "-0.1"], ">= 0"),
+        (["--eps", "nan"], ">= 0"),
+        (["--eps", "inf"], ">= 0"),
+        (["--eps", "0:0.3:5000"], "at most 1000"),
+    ],
+)
 def test_radius_outside_the_pixel_cube_is_a_usage_error_before_any_work(workdir, args, fragment):
     before = tree(workdir)
     res = invoke("scan", MODEL, *QUICK, *args, "--json", "out.json", "--html", "out.html")
@@ -126,6 +131,7 @@ def test_api_and_demo_and_harden_check_radii(workdir, tiny_cnn):
 
 
 # --- output paths ----------------------------------------------------------------------------------
+
 
 def _npz(path: Path) -> Path:
     from robaudit.data import DataRequest, load_dataset
@@ -177,8 +183,11 @@ def test_unwritable_output_is_a_usage_error_before_any_work(workdir, args, fragm
 
 def test_harden_resume_file_that_is_a_folder_and_a_dataset_file_as_output(workdir):
     (workdir / "h.safetensors.ckpt").mkdir()
-    one_error_line(invoke("harden", MODEL, "--dataset", "demo", "--out", "h.safetensors"), 2,
-                   "--out (resume file) h.safetensors.ckpt is a folder")
+    one_error_line(
+        invoke("harden", MODEL, "--dataset", "demo", "--out", "h.safetensors"),
+        2,
+        "--out (resume file) h.safetensors.ckpt is a folder",
+    )
     data = _npz(workdir / "data.npz")
     before = tree(workdir)
     one_error_line(invoke("scan", MODEL, "--dataset", data, "--json", data, "-q"), 2, "would overwrite the input --dataset")
@@ -221,11 +230,15 @@ def test_atomic_write_leaves_nothing_on_failure_and_keeps_the_umask(tmp_path):
 def test_check_outputs_accepts_what_it_should(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "old.json").write_text("{}")
-    check_outputs(files={"--json": "old.json", "--html": "new/deeper/r.html", "--junit": None},
-                  folders={"--csv": ("tables", ("samples.csv",))}, inputs={"CHECKPOINT": "model.pt", "--gate": None})
+    check_outputs(
+        files={"--json": "old.json", "--html": "new/deeper/r.html", "--junit": None},
+        folders={"--csv": ("tables", ("samples.csv",))},
+        inputs={"CHECKPOINT": "model.pt", "--gate": None},
+    )
 
 
 # --- malformed result JSON: report, gate, compare ---------------------------------------------------
+
 
 def _mutated(result_json: Path, edit) -> str:
     data = json.loads(result_json.read_text())
@@ -239,6 +252,7 @@ def _set(path: tuple, value):
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
+
     return edit
 
 
@@ -248,6 +262,7 @@ def _delete(path: tuple):
         for key in path[:-1]:
             node = node[key]
         del node[path[-1]]
+
     return edit
 
 
@@ -260,10 +275,14 @@ MALFORMED = {
     "no provenance": (lambda r: _mutated(r, _delete(("provenance",))), "missing field 'provenance'"),
     "provenance.n text": (lambda r: _mutated(r, _set(("provenance", "n"), "12")), "provenance.n: expected an integer"),
     "provenance.n negative": (lambda r: _mutated(r, _set(("provenance", "n"), -3)), "provenance.n"),
-    "missing required field": (lambda r: _mutated(r, _delete(("sections", "clean", "accuracy"))),
-                               "sections.clean: missing field 'accuracy'"),
-    "eps as text": (lambda r: _mutated(r, _set(("sections", "attacks", "runs", 0, "eps"), "0.1")),
-                    "sections.attacks.runs[0].eps: expected a number"),
+    "missing required field": (
+        lambda r: _mutated(r, _delete(("sections", "clean", "accuracy"))),
+        "sections.clean: missing field 'accuracy'",
+    ),
+    "eps as text": (
+        lambda r: _mutated(r, _set(("sections", "attacks", "runs", 0, "eps"), "0.1")),
+        "sections.attacks.runs[0].eps: expected a number",
+    ),
     "bool as number": (lambda r: _mutated(r, _set(("sections", "clean", "accuracy"), True)), "sections.clean.accuracy"),
     "flags object": (lambda r: _mutated(r, _set(("flags",), {"a": 1})), "flags: expected a list"),
     "flag without code": (lambda r: _mutated(r, _set(("flags",), [{"message": "m"}])), "flags[0]: missing field 'code'"),
@@ -274,25 +293,47 @@ MALFORMED = {
     "Infinity": (lambda r: r.read_text().replace('"seed": 0', '"seed": 0, "z": -Infinity', 1), "provenance.z"),
     "1e400": (lambda r: r.read_text().replace('"seed": 0', '"seed": 1e400', 1), "provenance.seed"),
     "huge integer": (lambda r: r.read_text().replace('"seed": 0', '"seed": ' + "9" * 30, 1), "out of range"),
-    "integer beyond the digit limit": (lambda r: r.read_text().replace('"seed": 0', '"seed": ' + "9" * 5000, 1),
-                                       "not a robaudit JSON result"),
-    "per-sample list short": (lambda r: _mutated(r, _set(("sections", "margins", "margins"), [0.5])),
-                              "sections.margins.margins: expected 16 values (one per sample), got 1"),
-    "per-class list long": (lambda r: _mutated(r, _set(("sections", "clean", "per_class"), [0.5] * 11)),
-                            "sections.clean.per_class: expected 10 values (one per class), got 11"),
-    "robust flags short": (lambda r: _mutated(r, _set(("sections", "attacks", "ensemble_robust", "0.1"), [True])),
-                           "sections.attacks.ensemble_robust.0.1: expected 16 values"),
-    "example not base64": (lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "image"), "x[/b]")),
-                           "sections.attacks.examples[0].image: not a base64-encoded tensor"),
-    "example shape": (lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "shape"), [1, 28])),
-                      "sections.attacks.examples[0].shape: [1, 28] is not the inputs' shape"),
-    "example truncated": (lambda r: _mutated(r, lambda d: d["sections"]["attacks"]["examples"][0].update(
-        image=d["sections"]["attacks"]["examples"][0]["image"][:400])),
-                          "sections.attacks.examples[0].image: 300 bytes, but a float32 tensor of shape [1, 28, 28] has 3136"),
-    "example shape of another rank": (lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "shape"), [28, 28])),
-                                      "sections.attacks.examples[0].shape: [28, 28] is not the inputs' shape [1, 28, 28]"),
-    "example index": (lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "index"), 16)),
-                      "sections.attacks.examples[0].index: sample index 16 is outside the 16 samples"),
+    "integer beyond the digit limit": (
+        lambda r: r.read_text().replace('"seed": 0', '"seed": ' + "9" * 5000, 1),
+        "not a robaudit JSON result",
+    ),
+    "per-sample list short": (
+        lambda r: _mutated(r, _set(("sections", "margins", "margins"), [0.5])),
+        "sections.margins.margins: expected 16 values (one per sample), got 1",
+    ),
+    "per-class list long": (
+        lambda r: _mutated(r, _set(("sections", "clean", "per_class"), [0.5] * 11)),
+        "sections.clean.per_class: expected 10 values (one per class), got 11",
+    ),
+    "robust flags short": (
+        lambda r: _mutated(r, _set(("sections", "attacks", "ensemble_robust", "0.1"), [True])),
+        "sections.attacks.ensemble_robust.0.1: expected 16 values",
+    ),
+    "example not base64": (
+        lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "image"), "x[/b]")),
+        "sections.attacks.examples[0].image: not a base64-encoded tensor",
+    ),
+    "example shape": (
+        lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "shape"), [1, 28])),
+        "sections.attacks.examples[0].shape: [1, 28] is not the inputs' shape",
+    ),
+    "example truncated": (
+        lambda r: _mutated(
+            r,
+            lambda d: d["sections"]["attacks"]["examples"][0].update(
+                image=d["sections"]["attacks"]["examples"][0]["image"][:400]
+            ),
+        ),
+        "sections.attacks.examples[0].image: 300 bytes, but a float32 tensor of shape [1, 28, 28] has 3136",
+    ),
+    "example shape of another rank": (
+        lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "shape"), [28, 28])),
+        "sections.attacks.examples[0].shape: [28, 28] is not the inputs' shape [1, 28, 28]",
+    ),
+    "example index": (
+        lambda r: _mutated(r, _set(("sections", "attacks", "examples", 0, "index"), 16)),
+        "sections.attacks.examples[0].index: sample index 16 is outside the 16 samples",
+    ),
     "deep nesting": (lambda r: "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     "truncated": (lambda r: r.read_text()[: len(r.read_text()) // 2], "truncated"),
     "empty": (lambda r: "", "is empty"),
@@ -396,13 +437,20 @@ def test_every_field_mutated_reads_as_an_input_error_or_a_result_the_renderers_t
     base = json.loads(result_json.read_text())
     original = ScanResult.from_dict(copy.deepcopy(base))
     mutations = {
-        "delete": None, "null": lambda v: None, "text": lambda v: "x[/b]", "bool": lambda v: True,
-        "huge": lambda v: 1e308, "negative": lambda v: -3, "big int": lambda v: 10**15,
-        "empty list": lambda v: [], "empty object": lambda v: {}, "one item": lambda v: v[:1] if isinstance(v, list) else [v],
+        "delete": None,
+        "null": lambda v: None,
+        "text": lambda v: "x[/b]",
+        "bool": lambda v: True,
+        "huge": lambda v: 1e308,
+        "negative": lambda v: -3,
+        "big int": lambda v: 10**15,
+        "empty list": lambda v: [],
+        "empty object": lambda v: {},
+        "one item": lambda v: v[:1] if isinstance(v, list) else [v],
     }
     read = rejected = 0
     for path in list(_leaf_paths(base))[1:]:
-        for name, mutate in mutations.items():
+        for _name, mutate in mutations.items():
             data = copy.deepcopy(base)
             parent = data
             for key in path[:-1]:
@@ -444,6 +492,7 @@ def test_html_report_takes_nulls(result_json, tmp_path):
 
 # --- harden --resume from a malformed checkpoint -----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """A real <out>.ckpt: harden (ce-grad, 64 embedded images, batch 32) stopped after one step."""
@@ -457,12 +506,30 @@ def interrupted(tmp_path_factory):
         raise KeyboardInterrupt
 
     with pytest.raises(HardenInterrupted):
-        harden(MODEL, str(data), out, method="ce-grad", epochs=2, batch_size=32, eval_n=16, device="cpu", scan=False,
-               on_step=stop)
+        harden(
+            MODEL, str(data), out, method="ce-grad", epochs=2, batch_size=32, eval_n=16, device="cpu", scan=False, on_step=stop
+        )
     ckpt = d / "h.safetensors.ckpt"
     assert ckpt.is_file()
-    args = ["harden", MODEL, "--method", "ce-grad", "--dataset", data, "--epochs", "2", "--batch-size", "32",
-            "--eval-n", "16", "--device", "cpu", "--no-scan", "--resume", "-q"]
+    args = [
+        "harden",
+        MODEL,
+        "--method",
+        "ce-grad",
+        "--dataset",
+        data,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--eval-n",
+        "16",
+        "--device",
+        "cpu",
+        "--no-scan",
+        "--resume",
+        "-q",
+    ]
     return torch.load(ckpt, weights_only=True), args
 
 
@@ -476,6 +543,7 @@ def _put(*path, value):
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
+
     return edit
 
 
@@ -581,14 +649,42 @@ def test_markup_in_paths_and_names_is_printed_as_text_by_every_command(workdir, 
     torch.save(module.Net().state_dict(), workdir / "w[red].pt")
     arch = f"nets{MARKUP}/net.py:Net"
     json_out, html_out = f"out{MARKUP}.json", "x:smile:.html"
-    res = invoke("scan", "w[red].pt", "--arch", arch, "--dataset", "demo", "--n", "16", "--checks", "clean,attacks",
-                 "--attacks", "fgsm,pgd:steps=2", "--device", "cpu", "--json", json_out, "--html", html_out)
+    res = invoke(
+        "scan",
+        "w[red].pt",
+        "--arch",
+        arch,
+        "--dataset",
+        "demo",
+        "--n",
+        "16",
+        "--checks",
+        "clean,attacks",
+        "--attacks",
+        "fgsm,pgd:steps=2",
+        "--device",
+        "cpu",
+        "--json",
+        json_out,
+        "--html",
+        html_out,
+    )
     assert res.exit_code == 0, res.output
     _no_markup_damage(res, arch, "w[red].pt", json_out, html_out, "pgd[steps=2]")
     assert "😄" not in res.output and Path(json_out).is_file() and Path(html_out).is_file()
 
-    res = invoke("report", json_out, "-o", f"rep{MARKUP}.html", "--csv", f"tab{MARKUP}",
-                 "--require", "clean.accuracy >= 0", "--junit", f"j{MARKUP}.xml")
+    res = invoke(
+        "report",
+        json_out,
+        "-o",
+        f"rep{MARKUP}.html",
+        "--csv",
+        f"tab{MARKUP}",
+        "--require",
+        "clean.accuracy >= 0",
+        "--junit",
+        f"j{MARKUP}.xml",
+    )
     assert res.exit_code == 0, res.output
     _no_markup_damage(res, f"rep{MARKUP}.html", f"tab{MARKUP}/samples.csv")
     res = invoke("compare", json_out, "r.json", "-o", f"c{MARKUP}.html", "--force")
@@ -600,8 +696,25 @@ def test_markup_in_paths_and_names_is_printed_as_text_by_every_command(workdir, 
 
     (workdir / "data[").mkdir()
     data = _npz(workdir / f"data{MARKUP}.npz")
-    res = invoke("harden", MODEL, "--method", "ce-grad", "--dataset", data, "--train-n", "32", "--eval-n", "16",
-                 "--epochs", "1", "--device", "cpu", "--no-scan", "--out", f"h{MARKUP}.safetensors")
+    res = invoke(
+        "harden",
+        MODEL,
+        "--method",
+        "ce-grad",
+        "--dataset",
+        data,
+        "--train-n",
+        "32",
+        "--eval-n",
+        "16",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--no-scan",
+        "--out",
+        f"h{MARKUP}.safetensors",
+    )
     assert res.exit_code == 0, res.output
     _no_markup_damage(res, f"h{MARKUP}.safetensors", f"data{MARKUP}.npz")
 
@@ -654,6 +767,10 @@ def test_no_markup_tags_left_in_print_calls():
     literally, so styles must be Text spans or style=; this sweep keeps it that way."""
     tag = re.compile(r"[\"'][^\"'\n]*\[/?(bold|dim|red|green|yellow|italic|underline|blue|cyan|magenta)( [a-z ]+)?\]")
     root = Path(__file__).resolve().parent.parent / "robaudit"
-    offenders = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py")
-                 for i, line in enumerate(p.read_text().splitlines(), 1) if tag.search(line)]
+    offenders = [
+        f"{p.relative_to(root)}:{i}"
+        for p in root.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if tag.search(line)
+    ]
     assert offenders == []

@@ -1,6 +1,7 @@
 """`blackbox-beats-whitebox` is a binomial test on the white-box survivors a black-box attack breaks
 (docs/flags.md): silent on a few lucky successes among many survivors, raised when many fall.
 End to end on real models (working, quantized input, scaled logits): tests/test_flags.py."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,13 @@ import math
 import pytest
 
 from robaudit.checks.attacks import (
-    MASKING_ALPHA, MASKING_RATE, AttackRun, AttacksSection, attack_flags, binomial_tail, blackbox_only_counts,
+    MASKING_ALPHA,
+    MASKING_RATE,
+    AttackRun,
+    AttacksSection,
+    attack_flags,
+    binomial_tail,
+    blackbox_only_counts,
     min_broken_to_flag,
 )
 from robaudit.results import ScanResult
@@ -39,10 +46,24 @@ def test_the_smallest_flagged_count_is_where_the_tail_drops_below_alpha():
 def _run(name: str, kind: str, attacked: list[bool], broken: list[bool], eps: float = 0.1) -> AttackRun:
     n = len(attacked)
     robust = tuple(a and not b for a, b in zip(attacked, broken))
-    return AttackRun(attack=name, kind=kind, single_step=False, params={}, norm="linf", eps=eps,
-                     robust_accuracy=sum(robust) / n, success_rate=0.0, n_attacked=sum(attacked), mean_perturbation=None,
-                     forward_per_sample=0.0, backward_per_sample=0.0, seconds=0.0, robust=robust,
-                     attacked=tuple(attacked), broken=tuple(broken))
+    return AttackRun(
+        attack=name,
+        kind=kind,
+        single_step=False,
+        params={},
+        norm="linf",
+        eps=eps,
+        robust_accuracy=sum(robust) / n,
+        success_rate=0.0,
+        n_attacked=sum(attacked),
+        mean_perturbation=None,
+        forward_per_sample=0.0,
+        backward_per_sample=0.0,
+        seconds=0.0,
+        robust=robust,
+        attacked=tuple(attacked),
+        broken=tuple(broken),
+    )
 
 
 def _cascade(n: int, white_broken: int, black_broken: int) -> tuple[AttackRun, ...]:
@@ -55,8 +76,15 @@ def _cascade(n: int, white_broken: int, black_broken: int) -> tuple[AttackRun, .
 
 def _flags(runs) -> list:
     n = len(runs[0].attacked)
-    sec = AttacksSection(norm="linf", mode="cascade", eps=(0.1,), runs=runs, ensemble={}, ensemble_robust={},
-                         blackbox_only=blackbox_only_counts(runs, n))
+    sec = AttacksSection(
+        norm="linf",
+        mode="cascade",
+        eps=(0.1,),
+        runs=runs,
+        ensemble={},
+        ensemble_robust={},
+        blackbox_only=blackbox_only_counts(runs, n),
+    )
     return sec, [f for f in attack_flags(sec, {}, n) if f.code == "blackbox-beats-whitebox"]
 
 
@@ -88,9 +116,22 @@ def test_counts_survive_the_json_round_trip():
     sec, _ = _flags(_cascade(50, 10, 3))
     from robaudit.results import Provenance
 
-    prov = Provenance(robaudit_version="x", torch_version="x", device="cpu", seed=0, checkpoint="m", checkpoint_sha256="",
-                      checkpoint_format="x", arch=None, dataset="d", split="test", n=50, input_shape=(1, 2, 2),
-                      class_names=("a",), data_source="s")
+    prov = Provenance(
+        robaudit_version="x",
+        torch_version="x",
+        device="cpu",
+        seed=0,
+        checkpoint="m",
+        checkpoint_sha256="",
+        checkpoint_format="x",
+        arch=None,
+        dataset="d",
+        split="test",
+        n=50,
+        input_shape=(1, 2, 2),
+        class_names=("a",),
+        data_source="s",
+    )
     back = ScanResult.from_dict(ScanResult(provenance=prov, sections={"attacks": sec}).to_dict())
     assert back.section("attacks").blackbox_only == sec.blackbox_only
 

@@ -2,6 +2,7 @@
 
 Skipped when /usr/bin/chromium is absent (Debian package ``chromium``; .ci/run installs it).
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,8 +27,17 @@ from robaudit.report.html import render_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--enable-logging=stderr",
+    "--v=0",
 ]
 # Injected for this test only (the report itself has no script): count the images that failed to decode.
 CHECK_SCRIPT = """<script>
@@ -55,16 +65,34 @@ def _rgb_result(monkeypatch):
     monkeypatch.setattr(surfaces_mod.SurfacesCheck, "steps", 9)
     monkeypatch.setattr(surfaces_mod.SurfacesCheck, "n_samples", 1)
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 5)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 5)
+    ).eval()
     x = torch.rand(20, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         y = net(x).argmax(1)
     y[::3] = (y[::3] + 1) % 5
     data = DataSpec("synthetic-rgb", "test", x, y, ("cat", "dog", "<ship>", "truck & van", "frog"), "memory")
     loaded = LoadedModel(net, ModelInfo(path="rgb.safetensors", format="safetensors", sha256="f" * 64, arch="tiny-rgb"))
-    config = ScanConfig(eps=(2 / 255, 8 / 255), attacks=parse_attack_list("fgsm,pgd:steps=3"), device="cpu",
-                        checks=("clean", "sanity", "attacks", "margins", "minimal", "jacobian", "curvature", "indicator",
-                                "spectra", "surfaces", "landscape"), keep_examples=4)
+    config = ScanConfig(
+        eps=(2 / 255, 8 / 255),
+        attacks=parse_attack_list("fgsm,pgd:steps=3"),
+        device="cpu",
+        checks=(
+            "clean",
+            "sanity",
+            "attacks",
+            "margins",
+            "minimal",
+            "jacobian",
+            "curvature",
+            "indicator",
+            "spectra",
+            "surfaces",
+            "landscape",
+        ),
+        keep_examples=4,
+    )
     return run_scan(loaded, data, config, command_line="t")
 
 
@@ -72,7 +100,9 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
     return subprocess.run(
         [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 

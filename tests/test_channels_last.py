@@ -2,15 +2,16 @@
 — the same function up to float rounding, so the scan's invariants hold and its figures agree
 with the default format's within float tolerance; --no-channels-last is the scan it always was.
 The automatic choice (neither flag): tests/test_memory_format.py."""
+
 from __future__ import annotations
 
 import json
 import math
 
 import torch
+from conftest import TinyCNN
 from torch import nn
 
-from conftest import TinyCNN
 from robaudit.attacks.base import ChannelsLastModel, in_memory_format
 from robaudit.checks.attacks import decode_tensor
 from robaudit.config import ScanConfig
@@ -105,12 +106,31 @@ def test_forced_off_is_the_default_format_and_old_results_load():
 
 def test_cli_channels_last_is_recorded(tmp_path):
     from typer.testing import CliRunner
+
     from robaudit.cli.demo import DEMO_MODEL
     from robaudit.cli.main import app
 
     out_json = tmp_path / "r.json"
-    out = CliRunner().invoke(app, ["scan", str(DEMO_MODEL), "-d", "demo", "-n", "4", "--device", "cpu", "--channels-last",
-                                   "--checks", "clean,attacks", "--attacks", "fgsm", "--json", str(out_json)])
+    out = CliRunner().invoke(
+        app,
+        [
+            "scan",
+            str(DEMO_MODEL),
+            "-d",
+            "demo",
+            "-n",
+            "4",
+            "--device",
+            "cpu",
+            "--channels-last",
+            "--checks",
+            "clean,attacks",
+            "--attacks",
+            "fgsm",
+            "--json",
+            str(out_json),
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "channels_last" in out.output
     assert json.loads(out_json.read_text())["provenance"]["channels_last"] is True

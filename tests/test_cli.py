@@ -1,8 +1,8 @@
 """CLI end to end with Typer's CliRunner: every checkpoint format on real Fashion-MNIST, exit codes."""
+
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,6 @@ import torch
 from typer.testing import CliRunner
 
 import robaudit
-
 from robaudit.cli.demo import DEMO_MODEL
 from robaudit.cli.main import app
 from robaudit.models import load_model
@@ -81,8 +80,21 @@ def test_same_clean_accuracy_in_every_format(formats, fashion_available, tmp_pat
         out = tmp_path / f"{len(accs)}.json"
         res = runner.invoke(
             app,
-            ["scan", *map(str, args), "--dataset", "fashion-mnist", "--data-dir", str(fashion_available),
-             "--n", "200", "--checks", "clean,margins", "--quiet", "--json", str(out)],
+            [
+                "scan",
+                *map(str, args),
+                "--dataset",
+                "fashion-mnist",
+                "--data-dir",
+                str(fashion_available),
+                "--n",
+                "200",
+                "--checks",
+                "clean,margins",
+                "--quiet",
+                "--json",
+                str(out),
+            ],
         )
         assert res.exit_code == 0, f"{name}: {res.output}"
         accs[name] = json.loads(out.read_text())["sections"]["clean"]["accuracy"]
@@ -92,8 +104,20 @@ def test_same_clean_accuracy_in_every_format(formats, fashion_available, tmp_pat
 
 def test_static_batch_export_is_audited_at_its_batch_size(formats):
     d, _ = formats
-    res = runner.invoke(app, ["scan", str(d / "static_batch.pt2"), "--trust-checkpoint", "--dataset", "demo", "--n", "7",
-                              "--checks", "clean,margins"])
+    res = runner.invoke(
+        app,
+        [
+            "scan",
+            str(d / "static_batch.pt2"),
+            "--trust-checkpoint",
+            "--dataset",
+            "demo",
+            "--n",
+            "7",
+            "--checks",
+            "clean,margins",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "batch size 2 only" in res.output and "dynamic_shapes" in res.output  # summary + model warning
 
@@ -128,8 +152,11 @@ def test_exit_codes(tmp_path):
     # missing dataset, no network → 3, one line naming where it looked
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = runner.invoke(app, ["scan", str(DEMO_MODEL), "--dataset", "cifar10", "--data-dir", str(empty)],
-                        env={"ROBAUDIT_DATA": str(empty), "HOME": str(empty)})
+    res = runner.invoke(
+        app,
+        ["scan", str(DEMO_MODEL), "--dataset", "cifar10", "--data-dir", str(empty)],
+        env={"ROBAUDIT_DATA": str(empty), "HOME": str(empty)},
+    )
     assert res.exit_code == 3, res.output
     assert "--download" in res.output and "Traceback" not in res.output
     # malicious pickle → 3 and nothing executed
@@ -189,10 +216,28 @@ def test_shape_mismatch_names_the_arch_kwargs_that_fit(tmp_path):
     from robaudit.models.nets.small_cnn import small_cnn
 
     torch.save(small_cnn(width=8, hidden=64).state_dict(), tmp_path / "sd.pt")
-    res = runner.invoke(app, ["scan", str(tmp_path / "sd.pt"), "--arch", "small-cnn", "-d", "demo", "--n", "4", "--checks", "clean"])
+    res = runner.invoke(
+        app, ["scan", str(tmp_path / "sd.pt"), "--arch", "small-cnn", "-d", "demo", "--n", "4", "--checks", "clean"]
+    )
     assert res.exit_code == 3 and "--arch-kwargs width=8,hidden=64" in " ".join(res.output.split()), res.output
-    res = runner.invoke(app, ["scan", str(tmp_path / "sd.pt"), "--arch", "small-cnn", "--arch-kwargs", "width=8,hidden=64",
-                              "-d", "demo", "--n", "4", "--checks", "clean", "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "scan",
+            str(tmp_path / "sd.pt"),
+            "--arch",
+            "small-cnn",
+            "--arch-kwargs",
+            "width=8,hidden=64",
+            "-d",
+            "demo",
+            "--n",
+            "4",
+            "--checks",
+            "clean",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     odd = small_cnn(width=8).state_dict()
     odd["fc2.weight"] = torch.zeros(10, 7)  # no integer argument of small-cnn makes this fit

@@ -1,4 +1,5 @@
 """compare: deltas sorted by drop, refusal on different data / threat model, --force, --max-drop."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,13 @@ def _scan(n: int = 16) -> ScanResult:
     y[::2] = (y[::2] + 1) % 10  # half misclassified: clean accuracy 0.5 exactly
     data = DataSpec("synthetic", "test", x[:n], y[:n], tuple(str(i) for i in range(10)), "memory")
     loaded = LoadedModel(net, ModelInfo(path="a.safetensors", format="safetensors", sha256="0" * 64, arch="lin"))
-    config = ScanConfig(eps=(0.01, 0.1), attacks=parse_attack_list("fgsm"), device="cpu", checks=("clean", "attacks", "margins"), keep_examples=0)
+    config = ScanConfig(
+        eps=(0.01, 0.1),
+        attacks=parse_attack_list("fgsm"),
+        device="cpu",
+        checks=("clean", "attacks", "margins"),
+        keep_examples=0,
+    )
     return run_scan(loaded, data, config, command_line="t")
 
 
@@ -140,8 +147,11 @@ def _lose(result: ScanResult, k: int) -> ScanResult:
     sections = dict(result.sections)
     sections["clean"] = dataclasses.replace(clean, correct=correct, accuracy=sum(correct) / len(correct))
     sections["attacks"] = dataclasses.replace(
-        att, runs=tuple(dataclasses.replace(r, robust_accuracy=sum(r.robust) / len(r.robust)) for r in runs),
-        ensemble_robust=robust, ensemble={k2: sum(v) / len(v) for k2, v in robust.items()})
+        att,
+        runs=tuple(dataclasses.replace(r, robust_accuracy=sum(r.robust) / len(r.robust)) for r in runs),
+        ensemble_robust=robust,
+        ensemble={k2: sum(v) / len(v) for k2, v in robust.items()},
+    )
     return dataclasses.replace(result, sections=sections)
 
 
@@ -180,8 +190,9 @@ def test_max_drop_significant(before, tmp_path):
 
 def test_pairing_needs_the_same_samples(before, tmp_path):
     clean = before.section("clean")
-    shuffled = dataclasses.replace(before, sections={**before.sections,
-                                                     "clean": dataclasses.replace(clean, labels=clean.labels[::-1])})
+    shuffled = dataclasses.replace(
+        before, sections={**before.sections, "clean": dataclasses.replace(clean, labels=clean.labels[::-1])}
+    )
     with pytest.raises(UsageError, match="labels differ"):
         compare_results(before, shuffled)
     forced = compare_results(before, shuffled, force=True)

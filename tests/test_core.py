@@ -1,4 +1,5 @@
 """Threat-model parsing, attack-list parsing, the registry's plugin path."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace

@@ -1,4 +1,5 @@
 """Data loading: torchvision's on-disk formats (synthetic files), user files, the demo sample."""
+
 from __future__ import annotations
 
 import pickle
@@ -14,8 +15,7 @@ import robaudit.data._common as common
 from robaudit.data import DATASETS, DataRequest, DataSpec, dataset_search_paths, load_dataset
 from robaudit.errors import DatasetError, DatasetNotFoundError, UsageError
 
-FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 @pytest.fixture(autouse=True)
@@ -258,8 +258,7 @@ def _save(path: Path, arr: np.ndarray) -> None:
 
 def test_imagefolder_rgb_order_and_first_n(tmp_path):
     g = np.random.default_rng(0)
-    imgs = {f"{c}/{f}": g.integers(0, 256, (6, 5, 3), dtype=np.uint8)
-            for c in ("dog", "cat") for f in ("b.png", "a.bmp")}
+    imgs = {f"{c}/{f}": g.integers(0, 256, (6, 5, 3), dtype=np.uint8) for c in ("dog", "cat") for f in ("b.png", "a.bmp")}
     for rel, arr in imgs.items():
         _save(tmp_path / "set" / rel, arr)
     (tmp_path / "set" / "cat" / "notes.txt").write_text("not an image")
@@ -364,8 +363,11 @@ def test_safetensors_with_class_names(tmp_path):
     from safetensors.torch import save_file
 
     xh, y, ref = _sample(hwc=True)
-    save_file({"x": torch.from_numpy(xh), "y": torch.from_numpy(y)}, str(tmp_path / "s.safetensors"),
-              metadata={"class_names": json.dumps(["r", "g", "b"])})
+    save_file(
+        {"x": torch.from_numpy(xh), "y": torch.from_numpy(y)},
+        str(tmp_path / "s.safetensors"),
+        metadata={"class_names": json.dumps(["r", "g", "b"])},
+    )
     spec = load_dataset(str(tmp_path / "s.safetensors"))
     np.testing.assert_array_equal(_pixels(spec), ref)
     assert spec.class_names == ("r", "g", "b") and spec.y.tolist() == y.tolist()
@@ -376,8 +378,9 @@ def test_safetensors_with_class_names(tmp_path):
 
 def test_torch_file_and_malicious_pt(tmp_path):
     x, y, ref = _sample()
-    torch.save({"x": torch.from_numpy(x).float() / 255, "y": torch.from_numpy(y), "class_names": ["p", "q", "r"]},
-               tmp_path / "d.pt")
+    torch.save(
+        {"x": torch.from_numpy(x).float() / 255, "y": torch.from_numpy(y), "class_names": ["p", "q", "r"]}, tmp_path / "d.pt"
+    )
     spec = load_dataset(str(tmp_path / "d.pt"), DataRequest(n=2))
     np.testing.assert_array_equal(_pixels(spec), ref[:2])
     assert spec.class_names == ("p", "q", "r") and spec.name.endswith("d.pt")

@@ -1,4 +1,5 @@
 """Streaming data: lazy image folders, class-stratified --n, class maps, symlink loops, indices in the result."""
+
 from __future__ import annotations
 
 import json
@@ -118,8 +119,14 @@ def test_class_map_for_a_subset_of_the_models_classes(tmp_path):
 # --class-map: one validator (folder.check_class_map) for every format ------------------------------
 
 CLASS_MAP_FORMATS = {  # format → (write the map of these folders in this order, where the 1st and 3rd entries are)
-    "JSON object": (lambda folders: json.dumps({f: i for i, f in enumerate(folders)}) if len(set(folders)) == len(folders)
-                    else "{" + ", ".join(f'"{f}": {i}' for i, f in enumerate(folders)) + "}", ("entry 1", "entry 3")),
+    "JSON object": (
+        lambda folders: (
+            json.dumps({f: i for i, f in enumerate(folders)})
+            if len(set(folders)) == len(folders)
+            else "{" + ", ".join(f'"{f}": {i}' for i, f in enumerate(folders)) + "}"
+        ),
+        ("entry 1", "entry 3"),
+    ),
     "JSON list": (lambda folders: json.dumps(list(folders)), ("position 0", "position 2")),
     "text": (lambda folders: "# synsets\n" + "\n".join(f"{f} name of {f}" for f in folders) + "\n", ("line 2", "line 4")),
 }
@@ -151,8 +158,9 @@ def test_a_folder_listed_twice_is_refused_in_every_format(tmp_path, fmt):
     assert f"folder 'n00' is listed twice ({first} and {third}); keep one" in str(err.value)
     from robaudit.cli.demo import DEMO_MODEL
 
-    res = CliRunner().invoke(app, ["scan", str(DEMO_MODEL), "-d", _two_class_folder(tmp_path / "f"),
-                                   "--class-map", str(tmp_path / "map"), "-q"])
+    res = CliRunner().invoke(
+        app, ["scan", str(DEMO_MODEL), "-d", _two_class_folder(tmp_path / "f"), "--class-map", str(tmp_path / "map"), "-q"]
+    )
     assert res.exit_code == 3 and res.stderr.count("\n") == 1 and "listed twice" in res.stderr, res.output
 
 
@@ -167,21 +175,27 @@ def test_two_folders_mapped_to_one_class_are_refused(tmp_path):
         load_dataset(_two_class_folder(tmp_path / "f"), DataRequest(class_map=str(tmp_path / "map.json")))
     with pytest.raises(DatasetError, match="both map to class 4"):
         check_class_map([ClassMapEntry("a", 4, "a", "line 1"), ClassMapEntry("b", 4, "b", "line 2")], "m")
-    for bad, fragment in ((ClassMapEntry("a/b", 0, "x", "line 1"), "not a folder name"),
-                          (ClassMapEntry("..", 0, "x", "line 1"), "not a folder name"),
-                          (ClassMapEntry("a", -1, "x", "entry 1"), "must be >= 0")):
+    for bad, fragment in (
+        (ClassMapEntry("a/b", 0, "x", "line 1"), "not a folder name"),
+        (ClassMapEntry("..", 0, "x", "line 1"), "not a folder name"),
+        (ClassMapEntry("a", -1, "x", "entry 1"), "must be >= 0"),
+    ):
         with pytest.raises(DatasetError, match=fragment):
             check_class_map([bad], "m")
     with pytest.raises(DatasetError, match="maps no class"):
         check_class_map([], "m")
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("[" * 5000 + "]" * 5000, "nested too deeply"),
-    ('{"n00": 0, "n01": ', "truncated"),
-    (b"\xff\xfe[]", "not UTF-8"),
-    ('{"n00": 1e999999}', "expected a JSON object"),
-], ids=["deep", "truncated", "not UTF-8", "float index"])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ('{"n00": 0, "n01": ', "truncated"),
+        (b"\xff\xfe[]", "not UTF-8"),
+        ('{"n00": 1e999999}', "expected a JSON object"),
+    ],
+    ids=["deep", "truncated", "not UTF-8", "float index"],
+)
 def test_a_malformed_class_map_is_one_input_error(tmp_path, content, fragment):
     path = tmp_path / "map.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())

@@ -1,4 +1,5 @@
 """Sharded and distributed scans: --shard K/N parts + merge, and torchrun, equal the single-process result."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import Conv6Net
 from typer.testing import CliRunner
 
 from robaudit.cli.demo import DEMO_MODEL
@@ -18,7 +20,6 @@ from robaudit.distributed import merge_payloads, read_part, run_shard, write_par
 from robaudit.engine import Shard, run_scan
 from robaudit.errors import UsageError
 from robaudit.models.spec import LoadedModel, ModelInfo
-from conftest import Conv6Net
 
 
 def _comparable(result_dict: dict) -> dict:
@@ -47,10 +48,13 @@ def _setup(n=30):
 
 
 CFG = dict(
-    eps="0.05,0.15", attacks="apgd-ce:n_iter=6,apgd-t:n_iter=4:n_target_classes=3,square:n_queries=20", ensemble="cascade",
+    eps="0.05,0.15",
+    attacks="apgd-ce:n_iter=6,apgd-t:n_iter=4:n_target_classes=3,square:n_queries=20",
+    ensemble="cascade",
     checks="clean,sanity,attacks,margins,minimal,jacobian,curvature:k=4:n_probes=2,indicator,spectra,"
-           "surfaces:n_samples=2:steps=5,landscape:n_samples=20:steps_1d=3:steps_2d=3,certify:radius=true:radius_steps=4",
-    compute_block=4, device="cpu",
+    "surfaces:n_samples=2:steps=5,landscape:n_samples=20:steps_1d=3:steps_2d=3,certify:radius=true:radius_steps=4",
+    compute_block=4,
+    device="cpu",
 )
 
 
@@ -75,16 +79,40 @@ def test_three_shards_merged_equal_the_single_process_scan(tmp_path):
 
 def test_two_shards_of_the_default_checks_via_the_cli(tmp_path):
     model = str(DEMO_MODEL)
-    common = [model, "-d", "demo", "-n", "24", "--attacks", "fgsm,pgd:steps=3", "--checks", "clean,attacks,margins,jacobian",
-              "--compute-block", "8", "-q"]
+    common = [
+        model,
+        "-d",
+        "demo",
+        "-n",
+        "24",
+        "--attacks",
+        "fgsm,pgd:steps=3",
+        "--checks",
+        "clean,attacks,margins,jacobian",
+        "--compute-block",
+        "8",
+        "-q",
+    ]
     runner = CliRunner()
     r = runner.invoke(app, ["scan", *common, "--json", str(tmp_path / "single.json"), "--batch-size", "16"])
     assert r.exit_code == 0, r.output
     for k in (0, 1):
         r = runner.invoke(app, ["scan", *common, "--shard", f"{k}/2", "--json", str(tmp_path / f"p{k}.json")])
         assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["merge", str(tmp_path / "p1.json"), str(tmp_path / "p0.json"), "-o", str(tmp_path / "m.json"),
-                            "--html", str(tmp_path / "m.html"), "--require", "clean.accuracy >= 0.5"])
+    r = runner.invoke(
+        app,
+        [
+            "merge",
+            str(tmp_path / "p1.json"),
+            str(tmp_path / "p0.json"),
+            "-o",
+            str(tmp_path / "m.json"),
+            "--html",
+            str(tmp_path / "m.html"),
+            "--require",
+            "clean.accuracy >= 0.5",
+        ],
+    )
     assert r.exit_code == 0, r.output
     single = json.loads((tmp_path / "single.json").read_text())
     merged = json.loads((tmp_path / "m.json").read_text())
@@ -119,8 +147,24 @@ def two_parts(tmp_path_factory):
     """The two part files of the default checks on 16 demo images, and a previous merged result."""
     d = tmp_path_factory.mktemp("parts")
     for k in (0, 1):
-        r = CliRunner().invoke(app, ["scan", str(DEMO_MODEL), "-d", "demo", "-n", "16", "--device", "cpu", "-q",
-                                     "--shard", f"{k}/2", "--json", str(d / f"p{k}.json")])
+        r = CliRunner().invoke(
+            app,
+            [
+                "scan",
+                str(DEMO_MODEL),
+                "-d",
+                "demo",
+                "-n",
+                "16",
+                "--device",
+                "cpu",
+                "-q",
+                "--shard",
+                f"{k}/2",
+                "--json",
+                str(d / f"p{k}.json"),
+            ],
+        )
         assert r.exit_code == 0, r.output
     return d
 
@@ -132,6 +176,7 @@ def _mutations(part: dict):
     for check, entry in part["parts"].items():
         for table, columns in entry["tables"].items():
             for column, values in columns.items():
+
                 def at(d, check=check, table=table, column=column):
                     return d["parts"][check]["tables"][table][column]
 
@@ -144,8 +189,12 @@ def _mutations(part: dict):
                 if values and isinstance(values[0], bool):
                     yield f"{check}.{table}.{column} null", lambda d, at=at: at(d).__setitem__(0, None)
     yield "clean label of another class", lambda d: d["parts"]["clean"]["tables"]["samples"]["label"].__setitem__(0, 9)
-    yield "clean correct flipped", lambda d: d["parts"]["clean"]["tables"]["samples"]["correct"].__setitem__(
-        0, not d["parts"]["clean"]["tables"]["samples"]["correct"][0])
+    yield (
+        "clean correct flipped",
+        lambda d: d["parts"]["clean"]["tables"]["samples"]["correct"].__setitem__(
+            0, not d["parts"]["clean"]["tables"]["samples"]["correct"][0]
+        ),
+    )
     yield "gallery example outside the samples", lambda d: d["parts"]["attacks"]["extra"]["examples"][0].update(position=99)
     yield "gallery example of another shape", lambda d: d["parts"]["attacks"]["extra"]["examples"][0].update(shape=[1, 28])
 
@@ -167,26 +216,40 @@ def test_merge_checks_every_record_before_writing_anything(two_parts, tmp_path):
         bad = copy.deepcopy(good)
         edit(bad)
         (tmp_path / "bad.json").write_text(json.dumps(bad))
-        r = CliRunner().invoke(app, ["merge", str(two_parts / "p0.json"), str(tmp_path / "bad.json"), "-o",
-                                     str(tmp_path / "merged.json"), "--html", str(tmp_path / "report.html"),
-                                     "--csv", str(tmp_path / "tables")])
+        r = CliRunner().invoke(
+            app,
+            [
+                "merge",
+                str(two_parts / "p0.json"),
+                str(tmp_path / "bad.json"),
+                "-o",
+                str(tmp_path / "merged.json"),
+                "--html",
+                str(tmp_path / "report.html"),
+                "--csv",
+                str(tmp_path / "tables"),
+            ],
+        )
         assert r.exit_code == 3, (name, r.output)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, (name, r.output)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "merged.json", "report.html"], name
         assert all((tmp_path / f).read_text() == t for f, t in outputs.items()), name
-    r = CliRunner().invoke(app, ["merge", str(two_parts / "p0.json"), str(two_parts / "p1.json"), "-o",
-                                 str(tmp_path / "merged.json"), "-q"])
+    r = CliRunner().invoke(
+        app, ["merge", str(two_parts / "p0.json"), str(two_parts / "p1.json"), "-o", str(tmp_path / "merged.json"), "-q"]
+    )
     assert r.exit_code == 0 and json.loads((tmp_path / "merged.json").read_text())["provenance"]["n"] == 16
 
 
 def test_shard_usage_errors_come_before_any_work(tmp_path):
     runner = CliRunner()
     base = ["scan", str(DEMO_MODEL), "-d", "demo"]
-    for extra, text in ((["--shard", "2/2", "--json", "p.json"], "--shard must be K/N"),
-                        (["--shard", "0/2"], "--shard needs --json"),
-                        (["--shard", "0/2", "--json", "p.json", "--html", "r.html"], "--html"),
-                        (["--compute-block", "300"], "--compute-block must be between")):
+    for extra, text in (
+        (["--shard", "2/2", "--json", "p.json"], "--shard must be K/N"),
+        (["--shard", "0/2"], "--shard needs --json"),
+        (["--shard", "0/2", "--json", "p.json", "--html", "r.html"], "--html"),
+        (["--compute-block", "300"], "--compute-block must be between"),
+    ):
         r = runner.invoke(app, base + extra)
         assert r.exit_code == 2 and text in r.output, r.output
 
@@ -212,15 +275,49 @@ def test_a_check_with_only_run_is_refused_in_a_shard(monkeypatch):
 def test_torchrun_two_processes_equal_one(tmp_path):
     """torchrun --nproc_per_node=2 on CPU (gloo): rank 0 writes one result equal to a single process's."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    args = ["scan", str(DEMO_MODEL), "-d", "demo", "-n", "30", "--attacks", "fgsm,pgd:steps=3",
-            "--checks", "clean,sanity,attacks,margins,jacobian,spectra,certify:method=ibp", "--compute-block", "8",
-            "--device", "cpu"]
-    single = subprocess.run([sys.executable, "-m", "robaudit", *args, "-q", "--json", str(tmp_path / "one.json")],
-                            env=env, capture_output=True, text=True, timeout=600)
+    args = [
+        "scan",
+        str(DEMO_MODEL),
+        "-d",
+        "demo",
+        "-n",
+        "30",
+        "--attacks",
+        "fgsm,pgd:steps=3",
+        "--checks",
+        "clean,sanity,attacks,margins,jacobian,spectra,certify:method=ibp",
+        "--compute-block",
+        "8",
+        "--device",
+        "cpu",
+    ]
+    single = subprocess.run(
+        [sys.executable, "-m", "robaudit", *args, "-q", "--json", str(tmp_path / "one.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr
-    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "robaudit", *args, "--json", str(tmp_path / "two.json")],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    dist = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "robaudit",
+            *args,
+            "--json",
+            str(tmp_path / "two.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert dist.returncode == 0, dist.stderr[-3000:]
     assert dist.stdout.count("result written to") == 1, "only rank 0 prints"
     one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
@@ -245,14 +342,46 @@ def test_torchrun_an_error_on_one_rank_is_one_line_from_rank_0(tmp_path):
         Image.fromarray(np.full((8, 8), 5 * i, np.uint8)).save(path)
     (tmp_path / "f" / "a" / "07.png").write_bytes(b"not a png")  # position 7: rank 1 of 2
     torch.manual_seed(0)
-    save_model(tmp_path / "m.safetensors", SmallCNN(2, 1, width=4, hidden=8, input_size=8), arch="small-cnn",
-               arch_kwargs={"width": 4, "hidden": 8, "input_size": 8}, num_classes=2, input_shape=(1, 8, 8))
+    save_model(
+        tmp_path / "m.safetensors",
+        SmallCNN(2, 1, width=4, hidden=8, input_size=8),
+        arch="small-cnn",
+        arch_kwargs={"width": 4, "hidden": 8, "input_size": 8},
+        num_classes=2,
+        input_shape=(1, 8, 8),
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                           "robaudit", "scan", "m.safetensors", "-d", "imagefolder:f", "--attacks", "fgsm", "--checks",
-                           "clean", "--workers", "0", "--json", "r.json"],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "robaudit",
+            "scan",
+            "m.safetensors",
+            "-d",
+            "imagefolder:f",
+            "--attacks",
+            "fgsm",
+            "--checks",
+            "clean",
+            "--workers",
+            "0",
+            "--json",
+            "r.json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     ours = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert ours == ["error: rank 1: f/a/07.png can't be read as an image (UnidentifiedImageError: cannot identify image file 'f/a/07.png')"]
+    assert ours == [
+        "error: rank 1: f/a/07.png can't be read as an image (UnidentifiedImageError: cannot identify image file 'f/a/07.png')"
+    ]
     assert "exitcode: 3" in proc.stderr and proc.returncode != 0
     assert not (tmp_path / "r.json").exists()

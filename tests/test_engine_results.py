@@ -1,4 +1,5 @@
 """Engine + ScanResult: invariants of a scan, JSON round trip, determinism, OOM back-off."""
+
 from __future__ import annotations
 
 import json

@@ -6,10 +6,10 @@ previous files as they were and no temporary file; harden then resumes from its 
 
 The "Faults" table of docs/exit-codes.md lists each fault with the test here that injects it.
 """
+
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import shutil
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from robaudit.cli.demo import DEMO_MODEL
@@ -31,7 +30,19 @@ from robaudit.errors import WriteError
 from robaudit.outputs import TEMP_PREFIX, atomic_write_all
 
 MODEL = str(DEMO_MODEL)
-QUICK = ["-d", "demo", "--num-samples", "16", "--checks", "clean,attacks,margins", "--attacks", "fgsm", "--device", "cpu", "-q"]
+QUICK = [
+    "-d",
+    "demo",
+    "--num-samples",
+    "16",
+    "--checks",
+    "clean,attacks,margins",
+    "--attacks",
+    "fgsm",
+    "--device",
+    "cpu",
+    "-q",
+]
 ENV = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
 
 
@@ -46,16 +57,31 @@ def temp_files(folder: Path) -> list[str]:
 
 
 def robaudit(*args, preexec_fn=None, cwd=None, prefix=(), env=None, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, sys.executable, "-m", "robaudit", *map(str, args)], capture_output=True, text=True,
-                          env=env or ENV, cwd=cwd, preexec_fn=preexec_fn, timeout=timeout)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "robaudit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        cwd=cwd,
+        preexec_fn=preexec_fn,
+        timeout=timeout,
+    )
 
 
 # --- output writes the machine refuses ---------------------------------------------------------------
 
-@pytest.mark.parametrize("code, fragment", [
-    (errno.ENOSPC, "free space on its file system"), (errno.EDQUOT, "disk quota"), (errno.EFBIG, "ulimit -f"),
-    (errno.EACCES, "no longer writable"), (errno.EROFS, "read-only"), (errno.EIO, "give another output path"),
-])
+
+@pytest.mark.parametrize(
+    "code, fragment",
+    [
+        (errno.ENOSPC, "free space on its file system"),
+        (errno.EDQUOT, "disk quota"),
+        (errno.EFBIG, "ulimit -f"),
+        (errno.EACCES, "no longer writable"),
+        (errno.EROFS, "read-only"),
+        (errno.EIO, "give another output path"),
+    ],
+)
 def test_every_refused_write_is_exit_3_and_changes_no_file(tmp_path, monkeypatch, code, fragment):
     """The class: whatever errno the write of the second of three outputs fails with, nothing is
     replaced (every temporary file is written before any rename) and none is left."""
@@ -84,6 +110,7 @@ def _file_size_limit(limit: int):
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process instead of failing the write
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -106,9 +133,11 @@ def test_a_file_size_limit_is_exit_3_and_the_previous_files_stay(command, parts,
     outputs = {"r.json": b"old result", "r.html": b"old report"}
     for name, data in outputs.items():
         (tmp_path / name).write_bytes(data)
-    args = {"scan": ["scan", MODEL, *QUICK, "--json", "r.json", "--html", "r.html"],
-            "merge": ["merge", parts / "p0.json", parts / "p1.json", "-o", "r.json", "--html", "r.html"],
-            "report": ["report", parts / "r.json", "-o", "r.html"]}[command]
+    args = {
+        "scan": ["scan", MODEL, *QUICK, "--json", "r.json", "--html", "r.html"],
+        "merge": ["merge", parts / "p0.json", parts / "p1.json", "-o", "r.json", "--html", "r.html"],
+        "report": ["report", parts / "r.json", "-o", "r.html"],
+    }[command]
     proc = robaudit(*args, preexec_fn=_file_size_limit(16 << 10), cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "File too large" in one_line(proc.stderr) and "ulimit -f" in proc.stderr
@@ -121,8 +150,10 @@ def test_a_full_file_system_is_exit_3_and_the_previous_files_stay(tmp_path):
     and the errno class test above cover the same code path)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode != 0
+    ):
         pytest.skip("mounting a small tmpfs needs root")
     try:
         (disk / "r.json").write_bytes(b"old result")
@@ -148,7 +179,10 @@ def _without_root_override() -> list[str]:
     try:
         os.chmod(probe, 0o555)
         prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
-        if subprocess.run([*prefix, sys.executable, "-c", f"open({probe!r} + '/x', 'w')"], capture_output=True).returncode == 0:
+        if (
+            subprocess.run([*prefix, sys.executable, "-c", f"open({probe!r} + '/x', 'w')"], capture_output=True).returncode
+            == 0
+        ):
             pytest.skip("this root keeps writing into read-only folders even without CAP_DAC_OVERRIDE")
         return prefix
     finally:
@@ -173,8 +207,13 @@ def test_a_folder_made_read_only_during_the_scan_is_exit_3(tmp_path):
         "from robaudit.cli.main import run; sys.argv[0] = 'robaudit'; run()\n"
     )
     try:
-        proc = subprocess.run([*prefix, sys.executable, "-c", driver, "scan", MODEL, *QUICK, "--json", str(out / "r.json")],
-                              capture_output=True, text=True, env=ENV, timeout=600)
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-c", driver, "scan", MODEL, *QUICK, "--json", str(out / "r.json")],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=600,
+        )
     finally:
         os.chmod(out, 0o755)
     assert proc.returncode == 3, proc.stderr[-3000:]
@@ -183,6 +222,7 @@ def test_a_folder_made_read_only_during_the_scan_is_exit_3(tmp_path):
 
 
 # --- the image folder disappearing mid-scan ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("what", ["the folder", "one image"])
 @pytest.mark.parametrize("workers", [0, 1])
@@ -208,9 +248,28 @@ def test_the_image_folder_removed_while_the_scan_runs_is_one_line(tmp_path, monk
 
     monkeypatch.setattr(data_module, "load_image_folder", then_remove)
     (tmp_path / "r.json").write_text("old")
-    res = CliRunner().invoke(app, ["scan", MODEL, "-d", f"imagefolder:{folder}", "--class-map", str(tmp_path / "classes.txt"),
-                                   "--checks", "clean", "--attacks", "fgsm", "--device", "cpu", "-q", "--workers", str(workers),
-                                   "--json", str(tmp_path / "r.json")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "scan",
+            MODEL,
+            "-d",
+            f"imagefolder:{folder}",
+            "--class-map",
+            str(tmp_path / "classes.txt"),
+            "--checks",
+            "clean",
+            "--attacks",
+            "fgsm",
+            "--device",
+            "cpu",
+            "-q",
+            "--workers",
+            str(workers),
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert res.exit_code == 3, res.output
     line = one_line(res.stderr)
     assert "can't be read as an image (FileNotFoundError" in line and ".png" in line
@@ -218,6 +277,7 @@ def test_the_image_folder_removed_while_the_scan_runs_is_one_line(tmp_path, monk
 
 
 # --- harden: the checkpoint write failing mid-run ----------------------------------------------------
+
 
 def _train_npz(path: Path, n: int = 64) -> Path:
     from robaudit.data import DataRequest, load_dataset
@@ -264,6 +324,7 @@ def test_a_checkpoint_write_failing_mid_run_stops_with_the_last_one_loadable(tmp
 
 # --- torchrun: a rank killed or hung ------------------------------------------------------------------
 
+
 def _ranks(run_id: str) -> dict[int, int]:
     """{rank: pid} of the torchrun workers whose environment carries ``ROBAUDIT_FAULT_TEST=run_id``."""
     found = {}
@@ -294,9 +355,25 @@ def torchrun():
         run_id = f"{os.getpid()}-{len(started)}-{time.monotonic_ns()}"
         # output to a file: a stopped worker would hold a pipe open after torchrun has exited
         log = open(cwd / f"torchrun-{len(started)}.log", "w+")
-        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                 *options, "-m", "robaudit", *map(str, args)], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                text=True, env=dict(ENV, ROBAUDIT_FAULT_TEST=run_id, **env), start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                *options,
+                "-m",
+                "robaudit",
+                *map(str, args),
+            ],
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(ENV, ROBAUDIT_FAULT_TEST=run_id, **env),
+            start_new_session=True,
+        )
         proc.log = log  # type: ignore[attr-defined]
         started.append((proc, run_id))
         return proc, run_id
@@ -389,8 +466,24 @@ def test_a_torchrun_harden_with_a_rank_killed_resumes_from_its_checkpoint(tmp_pa
     data = _train_npz(tmp_path / "d.npz", n=512)
     out = tmp_path / "h.safetensors"
     ckpt = tmp_path / "h.safetensors.ckpt"
-    common = ["harden", MODEL, "-d", data, "--epochs", "6", "--method", "jacobian", "--eval-n", "16", "--device", "cpu",
-              "--no-scan", "-q", "--out", out]
+    common = [
+        "harden",
+        MODEL,
+        "-d",
+        data,
+        "--epochs",
+        "6",
+        "--method",
+        "jacobian",
+        "--eval-n",
+        "16",
+        "--device",
+        "cpu",
+        "--no-scan",
+        "-q",
+        "--out",
+        out,
+    ]
     proc, run_id = torchrun([*common, "--batch-size", "16"], tmp_path)
     _wait_for(lambda: ckpt.exists() or proc.poll() is not None, 300, "the first epoch's checkpoint")
     ranks = _ranks(run_id)
@@ -407,6 +500,7 @@ def test_a_torchrun_harden_with_a_rank_killed_resumes_from_its_checkpoint(tmp_pa
 
 
 # --- the pieces: heartbeats, and a lost peer's error -----------------------------------------------------
+
 
 def test_a_wait_names_the_rank_whose_heartbeat_stopped(monkeypatch):
     """Liveness on a real TCPStore: two ranks' waits meet; a rank that never beats is named."""

@@ -1,4 +1,5 @@
 """Models that run at one batch size only (torch.export graphs specialized to it) are audited at that size."""
+
 from __future__ import annotations
 
 import json
@@ -44,10 +45,27 @@ def exports(tmp_path_factory):
 
 
 def _scan_json(path, out, *extra) -> tuple[dict, str]:
-    res = runner.invoke(app, [
-        "scan", str(path), "--dataset", "demo", "--trust-checkpoint", "--eps", "0.05,0.1", "--attacks", ATTACKS,
-        "--ensemble", "cascade", "--checks", CHECKS, "--json", str(out), *map(str, extra),
-    ])
+    res = runner.invoke(
+        app,
+        [
+            "scan",
+            str(path),
+            "--dataset",
+            "demo",
+            "--trust-checkpoint",
+            "--eps",
+            "0.05,0.1",
+            "--attacks",
+            ATTACKS,
+            "--ensemble",
+            "cascade",
+            "--checks",
+            CHECKS,
+            "--json",
+            str(out),
+            *map(str, extra),
+        ],
+    )
     assert res.exit_code == 0, res.output
     return json.loads(out.read_text()), res.output
 
@@ -119,10 +137,17 @@ def test_batch_size_is_a_multiple_of_the_fixed_batch_and_oom_halving_keeps_it():
     assert fit_batch_size(7, None) == 7
     from robaudit.data.spec import DataSpec
 
-    data = DataSpec("synthetic", "test", torch.zeros(20, *SHAPE), torch.zeros(20, dtype=torch.long),
-                    tuple(str(i) for i in range(10)), "memory")
-    ctx = ScanContext(model=nn.Identity(), data=data, config=None, device=torch.device("cpu"), eps=(0.1,),
-                      batch_size=10, fixed_batch=4)
+    data = DataSpec(
+        "synthetic",
+        "test",
+        torch.zeros(20, *SHAPE),
+        torch.zeros(20, dtype=torch.long),
+        tuple(str(i) for i in range(10)),
+        "memory",
+    )
+    ctx = ScanContext(
+        model=nn.Identity(), data=data, config=None, device=torch.device("cpu"), eps=(0.1,), batch_size=10, fixed_batch=4
+    )
     assert ctx.batch_size == 8
     seen: list[int] = []
 
@@ -197,8 +222,26 @@ def test_harden_refuses_a_model_that_runs_one_batch_size(tmp_path, tiny_cnn):
 
     save_file({"fc.weight": torch.zeros(10, 784), "fc.bias": torch.zeros(10)}, str(tmp_path / "one.safetensors"))
     data = tmp_path / "tiny.npz"
-    np.savez(data, x=np.zeros((10, 28, 28), dtype=np.uint8), y=np.arange(10), class_names=np.array([f"c{i}" for i in range(10)]))
-    res = runner.invoke(app, ["harden", str(tmp_path / "one.safetensors"), "--arch", f"{arch}:One", "--dataset", str(data),
-                              "--out", str(tmp_path / "o.safetensors"), "--epochs", "1", "--train-n", "8", "--quiet"])
+    np.savez(
+        data, x=np.zeros((10, 28, 28), dtype=np.uint8), y=np.arange(10), class_names=np.array([f"c{i}" for i in range(10)])
+    )
+    res = runner.invoke(
+        app,
+        [
+            "harden",
+            str(tmp_path / "one.safetensors"),
+            "--arch",
+            f"{arch}:One",
+            "--dataset",
+            str(data),
+            "--out",
+            str(tmp_path / "o.safetensors"),
+            "--epochs",
+            "1",
+            "--train-n",
+            "8",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 3, res.output
     assert "fixed batch size of 1" in res.output

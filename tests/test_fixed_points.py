@@ -3,15 +3,16 @@ and the iterate no longer moves, every later iteration would compute exactly the
 ends there. The outputs must equal those with the early stop forced off, bit for bit — on a
 model whose input gradients are all zero (input quantization) and on an ordinary one — and on the
 quantized model the gradient attacks must do next to no iterations."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from conftest import TinyCNN
 from torch import nn
 
-from conftest import TinyCNN
 from robaudit.attacks import ATTACKS
 from robaudit.attacks.base import Attack
 from robaudit.config import ScanConfig
@@ -86,8 +87,11 @@ def test_quantized_model_apgd_runs_end_at_their_start(norm):
     iterations (x1 ← 0.9·x1 + 0.1·x settles to a float fixed point)."""
     model, x, y = _case(True)
     threat = ThreatModel(norm, 0.03 if norm is Norm.LINF else 0.3)
-    for name, params, runs_per_sample, per_run in (("apgd-ce", dict(n_iter=100), 1, 2), ("apgd-t", dict(n_iter=100), 9, 2),
-                                                  ("fab-t", dict(n_iter=100), 9, 10)):
+    for name, params, runs_per_sample, per_run in (
+        ("apgd-ce", dict(n_iter=100), 1, 2),
+        ("apgd-t", dict(n_iter=100), 9, 2),
+        ("fab-t", dict(n_iter=100), 9, 10),
+    ):
         out, counter = _run(name, params, model, x, y, threat, stop=True)
         robust = int((~out.success).sum())
         assert robust >= 6
@@ -116,9 +120,16 @@ def _scan_json(quantized: bool, monkeypatch, stop: bool) -> dict:
     with torch.no_grad():
         y = model(x).argmax(1)
     data = DataSpec("synthetic", "test", x, y, tuple(str(i) for i in range(10)), "memory")
-    config = ScanConfig.parse(checks="clean,attacks", eps="0.02,0.05",
-                              attacks="apgd-ce:n_iter=20,apgd-t:n_iter=10:n_target_classes=3,fab-t:n_iter=10:n_target_classes=3,square:n_queries=60",
-                              ensemble="cascade", device="cpu", batch_size=8, compute_block=4, channels_last=False)
+    config = ScanConfig.parse(
+        checks="clean,attacks",
+        eps="0.02,0.05",
+        attacks="apgd-ce:n_iter=20,apgd-t:n_iter=10:n_target_classes=3,fab-t:n_iter=10:n_target_classes=3,square:n_queries=60",
+        ensemble="cascade",
+        device="cpu",
+        batch_size=8,
+        compute_block=4,
+        channels_last=False,
+    )
     result = run_scan(LoadedModel(model, ModelInfo(path="m", format="in-memory", sha256="0" * 64)), data, config)
     return result.to_dict()
 
@@ -133,13 +144,15 @@ def test_scan_results_equal_with_the_early_stop_off(quantized, monkeypatch):
     for d in (on, off):
         for run in d["sections"]["attacks"]["runs"]:
             run.pop("seconds")
-            passes.setdefault(run["attack"] + str(run["eps"]), []).append((run.pop("forward_per_sample"), run.pop("backward_per_sample")))
+            passes.setdefault(run["attack"] + str(run["eps"]), []).append(
+                (run.pop("forward_per_sample"), run.pop("backward_per_sample"))
+            )
         d.pop("timings")
         d["provenance"].pop("command_line", None)
     assert json.dumps(on["sections"], sort_keys=True) == json.dumps(off["sections"], sort_keys=True)
     assert on["flags"] == off["flags"]
     gradient = {k: v for k, v in passes.items() if k.startswith(("apgd", "fab"))}
-    for (f_on, b_on), (f_off, b_off) in gradient.values():
+    for (_f_on, b_on), (_f_off, b_off) in gradient.values():
         assert b_on <= b_off
     if quantized:
         assert sum(v[0][1] for v in gradient.values()) < sum(v[1][1] for v in gradient.values()) / 4

@@ -1,4 +1,5 @@
 """Each validity flag is raised on a model built to trigger it and not on a normal model."""
+
 from __future__ import annotations
 
 import pytest
@@ -104,8 +105,14 @@ def test_non_monotone_eps_flag(demo):
 def _blackbox_only(model: nn.Module, data, eps: float):
     """PGD-20 then Square (300 queries) in cascade: the white-box survivors Square broke, and the flags."""
     loaded = LoadedModel(model.eval(), ModelInfo(path="m", format="in-memory", sha256=""))
-    config = ScanConfig(eps=(eps,), attacks=parse_attack_list("pgd,square:n_queries=300"), ensemble="cascade",
-                        checks=("clean", "attacks"), device="cpu", batch_size=160)
+    config = ScanConfig(
+        eps=(eps,),
+        attacks=parse_attack_list("pgd,square:n_queries=300"),
+        ensemble="cascade",
+        checks=("clean", "attacks"),
+        device="cpu",
+        batch_size=160,
+    )
     result = run_scan(loaded, data, config, command_line="test")
     (counts,) = result.section("attacks").blackbox_only
     return counts, _codes(result)

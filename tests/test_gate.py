@@ -1,4 +1,5 @@
 """Gates: threshold syntax, both sides of every threshold, TOML files, errors (exit 2), JUnit, CLI."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,22 +32,42 @@ class _Metrics:
 
 def _prov(**kw) -> Provenance:
     base = dict(
-        robaudit_version="0", torch_version="0", device="cpu", seed=0, checkpoint="m.safetensors",
-        checkpoint_sha256="0" * 64, checkpoint_format="safetensors", arch="tiny", dataset="synthetic", split="test",
-        n=5, input_shape=(1, 8, 8), class_names=tuple("abcde"), data_source="memory",
+        robaudit_version="0",
+        torch_version="0",
+        device="cpu",
+        seed=0,
+        checkpoint="m.safetensors",
+        checkpoint_sha256="0" * 64,
+        checkpoint_format="safetensors",
+        arch="tiny",
+        dataset="synthetic",
+        split="test",
+        n=5,
+        input_shape=(1, 8, 8),
+        class_names=tuple("abcde"),
+        data_source="memory",
     )
     base.update(kw)
     return Provenance(**base)
 
 
 def _clean(accuracy: float = 0.4) -> CleanSection:
-    return CleanSection(n=5, accuracy=accuracy, per_class=(1.0, 1.0, 0.0, 0.0, None), correct=(True, True, False, False, False), predictions=(0, 1, 0, 0, 0))
+    return CleanSection(
+        n=5,
+        accuracy=accuracy,
+        per_class=(1.0, 1.0, 0.0, 0.0, None),
+        correct=(True, True, False, False, False),
+        predictions=(0, 1, 0, 0, 0),
+    )
 
 
 def make_result(accuracy: float = 0.4, robust: float = 8 / 255, flags=()) -> ScanResult:
     return ScanResult(
         provenance=_prov(),
-        sections={"clean": _clean(accuracy), "extra": _Metrics({"robust_acc.pgd.linf@8/255": robust, "robust_acc.pgd[steps=10].linf@0.1": 0.25})},
+        sections={
+            "clean": _clean(accuracy),
+            "extra": _Metrics({"robust_acc.pgd.linf@8/255": robust, "robust_acc.pgd[steps=10].linf@0.1": 0.25}),
+        },
         flags=tuple(flags),
     )
 
@@ -74,8 +95,18 @@ def test_parse_threshold(text, metric, op, value):
 
 
 @pytest.mark.parametrize(
-    "text", ["clean.accuracy", "clean.accuracy >= ", ">= 0.4", "clean.accuracy => 0.4", "clean.accuracy >= abc",
-             "clean.accuracy >= 1/0", "clean.accuracy >= nan", "clean.accuracy = 0.4", "clean.accuracy >= 0.4 0.5"],
+    "text",
+    [
+        "clean.accuracy",
+        "clean.accuracy >= ",
+        ">= 0.4",
+        "clean.accuracy => 0.4",
+        "clean.accuracy >= abc",
+        "clean.accuracy >= 1/0",
+        "clean.accuracy >= nan",
+        "clean.accuracy = 0.4",
+        "clean.accuracy >= 0.4 0.5",
+    ],
 )
 def test_malformed_threshold_is_usage_error(text):
     with pytest.raises(UsageError, match="--require"):
@@ -85,8 +116,14 @@ def test_malformed_threshold_is_usage_error(text):
 # --- both sides of each threshold, equality exact ---------------------------------------------------
 @pytest.mark.parametrize(
     "op, expect_below, expect_equal, expect_above",
-    [(">=", False, True, True), (">", False, False, True), ("<=", True, True, False),
-     ("<", True, False, False), ("==", False, True, False), ("!=", True, False, True)],
+    [
+        (">=", False, True, True),
+        (">", False, False, True),
+        ("<=", True, True, False),
+        ("<", True, False, False),
+        ("==", False, True, False),
+        ("!=", True, False, True),
+    ],
 )
 @pytest.mark.parametrize("actual_text, actual", [("0.4", 0.4), ("8/255", 8 / 255)])
 def test_threshold_sides(op, expect_below, expect_equal, expect_above, actual_text, actual):
@@ -144,14 +181,18 @@ def test_flag_gates():
 # --- TOML ------------------------------------------------------------------------------------------
 def test_gate_files(tmp_path):
     f = tmp_path / "robaudit.toml"
-    f.write_text('[scan]\neps = "8/255"\n\n[gate]\nrequire = [\n  "clean.accuracy >= 0.4",\n  "robust_acc.pgd.linf@8/255 >= 8/255",\n]\nforbid_flags = "all"\n')
+    f.write_text(
+        '[scan]\neps = "8/255"\n\n[gate]\nrequire = [\n  "clean.accuracy >= 0.4",\n  "robust_acc.pgd.linf@8/255 >= 8/255",\n]\nforbid_flags = "all"\n'
+    )
     spec = load_gate_file(f)
     assert [t.metric for t in spec.thresholds] == ["clean.accuracy", "robust_acc.pgd.linf@8/255"]
     assert spec.forbid_all_flags and spec.thresholds[1].source.startswith(f"{f}:7")
     assert evaluate_gates(make_result(), spec).passed
     assert not evaluate_gates(make_result(flags=(Flag("x", "y"),)), spec).passed
     p = tmp_path / "pyproject.toml"
-    p.write_text('[project]\nname = "m"\n\n[tool.robaudit.gate]\nrequire = ["clean.accuracy > 0.4"]\nforbid_flags = ["zero-gradients"]\n')
+    p.write_text(
+        '[project]\nname = "m"\n\n[tool.robaudit.gate]\nrequire = ["clean.accuracy > 0.4"]\nforbid_flags = ["zero-gradients"]\n'
+    )
     spec = load_gate_file(p)
     assert spec.forbid_flags == ("zero-gradients",) and not evaluate_gates(make_result(), spec).passed
 
@@ -166,13 +207,13 @@ def test_gate_file_errors_name_the_table(tmp_path):
 @pytest.mark.parametrize(
     "content, needle",
     [
-        ('[gate]\nrequire = ["clean.accuracy >= 0.4",\n  "clean.accuracy >>= 0.4"]\n', ':3: \'"clean.accuracy >>= 0.4"]\''),
-        ('[gate]\nrequire = ["clean.accuracy >= 0.4"\n', ':2: \'require = ["clean.accuracy >= 0.4"\''),  # unclosed array
+        ('[gate]\nrequire = ["clean.accuracy >= 0.4",\n  "clean.accuracy >>= 0.4"]\n', ":3: '\"clean.accuracy >>= 0.4\"]'"),
+        ('[gate]\nrequire = ["clean.accuracy >= 0.4"\n', ":2: 'require = [\"clean.accuracy >= 0.4\"'"),  # unclosed array
         ('[gate]\nrequires = ["clean.accuracy >= 0.4"]\n', "did you mean 'require'"),
-        ('[gate]\nrequire = 3\n', ":2"),
+        ("[gate]\nrequire = 3\n", ":2"),
         ('[gate]\nforbid_flags = "some"\n', ":2"),
-        ('[other]\nx = 1\n', "has no"),
-        ('[gate]\n', "sets no"),
+        ("[other]\nx = 1\n", "has no"),
+        ("[gate]\n", "sets no"),
     ],
 )
 def test_malformed_gate_file_exit_2(tmp_path, content, needle):
@@ -218,7 +259,19 @@ def test_gate_cli(result_json, tmp_path, monkeypatch):
     ok = runner.invoke(app, ["gate", str(result_json), "--require", "clean.accuracy >= 0.4"])
     assert ok.exit_code == 0, ok.output
     junit = tmp_path / "out" / "junit.xml"
-    bad = runner.invoke(app, ["gate", str(result_json), "--require", "clean.accuracy > 0.4", "--require", "clean.accuracy <= 0.4", "--junit", str(junit)])
+    bad = runner.invoke(
+        app,
+        [
+            "gate",
+            str(result_json),
+            "--require",
+            "clean.accuracy > 0.4",
+            "--require",
+            "clean.accuracy <= 0.4",
+            "--junit",
+            str(junit),
+        ],
+    )
     assert bad.exit_code == 1, bad.output
     assert "clean.accuracy > 0.4" in bad.output
     assert "1 of 2 gates failed" in bad.output
@@ -240,11 +293,35 @@ def test_scan_gate_html_junit_end_to_end(tmp_path):
     gates from the JSON is byte-identical to the one scan wrote."""
     args = ["--require", "clean.accuracy >= 0", "--require", "robust_acc.ensemble.linf@0.1 > 1"]
     paths = {k: tmp_path / v for k, v in dict(json="r.json", html="r.html", junit="junit.xml", csv="csv").items()}
-    res = runner.invoke(app, [
-        "scan", str(DEMO_MODEL), "--dataset", "demo", "--n", "12", "--eps", "0.1", "--attacks", "fgsm",
-        "--checks", "clean,attacks,margins", "--device", "cpu", "-q",
-        "--json", str(paths["json"]), "--html", str(paths["html"]), "--csv", str(paths["csv"]), "--junit", str(paths["junit"]), *args,
-    ])
+    res = runner.invoke(
+        app,
+        [
+            "scan",
+            str(DEMO_MODEL),
+            "--dataset",
+            "demo",
+            "--n",
+            "12",
+            "--eps",
+            "0.1",
+            "--attacks",
+            "fgsm",
+            "--checks",
+            "clean,attacks,margins",
+            "--device",
+            "cpu",
+            "-q",
+            "--json",
+            str(paths["json"]),
+            "--html",
+            str(paths["html"]),
+            "--csv",
+            str(paths["csv"]),
+            "--junit",
+            str(paths["junit"]),
+            *args,
+        ],
+    )
     assert res.exit_code == 1, res.output
     assert "robust_acc.ensemble.linf@0.1" in res.output and "1 of 2 gates failed" in res.output
     html = paths["html"].read_text(encoding="utf-8")
@@ -257,7 +334,10 @@ def test_scan_gate_html_junit_end_to_end(tmp_path):
     assert res.exit_code == 1
     assert again.read_text(encoding="utf-8") == html
     # a usage error in the gates stops the scan before any work
-    res = runner.invoke(app, ["scan", str(DEMO_MODEL), "--dataset", "demo", "--require", "clean.accuracy >=", "--json", str(tmp_path / "no.json")])
+    res = runner.invoke(
+        app,
+        ["scan", str(DEMO_MODEL), "--dataset", "demo", "--require", "clean.accuracy >=", "--json", str(tmp_path / "no.json")],
+    )
     assert res.exit_code == 2 and not (tmp_path / "no.json").exists()
     res = runner.invoke(app, ["scan", str(DEMO_MODEL), "--dataset", "demo", "--junit", str(tmp_path / "j.xml")])
     assert res.exit_code == 2 and "--junit needs gates" in res.output
@@ -275,8 +355,14 @@ def test_lower_and_upper_gate_on_the_95_percent_interval():
 
     lo, hi = clopper_pearson(2, 5)  # make_result: 2 of 5 samples correct → about 0.053 … 0.853
     assert 0.05 < lo < 0.06 and 0.85 < hi < 0.86
-    out = _gate(make_result(), "lower(clean.accuracy) >= 0.05", "lower(clean.accuracy) >= 0.06",
-                "upper(clean.accuracy) <= 0.86", "upper(clean.accuracy) <= 0.85", "clean.accuracy >= 0.4")
+    out = _gate(
+        make_result(),
+        "lower(clean.accuracy) >= 0.05",
+        "lower(clean.accuracy) >= 0.06",
+        "upper(clean.accuracy) <= 0.86",
+        "upper(clean.accuracy) <= 0.85",
+        "clean.accuracy >= 0.4",
+    )
     assert [r.passed for r in out.results] == [True, False, True, False, True]
     assert out.results[0].actual == pytest.approx(lo) and out.results[2].actual == pytest.approx(hi)
     assert out.results[0].metric == "lower(clean.accuracy)" and "2/5" in out.results[1].message
@@ -286,8 +372,11 @@ def test_lower_and_upper_gate_on_the_95_percent_interval():
 
 @pytest.mark.parametrize(
     "text, needle",
-    [("lower(clean.acuracy) >= 0.1", "did you mean 'clean.accuracy'"), ("lowr(clean.accuracy) >= 0.1", "lower(<metric>)"),
-     ("upper(margins.mean) <= 1", "only accuracies")],
+    [
+        ("lower(clean.acuracy) >= 0.1", "did you mean 'clean.accuracy'"),
+        ("lowr(clean.accuracy) >= 0.1", "lower(<metric>)"),
+        ("upper(margins.mean) <= 1", "only accuracies"),
+    ],
 )
 def test_interval_gate_errors(text, needle):
     result = ScanResult(provenance=_prov(), sections={"clean": _clean(), "margins": _Metrics({"margins.mean": 0.5})})
@@ -316,5 +405,5 @@ def test_a_possible_metric_without_a_value_fails_its_gate_not_the_command():
 def test_gate_list_metrics(result_json):
     res = runner.invoke(app, ["gate", str(result_json), "--list-metrics"])
     assert res.exit_code == 0, res.output
-    line = next(l for l in res.output.splitlines() if l.startswith("clean.accuracy"))
+    line = next(row for row in res.output.splitlines() if row.startswith("clean.accuracy"))
     assert "0.4" in line and "2/5" in line and "lower(...)" in line

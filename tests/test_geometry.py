@@ -3,6 +3,7 @@ Lanczos, Hutchinson, Theorem 1 bounds, Eq. 9 radius, input surfaces and paramete
 
 Everything runs in float64 on tiny smooth networks (d = 16..36) so the checks are tight and fast.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,9 @@ def _one_thread():
 class MLP(nn.Module):
     def __init__(self, d: int, act: nn.Module, hidden: int = 12, classes: int = C):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), act, nn.Linear(hidden, hidden), act, nn.Linear(hidden, classes))
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(d, hidden), act, nn.Linear(hidden, hidden), act, nn.Linear(hidden, classes)
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -243,7 +246,9 @@ def test_lanczos_matches_eigvalsh(smooth_cnn):
     Hu = op(vecs[:, 0])
     assert ((Hu - top[:, :1] * vecs[:, 0]).norm(dim=1) / scale[:, 0]).max() < 1e-6
     # early stopping with a tolerance uses fewer HVPs and still matches
-    top2, _, _, info2 = lanczos(op, d, 1, iters=d, generator=torch.Generator().manual_seed(0), batch=3, tol=1e-8, which="top", return_info=True)
+    top2, _, _, info2 = lanczos(
+        op, d, 1, iters=d, generator=torch.Generator().manual_seed(0), batch=3, tol=1e-8, which="top", return_info=True
+    )
     assert info2["n_hvp"] <= d and bool(info2["converged"].all())
     assert ((top2[:, 0] - ev[:, 0]).abs() / scale[:, 0]).max() < 1e-6
     # fd operator at small h agrees to O(h)
@@ -311,7 +316,12 @@ def test_theorem1_bounds_contain_true_radius():
     exact = (-2.0 + math.sqrt(4.0 + 2 * 3.0 * 0.5)) / 3.0
     assert lo.item() == pytest.approx(exact, rel=1e-12) and up.item() == pytest.approx(exact, rel=1e-12)
     # nu -> 0 linear limits (stable, no 0/0), c < 0 -> 0, g ⟂ u with nu = 0 -> inf
-    lo, up = theorem1_bounds(torch.tensor([0.3, -0.1, 0.3]), torch.tensor([2.0, 2.0, 2.0]), torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.5, 0.5, 0.0]))
+    lo, up = theorem1_bounds(
+        torch.tensor([0.3, -0.1, 0.3]),
+        torch.tensor([2.0, 2.0, 2.0]),
+        torch.tensor([0.0, 1.0, 0.0]),
+        torch.tensor([0.5, 0.5, 0.0]),
+    )
     assert lo[0].item() == pytest.approx(0.15) and up[0].item() == pytest.approx(0.6)
     assert lo[1] == 0 and up[1] == 0
     assert math.isinf(up[2].item())

@@ -1,5 +1,6 @@
 """The input-space geometry battery through the engine: jacobian, curvature, indicator, spectra,
 surfaces, landscape — on tiny models, with JSON round trips and analytic cases."""
+
 from __future__ import annotations
 
 import json
@@ -130,7 +131,7 @@ def test_battery_runs_consistently_and_round_trips(tiny_cnn, small_k, norm):
 
     # spectra: one entry per weight matrix, conv reshaped out x (in*k*k)
     sp = result.section("spectra")
-    assert [l.name for l in sp.layers] == ["conv.weight", "fc.weight"]
+    assert [layer.name for layer in sp.layers] == ["conv.weight", "fc.weight"]
     assert sp.layers[0].matrix_shape == (4, 9) and sp.layers[0].count == 4
 
     # surfaces: the centre of every grid is the sample itself
@@ -196,7 +197,9 @@ def test_spectra_of_known_matrices():
     assert conv.values == (5.0, 0.0) and conv.sigma_max == 5.0 and conv.ratio is None
     assert fc.values == (3.0, 2.0, 1.0, 0.5)
     assert (fc.sigma_max, fc.sigma_min, fc.ratio, fc.count) == (3.0, 0.5, 6.0, 4)
-    assert fc.mean == pytest.approx(1.625) and fc.std == pytest.approx(float(torch.tensor([3.0, 2, 1, 0.5]).std(unbiased=False)))
+    assert fc.mean == pytest.approx(1.625) and fc.std == pytest.approx(
+        float(torch.tensor([3.0, 2, 1, 0.5]).std(unbiased=False))
+    )
     assert result.metrics()["spectra.fc.sigma_max"] == 3.0
 
 

@@ -6,6 +6,7 @@ The robust model is the embedded demo model after one epoch of PGD adversarial f
 temp directory so later runs skip the ~30 s of training. Both models are scanned on the first 100
 test images; the test prints every figure next to the papers'.
 """
+
 from __future__ import annotations
 
 import copy
@@ -101,7 +102,9 @@ def test_adversarial_finetuning_flattens_input_geometry(fashion_available, monke
         test = load_dataset("fashion-mnist", DataRequest(split="test", n=100, data_dir=str(fashion_available)))
         monkeypatch.setattr(curvature_mod.CurvatureCheck, "k", 12)
         cfg = ScanConfig(
-            eps=(EPS,), attacks=parse_attack_list("fgsm"), device="cpu",
+            eps=(EPS,),
+            attacks=parse_attack_list("fgsm"),
+            device="cpu",
             checks=("jacobian", "curvature", "indicator", "margins"),
         )
         figures: dict[str, dict[str, float]] = {}
@@ -111,7 +114,9 @@ def test_adversarial_finetuning_flattens_input_geometry(fashion_available, monke
             margins = torch.tensor(res.section("margins").margins)
             m["margins.median_abs"] = float(margins.abs().median())
             m["margins.std"] = float(margins.std())
-            pgd = PGD(steps=20).run(loaded.model, test.x, test.y, ThreatModel(Norm.LINF, EPS), torch.Generator().manual_seed(1))
+            pgd = PGD(steps=20).run(
+                loaded.model, test.x, test.y, ThreatModel(Norm.LINF, EPS), torch.Generator().manual_seed(1)
+            )
             m["robust_acc.pgd20@0.1"] = float((~pgd.success).double().mean())
             m["seconds"] = sum(res.timings.values())
             print(name, res.timings)
@@ -120,9 +125,18 @@ def test_adversarial_finetuning_flattens_input_geometry(fashion_available, monke
         with capsys.disabled():
             print(f"\n[geometry-real] robust model ready in {t_train:.1f}s ({RECIPE})")
             print(f"{'metric':52s} {'natural':>11s} {'robust':>11s}   paper")
-            for k in ["clean.accuracy", "robust_acc.pgd20@0.1", *PAPER, "jacobian.ce.l1_mean",
-                      "curvature.exact.frobenius_median", "curvature.exact.hz_median", "indicator.mean_lambda_abs_max",
-                      "indicator.spearman_linf", "indicator.theorem1.finite_difference.fraction_within_bracket", "seconds"]:
+            for k in [
+                "clean.accuracy",
+                "robust_acc.pgd20@0.1",
+                *PAPER,
+                "jacobian.ce.l1_mean",
+                "curvature.exact.frobenius_median",
+                "curvature.exact.hz_median",
+                "indicator.mean_lambda_abs_max",
+                "indicator.spearman_linf",
+                "indicator.theorem1.finite_difference.fraction_within_bracket",
+                "seconds",
+            ]:
                 print(f"{k:52s} {nat.get(k, float('nan')):11.4g} {rob.get(k, float('nan')):11.4g}   {PAPER.get(k, '')}")
         # the fine-tune worked
         assert rob["robust_acc.pgd20@0.1"] > nat["robust_acc.pgd20@0.1"] + 0.2

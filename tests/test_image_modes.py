@@ -10,6 +10,7 @@ CMYK, YCbCr, HSV, palette → L: the reference is the same formula in floating p
 Pillow's ``convert`` uses (off by up to 20/255), and the reference is CIE's formula with
 Lindbloom's Bradford-adapted sRGB matrix.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -40,7 +41,7 @@ def png_file(path: Path, values: np.ndarray, colour_type: int, bit_depth: int = 
         rows = values.astype(">u2" if bit_depth == 16 else "u1").reshape(h, -1)
         raw = b"".join(b"\x00" + r.tobytes() for r in rows)
     else:  # 1/2/4 bits per sample, packed
-        bits = np.unpackbits(values.astype(np.uint8)[:, :, None], axis=2)[:, :, 8 - bit_depth:].reshape(h, -1)
+        bits = np.unpackbits(values.astype(np.uint8)[:, :, None], axis=2)[:, :, 8 - bit_depth :].reshape(h, -1)
         raw = b"".join(b"\x00" + np.packbits(r).tobytes() for r in bits)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -78,11 +79,10 @@ def lab_to_srgb(lab8: np.ndarray) -> np.ndarray:
     eps, kappa = 216 / 24389, 24389 / 27
 
     def finv(f):
-        return np.where(f ** 3 > eps, f ** 3, (116 * f - 16) / kappa)
+        return np.where(f**3 > eps, f**3, (116 * f - 16) / kappa)
 
-    xyz = np.stack([finv(fx) * 0.96422, np.where(L > kappa * eps, fy ** 3, L / kappa), finv(fz) * 0.82521], -1)
-    m = np.array([[3.1338561, -1.6168667, -0.4906146], [-0.9787684, 1.9161415, 0.0334540],
-                  [0.0719453, -0.2289914, 1.4052427]])
+    xyz = np.stack([finv(fx) * 0.96422, np.where(L > kappa * eps, fy**3, L / kappa), finv(fz) * 0.82521], -1)
+    m = np.array([[3.1338561, -1.6168667, -0.4906146], [-0.9787684, 1.9161415, 0.0334540], [0.0719453, -0.2289914, 1.4052427]])
     lin = np.clip(xyz @ m.T, 0, 1)
     srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
     return chw(srgb)
@@ -113,40 +113,75 @@ def _cases():
     c["PA (TIFF), alpha dropped"] = (lambda t: pil_file(t / "pa.tif", p_image().convert("PA")), 3, chw(palette[idx] / 255), 0)
     g16 = u16(H, W)
     c["I;16 (PNG written by Pillow: the issue's row)"] = (
-        lambda t: pil_file(t / "i16.png", Image.fromarray(g16)), 1, chw(g16 / 65535), 0)
+        lambda t: pil_file(t / "i16.png", Image.fromarray(g16)),
+        1,
+        chw(g16 / 65535),
+        0,
+    )
     c["I;16 (TIFF)"] = (lambda t: pil_file(t / "i16.tif", Image.fromarray(g16)), 1, chw(g16 / 65535), 0)
-    c["I;16B (TIFF)"] = (lambda t: pil_file(t / "i16b.tif", Image.frombytes("I;16B", (W, H), g16.astype(">u2").tobytes())),
-                         1, chw(g16 / 65535), 0)
-    c["I;16L (TIFF)"] = (lambda t: pil_file(t / "i16l.tif", Image.frombytes("I;16L", (W, H), g16.astype("<u2").tobytes())),
-                         1, chw(g16 / 65535), 0)
+    c["I;16B (TIFF)"] = (
+        lambda t: pil_file(t / "i16b.tif", Image.frombytes("I;16B", (W, H), g16.astype(">u2").tobytes())),
+        1,
+        chw(g16 / 65535),
+        0,
+    )
+    c["I;16L (TIFF)"] = (
+        lambda t: pil_file(t / "i16l.tif", Image.frombytes("I;16L", (W, H), g16.astype("<u2").tobytes())),
+        1,
+        chw(g16 / 65535),
+        0,
+    )
     c["I;16N (in memory)"] = (lambda t: Image.frombytes("I;16N", (W, H), g16.astype("=u2").tobytes()), 1, chw(g16 / 65535), 0)
     f32 = RNG.random((H, W), dtype=np.float32)
     c["F in [0,1] (TIFF)"] = (lambda t: pil_file(t / "f.tif", Image.fromarray(f32)), 1, chw(f32.astype(float)), 0)
     rgb = u8(H, W, 3)
     c["RGB (PNG)"] = (lambda t: pil_file(t / "rgb.png", Image.fromarray(rgb)), 3, chw(rgb / 255), 0)
     rgba = u8(H, W, 4)
-    c["RGBA (PNG), alpha dropped"] = (lambda t: pil_file(t / "rgba.png", Image.fromarray(rgba, "RGBA")), 3,
-                                      chw(rgba[..., :3] / 255), 0)
+    c["RGBA (PNG), alpha dropped"] = (
+        lambda t: pil_file(t / "rgba.png", Image.fromarray(rgba, "RGBA")),
+        3,
+        chw(rgba[..., :3] / 255),
+        0,
+    )
     cmyk = u8(H, W, 4)
-    c["CMYK (TIFF)"] = (lambda t: pil_file(t / "cmyk.tif", Image.fromarray(cmyk, "CMYK")), 3,
-                        chw((255 - cmyk[..., :3].astype(float)) * (255 - cmyk[..., 3:].astype(float)) / 255 ** 2), 1 / 255)
+    c["CMYK (TIFF)"] = (
+        lambda t: pil_file(t / "cmyk.tif", Image.fromarray(cmyk, "CMYK")),
+        3,
+        chw((255 - cmyk[..., :3].astype(float)) * (255 - cmyk[..., 3:].astype(float)) / 255**2),
+        1 / 255,
+    )
     ycc = u8(H, W, 3)
     y, cb, cr = (ycc[..., i].astype(float) for i in range(3))
-    ycc_rgb = np.clip(np.stack([y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128),
-                                y + 1.772 * (cb - 128)], -1), 0, 255)
-    c["YCbCr (TIFF)"] = (lambda t: pil_file(t / "ycc.tif", Image.frombytes("YCbCr", (W, H), ycc.tobytes())), 3,
-                         chw(np.round(ycc_rgb) / 255), 1 / 255)
+    ycc_rgb = np.clip(
+        np.stack([y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128), y + 1.772 * (cb - 128)], -1),
+        0,
+        255,
+    )
+    c["YCbCr (TIFF)"] = (
+        lambda t: pil_file(t / "ycc.tif", Image.frombytes("YCbCr", (W, H), ycc.tobytes())),
+        3,
+        chw(np.round(ycc_rgb) / 255),
+        1 / 255,
+    )
     hsv = u8(H, W, 3)
     hsv_rgb = np.array([[colorsys.hsv_to_rgb(*(hsv[i, j] / 255)) for j in range(W)] for i in range(H)])
     c["HSV (in memory)"] = (lambda t: Image.frombytes("HSV", (W, H), hsv.tobytes()), 3, chw(hsv_rgb), 1 / 255)
     lab = RNG.integers(100, 231, (H, W, 3)).astype(np.uint8)  # L* 39..90 and |a*|, |b*| < 25: inside sRGB's gamut
     lab[..., 1:] = RNG.integers(-24, 25, (H, W, 2)).astype(np.int8).view(np.uint8)
-    c["LAB (TIFF)"] = (lambda t: pil_file(t / "lab.tif", Image.frombytes("LAB", (W, H), lab.tobytes())), 3,
-                       lab_to_srgb(lab), 1 / 255)
+    c["LAB (TIFF)"] = (
+        lambda t: pil_file(t / "lab.tif", Image.frombytes("LAB", (W, H), lab.tobytes())),
+        3,
+        lab_to_srgb(lab),
+        1 / 255,
+    )
     for depth in (2, 4):
-        low = RNG.integers(0, 2 ** depth, (H, W))
-        c[f"{depth}-bit grey PNG"] = (lambda t, low=low, depth=depth: png_file(t / f"g{depth}.png", low, 0, depth), 1,
-                                      chw(low / (2 ** depth - 1)), 0)
+        low = RNG.integers(0, 2**depth, (H, W))
+        c[f"{depth}-bit grey PNG"] = (
+            lambda t, low=low, depth=depth: png_file(t / f"g{depth}.png", low, 0, depth),
+            1,
+            chw(low / (2**depth - 1)),
+            0,
+        )
     for name, colour, channels, keep in (("grey", 0, 1, 1), ("grey + alpha", 4, 2, 1), ("RGB", 2, 3, 3), ("RGBA", 6, 4, 3)):
         v = u16(H, W, channels)[..., :channels] if channels > 1 else u16(H, W)
         ref = chw(v / 65535)[:keep]
@@ -198,13 +233,17 @@ def test_the_folder_channel_decision_agrees_with_the_decoder(name, tmp_path):
     np.testing.assert_allclose(spec.x[0].numpy(), ref, atol=tol + 1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda t: Image.fromarray(np.full((H, W), 70000, np.int32)), "no standard [0,1] scale"),  # I, 32-bit
-    (lambda t: Image.fromarray(np.full((H, W), -5, np.int32)), "no standard [0,1] scale"),  # I, negative
-    (lambda t: Image.fromarray(np.full((H, W), 7.5, np.float32)), "from 7.5 to 7.5, outside [0,1]"),
-    (lambda t: Image.fromarray(np.full((H, W), -0.5, np.float32)), "outside [0,1]"),
-    (lambda t: Image.fromarray(np.full((H, W), np.nan, np.float32)), "not finite"),
-], ids=["I 32-bit", "I negative", "F above 1", "F below 0", "F NaN"])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda t: Image.fromarray(np.full((H, W), 70000, np.int32)), "no standard [0,1] scale"),  # I, 32-bit
+        (lambda t: Image.fromarray(np.full((H, W), -5, np.int32)), "no standard [0,1] scale"),  # I, negative
+        (lambda t: Image.fromarray(np.full((H, W), 7.5, np.float32)), "from 7.5 to 7.5, outside [0,1]"),
+        (lambda t: Image.fromarray(np.full((H, W), -0.5, np.float32)), "outside [0,1]"),
+        (lambda t: Image.fromarray(np.full((H, W), np.nan, np.float32)), "not finite"),
+    ],
+    ids=["I 32-bit", "I negative", "F above 1", "F below 0", "F NaN"],
+)
 def test_pixels_without_an_unambiguous_scale_are_refused_naming_the_file(make, fragment, tmp_path):
     path = tmp_path / "bad.tif"
     make(tmp_path).save(path)
@@ -232,9 +271,23 @@ def test_a_16_bit_folder_scans_with_its_pixels_and_a_bad_one_is_one_line(tmp_pat
     np.testing.assert_allclose(spec.x[0, 0].numpy(), values[("a", 0)] / 65535, atol=1e-6)
     assert float(spec.x.max()) < 1.0, "not the all-white image of Pillow's convert('L')"
     (tmp_path / "classes.txt").write_text("\n".join("abcdefghij"))  # folders a, b: the model's classes 0 and 1
-    args = ["scan", str(DEMO_MODEL), "-d", f"imagefolder:{tmp_path / 'f'}", "--class-map", str(tmp_path / "classes.txt"),
-            "--checks", "clean", "--attacks", "fgsm",
-            "--device", "cpu", "-q", "--workers", "0"]
+    args = [
+        "scan",
+        str(DEMO_MODEL),
+        "-d",
+        f"imagefolder:{tmp_path / 'f'}",
+        "--class-map",
+        str(tmp_path / "classes.txt"),
+        "--checks",
+        "clean",
+        "--attacks",
+        "fgsm",
+        "--device",
+        "cpu",
+        "-q",
+        "--workers",
+        "0",
+    ]
     ok = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "r.json")])
     assert ok.exit_code == 0, ok.output
     Image.fromarray(np.full((28, 28), 3.0, np.float32)).save(tmp_path / "f" / "b" / "9.tif")

@@ -4,6 +4,7 @@ and malformed text are one InputError line (exit 3) whichever file or string car
 Issue 21: a deeply nested part file made `robaudit merge` exit 4 (RecursionError) while the result
 reader already answered exit 3. The class test runs the same abuse through every reader.
 """
+
 from __future__ import annotations
 
 import ast
@@ -60,24 +61,42 @@ def test_no_json_parsing_outside_jsonio():
 
 def test_the_ast_check_sees_every_spelling():
     """The guard above can fail: each way of calling the json parser is found."""
-    for source in ("import json\njson.loads(s)", "import json as j\nj.load(f)", "from json import loads\nloads(s)",
-                   "import json\njson.JSONDecoder().decode(s)", "d.raw_decode(s)"):
+    for source in (
+        "import json\njson.loads(s)",
+        "import json as j\nj.load(f)",
+        "from json import loads\nloads(s)",
+        "import json\njson.JSONDecoder().decode(s)",
+        "d.raw_decode(s)",
+    ):
         assert _json_calls(ast.parse(source)), source
     assert not _json_calls(ast.parse("import json\njson.dumps(x)\nparse_json(s, 'x')"))
 
 
-@pytest.mark.parametrize("text, fragment", [
-    (DEEP, f"nested too deeply (more than {MAX_DEPTH} levels)"),
-    (JUST_TOO_DEEP, "nested too deeply"),
-    ('{"a": 1, "a": 2}', 'the key "a" appears twice in one object'),
-    ('{"a": [1, {"b": 0, "b": 0}]}', 'the key "b" appears twice'),
-    ("9" * 5000, "digits"),
-    ('{"a": [1, 2', "truncated"),
-    ("{'a': 1}", "not valid JSON"),
-    ("", "it is empty"),
-    (b"\xff[]", "not UTF-8"),
-], ids=["deep", "one level too deep", "duplicate key", "nested duplicate", "digit limit", "truncated", "not JSON",
-        "empty", "not UTF-8"])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        (DEEP, f"nested too deeply (more than {MAX_DEPTH} levels)"),
+        (JUST_TOO_DEEP, "nested too deeply"),
+        ('{"a": 1, "a": 2}', 'the key "a" appears twice in one object'),
+        ('{"a": [1, {"b": 0, "b": 0}]}', 'the key "b" appears twice'),
+        ("9" * 5000, "digits"),
+        ('{"a": [1, 2', "truncated"),
+        ("{'a': 1}", "not valid JSON"),
+        ("", "it is empty"),
+        (b"\xff[]", "not UTF-8"),
+    ],
+    ids=[
+        "deep",
+        "one level too deep",
+        "duplicate key",
+        "nested duplicate",
+        "digit limit",
+        "truncated",
+        "not JSON",
+        "empty",
+        "not UTF-8",
+    ],
+)
 def test_parse_json_refuses_with_one_line(text, fragment):
     with pytest.raises(InputError) as err:
         parse_json(text, "the thing")
@@ -110,6 +129,7 @@ def test_read_json_refuses_files_that_are_not_json_files(tmp_path, monkeypatch):
 
 # --- the class test: every reader, the same abuse ------------------------------------------------------
 
+
 def _safetensors_model(path: Path, **metadata: str) -> Path:
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -122,8 +142,28 @@ def _safetensors_model(path: Path, **metadata: str) -> Path:
 
 
 def _part_file(tmp_path: Path) -> Path:
-    res = CliRunner().invoke(app, ["scan", str(DEMO_MODEL), "-d", "demo", "-n", "8", "--checks", "clean", "--attacks",
-                                   "fgsm", "--device", "cpu", "-q", "--shard", "0/1", "--json", str(tmp_path / "p.json")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "scan",
+            str(DEMO_MODEL),
+            "-d",
+            "demo",
+            "-n",
+            "8",
+            "--checks",
+            "clean",
+            "--attacks",
+            "fgsm",
+            "--device",
+            "cpu",
+            "-q",
+            "--shard",
+            "0/1",
+            "--json",
+            str(tmp_path / "p.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     return tmp_path / "p.json"
 
@@ -139,8 +179,15 @@ def _onnx_model(path: Path, **metadata: str) -> Path:
     net = build_architecture("small-cnn", num_classes=10, in_channels=1, kwargs={"width": 2, "hidden": 8, "input_size": 28})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+        torch.onnx.export(
+            net.eval(),
+            (torch.zeros(1, 1, 28, 28),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+        )
     model = onnx.load(str(path))
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
@@ -151,8 +198,11 @@ def _onnx_model(path: Path, **metadata: str) -> Path:
 def _demo_tensor_file(path: Path, class_names: str) -> Path:
     from safetensors.torch import save_file
 
-    save_file({"x": torch.zeros(4, 1, 28, 28, dtype=torch.uint8), "y": torch.zeros(4, dtype=torch.long)}, str(path),
-              metadata={"class_names": class_names})
+    save_file(
+        {"x": torch.zeros(4, 1, 28, 28, dtype=torch.uint8), "y": torch.zeros(4, dtype=torch.long)},
+        str(path),
+        metadata={"class_names": class_names},
+    )
     return path
 
 
@@ -169,22 +219,51 @@ READERS = {
     # reader: (command given a tmp folder and the abusive JSON text, expected exit code)
     "merge: a part file (the issue's row)": (lambda t, j: _merge_part(t, lambda _: j), 3),
     "merge: a part with a duplicate key": (
-        lambda t, j: _merge_part(t, lambda text: text.replace('{"robaudit_part": 1', '{"robaudit_part": 1, "robaudit_part": 1', 1)), 3),
+        lambda t, j: _merge_part(
+            t, lambda text: text.replace('{"robaudit_part": 1', '{"robaudit_part": 1, "robaudit_part": 1', 1)
+        ),
+        3,
+    ),
     "report: a result file": (lambda t, j: ["report", str(_write(t / "r.json", j)), "-o", str(t / "r.html")], 3),
     "gate: a result file": (lambda t, j: ["gate", str(_write(t / "r.json", j)), "--require", "clean.accuracy >= 0"], 3),
-    "scan: a class map": (lambda t, j: ["scan", str(DEMO_MODEL), "-d", f"imagefolder:{_folder(t)}", "--class-map",
-                                        str(_write(t / "m.json", j)), *SCAN], 3),
+    "scan: a class map": (
+        lambda t, j: [
+            "scan",
+            str(DEMO_MODEL),
+            "-d",
+            f"imagefolder:{_folder(t)}",
+            "--class-map",
+            str(_write(t / "m.json", j)),
+            *SCAN,
+        ],
+        3,
+    ),
     "scan: safetensors metadata robaudit.mean": (
-        lambda t, j: ["scan", str(_safetensors_model(t / "m.safetensors", **{"robaudit.mean": j})), "-d", "demo", *SCAN], 3),
+        lambda t, j: ["scan", str(_safetensors_model(t / "m.safetensors", **{"robaudit.mean": j})), "-d", "demo", *SCAN],
+        3,
+    ),
     "scan: safetensors metadata robaudit.class_names": (
-        lambda t, j: ["scan", str(_safetensors_model(t / "m.safetensors", **{"robaudit.class_names": j})), "-d", "demo",
-                      *SCAN], 3),
+        lambda t, j: [
+            "scan",
+            str(_safetensors_model(t / "m.safetensors", **{"robaudit.class_names": j})),
+            "-d",
+            "demo",
+            *SCAN,
+        ],
+        3,
+    ),
     "scan: ONNX metadata_props robaudit.std": (
-        lambda t, j: ["scan", str(_onnx_model(t / "m.onnx", **{"robaudit.std": j})), "-d", "demo", *SCAN], 3),
+        lambda t, j: ["scan", str(_onnx_model(t / "m.onnx", **{"robaudit.std": j})), "-d", "demo", *SCAN],
+        3,
+    ),
     "scan: a tensor file's class_names metadata": (
-        lambda t, j: ["scan", str(DEMO_MODEL), "-d", str(_demo_tensor_file(t / "d.safetensors", j)), *SCAN], 3),
+        lambda t, j: ["scan", str(DEMO_MODEL), "-d", str(_demo_tensor_file(t / "d.safetensors", j)), *SCAN],
+        3,
+    ),
     "scan: --arch-kwargs (typed, so a usage error)": (
-        lambda t, j: ["scan", "--arch", "small-cnn", "--arch-kwargs", "{\"a\": " + j + "}", "-d", "demo", *SCAN], 2),
+        lambda t, j: ["scan", "--arch", "small-cnn", "--arch-kwargs", '{"a": ' + j + "}", "-d", "demo", *SCAN],
+        2,
+    ),
 }
 
 

@@ -2,18 +2,18 @@
 faster and deciding the same, the default format otherwise and wherever a timed choice would
 break a promise (--compute-block, --shard); forced either way by --channels-last /
 --no-channels-last; recorded in provenance; never converting the caller's module in place."""
+
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
+from conftest import TinyCNN
 from torch import nn
 from typer.testing import CliRunner
 
 import robaudit
 import robaudit.memory_format as mf
-from conftest import TinyCNN
 from robaudit.attacks.base import ChannelsLastModel
 from robaudit.cli.demo import DEMO_MODEL
 from robaudit.cli.main import app
@@ -104,8 +104,11 @@ def test_no_probe_where_a_timed_choice_would_break_a_promise(monkeypatch):
     assert "--shard" in payload["provenance"]["memory_format"]["reason"]
     assert payload["run"]["channels_last"] is None  # the shards' fingerprints carry the request: auto
     net = _rgb_net()
-    light = run_scan(LoadedModel(net, ModelInfo(path="m", format="in-memory", sha256="0" * 64)), _data(net),
-                     ScanConfig.parse(checks="clean,margins", device="cpu")).provenance.memory_format
+    light = run_scan(
+        LoadedModel(net, ModelInfo(path="m", format="in-memory", sha256="0" * 64)),
+        _data(net),
+        ScanConfig.parse(checks="clean,margins", device="cpu"),
+    ).provenance.memory_format
     assert light.chosen == "contiguous" and light.probe_rows is None and "a probe would cost more" in light.reason
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
     memory = _scan(mlp).provenance.memory_format
@@ -126,8 +129,7 @@ def test_the_callers_module_keeps_its_format_and_a_module_that_cant_be_copied_is
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     y = torch.arange(6) % 10
     y[0] = 9  # ten classes, as the model has
-    result = robaudit.scan(net, (x, y), checks="clean", attacks="fgsm", eps="0.05",
-                           device="cpu", channels_last=True)
+    result = robaudit.scan(net, (x, y), checks="clean", attacks="fgsm", eps="0.05", device="cpu", channels_last=True)
     assert result.provenance.channels_last is True and not result.provenance.memory_format.converted_in_place
     assert net.conv.weight.is_contiguous() and not net.conv.weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -146,7 +148,7 @@ def test_torchrun_ranks_use_rank_0s_decision(monkeypatch):
     """Rank 0 probes and broadcasts; another rank takes the broadcast decision without probing."""
     import torch.distributed as dist
 
-    from robaudit.distributed import _agreed_memory_format
+    from robaudit.torchrun import agreed_memory_format
 
     decided = MemoryFormat("channels_last", "auto", "faster (rank 0)", probe_rows=8)
 
@@ -160,13 +162,26 @@ def test_torchrun_ranks_use_rank_0s_decision(monkeypatch):
     monkeypatch.setattr(mf, "_probe_seconds", fail)
     net = _rgb_net()
     loaded = LoadedModel(net, ModelInfo(path="m", format="in-memory", sha256="0" * 64))
-    choice, converted = _agreed_memory_format(loaded, _data(net), ScanConfig.parse(device="cpu"), torch.device("cpu"), 1, 2)
+    choice, converted = agreed_memory_format(loaded, _data(net), ScanConfig.parse(device="cpu"), torch.device("cpu"), 1, 2)
     assert choice == decided and converted is None
 
 
 def test_cli_flags_and_summary(tmp_path):
     runner = CliRunner()
-    base = ["scan", str(DEMO_MODEL), "-d", "demo", "-n", "6", "--device", "cpu", "--checks", "clean,attacks", "--attacks", "fgsm"]
+    base = [
+        "scan",
+        str(DEMO_MODEL),
+        "-d",
+        "demo",
+        "-n",
+        "6",
+        "--device",
+        "cpu",
+        "--checks",
+        "clean,attacks",
+        "--attacks",
+        "fgsm",
+    ]
     out = runner.invoke(app, [*base, "--no-channels-last", "--json", str(tmp_path / "off.json")])
     assert out.exit_code == 0, out.output
     assert json.loads((tmp_path / "off.json").read_text())["provenance"]["memory_format"]["how"] == "--no-channels-last"

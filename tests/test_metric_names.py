@@ -1,6 +1,7 @@
 """Metric names: canonical spelling, prediction before a scan (= the names a real scan produces),
 `scan --list-metrics` and pre-scan gate checks without a forward pass, and every name the README,
 docs/ and examples/ mention resolves."""
+
 from __future__ import annotations
 
 import re
@@ -12,11 +13,11 @@ from typer.testing import CliRunner
 
 from robaudit.cli.demo import DEMO_MODEL
 from robaudit.cli.main import app
-from robaudit.config import ScanConfig
+from robaudit.config import ScanConfig, predict_metric_names
 from robaudit.data import DataRequest, load_dataset
 from robaudit.engine import run_scan
 from robaudit.gating import resolve_metric
-from robaudit.metric_names import canonical_metric, parse_attack_label, predict_metric_names
+from robaudit.metric_names import canonical_metric, parse_attack_label
 from robaudit.models import load_model
 from robaudit.models.nets.small_cnn import SmallCNN
 
@@ -54,10 +55,12 @@ def test_prediction_is_exactly_what_a_real_scan_produces(demo):
     predicted names equal the result's (every name its sections can produce, valued or not)."""
     torch.manual_seed(0)
     loaded, data = demo
-    config = ScanConfig.parse(eps="0.05,8/255", attacks="fgsm,pgd:steps=3,pgd:steps=20", checks=ALL_CHECKS_SMALL,
-                              device="cpu", batch_size=12)
-    predicted = predict_metric_names(config, input_shape=data.input_shape, num_classes=data.num_classes,
-                                     model=loaded.model, train_n=data.n)
+    config = ScanConfig.parse(
+        eps="0.05,8/255", attacks="fgsm,pgd:steps=3,pgd:steps=20", checks=ALL_CHECKS_SMALL, device="cpu", batch_size=12
+    )
+    predicted = predict_metric_names(
+        config, input_shape=data.input_shape, num_classes=data.num_classes, model=loaded.model, train_n=data.n
+    )
     result = run_scan(loaded, data, config, quiet=True, command_line="t", train_data=data)
     assert not predicted.unpredictable
     assert sorted(predicted.names) == sorted(result.metric_names())
@@ -86,12 +89,33 @@ def no_forward(monkeypatch):
 
 
 def test_scan_list_metrics_runs_no_forward(no_forward, tmp_path):
-    res = runner.invoke(app, ["scan", str(DEMO_MODEL), "-d", "demo", "--n", "8", "--attacks", "standard",
-                              "--eps", "8/255", "--list-metrics", "--json", str(tmp_path / "r.json")])
+    res = runner.invoke(
+        app,
+        [
+            "scan",
+            str(DEMO_MODEL),
+            "-d",
+            "demo",
+            "--n",
+            "8",
+            "--attacks",
+            "standard",
+            "--eps",
+            "8/255",
+            "--list-metrics",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    for name in ("clean.accuracy", "robust_acc.apgd-ce.linf@8/255", "robust_acc.fab-t.linf@8/255",
-                 "robust_acc.ensemble.linf@8/255", "spectra.conv1.sigma_max"):
+    for name in (
+        "clean.accuracy",
+        "robust_acc.apgd-ce.linf@8/255",
+        "robust_acc.fab-t.linf@8/255",
+        "robust_acc.ensemble.linf@8/255",
+        "spectra.conv1.sigma_max",
+    ):
         assert any(line.split()[0] == name for line in lines if line.strip()), name
     assert not (tmp_path / "r.json").exists()
 
@@ -99,14 +123,16 @@ def test_scan_list_metrics_runs_no_forward(no_forward, tmp_path):
 def test_unknown_gate_name_rejected_before_the_scan(no_forward, tmp_path):
     """issue 12: no scan, exit 2, no r.json, a did-you-mean and no list of every name."""
     out = tmp_path / "r.json"
-    res = runner.invoke(app, ["scan", str(DEMO_MODEL), "-d", "demo", "--n", "8", "--json", str(out),
-                              "--require", "no.such.metric >= 1"])
+    res = runner.invoke(
+        app, ["scan", str(DEMO_MODEL), "-d", "demo", "--n", "8", "--json", str(out), "--require", "no.such.metric >= 1"]
+    )
     assert res.exit_code == 2, res.output
     assert not out.exists()
     assert "no.such.metric" in res.output and "--list-metrics" in res.output
     assert "robust_acc.fgsm" not in res.output and "spectra" not in res.output
-    res = runner.invoke(app, ["scan", str(DEMO_MODEL), "-d", "demo", "--n", "8", "--eps", "0.1",
-                              "--require", "robust_acc.pgd.linf@0.2 >= 0.1"])
+    res = runner.invoke(
+        app, ["scan", str(DEMO_MODEL), "-d", "demo", "--n", "8", "--eps", "0.1", "--require", "robust_acc.pgd.linf@0.2 >= 0.1"]
+    )
     assert res.exit_code == 2 and "did you mean 'robust_acc.pgd.linf@0.1'" in res.output, res.output
 
 
@@ -118,20 +144,54 @@ def test_gate_file_names_checked_before_the_scan(no_forward, tmp_path):
 
 
 def test_a_spelling_of_a_predicted_name_passes_the_pre_scan_check(tmp_path):
-    res = runner.invoke(app, ["scan", str(DEMO_MODEL), "-d", "demo", "--n", "8", "--eps", "8/255", "--checks", "clean,attacks",
-                              "--attacks", "pgd:steps=20", "-q",
-                              "--require", "robust_acc.pgd[steps=20].linf@0.03137254901960784 >= 0",
-                              "--require", "lower(robust_acc.ensemble.linf@8/255) >= 0"])
+    res = runner.invoke(
+        app,
+        [
+            "scan",
+            str(DEMO_MODEL),
+            "-d",
+            "demo",
+            "--n",
+            "8",
+            "--eps",
+            "8/255",
+            "--checks",
+            "clean,attacks",
+            "--attacks",
+            "pgd:steps=20",
+            "-q",
+            "--require",
+            "robust_acc.pgd[steps=20].linf@0.03137254901960784 >= 0",
+            "--require",
+            "lower(robust_acc.ensemble.linf@8/255) >= 0",
+        ],
+    )
     assert res.exit_code == 0, res.output
 
 
 # --- every metric name the documentation shows resolves ---------------------------------------------
-_PREFIXES = ("clean", "robust_acc", "margins", "sanity", "minimal", "jacobian", "curvature", "indicator", "spectra",
-             "surfaces", "landscape")
+_PREFIXES = (
+    "clean",
+    "robust_acc",
+    "margins",
+    "sanity",
+    "minimal",
+    "jacobian",
+    "curvature",
+    "indicator",
+    "spectra",
+    "surfaces",
+    "landscape",
+    "certified_acc",
+    "certify",
+)
 _NAME = re.compile(r"(?<![\w.\-])(?:" + "|".join(_PREFIXES) + r")\.[A-Za-z0-9_.\[\]=,@/\-]+")
-_FILE = re.compile(r"\.(?:safetensors|py|json|html|csv|md|toml|xml|pt2?|pth|onnx|npz|png)$")
-_DOC_FILES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
-              *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").iterdir())]
+_FILE = re.compile(r"\.(?:safetensors|py|json|html|csv|md|toml|xml|pt2?|pth|onnx|npz|png|j2)$")
+_DOC_FILES = [
+    "README.md",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").iterdir()),
+]
 
 
 def _documented_names() -> dict[str, set[str]]:
@@ -163,8 +223,9 @@ def test_every_documented_metric_name_resolves(demo):
     canonical one or a spelling of it. Prediction = a real scan's names (the tests above)."""
     loaded, data = demo
     config = ScanConfig.parse(eps="0.1", checks=ALL_CHECKS_SMALL, device="cpu")
-    general = predict_metric_names(config, input_shape=data.input_shape, num_classes=data.num_classes,
-                                   model=loaded.model, train_n=10).names
+    general = predict_metric_names(
+        config, input_shape=data.input_shape, num_classes=data.num_classes, model=loaded.model, train_n=10
+    ).names
     failures = []
     for name, where in sorted(_documented_names().items()):
         if "robust_acc.random-sign." in name and where == {"docs/plugins.md"}:
@@ -172,10 +233,18 @@ def test_every_documented_metric_name_resolves(demo):
         try:
             if name.startswith("robust_acc."):
                 head, _, eps = name.rpartition("@")
-                label, _, norm = head[len("robust_acc."):].rpartition(".")
+                label, _, norm = head[len("robust_acc.") :].rpartition(".")
                 attack, params = parse_attack_label(label)
                 spec = "fgsm" if attack == "ensemble" else ":".join([attack, *(f"{k}={v}" for k, v in params)])
                 cfg = ScanConfig.parse(eps=eps, norm=norm, attacks=spec, checks="clean,attacks")
+                names = predict_metric_names(cfg, input_shape=(3, 32, 32), num_classes=10).names
+            elif name.startswith(("certified_acc.", "certify.")) and "@" in name:
+                head, _, eps = name.rpartition("@")
+                method, _, norm = head.split(".", 1)[1].removeprefix("upper.").removeprefix("unresolved.").rpartition(".")
+                cfg = ScanConfig.parse(eps=eps, norm=norm, attacks="fgsm", checks=f"clean,attacks,certify:method={method}")
+                names = predict_metric_names(cfg, input_shape=(3, 32, 32), num_classes=10).names
+            elif name.startswith("certify."):
+                cfg = ScanConfig.parse(eps="0.1", checks="clean,certify:radius=true")
                 names = predict_metric_names(cfg, input_shape=(3, 32, 32), num_classes=10).names
             else:
                 names = general

@@ -1,4 +1,5 @@
 """The minimal-perturbation check on an analytic linear model, through the engine."""
+
 from __future__ import annotations
 
 import pytest

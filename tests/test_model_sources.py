@@ -5,6 +5,7 @@ Every file is written by the test: torchvision weights into a temporary TORCH_HO
 torchvision expects, timm weights into a temporary Hugging Face cache, ONNX exports of small CNNs.
 No network.
 """
+
 from __future__ import annotations
 
 import json
@@ -120,8 +121,20 @@ def test_torchvision_weights_are_read_weights_only(tv_cached, tmp_path):
 
 
 def test_mean_std_conflicting_with_the_weights_is_a_usage_error(tv_cached):
-    line = one_line_error(cli("scan", "--arch", f"torchvision:{TV_MODEL}:{TV_WEIGHTS}", "-d", "demo",
-                              "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"), 2)
+    line = one_line_error(
+        cli(
+            "scan",
+            "--arch",
+            f"torchvision:{TV_MODEL}:{TV_WEIGHTS}",
+            "-d",
+            "demo",
+            "--mean",
+            "0.5,0.5,0.5",
+            "--std",
+            "0.5,0.5,0.5",
+        ),
+        2,
+    )
     assert "--mean 0.5,0.5,0.5 conflicts with 0.485,0.456,0.406" in line and "transforms()" in line
     # the same values are fine
     info = load_model(arch=f"torchvision:{TV_MODEL}:{TV_WEIGHTS}", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)).info
@@ -144,8 +157,24 @@ def test_torchvision_scan_of_an_image_folder_follows_the_weights(tv_cached, tmp_
     the provenance records the weights and the file's sha256."""
     folder = _image_folder(tmp_path / "photos", {"goldfish": [(300, 260), (240, 320)], "tench": [(256, 256)]})
     out = tmp_path / "r.json"
-    code, output = cli("scan", "--arch", f"torchvision:{TV_MODEL}", "--weights", TV_WEIGHTS, "-d", f"imagefolder:{folder}",
-                       "--checks", "clean,attacks", "--attacks", "fgsm", "--eps", "2/255", "--json", out, "-q")
+    code, output = cli(
+        "scan",
+        "--arch",
+        f"torchvision:{TV_MODEL}",
+        "--weights",
+        TV_WEIGHTS,
+        "-d",
+        f"imagefolder:{folder}",
+        "--checks",
+        "clean,attacks",
+        "--attacks",
+        "fgsm",
+        "--eps",
+        "2/255",
+        "--json",
+        out,
+        "-q",
+    )
     assert code == 0, output
     r = json.loads(out.read_text())
     prov = r["provenance"]
@@ -155,14 +184,32 @@ def test_torchvision_scan_of_an_image_folder_follows_the_weights(tv_cached, tmp_
     assert prov["normalization_mean"] == [0.485, 0.456, 0.406]
     assert len(prov["class_names"]) == 1000 and prov["class_names"][1] == "goldfish"
     assert sorted(set(r["sections"]["clean"]["labels"])) == [0, 1]  # tench = 0, goldfish = 1 in ImageNet's order
-    assert one_line_error(cli("scan", "--arch", f"torchvision:{TV_MODEL}:{TV_WEIGHTS}", "-d", f"imagefolder:{folder}",
-                              "--image-size", "128"), 2).count("conflicts with the 224-pixel input") == 1
+    assert (
+        one_line_error(
+            cli(
+                "scan", "--arch", f"torchvision:{TV_MODEL}:{TV_WEIGHTS}", "-d", f"imagefolder:{folder}", "--image-size", "128"
+            ),
+            2,
+        ).count("conflicts with the 224-pixel input")
+        == 1
+    )
 
 
 def test_folder_classes_that_are_not_the_weights_classes_say_so(tv_cached, tmp_path):
     folder = _image_folder(tmp_path / "photos", {"cats": [(32, 32)], "dogs": [(32, 32)]})
-    line = one_line_error(cli("scan", "--arch", f"torchvision:{TV_MODEL}:{TV_WEIGHTS}", "-d", f"imagefolder:{folder}",
-                              "--image-size", "224", "-q"), 3)
+    line = one_line_error(
+        cli(
+            "scan",
+            "--arch",
+            f"torchvision:{TV_MODEL}:{TV_WEIGHTS}",
+            "-d",
+            f"imagefolder:{folder}",
+            "--image-size",
+            "224",
+            "-q",
+        ),
+        3,
+    )
     assert "1000 classes" in line and "cats" in line
 
 
@@ -232,8 +279,15 @@ def test_timm_weights_file(timm_cached, tmp_path):
 
 def test_timm_saved_by_robaudit_loads_without_flags(timm_cached, tmp_path):
     path = tmp_path / "t.safetensors"
-    save_model(path, timm_cached["net"], arch="timm:test_resnet", num_classes=1000, input_shape=(3, 160, 160),
-               mean=(0.5,) * 3, std=(0.5,) * 3)
+    save_model(
+        path,
+        timm_cached["net"],
+        arch="timm:test_resnet",
+        num_classes=1000,
+        input_shape=(3, 160, 160),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    )
     info = load_model(path).info
     assert (info.arch, info.num_classes, info.preprocessing.crop_size) == ("timm:test_resnet", 1000, 160)
 
@@ -247,8 +301,14 @@ def test_timm_kwargs_that_load_weights_are_refused(timm_cached, key):
 
 def test_timm_metadata_kwargs_that_load_weights_are_refused(timm_cached, tmp_path):
     path = tmp_path / "t.safetensors"
-    save_model(path, timm_cached["net"], arch="timm:test_resnet", arch_kwargs={"checkpoint_path": "/etc/passwd"},
-               num_classes=1000, input_shape=(3, 160, 160))
+    save_model(
+        path,
+        timm_cached["net"],
+        arch="timm:test_resnet",
+        arch_kwargs={"checkpoint_path": "/etc/passwd"},
+        num_classes=1000,
+        input_shape=(3, 160, 160),
+    )
     with pytest.raises(UsageError, match="must not set checkpoint_path"):
         load_model(path)
 
@@ -317,9 +377,18 @@ def _write_bad(kind: str, path: Path, marker: Path) -> None:
         raise AssertionError(kind)
 
 
-BAD_CACHE_FILES = ["TorchScript archive (the issue's row)", "torch.export archive", "pickle that runs code",
-                   "pickled list, not a state dict", "state dict of another model", "truncated pickle",
-                   "zip that is not PyTorch", "empty file", "garbage", "safetensors cut short"]
+BAD_CACHE_FILES = [
+    "TorchScript archive (the issue's row)",
+    "torch.export archive",
+    "pickle that runs code",
+    "pickled list, not a state dict",
+    "state dict of another model",
+    "truncated pickle",
+    "zip that is not PyTorch",
+    "empty file",
+    "garbage",
+    "safetensors cut short",
+]
 
 
 @pytest.fixture(params=["torchvision", "timm"])
@@ -352,8 +421,22 @@ def test_a_cached_file_that_is_not_the_weights_is_an_input_error_naming_it(publi
         (folder / name).mkdir(parents=True)
         Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / name / "0.png")
     for flags in ([], ["--trust-checkpoint"]):
-        line = one_line_error(cli("scan", "--arch", published["arch"], "-d", f"imagefolder:{folder}", "--checks", "clean",
-                                  "--attacks", "fgsm", "-q", *flags), 3)
+        line = one_line_error(
+            cli(
+                "scan",
+                "--arch",
+                published["arch"],
+                "-d",
+                f"imagefolder:{folder}",
+                "--checks",
+                "clean",
+                "--attacks",
+                "fgsm",
+                "-q",
+                *flags,
+            ),
+            3,
+        )
         assert str(published["path"]) in line and "the cached file of" in line, line
         assert "not the published weights" in line and "delete" in line and "--download" in line, line
         assert "pass --trust-checkpoint" not in line and "drop --arch" not in line, line
@@ -380,8 +463,15 @@ def onnx_pair(tmp_path_factory) -> dict:
 def export_onnx(net: nn.Module, path: Path, shape=SHAPE, dynamic: bool = True) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(1, *shape),), str(path), dynamo=False, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None)
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, *shape),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None,
+        )
     return path
 
 
@@ -432,9 +522,23 @@ def test_onnx_scan_matches_the_original_module(onnx_pair):
 @pytest.mark.slow
 def test_onnx_geometry_checks_run(onnx_pair, tmp_path):
     out = tmp_path / "r.json"
-    code, output = cli("scan", onnx_pair["path"], "-d", "demo", "-n", "12", "--eps", "0.1", "--attacks", "fgsm",
-                       "--checks", "clean,attacks,margins,minimal,jacobian,curvature:k=2,indicator,spectra",
-                       "--json", out, "-q")
+    code, output = cli(
+        "scan",
+        onnx_pair["path"],
+        "-d",
+        "demo",
+        "-n",
+        "12",
+        "--eps",
+        "0.1",
+        "--attacks",
+        "fgsm",
+        "--checks",
+        "clean,attacks,margins,minimal,jacobian,curvature:k=2,indicator,spectra",
+        "--json",
+        out,
+        "-q",
+    )
     assert code == 0, output
     sections = json.loads(out.read_text())["sections"]
     assert {"minimal", "jacobian", "curvature", "indicator", "spectra"} <= set(sections)
@@ -458,9 +562,13 @@ def test_onnx_unsupported_operator_names_it(tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Hardmax", ["f"], ["y"]),
-         helper.make_node("Mystery", ["y"], ["z"], domain="com.example")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 28, 28])],
+        [
+            helper.make_node("Flatten", ["x"], ["f"]),
+            helper.make_node("Hardmax", ["f"], ["y"]),
+            helper.make_node("Mystery", ["y"], ["z"], domain="com.example"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 28, 28])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 784])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
@@ -528,18 +636,21 @@ def test_arch_with_torchscript_or_a_pickled_module_is_a_usage_error(tmp_path):
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(net, torch.rand(2, *SHAPE)), str(tmp_path / "model.ts"))
     torch.save(net, tmp_path / "module.pt")
-    ts = one_line_error(cli("scan", tmp_path / "model.ts", "-d", "demo", "--trust-checkpoint", "--arch",
-                            "torchvision:resnet18"), 2)
+    ts = one_line_error(
+        cli("scan", tmp_path / "model.ts", "-d", "demo", "--trust-checkpoint", "--arch", "torchvision:resnet18"), 2
+    )
     assert "TorchScript archive" in ts and "drop --arch torchvision:resnet18" in ts
-    pickled = one_line_error(cli("scan", tmp_path / "module.pt", "-d", "demo", "--trust-checkpoint", "--arch-kwargs",
-                                 "width=4"), 2)
+    pickled = one_line_error(
+        cli("scan", tmp_path / "module.pt", "-d", "demo", "--trust-checkpoint", "--arch-kwargs", "width=4"), 2
+    )
     assert "pickled complete model" in pickled and "drop --arch-kwargs" in pickled
 
 
 def test_no_model_and_weights_without_a_library_arch(tmp_path):
     assert "no model" in one_line_error(cli("scan", "-d", "demo"), 2)
-    assert "only torchvision: and timm:" in one_line_error(cli("scan", "-d", "demo", "--arch", "small-cnn", "--weights",
-                                                               "IMAGENET1K_V1"), 2)
+    assert "only torchvision: and timm:" in one_line_error(
+        cli("scan", "-d", "demo", "--arch", "small-cnn", "--weights", "IMAGENET1K_V1"), 2
+    )
     assert "needs --arch" in one_line_error(cli("scan", "-d", "demo", "--weights", "IMAGENET1K_V1"), 2)
 
 

@@ -1,4 +1,5 @@
 """robaudit.models: architectures, every checkpoint format, safety of pickles, errors that say what to do."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,13 @@ from torch import nn
 
 from robaudit.errors import CheckpointError, InputError, UnsafeCheckpointError, UsageError
 from robaudit.models import (
-    ARCHITECTURES, NormalizedModel, build_architecture, check_fits, detect_format, load_model, parse_arch_kwargs,
+    ARCHITECTURES,
+    NormalizedModel,
+    build_architecture,
+    check_fits,
+    detect_format,
+    load_model,
+    parse_arch_kwargs,
     save_model,
 )
 from robaudit.models.checkpoint import EXTRA_FILE, metadata_strings
@@ -135,11 +142,21 @@ def saved(workdir, arch_file, x):
 # --- formats ---------------------------------------------------------------------------------
 
 EXPECTED_FORMAT = {
-    "meta.bin": "safetensors", "nometa.pt": "safetensors", "exported.pth": "torch-export",
-    "scripted.pt2": "torchscript", "traced.safetensors": "torchscript", "plain.safetensors": "pickle",
-    "nested_state_dict.ckpt": "pickle", "nested_model.pt": "pickle", "nested_net.pt": "pickle",
-    "dataparallel.pt": "pickle", "model_prefix.pt": "pickle", "legacy.ts": "pickle",
-    "user_sd.safetensors": "pickle", "user_meta.pt": "safetensors", "user_scripted.bin": "torchscript",
+    "meta.bin": "safetensors",
+    "nometa.pt": "safetensors",
+    "exported.pth": "torch-export",
+    "scripted.pt2": "torchscript",
+    "traced.safetensors": "torchscript",
+    "plain.safetensors": "pickle",
+    "nested_state_dict.ckpt": "pickle",
+    "nested_model.pt": "pickle",
+    "nested_net.pt": "pickle",
+    "dataparallel.pt": "pickle",
+    "model_prefix.pt": "pickle",
+    "legacy.ts": "pickle",
+    "user_sd.safetensors": "pickle",
+    "user_meta.pt": "safetensors",
+    "user_scripted.bin": "torchscript",
     "user_exported.ckpt": "torch-export",
 }
 
@@ -171,8 +188,16 @@ def test_metadata_round_trip(workdir, x):
     net = tiny_cnn()
     path = workdir / "sub" / "roundtrip.safetensors"
     digest = save_model(
-        path, net, arch="small-cnn", arch_kwargs=CNN_KWARGS, num_classes=10, input_shape=SHAPE,
-        mean=[0.25], std=[0.5], class_names=[str(i) for i in range(10)], extra_metadata={"trained_by": "test"},
+        path,
+        net,
+        arch="small-cnn",
+        arch_kwargs=CNN_KWARGS,
+        num_classes=10,
+        input_shape=SHAPE,
+        mean=[0.25],
+        std=[0.5],
+        class_names=[str(i) for i in range(10)],
+        extra_metadata={"trained_by": "test"},
     )
     assert [p.name for p in path.parent.iterdir()] == ["roundtrip.safetensors"]  # no temp file left behind
     loaded = load_model(path)
@@ -195,8 +220,16 @@ def test_metadata_round_trip(workdir, x):
 def test_save_model_bytes_depend_only_on_content(workdir):
     """safetensors writes metadata from a hash map; save_model sorts it so equal content hashes equal."""
     net = tiny_cnn()
-    kw = dict(arch="small-cnn", arch_kwargs=CNN_KWARGS, num_classes=10, input_shape=SHAPE, mean=[0.25], std=[0.5],
-              class_names=[f"c{i}" for i in range(10)], extra_metadata={"a": "1", "b": "2", "é": "ü"})
+    kw = dict(
+        arch="small-cnn",
+        arch_kwargs=CNN_KWARGS,
+        num_classes=10,
+        input_shape=SHAPE,
+        mean=[0.25],
+        std=[0.5],
+        class_names=[f"c{i}" for i in range(10)],
+        extra_metadata={"a": "1", "b": "2", "é": "ü"},
+    )
     digests = {save_model(workdir / f"det{i}.safetensors", net, **kw) for i in range(4)}
     assert len(digests) == 1
     loaded = load_model(workdir / "det0.safetensors")
@@ -227,8 +260,7 @@ def test_save_model_handles_tied_weights(workdir):
 def test_malicious_pickle_is_refused_without_running(tmp_path, payload, zip_format):
     target = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": tiny_cnn().state_dict(), "x": payload(target)}, path,
-               _use_new_zipfile_serialization=zip_format)
+    torch.save({"state_dict": tiny_cnn().state_dict(), "x": payload(target)}, path, _use_new_zipfile_serialization=zip_format)
     with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint") as err:
         load_model(path, arch="small-cnn", arch_kwargs=CNN_KWARGS)
     # zip: every global torch finds in the pickle; legacy: the first one torch's unpickler refused
@@ -354,8 +386,14 @@ def test_check_fits_static_batch_export(tmp_path):
 
 # --- architectures ---------------------------------------------------------------------------
 
-ARCH_INPUTS = {"small-cnn": (1, 28, 28), "yu-convnet": (3, 32, 32), "resnet18": (3, 32, 32),
-               "preact-resnet18": (3, 32, 32), "wrn-28-10": (3, 32, 32), "mlp": (1, 28, 28)}
+ARCH_INPUTS = {
+    "small-cnn": (1, 28, 28),
+    "yu-convnet": (3, 32, 32),
+    "resnet18": (3, 32, 32),
+    "preact-resnet18": (3, 32, 32),
+    "wrn-28-10": (3, 32, 32),
+    "mlp": (1, 28, 28),
+}
 
 
 @pytest.mark.parametrize("name", sorted(ARCH_INPUTS))
@@ -395,7 +433,12 @@ def test_user_file_architecture_errors(arch_file, tmp_path):
 def test_parse_arch_kwargs():
     assert parse_arch_kwargs('{"width": 16, "act": "relu"}') == {"width": 16, "act": "relu"}
     assert parse_arch_kwargs("width=16, dropout=0.3,bias=true,name=wide,x=none") == {
-        "width": 16, "dropout": 0.3, "bias": True, "name": "wide", "x": None}
+        "width": 16,
+        "dropout": 0.3,
+        "bias": True,
+        "name": "wide",
+        "x": None,
+    }
     assert parse_arch_kwargs("") == {}
     for bad in ("[1, 2]", "{bad json", "width", "=3"):
         with pytest.raises(UsageError, match="--arch-kwargs"):

@@ -1,5 +1,6 @@
 """Plugin discovery: lazy entry points (monkeypatched importlib.metadata), collisions, broken
 plugins, the `robaudit plugins` command, and the real example plugin when it is installed."""
+
 from __future__ import annotations
 
 import sys
@@ -46,7 +47,10 @@ def test_listing_loads_nothing_lookup_loads_one(fake_eps):
     entries = {e.name: e for e in r.entries()}
     assert (entries["wow"].distribution, entries["wow"].version, entries["wow"].target) == ("pkg-a", "2.3", "pkg_a.mod:Wow")
     infos, collisions = discover(("robaudit.t1",))
-    assert [(i.name, i.distribution, i.target) for i in infos] == [("wow", "pkg-a", "pkg_a.mod:Wow"), ("zap", "pkg-b", "pkg_b.mod:Zap")]
+    assert [(i.name, i.distribution, i.target) for i in infos] == [
+        ("wow", "pkg-a", "pkg_a.mod:Wow"),
+        ("zap", "pkg-b", "pkg_b.mod:Zap"),
+    ]
     assert collisions == []
     assert good.loads == 0 and other.loads == 0 and not entries["wow"].loaded
     assert r.get("WOW") == "WOW" and good.loads == 1 and other.loads == 0
@@ -80,12 +84,14 @@ def test_collision_with_a_builtin(monkeypatch):
 def test_same_distribution_twice_is_not_a_collision(fake_eps):
     fake_eps += [FakeEP("one", "robaudit.t3", "m:A", "dist-a", obj=1), FakeEP("one", "robaudit.t3", "m:A", "dist-a", obj=1)]
     assert Registry("thing", "robaudit.t3").get("one") == 1
-    assert discover(("robaudit.t3",)) [1] == []
+    assert discover(("robaudit.t3",))[1] == []
 
 
 def test_broken_plugin_reported_with_distribution_rest_works(fake_eps):
-    fake_eps += [FakeEP("bad", "robaudit.t4", "nope:X", "broken-dist", error=ImportError("No module named 'nope'")),
-                 FakeEP("fine", "robaudit.t4", "m:F", "fine-dist", obj="F")]
+    fake_eps += [
+        FakeEP("bad", "robaudit.t4", "nope:X", "broken-dist", error=ImportError("No module named 'nope'")),
+        FakeEP("fine", "robaudit.t4", "m:F", "fine-dist", obj="F"),
+    ]
     r = Registry("thing", "robaudit.t4")
     with pytest.raises(UsageError, match="broken-dist.*No module named 'nope'"):
         r.get("bad")
@@ -97,8 +103,10 @@ def test_broken_plugin_reported_with_distribution_rest_works(fake_eps):
 
 
 def test_plugins_command_lists_without_importing_and_check_reports_failures(fake_eps, monkeypatch):
-    fake_eps += [FakeEP("ghost", "robaudit.attacks", "robaudit_no_such_module_xyz:Ghost", "ghost-dist", "0.9"),
-                 FakeEP("bigarch", "robaudit.architectures", "builtins:abs", "arch-dist", "1.1")]
+    fake_eps += [
+        FakeEP("ghost", "robaudit.attacks", "robaudit_no_such_module_xyz:Ghost", "ghost-dist", "0.9"),
+        FakeEP("bigarch", "robaudit.architectures", "builtins:abs", "arch-dist", "1.1"),
+    ]
     monkeypatch.setenv("COLUMNS", "200")
     res = CliRunner().invoke(app, ["plugins"])
     assert res.exit_code == 0, res.output
@@ -119,11 +127,17 @@ def test_hardeners_use_the_registry_group():
     from robaudit.harden import HARDENERS
 
     assert isinstance(HARDENERS, Registry) and HARDENERS.group == "robaudit.hardeners"
-    assert reg.GROUPS == ("robaudit.attacks", "robaudit.checks", "robaudit.architectures", "robaudit.datasets",
-                          "robaudit.hardeners")
+    assert reg.GROUPS == (
+        "robaudit.attacks",
+        "robaudit.checks",
+        "robaudit.architectures",
+        "robaudit.datasets",
+        "robaudit.hardeners",
+    )
 
 
 # --- the real example plugin (plugins/robaudit-example) ------------------------------------------
+
 
 def _example_installed() -> bool:
     try:

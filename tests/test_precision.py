@@ -1,14 +1,15 @@
 """--precision (issue 15): attacks run under torch.autocast, every broken sample is re-checked in
 float32, and float32 is the scan it always was."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from conftest import TinyCNN
 from torch import nn
 
-from conftest import TinyCNN
 from robaudit.attacks.base import in_precision
 from robaudit.checks.attacks import decode_tensor
 from robaudit.cli.main import app
@@ -109,10 +110,27 @@ def test_float16_on_cpu_is_a_usage_error():
 
 def test_cli_float16_on_cpu_exits_2(tmp_path):
     from typer.testing import CliRunner
+
     from robaudit.cli.demo import DEMO_MODEL
 
-    out = CliRunner().invoke(app, ["scan", str(DEMO_MODEL), "-d", "demo", "-n", "4", "--device", "cpu",
-                                   "--precision", "float16", "--checks", "clean,attacks", "-q"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "scan",
+            str(DEMO_MODEL),
+            "-d",
+            "demo",
+            "-n",
+            "4",
+            "--device",
+            "cpu",
+            "--precision",
+            "float16",
+            "--checks",
+            "clean,attacks",
+            "-q",
+        ],
+    )
     assert out.exit_code == 2, out.output
     assert "float16 needs a CUDA device" in out.output
     assert "Traceback" not in out.output

@@ -1,4 +1,5 @@
 """HTML report and CSV tables: self-contained, escaped, deterministic, only the sections that ran."""
+
 from __future__ import annotations
 
 import base64
@@ -50,8 +51,12 @@ def tiny_result(channels: int = 1, n: int = 24, class_names=None) -> ScanResult:
     data = DataSpec("synthetic", "test", x, y, names, "memory")
     loaded = LoadedModel(net, ModelInfo(path="models/tiny.safetensors", format="safetensors", sha256="0" * 64, arch="tiny"))
     config = ScanConfig(
-        eps=(0.01, 0.05), attacks=parse_attack_list("fgsm,pgd:steps=3"), device="cpu", batch_size=32,
-        checks=("clean", "attacks", "margins"), keep_examples=4,
+        eps=(0.01, 0.05),
+        attacks=parse_attack_list("fgsm,pgd:steps=3"),
+        device="cpu",
+        batch_size=32,
+        checks=("clean", "attacks", "margins"),
+        keep_examples=4,
     )
     return run_scan(loaded, data, config, command_line="robaudit scan models/tiny.safetensors")
 
@@ -114,7 +119,7 @@ def test_self_contained(html):
 
 def test_report_content(result, html):
     assert "Verdict" in html and "Provenance" in html
-    assert html.count('<figure>') == len(result.section("attacks").examples) > 0
+    assert html.count("<figure>") == len(result.section("attacks").examples) > 0
     for ex in result.section("attacks").examples:
         assert f"sample #{ex.index}" in html
     clean = result.section("clean")
@@ -140,7 +145,7 @@ def test_everything_from_user_or_checkpoint_is_escaped(result):
     prov = dataclasses.replace(
         result.provenance,
         class_names=names,
-        checkpoint=f"/models/{EVIL}&\"x\".pt",
+        checkpoint=f'/models/{EVIL}&"x".pt',
         arch=EVIL,
         dataset=f"imagefolder:{EVIL}",
         data_source=f"/data/{EVIL}",
@@ -195,7 +200,16 @@ def test_csv_tables(result, tmp_path):
     assert samples["correct"].tolist() == list(result.section("clean").correct)
     per_eps = pd.read_csv(paths[1])
     assert len(per_eps) == len(att.runs) + len(att.eps)
-    assert set(per_eps.columns) >= {"attack", "norm", "eps", "robust_accuracy", "success_rate", "mean_perturbation", "passes", "seconds"}
+    assert set(per_eps.columns) >= {
+        "attack",
+        "norm",
+        "eps",
+        "robust_accuracy",
+        "success_rate",
+        "mean_perturbation",
+        "passes",
+        "seconds",
+    }
     ens = per_eps[per_eps.attack == "ensemble"]
     assert ens.robust_accuracy.tolist() == [att.ensemble[k] for k in ("0.01", "0.05")]
     assert samples_table(result).shape == samples.shape and robust_table(result).shape == per_eps.shape

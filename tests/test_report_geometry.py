@@ -1,4 +1,5 @@
 """HTML report and terminal summary of the geometry sections, from a real scan of a tiny CNN."""
+
 from __future__ import annotations
 
 import base64
@@ -10,6 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import TinyCNN
 from PIL import Image
 from rich.console import Console
 
@@ -20,13 +22,11 @@ from robaudit.config import ScanConfig, parse_attack_list
 from robaudit.data.spec import DataSpec
 from robaudit.engine import run_scan
 from robaudit.models.spec import LoadedModel, ModelInfo
-from robaudit.report.geometry_plots import draw_boundary
 from robaudit.report.html import render_html
 from robaudit.report.plots import figure
+from robaudit.report.surface_plots import draw_boundary
 from robaudit.report.terminal import print_summary
 from robaudit.results import ScanResult
-
-from conftest import TinyCNN
 
 GEOMETRY = ("minimal", "jacobian", "curvature", "indicator", "spectra", "surfaces", "landscape")
 # section → alt texts of the figures its partial must show
@@ -59,8 +59,14 @@ def result() -> ScanResult:
         y[::4] = (y[::4] + 1) % 10
         data = DataSpec("synthetic", "test", x, y, tuple(f"class-{i}" for i in range(10)), "memory")
         loaded = LoadedModel(net, ModelInfo(path="m.safetensors", format="safetensors", sha256="0" * 64, arch="tiny"))
-        config = ScanConfig(eps=(0.02, 0.05), attacks=parse_attack_list("fgsm,pgd:steps=3"), device="cpu", batch_size=64,
-                            checks=("clean", "attacks", *GEOMETRY), keep_examples=4)
+        config = ScanConfig(
+            eps=(0.02, 0.05),
+            attacks=parse_attack_list("fgsm,pgd:steps=3"),
+            device="cpu",
+            batch_size=64,
+            checks=("clean", "attacks", *GEOMETRY),
+            keep_examples=4,
+        )
         return run_scan(loaded, data, config, command_line="t", quiet=True)
     finally:
         mp.undo()
@@ -74,7 +80,7 @@ def html(result) -> str:
 def _section_html(html: str, name: str) -> str:
     start = html.index(f'id="section-{name}"')
     end = html.find("<section", start)
-    return html[start:end if end > 0 else None]
+    return html[start : end if end > 0 else None]
 
 
 def _pngs(fragment: str) -> list[tuple[str, Image.Image]]:
@@ -96,7 +102,9 @@ def test_every_geometry_section_has_its_figures(result, html):
             assert any(a.startswith(expected) for a in alts), (name, expected, alts)
         assert "Fields (" not in _section_html(html, name), f"{name} fell back to the generic partial"
     surfaces = result.section("surfaces")
-    assert sum(a.startswith("Decision and loss surfaces") for a, _ in _pngs(_section_html(html, "surfaces"))) == len(surfaces.samples)
+    assert sum(a.startswith("Decision and loss surfaces") for a, _ in _pngs(_section_html(html, "surfaces"))) == len(
+        surfaces.samples
+    )
     assert "<script" not in html.lower() and "http://" not in html and "https://" not in html
 
 
@@ -112,7 +120,8 @@ def test_minimal_stores_deepfool_radii_and_old_json_still_reads(result):
     old = ScanResult.from_dict(data)
     assert old.section("minimal").deepfool_radii == ()
     assert 'alt="Histogram of the minimal perturbation per sample"' in render_html(
-        dataclasses.replace(old, sections={"clean": old.section("clean"), "minimal": old.section("minimal")}))
+        dataclasses.replace(old, sections={"clean": old.section("clean"), "minimal": old.section("minimal")})
+    )
 
 
 def test_absent_sections_are_absent(result):
@@ -173,8 +182,15 @@ def test_terminal_tables_without_colour(result, monkeypatch):
     print_summary(result, Console(file=buf, width=120, force_terminal=True))
     text = buf.getvalue()
     assert not _colour_codes(text)  # bold/dim/italic only: every status is also a word
-    for title in ("Minimal perturbation", "Input Jacobian", "Curvature of the loss", "Bounds and indicator",
-                  "Layer spectra", "Decision surfaces", "Loss landscape"):
+    for title in (
+        "Minimal perturbation",
+        "Input Jacobian",
+        "Curvature of the loss",
+        "Bounds and indicator",
+        "Layer spectra",
+        "Decision surfaces",
+        "Loss landscape",
+    ):
         assert title in text, title
     minimal = result.section("minimal")
     assert f"{minimal.median:.4g}" in text

@@ -1,23 +1,23 @@
 """One seed, one answer: per-sample random streams and results that don't depend on the batch."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from conftest import Conv6Net
 
 from robaudit.attacks import ATTACKS
 from robaudit.config import ScanConfig
 from robaudit.data.spec import DataSpec
 from robaudit.engine import FixedBlockModel, run_scan
+from robaudit.errors import InputError
 from robaudit.geometry.hessian import lanczos
 from robaudit.models.spec import LoadedModel, ModelInfo
 from robaudit.parts import Part, merge_parts
-from robaudit.errors import InputError
 from robaudit.rng import SampleRNG
 from robaudit.threat import Norm, ThreatModel
-from conftest import Conv6Net
-
 
 # --- the primitive ---------------------------------------------------------------------------
 
@@ -95,14 +95,17 @@ def batch():
     return model, x, y
 
 
-@pytest.mark.parametrize("spec", [
-    ("pgd", dict(steps=5, restarts=2)),
-    ("apgd-ce", dict(n_iter=8)),
-    ("apgd-t", dict(n_iter=5, n_target_classes=3)),
-    ("square", dict(n_queries=40)),
-    ("spsa", dict(nb_iter=3, spsa_samples=8, spsa_batch=6)),
-    ("fab-t", dict(n_iter=4, n_target_classes=2, n_restarts=2)),  # restarts draw random starts
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ("pgd", dict(steps=5, restarts=2)),
+        ("apgd-ce", dict(n_iter=8)),
+        ("apgd-t", dict(n_iter=5, n_target_classes=3)),
+        ("square", dict(n_queries=40)),
+        ("spsa", dict(nb_iter=3, spsa_samples=8, spsa_batch=6)),
+        ("fab-t", dict(n_iter=4, n_target_classes=2, n_restarts=2)),  # restarts draw random starts
+    ],
+)
 @pytest.mark.parametrize("norm,eps", [(Norm.LINF, 0.1), (Norm.L2, 0.5)])
 def test_an_attack_gives_each_sample_the_same_result_in_any_batch(batch, spec, norm, eps):
     model, x, y = batch
@@ -134,17 +137,27 @@ def test_lanczos_per_sample_convergence_does_not_depend_on_the_batch():
         mats.append(scale * (a + a.T) / 2)
     H = torch.stack(mats)
     rng = SampleRNG.for_indices(0, "l", torch.arange(3))
-    top, bottom, vecs, info = lanczos(lambda v: torch.bmm(H, v.unsqueeze(-1)).squeeze(-1), 30, 2, 30, rng,
-                                      batch=3, tol=1e-6, return_info=True)
+    top, bottom, vecs, info = lanczos(
+        lambda v: torch.bmm(H, v.unsqueeze(-1)).squeeze(-1), 30, 2, 30, rng, batch=3, tol=1e-6, return_info=True
+    )
     # the slowest sample sets the loop's length; the others converged earlier (here 26, 27 and 28 iterations)
     for i in range(3):
-        one = lanczos(lambda v: torch.bmm(H[i : i + 1], v.unsqueeze(-1)).squeeze(-1), 30, 2, 30, rng[[i]].subset([0], start=0),
-                      batch=1, tol=1e-6)
+        one = lanczos(
+            lambda v: torch.bmm(H[i : i + 1], v.unsqueeze(-1)).squeeze(-1),  # noqa: B023 - called within this iteration
+            30,
+            2,
+            30,
+            rng[[i]].subset([0], start=0),
+            batch=1,
+            tol=1e-6,
+        )
         # equal up to rounding of the batched linear algebra (~1e-15); running sample 0 on to the
         # batch's 28 iterations instead would move its Ritz vector by ~1e-7
         assert torch.allclose(one[0][0], top[i], rtol=0, atol=1e-12)
         assert torch.allclose(one[2][0], vecs[i], rtol=0, atol=1e-12)
-    longer = lanczos(lambda v: torch.bmm(H[:1], v.unsqueeze(-1)).squeeze(-1), 30, 2, 28, rng[[0]].subset([0], start=0), batch=1)
+    longer = lanczos(
+        lambda v: torch.bmm(H[:1], v.unsqueeze(-1)).squeeze(-1), 30, 2, 28, rng[[0]].subset([0], start=0), batch=1
+    )
     assert not torch.allclose(longer[2][0], vecs[0], rtol=0, atol=1e-9)
     exact = torch.linalg.eigvalsh(H).flip(-1)[:, :2]
     assert torch.allclose(top, exact, rtol=1e-5, atol=1e-8)
@@ -177,8 +190,13 @@ def _samples(n=70):
 
 def test_batch_32_and_256_give_the_same_json():
     model, x, y = _samples()
-    cfg = dict(eps="0.05,0.15", attacks="apgd-ce:n_iter=10,apgd-t:n_iter=5:n_target_classes=3,square:n_queries=30,pgd:steps=4",
-               ensemble="cascade", checks="clean,sanity,attacks,margins,jacobian,spectra", compute_block=8)
+    cfg = dict(
+        eps="0.05,0.15",
+        attacks="apgd-ce:n_iter=10,apgd-t:n_iter=5:n_target_classes=3,square:n_queries=30,pgd:steps=4",
+        ensemble="cascade",
+        checks="clean,sanity,attacks,margins,jacobian,spectra",
+        compute_block=8,
+    )
     a, b = _scan_json(model, x, y, 32, **cfg), _scan_json(model, x, y, 256, **cfg)
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     runs = a["sections"]["attacks"]["runs"]
@@ -189,8 +207,12 @@ def test_batch_32_and_256_give_the_same_json():
 @pytest.mark.slow
 def test_batch_sizes_give_the_same_json_for_the_whole_battery():
     model, x, y = _samples(40)
-    cfg = dict(eps="0.1", attacks="fgsm,pgd:steps=3,spsa:nb_iter=2:spsa_samples=8", compute_block=8,
-               checks="all,curvature:k=3:n_probes=2,surfaces:steps=5:n_samples=1,landscape:n_samples=16:steps_1d=3:steps_2d=3")
+    cfg = dict(
+        eps="0.1",
+        attacks="fgsm,pgd:steps=3,spsa:nb_iter=2:spsa_samples=8",
+        compute_block=8,
+        checks="all,curvature:k=3:n_probes=2,surfaces:steps=5:n_samples=1,landscape:n_samples=16:steps_1d=3:steps_2d=3",
+    )
     a, b = _scan_json(model, x, y, 32, **cfg), _scan_json(model, x, y, 256, **cfg)
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 

@@ -1,21 +1,24 @@
 """The estimate a scan prints before its first check (issue 15): an upper bound of the model passes
 the scan then records, reached by a sample that resists every attack to its last step."""
+
 from __future__ import annotations
 
 import re
 
 import pytest
 import torch
-
 from conftest import TinyCNN
+
 from robaudit.config import ScanConfig
 from robaudit.data.spec import DataSpec
 from robaudit.engine import build_checks, run_scan
 from robaudit.estimate import PassPlan
 from robaudit.models.spec import LoadedModel, ModelInfo
 
-ATTACKS = ("fgsm,pgd:steps=4:restarts=2,apgd-ce:n_iter=5,apgd-t:n_iter=4:n_target_classes=3,"
-           "fab-t:n_iter=3:n_target_classes=2,square:n_queries=12")
+ATTACKS = (
+    "fgsm,pgd:steps=4:restarts=2,apgd-ce:n_iter=5,apgd-t:n_iter=4:n_target_classes=3,"
+    "fab-t:n_iter=3:n_target_classes=2,square:n_queries=12"
+)
 LINE = re.compile(r"estimate: ≤ ([\d,]+) model passes per sample \(([\d,]+) with a backward; [^)]*\) × (\d+) samples ≈ ")
 
 
@@ -87,8 +90,13 @@ def test_quiet_scans_print_no_estimate(capsys):
 def test_the_bound_covers_every_counted_check(capsys):
     """sanity, margins, minimal, jacobian and spectra are counted: every gradient pass the scan records is within the bound."""
     loaded, data = _setup()
-    config = ScanConfig.parse(checks="clean,sanity,attacks,margins,minimal,jacobian,spectra", attacks="pgd:steps=3", eps="0.02",
-                              device="cpu", batch_size=4)
+    config = ScanConfig.parse(
+        checks="clean,sanity,attacks,margins,minimal,jacobian,spectra",
+        attacks="pgd:steps=3",
+        eps="0.02",
+        device="cpu",
+        batch_size=4,
+    )
     result = run_scan(loaded, data, config, quiet=False)
     _, backward, _ = (int(g.replace(",", "")) for g in LINE.search(_unwrapped(capsys.readouterr().err)).groups())
     recorded = sum(c["grad"] + c["hvp"] for c in result.passes.values())
@@ -96,8 +104,10 @@ def test_the_bound_covers_every_counted_check(capsys):
     assert recorded <= backward * data.n
 
 
-GEOMETRY = ("clean,curvature:k=2:n_probes=2:full_max_dim={full},indicator,surfaces:n_samples=1:steps=3,"
-            "landscape:n_samples=4:steps_1d=4:steps_2d=2")
+GEOMETRY = (
+    "clean,curvature:k=2:n_probes=2:full_max_dim={full},indicator,surfaces:n_samples=1:steps=3,"
+    "landscape:n_samples=4:steps_1d=4:steps_2d=2"
+)
 
 
 @pytest.mark.parametrize("model_class", [TinyCNN, SmoothTinyCNN])
@@ -115,15 +125,18 @@ def test_the_bound_covers_the_geometry_checks(capsys, monkeypatch, full_max_dim,
     bounds = {name: checks[name].max_passes(plan) for name in ("curvature", "indicator", "surfaces", "landscape")}
     current, forwards = [None], {}
     for name, check in checks.items():
-        def compute(self, ctx, _name=name, _compute=type(check).compute):
+
+        def compute(self, ctx, _name=name, _compute=type(check).compute):  # noqa: B008 - bound per loop iteration
             current[0] = _name
             try:
                 return _compute(self, ctx)
             finally:
                 current[0] = None
+
         monkeypatch.setattr(type(check), "compute", compute)
     loaded.model.register_forward_hook(
-        lambda module, args, out: forwards.__setitem__(current[0], forwards.get(current[0], 0) + args[0].shape[0]))
+        lambda module, args, out: forwards.__setitem__(current[0], forwards.get(current[0], 0) + args[0].shape[0])
+    )
     result = run_scan(loaded, data, config, quiet=False)
     err = _unwrapped(capsys.readouterr().err)
     assert LINE.search(err) and "not counted" not in err

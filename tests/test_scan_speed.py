@@ -1,6 +1,7 @@
 """Speed a user feels (issue 15): the curvature and indicator checks share one finite-difference
 Hessian sweep, the result counts each check's gradient passes and HVPs, and progress bars move
 within a check (per attack iteration, per counted pass, per surface plane), not only at its end."""
+
 from __future__ import annotations
 
 import json
@@ -111,8 +112,9 @@ class _Recorder:
 
 def test_progress_moves_within_a_check():
     loaded, data = _setup(6)
-    config = ScanConfig.parse(checks="clean,attacks,curvature,surfaces", attacks="pgd", eps="0.05", device="cpu",
-                              batch_size=64)  # one batch per check: batch ticks alone would sit at 0 until the end
+    config = ScanConfig.parse(
+        checks="clean,attacks,curvature,surfaces", attacks="pgd", eps="0.05", device="cpu", batch_size=64
+    )  # one batch per check: batch ticks alone would sit at 0 until the end
     ctx = make_context(loaded, data, config)
     ctx.progress = recorder = _Recorder()
     compute_parts(ctx, build_checks(config))

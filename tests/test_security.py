@@ -8,6 +8,7 @@ format still scan.
 
 No ``from __future__ import annotations`` here: torch.jit.script reads the annotations below.
 """
+
 import json
 import logging
 import os
@@ -106,7 +107,7 @@ class ExportBase(nn.Module):
         return self.fc(x.flatten(1)) + scratch.sum() * 0
 
 
-EVIL_ARCH = '''
+EVIL_ARCH = """
 open({marker!r}, "w").close()  # runs at import
 from torch import nn
 
@@ -118,7 +119,7 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.fc(x.flatten(1))
-'''
+"""
 
 
 # --- builders ----------------------------------------------------------------------------------
@@ -138,8 +139,9 @@ def _quiet(fn, *args, **kwargs):
 @pytest.fixture(scope="module")
 def export_base(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("export") / "base.pt2"
-    program = torch.export.export(ExportBase().eval(), (torch.rand(2, *SHAPE),),
-                                  dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+    program = torch.export.export(
+        ExportBase().eval(), (torch.rand(2, *SHAPE),), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}
+    )
     torch.export.save(program, str(path))
     return path
 
@@ -419,11 +421,25 @@ def test_metadata_registry_names_are_accepted(name):
     assert metadata_architecture(name, Path("m.safetensors")) == name
 
 
-@pytest.mark.parametrize("name", [
-    "evil.py:Net", "../../evil.py:Net", "/abs/evil.py:Net", "C:\\models\\evil.py:Net", "pkg/net:Net", "net.py",
-    "torchvision:../x.py:Net", "torchvision:a:b", "sub/small-cnn", "..", "small-cnn\n", " small-cnn", "",
-    "mod:attr",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "evil.py:Net",
+        "../../evil.py:Net",
+        "/abs/evil.py:Net",
+        "C:\\models\\evil.py:Net",
+        "pkg/net:Net",
+        "net.py",
+        "torchvision:../x.py:Net",
+        "torchvision:a:b",
+        "sub/small-cnn",
+        "..",
+        "small-cnn\n",
+        " small-cnn",
+        "",
+        "mod:attr",
+    ],
+)
 def test_metadata_paths_and_non_names_are_refused(name):
     with pytest.raises(CheckpointError, match="never imports code"):
         metadata_architecture(name, Path("m.safetensors"))
@@ -436,8 +452,7 @@ def test_metadata_unknown_registry_name_is_an_input_error():
 
 def test_metadata_arch_kwargs_must_be_a_json_object(tmp_path, caplog):
     path = tmp_path / "model.safetensors"
-    save_model(path, tiny_cnn(), arch="small-cnn", num_classes=10, input_shape=SHAPE,
-               extra_metadata={"x": "y"})
+    save_model(path, tiny_cnn(), arch="small-cnn", num_classes=10, input_shape=SHAPE, extra_metadata={"x": "y"})
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -502,8 +517,9 @@ def test_refusals_are_one_line_on_a_real_stderr(tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for args in cases:
-        proc = subprocess.run([sys.executable, "-m", "robaudit", *scan(*args), "-q"], capture_output=True,
-                              text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "robaudit", *scan(*args), "-q"], capture_output=True, text=True, env=env, timeout=300
+        )
         out = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
         assert proc.returncode == 3 and len(out) == 1, (args, proc.stdout, proc.stderr)
     assert not marker.exists()
@@ -526,10 +542,16 @@ def test_hostile_cifar_pickle(tmp_path, caplog):
     write_cifar10(tmp_path)
     marker = tmp_path / "marker"
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(
-        pickle.dumps({b"data": Touch(marker), b"labels": [0]}, protocol=2))
+        pickle.dumps({b"data": Touch(marker), b"labels": [0]}, protocol=2)
+    )
     model = tmp_path / "model.safetensors"
-    save_model(model, build_architecture("small-cnn", num_classes=10, in_channels=3), arch="small-cnn",
-               num_classes=10, input_shape=(3, 32, 32))
+    save_model(
+        model,
+        build_architecture("small-cnn", num_classes=10, in_channels=3),
+        arch="small-cnn",
+        num_classes=10,
+        input_shape=(3, 32, 32),
+    )
     assert "could run code" in refused(["scan", model, "--dataset", "cifar10", "--data-dir", tmp_path], marker, caplog)
 
 
@@ -539,14 +561,36 @@ def tiny_npz(tmp_path) -> Path:
 
     rng = np.random.default_rng(0)
     path = tmp_path / "tiny.npz"
-    np.savez(path, x=rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), y=np.arange(32) % 10,
-             class_names=np.array([f"c{i}" for i in range(10)]))
+    np.savez(
+        path,
+        x=rng.integers(0, 256, (32, 28, 28), dtype=np.uint8),
+        y=np.arange(32) % 10,
+        class_names=np.array([f"c{i}" for i in range(10)]),
+    )
     return path
 
 
 def _harden(parent, data, out, *extra) -> list:
-    return ["harden", parent, "--dataset", data, "--out", out, "--method", "ce-grad", "--epochs", "1",
-            "--batch-size", "16", "--eval-n", "8", "--device", "cpu", "--no-scan", *extra]
+    return [
+        "harden",
+        parent,
+        "--dataset",
+        data,
+        "--out",
+        out,
+        "--method",
+        "ce-grad",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--eval-n",
+        "8",
+        "--device",
+        "cpu",
+        "--no-scan",
+        *extra,
+    ]
 
 
 def test_harden_refuses_a_parent_naming_a_python_file(tmp_path, tiny_npz, caplog):
@@ -597,22 +641,26 @@ def legit(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("legit")
     net = tiny_cnn()
     x = torch.rand(2, *SHAPE)
-    save_model(d / "model.safetensors", net, arch="small-cnn", arch_kwargs=CNN_KWARGS, num_classes=10,
-               input_shape=SHAPE)
-    torch.save({"state_dict": net.state_dict(), "robaudit.arch": "small-cnn",
-                "robaudit.arch_kwargs": json.dumps(CNN_KWARGS)}, d / "model.pt")
+    save_model(d / "model.safetensors", net, arch="small-cnn", arch_kwargs=CNN_KWARGS, num_classes=10, input_shape=SHAPE)
+    torch.save(
+        {"state_dict": net.state_dict(), "robaudit.arch": "small-cnn", "robaudit.arch_kwargs": json.dumps(CNN_KWARGS)},
+        d / "model.pt",
+    )
     program = torch.export.export(net, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
     torch.export.save(program, str(d / "model.pt2"))
     _quiet(torch.jit.save, _quiet(torch.jit.trace, net, x), str(d / "model.ts"))
     return {"net": net, "dir": d}
 
 
-@pytest.mark.parametrize("name, flags, fmt", [
-    ("model.safetensors", [], "safetensors"),
-    ("model.pt", [], "pickle"),
-    ("model.pt2", ["--trust-checkpoint"], "torch-export"),
-    ("model.ts", ["--trust-checkpoint"], "torchscript"),
-])
+@pytest.mark.parametrize(
+    "name, flags, fmt",
+    [
+        ("model.safetensors", [], "safetensors"),
+        ("model.pt", [], "pickle"),
+        ("model.pt2", ["--trust-checkpoint"], "torch-export"),
+        ("model.ts", ["--trust-checkpoint"], "torchscript"),
+    ],
+)
 def test_legitimate_formats_scan(legit, tmp_path, name, flags, fmt):
     out = tmp_path / "r.json"
     res = runner.invoke(app, scan(legit["dir"] / name, *flags, "--json", out, "-q"))
@@ -648,8 +696,16 @@ def onnx_base(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("onnx")
     net = tiny_cnn()
     path = d / "model.onnx"
-    _quiet(torch.onnx.export, net, (torch.zeros(1, *SHAPE),), str(path), dynamo=False, input_names=["x"],
-           output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    _quiet(
+        torch.onnx.export,
+        net,
+        (torch.zeros(1, *SHAPE),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+    )
     return {"onnx": onnx, "net": net, "path": path, "proto": onnx.load(str(path))}
 
 
@@ -701,8 +757,14 @@ def _external(base: dict, folder: Path, location: str, data_file: Path | None = 
     folder.mkdir(parents=True, exist_ok=True)
     proto = onnx.ModelProto()
     proto.CopyFrom(base["proto"])
-    onnx.save_model(proto, str(folder / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.data", size_threshold=0)
+    onnx.save_model(
+        proto,
+        str(folder / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.data",
+        size_threshold=0,
+    )
     if data_file is not None:
         data_file.parent.mkdir(parents=True, exist_ok=True)
         data_file.write_bytes((folder / "weights.data").read_bytes())
@@ -763,8 +825,11 @@ def test_onnx_model_local_functions_are_refused(onnx_base, tmp_path, caplog):
 
     proto = onnx.ModelProto()
     proto.CopyFrom(onnx_base["proto"])
-    proto.functions.append(helper.make_function("evil.domain", "Payload", ["a"], ["b"], [helper.make_node("Identity", ["a"], ["b"])],
-                                                [helper.make_opsetid("", 17)]))
+    proto.functions.append(
+        helper.make_function(
+            "evil.domain", "Payload", ["a"], ["b"], [helper.make_node("Identity", ["a"], ["b"])], [helper.make_opsetid("", 17)]
+        )
+    )
     onnx.save(proto, str(tmp_path / "f.onnx"))
     line = refused(scan(tmp_path / "f.onnx"), tmp_path / "marker", caplog)
     assert "evil.domain:Payload" in line and "own ONNX functions" in line

@@ -1,4 +1,5 @@
 """Clopper–Pearson intervals and the exact McNemar test against scipy and textbook values."""
+
 from __future__ import annotations
 
 import pytest

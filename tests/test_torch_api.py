@@ -7,6 +7,7 @@ lists every torch API of the families robaudit uses beyond the basics, with the 
 introduced it, checks each exists here, that the source tree calls no unlisted one, and that
 pyproject's bound is the security minimum and not below any API's release.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -44,7 +45,7 @@ TORCH_APIS = {
     "torch.jit.script": (1, 0),
     "torch.jit.trace": (1, 0),  # tests build TorchScript files with these
     "torch.jit.export": (1, 0),
-    "torch.jit.ScriptModule": (1, 0),  # certify refuses to trace TorchScript modules
+    "torch.jit.ScriptModule": (1, 0),  # certify refuses TorchScript models (certify/graph.py)
     "torch.export.export": (2, 1),
     "torch.onnx.export": (1, 0),  # tests export ONNX models with it
 }

@@ -8,6 +8,7 @@ option string of the command line, robaudit's included, and allows abbreviations
 robaudit unchanged; then it parses the torchrun command lines of the README and docs/ as written, with
 torchrun's parser and with robaudit's own.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,8 +72,9 @@ def test_every_option_reaches_robaudit_unchanged_through_torchrun(command, optio
         with pytest.raises(AssertionError, match="ambiguous option"):
             _torchrun_parse([*TORCHRUN, *script_args])
         param = next(p for p in COMMANDS[command].params if option in p.opts)
-        assert any(o.startswith("--") and (command, o) not in AMBIGUOUS_IN_TORCHRUN for o in param.opts), \
+        assert any(o.startswith("--") and (command, o) not in AMBIGUOUS_IN_TORCHRUN for o in param.opts), (
             f"{option} needs an unambiguous long name"
+        )
         return
     parsed = _torchrun_parse([*TORCHRUN, *script_args])
     assert parsed.training_script == "robaudit" and parsed.module
@@ -109,7 +111,9 @@ def _readme_torchrun_commands() -> list[str]:
 def test_the_readme_has_torchrun_examples_of_scan_and_harden():
     commands = _readme_torchrun_commands()
     assert any(" scan " in c for c in commands) and any(" harden " in c for c in commands), commands
-    assert all("--num-samples" in c for c in commands if " scan " in c), "every torchrun scan example names the sample count unambiguously"
+    assert all("--num-samples" in c for c in commands if " scan " in c), (
+        "every torchrun scan example names the sample count unambiguously"
+    )
 
 
 @pytest.mark.parametrize("line", _readme_torchrun_commands())
@@ -120,7 +124,7 @@ def test_the_readmes_torchrun_commands_parse_as_written(line):
     parsed = _torchrun_parse(argv)
     assert parsed.module and parsed.training_script == "robaudit"
     args = parsed.training_script_args
-    assert args == argv[argv.index("robaudit") + 1:]
+    assert args == argv[argv.index("robaudit") + 1 :]
     command = COMMANDS[args[0]]
     ctx = command.make_context(args[0], list(args[1:]))  # robaudit's parser: every option known and well-formed
     assert ctx.params

@@ -9,10 +9,11 @@ tensor) where :mod:`robaudit.attacks.base` has one ε per batch.
 * :func:`eval_mode` — the mode handling of :meth:`Attack.run` for the ``minimal_perturbation``
   entry points, which bypass ``run``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -55,9 +56,7 @@ def project_eps(x_adv: torch.Tensor, x: torch.Tensor, norm: Norm, eps: torch.Ten
     return (x + delta).clamp(0.0, 1.0)
 
 
-def random_start_eps(
-    x: torch.Tensor, norm: Norm, eps: torch.Tensor, generator
-) -> torch.Tensor:
+def random_start_eps(x: torch.Tensor, norm: Norm, eps: torch.Tensor, generator) -> torch.Tensor:
     """A uniform point of each sample's ball of radius eps[i], clipped to [0,1]."""
     e = eps.to(dtype=x.dtype, device=x.device)
     if norm is Norm.LINF:

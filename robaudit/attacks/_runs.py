@@ -19,6 +19,7 @@ Every tick evaluates all active rows (runs) in one model call (chunks of ``max_r
 packed run computes exactly what the run alone would (same start, same iterates), only sooner.
 A smaller ``stagger`` costs passes on runs cancelled by an earlier run's success.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,8 +39,9 @@ def resolve_stagger(stagger: int | None, n_iter: int) -> int | None:
     return None if stagger < 0 else int(stagger)
 
 
-def run_starts(start, x: torch.Tensor, samples: torch.Tensor, runs: torch.Tensor, generator, base: int = 0,
-               fork=None) -> torch.Tensor:
+def run_starts(
+    start, x: torch.Tensor, samples: torch.Tensor, runs: torch.Tensor, generator, base: int = 0, fork=None
+) -> torch.Tensor:
     """Random starts ``start(x_rows, generator)`` of runs ``runs`` of ``samples`` (``x``: their
     inputs, one row each). From a SampleRNG, run q's start is draw ``base + q`` of its sample's
     stream, or with ``fork`` (run → tag) the first draw of its sample's stream forked with
@@ -97,7 +99,9 @@ class RunSchedule:
             return empty, empty
         return torch.cat(out_s), torch.cat(out_q)
 
-    def end_tick(self, samples: torch.Tensor, runs: torch.Tensor, ok: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def end_tick(
+        self, samples: torch.Tensor, runs: torch.Tensor, ok: torch.Tensor, done: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """After a tick, given each row's sample, run and flags (CPU): ``ok`` (the run has
         succeeded) and ``done`` (the run is over). Returns (finished rows: their result counts,
         removed rows: finished or cancelled)."""
@@ -135,7 +139,9 @@ class RunResults:
         self.best_score = torch.full((S,), float("inf"), dtype=torch.float64, device=x.device)
         self.best_run = torch.full((S,), self.Q, dtype=torch.long, device=x.device)
 
-    def add(self, samples: torch.Tensor, runs: torch.Tensor, points: torch.Tensor, ok: torch.Tensor, scores: torch.Tensor) -> None:
+    def add(
+        self, samples: torch.Tensor, runs: torch.Tensor, points: torch.Tensor, ok: torch.Tensor, scores: torch.Tensor
+    ) -> None:
         """Finished runs (all on the points' device). At most one successful run per sample may
         finish per call (the schedule cancels later runs of a sample once one succeeded)."""
         if bool(ok.any()):

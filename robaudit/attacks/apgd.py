@@ -16,10 +16,12 @@ broken: a broken sample keeps its first misclassified iterate and is not iterate
 result and cost don't depend on its batch). Restarts and targets only attack the samples still
 correctly classified.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
 
 import torch
 
@@ -137,9 +139,15 @@ class _APGD(Attack):
         step = max(1, int(self.max_rows or self._batch_rows or points.shape[0]))
         outs = []
         for s in range(0, points.shape[0], step):
-            t = targets[s : s + step]
-            outs.append(input_gradient(model, points[s : s + step], ys[s : s + step],
-                                       lambda z, yy, t=t: self._row_loss(z, yy, t), self.counter))
+            outs.append(
+                input_gradient(
+                    model,
+                    points[s : s + step],
+                    ys[s : s + step],
+                    partial(self._row_loss, target=targets[s : s + step]),
+                    self.counter,
+                )
+            )
         if len(outs) == 1:
             return outs[0]
         return tuple(torch.cat(parts) for parts in zip(*outs))
@@ -170,7 +178,9 @@ class _APGD(Attack):
             return zero
         r = zero.nonzero().squeeze(1)
         xa = st["x_adv"][r]
-        still = ((st["x_old"][r] == xa) & (st["x_best"][r] == xa) & (project(xa, st["x0"][r], threat) == xa)).flatten(1).all(dim=1)
+        still = (
+            ((st["x_old"][r] == xa) & (st["x_best"][r] == xa) & (project(xa, st["x0"][r], threat) == xa)).flatten(1).all(dim=1)
+        )
         still &= (st["grad_best"][r].flatten(1) == 0).all(dim=1)
         return zero.index_put((r,), still)
 
@@ -215,12 +225,23 @@ class _APGD(Attack):
         n = x0.shape[0]
         dev = x0.device
         return {
-            "x0": x0, "y": y, "target": target, "x_adv": x_start, "x_old": x_start, "grad": grad,
-            "x_best": x_start, "grad_best": grad, "loss_best": loss, "margin_best": margin(logits, y),
-            "step": torch.full((n,), step0, device=dev, dtype=x0.dtype), "prev_loss": loss,
-            "n_increase": torch.zeros(n, dtype=torch.long, device=dev), "loss_best_last_check": loss,
+            "x0": x0,
+            "y": y,
+            "target": target,
+            "x_adv": x_start,
+            "x_old": x_start,
+            "grad": grad,
+            "x_best": x_start,
+            "grad_best": grad,
+            "loss_best": loss,
+            "margin_best": margin(logits, y),
+            "step": torch.full((n,), step0, device=dev, dtype=x0.dtype),
+            "prev_loss": loss,
+            "n_increase": torch.zeros(n, dtype=torch.long, device=dev),
+            "loss_best_last_check": loss,
             "reduced_last_check": torch.ones(n, dtype=torch.bool, device=dev),
-            "last_check": torch.zeros(n, dtype=torch.long, device=dev), "it": torch.zeros(n, dtype=torch.long, device=dev),
+            "last_check": torch.zeros(n, dtype=torch.long, device=dev),
+            "it": torch.zeros(n, dtype=torch.long, device=dev),
         }
 
     def _loss(self) -> LossFn:
@@ -270,7 +291,7 @@ class _APGD(Attack):
         step0 = self.initial_step * threat.eps
         while not bool(schedule.finished.all()):
             new_s, new_q = schedule.starts()
-            points, parts = [], []
+            points = []
             if st is not None:
                 x_next = self._step(st, threat)
                 points.append(x_next)
@@ -289,12 +310,15 @@ class _APGD(Attack):
                 wrong_parts.append(self._update(st, x_next, loss[:R], logits[:R], grad[:R], is_check_dev, check_now))
                 it_cpu = it_cpu + 1
             if new_s.numel():
-                fresh = self._init(xs[sd], ys[sd], targets[sd, new_q.to(x.device)], starts, loss[R:], logits[R:], grad[R:], step0)
+                fresh = self._init(
+                    xs[sd], ys[sd], targets[sd, new_q.to(x.device)], starts, loss[R:], logits[R:], grad[R:], step0
+                )
                 st = fresh if st is None else {k: torch.cat([st[k], fresh[k]]) for k in st}
                 s_cpu, q_cpu = torch.cat([s_cpu, new_s]), torch.cat([q_cpu, new_q])
                 it_cpu = torch.cat([it_cpu, torch.zeros_like(new_s)])
                 wrong_parts.append(logits[R:].argmax(1) != ys[sd])
             wrong = torch.cat(wrong_parts)
+            assert st is not None  # every running row has its state once started
             wrong_cpu = wrong.cpu()
             done_cpu = wrong_cpu | (it_cpu >= self.n_iter)
             if self.stop_at_fixed_points:
@@ -313,6 +337,7 @@ class _APGD(Attack):
                 self._report(schedule.fraction(s_cpu, (it_cpu + 1).double() / (self.n_iter + 1)))
         best[todo] = results.final()
         return best
+
 
 @ATTACKS.register("apgd-ce")
 @dataclass

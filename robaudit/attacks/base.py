@@ -4,11 +4,13 @@ Conventions (DESIGN.md): inputs are pixel space [0,1]; the model (already wrappe
 normalization) is passed at run time and stays in eval mode with its weights untouched; per-sample
 losses are summed, never averaged, before differentiating w.r.t. the input.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -16,6 +18,7 @@ from torch import nn
 from .. import rng
 from ..errors import UsageError
 from ..geometry.margin import cross_entropy, margin
+from ..geometry.norms import lp_norm
 from ..geometry.passes import record
 from ..registry import Registry
 from ..threat import Norm, ThreatModel
@@ -37,7 +40,7 @@ __all__ = [
     "in_memory_format",
 ]
 
-ATTACKS: Registry[type["Attack"]] = Registry(
+ATTACKS: Registry[type[Attack]] = Registry(
     "attack",
     "robaudit.attacks",
     builtin_modules=(
@@ -84,12 +87,6 @@ class AttackOutput:
 
     x_adv: torch.Tensor
     success: torch.Tensor
-
-
-def lp_norm(v: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Per-sample ‖v‖ (ℓ∞ or ℓ2) over all non-batch dimensions."""
-    flat = v.flatten(1)
-    return flat.abs().amax(dim=1) if norm is Norm.LINF else flat.norm(p=2, dim=1)
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -177,8 +174,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     dtype, devices = _AUTOCAST[precision]
     if device.type not in devices:
-        raise UsageError(f"--precision {precision} needs a {' or '.join(d.upper() for d in devices)} device, "
-                         f"not {device.type}; use --precision float32" + (" or bfloat16" if device.type == "cpu" else ""))
+        raise UsageError(
+            f"--precision {precision} needs a {' or '.join(d.upper() for d in devices)} device, "
+            f"not {device.type}; use --precision float32" + (" or bfloat16" if device.type == "cpu" else "")
+        )
     return dtype
 
 
@@ -281,9 +280,7 @@ class Attack(ABC):
             self.progress(fraction)
 
     @abstractmethod
-    def _perturb(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, generator
-    ) -> torch.Tensor:
+    def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, generator) -> torch.Tensor:
         """Return x_adv (any point; the base projects it and checks success)."""
 
     def run(
@@ -316,4 +313,3 @@ class Attack(ABC):
             if was_training:
                 model.train()
         return AttackOutput(x_adv=x_adv, success=success)
-

@@ -34,6 +34,7 @@ failure at ε means "no adversarial example of norm ≤ ε found", not "projecti
     >>> CarliniWagnerL2(max_iterations=100).run(model, x, y, ThreatModel(Norm.L2, 0.5))
     >>> x_adv, norms = CarliniWagnerL2().minimal_perturbation(model, x, y)   # norms: inf if none
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -109,7 +110,7 @@ class CarliniWagnerL2(Attack):
             c = const.detach()
 
             def objective_f(logits: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-                return c * margin(logits, yy).clamp(min=-kappa)
+                return c * margin(logits, yy).clamp(min=-kappa)  # noqa: B023 - called within this iteration
 
             w = w0.clone()
             m = torch.zeros_like(w)

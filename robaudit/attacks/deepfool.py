@@ -30,10 +30,11 @@ and :func:`refine_minimal_perturbation` tightens them by bisection with a per-sa
     >>> x_adv, norms = DeepFool().minimal_perturbation(model, x, y, Norm.LINF)
     >>> radii = refine_minimal_perturbation(model, x, y, Norm.LINF, norms, lambda: PGD(steps=20))
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -52,7 +53,11 @@ _XI = 1e-4  # added to |f_l| from the second step on (the authors' code adds it 
 
 
 def _candidate_gradients(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cand: torch.Tensor | None, num_candidates: int,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cand: torch.Tensor | None,
+    num_candidates: int,
     counter: PassCounter | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """One forward, then one backward per candidate difference f_k = Z_{cand_k} − Z_y.
@@ -107,7 +112,9 @@ class DeepFool(Attack):
         if self.num_candidates < 2 or self.max_iter < 1 or self.overshoot < 0:
             raise UsageError(f"{self.name}: need num_candidates >= 2, max_iter >= 1, overshoot >= 0")
 
-    def _deepfool(self, model, x: torch.Tensor, y: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _deepfool(
+        self, model, x: torch.Tensor, y: torch.Tensor, norm: Norm
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(last iterate per sample, fooled?, iterations used per sample)."""
         B = x.shape[0]
         shape1 = (-1,) + (1,) * (x.dim() - 1)
@@ -126,8 +133,12 @@ class DeepFool(Attack):
                 break
             ya = y[active]
             logits, f, grads, cand = _candidate_gradients(
-                model, x_cur[active], ya, None if cand_all is None else cand_all[active],
-                self.num_candidates, self.counter,
+                model,
+                x_cur[active],
+                ya,
+                None if cand_all is None else cand_all[active],
+                self.num_candidates,
+                self.counter,
             )
             if cand_all is None:
                 cand_all = cand
@@ -135,6 +146,7 @@ class DeepFool(Attack):
             fooled[active[now]] = True
             if f is None:
                 break
+            assert grads is not None  # with f: _candidate_gradients returns both or neither
             keep = ~now
             idx, f, grads = active[keep], f[keep], grads[keep]
             if idx.numel() == 0:
@@ -143,13 +155,13 @@ class DeepFool(Attack):
             flat = grads.flatten(2)  # [A, C, d]
             wn = flat.abs().sum(2) if norm is Norm.LINF else flat.norm(p=2, dim=2)
             dist = torch.where(wn > 0, f.abs() / wn.clamp_min(1e-30), torch.full_like(wn, float("inf")))
-            l = dist.argmin(1)
-            f_l = f.gather(1, l[:, None]).squeeze(1).abs()
+            nearest = dist.argmin(1)
+            f_l = f.gather(1, nearest[:, None]).squeeze(1).abs()
             if it > 0:  # see the module docstring: the authors' +1e-4, from the second step on
                 f_l = f_l + _XI
-            wn_l = wn.gather(1, l[:, None]).squeeze(1)
-            w_l = grads[torch.arange(idx.numel(), device=x.device), l]
-            ok = torch.isfinite(dist.gather(1, l[:, None]).squeeze(1))
+            wn_l = wn.gather(1, nearest[:, None]).squeeze(1)
+            w_l = grads[torch.arange(idx.numel(), device=x.device), nearest]
+            ok = torch.isfinite(dist.gather(1, nearest[:, None]).squeeze(1))
             if norm is Norm.LINF:
                 scale = torch.where(ok, f_l / wn_l.clamp_min(1e-30), torch.zeros_like(f_l))
                 r = scale.view(shape1) * w_l.sign()
@@ -226,10 +238,18 @@ def refine_minimal_perturbation(
             mid = (lo[idx] + hi[idx]) / 2
             xs = x[idx]
             x_adv, found = pgd_eps(
-                model, xs, y[idx], norm, mid,
-                steps=attack.steps, rel_step=rel_step, restarts=attack.restarts,
-                random_start=attack.random_start, loss_fn=LOSSES[attack.loss],
-                counter=counter, generator=rows(generator, idx),
+                model,
+                xs,
+                y[idx],
+                norm,
+                mid,
+                steps=attack.steps,
+                rel_step=rel_step,
+                restarts=attack.restarts,
+                random_start=attack.random_start,
+                loss_fn=LOSSES[attack.loss],
+                counter=counter,
+                generator=rows(generator, idx),
             )
             reached = torch.minimum(lp_norm(x_adv - xs, norm), mid)
             hi[idx] = torch.where(found, torch.minimum(hi[idx], reached), hi[idx])

@@ -17,6 +17,7 @@ linearization is exact, so the first step already lands on the minimal perturbat
 One iteration costs one forward + one backward of the batch (the gradient of Z_t − Z_y) and one
 forward to test the new point. The targeted version needs no full Jacobian: one scalar per sample.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -157,13 +158,26 @@ class FABTargeted(Attack):
                 again = restart[new_q] > 0
                 if bool(again.any()):
                     rows_ = again.nonzero().squeeze(1)
-                    x1[rows_.to(dev)] = run_starts(lambda z, g: self._start(z, threat, g), x0[rows_.to(dev)], new_s[rows_],
-                                                    new_q[rows_], gen, fork=lambda q: "fab:{}:{}".format(*runs[q]))
-                fresh = {"x0": x0, "y": ys[sd], "target": targets[sd, qd], "x1": x1, "best": x0.clone(),
-                         "best_norm": torch.full((x0.shape[0],), float("inf"), device=dev, dtype=x.dtype)}
+                    x1[rows_.to(dev)] = run_starts(
+                        lambda z, g: self._start(z, threat, g),
+                        x0[rows_.to(dev)],
+                        new_s[rows_],
+                        new_q[rows_],
+                        gen,
+                        fork=lambda q: "fab:{}:{}".format(*runs[q]),
+                    )
+                fresh = {
+                    "x0": x0,
+                    "y": ys[sd],
+                    "target": targets[sd, qd],
+                    "x1": x1,
+                    "best": x0.clone(),
+                    "best_norm": torch.full((x0.shape[0],), float("inf"), device=dev, dtype=x.dtype),
+                }
                 st = fresh if st is None else {k: torch.cat([st[k], fresh[k]]) for k in st}
                 s_cpu, q_cpu = torch.cat([s_cpu, new_s]), torch.cat([q_cpu, new_q])
                 it_cpu = torch.cat([it_cpu, torch.zeros_like(new_s)])
+            assert st is not None  # every running row has its state once started
             fixed = self._iterate(model, st, threat.norm)
             it_cpu = it_cpu + 1
             ok = st["best_norm"] <= threat.eps
@@ -196,7 +210,7 @@ class FABTargeted(Attack):
         x, x1, y, target = st["x0"], st["x1"], st["y"], st["target"]
         n = x.shape[0]
         chunk = max(1, int(self.max_rows or self._batch_rows or n))
-        df, dg = [], []
+        df_parts, dg_parts = [], []
         for s in range(0, n, chunk):
             t = target[s : s + chunk]
 
@@ -204,9 +218,9 @@ class FABTargeted(Attack):
                 return logits.gather(1, t[:, None]).squeeze(1) - logits.gather(1, yy[:, None]).squeeze(1)
 
             d, _, g = input_gradient(model, x1[s : s + chunk], y[s : s + chunk], diff, self.counter)
-            df.append(d)
-            dg.append(g)
-        df, dg = torch.cat(df), torch.cat(dg)
+            df_parts.append(d)
+            dg_parts.append(g)
+        df, dg = torch.cat(df_parts), torch.cat(dg_parts)
         x0f = x.flatten(1)
         w = dg.flatten(1)
         b = (w * x1.flatten(1)).sum(dim=1) - df  # the linearized boundary: w·z = b
@@ -228,14 +242,26 @@ class FABTargeted(Attack):
         return fixed
 
     def minimal_run(
-        self, model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, threat: ThreatModel,
-        random_start: bool = False, generator=None,
+        self,
+        model,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor,
+        threat: ThreatModel,
+        random_start: bool = False,
+        generator=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One FAB run towards ``target``: (the smallest misclassified point found, its ‖δ‖ in the
         threat norm; x and inf where none was found). ε only sets the random start's radius (ε/2)."""
         x1 = self._start(x, threat, generator) if random_start else x.clone()
-        st = {"x0": x, "y": y, "target": target, "x1": x1, "best": x.clone(),
-              "best_norm": torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)}
+        st = {
+            "x0": x,
+            "y": y,
+            "target": target,
+            "x1": x1,
+            "best": x.clone(),
+            "best_norm": torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype),
+        }
         for it in range(self.n_iter):
             self._iterate(model, st, threat.norm)
             self._report((it + 1) / self.n_iter)

@@ -5,6 +5,7 @@ One step of size ε along the steepest-ascent direction of the loss at x:
 
     >>> FGSM().run(model, x, y, ThreatModel(Norm.LINF, 8/255))
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

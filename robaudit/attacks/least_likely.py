@@ -15,6 +15,7 @@ steps). Cost: 1 forward (the clean logits) + per step 1 forward + 1 backward.
 
     >>> LeastLikely(steps=10).run(model, x, y, ThreatModel(Norm.LINF, 8/255))
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,6 +11,7 @@ samples of the batch). Cost per step: 1 forward + 1 backward of the samples not 
 
     >>> PGD(steps=20).run(model, x, y, ThreatModel(Norm.LINF, 8/255), generator)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -21,6 +21,7 @@ Cost per iteration: spsa_samples + 1 forwards per unfinished sample, no backward
 
     >>> SPSA(nb_iter=100).run(model, x, y, ThreatModel(Norm.LINF, 8/255), torch.Generator().manual_seed(0))
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -86,8 +87,9 @@ class SPSA(Attack):
             pair = torch.arange(start, stop, device=xa.device)
             owner = pair // pairs  # which sample each pair probes
             if keyed:
-                v = generator.signs(tuple(xa.shape[1:]), dtype=xa.dtype, counter=counter, rows=owner,
-                                    offset=(pair % pairs) * words_per_pair).to(xa.device)
+                v = generator.signs(
+                    tuple(xa.shape[1:]), dtype=xa.dtype, counter=counter, rows=owner, offset=(pair % pairs) * words_per_pair
+                ).to(xa.device)
             else:
                 v = torch.randint(0, 2, (stop - start, *xa.shape[1:]), generator=generator, device=xa.device)
                 v = v.to(xa.dtype) * 2 - 1

@@ -6,6 +6,7 @@ gradient). Each iteration proposes a change of the current best perturbation ins
 square window whose side follows a decreasing schedule, and keeps it if the margin loss
 z_y − max_{i≠y} z_i decreases. A sample stops being queried as soon as it is misclassified.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,6 +71,7 @@ class _Draws:
     def __init__(self, generator, n: int, like: torch.Tensor, words: int, precomputed: torch.Tensor | None = None) -> None:
         self.gen, self.n, self.like = generator, n, like
         self.keyed = precomputed is not None or rng.is_sample_rng(generator)
+        self.w: torch.Tensor | None  # the words of a keyed draw (None: draws come from a torch.Generator)
         if precomputed is not None:
             self.w = precomputed
         else:
@@ -77,6 +79,7 @@ class _Draws:
         self.col = 0
 
     def _word(self) -> torch.Tensor:
+        assert self.w is not None  # keyed draws only
         w = self.w[:, self.col]
         self.col += 1
         return w
@@ -208,8 +211,17 @@ class SquareAttack(Attack):
 
     # -- proposals ---------------------------------------------------------------------------
 
-    def _propose_linf(self, xc, xb, eps: float, p: float, generator, it: int = 0,
-                      words: torch.Tensor | None = None, flip_words: torch.Tensor | None = None) -> torch.Tensor:
+    def _propose_linf(
+        self,
+        xc,
+        xb,
+        eps: float,
+        p: float,
+        generator,
+        it: int = 0,
+        words: torch.Tensor | None = None,
+        flip_words: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``words`` [n, 3] / ``flip_words`` [n]: this iteration's draws, precomputed (else drawn)."""
         n, c, h, w = xc.shape
         s = max(min(int(round(math.sqrt(p * h * w))), min(h, w) - 1), 1)  # = _side_linf(it)
@@ -250,7 +262,9 @@ class SquareAttack(Attack):
         same = torch.where(mask, (x_new - xb).abs_(), 0.0).flatten(1).amax(dim=1) < 1e-7
         if bool(same.any()):  # resample: a uniform non-empty set of channels flipped (see _propose_linf)
             rows_ = same.nonzero().squeeze(1)
-            x_new[rows_] = torch.where(mask[rows_], eps * (sign[rows_] * flip[rows_]), delta[rows_]).add_(xc[rows_]).clamp_(0.0, 1.0)
+            x_new[rows_] = (
+                torch.where(mask[rows_], eps * (sign[rows_] * flip[rows_]), delta[rows_]).add_(xc[rows_]).clamp_(0.0, 1.0)
+            )
         return x_new
 
     def _side_linf(self, it: int, h: int, w: int) -> int:
@@ -308,8 +322,19 @@ class SquareAttack(Attack):
         # the samples still robust, compacted (x, best point, label, best margin); a sample leaves
         # once misclassified, its best point written back
         h, w = x.shape[2], x.shape[3]
-        block = (_BlockDraws(gen, 3 if linf else 6, linf, x.shape[1], xc.dtype, (lambda i: self._side_linf(i, h, w)) if linf else None,
-                             (h, w)) if rng.is_sample_rng(gen) else None)
+        block = (
+            _BlockDraws(
+                gen,
+                3 if linf else 6,
+                linf,
+                x.shape[1],
+                xc.dtype,
+                (lambda i: self._side_linf(i, h, w)) if linf else None,
+                (h, w),
+            )
+            if rng.is_sample_rng(gen)
+            else None
+        )
         total = max(self.n_queries - 1, 1)
         for it in range(self.n_queries):
             if bool(wrong.any()):
@@ -353,16 +378,30 @@ class _BlockDraws:
     also decoded at once into each iteration's corner, signs and resampling flips
     (:meth:`linf`) — the integer arithmetic of :class:`_Draws`, vectorized over the block."""
 
-    def __init__(self, gen, words: int, linf: bool, channels: int, dtype: torch.dtype = torch.float32, side=None,
-                 shape: tuple[int, int] = (0, 0)) -> None:
+    def __init__(
+        self,
+        gen,
+        words: int,
+        linf: bool,
+        channels: int,
+        dtype: torch.dtype = torch.float32,
+        side=None,
+        shape: tuple[int, int] = (0, 0),
+    ) -> None:
         self.gen, self.words, self.base = gen, words, gen.position
         self.flip = gen.fork(_RESAMPLE) if linf and channels <= 30 else None
         self.direct = channels > 30  # signs over more than 32 channels take draws of their own
-        self.start, self.main, self.flips = 0, None, None
+        self.start = 0
+        self.main: torch.Tensor | None = None  # the block's words [n, k, words] (filled by at())
+        self.flips: torch.Tensor | None = None
         self.channels, self.dtype, self.side, self.shape = channels, dtype, side, shape
         self.decoded = linf and side is not None and self.flip is not None
         self.sides: list[int] = []
-        self.pos_h = self.pos_w = self.signs = self.flip_signs = None
+        # the block's decoded ℓ∞ draws (filled by _decode)
+        self.pos_h: torch.Tensor | None = None
+        self.pos_w: torch.Tensor | None = None
+        self.signs: torch.Tensor | None = None
+        self.flip_signs: torch.Tensor | None = None
 
     def keep(self, rows: torch.Tensor) -> None:
         self.gen = self.gen.subset(rows)
@@ -372,8 +411,14 @@ class _BlockDraws:
             self.main = self.main[rows.to(self.main.device)]
             self.flips = self.flips[rows.to(self.flips.device)] if self.flips is not None else None
         if self.pos_h is not None:
+            assert self.pos_w is not None and self.signs is not None and self.flip_signs is not None  # decoded together
             r = rows.to(self.pos_h.device)
-            self.pos_h, self.pos_w, self.signs, self.flip_signs = self.pos_h[r], self.pos_w[r], self.signs[r], self.flip_signs[r]
+            self.pos_h, self.pos_w, self.signs, self.flip_signs = (
+                self.pos_h[r],
+                self.pos_w[r],
+                self.signs[r],
+                self.flip_signs[r],
+            )
 
     def at(self, it: int, end: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.direct:
@@ -391,21 +436,24 @@ class _BlockDraws:
     def _decode(self, k: int) -> None:
         """This block's ℓ∞ draws: corners ``(word · (side − s + 1)) >> 32`` (:meth:`_Draws.randint`),
         signs from the third word's bits (:meth:`_Draws.signs`), flips (:func:`_flips_from_words`)."""
-        c, dev = self.channels, self.main.device
+        main, flips = self.main, self.flips
+        assert main is not None and flips is not None  # at() drew the block; decoded implies flips
+        c, dev = self.channels, main.device
         self.sides = [self.side(self.start + j) for j in range(k)]
         h, w = self.shape
         s = torch.tensor(self.sides, dtype=torch.int64, device=dev)[None, :]
-        self.pos_h = (self.main[:, :, 0] * (h - s + 1)) >> 32
-        self.pos_w = (self.main[:, :, 1] * (w - s + 1)) >> 32
+        self.pos_h = (main[:, :, 0] * (h - s + 1)) >> 32
+        self.pos_w = (main[:, :, 1] * (w - s + 1)) >> 32
         bit = torch.arange(c, device=dev)
-        self.signs = (1 - 2 * ((self.main[:, :, 2, None] >> bit) & 1)).to(self.dtype)
-        r = 1 + ((self.flips * (2**c - 1)) >> 32)
+        self.signs = (1 - 2 * ((main[:, :, 2, None] >> bit) & 1)).to(self.dtype)
+        r = 1 + ((flips * (2**c - 1)) >> 32)
         self.flip_signs = (1 - 2 * ((r[:, :, None] >> bit) & 1)).to(self.dtype)
 
     def linf(self, it: int):
         """(side, corner rows [n], corner columns [n], signs [n,c,1,1], flips [n,c,1,1]) of iteration ``it``
         (after :meth:`at`)."""
         j = it - self.start
-        n, c = self.signs.shape[0], self.channels
-        return (self.sides[j], self.pos_h[:, j], self.pos_w[:, j], self.signs[:, j].view(n, c, 1, 1),
-                self.flip_signs[:, j].view(n, c, 1, 1))
+        pos_h, pos_w, signs, flip_signs = self.pos_h, self.pos_w, self.signs, self.flip_signs
+        assert pos_h is not None and pos_w is not None and signs is not None and flip_signs is not None  # _decode ran
+        n, c = signs.shape[0], self.channels
+        return (self.sides[j], pos_h[:, j], pos_w[:, j], signs[:, j].view(n, c, 1, 1), flip_signs[:, j].view(n, c, 1, 1))

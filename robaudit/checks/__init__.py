@@ -1,4 +1,5 @@
 """Battery units. Each check writes one ScanResult section; built-ins register like plugins do."""
+
 from . import (  # noqa: F401  (register built-in checks and section types)
     attacks,
     certify,

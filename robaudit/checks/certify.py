@@ -28,7 +28,7 @@ import torch
 from ..errors import UsageError
 from ..metric_names import certified_acc_name, certify_metric_name
 from ..parts import Part
-from ..results import Flag, Section, section
+from ..schema import Flag, Section, section
 from ..threat import format_eps
 from .base import CHECKS, Check
 

@@ -4,6 +4,7 @@ Per-sample records (table ``samples``, every sample): label, prediction, correct
 margin L(x) = Z_y − max_{i≠y} Z_i (float64 from the float32 logits) that later checks' selections (the
 lowest-margin samples) and the ``margins`` check read. The section is recomputed from them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import torch
 
 from ..geometry.margin import margin
 from ..parts import Part
-from ..results import Section, section
+from ..schema import Section, section
 from .base import CHECKS, Check
 
 
@@ -53,7 +54,7 @@ class CleanSection(Section):
 
 def per_class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int, reduce=None) -> tuple[float | None, ...]:
     """Per class c: ``reduce(values[labels == c])`` (default: the mean, float64), None when absent."""
-    out = []
+    out: list[float | None] = []
     for c in range(num_classes):
         mask = labels == c
         if not bool(mask.any()):
@@ -94,8 +95,14 @@ class CleanCheck(Check):
         labels = ctx.data.y[ctx.positions]
         pred = logits.argmax(1)
         part = Part()
-        part.add("samples", ctx.positions, label=labels, prediction=pred, correct=pred == labels,
-                 margin=margin(logits.double(), labels))
+        part.add(
+            "samples",
+            ctx.positions,
+            label=labels,
+            prediction=pred,
+            correct=pred == labels,
+            margin=margin(logits.double(), labels),
+        )
         return part
 
     def combine(self, tables, extras, info) -> CleanSection:

@@ -1,3 +1,6 @@
+# Why this module is long: its docstring (60 lines) is the check's reference (what each spectrum is, the
+# step rule, scales, reading, cost); the code is the section type and the check, the primitives are in
+# robaudit.geometry.spectra.
 """Check ``curvature``: input-space curvature of the cross-entropy loss (Moosavi-Dezfooli et al., 002).
 
 On the first ``k`` clean-correct samples (dataset order; default :data:`K_SAMPLES` = 32) of the
@@ -30,7 +33,7 @@ scan, for the per-sample cross-entropy ``ℓ(x) = −log softmax(Z(x))_y`` in **
   the alignment ``|gᵀu|/‖g‖`` of the gradient ``g = ∇ℓ(x)`` with the top eigenvector u (002
   Remark 3: 0.43 natural vs 0.90 adversarially fine-tuned on CIFAR-10) and the curvature profile
   = eigenvalues sorted descending, per rank the mean and the 25/75 % quantiles over the samples,
-  on at most :data:`PROFILE_POINTS` ranks (all of the first and last 50, evenly spaced between).
+  on at most :data:`robaudit.geometry.spectra.PROFILE_POINTS` ranks (all of the first and last 50, evenly spaced between).
 * ``‖H‖_F`` per sample by Hutchinson (``E‖Hz‖² = ‖H‖²_F`` over Rademacher z;
   :data:`HUTCHINSON_PROBES` probes), with its standard error, for the exact HVP and for the
   finite-difference HVP at the ball step (each pixel ±ε for ℓ∞, ℓ2 length ε for ℓ2).
@@ -39,7 +42,7 @@ scan, for the per-sample cross-entropy ``ℓ(x) = −log softmax(Z(x))_y`` in **
   ``x + ε·sign(∇ℓ)``, so the finite-difference ‖Hz‖ is ``‖∇ℓ(x_FGSM) − ∇ℓ(x)‖₂ / (ε√d)``.
 
 All Hessian work runs in float64 on a copy of the model when the model converts (``dtype`` in
-the section says which; :data:`HESSIAN_FLOAT64`). Units: eigenvalues and ‖H‖_F, ‖Hz‖ in nats per
+the section says which; :data:`robaudit.geometry.spectra.HESSIAN_FLOAT64`). Units: eigenvalues and ‖H‖_F, ‖Hz‖ in nats per
 pixel² ([0,1] scale).
 
 Reading (measured on the demo Fashion-MNIST CNN vs. the same net after one epoch of PGD
@@ -56,35 +59,37 @@ HUTCHINSON_PROBES + 2 Hessian-vector products (the scan's estimate bounds it:
 :meth:`CurvatureCheck.max_passes`). Measured: 45 s for the 32 default samples of the
 demo Fashion-MNIST CNN (d = 784) on one CPU thread, float64 (about 4× less in float32).
 """
+
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
-from torch import nn
 
-from ..attacks.base import lp_norm
-from ..geometry.bounds import alignment
-from ..geometry.hessian import (
-    cure_direction,
-    full_hessian,
-    full_hessians_fd,
-    hutchinson_frobenius,
-    hvp_exact,
-    hvp_fd,
-    hvp_operator,
-    lanczos,
-    near_zero_fraction,
-)
+from ..geometry.hessian import cure_direction, hutchinson_frobenius, hvp_exact, hvp_fd, hvp_operator
 from ..geometry.jacobian import input_jacobian, resolve_fn
-from ..geometry.passes import tick
+from ..geometry.lanczos import lanczos
+from ..geometry.norms import ball_step
+from ..geometry.spectra import (
+    LANCZOS_ITERS,
+    LANCZOS_K,
+    analysis_model,
+    fd_operator,
+    fd_spectrum,
+    full_spectra,
+    gauss_newton_spectrum,
+    is_piecewise_linear,
+    lanczos_k_for,
+    lanczos_ranks,
+    profile_ranks,
+    shared_fd_spectra,
+    spectrum_stats,
+)
 from ..parts import Part, first_correct
-from ..results import Section, section
-from ..rng import is_sample_rng
-from ..threat import Norm
+from ..schema import Section, section
+from ._values import finite_mean, finite_median, nan_to_none, none_to_nan_rows, rounded_tuple
 from .base import CHECKS, Check
 
 __all__ = [
@@ -93,253 +98,16 @@ __all__ = [
     "SpectrumSummary",
     "CurvatureSection",
     "CurvatureCheck",
-    "analysis_model",
-    "ball_step",
-    "is_piecewise_linear",
-    "fd_spectrum",
-    "full_spectra",
-    "profile_ranks",
-    "lanczos_k_for",
-    "lanczos_ranks",
 ]
 
 K_SAMPLES = 32  # first k clean-correct samples
 FULL_SPECTRUM_MAX_DIM = 4096  # full spectra up to this input dimension, Lanczos above
-LANCZOS_K = 20  # top-k / bottom-k eigenvalues in Lanczos mode
-LANCZOS_ITERS = 80
 HUTCHINSON_PROBES = 16
-PROFILE_POINTS = 200
 HESSIAN_ZERO_THRESHOLD = 1e-9  # Yu et al. footnote 3 ("10e-10"), absolute
 FD_BALL_FRACTION = 1.0  # finite-difference steps reach this fraction of the ε-ball's boundary
-# Hessian work in float64 (a copy of the model): ~4x slower than float32 on CPU, but float32 rounding
-# in gradient differences hides exact zeros (near-zero fractions) and pollutes small-step differences
-HESSIAN_FLOAT64 = True
 # ScanContext.cache key: {scan position: eigenvalues [d] of the margin's pixel-basis FD Hessian},
 # left by the curvature check for the indicator check when both run (one sweep, not two)
 MARGIN_FD_CACHE = "curvature:margin-fd-eigvals"
-_FULL_GROUP_BYTES = 256 * 2**20  # memory for full d×d Hessians held at once
-_EIGH_ROWS = 4  # matrices per eigh call (each is LAPACK's own call: the same numbers in any grouping)
-_EIGH_MAX_DIM = 1024  # above: eigvalsh + Lanczos on the explicit matrix for the top eigenvector
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-def analysis_model(model: nn.Module, sample: torch.Tensor) -> tuple[nn.Module, torch.dtype]:
-    """A float64 copy of ``model`` for second-order work (finite differences cancel badly in
-    float32); the model itself, in ``sample``'s dtype, when :data:`HESSIAN_FLOAT64` is off or the
-    model can't be copied or converted (some exported graphs bake in their dtype)."""
-    if not HESSIAN_FLOAT64:
-        return model, sample.dtype
-    try:
-        m64 = copy.deepcopy(model).double()
-        m64.eval()
-        with torch.no_grad():
-            out = m64(sample[:1].double())
-        if out.dtype == torch.float64 and bool(torch.isfinite(out).all()):
-            return m64, torch.float64
-    except Exception:  # noqa: BLE001 - any failure means "use the original model"
-        pass
-    return model, sample.dtype
-
-
-def ball_step(v: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
-    """Per-sample step ``t = eps/‖v‖`` (threat norm) that puts ``x + t v`` on the ε-ball's boundary
-    (``[B]``; directions with zero norm get t = eps)."""
-    n = lp_norm(v, norm)
-    return torch.where(n > 0, eps / n.clamp_min(torch.finfo(n.dtype).tiny), torch.full_like(n, eps))
-
-
-def is_piecewise_linear(model: nn.Module, x: torch.Tensor, num_classes: int, generator=None) -> bool:
-    """True when the exact Hessian-vector product of a random combination of the logits is exactly
-    zero at ``x`` (ReLU / max-pool / affine networks): the logits are then locally affine."""
-    gdev = generator.device if generator is not None else x.device
-    w = torch.randn(num_classes, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
-    v = torch.randn(x.shape, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
-    y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    hv = hvp_exact(model, x, y, v, lambda z, _y: (z * w).sum(1))
-    return bool((hv == 0).all())
-
-
-def _logit_jacobian(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits [B,C], J [B,C,d])``: one forward, one backward per class (sum trick)."""
-    xg = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        z = model(xg)
-        C = z.shape[1]
-        rows = [torch.autograd.grad(z[:, c].sum(), xg, retain_graph=c < C - 1)[0].flatten(1) for c in range(C)]
-    return z.detach(), torch.stack(rows, dim=1)
-
-
-def _gauss_newton_spectrum(model: nn.Module, x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact CE-Hessian spectrum of a locally affine network: ``H = Jᵀ A J``, ``A = diag p − ppᵀ``.
-
-    The nonzero eigenvalues of H are those of the C×C matrix ``S = A^½ J Jᵀ A^½``; the top
-    eigenvector is ``Jᵀ A^½ w / ‖·‖``. Returns ``(eigvals [B, d] descending, u_top [B, d])``."""
-    logits, J = _logit_jacobian(model, x)
-    J = J.to(torch.float64)
-    p = logits.to(torch.float64).softmax(dim=1)
-    A = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-    w, V = torch.linalg.eigh(A)
-    A_half = V @ torch.diag_embed(w.clamp_min(0).sqrt()) @ V.transpose(1, 2)
-    M = A_half @ J  # [B, C, d]
-    S = M @ M.transpose(1, 2)
-    mu, W = torch.linalg.eigh(0.5 * (S + S.transpose(1, 2)))  # ascending
-    mu = mu.flip(-1)
-    W = W.flip(-1)
-    C = mu.shape[1]
-    if d >= C:
-        eig = torch.cat([mu, mu.new_zeros(mu.shape[0], d - C)], dim=1)
-    else:
-        eig = mu[:, :d]
-    eig, _ = eig.sort(dim=1, descending=True)
-    u = torch.einsum("bcd,bc->bd", M, W[:, :, 0])
-    u = u / u.norm(dim=1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-    return eig, u
-
-
-def _top_eigvec(H: torch.Tensor, generator=None) -> torch.Tensor:
-    """Unit top eigenvector of each symmetric ``H [B, d, d]`` (eigh up to 1024, else Lanczos on the
-    explicit matrix)."""
-    d = H.shape[-1]
-    if d <= _EIGH_MAX_DIM:
-        return torch.linalg.eigh(H)[1][:, :, -1]
-    _, _, vecs = lanczos(
-        lambda v: torch.bmm(H, v.unsqueeze(-1)).squeeze(-1), d, 1, min(d, 300), generator,
-        batch=H.shape[0], dtype=H.dtype, device=H.device, tol=1e-10, which="top",
-    )
-    return vecs[:, 0]
-
-
-def _full_spectrum(H: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(eigvals [B, d] descending, top unit eigenvector [B, d])`` of symmetric ``H``."""
-    H = H.to(torch.float64)
-    d = H.shape[-1]
-    if d <= _EIGH_MAX_DIM:
-        eigs, vecs = [], []
-        for s in range(0, H.shape[0], _EIGH_ROWS):  # a few matrices per call: the bar moves in between
-            w, V = torch.linalg.eigh(H[s : s + _EIGH_ROWS])
-            eigs.append(w.flip(-1))
-            vecs.append(V[:, :, -1])
-            tick(w.shape[0] * d)
-        return torch.cat(eigs), torch.cat(vecs)
-    out = torch.linalg.eigvalsh(H).flip(-1), _top_eigvec(H, generator)
-    tick(H.shape[0] * d)
-    return out
-
-
-def full_spectra(model, x, y, fn, method: str, chunk: int, h: float | None = None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(eigvals [B, d] descending, top eigvec [B, d])`` of every sample's full Hessian
-    (:func:`robaudit.geometry.full_hessian` with ``method``/``h``), built for groups of samples
-    whose d×d float64 matrices fit :data:`_FULL_GROUP_BYTES`."""
-    build = lambda xs, ys: [full_hessian(model, xs, ys, fn, method=method, h=h, chunk=chunk)]  # noqa: E731
-    return _grouped_spectra(build, x, y, [generator])[0]
-
-
-def shared_fd_spectra(model, x, y, fns, eps: float, chunk: int, generators) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`full_spectra` ``(…, fn, "fd", chunk, h=eps, generator)`` of each of ``fns`` with its
-    generator — the same numbers — from one sweep of the points ``x + eps·e_i`` (one forward per
-    point for all functions: :func:`robaudit.geometry.full_hessians_fd`). Holds len(fns) d×d
-    matrices per sample of a group (the groups are :func:`full_spectra`'s)."""
-    build = lambda xs, ys: full_hessians_fd(model, xs, ys, fns, eps, chunk)  # noqa: E731
-    return _grouped_spectra(build, x, y, generators)
-
-
-def _grouped_spectra(build, x, y, generators) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    d = x[0].numel()
-    group = max(1, _FULL_GROUP_BYTES // (d * d * 8))
-    # one logical draw for every group, per generator
-    starts = [g.next_counter() if is_sample_rng(g) else None for g in generators]
-    out = [([], []) for _ in generators]
-    for s in range(0, x.shape[0], group):
-        for H, gen, start, (eigs, vecs) in zip(build(x[s : s + group], y[s : s + group]), generators, starts, out):
-            e, u = _full_spectrum(H, gen.subset(slice(s, s + group), start=start) if start is not None else gen)
-            eigs.append(e)
-            vecs.append(u)
-    return [(torch.cat(eigs), torch.cat(vecs)) for eigs, vecs in out]
-
-
-def _fd_operator(model, x, y, fn, norm: Norm, eps: float, grad0: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``v ↦ (∇f(x + t v) − ∇f(x))/t`` with the per-sample ball step ``t = eps/‖v‖`` (flat ``[B, d]``)."""
-
-    def op(v: torch.Tensor) -> torch.Tensor:
-        vv = v.reshape(x.shape).to(x.dtype)
-        t = ball_step(vv, norm, eps)
-        return hvp_fd(model, x, y, vv, t, fn, grad_at_x=grad0).reshape(v.shape).to(v.dtype)
-
-    return op
-
-
-def fd_spectrum(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn, norm: Norm, eps: float, *,
-    full: bool, chunk: int, generator=None, lanczos_k: int = LANCZOS_K, lanczos_iters: int = LANCZOS_ITERS,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Finite-difference Hessian spectrum of ``fn`` ("ce" or "margin") at the ball step.
-
-    ``full``: pixel-basis columns at ``h = eps`` (each column moves one pixel by eps, the largest
-    move of one pixel inside the ℓ∞ or ℓ2 ball), symmetrized, all eigenvalues; returns
-    ``(eigvals [B, d] desc, top eigvec [B, d], bottom eigvals = None)``. Otherwise Lanczos with
-    the per-vector ball step: ``(top [B, k] desc, top eigvec [B, d], bottom [B, k] asc)``.
-    Full Hessians are built for groups of samples that fit :data:`_FULL_GROUP_BYTES`.
-    """
-    d = x[0].numel()
-    if full:
-        e, u = shared_fd_spectra(model, x, y, [fn], eps, chunk, [generator])[0]
-        return e, u, None
-    f = resolve_fn(fn)
-    _, g0 = input_jacobian(model, x, y, f)
-    op = _fd_operator(model, x, y, f, norm, eps, g0)
-    k = lanczos_k_for(d, lanczos_k)
-    top, bottom, vecs = lanczos(op, d, k, max(k, min(lanczos_iters, d)), generator, batch=x.shape[0], device=x.device)
-    return top, vecs[:, 0], bottom
-
-
-def lanczos_k_for(d: int, k: int = LANCZOS_K) -> int:
-    """Eigenvalues taken from each end in Lanczos mode (at most d/2, so the ends don't overlap)."""
-    return max(1, min(int(k), d // 2))
-
-
-def lanczos_ranks(d: int, k: int = LANCZOS_K) -> list[int]:
-    """Ranks (0 = largest) of Lanczos mode's columns: top k descending, then bottom k descending."""
-    kk = lanczos_k_for(d, k)
-    return list(range(kk)) + list(range(d - kk, d))
-
-
-def profile_ranks(d: int, points: int = PROFILE_POINTS) -> list[int]:
-    """At most ``points`` ranks of a d-long sorted spectrum: the first and last quarter of the
-    budget densely (the extremes carry the information), the rest evenly spaced in between."""
-    if d <= points:
-        return list(range(d))
-    edge = points // 4
-    mid = points - 2 * edge
-    inner = torch.linspace(edge, d - edge - 1, mid).round().long().tolist()
-    return sorted(set(range(edge)) | set(inner) | set(range(d - edge, d)))
-
-
-def _r(v: float | None, digits: int = 7) -> float | None:
-    if v is None or not math.isfinite(v):
-        return None
-    return float(f"{v:.{digits}g}")
-
-
-def _tup(t: torch.Tensor | None, digits: int = 7) -> tuple[float | None, ...] | None:
-    if t is None:
-        return None
-    return tuple(_r(float(v), digits) for v in t.detach().double().cpu().tolist())
-
-
-def _median(t: torch.Tensor | None) -> float | None:
-    if t is None:
-        return None
-    t = t[torch.isfinite(t)]
-    return float(t.median()) if t.numel() else None
-
-
-def _mean(t: torch.Tensor | None) -> float | None:
-    if t is None:
-        return None
-    t = t[torch.isfinite(t)]
-    return float(t.mean()) if t.numel() else None
 
 
 # --------------------------------------------------------------------------- section
@@ -420,12 +188,26 @@ class CurvatureSection(Section):
     hz_exact: tuple[float | None, ...]
     hz_fd: tuple[float | None, ...]
     cure_step: tuple[float | None, ...]
-    aligned_fields: ClassVar = ((  # what the JSON reader checks (results.Section)
-        "indices", "n_samples", "loss_values", "grad_norm", "frobenius_exact", "frobenius_exact_se", "frobenius_fd",
-        "frobenius_fd_se", "hz_exact", "hz_fd", "cure_step",
-        *(f"{spectrum}.{name}" for spectrum in ("exact", "finite_difference")
-          for name in ("lambda_max", "lambda_min", "near_zero_fraction", "alignment", "gu", "frobenius")),
-    ),)
+    aligned_fields: ClassVar = (
+        (  # what the JSON reader checks (results.Section)
+            "indices",
+            "n_samples",
+            "loss_values",
+            "grad_norm",
+            "frobenius_exact",
+            "frobenius_exact_se",
+            "frobenius_fd",
+            "frobenius_fd_se",
+            "hz_exact",
+            "hz_fd",
+            "cure_step",
+            *(
+                f"{spectrum}.{name}"
+                for spectrum in ("exact", "finite_difference")
+                for name in ("lambda_max", "lambda_min", "near_zero_fraction", "alignment", "gu", "frobenius")
+            ),
+        ),
+    )
     sample_index_fields: ClassVar = ("indices",)
 
     def _med(self, values) -> float | None:
@@ -436,19 +218,23 @@ class CurvatureSection(Section):
         out: dict[str, float | None] = {}
         fd, ex = self.finite_difference, self.exact
         if fd is not None:
-            out.update({
-                "curvature.lambda_max_median": fd.lambda_max_median,
-                "curvature.lambda_max_mean": fd.lambda_max_mean,
-                "curvature.lambda_min_median": fd.lambda_min_median,
-                "curvature.near_zero_fraction_mean": fd.near_zero_fraction_mean,
-                "curvature.alignment_mean": fd.alignment_mean,
-            })
+            out.update(
+                {
+                    "curvature.lambda_max_median": fd.lambda_max_median,
+                    "curvature.lambda_max_mean": fd.lambda_max_mean,
+                    "curvature.lambda_min_median": fd.lambda_min_median,
+                    "curvature.near_zero_fraction_mean": fd.near_zero_fraction_mean,
+                    "curvature.alignment_mean": fd.alignment_mean,
+                }
+            )
         if ex is not None:
-            out.update({
-                "curvature.exact.lambda_max_median": ex.lambda_max_median,
-                "curvature.exact.near_zero_fraction_mean": ex.near_zero_fraction_mean,
-                "curvature.exact.alignment_mean": ex.alignment_mean,
-            })
+            out.update(
+                {
+                    "curvature.exact.lambda_max_median": ex.lambda_max_median,
+                    "curvature.exact.near_zero_fraction_mean": ex.near_zero_fraction_mean,
+                    "curvature.exact.alignment_mean": ex.alignment_mean,
+                }
+            )
         out["curvature.frobenius_median"] = self._med(self.frobenius_fd)
         out["curvature.exact.frobenius_median"] = self._med(self.frobenius_exact)
         out["curvature.hz_median"] = self._med(self.hz_fd)
@@ -460,35 +246,24 @@ class CurvatureSection(Section):
 
 
 CURVATURE_METRICS = (
-    "curvature.lambda_max_median", "curvature.lambda_max_mean", "curvature.lambda_min_median",
-    "curvature.near_zero_fraction_mean", "curvature.alignment_mean", "curvature.exact.lambda_max_median",
-    "curvature.exact.near_zero_fraction_mean", "curvature.exact.alignment_mean", "curvature.frobenius_median",
-    "curvature.exact.frobenius_median", "curvature.hz_median", "curvature.exact.hz_median",
+    "curvature.lambda_max_median",
+    "curvature.lambda_max_mean",
+    "curvature.lambda_min_median",
+    "curvature.near_zero_fraction_mean",
+    "curvature.alignment_mean",
+    "curvature.exact.lambda_max_median",
+    "curvature.exact.near_zero_fraction_mean",
+    "curvature.exact.alignment_mean",
+    "curvature.frobenius_median",
+    "curvature.exact.frobenius_median",
+    "curvature.hz_median",
+    "curvature.exact.hz_median",
 )
-
-
-def _per_sample_spectrum(eig: torch.Tensor, ranks: list[int], complete: bool, g: torch.Tensor, u: torch.Tensor) -> dict:
-    """Per-sample columns of one spectrum (``eig [B, m]`` descending; complete: m = d, else the
-    computed ranks in ``ranks`` order): λ_max, λ_min, near-zero fraction, alignment, |gᵀu|,
-    √Σλ² and the eigenvalues at the profile ranks."""
-    eig = eig.to(torch.float64).cpu()
-    gf = g.flatten(1).to(torch.float64).cpu()
-    al = alignment(gf, u.to(torch.float64).cpu())
-    nan = torch.full((eig.shape[0],), math.nan, dtype=torch.float64)
-    return {
-        "lam_max": eig[:, 0],
-        "lam_min": eig[:, -1],
-        "nz": near_zero_fraction(eig, HESSIAN_ZERO_THRESHOLD) if complete else nan,
-        "align": al,
-        "gu": al * gf.norm(dim=1),
-        "frob": eig.pow(2).sum(1).sqrt() if complete else nan,
-        "profile": eig[:, ranks] if complete else eig,
-    }
 
 
 def _summary(kind: str, ranks: list[int], complete: bool, per: dict[str, torch.Tensor]) -> SpectrumSummary:
     """The SpectrumSummary of the samples whose per-sample columns are ``per`` (see
-    :func:`_per_sample_spectrum`; ``profile`` [K, R])."""
+    :func:`robaudit.geometry.spectra.spectrum_stats`; ``profile`` [K, R])."""
     lam_max, lam_min, sel = per["lam_max"], per["lam_min"], per["profile"]
     nz = per["nz"] if complete else None
     al = per["align"]
@@ -497,22 +272,22 @@ def _summary(kind: str, ranks: list[int], complete: bool, per: dict[str, torch.T
         kind=kind,
         complete=complete,
         zero_threshold=HESSIAN_ZERO_THRESHOLD,
-        lambda_max=_tup(lam_max),
-        lambda_min=_tup(lam_min),
-        near_zero_fraction=_tup(nz),
-        alignment=_tup(al),
-        gu=_tup(per["gu"]),
-        frobenius=_tup(per["frob"]) if complete else None,
+        lambda_max=rounded_tuple(lam_max),
+        lambda_min=rounded_tuple(lam_min),
+        near_zero_fraction=rounded_tuple(nz),
+        alignment=rounded_tuple(al),
+        gu=rounded_tuple(per["gu"]),
+        frobenius=rounded_tuple(per["frob"]) if complete else None,
         profile_ranks=tuple(int(r) for r in ranks),
-        profile_mean=_tup(sel.mean(0)) if sel.shape[0] else (),
-        profile_q25=_tup(q[0]) if q is not None else (),
-        profile_q75=_tup(q[1]) if q is not None else (),
-        profile_median=_tup(q[2]) if q is not None else (),
-        lambda_max_median=_median(lam_max),
-        lambda_max_mean=_mean(lam_max),
-        lambda_min_median=_median(lam_min),
-        near_zero_fraction_mean=_mean(nz),
-        alignment_mean=_mean(al),
+        profile_mean=rounded_tuple(sel.mean(0)) if sel.shape[0] else (),
+        profile_q25=rounded_tuple(q[0]) if q is not None else (),
+        profile_q75=rounded_tuple(q[1]) if q is not None else (),
+        profile_median=rounded_tuple(q[2]) if q is not None else (),
+        lambda_max_median=finite_median(lam_max),
+        lambda_max_mean=finite_mean(lam_max),
+        lambda_min_median=finite_median(lam_min),
+        near_zero_fraction_mean=finite_mean(nz),
+        alignment_mean=finite_mean(al),
     )
 
 
@@ -533,6 +308,7 @@ class CurvatureCheck(Check):
 
     def metric_names(self, plan) -> tuple[str, ...]:
         return CURVATURE_METRICS
+
     description = "input-space curvature of the loss: Hessian spectra, ||H||_F, ||Hz|| (Moosavi-Dezfooli et al.)"
 
     k: int = K_SAMPLES
@@ -546,7 +322,7 @@ class CurvatureCheck(Check):
         shares the sweep; Lanczos: 1 + its iterations); n_probes + 1 exact and n_probes + 1 FD
         HVPs. Once per process: the float64 copy's forward and the piecewise-linear probe's HVP.
         An exact HVP counts as 2 passes with a backward (forward, backward, double backward)."""
-        from ..estimate import spread
+        from .cost import spread
 
         d, C = math.prod(plan.input_shape), int(plan.num_classes)
         full = d <= self.full_max_dim
@@ -574,7 +350,7 @@ class CurvatureCheck(Check):
         model, dt = analysis_model(ctx.model, probe)
         pl = is_piecewise_linear(model, probe.to(dt), ctx.data.num_classes, ctx.generator("curvature:piecewise-linear"))
         exact_method = "gauss-newton" if pl else "full" if full else "lanczos"
-        rows: dict[str, list[torch.Tensor]] = {}
+        rows: dict[str, dict[int, torch.Tensor]] = {}  # column → {batch start: values}
         # pixel-basis FD Hessians of the margin for the indicator check (Lanczos mode: its
         # directions depend on the function, nothing to share)
         share = full and "indicator" in ctx.config.checks
@@ -595,7 +371,7 @@ class CurvatureCheck(Check):
             put("grad_norm", g.flatten(1).norm(dim=1))
             # exact spectrum
             if exact_method == "gauss-newton":
-                eig, u = _gauss_newton_spectrum(model, x, d)
+                eig, u = gauss_newton_spectrum(model, x, d)
             elif exact_method == "full":
                 try:
                     eig, u = full_spectra(model, x, y, "ce", "func", chunk, generator=gen)
@@ -607,25 +383,32 @@ class CurvatureCheck(Check):
                 top, bot, vecs = lanczos(op, d, kk, max(kk, min(LANCZOS_ITERS, d)), gen, batch=x.shape[0], device=x.device)
                 eig, u = torch.cat([top, bot.flip(-1)], dim=1), vecs[:, 0]
             ranks = profile_ranks(d) if exact_method != "lanczos" else lanczos_ranks(d)
-            for key, value in _per_sample_spectrum(eig, ranks, exact_method != "lanczos", g, u).items():
+            for key, value in spectrum_stats(eig, ranks, exact_method != "lanczos", g, u, HESSIAN_ZERO_THRESHOLD).items():
                 put(f"ex.{key}", value)
             # finite-difference spectrum at the ball step; when the indicator check runs too, its
             # margin FD Hessian (same samples, points, step and chunks) comes from the same sweep
             if share:
-                (e, u), (e_margin, _) = shared_fd_spectra(model, x, y, ["ce", "margin"], eps, chunk,
-                                                          [gen, ctx.sample_rng("indicator", idx[sl])])
+                (e, u), (e_margin, _) = shared_fd_spectra(
+                    model, x, y, ["ce", "margin"], eps, chunk, [gen, ctx.sample_rng("indicator", idx[sl])]
+                )
                 bottom = None
                 store = ctx.cache.setdefault(MARGIN_FD_CACHE, {})
                 store.update({int(p): e_margin[i] for i, p in enumerate(idx[sl].tolist())})
             else:
                 e, u, bottom = fd_spectrum(model, x, y, "ce", norm, eps, full=full, chunk=chunk, generator=gen)
             fd_eig = e if bottom is None else torch.cat([e, bottom.flip(-1)], dim=1)
-            for key, value in _per_sample_spectrum(fd_eig, profile_ranks(d) if full else lanczos_ranks(d), full, g, u).items():
+            for key, value in spectrum_stats(
+                fd_eig, profile_ranks(d) if full else lanczos_ranks(d), full, g, u, HESSIAN_ZERO_THRESHOLD
+            ).items():
                 put(f"fd.{key}", value)
             # Hutchinson (Rademacher probes), exact and finite difference
             shape = tuple(x.shape)
-            f_ex, se_ex = hutchinson_frobenius(hvp_operator(model, x, y, "ce", method="exact"), shape, self.n_probes, gen, dtype=dt, device=x.device)
-            f_fd, se_fd = hutchinson_frobenius(_fd_operator(model, x, y, resolve_fn("ce"), norm, eps, g), shape, self.n_probes, gen, dtype=dt, device=x.device)
+            f_ex, se_ex = hutchinson_frobenius(
+                hvp_operator(model, x, y, "ce", method="exact"), shape, self.n_probes, gen, dtype=dt, device=x.device
+            )
+            f_fd, se_fd = hutchinson_frobenius(
+                fd_operator(model, x, y, resolve_fn("ce"), norm, eps, g), shape, self.n_probes, gen, dtype=dt, device=x.device
+            )
             put("fro_ex", f_ex.clamp_min(0).sqrt())
             put("fro_fd", f_fd.clamp_min(0).sqrt())
             # standard error of ‖H‖_F from that of ‖H‖_F² (delta method: se/(2‖H‖_F))
@@ -642,10 +425,15 @@ class CurvatureCheck(Check):
         work = 1 + exact_work + fd_work + 3 * self.n_probes + 4
         ctx.map_batches(batch, indices=idx, description=f"curvature ({K} samples)", work_per_sample=work)
         cat = {k: torch.cat([v[s] for s in sorted(v)]) for k, v in rows.items()}
-        columns = {k: _nan_to_none(v) for k, v in cat.items()}
+        columns = {k: nan_to_none(v) for k, v in cat.items()}
         part.add("samples", idx, **columns)
-        part.extra = {"exact_method": exact_method, "piecewise_linear": bool(pl),
-                      "dtype": str(dt).replace("torch.", ""), "full": full, "fd_step": eps}
+        part.extra = {
+            "exact_method": exact_method,
+            "piecewise_linear": bool(pl),
+            "dtype": str(dt).replace("torch.", ""),
+            "full": full,
+            "fd_step": eps,
+        }
         return part
 
     def combine(self, tables, extras, info) -> CurvatureSection:
@@ -656,15 +444,18 @@ class CurvatureCheck(Check):
         full = d <= self.full_max_dim
         chosen = first_correct(info.clean(), self.k)
         K = len(chosen)
-        meta = next((e for e in extras if "exact_method" in e), {})
+        meta: dict = next((e for e in extras if "exact_method" in e), {})
         exact = fd = None
         cols: dict[str, torch.Tensor] = {}
         if K:
             t = tables["samples"]
             for key in t.data:
                 if key != "positions":
-                    cols[key] = torch.tensor([math.nan if v is None else v for v in t.at(key, chosen)], dtype=torch.float64) \
-                        if not key.endswith(".profile") else torch.tensor(_nan_rows(t.at(key, chosen)), dtype=torch.float64)
+                    cols[key] = (
+                        torch.tensor([math.nan if v is None else v for v in t.at(key, chosen)], dtype=torch.float64)
+                        if not key.endswith(".profile")
+                        else torch.tensor(none_to_nan_rows(t.at(key, chosen)), dtype=torch.float64)
+                    )
             method = meta["exact_method"]
             kk = lanczos_k_for(d)
             exact_kind = {
@@ -673,19 +464,25 @@ class CurvatureCheck(Check):
                 "lanczos": f"exact: top/bottom {kk} eigenvalues by Lanczos on exact Hessian-vector products",
             }[method]
             ex_complete = method != "lanczos"
-            exact = _summary(exact_kind, profile_ranks(d) if ex_complete else lanczos_ranks(d), ex_complete,
-                             {k: cols[f"ex.{k}"] for k in _SPECTRUM_COLUMNS})
+            exact = _summary(
+                exact_kind,
+                profile_ranks(d) if ex_complete else lanczos_ranks(d),
+                ex_complete,
+                {k: cols[f"ex.{k}"] for k in _SPECTRUM_COLUMNS},
+            )
             fd_kind = (
                 f"finite difference: pixel-basis columns (grad(x + h e_i) - grad(x))/h, h = {eps:g} per pixel "
                 f"(the largest single-pixel move inside the {norm.value} eps-ball), symmetrized"
                 if full
                 else f"finite difference: top/bottom {kk} eigenvalues by Lanczos, each step to the {norm.value} eps-ball's boundary (eps = {eps:g})"
             )
-            fd = _summary(fd_kind, profile_ranks(d) if full else lanczos_ranks(d), full, {k: cols[f"fd.{k}"] for k in _SPECTRUM_COLUMNS})
+            fd = _summary(
+                fd_kind, profile_ranks(d) if full else lanczos_ranks(d), full, {k: cols[f"fd.{k}"] for k in _SPECTRUM_COLUMNS}
+            )
         empty: tuple = ()
 
         def column(key: str):
-            return _tup(cols[key]) if K else empty
+            return rounded_tuple(cols[key]) if K else empty
 
         return CurvatureSection(
             loss="cross-entropy (nats), per sample",
@@ -712,17 +509,3 @@ class CurvatureCheck(Check):
             hz_fd=column("hz_fd"),
             cure_step=column("cure_step"),
         )
-
-
-def _nan_to_none(t: torch.Tensor) -> list:
-    """Per-sample values (1-D) or rows (2-D) as JSON-native lists, NaN → None."""
-    def one(v: float):
-        return None if math.isnan(v) else float(v)
-
-    if t.dim() == 1:
-        return [one(v) for v in t.tolist()]
-    return [[one(v) for v in row] for row in t.tolist()]
-
-
-def _nan_rows(rows: list) -> list:
-    return [[math.nan if v is None else v for v in row] for row in rows]

@@ -35,6 +35,7 @@ Cost per sample: d + 1 gradients of the margin (its finite-difference spectrum, 
 DeepFool in ℓ2 and ℓ∞ where the ``minimal`` section doesn't provide the radii. Measured: 45–60 s
 for the 32 default samples of the demo Fashion-MNIST CNN (d = 784) on one CPU thread.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,16 +46,15 @@ import torch
 
 from ..attacks.deepfool import DeepFool
 from ..geometry.bounds import second_order_radius, theorem1_bounds
-from ..geometry.jacobian import input_jacobian, jacobian_stats
-from ..geometry.margin import margin
-from ..parts import Part
-from ..results import Section, section
-from ..threat import Norm
-from .base import CHECKS, Check
 from ..geometry.hessian import near_zero_fraction
-from .curvature import (
-    HESSIAN_ZERO_THRESHOLD, LANCZOS_ITERS, MARGIN_FD_CACHE, _nan_to_none, _r, _tup, analysis_model, fd_spectrum, lanczos_k_for,
-)
+from ..geometry.jacobian import input_jacobian, jacobian_stats
+from ..geometry.spectra import LANCZOS_ITERS, analysis_model, fd_spectrum, lanczos_k_for
+from ..parts import Part
+from ..schema import Section, section
+from ..threat import Norm
+from ._values import nan_to_none, rounded, rounded_tuple
+from .base import CHECKS, Check
+from .curvature import HESSIAN_ZERO_THRESHOLD, MARGIN_FD_CACHE
 
 __all__ = ["Theorem1Result", "IndicatorSection", "IndicatorCheck", "spearman", "boundary_loss"]
 
@@ -163,11 +163,27 @@ class IndicatorSection(Section):
     spearman_l2: float | None
     fraction_radius_below_attack_linf: float | None
     fraction_radius_below_attack_l2: float | None
-    aligned_fields: ClassVar = ((  # what the JSON reader checks (results.Section)
-        "indices", "n_samples", "t", "loss_values", "radii_l2", "radii_linf", "margin", "j_l1", "j_l2", "lambda_abs_max",
-        "margin_hessian_near_zero_fraction", "radius_linf", "radius_l2",
-        "theorem1.*.lower", "theorem1.*.upper", "theorem1.*.lower_bracket", "theorem1.*.upper_bracket",
-    ),)
+    aligned_fields: ClassVar = (
+        (  # what the JSON reader checks (results.Section)
+            "indices",
+            "n_samples",
+            "t",
+            "loss_values",
+            "radii_l2",
+            "radii_linf",
+            "margin",
+            "j_l1",
+            "j_l2",
+            "lambda_abs_max",
+            "margin_hessian_near_zero_fraction",
+            "radius_linf",
+            "radius_l2",
+            "theorem1.*.lower",
+            "theorem1.*.upper",
+            "theorem1.*.lower_bracket",
+            "theorem1.*.upper_bracket",
+        ),
+    )
     sample_index_fields: ClassVar = ("indices",)
 
     def metrics(self) -> dict[str, float]:
@@ -190,10 +206,17 @@ class IndicatorSection(Section):
 
 
 INDICATOR_METRICS = (
-    "indicator.radius_linf_median", "indicator.radius_l2_median", "indicator.mean_j_l1", "indicator.mean_lambda_abs_max",
-    "indicator.margin_hessian_near_zero_fraction_mean", "indicator.spearman_linf", "indicator.spearman_l2",
+    "indicator.radius_linf_median",
+    "indicator.radius_l2_median",
+    "indicator.mean_j_l1",
+    "indicator.mean_lambda_abs_max",
+    "indicator.margin_hessian_near_zero_fraction_mean",
+    "indicator.spearman_linf",
+    "indicator.spearman_l2",
 ) + tuple(
-    f"indicator.theorem1.{key}.{name}" for key in ("finite_difference", "exact") for name in ("fraction_within", "fraction_within_bracket")
+    f"indicator.theorem1.{key}.{name}"
+    for key in ("finite_difference", "exact")
+    for name in ("fraction_within", "fraction_within_bracket")
 )
 
 
@@ -216,12 +239,15 @@ def _theorem1(kind: str, c: torch.Tensor, c2: torch.Tensor, cC: torch.Tensor, gn
     ratio = (r / lo)[valid & (lo > 0)]
     return Theorem1Result(
         kind=kind,
-        lower=_tup(lo), upper=_tup(up), lower_bracket=_tup(lo2), upper_bracket=_tup(upC),
+        lower=rounded_tuple(lo),
+        upper=rounded_tuple(up),
+        lower_bracket=rounded_tuple(lo2),
+        upper_bracket=rounded_tuple(upC),
         fraction_within=_frac(within, valid),
         fraction_within_bracket=_frac(within_b, valid),
         fraction_below_lower=_frac(r < lo * (1 - tol), valid),
         fraction_above_upper=_frac(r > up * (1 + tol), valid),
-        median_ratio_to_lower=_r(float(ratio.median())) if ratio.numel() else None,
+        median_ratio_to_lower=rounded(float(ratio.median())) if ratio.numel() else None,
         spearman_lower=spearman(lo.tolist(), r.tolist()),
     )
 
@@ -241,8 +267,8 @@ class IndicatorCheck(Check):
         gradient, its FD Hessian (d + 1 gradients; Lanczos: 1 + its iterations) and DeepFool for
         both norms (max_iter + 1 forwards, max_iter × (candidates − 1) backwards each; one is
         skipped when the minimal check runs). Once per process: the float64 copy's forward."""
-        from ..config import build_check
-        from ..estimate import deepfool_passes, spread
+        from .base import build_check
+        from .cost import deepfool_passes, spread
 
         curvature = build_check("curvature", dict(plan.config.check_options).get("curvature", ()))
         d = math.prod(plan.input_shape)
@@ -291,17 +317,27 @@ class IndicatorCheck(Check):
                 e, bottom = torch.stack([shared[p] for p in positions]), None
             else:
                 gen = ctx.sample_rng("indicator", idx[sl])
-                e, _, bottom = fd_spectrum(model, x, y, "margin", norm, eps, full=full, chunk=max(1, int(ctx.batch_size)), generator=gen)
+                e, _, bottom = fd_spectrum(
+                    model, x, y, "margin", norm, eps, full=full, chunk=max(1, int(ctx.batch_size)), generator=gen
+                )
             top_abs = e.abs().amax(dim=1)
             if bottom is not None:
                 top_abs = torch.maximum(top_abs, bottom.abs().amax(dim=1))
             put("lambda_abs_max", sl, top_abs)
-            nz = near_zero_fraction(e.double(), HESSIAN_ZERO_THRESHOLD) if bottom is None else torch.full_like(top_abs, math.nan)
+            nz = (
+                near_zero_fraction(e.double(), HESSIAN_ZERO_THRESHOLD)
+                if bottom is None
+                else torch.full_like(top_abs, math.nan)
+            )
             put("near_zero", sl, nz)
             for radius_norm in (Norm.L2, Norm.LINF):
                 if radius_norm is not self._minimal_norm(ctx.config, ctx.parts):
                     _, norms = DeepFool().minimal_perturbation(ctx.model, x_in, y, radius_norm)
-                    put(f"deepfool_{radius_norm.value}", sl, torch.where(torch.isfinite(norms), norms, torch.full_like(norms, math.nan)))
+                    put(
+                        f"deepfool_{radius_norm.value}",
+                        sl,
+                        torch.where(torch.isfinite(norms), norms, torch.full_like(norms, math.nan)),
+                    )
 
         d = int(idx.new_tensor(ctx.data.input_shape).prod())
         shared = all(int(p) in ctx.cache.get(MARGIN_FD_CACHE, {}) for p in idx.tolist())
@@ -309,7 +345,7 @@ class IndicatorCheck(Check):
         # (unless shared), DeepFool (~ its iterations × classes)
         work = 1 + (0 if shared else (3 * d + 1 if full else 161)) + 2 * 50
         ctx.map_batches(batch, indices=idx, description=f"indicator ({K} samples)", work_per_sample=work)
-        part.add("samples", idx, **{k: _nan_to_none(torch.cat([v[s] for s in sorted(v)])) for k, v in cols.items()})
+        part.add("samples", idx, **{k: nan_to_none(torch.cat([v[s] for s in sorted(v)])) for k, v in cols.items()})
         return part
 
     @staticmethod
@@ -322,7 +358,6 @@ class IndicatorCheck(Check):
         idx = list(curv.indices)
         K = len(idx)
         d = curv.d
-        norm = Norm.parse(curv.norm)
         eps = float(curv.fd_step)
         full = curv.finite_difference is not None and curv.finite_difference.complete
         t = tables["samples"]
@@ -337,7 +372,10 @@ class IndicatorCheck(Check):
             if minimal is not None and getattr(minimal, "norm", None) == radius_norm.value:
                 radii[radius_norm] = (_opt([minimal.radii[i] for i in idx]), f"minimal section ({minimal.method})")
             elif K:
-                radii[radius_norm] = (col(f"deepfool_{radius_norm.value}"), "DeepFool (overshoot 0.02), unrefined; an upper bound on the true minimum")
+                radii[radius_norm] = (
+                    col(f"deepfool_{radius_norm.value}"),
+                    "DeepFool (overshoot 0.02), unrefined; an upper bound on the true minimum",
+                )
             else:
                 radii[radius_norm] = (torch.empty(0, dtype=torch.float64), "none")
         (r2, src2), (rinf, srcinf) = radii[Norm.L2], radii[Norm.LINF]
@@ -363,7 +401,7 @@ class IndicatorCheck(Check):
 
         def med(t):
             t = t[torch.isfinite(t)]
-            return _r(float(t.median())) if t.numel() else None
+            return rounded(float(t.median())) if t.numel() else None
 
         return IndicatorSection(
             n_samples=K,
@@ -373,30 +411,30 @@ class IndicatorCheck(Check):
                 "t = log(2 + sum_{i not in {y, j}} exp(Z_i - Z_j)), the CE once Z_y is lowered to the runner-up's "
                 "logit Z_j (in [log 2, log C)); bracket: t = log 2 for the lower bound, log C for the upper bound"
             ),
-            t=_tup(t_b),
+            t=rounded_tuple(t_b),
             loss_values=tuple(curv.loss_values),
             theorem1=theorem1,
-            radii_l2=_tup(r2),
+            radii_l2=rounded_tuple(r2),
             radii_l2_source=src2,
-            radii_linf=_tup(rinf),
+            radii_linf=rounded_tuple(rinf),
             radii_linf_source=srcinf,
             margin_hessian=(
                 f"finite difference of the margin's gradient at the curvature check's eps-ball step (eps = {eps:g}, "
                 f"{'pixel basis, symmetrized, all eigenvalues' if full else 'Lanczos top/bottom eigenvalues'}); "
                 "the exact margin Hessian of a ReLU network is 0 almost everywhere"
             ),
-            margin=_tup(L),
-            j_l1=_tup(j1),
-            j_l2=_tup(j2),
-            lambda_abs_max=_tup(lam),
-            margin_hessian_near_zero_fraction=_tup(nz) if full and K else None,
-            margin_hessian_near_zero_fraction_mean=_r(float(nz.mean())) if full and K else None,
-            radius_linf=_tup(rad_inf),
-            radius_l2=_tup(rad_2),
+            margin=rounded_tuple(L),
+            j_l1=rounded_tuple(j1),
+            j_l2=rounded_tuple(j2),
+            lambda_abs_max=rounded_tuple(lam),
+            margin_hessian_near_zero_fraction=rounded_tuple(nz) if full and K else None,
+            margin_hessian_near_zero_fraction_mean=rounded(float(nz.mean())) if full and K else None,
+            radius_linf=rounded_tuple(rad_inf),
+            radius_l2=rounded_tuple(rad_2),
             indicator_linf=med(rad_inf),
             indicator_l2=med(rad_2),
-            mean_j_l1=_r(float(j1.mean())) if K else None,
-            mean_lambda_abs_max=_r(float(lam.mean())) if K else None,
+            mean_j_l1=rounded(float(j1.mean())) if K else None,
+            mean_lambda_abs_max=rounded(float(lam.mean())) if K else None,
             spearman_linf=spearman(rad_inf.tolist(), rinf.tolist()) if K else None,
             spearman_l2=spearman(rad_2.tolist(), r2.tolist()) if K else None,
             fraction_radius_below_attack_linf=below(rad_inf, rinf) if K else None,

@@ -18,6 +18,7 @@ Heatmaps: the margin gradient of the :data:`N_HEATMAPS` correct samples with the
 (float32 base64, row-major, with the input image) for inputs of at most
 :data:`MAX_HEATMAP_NUMEL` values. Cost: one forward and two backward passes per sample.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,7 @@ import torch
 
 from ..geometry.jacobian import input_jacobian, jacobian_stats
 from ..parts import Part, lowest
-from ..results import Section, section
+from ..schema import Section, section
 from .attacks import encode_tensor
 from .base import CHECKS, Check
 
@@ -112,8 +113,13 @@ class JacobianSection(Section):
 
 # metric suffix → JacobianStats field, for jacobian.<margin|ce>.<suffix>
 _METRIC_FIELDS = {
-    "l1_mean": "mean_l1", "l1_median": "median_l1", "l2_mean": "mean_l2", "l2_median": "median_l2",
-    "linf_mean": "mean_linf", "zero_fraction_mean": "mean_zero_fraction", "zero_fraction_median": "median_zero_fraction",
+    "l1_mean": "mean_l1",
+    "l1_median": "median_l1",
+    "l2_mean": "mean_l2",
+    "l2_median": "median_l2",
+    "linf_mean": "mean_linf",
+    "zero_fraction_mean": "mean_zero_fraction",
+    "zero_fraction_median": "median_zero_fraction",
 }
 JACOBIAN_METRICS = tuple(f"jacobian.{key}.{name}" for key in ("margin", "ce") for name in _METRIC_FIELDS)
 
@@ -133,9 +139,17 @@ def _stats(function: str, per: dict[str, torch.Tensor], y: torch.Tensor, num_cla
     (m1, d1), (m2, d2), (mi, di), (mz, dz) = (summary(v) for v in (l1, l2, linf, zf))
     return JacobianStats(
         function=function,
-        mean_l1=m1, median_l1=d1, mean_l2=m2, median_l2=d2, mean_linf=mi, median_linf=di,
-        mean_zero_fraction=mz, median_zero_fraction=dz,
-        per_class_l1=per_class(l1), per_class_l2=per_class(l2), per_class_zero_fraction=per_class(zf),
+        mean_l1=m1,
+        median_l1=d1,
+        mean_l2=m2,
+        median_l2=d2,
+        mean_linf=mi,
+        median_linf=di,
+        mean_zero_fraction=mz,
+        median_zero_fraction=dz,
+        per_class_l1=per_class(l1),
+        per_class_l2=per_class(l2),
+        per_class_zero_fraction=per_class(zf),
         l1=tuple(_round(v) for v in l1.tolist()),
         l2=tuple(_round(v) for v in l2.tolist()),
         linf=tuple(_round(v) for v in linf.tolist()),
@@ -146,7 +160,9 @@ def _stats(function: str, per: dict[str, torch.Tensor], y: torch.Tensor, num_cla
 def lowest_margin_correct(clean, count: int) -> list[int]:
     """Positions of the ``count`` clean-correct samples of ``clean`` (a clean table: this process's
     or the merged one) with the smallest margin L(x) (ascending margin; ties by position)."""
-    cands = [{"position": p, "margin": m} for p, m, ok in zip(clean.positions, clean.col("margin"), clean.col("correct")) if ok]
+    cands = [
+        {"position": p, "margin": m} for p, m, ok in zip(clean.positions, clean.col("margin"), clean.col("correct")) if ok
+    ]
     return [c["position"] for c in lowest(cands, count)]
 
 
@@ -201,11 +217,17 @@ class JacobianCheck(Check):
         ctx.map_batches(batch, description="input Jacobians")
         part = Part()
         part.add("samples", ctx.positions, **{f"{fn}.{k}": per[fn][k] for fn in per for k in _STATS})
-        images = ctx.data.batch(sorted(kept)) if kept else None
+        images = ctx.data.batch(sorted(kept)) if kept else torch.empty(0)
         part.extra["heatmaps"] = [
-            {"position": p, "margin": clean.at("margin", [p])[0], "label": int(ctx.data.y[p]),
-             "l1": float(per["margin"]["l1"][clean.row_of[p]]), "shape": list(kept[p].shape),
-             "image": encode_tensor(images[j]), "gradient": encode_tensor(kept[p])}
+            {
+                "position": p,
+                "margin": clean.at("margin", [p])[0],
+                "label": int(ctx.data.y[p]),
+                "l1": float(per["margin"]["l1"][clean.row_of[p]]),
+                "shape": list(kept[p].shape),
+                "image": encode_tensor(images[j]),
+                "gradient": encode_tensor(kept[p]),
+            }
             for j, p in enumerate(sorted(kept))
         ]
         return part
@@ -218,11 +240,18 @@ class JacobianCheck(Check):
         gallery = {int(ex.index) for ex in getattr(info.sections.get("attacks"), "examples", ()) or ()}
         chosen = {h["position"]: h for h in lowest(candidates, self.n_heatmaps)}
         chosen.update({h["position"]: h for h in candidates if h["position"] in gallery})
-        chosen = lowest(chosen.values(), len(chosen))  # ascending margin, ties by position
+        ordered = lowest(chosen.values(), len(chosen))  # ascending margin, ties by position
         heatmaps = tuple(
-            JacobianHeatmap(index=h["position"], label=h["label"], margin=_round(h["margin"]), l1=_round(h["l1"]),
-                            shape=tuple(h["shape"]), image=h["image"], gradient=h["gradient"])
-            for h in chosen
+            JacobianHeatmap(
+                index=h["position"],
+                label=h["label"],
+                margin=_round(h["margin"]),
+                l1=_round(h["l1"]),
+                shape=tuple(h["shape"]),
+                image=h["image"],
+                gradient=h["gradient"],
+            )
+            for h in ordered
         )
         return JacobianSection(
             scale="pixel space [0,1]; margin gradient in logit units per pixel unit, CE gradient in nats per pixel unit",

@@ -15,6 +15,7 @@ raises if any tensor differs. Xu et al. find adversarially fine-tuned models' la
 flatter than the natural model's (CIFAR-10, ResNet-32): compare ``sharpness_*`` between scans.
 Cost: (STEPS_1D + STEPS_2D²) forward passes of the batch (one more when STEPS_1D is even: the centre).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from ..errors import RuntimeFailure
 from ..geometry.margin import cross_entropy
 from ..geometry.surfaces import param_landscape
 from ..parts import Part
-from ..results import Section, from_jsonable, section, to_jsonable
+from ..schema import Section, from_jsonable, section, to_jsonable
 from .base import CHECKS, Check
 
 __all__ = ["N_SAMPLES", "STEPS_1D", "STEPS_2D", "EXTENT", "LandscapeSection", "LandscapeCheck"]
@@ -117,7 +118,7 @@ class LandscapeCheck(Check):
     def max_passes(self, plan) -> tuple[float, float]:
         """Forwards only, once per model: every grid point (steps_1d + steps_2d², one more for the
         centre when steps_1d is even) on min(n_samples, data_n) samples, spread over ``plan.n``."""
-        from ..estimate import spread
+        from .cost import spread
 
         points = int(self.steps_1d) + int(self.steps_2d) ** 2 + (0 if int(self.steps_1d) % 2 else 1)
         return spread((0.0, 0.0), 0, plan.n, fixed=(points * min(int(self.n_samples), int(plan.data_n)), 0.0))
@@ -134,9 +135,20 @@ class LandscapeCheck(Check):
         params = {k: p for k, p in model.named_parameters() if p.is_floating_point()}
         if not params:
             return LandscapeSection(
-                n_samples=0, normalization=norm_note, extent=float(self.extent), center_loss=None, center_accuracy=None,
-                axis_1d=(), loss_1d=(), accuracy_1d=(), axis_2d=(), loss_2d=(), accuracy_2d=(),
-                sharpness_1d=None, mean_increase_2d=None, weights_restored=True,
+                n_samples=0,
+                normalization=norm_note,
+                extent=float(self.extent),
+                center_loss=None,
+                center_accuracy=None,
+                axis_1d=(),
+                loss_1d=(),
+                accuracy_1d=(),
+                axis_2d=(),
+                loss_2d=(),
+                accuracy_2d=(),
+                sharpness_1d=None,
+                mean_increase_2d=None,
+                weights_restored=True,
                 skipped="the model exposes no floating-point parameters (a frozen export?)",
             )
         n = min(int(self.n_samples), ctx.data.n)

@@ -3,8 +3,10 @@
 L(x) = Z_y(x) − max_{i≠y} Z_i(x) in logit units (> 0 correct). Also the true-class probability
 softmax(Z)_y and the cross-entropy loss in nats, whose histograms the report draws.
 """
+
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -12,7 +14,7 @@ import torch
 
 from ..geometry.margin import cross_entropy, margin, true_class_probability
 from ..parts import Part, to_list
-from ..results import Section, section
+from ..schema import Section, section
 from .base import CHECKS, Check
 from .clean import per_class_mean
 
@@ -48,7 +50,11 @@ class MarginSection(Section):
     train_mean_loss: float | None = None
     loss_gap: float | None = None
     train_margins: tuple[float, ...] = ()
-    per_sample_fields: ClassVar = ("margins", "true_class_probability", "loss")  # what the JSON reader checks (results.Section)
+    per_sample_fields: ClassVar = (
+        "margins",
+        "true_class_probability",
+        "loss",
+    )  # what the JSON reader checks (results.Section)
     per_class_fields: ClassVar = ("per_class_mean",)
 
     def metrics(self) -> dict[str, float]:
@@ -61,7 +67,7 @@ class MarginSection(Section):
         out.update({f"margins.q{k}": v for k, v in self.quantiles.items()})
         if self.loss_gap is not None:
             out["margins.loss_gap"] = self.loss_gap
-            out["margins.train_median"] = self.train_median
+            out["margins.train_median"] = self.train_median if self.train_median is not None else math.nan
         return out
 
     def metric_names(self) -> tuple[str, ...]:
@@ -89,8 +95,13 @@ class MarginCheck(Check):
         logits = ctx.cache["clean_logits"].double()
         y = ctx.data.y[ctx.positions]
         part = Part()
-        part.add("samples", ctx.positions, margin=margin(logits, y), p_true=true_class_probability(logits, y),
-                 loss=cross_entropy(logits, y))
+        part.add(
+            "samples",
+            ctx.positions,
+            margin=margin(logits, y),
+            p_true=true_class_probability(logits, y),
+            loss=cross_entropy(logits, y),
+        )
         if ctx.lead and ctx.train_data is not None:
             part.extra["train"] = self._train(ctx)
         return part

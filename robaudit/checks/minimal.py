@@ -5,6 +5,7 @@ Per clean-correct sample: DeepFool's minimal perturbation in the threat model's 
 refine_minimal_perturbation) to tighten it. Every radius is attack-found, so it is an *upper
 bound* on the true minimal perturbation; pixel scale [0,1]. Misclassified samples have radius 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ import torch
 from ..attacks.deepfool import DeepFool, refine_minimal_perturbation
 from ..attacks.pgd import PGD
 from ..parts import Part
-from ..results import Section, section
+from ..schema import Section, section
 from ..threat import format_eps
 from .base import CHECKS, Check
 
@@ -82,7 +83,9 @@ class MinimalCheck(Check):
         """DeepFool: ≤ max_iter iterations of one backward per candidate class (each counted with
         a forward) and a final forward; each bisection step: PGD's gradients and one forward."""
         deepfool = DeepFool()
-        grads = deepfool.max_iter * (min(deepfool.num_candidates, plan.num_classes) - 1) + BISECTION_STEPS * BISECTION_PGD_STEPS
+        grads = (
+            deepfool.max_iter * (min(deepfool.num_candidates, plan.num_classes) - 1) + BISECTION_STEPS * BISECTION_PGD_STEPS
+        )
         return float(grads + 1 + BISECTION_STEPS), float(grads)
 
     def compute(self, ctx) -> Part:
@@ -99,14 +102,20 @@ class MinimalCheck(Check):
             _, upper = deepfool.minimal_perturbation(ctx.model, x, y, norm)
             deepfool_radii[rows[sl]] = upper.detach().double().cpu()
             rng = ctx.sample_rng("minimal:bisection", targets[sl])
-            refined = refine_minimal_perturbation(ctx.model, x, y, norm, upper, lambda: PGD(steps=BISECTION_PGD_STEPS),
-                                                  steps=BISECTION_STEPS, generator=rng)
+            refined = refine_minimal_perturbation(
+                ctx.model, x, y, norm, upper, lambda: PGD(steps=BISECTION_PGD_STEPS), steps=BISECTION_STEPS, generator=rng
+            )
             radii[rows[sl]] = refined.detach().double().cpu()
 
         if targets.numel():
             # the bar's estimate of a sample's gradient passes: DeepFool (~5 iterations × 9 classes),
             # then 8 bisection steps of PGD-20
-            ctx.map_batches(batch, indices=targets, description=f"minimal perturbation ({norm.value})", work_per_sample=45 + BISECTION_STEPS * BISECTION_PGD_STEPS)
+            ctx.map_batches(
+                batch,
+                indices=targets,
+                description=f"minimal perturbation ({norm.value})",
+                work_per_sample=45 + BISECTION_STEPS * BISECTION_PGD_STEPS,
+            )
         part = Part()
         part.add("samples", ctx.positions, radius=_finite_or_none(radii), deepfool=_finite_or_none(deepfool_radii))
         return part

@@ -3,6 +3,7 @@
 Each raises a flag documented in docs/flags.md ("raised if", "what it means"). Cheap: a few
 forward passes, one backward pass, and one strong-ε PGD run on a small subsample.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import torch
 from ..attacks.pgd import PGD
 from ..geometry.margin import cross_entropy, margin
 from ..parts import Part, first_correct
-from ..results import Flag, Section, section
+from ..schema import Flag, Section, section
 from ..threat import Norm, ThreatModel
 from .base import CHECKS, Check
 
@@ -26,7 +27,9 @@ PROB_SUM_TOL = 1e-3
 NONDETERMINISM_TOL = 1e-5
 REPEAT_SAMPLES = 256  # the first positions whose forward pass is repeated
 SANITY_METRICS = (
-    "sanity.margin_zero_grad_fraction", "sanity.ce_zero_grad_fraction", "sanity.max_repeat_difference",
+    "sanity.margin_zero_grad_fraction",
+    "sanity.ce_zero_grad_fraction",
+    "sanity.max_repeat_difference",
     "sanity.large_eps_robust_accuracy",
 )
 
@@ -124,8 +127,12 @@ class SanityCheck(Check):
                 xe = x.detach()[early.to(x.device)]
                 with torch.no_grad():
                     z1, z2 = ctx.model(xe), ctx.model(xe)
-                part.add("repeat", pos[early], diff=(z1 - z2).abs().flatten(1).amax(1).float(),
-                         scale=z1.abs().flatten(1).amax(1).float())
+                part.add(
+                    "repeat",
+                    pos[early],
+                    diff=(z1 - z2).abs().flatten(1).amax(1).float(),
+                    scale=z1.abs().flatten(1).amax(1).float(),
+                )
 
         ctx.map_batches(batch, description="sanity: input gradients")
         part.add("samples", ctx.positions, zero_margin=zero_margin, zero_ce=zero_ce, probs_like=probs_like)
@@ -136,7 +143,12 @@ class SanityCheck(Check):
         t = tables["samples"]
         probs_like = bool(len(t)) and all(t.col("probs_like"))
         if probs_like:
-            info.flags.append(Flag("probabilities-not-logits", "the model's outputs are probabilities (rows in [0,1] summing to 1), not logits; cross-entropy attacks on them are weak"))
+            info.flags.append(
+                Flag(
+                    "probabilities-not-logits",
+                    "the model's outputs are probabilities (rows in [0,1] summing to 1), not logits; cross-entropy attacks on them are weak",
+                )
+            )
         fm = float(t.tensor("zero_margin", torch.bool).double().mean()) if len(t) else 0.0
         fc = float(t.tensor("zero_ce", torch.bool).double().mean()) if len(t) else 0.0
         rep = tables["repeat"]
@@ -144,11 +156,26 @@ class SanityCheck(Check):
         if len(rep):
             max_diff = max(rep.col("diff")) / max(max(rep.col("scale")), 1.0)
         if fm > ZERO_GRAD_FRACTION:
-            info.flags.append(Flag("zero-gradients", f"{fm:.0%} of samples have a zero, NaN or vanishing input gradient of the margin; gradient attacks cannot work there (masked gradients?)"))
+            info.flags.append(
+                Flag(
+                    "zero-gradients",
+                    f"{fm:.0%} of samples have a zero, NaN or vanishing input gradient of the margin; gradient attacks cannot work there (masked gradients?)",
+                )
+            )
         elif fc > ZERO_GRAD_FRACTION:
-            info.flags.append(Flag("saturated-loss", f"{fc:.0%} of samples have a vanishing cross-entropy gradient though the margin's is not; cross-entropy attacks are unreliable here, use C&W/DLR losses"))
+            info.flags.append(
+                Flag(
+                    "saturated-loss",
+                    f"{fc:.0%} of samples have a vanishing cross-entropy gradient though the margin's is not; cross-entropy attacks are unreliable here, use C&W/DLR losses",
+                )
+            )
         if max_diff > NONDETERMINISM_TOL:
-            info.flags.append(Flag("nondeterministic-outputs", f"two identical forward passes differ by {max_diff:.2e} (relative to the largest logit); randomness in the model makes single-run attack results optimistic"))
+            info.flags.append(
+                Flag(
+                    "nondeterministic-outputs",
+                    f"two identical forward passes differ by {max_diff:.2e} (relative to the largest logit); randomness in the model makes single-run attack results optimistic",
+                )
+            )
         chosen = first_correct(info.clean(), LARGE_EPS_SAMPLES)
         large_acc = None
         if chosen:
@@ -156,7 +183,12 @@ class SanityCheck(Check):
             large_acc = sum(bool(r) for r in robust) / len(chosen)
         large_n = len(chosen)
         if large_acc is not None and large_acc > LARGE_EPS_MAX_ACC:
-            info.flags.append(Flag("large-eps-not-broken", f"PGD at ℓ∞ ε={LARGE_EPS} still leaves {large_acc:.0%} of {large_n} samples robust; any honest classifier is broken there, so the attacks are failing"))
+            info.flags.append(
+                Flag(
+                    "large-eps-not-broken",
+                    f"PGD at ℓ∞ ε={LARGE_EPS} still leaves {large_acc:.0%} of {large_n} samples robust; any honest classifier is broken there, so the attacks are failing",
+                )
+            )
         return SanitySection(
             margin_zero_grad_fraction=fm,
             ce_zero_grad_fraction=fc,

@@ -14,6 +14,7 @@ singular values (descending; evenly subsampled beyond that). Computed in float64
 A model with no accessible parameters (some exported graphs keep weights as constants) falls back
 to its floating-point buffers with ≥ 2 dimensions; with neither, the section says ``skipped``.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,7 @@ from typing import ClassVar
 import torch
 
 from ..parts import Part
-from ..results import Section, from_jsonable, section, to_jsonable
+from ..schema import Section, from_jsonable, section, to_jsonable
 from .base import CHECKS, Check
 
 __all__ = ["MAX_VALUES", "LayerSpectrum", "SpectraSection", "SpectraCheck", "layer_spectrum"]
@@ -69,20 +70,20 @@ class SpectraSection(Section):
         if not self.layers:
             return {}
         out = {
-            "spectra.sigma_max_max": max(l.sigma_max for l in self.layers),
-            "spectra.std_mean": sum(l.std for l in self.layers) / len(self.layers),
+            "spectra.sigma_max_max": max(layer.sigma_max for layer in self.layers),
+            "spectra.std_mean": sum(layer.std for layer in self.layers) / len(self.layers),
         }
-        ratios = [l.ratio for l in self.layers if l.ratio is not None]
+        ratios = [layer.ratio for layer in self.layers if layer.ratio is not None]
         if ratios:
             out["spectra.ratio_max"] = max(ratios)
-        for l in self.layers:
-            key = _layer_key(l.name)
-            out[f"spectra.{key}.sigma_max"] = l.sigma_max
-            out[f"spectra.{key}.std"] = l.std
+        for layer in self.layers:
+            key = _layer_key(layer.name)
+            out[f"spectra.{key}.sigma_max"] = layer.sigma_max
+            out[f"spectra.{key}.std"] = layer.std
         return out
 
     def metric_names(self) -> tuple[str, ...]:
-        return spectra_metric_names([l.name for l in self.layers])
+        return spectra_metric_names([layer.name for layer in self.layers])
 
 
 def _layer_key(name: str) -> str:
@@ -151,7 +152,9 @@ class SpectraCheck(Check):
         return from_jsonable(SpectraSection, next(e["section"] for e in extras if "section" in e))
 
     def _spectra(self, ctx) -> SpectraSection:
-        convention = "rows = output units: Linear [out, in] as is; conv [out, in/groups, k...] reshaped to out x (in/groups*k...)"
+        convention = (
+            "rows = output units: Linear [out, in] as is; conv [out, in/groups, k...] reshaped to out x (in/groups*k...)"
+        )
         source, reason, named = weight_matrices(ctx.plain_model)
         if not named:
             return SpectraSection(convention, "skipped", reason, ())
@@ -168,7 +171,9 @@ def weight_matrices(model: torch.nn.Module) -> tuple[str, str, list[tuple[str, t
     dimensions, from its parameters, else its buffers (exported graphs); reason says why none."""
     net = _raw(model)
     try:
-        named = [(n, p) for n, p in net.named_parameters() if p.dim() >= 2 and p.is_floating_point()]
+        named: list[tuple[str, torch.Tensor]] = [
+            (n, p) for n, p in net.named_parameters() if p.dim() >= 2 and p.is_floating_point()
+        ]
         source = "parameters"
         if not named:
             named = [(n, b) for n, b in net.named_buffers() if b is not None and b.dim() >= 2 and b.is_floating_point()]

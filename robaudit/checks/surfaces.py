@@ -32,6 +32,7 @@ the ε_max-ball (exact norm of the combination), and the distance along u (b = 0
 point with L ≤ 0 on either side (None if none within the extent). Every grid is evaluated in
 batched forward passes (:func:`robaudit.geometry.surface_grid`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,13 +47,22 @@ from ..attacks.least_likely import LeastLikely
 from ..geometry.margin import cross_entropy, margin
 from ..geometry.surfaces import surface_grid
 from ..parts import Part, lowest
-from ..results import Section, from_jsonable, section, to_jsonable
 from ..rng import normal, signs
+from ..schema import Section, from_jsonable, section, to_jsonable
 from ..threat import Norm, ThreatModel
 from .base import CHECKS, Check
 from .jacobian import lowest_margin_correct
 
-__all__ = ["N_SAMPLES", "STEPS", "EXTENT_FACTOR", "PLANES", "SurfacePlane", "SurfaceSample", "SurfacesSection", "SurfacesCheck"]
+__all__ = [
+    "N_SAMPLES",
+    "STEPS",
+    "EXTENT_FACTOR",
+    "PLANES",
+    "SurfacePlane",
+    "SurfaceSample",
+    "SurfacesSection",
+    "SurfacesCheck",
+]
 
 N_SAMPLES = 2
 STEPS = 21
@@ -109,9 +119,12 @@ class SurfacesSection(Section):
     axis: tuple[float, ...]
     clipped: bool
     samples: tuple[SurfaceSample, ...]
-    aligned_fields: ClassVar = ((  # what the JSON reader checks (results.Section): steps × steps grids
-        "axis", *(f"samples.*.planes.*.{grid}{rows}" for grid in ("margin", "loss", "predictions") for rows in ("", ".*")),
-    ),)
+    aligned_fields: ClassVar = (
+        (  # what the JSON reader checks (results.Section): steps × steps grids
+            "axis",
+            *(f"samples.*.planes.*.{grid}{rows}" for grid in ("margin", "loss", "predictions") for rows in ("", ".*")),
+        ),
+    )
     finite_fields: ClassVar = ("axis.*",)
 
     def metrics(self) -> dict[str, float]:
@@ -119,7 +132,9 @@ class SurfacesSection(Section):
         for name in PLANES:
             planes = [p for s in self.samples for p in s.planes if p.name == name]
             if planes:
-                out[f"surfaces.{name}.fraction_misclassified_within_eps"] = sum(p.fraction_misclassified_within_eps for p in planes) / len(planes)
+                out[f"surfaces.{name}.fraction_misclassified_within_eps"] = sum(
+                    p.fraction_misclassified_within_eps for p in planes
+                ) / len(planes)
                 out[f"surfaces.{name}.min_margin_within_eps"] = sum(p.min_margin_within_eps for p in planes) / len(planes)
         return out
 
@@ -184,7 +199,7 @@ class SurfacesCheck(Check):
         margin, CE), the least-likely attack (a forward, ``steps`` gradients, a forward), C&W-ℓ2
         (binary_search_steps × max_iterations gradients), DeepFool-ℓ2, and steps² forwards per
         plane."""
-        from ..estimate import deepfool_passes, spread
+        from .cost import deepfool_passes, spread
 
         ll, cw = LeastLikely(), CarliniWagnerL2()
         df_forward, df_backward = deepfool_passes(DeepFool(), plan.num_classes)
@@ -193,31 +208,45 @@ class SurfacesCheck(Check):
         forward = 2 + int(ll.steps) + 2 + cw_grads + df_forward + len(PLANES) * int(self.steps) ** 2
         return spread((forward, backward), int(self.n_samples), plan.n)
 
-    def _directions(self, ctx, x: torch.Tensor, y: torch.Tensor, norm: Norm, eps: float, gen) -> dict[str, tuple[torch.Tensor, list[str]]]:
+    def _directions(
+        self, ctx, x: torch.Tensor, y: torch.Tensor, norm: Norm, eps: float, gen
+    ) -> dict[str, tuple[torch.Tensor, list[str]]]:
         """Per plane, (u [S, ...] unit in ``norm``, per-sample source notes)."""
         model = ctx.model
         S = x.shape[0]
         cw_dir = input_gradient(model, x, y, LOSSES["cw"])[2]  # ascent of max_{i!=y} Z_i - Z_y = -L(x)
         out: dict[str, tuple[torch.Tensor, list[str]]] = {}
-        out["random"] = (_random(x.shape, norm, gen, x.device), ["random " + ("Rademacher" if norm is Norm.LINF else "Gaussian")] * S)
+        out["random"] = (
+            _random(x.shape, norm, gen, x.device),
+            ["random " + ("Rademacher" if norm is Norm.LINF else "Gaussian")] * S,
+        )
         _, _, g = input_gradient(model, x, y, LOSSES["ce"])
         fg = g.sign() if norm is Norm.LINF else g
-        out["fgsm"] = (_unit(fg, norm), [f"FGSM-CE step direction ({'sign of' if norm is Norm.LINF else 'normalized'} the CE gradient)"] * S)
+        out["fgsm"] = (
+            _unit(fg, norm),
+            [f"FGSM-CE step direction ({'sign of' if norm is Norm.LINF else 'normalized'} the CE gradient)"] * S,
+        )
         ll = LeastLikely().run(model, x, y, ThreatModel(norm, eps), gen).x_adv - x
-        out["least_likely"] = self._with_fallback(ll, cw_dir, norm, f"iterative least-likely attack at eps={eps:g} (x_adv - x)")
+        out["least_likely"] = self._with_fallback(
+            ll, cw_dir, norm, f"iterative least-likely attack at eps={eps:g} (x_adv - x)"
+        )
         adv, found = CarliniWagnerL2().minimal_perturbation(model, x, y)
         cw = torch.where(torch.isfinite(found).view(-1, *([1] * (x.dim() - 1))), adv - x, torch.zeros_like(x))
         out["cw"] = self._with_fallback(cw, cw_dir, norm, "C&W-l2 minimal adversarial example (x_adv - x)")
         adv, found = DeepFool().minimal_perturbation(model, x, y, Norm.L2)
         df = torch.where(torch.isfinite(found).view(-1, *([1] * (x.dim() - 1))), adv - x, torch.zeros_like(x))
-        out["deepfool"] = self._with_fallback(df, cw_dir, norm, "DeepFool-l2 minimal perturbation (x_adv - x, normal to the nearest boundary)")
+        out["deepfool"] = self._with_fallback(
+            df, cw_dir, norm, "DeepFool-l2 minimal perturbation (x_adv - x, normal to the nearest boundary)"
+        )
         return out
 
     @staticmethod
     def _with_fallback(d: torch.Tensor, fallback: torch.Tensor, norm: Norm, note: str) -> tuple[torch.Tensor, list[str]]:
         zero = lp_norm(d, norm) == 0
         d = torch.where(zero.view(-1, *([1] * (d.dim() - 1))), fallback, d)
-        notes = ["gradient of the C&W margin loss (the attack found no adversarial example)" if z else note for z in zero.tolist()]
+        notes = [
+            "gradient of the C&W margin loss (the attack found no adversarial example)" if z else note for z in zero.tolist()
+        ]
         return _unit(d, norm), notes
 
     def compute(self, ctx) -> Part:
@@ -236,7 +265,9 @@ class SurfacesCheck(Check):
         x = ctx.data.batch(idx).to(ctx.device)
         y = ctx.data.y[idx].to(ctx.device)
         gen = ctx.sample_rng("surfaces", idx)
-        with ctx.task(f"surfaces ({x.shape[0]} samples x {len(PLANES)} planes)", total=1 + x.shape[0] * len(PLANES)) as advance:
+        with ctx.task(
+            f"surfaces ({x.shape[0]} samples x {len(PLANES)} planes)", total=1 + x.shape[0] * len(PLANES)
+        ) as advance:
             dirs = self._directions(ctx, x, y, norm, eps, gen)
             advance()
             r = _random(x.shape, norm, gen, x.device)
@@ -248,7 +279,9 @@ class SurfacesCheck(Check):
                     u = u_all[s : s + 1]
                     v = _unit(_orthogonalize(r[s : s + 1], u), norm)
                     rec = _Record()
-                    grid, a, _ = surface_grid(ctx.model, x[s], y[s], u, v, extent, steps, rec, chunk=max(1, int(ctx.batch_size)))
+                    grid, a, _ = surface_grid(
+                        ctx.model, x[s], y[s], u, v, extent, steps, rec, chunk=max(1, int(ctx.batch_size))
+                    )
                     advance()
                     logits = torch.cat(rec.logits)
                     yy = y[s].expand(logits.shape[0])
@@ -278,7 +311,9 @@ class SurfacesCheck(Check):
                     )
                 position = int(idx[s])
                 m0 = clean.at("margin", [position])[0]
-                sample = SurfaceSample(index=position, label=int(ctx.data.y[position]), margin=_round(m0), planes=tuple(planes))
+                sample = SurfaceSample(
+                    index=position, label=int(ctx.data.y[position]), margin=_round(m0), planes=tuple(planes)
+                )
                 samples.append({"position": position, "margin": m0, "sample": to_jsonable(sample)})
         part.extra = {"samples": samples, "axis": [_round(float(v)) for v in a.tolist()]}
         return part

@@ -1,11 +1,12 @@
 """What every command shares: the error boundary and option parsing helpers."""
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import typer
 
@@ -43,12 +44,20 @@ def error_boundary(debug: bool) -> Iterator[None]:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if _lost_peer(exc):
-            err_console.print(styled(("error:", "bold red"), f" another process of this torchrun run failed or was lost "
-                                     f"({type(exc).__name__}: {one_line(first)[:200]}); torchrun's summary names it"),
-                              soft_wrap=True)
+            err_console.print(
+                styled(
+                    ("error:", "bold red"),
+                    f" another process of this torchrun run failed or was lost "
+                    f"({type(exc).__name__}: {one_line(first)[:200]}); torchrun's summary names it",
+                ),
+                soft_wrap=True,
+            )
             raise typer.Exit(4) from None
         err_console.print(
-            styled(("internal error:", "bold red"), f" {type(exc).__name__}: {one_line(first)} (rerun with --debug for the traceback)"),
+            styled(
+                ("internal error:", "bold red"),
+                f" {type(exc).__name__}: {one_line(first)} (rerun with --debug for the traceback)",
+            ),
             soft_wrap=True,
         )
         raise typer.Exit(4) from None
@@ -80,7 +89,7 @@ def parse_shape(text: str | None) -> tuple[int, int, int] | None:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
         raise UsageError(f"--input-shape must be C,H,W (e.g. 3,32,32), got {text!r}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def command_line() -> str:

@@ -1,11 +1,11 @@
 """`robaudit compare before.json after.json`: what changed, and did robustness regress?"""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -17,10 +17,22 @@ from ._common import error_boundary, make_console
 def compare(
     before: Path = typer.Argument(..., help="The reference results.json."),
     after: Path = typer.Argument(..., help="The new results.json."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help="Also write the comparison as a self-contained HTML file."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Exit 1 if clean.accuracy or any robust_acc.* metric dropped by more than this (absolute fraction, e.g. 0.01 = 1 point)."),
-    significant: bool = typer.Option(False, "--significant", help="With --max-drop: count a drop only when it is significant at 0.05 (exact McNemar test on the per-sample results)."),
-    force: bool = typer.Option(False, "--force", help="Compare even if the data, threat model or samples differ (no paired test then)."),
+    output: str | None = typer.Option(
+        None, "--output", "-o", metavar="PATH", help="Also write the comparison as a self-contained HTML file."
+    ),
+    max_drop: float | None = typer.Option(
+        None,
+        "--max-drop",
+        help="Exit 1 if clean.accuracy or any robust_acc.* metric dropped by more than this (absolute fraction, e.g. 0.01 = 1 point).",
+    ),
+    significant: bool = typer.Option(
+        False,
+        "--significant",
+        help="With --max-drop: count a drop only when it is significant at 0.05 (exact McNemar test on the per-sample results).",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Compare even if the data, threat model or samples differ (no paired test then)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only regressions."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -37,8 +49,11 @@ def compare(
             raise UsageError("--significant qualifies --max-drop; give both, e.g. --max-drop 0 --significant")
         check_outputs(files={"--output": output}, inputs={"BEFORE": before, "AFTER": after})
         comparison = compare_results(
-            ScanResult.read_json(before), ScanResult.read_json(after), force=force,
-            before_label=str(before), after_label=str(after),
+            ScanResult.read_json(before),
+            ScanResult.read_json(after),
+            force=force,
+            before_label=str(before),
+            after_label=str(after),
         )
         console = make_console()
         regressions = comparison.regressions(max_drop, significant) if max_drop is not None else ()
@@ -56,7 +71,12 @@ def compare(
             why = " and significant at 0.05 (McNemar)" if significant else ""
             for d in regressions:
                 p = f", McNemar p = {d.paired.p_value:.3g}" if d.paired is not None else ""
-                console.print(Text(f"  REGRESSION {d.metric}: {d.before:.4f} → {d.after:.4f} (drop {d.drop:.4f} > {max_drop:g}{p})", style="red"))
+                console.print(
+                    Text(
+                        f"  REGRESSION {d.metric}: {d.before:.4f} → {d.after:.4f} (drop {d.drop:.4f} > {max_drop:g}{p})",
+                        style="red",
+                    )
+                )
             raise GateFailed(f"{len(regressions)} accuracy metric(s) dropped by more than --max-drop {max_drop:g}{why}")
 
 
@@ -65,8 +85,15 @@ def _print_table(console: Console, comparison, regressed: set[str], is_accuracy)
 
     title = f"{comparison.before_label} → {comparison.after_label} (Δ = after − before; accuracies with n and 95% interval)"
     table = Table(title=title, title_justify="left")
-    for col, just in (("metric", "left"), ("before", "right"), ("after", "right"), ("Δ", "right"),
-                      ("McNemar p", "right"), ("", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("metric", "left"),
+        ("before", "right"),
+        ("after", "right"),
+        ("Δ", "right"),
+        ("McNemar p", "right"),
+        ("", "left"),
+    )
+    for col, just in columns:
         table.add_column(col, justify=just)
     ib, ia = comparison.before.intervals(), comparison.after.intervals()
     for d in comparison.deltas:
@@ -81,14 +108,27 @@ def _print_table(console: Console, comparison, regressed: set[str], is_accuracy)
             delta = Text(f"{100 * d.delta:+.2f} pp", style="red" if d.delta < 0 else ("green" if d.delta > 0 else ""))
         else:
             delta = Text(f"{d.delta:+.4g}")
-        p = Text("—") if d.paired is None else Text(f"{d.paired.p_value:.3g}" + (" *" if d.significant else ""),
-                                                    style="bold" if d.significant else "")
+        p = (
+            Text("—")
+            if d.paired is None
+            else Text(f"{d.paired.p_value:.3g}" + (" *" if d.significant else ""), style="bold" if d.significant else "")
+        )
         mark = Text("REGRESSION", style="bold red") if d.metric in regressed else Text("")
         table.add_row(Text(d.metric), before, after, delta, p, mark)
     console.print(table)
-    console.print(Text("  * significant at 0.05: exact McNemar test on the samples whose outcome changed "
-                       "(two-sided; — where a metric has no per-sample results)", style="dim"))
+    console.print(
+        Text(
+            "  * significant at 0.05: exact McNemar test on the samples whose outcome changed "
+            "(two-sided; — where a metric has no per-sample results)",
+            style="dim",
+        )
+    )
     if comparison.unpaired:
         console.print(Text(f"  no paired test: {comparison.unpaired}", style="yellow"))
     if comparison.only_before or comparison.only_after:
-        console.print(Text(f"  only before: {', '.join(comparison.only_before) or '—'} · only after: {', '.join(comparison.only_after) or '—'}", style="dim"))
+        console.print(
+            Text(
+                f"  only before: {', '.join(comparison.only_before) or '—'} · only after: {', '.join(comparison.only_after) or '—'}",
+                style="dim",
+            )
+        )

@@ -1,4 +1,5 @@
 """`robaudit demo`: the whole loop on the embedded Fashion-MNIST model and data, offline."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,9 @@ def demo(
         # usage errors (radii, output folder) before any work
         if n < 1:
             raise UsageError("--num-samples (-n) must be >= 1")
-        config = ScanConfig(norm=Norm.LINF, eps=tuple(parse_eps_list(eps)), attacks=parse_attack_list("quick"), seed=seed, device=device)
+        config = ScanConfig(
+            norm=Norm.LINF, eps=tuple(parse_eps_list(eps)), attacks=parse_attack_list("quick"), seed=seed, device=device
+        )
         check_outputs(folders={"--out": (out, DEMO_FILES)})
         data = load_dataset("demo", DataRequest(n=n))
         loaded = load_model(str(DEMO_MODEL))

@@ -3,13 +3,13 @@
 Parse first (:func:`load_gates`, before any heavy work), evaluate on the result (:func:`evaluate`),
 then :func:`finish`: JUnit file, a table of the gates, and exit 1 (GateFailed) if any failed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -18,29 +18,41 @@ from ..gating import GateOutcome, GateSpec, evaluate_gates, find_gate_file, juni
 from ..outputs import atomic_write, atomic_write_all, check_outputs
 
 __all__ = [
-    "gate_file_option", "require_option", "junit_option", "load_gates", "evaluate", "finish", "print_outcome",
+    "gate_file_option",
+    "require_option",
+    "junit_option",
+    "load_gates",
+    "evaluate",
+    "finish",
+    "print_outcome",
     "print_metric_names",
 ]
 
 
 def gate_file_option():
     return typer.Option(
-        None, "--gate", help="Thresholds file: robaudit.toml (table 'gate') or pyproject.toml (table 'tool.robaudit.gate').",
+        None,
+        "--gate",
+        help="Thresholds file: robaudit.toml (table 'gate') or pyproject.toml (table 'tool.robaudit.gate').",
     )
 
 
 def require_option():
     return typer.Option(
-        None, "--require", help="Threshold '<metric> <op> <number>', e.g. 'robust_acc.pgd.linf@8/255 >= 0.40' or 'lower(robust_acc.ensemble.linf@8/255) >= 0.40' (the 95% interval's lower bound); repeatable.",
+        None,
+        "--require",
+        help="Threshold '<metric> <op> <number>', e.g. 'robust_acc.pgd.linf@8/255 >= 0.40' or 'lower(robust_acc.ensemble.linf@8/255) >= 0.40' (the 95% interval's lower bound); repeatable.",
     )
 
 
 def junit_option():
-    return typer.Option(None, "--junit", metavar="PATH", help="Write the gate outcomes as JUnit XML here (one testcase per gate).")
+    return typer.Option(
+        None, "--junit", metavar="PATH", help="Write the gate outcomes as JUnit XML here (one testcase per gate)."
+    )
 
 
 def load_gates(
-    gate_file: Optional[Path], requires: Optional[List[str]], *, junit: Optional[str] = None, discover: bool = False
+    gate_file: Path | None, requires: list[str] | None, *, junit: str | None = None, discover: bool = False
 ) -> GateSpec | None:
     """The gates asked for, or None. With ``discover`` and nothing given, look for robaudit.toml /
     pyproject.toml in the current directory; finding none is a usage error. ``--junit`` without
@@ -84,8 +96,9 @@ def print_metric_names(source, console: Console) -> None:
             line += "  (accuracy: also lower(...), upper(...))"
         console.print(Text(line.rstrip()), soft_wrap=True)
     for check in getattr(source, "unpredictable", ()):
-        console.print(Text(f"# check {check!r} names its metrics only when it runs (see the result's --list-metrics)"),
-                      soft_wrap=True)
+        console.print(
+            Text(f"# check {check!r} names its metrics only when it runs (see the result's --list-metrics)"), soft_wrap=True
+        )
     console.print(Text(f"# {len(names)} metrics; use as --require '<metric> >= <number>' or in a [gate] file"), soft_wrap=True)
 
 
@@ -93,8 +106,15 @@ def evaluate(result, spec: GateSpec | None) -> GateOutcome | None:
     return evaluate_gates(result, spec) if spec else None
 
 
-def write_reports(result, outcome: GateOutcome | None, html_path: Optional[str], csv_dir: Optional[str], *,
-                  json_path: Optional[str] = None, junit: Optional[str] = None) -> list:
+def write_reports(
+    result,
+    outcome: GateOutcome | None,
+    html_path: str | None,
+    csv_dir: str | None,
+    *,
+    json_path: str | None = None,
+    junit: str | None = None,
+) -> list:
     """Every output asked for — the result JSON, the HTML report (with the gate outcome in its
     verdict), the CSV tables, the gates' JUnit XML — rendered first, then written all or none
     (:func:`robaudit.outputs.atomic_write_all`): an error while rendering or a full disk leaves
@@ -120,7 +140,14 @@ def print_outcome(outcome: GateOutcome, console: Console, *, failures_only: bool
     rows = outcome.failures if failures_only else outcome.results
     title = "Failed gates" if failures_only else "Gates"
     table = Table(title=title, title_justify="left")
-    for col, just in (("gate", "left"), ("actual", "right"), ("threshold", "right"), ("result", "left"), ("source", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("gate", "left"),
+        ("actual", "right"),
+        ("threshold", "right"),
+        ("result", "left"),
+        ("source", "left"),
+    )
+    for col, just in columns:
         table.add_column(col, justify=just, overflow="fold")
     for r in rows:
         threshold = f"{r.op} {r.threshold:.6g}" if r.threshold is not None else "absent"
@@ -133,7 +160,7 @@ def print_outcome(outcome: GateOutcome, console: Console, *, failures_only: bool
             console.print(Text(f"  {r.message}"))
 
 
-def finish(outcome: GateOutcome | None, junit: Optional[str], console: Console, *, quiet: bool = False) -> None:
+def finish(outcome: GateOutcome | None, junit: str | None, console: Console, *, quiet: bool = False) -> None:
     """Write JUnit, show the gates (only failures when quiet), raise GateFailed (exit 1) on failure."""
     if outcome is None:
         return
@@ -150,10 +177,12 @@ def finish(outcome: GateOutcome | None, junit: Optional[str], console: Console, 
 
 def gate(
     results: Path = typer.Argument(..., help="A results.json written by `robaudit scan --json`."),
-    gate_file: Optional[Path] = gate_file_option(),
-    require: Optional[List[str]] = require_option(),
-    junit: Optional[str] = junit_option(),
-    list_metrics: bool = typer.Option(False, "--list-metrics", help="Print the result's metric names, values and 95% intervals, and exit."),
+    gate_file: Path | None = gate_file_option(),
+    require: list[str] | None = require_option(),
+    junit: str | None = junit_option(),
+    list_metrics: bool = typer.Option(
+        False, "--list-metrics", help="Print the result's metric names, values and 95% intervals, and exit."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Show only failed gates."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:

@@ -1,6 +1,7 @@
 """`robaudit list [KIND] [-v]`: what is registered (built-ins and plugins) for architectures, datasets,
 attacks, checks and hardeners. Without ``-v`` plugins are listed from their metadata, without
 importing them; ``-v`` imports each entry to show its parameters with their defaults and its paper."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +10,7 @@ import inspect
 import re
 
 import typer
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -26,8 +28,7 @@ def _registries():
     from ..harden import HARDENERS
     from ..models import ARCHITECTURES
 
-    return {"architectures": ARCHITECTURES, "datasets": DATASETS, "attacks": ATTACKS, "checks": CHECKS,
-            "hardeners": HARDENERS}
+    return {"architectures": ARCHITECTURES, "datasets": DATASETS, "attacks": ATTACKS, "checks": CHECKS, "hardeners": HARDENERS}
 
 
 def _kind(kind: str, kinds) -> str:
@@ -58,7 +59,7 @@ def parameters(kind: str, obj) -> list[str]:
     """``name=default`` for what a user can set: attack/hardener dataclass fields, check parameters
     (``--checks name:k=v``), architecture factory arguments (``--arch-kwargs k=v``)."""
     if kind == "checks":
-        from ..config import check_parameters
+        from ..checks.base import check_parameters
 
         return [f"{k}={_value(v)}" for k, v in check_parameters(obj).items()]
     if dataclasses.is_dataclass(obj):
@@ -66,8 +67,11 @@ def parameters(kind: str, obj) -> list[str]:
         for f in dataclasses.fields(obj):
             if f.name == "counter" or f.name.startswith("_"):
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")  # type: ignore[misc]
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+            )
             out.append(f"{f.name}={_value(default)}")
         return out
     if callable(obj):
@@ -89,10 +93,11 @@ def parameters(kind: str, obj) -> list[str]:
 def paper(kind: str, obj) -> str:
     """Where the entry comes from: a check's description; else the first paragraph that cites a
     paper (names a year) in the entry's docstring, then in its module's; else its first paragraph."""
-    if kind == "checks" and getattr(obj, "description", ""):
-        return str(obj.description)
+    description = getattr(obj, "description", None)
+    if kind == "checks" and description:
+        return str(description)
     module = inspect.getmodule(obj)
-    candidates = _paragraphs(getattr(obj, "__doc__", ""))[:2] + _paragraphs(getattr(module, "__doc__", ""))[:2]
+    candidates = _paragraphs(getattr(obj, "__doc__", ""))[:2] + _paragraphs(module.__doc__ if module is not None else "")[:2]
     return next((p for p in candidates if _CITES.search(p)), candidates[0] if candidates else "")
 
 
@@ -103,8 +108,12 @@ def _details(kind: str, entry) -> list[str]:
         norms = ", ".join(n.value for n in getattr(obj, "norms", ()))
         lines.append(f"{getattr(obj, 'kind', '?')}; norms: {norms}")
     params = parameters(kind, obj) if kind != "datasets" else []
-    how = {"attacks": "--attacks NAME:k=v", "checks": "--checks NAME:k=v", "architectures": "--arch-kwargs k=v",
-           "hardeners": "robaudit harden --help"}.get(kind)
+    how = {
+        "attacks": "--attacks NAME:k=v",
+        "checks": "--checks NAME:k=v",
+        "architectures": "--arch-kwargs k=v",
+        "hardeners": "robaudit harden --help",
+    }.get(kind)
     if params:
         lines.append(f"parameters ({how}): " + ", ".join(params))
     if kind == "architectures":
@@ -114,7 +123,12 @@ def _details(kind: str, entry) -> list[str]:
 
 def list_command(
     kind: str = typer.Argument("all", help="architectures, datasets, attacks, checks, hardeners, or all (singular accepted)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also each entry's parameters with their defaults and its paper, and every model source with an example and its kwargs (imports plugins)."),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Also each entry's parameters with their defaults and its paper, and every model source with an example and its kwargs (imports plugins).",
+    ),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
     """List the registered architectures, datasets, attacks, checks and hardeners, with where each comes from."""
@@ -169,4 +183,6 @@ def print_model_sources(console: Console, verbose: bool) -> None:
         d = describe(source)
         t.add_row(Text(d["name"]), Text(d["trust"]), Text(d["installed"]))
     console.print(t)
-    console.print(Text("  (robaudit list architectures -v: an example command, what is read and the kwargs of each source)", style="dim"))
+    console.print(
+        Text("  (robaudit list architectures -v: an example command, what is read and the kwargs of each source)", style="dim")
+    )

@@ -1,13 +1,14 @@
 """The `robaudit` Typer app. Exit codes: 0 ok · 1 gate failed · 2 usage · 3 input · 4 runtime."""
+
 from __future__ import annotations
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from .compare import compare
 from .demo import demo
-from .harden import harden_cli
 from .gate_options import gate
+from .harden import harden_cli
 from .listing import list_command
 from .merge import merge
 from .plugins import plugins_command
@@ -32,10 +33,13 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
-                                 help="Print robaudit's version and exit."),
+    version: bool = typer.Option(
+        False, "--version", "-V", is_eager=True, callback=_print_version, help="Print robaudit's version and exit."
+    ),
 ) -> None:
     """How robust is an image classifier, why, and did a change make it better?"""
+
+
 app.command("scan")(scan)
 app.command("demo")(demo)
 app.command("harden")(harden_cli)

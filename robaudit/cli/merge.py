@@ -1,8 +1,8 @@
 """`robaudit merge part_*.json -o result.json`: one ScanResult from the part files of a sharded scan."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -11,13 +11,15 @@ from .gate_options import evaluate, finish, gate_file_option, junit_option, load
 
 
 def merge(
-    parts: List[Path] = typer.Argument(..., help="The part files of every shard (robaudit scan --shard K/N --json PART)."),
+    parts: list[Path] = typer.Argument(..., help="The part files of every shard (robaudit scan --shard K/N --json PART)."),
     output: str = typer.Option(..., "--output", "-o", metavar="PATH", help="Where to write the merged ScanResult (JSON)."),
-    html_path: Optional[str] = typer.Option(None, "--html", metavar="PATH", help="Also write the HTML report here."),
-    csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help="Also write samples.csv and robust_accuracy.csv into this folder."),
-    gate_file: Optional[Path] = gate_file_option(),
-    require: Optional[List[str]] = require_option(),
-    junit: Optional[str] = junit_option(),
+    html_path: str | None = typer.Option(None, "--html", metavar="PATH", help="Also write the HTML report here."),
+    csv_dir: str | None = typer.Option(
+        None, "--csv", metavar="DIR", help="Also write samples.csv and robust_accuracy.csv into this folder."
+    ),
+    gate_file: Path | None = gate_file_option(),
+    require: list[str] | None = require_option(),
+    junit: str | None = junit_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -29,10 +31,9 @@ def merge(
     """
     with error_boundary(debug):
         from ..distributed import merge_part_files
-        from ..report.terminal import print_summary
-
         from ..outputs import check_outputs
         from ..report.tables import CSV_FILES
+        from ..report.terminal import print_summary
 
         spec = load_gates(gate_file, require, junit=junit)
         check_outputs(  # usage errors (output paths) before reading the parts

@@ -3,6 +3,7 @@
 Listing imports no plugin (nor torch for their sake); ``--check`` imports each one and verifies its
 object against its group's interface (docs/plugins.md). Built-ins are listed by `robaudit list`.
 """
+
 from __future__ import annotations
 
 import typer
@@ -23,8 +24,7 @@ def plugins_command(
         console = make_console()
         infos, collisions = discover()
         if not infos:
-            console.print(f"no robaudit plugins installed (entry-point groups: {', '.join(GROUPS)}); "
-                          "see docs/plugins.md")
+            console.print(f"no robaudit plugins installed (entry-point groups: {', '.join(GROUPS)}); see docs/plugins.md")
             return
         t = Table(title="robaudit plugins", title_justify="left")
         for col in ("group", "name", "distribution", "version"):
@@ -36,8 +36,10 @@ def plugins_command(
 
         failures = 0
         for info in infos:
-            row = [Text(v) for v in (info.group.removeprefix("robaudit."), info.name, info.distribution,
-                                     info.version, info.target)]
+            row = [
+                Text(v)
+                for v in (info.group.removeprefix("robaudit."), info.name, info.distribution, info.version, info.target)
+            ]
             if check:
                 problem = check_plugin(info)
                 failures += problem is not None

@@ -1,8 +1,8 @@
 """`robaudit report results.json -o report.html`: re-render a saved result (nothing is recomputed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -13,11 +13,15 @@ from .gate_options import evaluate, finish, gate_file_option, junit_option, load
 
 def report(
     results: Path = typer.Argument(..., help="A results.json written by `robaudit scan --json`."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help="HTML file to write (default: next to the JSON, .html)."),
-    csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help="Also write samples.csv and robust_accuracy.csv into this folder."),
-    gate_file: Optional[Path] = gate_file_option(),
-    require: Optional[List[str]] = require_option(),
-    junit: Optional[str] = junit_option(),
+    output: str | None = typer.Option(
+        None, "--output", "-o", metavar="PATH", help="HTML file to write (default: next to the JSON, .html)."
+    ),
+    csv_dir: str | None = typer.Option(
+        None, "--csv", metavar="DIR", help="Also write samples.csv and robust_accuracy.csv into this folder."
+    ),
+    gate_file: Path | None = gate_file_option(),
+    require: list[str] | None = require_option(),
+    junit: str | None = junit_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and failed gates."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -32,7 +36,8 @@ def report(
         spec = load_gates(gate_file, require, junit=junit)
         out = output if output is not None else str(results.with_suffix(".html"))
         check_outputs(
-            files={"--output": out, "--junit": junit}, folders={"--csv": (csv_dir, CSV_FILES)},
+            files={"--output": out, "--junit": junit},
+            folders={"--csv": (csv_dir, CSV_FILES)},
             inputs={"RESULTS": results, "--gate": gate_file},
         )
         result = ScanResult.read_json(results)

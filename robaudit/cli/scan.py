@@ -1,66 +1,165 @@
 """`robaudit scan CHECKPOINT --dataset NAME`: load, check it fits, run the battery, summarize."""
+
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional
+from typing import Any
 
 import typer
 from rich.text import Text
 
-from ..config import DEFAULT_CHECKS, ScanConfig
+from ..config import DEFAULT_CHECKS, ScanConfig, predict_metric_names
 from ..errors import UsageError
 from ..gating import check_metric_names
-from ..metric_names import predict_metric_names
 from ..outputs import check_outputs
 from ..report.terminal import print_summary
 from ..results import ScanResult
 from ._common import command_line, dataset_file, error_boundary, make_console, parse_floats, parse_shape
 from .gate_options import (
-    evaluate, finish, gate_file_option, junit_option, load_gates, print_metric_names, require_option, write_reports,
+    evaluate,
+    finish,
+    gate_file_option,
+    junit_option,
+    load_gates,
+    print_metric_names,
+    require_option,
+    write_reports,
 )
 
 
 def scan(
-    checkpoint: Optional[Path] = typer.Argument(None, help="Model file: .safetensors, a pickled state dict, .onnx, TorchScript or .pt2 (torch.export). Omit it for published weights named by --arch/--weights."),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="cifar10, cifar100, mnist, fashion-mnist, svhn, demo, imagefolder:PATH, or a .npz/.safetensors/.pt tensor file."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset lives (also $ROBAUDIT_DATA)."),
-    download: bool = typer.Option(False, "--download", help="Download the dataset or the published weights if missing (needs internet)."),
+    checkpoint: Path | None = typer.Argument(
+        None,
+        help="Model file: .safetensors, a pickled state dict, .onnx, TorchScript or .pt2 (torch.export). Omit it for published weights named by --arch/--weights.",
+    ),
+    dataset: str = typer.Option(
+        ...,
+        "--dataset",
+        "-d",
+        help="cifar10, cifar100, mnist, fashion-mnist, svhn, demo, imagefolder:PATH, or a .npz/.safetensors/.pt tensor file.",
+    ),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where the dataset lives (also $ROBAUDIT_DATA)."),
+    download: bool = typer.Option(
+        False, "--download", help="Download the dataset or the published weights if missing (needs internet)."
+    ),
     split: str = typer.Option("test", "--split", help="test or train."),
-    n: Optional[int] = typer.Option(None, "--num-samples", "--n", "-n", help="Scan N samples (see --sample). Under torchrun write --num-samples (or -n): torchrun's own parser takes --n for an abbreviation of its options and stops."),
-    sample: Optional[str] = typer.Option(None, "--sample", help="How --num-samples chooses: first (the first N, RobustBench's convention; default for built-in datasets and tensor files) or stratified (a seeded class-stratified subset; default for imagefolder:)."),
-    train_n: Optional[int] = typer.Option(None, "--train-n", help="Also compute margins and loss on N training samples, chosen as --sample chooses (train/test loss gap)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="imagefolder: resize short side + centre crop."),
-    resize: Optional[int] = typer.Option(None, "--resize", help="imagefolder: short side before the --image-size centre crop (ImageNet: --resize 256 --image-size 224)."),
-    class_map: Optional[Path] = typer.Option(None, "--class-map", help="imagefolder: folder name → model class index (JSON object, JSON list, or one folder per line, e.g. LOC_synset_mapping.txt)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes decoding images of a lazy dataset (default: one per core beyond the first, at most 4)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: a built-in name, torchvision:NAME[:WEIGHTS], timm:NAME[.TAG], or path/to/net.py:Class."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Published weights of a torchvision:/timm: --arch from the local cache (IMAGENET1K_V2, DEFAULT; a timm tag), or a weights file."),
-    arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON object or k=v,k=v for the architecture."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of the model (default: metadata, else the dataset's)."),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W the model expects (default: metadata, else the dataset's)."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel normalization mean the model expects, e.g. 0.4914,0.4822,0.4465."),
-    std: Optional[str] = typer.Option(None, "--std", help="Per-channel normalization std."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Load a checkpoint that can run code: TorchScript, torch.export (.pt2), or a pickle of arbitrary Python objects. Only for files you trust (docs/security.md)."),
+    n: int | None = typer.Option(
+        None,
+        "--num-samples",
+        "--n",
+        "-n",
+        help="Scan N samples (see --sample). Under torchrun write --num-samples (or -n): torchrun's own parser takes --n for an abbreviation of its options and stops.",
+    ),
+    sample: str | None = typer.Option(
+        None,
+        "--sample",
+        help="How --num-samples chooses: first (the first N, RobustBench's convention; default for built-in datasets and tensor files) or stratified (a seeded class-stratified subset; default for imagefolder:).",
+    ),
+    train_n: int | None = typer.Option(
+        None,
+        "--train-n",
+        help="Also compute margins and loss on N training samples, chosen as --sample chooses (train/test loss gap).",
+    ),
+    image_size: int | None = typer.Option(None, "--image-size", help="imagefolder: resize short side + centre crop."),
+    resize: int | None = typer.Option(
+        None,
+        "--resize",
+        help="imagefolder: short side before the --image-size centre crop (ImageNet: --resize 256 --image-size 224).",
+    ),
+    class_map: Path | None = typer.Option(
+        None,
+        "--class-map",
+        help="imagefolder: folder name → model class index (JSON object, JSON list, or one folder per line, e.g. LOC_synset_mapping.txt).",
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="Processes decoding images of a lazy dataset (default: one per core beyond the first, at most 4).",
+    ),
+    arch: str | None = typer.Option(
+        None,
+        "--arch",
+        help="Architecture: a built-in name, torchvision:NAME[:WEIGHTS], timm:NAME[.TAG], or path/to/net.py:Class.",
+    ),
+    weights: str | None = typer.Option(
+        None,
+        "--weights",
+        help="Published weights of a torchvision:/timm: --arch from the local cache (IMAGENET1K_V2, DEFAULT; a timm tag), or a weights file.",
+    ),
+    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs", help="JSON object or k=v,k=v for the architecture."),
+    num_classes: int | None = typer.Option(
+        None, "--num-classes", help="Classes of the model (default: metadata, else the dataset's)."
+    ),
+    input_shape: str | None = typer.Option(
+        None, "--input-shape", help="C,H,W the model expects (default: metadata, else the dataset's)."
+    ),
+    mean: str | None = typer.Option(
+        None, "--mean", help="Per-channel normalization mean the model expects, e.g. 0.4914,0.4822,0.4465."
+    ),
+    std: str | None = typer.Option(None, "--std", help="Per-channel normalization std."),
+    trust_checkpoint: bool = typer.Option(
+        False,
+        "--trust-checkpoint",
+        help="Load a checkpoint that can run code: TorchScript, torch.export (.pt2), or a pickle of arbitrary Python objects. Only for files you trust (docs/security.md).",
+    ),
     norm: str = typer.Option("linf", "--norm", help="Threat model: linf or l2."),
-    eps: Optional[str] = typer.Option(None, "--eps", help="Radii on the [0,1] pixel scale: 0.1,0.2 or 8/255 (default: 0.1 for 1-channel data, 8/255 for colour)."),
-    attacks: str = typer.Option("quick", "--attacks", help="Preset (quick, standard, paper) or a list, e.g. pgd:steps=50:restarts=2,fgsm."),
-    ensemble: Optional[str] = typer.Option(None, "--ensemble", help="independent (every attack on every sample) or cascade (skip samples already broken); default: cascade for standard, else independent."),
-    checks: str = typer.Option(",".join(DEFAULT_CHECKS), "--checks", help="Checks to run, or 'all' (see `robaudit list checks`)."),
+    eps: str | None = typer.Option(
+        None,
+        "--eps",
+        help="Radii on the [0,1] pixel scale: 0.1,0.2 or 8/255 (default: 0.1 for 1-channel data, 8/255 for colour).",
+    ),
+    attacks: str = typer.Option(
+        "quick", "--attacks", help="Preset (quick, standard, paper) or a list, e.g. pgd:steps=50:restarts=2,fgsm."
+    ),
+    ensemble: str | None = typer.Option(
+        None,
+        "--ensemble",
+        help="independent (every attack on every sample) or cascade (skip samples already broken); default: cascade for standard, else independent.",
+    ),
+    checks: str = typer.Option(
+        ",".join(DEFAULT_CHECKS), "--checks", help="Checks to run, or 'all' (see `robaudit list checks`)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     batch_size: int = typer.Option(256, "--batch-size", help="Batch size; halves automatically on out-of-memory."),
-    compute_block: Optional[int] = typer.Option(None, "--compute-block", help="Run the model on blocks of exactly this many rows (padding the last) so per-sample results are bit-identical at any --batch-size, shard or process count (costs up to N-1 padded rows per call)."),
-    precision: str = typer.Option("float32", "--precision", help="dtype of the attacks' forward passes: float32, bfloat16 (CPU or CUDA) or float16 (CUDA only), under torch.autocast; clean accuracy, margins and geometry stay float32, and every adversarial example is re-checked in float32 before it counts."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Run the model and its image batches in torch.channels_last memory format (same values, other convolution kernels: logits equal up to float rounding) / in the default format. Neither: chosen at scan start by timing a few passes of both on a probe batch (channels_last when ≥5% faster with the same decisions; the default format under --compute-block and --shard); the choice is in the summary and provenance.memory_format."),
-    seed: int = typer.Option(0, "--seed", help="Seed for every random draw (attack starts); same seed + device → same result."),
-    json_path: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the ScanResult as JSON here (with --shard: this shard's part file)."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: scan only shard K (0-based) of N (samples p with p % N == K) and write a part file with --json; combine the N parts with `robaudit merge`."),
-    html_path: Optional[str] = typer.Option(None, "--html", metavar="PATH", help="Write the self-contained HTML report here."),
-    csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help="Write samples.csv and robust_accuracy.csv into this folder."),
-    gate_file: Optional[Path] = gate_file_option(),
-    require: Optional[List[str]] = require_option(),
-    junit: Optional[str] = junit_option(),
-    list_metrics: bool = typer.Option(False, "--list-metrics", help="Print the metric names this scan would produce (for --require / --gate) and exit; loads the data and model but runs nothing."),
+    compute_block: int | None = typer.Option(
+        None,
+        "--compute-block",
+        help="Run the model on blocks of exactly this many rows (padding the last) so per-sample results are bit-identical at any --batch-size, shard or process count (costs up to N-1 padded rows per call).",
+    ),
+    precision: str = typer.Option(
+        "float32",
+        "--precision",
+        help="dtype of the attacks' forward passes: float32, bfloat16 (CPU or CUDA) or float16 (CUDA only), under torch.autocast; clean accuracy, margins and geometry stay float32, and every adversarial example is re-checked in float32 before it counts.",
+    ),
+    channels_last: bool | None = typer.Option(
+        None,
+        "--channels-last/--no-channels-last",
+        help="Run the model and its image batches in torch.channels_last memory format (same values, other convolution kernels: logits equal up to float rounding) / in the default format. Neither: chosen at scan start by timing a few passes of both on a probe batch (channels_last when ≥5% faster with the same decisions; the default format under --compute-block and --shard); the choice is in the summary and provenance.memory_format.",
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed for every random draw (attack starts); same seed + device → same result."
+    ),
+    json_path: str | None = typer.Option(
+        None, "--json", metavar="PATH", help="Write the ScanResult as JSON here (with --shard: this shard's part file)."
+    ),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        help="K/N: scan only shard K (0-based) of N (samples p with p % N == K) and write a part file with --json; combine the N parts with `robaudit merge`.",
+    ),
+    html_path: str | None = typer.Option(None, "--html", metavar="PATH", help="Write the self-contained HTML report here."),
+    csv_dir: str | None = typer.Option(
+        None, "--csv", metavar="DIR", help="Write samples.csv and robust_accuracy.csv into this folder."
+    ),
+    gate_file: Path | None = gate_file_option(),
+    require: list[str] | None = require_option(),
+    junit: str | None = junit_option(),
+    list_metrics: bool = typer.Option(
+        False,
+        "--list-metrics",
+        help="Print the metric names this scan would produce (for --require / --gate) and exit; loads the data and model but runs nothing.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -87,8 +186,9 @@ def scan(
 
         def before_scan(config, data, loaded) -> bool:
             """Gate names checked against the names this scan will produce; --list-metrics prints them."""
-            predicted = predict_metric_names(config, input_shape=data.input_shape, num_classes=data.num_classes,
-                                             model=loaded.model, train_n=train_n)
+            predicted = predict_metric_names(
+                config, input_shape=data.input_shape, num_classes=data.num_classes, model=loaded.model, train_n=train_n
+            )
             if list_metrics:
                 print_metric_names(predicted, make_console())
                 return False
@@ -96,12 +196,39 @@ def scan(
             return True
 
         result = scan_command(
-            checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, download=download, split=split, n=n, train_n=train_n,
-            sample=sample, resize=resize, class_map=class_map, workers=workers,
-            image_size=image_size, arch=arch, weights=weights, arch_kwargs=arch_kwargs, num_classes=num_classes,
-            input_shape=input_shape, mean=mean, std=std, trust_checkpoint=trust_checkpoint, norm=norm, eps=eps,
-            attacks=attacks, ensemble=ensemble, checks=checks, device=device, batch_size=batch_size, seed=seed, quiet=quiet,
-            compute_block=compute_block, shard=part, before_scan=before_scan, precision=precision,
+            checkpoint=checkpoint,
+            dataset=dataset,
+            data_dir=data_dir,
+            download=download,
+            split=split,
+            n=n,
+            train_n=train_n,
+            sample=sample,
+            resize=resize,
+            class_map=class_map,
+            workers=workers,
+            image_size=image_size,
+            arch=arch,
+            weights=weights,
+            arch_kwargs=arch_kwargs,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            mean=mean,
+            std=std,
+            trust_checkpoint=trust_checkpoint,
+            norm=norm,
+            eps=eps,
+            attacks=attacks,
+            ensemble=ensemble,
+            checks=checks,
+            device=device,
+            batch_size=batch_size,
+            seed=seed,
+            quiet=quiet,
+            compute_block=compute_block,
+            shard=part,
+            before_scan=before_scan,
+            precision=precision,
             channels_last=channels_last,
         )
         if result is None:  # --list-metrics, or a torchrun rank other than 0: rank 0 writes and prints
@@ -109,11 +236,17 @@ def scan(
         if part is not None:
             from ..distributed import write_part
 
+            assert json_path is not None and isinstance(result, dict)  # _check_shard_outputs; a shard's payload
             write_part(json_path, result)
             if not quiet:
-                make_console().print(f"  shard {part.index}/{part.count}: part written to {json_path}; combine all "
-                                     f"{part.count} with `robaudit merge`", markup=False, highlight=False)
+                make_console().print(
+                    f"  shard {part.index}/{part.count}: part written to {json_path}; combine all "
+                    f"{part.count} with `robaudit merge`",
+                    markup=False,
+                    highlight=False,
+                )
             return
+        assert isinstance(result, ScanResult)
         outcome = evaluate(result, gates)
         write_reports(result, outcome, html_path, csv_dir, json_path=json_path, junit=junit)
         console = make_console()
@@ -126,18 +259,51 @@ def scan(
         finish(outcome, None, console, quiet=quiet)  # --junit is written with the other outputs
 
 
+_DEFAULT_CHECKS_TEXT = ",".join(DEFAULT_CHECKS)
+
+
 def scan_command(
-    *, checkpoint, dataset, data_dir=None, download=False, split="test", n=None, train_n=None, image_size=None, arch=None,
-    sample=None, resize=None, class_map=None, workers=None, compute_block=None, shard=None,
-    weights=None, arch_kwargs=None, num_classes=None, input_shape=None, mean=None, std=None, trust_checkpoint=False,
-    norm="linf", eps=None, attacks="quick", ensemble=None, checks=",".join(DEFAULT_CHECKS), device="auto", batch_size=256,
-    seed=0, quiet=True, before_scan=None, precision="float32", channels_last=None,
-) -> ScanResult | None:
+    *,
+    checkpoint,
+    dataset,
+    data_dir=None,
+    download=False,
+    split="test",
+    n=None,
+    train_n=None,
+    image_size=None,
+    arch=None,
+    sample=None,
+    resize=None,
+    class_map=None,
+    workers=None,
+    compute_block=None,
+    shard=None,
+    weights=None,
+    arch_kwargs=None,
+    num_classes=None,
+    input_shape=None,
+    mean=None,
+    std=None,
+    trust_checkpoint=False,
+    norm="linf",
+    eps=None,
+    attacks="quick",
+    ensemble=None,
+    checks=_DEFAULT_CHECKS_TEXT,
+    device="auto",
+    batch_size=256,
+    seed=0,
+    quiet=True,
+    before_scan=None,
+    precision="float32",
+    channels_last=None,
+) -> ScanResult | dict[str, Any] | None:
     """Parse every option first (usage errors before any heavy work), then load and scan.
 
     ``before_scan(config, data, loaded)``, when given, runs after loading the data and the model and
     before any forward pass (the fit check included); if it returns False nothing else runs and the
-    result is None."""
+    result is None. With ``shard`` the result is the shard's payload (:func:`robaudit.distributed.run_shard`)."""
     from ..data import DataRequest, load_dataset  # torch-heavy: imported when a scan runs, not for --help
     from ..engine import run_scan
     from ..models import align_labels, check_fits, open_model, parse_arch_kwargs
@@ -146,22 +312,48 @@ def scan_command(
         raise UsageError("--num-samples (-n) must be >= 1")
     if train_n is not None and train_n < 1:
         raise UsageError("--train-n must be >= 1")
-    config = ScanConfig.parse(norm=norm, eps=eps, attacks=attacks, ensemble=ensemble, checks=checks, seed=seed,
-                              device=device, batch_size=batch_size, workers=workers, compute_block=compute_block,
-                              precision=precision, channels_last=channels_last)
+    config = ScanConfig.parse(
+        norm=norm,
+        eps=eps,
+        attacks=attacks,
+        ensemble=ensemble,
+        checks=checks,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        compute_block=compute_block,
+        precision=precision,
+        channels_last=channels_last,
+    )
     kwargs = parse_arch_kwargs(arch_kwargs) if arch_kwargs else None
     shape = parse_shape(input_shape)
     mean_t, std_t = parse_floats(mean, "--mean"), parse_floats(std, "--std")
     if (mean_t is None) != (std_t is None):
         raise UsageError("--mean and --std go together; give both or neither")
     opened = open_model(
-        str(checkpoint) if checkpoint is not None else None, arch=arch, weights=weights, arch_kwargs=kwargs,
-        num_classes=num_classes or None, input_shape=shape, mean=mean_t, std=std_t, trust_checkpoint=trust_checkpoint,
+        str(checkpoint) if checkpoint is not None else None,
+        arch=arch,
+        weights=weights,
+        arch_kwargs=kwargs,
+        num_classes=num_classes or None,
+        input_shape=shape,
+        mean=mean_t,
+        std=std_t,
+        trust_checkpoint=trust_checkpoint,
         download=download,
     )
-    request = DataRequest(split=split, n=n, data_dir=str(data_dir) if data_dir else None, download=download, seed=seed,
-                          image_size=model_image_size(opened, image_size), sample=sample,
-                          resize=model_resize(opened, resize), class_map=str(class_map) if class_map else None)
+    request = DataRequest(
+        split=split,
+        n=n,
+        data_dir=str(data_dir) if data_dir else None,
+        download=download,
+        seed=seed,
+        image_size=model_image_size(opened, image_size),
+        sample=sample,
+        resize=model_resize(opened, resize),
+        class_map=str(class_map) if class_map else None,
+    )
     data = load_dataset(dataset, request)
     config.radii(data.input_shape)  # ℓ2 radii against the data's dimension, before the model is built
     loaded = opened.build(default_num_classes=data.num_classes, default_input_shape=data.input_shape)
@@ -175,13 +367,22 @@ def scan_command(
         train = load_dataset(dataset, replace(request, split="train", n=train_n))
         if class_map is None:
             train = align_labels(train, loaded.info)
-    from ..distributed import run_shard, run_torchrun, torchrun_env
+    from ..distributed import run_shard, torchrun_env
+    from ..torchrun import run_torchrun
 
     if shard is not None:
         if torchrun_env() is not None:
             raise UsageError("--shard and torchrun both split the samples; use one of them")
-        return run_shard(loaded, data, config, shard, quiet=quiet, command_line=command_line(), train_data=train,
-                         label=f"[shard {shard.index}/{shard.count}]")
+        return run_shard(
+            loaded,
+            data,
+            config,
+            shard,
+            quiet=quiet,
+            command_line=command_line(),
+            train_data=train,
+            label=f"[shard {shard.index}/{shard.count}]",
+        )
     if torchrun_env() is not None:
         return run_torchrun(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
     return run_scan(loaded, data, config, quiet=quiet, command_line=command_line(), train_data=train)
@@ -212,7 +413,18 @@ def _check_shard_outputs(json_path, html_path, csv_dir, gate_file, require, juni
     """A shard writes a part file, not a result: --json is needed, result outputs are for merge."""
     if json_path is None:
         raise UsageError("--shard needs --json PART_FILE (the shard's part; `robaudit merge` combines the parts)")
-    given = [name for name, value in (("--html", html_path), ("--csv", csv_dir), ("--gate", gate_file),
-                                      ("--require", require), ("--junit", junit)) if value]
+    given = [
+        name
+        for name, value in (
+            ("--html", html_path),
+            ("--csv", csv_dir),
+            ("--gate", gate_file),
+            ("--require", require),
+            ("--junit", junit),
+        )
+        if value
+    ]
     if given:
-        raise UsageError(f"{', '.join(given)}: outputs of the merged result; give them to `robaudit merge`, not to a --shard scan")
+        raise UsageError(
+            f"{', '.join(given)}: outputs of the merged result; give them to `robaudit merge`, not to a --shard scan"
+        )

@@ -4,6 +4,7 @@
 ``demo``, plugins...), ``imagefolder:PATH``, or a ``.npz``/``.safetensors``/``.pt``/``.pth`` file,
 and takes the ``request.n`` samples that ``request.sample`` chooses (:mod:`robaudit.data.sampling`).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -35,7 +36,7 @@ _IMAGEFOLDER = "imagefolder:"
 def _load_all(name: str, request: DataRequest) -> tuple[DataSpec, str]:
     """(the dataset, read as far as ``request.n`` needs, its default sampling mode)."""
     if name.lower().startswith(_IMAGEFOLDER):
-        return load_image_folder(name[len(_IMAGEFOLDER):], replace(request, n=None), name=name), "stratified"
+        return load_image_folder(name[len(_IMAGEFOLDER) :], replace(request, n=None), name=name), "stratified"
     if request.class_map is not None or request.resize is not None:
         raise UsageError("--class-map and --resize apply to imagefolder: datasets only")
     path = Path(name).expanduser()

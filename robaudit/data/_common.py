@@ -1,4 +1,5 @@
 """Shared helpers: request validation, the search-path list, uint8 pixels."""
+
 from __future__ import annotations
 
 import os
@@ -98,8 +99,5 @@ def check_labels(y: np.ndarray, num_classes: int, source: str | Path) -> torch.T
     if y.dtype.kind not in "iu":
         raise DatasetError(f"{source}: labels have dtype {y.dtype}, expected integers")
     if y.size and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise DatasetError(
-            f"{source}: labels range from {int(y.min())} to {int(y.max())}, "
-            f"expected 0..{num_classes - 1}"
-        )
+        raise DatasetError(f"{source}: labels range from {int(y.min())} to {int(y.max())}, expected 0..{num_classes - 1}")
     return torch.from_numpy(y.astype(np.int64))

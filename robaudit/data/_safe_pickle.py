@@ -3,6 +3,7 @@
 A data file must never execute code, so ``find_class`` resolves only the handful of numpy
 globals needed to rebuild arrays; any other global makes the load fail with DatasetError.
 """
+
 from __future__ import annotations
 
 import _codecs

@@ -3,6 +3,7 @@
 It needs no download, so ``robaudit scan --data demo`` works on any machine. Rebuild the asset
 with ``scripts/build_demo_data.py``.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -25,13 +26,14 @@ def demo(request: DataRequest) -> DataSpec:
     """The first 1000 Fashion-MNIST test images (uint8 in the package; returned as pixels in [0,1])."""
     if request.split != "test":
         raise UsageError("the demo dataset has only a test split (the first 1000 Fashion-MNIST test images)")
-    ref = resources.files("robaudit.data").joinpath("assets", DEMO_ASSET)
+    ref = resources.files("robaudit.data").joinpath("assets").joinpath(DEMO_ASSET)
     try:
         with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as z:
             x, y = z["x"][: request.n], z["y"][: request.n]
     except Exception as exc:  # missing from a broken install, truncated, ...
-        raise DatasetError(f"robaudit's embedded demo data ({ref}) can't be read ({type(exc).__name__}: {exc}); "
-                           f"reinstall robaudit") from None
+        raise DatasetError(
+            f"robaudit's embedded demo data ({ref}) can't be read ({type(exc).__name__}: {exc}); reinstall robaudit"
+        ) from None
     return DataSpec(
         name="fashion-mnist",
         split="test",

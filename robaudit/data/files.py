@@ -4,14 +4,16 @@ Images stay in memory as the file holds them (uint8 0..255 or float32 in [0,1], 
 converted to float per batch; y int64 [N]; the first ``n`` samples in the file's own order.
 Image folders are in :mod:`robaudit.data.folder`.
 """
+
 from __future__ import annotations
 
 import os
 import pickle
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

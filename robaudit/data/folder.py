@@ -18,6 +18,7 @@ with the probe. Without ``image_size`` every image must have the probed images' 
 short side is resized to ``resize`` (default ``image_size``; bilinear, PIL) and a centred
 ``image_size`` square is cropped (torchvision's Resize + CenterCrop).
 """
+
 from __future__ import annotations
 
 import os
@@ -133,7 +134,7 @@ class ClassMapEntry(NamedTuple):
     in the file it was given (``line 3``, ``position 2``, ``key "n01"``) for error messages."""
 
     folder: str
-    index: int
+    index: int  # type: ignore[assignment]  # the class index; shadows tuple.index, which nothing calls on an entry
     name: str
     where: str
 
@@ -152,13 +153,16 @@ def check_class_map(entries: list[ClassMapEntry], source: str) -> tuple[dict[str
         if e.index < 0:
             raise DatasetError(f"{source}: {e.where} maps {e.folder!r} to class {e.index}; class indices must be >= 0")
         if e.folder in by_folder:
-            raise DatasetError(f"{source}: folder {e.folder!r} is listed twice ({by_folder[e.folder].where} and "
-                               f"{e.where}); keep one")
+            raise DatasetError(
+                f"{source}: folder {e.folder!r} is listed twice ({by_folder[e.folder].where} and {e.where}); keep one"
+            )
         if e.index in by_index:
             other = by_index[e.index]
-            raise DatasetError(f"{source}: folders {other.folder!r} ({other.where}) and {e.folder!r} ({e.where}) both "
-                               f"map to class {e.index}; map each folder to its own class (merge the folders' images "
-                               f"into one folder if they are one class)")
+            raise DatasetError(
+                f"{source}: folders {other.folder!r} ({other.where}) and {e.folder!r} ({e.where}) both "
+                f"map to class {e.index}; map each folder to its own class (merge the folders' images "
+                f"into one folder if they are one class)"
+            )
         by_folder[e.folder], by_index[e.index] = e, e
     names = [str(i) for i in range(max(by_index) + 1)]
     for e in entries:
@@ -184,15 +188,16 @@ def _folder_dataset_class():
             return sorted(self._class_to_idx), dict(self._class_to_idx)
 
         def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-            return [(str(p), class_to_idx[cls]) for cls in sorted(class_to_idx)
-                    for p in walk_images(Path(directory) / cls)]
+            return [(str(p), class_to_idx[cls]) for cls in sorted(class_to_idx) for p in walk_images(Path(directory) / cls)]
 
         def _load(self, path: str):
+            assert self.channels is not None  # the probe sets it before the first item is read
             return decode_image(path, self.channels)
 
         def __getitem__(self, p: int) -> torch.Tensor:
             path, _ = self.samples[p]
             img = self.transform(self.loader(path))
+            assert self.sample_shape is not None  # the probe sets it before the first item is read
             if tuple(img.shape) != tuple(self.sample_shape):
                 raise DatasetError(
                     f"{path} is {img.shape[2]}x{img.shape[1]} but the folder's images are "
@@ -239,7 +244,7 @@ def load_image_folder(path: str | os.PathLike, request: DataRequest, name: str |
         raise DatasetNotFoundError(f"image folder {root} not found")
     if request.resize is not None and request.image_size is None:
         raise UsageError("--resize needs --image-size (the centre crop taken after resizing)")
-    if request.resize is not None and request.resize < request.image_size:
+    if request.resize is not None and request.image_size is not None and request.resize < request.image_size:
         raise UsageError(f"--resize {request.resize} is smaller than --image-size {request.image_size}")
     root = _split_root(root, request.split)
     class_to_idx, class_names = _classes(root, request.class_map)
@@ -247,8 +252,7 @@ def load_image_folder(path: str | os.PathLike, request: DataRequest, name: str |
     files = images.samples
     if not files:
         raise DatasetNotFoundError(
-            f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class subfolders of {root}; "
-            f"expected {root}/<class>/<image>"
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class subfolders of {root}; expected {root}/<class>/<image>"
         )
     probe = sorted({int(i) for i in torch.linspace(0, len(files) - 1, min(PROBE, len(files))).round().tolist()})
     headers = []

@@ -3,13 +3,13 @@
 Header: two zero bytes, a type code, the number of dimensions, then one big-endian int32 per
 dimension; the data follows in C order. Only the first ``limit`` items are decompressed.
 """
+
 from __future__ import annotations
 
 import gzip
 import io
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -17,15 +17,21 @@ from ..errors import DatasetError
 
 __all__ = ["read_idx"]
 
-_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
-           0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _read_exact(f: BinaryIO, nbytes: int, path: Path, what: str) -> bytes:
+def _read_exact(f: io.BufferedIOBase, nbytes: int, path: Path, what: str) -> bytes:
     data = f.read(nbytes)
     if len(data) != nbytes:
         raise DatasetError(f"{path} is truncated (its {what} is {len(data)} of {nbytes} bytes)")

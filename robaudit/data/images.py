@@ -24,6 +24,7 @@ torchvision's loaders do (``convert("RGB")``, ``ImageReadMode.RGB``).
 High-bit images stay float32 through the resize and crop (each channel a Pillow ``F`` image,
 resized with the same bilinear filter), so no precision is lost to an 8-bit intermediate.
 """
+
 from __future__ import annotations
 
 import functools
@@ -103,8 +104,10 @@ def image_layout(path: str, im: Any) -> Layout:
         return Layout(grey=True, bits=8)
     if mode in _COLOUR_MODES:
         return Layout(grey=False, bits=8)
-    raise DatasetError(f"{path} has the Pillow image mode {mode!r}, which robaudit can't map to [0,1] pixels; "
-                       f"save it as 8- or 16-bit greyscale or RGB (PNG)")
+    raise DatasetError(
+        f"{path} has the Pillow image mode {mode!r}, which robaudit can't map to [0,1] pixels; "
+        f"save it as 8- or 16-bit greyscale or RGB (PNG)"
+    )
 
 
 def _rawmode(im: Any) -> str:
@@ -157,8 +160,9 @@ def _eight_bit(im: Any, layout: Layout, channels: int) -> Any:
 def _lab_transform() -> Any:
     from PIL import ImageCms
 
-    return ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB",
-                                   flags=ImageCms.Flags.NOOPTIMIZE)
+    return ImageCms.buildTransform(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB", flags=ImageCms.Flags.NOOPTIMIZE
+    )
 
 
 def _lab_to_srgb(im: Any) -> Any:
@@ -189,8 +193,7 @@ def _high_bit(path: str, im: Any) -> torch.Tensor:
         values = arr.astype(np.float32)
         lo, hi = float(values.min(initial=0)), float(values.max(initial=0))
         if lo < 0 or hi > 65535:
-            raise DatasetError(f"{path}: 16-bit pixels from {lo:g} to {hi:g} are outside 0..65535; save it as "
-                               f"unsigned 16-bit")
+            raise DatasetError(f"{path}: 16-bit pixels from {lo:g} to {hi:g} are outside 0..65535; save it as unsigned 16-bit")
         return torch.from_numpy(values / np.float32(65535.0)).unsqueeze(0)
     if im.mode == "I":
         lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))

@@ -7,6 +7,7 @@ the first class only, so image folders default to ``stratified``: every class ge
 without replacement with a generator seeded from (``--seed``, class), and the chosen samples are
 scanned in dataset order. The same seed and folder give the same subset on any machine.
 """
+
 from __future__ import annotations
 
 import hashlib

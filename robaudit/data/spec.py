@@ -7,10 +7,12 @@ embedded demo, tensor files, the built-in datasets) or read on demand from a map
 folders). Labels are always in memory. ``indices[p]`` is the sample's index in the full split (its
 *dataset index*): what the result records and what keys every per-sample random draw.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -76,16 +78,39 @@ class DataSpec:
     indices: tuple[int, ...] | None = None
     sample: str = "first"
 
-    def __init__(self, name: str, split: str, images: Any = None, y: torch.Tensor | None = None,
-                 class_names: Sequence[str] = (), source: str = "", mean=None, std=None, extra: dict | None = None,
-                 indices: Sequence[int] | None = None, sample: str = "first", *, x: Any = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        images: Any = None,
+        y: torch.Tensor | None = None,
+        class_names: Sequence[str] = (),
+        source: str = "",
+        mean=None,
+        std=None,
+        extra: dict | None = None,
+        indices: Sequence[int] | None = None,
+        sample: str = "first",
+        *,
+        x: Any = None,
+    ) -> None:
         if x is not None:  # ``x=`` (and dataclasses.replace(spec, x=...)) predates lazy images
             images = x
         if images is None or y is None:
             raise TypeError("DataSpec needs images (x) and labels (y)")
-        values = dict(name=name, split=split, images=images, y=y, class_names=tuple(class_names), source=source,
-                      mean=mean, std=std, extra=dict(extra or {}),
-                      indices=None if indices is None else tuple(int(i) for i in indices), sample=sample)
+        values = dict(
+            name=name,
+            split=split,
+            images=images,
+            y=y,
+            class_names=tuple(class_names),
+            source=source,
+            mean=mean,
+            std=std,
+            extra=dict(extra or {}),
+            indices=None if indices is None else tuple(int(i) for i in indices),
+            sample=sample,
+        )
         for key, value in values.items():
             object.__setattr__(self, key, value)
 
@@ -134,7 +159,9 @@ class DataSpec:
             return self.images
         return self.batch(slice(None))
 
-    def batches(self, positions: Any, batch_size: int, *, workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, positions: Any, batch_size: int, *, workers: int = 0, pin_memory: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(x [b,C,H,W] float32 in [0,1], y [b])`` on the CPU for consecutive chunks of
         ``positions``, in order. A lazy dataset is read by a DataLoader with ``workers`` worker
         processes (pinned memory when asked); in-memory images are indexed directly."""
@@ -149,8 +176,12 @@ class DataSpec:
 
         chunks = [pos[s : s + batch_size].tolist() for s in range(0, pos.numel(), batch_size)]
         loader = DataLoader(
-            self.images, batch_sampler=chunks, num_workers=workers, pin_memory=pin_memory,
-            persistent_workers=False, prefetch_factor=2 if workers else None,
+            self.images,
+            batch_sampler=chunks,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            persistent_workers=False,
+            prefetch_factor=2 if workers else None,
         )
         try:
             for chunk, xb in zip(chunks, loader):
@@ -160,16 +191,26 @@ class DataSpec:
             raise type(exc)(message.split(f"{type(exc).__name__}: ", 1)[-1]) from None
 
     # --- subsets ----------------------------------------------------------------------------
-    def subset(self, positions: Any, sample: str | None = None) -> "DataSpec":
+    def subset(self, positions: Any, sample: str | None = None) -> DataSpec:
         """The samples at ``positions`` (in that order), their dataset indices carried along."""
         pos = as_positions(positions, self.n)
+        images: Any
         if isinstance(self.images, torch.Tensor):
             images = self.images[pos]
         else:
             images = _LazySubset(self.images, pos.tolist())
         return DataSpec(
-            self.name, self.split, images, self.y[pos], self.class_names, self.source, self.mean, self.std,
-            self.extra, indices=self.dataset_indices[pos].tolist(), sample=sample or self.sample,
+            self.name,
+            self.split,
+            images,
+            self.y[pos],
+            self.class_names,
+            self.source,
+            self.mean,
+            self.std,
+            self.extra,
+            indices=self.dataset_indices[pos].tolist(),
+            sample=sample or self.sample,
         )
 
 

@@ -5,12 +5,13 @@ them, so a CIFAR pickle is opened with a restricted unpickler and never runs cod
 returns the images as uint8 [N,C,H,W] in memory (DataSpec hands out float pixels in [0,1] per
 batch) and int64 labels, the first ``n`` samples in the files' own order.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -31,8 +32,18 @@ from .spec import DataRequest, DataSpec
 __all__ = ["cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "FASHION_MNIST_CLASSES"]
 
 DIGITS = tuple(str(i) for i in range(10))
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 
 # read(main file, split, n) → (uint8 [N,C,H,W], integer labels [N], class names, source)
@@ -174,8 +185,9 @@ class _CifarFiles:
     labels_key: str
 
 
-_CIFAR10_FILES = _CifarFiles(("test_batch",), tuple(f"data_batch_{i}" for i in range(1, 6)),
-                             "batches.meta", "label_names", "labels")
+_CIFAR10_FILES = _CifarFiles(
+    ("test_batch",), tuple(f"data_batch_{i}" for i in range(1, 6)), "batches.meta", "label_names", "labels"
+)
 _CIFAR100_FILES = _CifarFiles(("test",), ("train",), "meta", "fine_label_names", "fine_labels")
 
 
@@ -253,14 +265,25 @@ def _svhn_read(path: Path, split: str, n: int | None):
 # --- the built-ins ----------------------------------------------------------------------------
 
 _MNIST = _idx_builtin("mnist", "MNIST", "MNIST", DIGITS, (0.1307,), (0.3081,))
-_FASHION = _idx_builtin("fashion-mnist", "FashionMNIST", "FashionMNIST",
-                        FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-_CIFAR10 = _cifar_builtin("cifar10", "cifar-10-batches-py", "CIFAR10", _CIFAR10_FILES,
-                          (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-_CIFAR100 = _cifar_builtin("cifar100", "cifar-100-python", "CIFAR100", _CIFAR100_FILES,
-                           (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-_SVHN = _Builtin("svhn", ("", "svhn"), (), _svhn_locate, _svhn_read, partial(_tv_download, "SVHN"),
-                 (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+_FASHION = _idx_builtin(
+    "fashion-mnist", "FashionMNIST", "FashionMNIST", FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+)
+_CIFAR10 = _cifar_builtin(
+    "cifar10", "cifar-10-batches-py", "CIFAR10", _CIFAR10_FILES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+)
+_CIFAR100 = _cifar_builtin(
+    "cifar100", "cifar-100-python", "CIFAR100", _CIFAR100_FILES, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+)
+_SVHN = _Builtin(
+    "svhn",
+    ("", "svhn"),
+    (),
+    _svhn_locate,
+    _svhn_read,
+    partial(_tv_download, "SVHN"),
+    (0.4377, 0.4438, 0.4728),
+    (0.1980, 0.2010, 0.1970),
+)
 
 
 @DATASETS.register("cifar10")

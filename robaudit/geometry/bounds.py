@@ -9,6 +9,7 @@
 
 Both are statements about local Taylor models, not certificates for the network.
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,9 +13,10 @@ The scalar differentiated is chosen by ``fn``:
 Per-sample values are summed (never averaged) before differentiating, so row ``b`` of the result
 is sample ``b``'s own exact gradient (samples do not interact in eval mode).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from .passes import record
 
 __all__ = ["input_jacobian", "jacobian_stats", "resolve_fn", "ScalarFn"]
 
-ScalarFn = Union[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+ScalarFn = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _FNS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "margin": margin,

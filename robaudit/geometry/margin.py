@@ -3,6 +3,7 @@
 All functions return one value per sample (shape [B]); never a batch mean, so that the gradient
 of their sum w.r.t. the input is each sample's own gradient (no 1/B scaling).
 """
+
 from __future__ import annotations
 
 import torch

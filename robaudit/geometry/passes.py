@@ -11,11 +11,12 @@ records the totals in the result (``ScanResult.passes``).
     ...     hvp_exact(model, x, y, v)
     >>> counts["hvp"]                      # x.shape[0]
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
 
 __all__ = ["ledger", "record", "tick", "watch"]
 

@@ -6,9 +6,10 @@ default (the surface is the model's function along the plane, as in the papers);
 ``clip=True`` to evaluate the clipped points instead. ``a``, ``b`` are in units of ``u``, ``v``
 (use unit-ℓ2 directions, e.g. :func:`random_direction`, to make them ℓ2 distances in pixel space).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn

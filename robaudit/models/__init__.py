@@ -1,5 +1,6 @@
 """Models: architectures, checkpoint loading/saving in every format, published weights (torchvision,
 timm), ONNX, the normalizing wrapper, fit checks."""
+
 from .architectures import ARCHITECTURES, build_architecture, parse_arch_kwargs
 from .checkpoint import OpenedModel, detect_format, load_model, open_model, save_model
 from .sources import ModelSource, model_sources, parse_arch

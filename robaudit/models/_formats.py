@@ -1,7 +1,9 @@
 """Checkpoint format detection by content (magic bytes and zip member names), and file hashing."""
+
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -16,7 +18,7 @@ SUPPORTED = "safetensors, torch.export (.pt2), TorchScript, torch.save (.pt/.pth
 _MAX_SAFETENSORS_HEADER = 100_000_000  # safetensors' own limit
 
 
-def check_exists(path: str | Path) -> Path:
+def check_exists(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist")
@@ -25,7 +27,7 @@ def check_exists(path: str | Path) -> Path:
     return p
 
 
-def detect_format(path: str | Path) -> str:
+def detect_format(path: str | os.PathLike[str]) -> str:
     """Return "safetensors", "torch-export", "torchscript", "pickle" or "onnx", judged by content, not extension."""
     p = check_exists(path)
     with open(p, "rb") as f:
@@ -50,8 +52,11 @@ def _zip_kind(p: Path) -> str:
     except (zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"{p} is a damaged zip archive (truncated or corrupt): {exc}") from None
     tails = {n.split("/", 1)[1] if "/" in n else n for n in names}
-    if "archive_format" in tails or any(t.startswith("models/") and t.endswith(".json") for t in tails) \
-            or "serialized_exported_program.json" in tails:
+    if (
+        "archive_format" in tails
+        or any(t.startswith("models/") and t.endswith(".json") for t in tails)
+        or "serialized_exported_program.json" in tails
+    ):
         return "torch-export"
     if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
         return "torchscript"

@@ -7,10 +7,12 @@ each candidate is tried by building the architecture on PyTorch's ``meta`` devic
 computation) and counting the tensors whose shape still differs, greedily, up to three arguments.
 Only registry architectures are probed (a user's ``file.py:Class`` is not re-run for a hint).
 """
+
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -20,7 +22,9 @@ _RESERVED = ("num_classes", "in_channels", "input_size")
 _MAX_CHANGES = 3
 
 
-def _mismatches(net_sd: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[tuple[str, list[int], list[int]]]:
+def _mismatches(
+    net_sd: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]
+) -> list[tuple[str, list[int], list[int]]]:
     out = []
     for key, want in net_sd.items():
         got = weights.get(key)
@@ -30,8 +34,13 @@ def _mismatches(net_sd: Mapping[str, torch.Tensor], weights: Mapping[str, torch.
 
 
 def suggest_arch_kwargs(
-    arch: str, weights: Mapping[str, torch.Tensor], *, num_classes: int, in_channels: int,
-    kwargs: Mapping[str, Any] | None, input_size: int | None,
+    arch: str,
+    weights: Mapping[str, torch.Tensor],
+    *,
+    num_classes: int,
+    in_channels: int,
+    kwargs: Mapping[str, Any] | None,
+    input_size: int | None,
 ) -> dict[str, int] | None:
     """Integer architecture arguments (changes from ``kwargs``/defaults) under which every tensor
     of ``weights`` has the architecture's shape, or None if no such change is found cheaply."""
@@ -43,8 +52,11 @@ def suggest_arch_kwargs(
         params = inspect.signature(ARCHITECTURES.get(arch)).parameters
     except (TypeError, ValueError):
         return None
-    current = {n: p.default for n, p in params.items()
-               if n not in _RESERVED and isinstance(p.default, int) and not isinstance(p.default, bool)}
+    current = {
+        n: p.default
+        for n, p in params.items()
+        if n not in _RESERVED and isinstance(p.default, int) and not isinstance(p.default, bool)
+    }
     current.update({k: v for k, v in (kwargs or {}).items() if k in current and isinstance(v, int)})
     if not current:
         return None
@@ -52,8 +64,13 @@ def suggest_arch_kwargs(
     def mismatched(values: dict[str, int]) -> list | None:
         try:
             with torch.device("meta"):
-                net = build_architecture(arch, num_classes=num_classes, in_channels=in_channels,
-                                         kwargs={**(kwargs or {}), **values}, input_size=input_size)
+                net = build_architecture(
+                    arch,
+                    num_classes=num_classes,
+                    in_channels=in_channels,
+                    kwargs={**(kwargs or {}), **values},
+                    input_size=input_size,
+                )
         except Exception:  # noqa: BLE001 - an impossible combination is just not a candidate
             return None
         return _mismatches(net.state_dict(), weights)

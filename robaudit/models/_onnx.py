@@ -19,13 +19,15 @@ other files is closed here, before the converter sees it:
   dispatched by its extension to the text/JSON readers, and never written next to (onnx2torch's
   ``convert(path)`` writes a temporary file into the model's folder; robaudit passes the parsed model).
 """
+
 from __future__ import annotations
 
 import operator
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from torch import nn
 
@@ -191,7 +193,7 @@ def _check_converted(path: Path, net: nn.Module) -> None:
     """The converted graph calls only robaudit-named modules, reads only onnx2torch's initializer buffers."""
     graph = getattr(net, "graph", None)
     ok = graph is not None
-    for node in graph.nodes if ok else ():
+    for node in graph.nodes if graph is not None else ():
         if node.op == "call_module":
             ok = isinstance(node.target, str) and bool(_NODE_NAME.fullmatch(node.target))
         elif node.op == "get_attr":
@@ -221,12 +223,12 @@ def _input_shape(model: Any) -> tuple[tuple[int, int, int] | None, list[str]]:
             f"exported with a static batch size of {values[0]}; other batch sizes may fail. Re-export with a dynamic "
             f"batch axis (torch.onnx.export(..., dynamic_axes={{'input': {{0: 'batch'}}}}))"
         )
-    if len(values) == 4 and all(isinstance(v, int) and v > 0 for v in values[1:]):
-        return (int(values[1]), int(values[2]), int(values[3])), warnings
+    chw = [v for v in values[1:] if isinstance(v, int) and v > 0]
+    if len(values) == 4 and len(chw) == 3:
+        return (chw[0], chw[1], chw[2]), warnings
     return None, warnings
 
 
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return (lines[0] if lines else type(exc).__name__)[:300]
-

@@ -5,6 +5,7 @@ The guarantee rests on torch's weights-only unpickler, which resolves only allow
 (CVE-2025-32434), so older versions are refused. The names of the refused globals come from
 ``torch.serialization.get_unsafe_globals_in_checkpoint``, which reads the pickle without executing it.
 """
+
 from __future__ import annotations
 
 import pickle

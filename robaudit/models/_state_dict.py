@@ -1,4 +1,5 @@
 """State dicts: find them inside checkpoint objects, fit key prefixes, load strictly with useful errors."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -13,15 +14,26 @@ from ..errors import CheckpointError
 __all__ = ["extract_weights", "fit_keys", "load_strict", "nonfinite_warning", "classifier_key", "first_conv_key"]
 
 NESTED_KEYS = (
-    "state_dict", "model_state_dict", "model", "net", "network", "ema", "ema_state_dict", "model_ema", "module",
-    "weights", "params",
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "net",
+    "network",
+    "ema",
+    "ema_state_dict",
+    "model_ema",
+    "module",
+    "weights",
+    "params",
 )
 _EXAMPLES = 5
 
 
 def is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -73,7 +85,7 @@ def fit_keys(sd: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch
         prefix = _common_prefix(list(sd))
         if prefix is None:
             return sd
-        stripped = {k[len(prefix):]: v for k, v in sd.items()}
+        stripped = {k[len(prefix) :]: v for k, v in sd.items()}
         if prefix == "module." or set(stripped) == expected:
             sd = stripped
         else:
@@ -119,7 +131,7 @@ def _wrapper_prefix(missing: list[str], unexpected: list[str]) -> str | None:
     """A first key component (``"backbone."``) that, stripped from the unexpected keys, supplies every missing key."""
     counts = Counter(k.split(".", 1)[0] + "." for k in unexpected if "." in k)
     for prefix, _ in counts.most_common(3):
-        stripped = {k[len(prefix):] for k in unexpected if k.startswith(prefix)}
+        stripped = {k[len(prefix) :] for k in unexpected if k.startswith(prefix)}
         if missing and set(missing) <= stripped:
             return prefix
     return None

@@ -7,6 +7,7 @@ itself (a file you give, or the cached file of ``timm:NAME.TAG``), never through
 and weights-only pickles only. The model's ``pretrained_cfg`` gives input size, crop fraction,
 interpolation and mean/std (timm's ``resolve_data_config``: resize = ⌊crop / crop_pct⌋).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -132,9 +133,16 @@ def named_weights(name: str, *, download: bool) -> dict[str, Any]:
     from huggingface_hub import try_to_load_from_cache
 
     cache = hub_cache_dir()
-    files = [getattr(cfg, "hf_hub_filename", None)] if getattr(cfg, "hf_hub_filename", None) else list(WEIGHT_FILES)
-    path = next((Path(found) for found in (try_to_load_from_cache(repo, f, cache_dir=str(cache)) for f in files)
-                 if isinstance(found, str) and Path(found).is_file()), None)
+    named_file = getattr(cfg, "hf_hub_filename", None)
+    files: list[str] = [str(named_file)] if named_file else list(WEIGHT_FILES)
+    path = next(
+        (
+            Path(found)
+            for found in (try_to_load_from_cache(repo, f, cache_dir=str(cache)) for f in files)
+            if isinstance(found, str) and Path(found).is_file()
+        ),
+        None,
+    )
     if path is None and not download:
         raise CheckpointError(
             f"{label} is not in the Hugging Face cache {cache}: expected {' or '.join(files)} of the repository {repo} "
@@ -150,7 +158,16 @@ def named_weights(name: str, *, download: bool) -> dict[str, Any]:
             raise CheckpointError(f"downloading {files[0]} of {repo} failed: {type(exc).__name__}: {exc}") from None
     blob = Path(os.path.realpath(path))  # a snapshot file is a link to a blob, which huggingface_hub would reuse
     also = f" and the link {path}" if blob != path else ""
-    remedy = (f"delete {blob}{also} and rerun with --download to fetch it again, or run "
-              f"`huggingface-cli download {repo} {path.name} --cache-dir {cache}`")
-    return {"path": path, "label": label, "preprocessing": preprocessing(full),
-            "class_names": None, "num_classes": getattr(cfg, "num_classes", None), "warnings": [], "remedy": remedy}
+    remedy = (
+        f"delete {blob}{also} and rerun with --download to fetch it again, or run "
+        f"`huggingface-cli download {repo} {path.name} --cache-dir {cache}`"
+    )
+    return {
+        "path": path,
+        "label": label,
+        "preprocessing": preprocessing(full),
+        "class_names": None,
+        "num_classes": getattr(cfg, "num_classes", None),
+        "warnings": [],
+        "remedy": remedy,
+    }

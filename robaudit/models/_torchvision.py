@@ -8,6 +8,7 @@ weights-only loader: torchvision's ``weights.get_state_dict()`` calls
 ``torch.hub.load_state_dict_from_url``, whose ``weights_only`` defaults to False, so a tampered
 cache file would run code there. Nothing is downloaded unless asked (``download=True``).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -76,9 +77,7 @@ def _weights_enum(name: str, weights: str):
     if key not in members:
         close = difflib.get_close_matches(key, list(members), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UsageError(
-            f"torchvision:{name} has no weights {weights!r}{hint} (published: {', '.join(members)}, or DEFAULT)"
-        )
+        raise UsageError(f"torchvision:{name} has no weights {weights!r}{hint} (published: {', '.join(members)}, or DEFAULT)")
     return members[key]
 
 
@@ -125,7 +124,7 @@ def named_weights(name: str, weights: str, *, download: bool) -> dict[str, Any]:
         "num_classes": len(categories) if categories else None,
         "warnings": warnings,
         "remedy": f"delete it and rerun with --download to fetch it again (torch.hub checks its hash), or download "
-                  f"{w.url} to {path} yourself",
+        f"{w.url} to {path} yourself",
     }
 
 

@@ -6,14 +6,15 @@ accepts, and the metadata inside both. Code, loaded only when the user passes
 Python objects. An architecture named *inside* a file may only be a registry name; a Python file
 runs only when the user types it (``--arch path.py:Class``).
 """
+
 from __future__ import annotations
 
 import logging
 import re
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import CheckpointError, UnsafeCheckpointError
 from .architectures import ARCHITECTURES
@@ -55,7 +56,7 @@ def metadata_architecture(name: str, path: Path) -> str:
     built; published weights are never named by metadata (the file holds the weights).
     """
     library = next((prefix for prefix in _LIBRARIES if name.startswith(prefix)), "")
-    bare = name[len(library):]
+    bare = name[len(library) :]
     pathlike = any(c in bare for c in "/\\:") or ".py" in bare.lower() or ".." in bare
     if pathlike or not _REGISTRY_NAME.fullmatch(name):
         kind = "a Python file or path" if pathlike else "not an architecture name"

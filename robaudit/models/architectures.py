@@ -3,14 +3,16 @@
 A registry entry is a factory ``factory(num_classes=10, in_channels=3, **kwargs) -> nn.Module``.
 Plugins add entries through the ``robaudit.architectures`` entry-point group.
 """
+
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -49,7 +51,9 @@ def build_architecture(
 
         ref = parse_arch(spec)
         if ref.weights is not None:
-            raise UsageError(f"build_architecture builds random weights; {spec} names published weights: use load_model(arch=...)")
+            raise UsageError(
+                f"build_architecture builds random weights; {spec} names published weights: use load_model(arch=...)"
+            )
         build = _torchvision.build if ref.family == "torchvision" else _timm.build
         return build(ref.name, num_classes, in_channels, kwargs)
     from_file = _is_file_spec(spec)

@@ -11,6 +11,7 @@ samples, APGD-T's targets, cascades), ``torch.func`` transforms of the geometry 
 
 Cost: a call on n samples runs ⌈n/B⌉ graph calls of B samples; B = 1 means one call per sample.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,7 +47,7 @@ def forward_in_blocks(forward, x: torch.Tensor, block: int) -> torch.Tensor:
         return forward(x.new_zeros(block, *x.shape[1:]))[:0]
     outs = []
     for start in range(0, n, block):
-        chunk = x[start:start + block]
+        chunk = x[start : start + block]
         real = chunk.shape[0]
         if real < block:
             chunk = torch.cat([chunk, chunk.new_zeros((block - real, *chunk.shape[1:]))])

@@ -7,6 +7,7 @@ pretrained tag such as ``a1_in1k``) and read from the local torch hub / Hugging 
 downloaded unless asked. :func:`model_sources` describes every way a model gets in, for
 ``robaudit list architectures -v`` and the README.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,10 +45,10 @@ def parse_arch(spec: str, weights: str | None = None) -> ArchRef:
     name, named = spec, None
     if spec.startswith(_torchvision.PREFIX):
         family = "torchvision"
-        name, _, named = spec[len(_torchvision.PREFIX):].partition(":")
+        name, _, named = spec[len(_torchvision.PREFIX) :].partition(":")
     elif spec.startswith(_timm.PREFIX):
         family = "timm"
-        name, _, named = spec[len(_timm.PREFIX):].partition(".")
+        name, _, named = spec[len(_timm.PREFIX) :].partition(".")
     named = named or None
     if weights is not None and named is not None and weights != named:
         raise UsageError(f"--arch {spec} names the weights {named} but --weights says {weights}; give them once")
@@ -89,8 +90,13 @@ def named_weights(ref: ArchRef, *, download: bool = False) -> NamedWeights:
     else:
         found = _timm.named_weights(f"{ref.name}.{ref.weights}", download=download)
     return NamedWeights(
-        path=found["path"], label=found["label"], preprocessing=found["preprocessing"], class_names=found["class_names"],
-        num_classes=found["num_classes"], warnings=tuple(found["warnings"]), remedy=found["remedy"],
+        path=found["path"],
+        label=found["label"],
+        preprocessing=found["preprocessing"],
+        class_names=found["class_names"],
+        num_classes=found["num_classes"],
+        warnings=tuple(found["warnings"]),
+        remedy=found["remedy"],
     )
 
 
@@ -121,46 +127,67 @@ def model_sources() -> list[ModelSource]:
     onnx_ok = _onnx_installed()
     return [
         ModelSource(
-            "safetensors", "robaudit scan model.safetensors -d cifar10",
-            "tensors + robaudit.* metadata (arch, arch_kwargs, classes, input shape, mean/std)", "data",
+            "safetensors",
+            "robaudit scan model.safetensors -d cifar10",
+            "tensors + robaudit.* metadata (arch, arch_kwargs, classes, input shape, mean/std)",
+            "data",
             "from its metadata (robaudit.arch_kwargs), or --arch-kwargs with --arch",
         ),
         ModelSource(
-            "state dict", "robaudit scan weights.pth --arch resnet18 -d cifar10 --mean 0.4914,0.4822,0.4465 --std 0.2470,0.2435,0.2616",
-            "a torch.save pickle loaded with weights_only=True (nested dicts and DataParallel prefixes unwrapped)", "data",
+            "state dict",
+            "robaudit scan weights.pth --arch resnet18 -d cifar10 --mean 0.4914,0.4822,0.4465 --std 0.2470,0.2435,0.2616",
+            "a torch.save pickle loaded with weights_only=True (nested dicts and DataParallel prefixes unwrapped)",
+            "data",
             "--arch-kwargs k=v: the architecture's parameters (robaudit list architectures -v)",
         ),
         ModelSource(
-            "torchvision", "robaudit scan --arch torchvision:resnet50 --weights IMAGENET1K_V2 -d imagefolder:val/",
+            "torchvision",
+            "robaudit scan --arch torchvision:resnet50 --weights IMAGENET1K_V2 -d imagefolder:val/",
             "the published weights from $TORCH_HOME/hub/checkpoints (weights_only=True); resize/crop, mean/std and "
-            "class names from the weights' transforms and meta", "data",
+            "class names from the weights' transforms and meta",
+            "data",
             "any keyword of torchvision.models.get_model(NAME) except weights, e.g. dropout=0.2 (torchvision:NAME with a "
             "CHECKPOINT file for your own weights)",
         ),
         ModelSource(
-            "timm", "robaudit scan --arch timm:resnet18.a1_in1k -d imagefolder:val/",
+            "timm",
+            "robaudit scan --arch timm:resnet18.a1_in1k -d imagefolder:val/",
             "the published weights from the Hugging Face cache (or --weights FILE / a CHECKPOINT); input size, crop "
-            "fraction, mean/std from pretrained_cfg", "data",
+            "fraction, mean/std from pretrained_cfg",
+            "data",
             "the model class's keywords, e.g. drop_rate=0.1, global_pool=avg (not pretrained, checkpoint_path, in_chans)",
-            installed=_timm.available(), extra="robaudit[timm]",
+            installed=_timm.available(),
+            extra="robaudit[timm]",
         ),
         ModelSource(
-            "onnx", "robaudit scan model.onnx -d cifar10",
+            "onnx",
+            "robaudit scan model.onnx -d cifar10",
             "an ONNX graph converted to PyTorch by onnx2torch (standard operators; external data only from the "
-            "model's folder)", "data", "none: the graph is the architecture (no --arch)",
-            installed=onnx_ok, extra="robaudit[onnx]",
+            "model's folder)",
+            "data",
+            "none: the graph is the architecture (no --arch)",
+            installed=onnx_ok,
+            extra="robaudit[onnx]",
         ),
         ModelSource(
-            "torchscript", "robaudit scan model.ts --trust-checkpoint -d cifar10",
-            "a torch.jit.save archive", "code: --trust-checkpoint", "none: the archive is the architecture (no --arch)",
+            "torchscript",
+            "robaudit scan model.ts --trust-checkpoint -d cifar10",
+            "a torch.jit.save archive",
+            "code: --trust-checkpoint",
+            "none: the archive is the architecture (no --arch)",
         ),
         ModelSource(
-            "torch.export", "robaudit scan model.pt2 --trust-checkpoint -d cifar10",
-            "a torch.export.save archive", "code: --trust-checkpoint", "none: the archive is the architecture (no --arch)",
+            "torch.export",
+            "robaudit scan model.pt2 --trust-checkpoint -d cifar10",
+            "a torch.export.save archive",
+            "code: --trust-checkpoint",
+            "none: the archive is the architecture (no --arch)",
         ),
         ModelSource(
-            "python file", "robaudit scan weights.pth --arch my_nets.py:Net --arch-kwargs width=64 -d mnist",
-            "your class, imported because you typed it, plus a weights file", "code you named",
+            "python file",
+            "robaudit scan weights.pth --arch my_nets.py:Net --arch-kwargs width=64 -d mnist",
+            "your class, imported because you typed it, plus a weights file",
+            "code you named",
             "the class's constructor keywords",
         ),
     ]
@@ -178,5 +205,11 @@ def _onnx_installed() -> bool:
 def describe(source: ModelSource) -> dict[str, Any]:
     """A source as plain strings, for listings."""
     installed = "installed" if source.installed else f"not installed: pip install '{source.extra}'"
-    return {"name": source.name, "example": source.example, "reads": source.reads, "trust": source.trust,
-            "kwargs": source.kwargs, "installed": installed}
+    return {
+        "name": source.name,
+        "example": source.example,
+        "reads": source.reads,
+        "trust": source.trust,
+        "kwargs": source.kwargs,
+        "installed": installed,
+    }

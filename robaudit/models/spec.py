@@ -1,4 +1,5 @@
 """What a loaded checkpoint is: the wrapped model plus what robaudit knows about it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

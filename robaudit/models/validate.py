@@ -1,5 +1,6 @@
 """``check_fits``: fail early, with one line saying what to do, when a model does not fit a dataset;
 a model that runs at one batch size only is audited at that size (:mod:`.fixed_batch`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,9 +17,7 @@ __all__ = ["check_fits", "align_labels"]
 _PROBE_BATCHES = (3, 2, 1)  # the first is the one whose output is checked
 
 
-def check_fits(
-    loaded: LoadedModel, *, input_shape: tuple[int, int, int], num_classes: int, dataset_name: str
-) -> LoadedModel:
+def check_fits(loaded: LoadedModel, *, input_shape: tuple[int, int, int], num_classes: int, dataset_name: str) -> LoadedModel:
     """No-grad test forwards on zeros; raise InputError if shapes or class counts disagree.
 
     Returns the LoadedModel to audit: ``loaded`` itself, or — for a model that runs at one batch

@@ -1,7 +1,8 @@
 """``NormalizedModel``: the model robaudit attacks. Inputs are pixel space [0,1]; normalization is inside."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -28,6 +29,9 @@ class NormalizedModel(nn.Module):
     The buffers are non-persistent, so ``state_dict()`` holds only ``inner.*`` weights.
     """
 
+    mean: torch.Tensor | None  # buffers [1,C,1,1] (registered in __init__)
+    std: torch.Tensor | None
+
     def __init__(self, inner: nn.Module, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         super().__init__()
         self.inner = inner
@@ -45,7 +49,7 @@ class NormalizedModel(nn.Module):
             x = x / self.std
         return self.inner(x)
 
-    def train(self, mode: bool = True) -> "NormalizedModel":
+    def train(self, mode: bool = True) -> NormalizedModel:
         self.training = mode
         try:
             self.inner.train(mode)

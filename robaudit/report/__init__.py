@@ -1,15 +1,18 @@
 """Renderers: they read only ScanResult."""
+
 from .terminal import print_summary
 
 __all__ = ["print_summary", "render_html", "write_html", "write_csv"]
 
-_LAZY = {"render_html": "html", "write_html": "html", "write_csv": "tables"}
-
 
 def __getattr__(name: str):
     """HTML and CSV writers load on first use (jinja2, matplotlib and pandas stay out of CLI start-up)."""
-    if name in _LAZY:
-        import importlib
+    if name in ("render_html", "write_html"):
+        from . import html
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(html, name)
+    if name == "write_csv":
+        from . import tables
+
+        return tables.write_csv
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,7 @@ and paragraphs (**bold** labels such as "Raised if", ``code`` spans). :func:`fla
 turns each entry into escaped HTML paragraphs, with author-year mentions linked to the report's
 bibliography.
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,5 +1,6 @@
-"""Figures of the geometry sections (minimal, jacobian, curvature, indicator, spectra, surfaces,
-landscape), registered in :data:`robaudit.report.plots.SECTION_PLOTS` like the core sections'.
+"""Figures of the geometry sections (minimal, jacobian, curvature, indicator, spectra), registered in
+:data:`robaudit.report.figures.SECTION_PLOTS` like the core sections' (surfaces and landscape:
+:mod:`.surface_plots`).
 
 Scales, as the sections store them: inputs, perturbations and radii on the pixel scale [0,1] (ℓ∞
 or ℓ2 as labelled); the margin L(x) = Z_y − max_{i≠y} Z_i in logits; losses in nats; margin
@@ -7,21 +8,22 @@ gradients ∂L/∂x in logits per unit of pixel intensity; Hessian eigenvalues i
 weight singular values in weight units. Colours: blue = natural / correct (L > 0), red =
 adversarial / misclassified (L < 0), as in the rest of the report.
 """
+
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 
-from .plots import (
-    _ATTACK_CYCLE,
-    histogram_bins,
+from .figures import (
     ADVERSARIAL,
+    ATTACK_CYCLE,
+    HEATMAP_CMAP,
     MISCLASSIFIED,
     NATURAL,
     figure,
-    image_data_uri,
+    histogram_bins,
+    jacobian_map,
     norm_symbol,
     plain,
     plots_for,
@@ -29,37 +31,10 @@ from .plots import (
     to_data_uri,
 )
 
-__all__ = [
-    "BOUNDARY",
-    "DEEPFOOL",
-    "floats",
-    "finite_radii",
-    "eps_values",
-    "jacobian_map",
-    "jacobian_heatmap_uri",
-    "draw_boundary",
-    "SURFACE_DIRECTIONS",
-]
+__all__ = ["DEEPFOOL", "floats", "finite_radii", "eps_values"]
 
-BOUNDARY = "black"  # the decision boundary L = 0, in every surface plot
-DEEPFOOL = _ATTACK_CYCLE[0]  # DeepFool's unrefined radii (the refined ones are ADVERSARIAL)
-EXACT, FINITE_DIFFERENCE = NATURAL, _ATTACK_CYCLE[1]
-HEATMAP_CMAP = "magma"
-
-SURFACE_DIRECTIONS_SHORT = {
-    "random": "random",
-    "fgsm": "FGSM (CE gradient)",
-    "least_likely": "least-likely attack",
-    "cw": "C&W-ℓ2",
-    "deepfool": "DeepFool-ℓ2",
-}
-SURFACE_DIRECTIONS = {
-    "random": "random direction",
-    "fgsm": "FGSM direction (cross-entropy gradient)",
-    "least_likely": "least-likely attack's perturbation",
-    "cw": "C&W-ℓ2 minimal perturbation",
-    "deepfool": "DeepFool-ℓ2 perturbation (normal to the nearest boundary)",
-}
+DEEPFOOL = ATTACK_CYCLE[0]  # DeepFool's unrefined radii (the refined ones are ADVERSARIAL)
+EXACT, FINITE_DIFFERENCE = NATURAL, ATTACK_CYCLE[1]
 
 
 # --- small helpers -----------------------------------------------------------------------------------
@@ -138,14 +113,22 @@ def minimal_figures(sec, result) -> dict[str, Any]:
     ax = fig.add_subplot()
     bins = histogram_bins([d for _, _, d in series])
     for i, (label, color, data) in enumerate(series):
-        ax.hist(data, bins=bins.edges, histtype="stepfilled" if i == 0 else "step", alpha=0.55 if i == 0 else 1.0,
-                linewidth=1.6, color=color, label=f"{label} ({data.size})")
+        ax.hist(
+            data,
+            bins=bins.edges,
+            histtype="stepfilled" if i == 0 else "step",
+            alpha=0.55 if i == 0 else 1.0,
+            linewidth=1.6,
+            color=color,
+            label=f"{label} ({data.size})",
+        )
     from ..threat import format_eps
 
     for j, e in enumerate(eps_values(sec, result)):
         ax.axvline(e, color="black", linestyle=(0, (4, 2)), linewidth=1, label="scan ε" if j == 0 else None)
-        ax.annotate(f"ε={format_eps(e)}", (e, 1.0), xycoords=("data", "axes fraction"), rotation=90,
-                    ha="right", va="top", fontsize=7)
+        ax.annotate(
+            f"ε={format_eps(e)}", (e, 1.0), xycoords=("data", "axes fraction"), rotation=90, ha="right", va="top", fontsize=7
+        )
     bins.apply(ax)
     ax.set_xlabel(f"minimal perturbation ‖δ‖ ({sym}, pixel scale [0,1]{bins.suffix()})")
     ax.set_ylabel("clean-correct samples")
@@ -155,30 +138,6 @@ def minimal_figures(sec, result) -> dict[str, Any]:
 
 
 # --- jacobian ----------------------------------------------------------------------------------------
-def jacobian_map(gradient: np.ndarray) -> np.ndarray:
-    """(C,H,W) margin gradient → (H,W) map of Σ_c |∂L/∂x_c| (logits per unit pixel intensity)."""
-    g = np.abs(np.asarray(gradient, dtype=np.float64))
-    return g.sum(axis=0) if g.ndim == 3 else g
-
-
-def _heatmap_rgb(values: np.ndarray, peak: float) -> np.ndarray:
-    """(H,W) non-negative values → (3,H,W) colours in [0,1] on the heatmap colormap, 0..peak."""
-    from matplotlib import colormaps
-
-    scaled = np.clip(values / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(values)
-    return np.transpose(colormaps[HEATMAP_CMAP](scaled)[..., :3], (2, 0, 1))
-
-
-def jacobian_heatmap_uri(heatmap) -> tuple[str, float]:
-    """A stored JacobianHeatmap as a small PNG (|∂L/∂x| summed over channels, black = 0, bright =
-    the sample's largest entry). Returns (uri, largest value in logits per unit pixel intensity)."""
-    from ..checks.attacks import decode_tensor
-
-    values = jacobian_map(decode_tensor(heatmap.gradient, tuple(heatmap.shape)).numpy())
-    peak = float(values.max()) if values.size else 0.0
-    return image_data_uri(_heatmap_rgb(values, peak)), peak
-
-
 @plots_for("jacobian")
 @styled
 def jacobian_figures(sec, result) -> dict[str, Any]:
@@ -193,7 +152,10 @@ def _jacobian_norms(sec, result) -> str:
     """‖∂L/∂x‖₁ (log x) and the near-zero fraction per sample, split correct / misclassified."""
     n = len(sec.margin.l1)
     correct = _correct_mask(result, n)
-    groups = [("correctly classified (natural inputs)", NATURAL, correct), ("misclassified without attack", MISCLASSIFIED, ~correct)]
+    groups = [
+        ("correctly classified (natural inputs)", NATURAL, correct),
+        ("misclassified without attack", MISCLASSIFIED, ~correct),
+    ]
     fig = figure(8.0, 3.2)
     ax1, ax2 = fig.subplots(1, 2)
     l1 = floats(sec.margin.l1)
@@ -202,8 +164,14 @@ def _jacobian_norms(sec, result) -> str:
     for ax, values, bounds in ((ax1, l1, None), (ax2, 100 * zf, (0.0, 100.0))):
         bins = histogram_bins([values], 25, bounds)
         data = [values[m & np.isfinite(values)] for _, _, m in groups]
-        ax.hist(data, bins=bins.edges, stacked=True, histtype="stepfilled", color=[c for _, c, _ in groups],
-                label=[f"{label} ({d.size})" for (label, _, _), d in zip(groups, data)])
+        ax.hist(
+            data,
+            bins=bins.edges,
+            stacked=True,
+            histtype="stepfilled",
+            color=[c for _, c, _ in groups],
+            label=[f"{label} ({d.size})" for (label, _, _), d in zip(groups, data)],
+        )
         bins.apply(ax)
         suffixes.append(bins.suffix())
         ax.set_ylabel("samples")
@@ -236,8 +204,13 @@ def _jacobian_heatmaps(sec) -> str:
         img = np.clip(decode_tensor(h.image, tuple(h.shape)).numpy(), 0, 1)
         r, c = divmod(j, cols)
         top, bottom = axes[2 * r][c], axes[2 * r + 1][c]
-        top.imshow(img[0] if img.shape[0] == 1 else np.transpose(img[:3], (1, 2, 0)), cmap="gray", vmin=0, vmax=1,
-                   interpolation="nearest")
+        top.imshow(
+            img[0] if img.shape[0] == 1 else np.transpose(img[:3], (1, 2, 0)),
+            cmap="gray",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
         top.set_title(f"#{h.index}, L(x)={h.margin:.3g}", fontsize=8)
         image = bottom.imshow(m, cmap=HEATMAP_CMAP, vmin=0, vmax=peak, interpolation="nearest")
         bottom.set_title(f"‖∂L/∂x‖₁={h.l1:.3g}", fontsize=8)
@@ -268,7 +241,14 @@ def _runs(ranks: np.ndarray) -> list[slice]:
 def curvature_figures(sec, result) -> dict[str, Any]:
     """The curvature profile: Hessian eigenvalues sorted descending, median (solid), mean (dashed)
     and 25–75 % band over the samples, per spectrum (exact, finite difference), on a symlog y axis (nats per pixel²)."""
-    spectra = [(label, color, s) for label, color, s in (("exact Hessian", EXACT, sec.exact), ("finite difference at the ε-ball step", FINITE_DIFFERENCE, sec.finite_difference)) if s is not None and s.profile_ranks]
+    spectra = [
+        (label, color, s)
+        for label, color, s in (
+            ("exact Hessian", EXACT, sec.exact),
+            ("finite difference at the ε-ball step", FINITE_DIFFERENCE, sec.finite_difference),
+        )
+        if s is not None and s.profile_ranks
+    ]
     if not spectra:
         return {}
     fig = figure(7.2, 3.6)
@@ -281,15 +261,34 @@ def curvature_figures(sec, result) -> dict[str, Any]:
         allv.extend([mean, q25, q75])
         ends = "" if s.complete else " (Lanczos: both ends only)"
         for i, sl in enumerate(_runs(ranks)):
-            ax.fill_between(ranks[sl], q25[sl], q75[sl], color=color, alpha=0.2, linewidth=0,
-                            label=f"{label}: 25–75 % of samples" if i == 0 else None)
+            ax.fill_between(
+                ranks[sl],
+                q25[sl],
+                q75[sl],
+                color=color,
+                alpha=0.2,
+                linewidth=0,
+                label=f"{label}: 25–75 % of samples" if i == 0 else None,
+            )
             marker = "." if ranks[sl].size < 60 else None
             if median is not None:  # the typical sample; the mean follows the few with large curvature
-                ax.plot(ranks[sl], median[sl], color=color, linewidth=1.6, marker=marker,
-                        label=f"{label}: median{ends}" if i == 0 else None)
-            ax.plot(ranks[sl], mean[sl], color=color, linewidth=1.0, linestyle="--" if median is not None else "-",
-                    marker=None if median is not None else marker,
-                    label=f"{label}: mean{'' if median is not None else ends}" if i == 0 else None)
+                ax.plot(
+                    ranks[sl],
+                    median[sl],
+                    color=color,
+                    linewidth=1.6,
+                    marker=marker,
+                    label=f"{label}: median{ends}" if i == 0 else None,
+                )
+            ax.plot(
+                ranks[sl],
+                mean[sl],
+                color=color,
+                linewidth=1.0,
+                linestyle="--" if median is not None else "-",
+                marker=None if median is not None else marker,
+                label=f"{label}: mean{'' if median is not None else ends}" if i == 0 else None,
+            )
     ax.set_yscale("symlog", linthresh=_symlog_threshold(np.concatenate(allv)), linscale=2.0)  # room for the labels around 0
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel(f"eigenvalue rank (0 = largest, of d = {sec.d})")
@@ -358,8 +357,15 @@ def _theorem1_bounds(sec) -> str:
         lo, up = floats(res.lower)[order], floats(res.upper)[order]
         ok = np.isfinite(lo) & np.isfinite(up) & (lo > 0) & (up > 0)
         offset = -0.15 + 0.3 * k
-        ax.vlines(x[ok] + offset, lo[ok], up[ok], color=colors.get(key, _ATTACK_CYCLE[2 + k]), linewidth=3, alpha=0.7,
-                  label=f"Theorem 1 [lower, upper], {key.replace('_', ' ')} Hessian")
+        ax.vlines(
+            x[ok] + offset,
+            lo[ok],
+            up[ok],
+            color=colors.get(key, ATTACK_CYCLE[2 + k]),
+            linewidth=3,
+            alpha=0.7,
+            label=f"Theorem 1 [lower, upper], {key.replace('_', ' ')} Hessian",
+        )
     ax.scatter(x, r2[order], color=ADVERSARIAL, s=18, zorder=3, label="attack-found minimal ℓ2 radius")
     ax.set_yscale("log")
     _no_minor_labels(ax)
@@ -382,162 +388,27 @@ def spectra_figures(sec, result) -> dict[str, Any]:
     x = np.arange(len(layers))
     fig = figure(max(5.0, 0.7 * len(layers) + 2.5), 3.6)
     ax = fig.add_subplot()
-    smax = np.asarray([l.sigma_max for l in layers], dtype=np.float64)
+    smax = np.asarray([layer.sigma_max for layer in layers], dtype=np.float64)
     ax.bar(x, smax, color=NATURAL, alpha=0.8, label="σ_max (spectral norm)")
-    ax.errorbar(x, [l.mean for l in layers], yerr=[l.std for l in layers], fmt="o", color="black", markersize=3,
-                capsize=3, label="mean σ ± std")
-    smin = np.asarray([l.sigma_min for l in layers], dtype=np.float64)
-    ax.scatter(x, smin, marker="_", s=120, color=_ATTACK_CYCLE[0], label="σ_min", zorder=3)
+    ax.errorbar(
+        x,
+        [layer.mean for layer in layers],
+        yerr=[layer.std for layer in layers],
+        fmt="o",
+        color="black",
+        markersize=3,
+        capsize=3,
+        label="mean σ ± std",
+    )
+    smin = np.asarray([layer.sigma_min for layer in layers], dtype=np.float64)
+    ax.scatter(x, smin, marker="_", s=120, color=ATTACK_CYCLE[0], label="σ_min", zorder=3)
     pos = np.concatenate([smax[smax > 0], smin[smin > 0]])
     if pos.size and pos.max() / pos.min() > 100:
         ax.set_yscale("log")
-    names = [plain(l.name[: -len(".weight")] if l.name.endswith(".weight") else l.name) for l in layers]
+    names = [plain(layer.name[: -len(".weight")] if layer.name.endswith(".weight") else layer.name) for layer in layers]
     ax.set_xticks(x, names, rotation=45 if len(layers) > 4 else 0, ha="right" if len(layers) > 4 else "center", fontsize=7)
     ax.set_xlabel("layer (weights read as out × in matrices)")
     ax.set_ylabel("singular value (weight units)")
     ax.set_title(f"Singular values of the weight matrices ({len(layers)} layers)")
     fig.legend(loc="outside right center")
     return {"bars": to_data_uri(fig)}
-
-
-# --- surfaces ----------------------------------------------------------------------------------------
-def draw_boundary(ax, a: np.ndarray, b: np.ndarray, margin_grid: np.ndarray):
-    """Draw the decision boundary L = 0 of ``margin_grid`` [rows along a][columns along b] as one
-    black contour at level 0 on a 2-D axes (x = a, y = b). Returns the ContourSet, or None when L
-    does not change sign on the grid (no boundary in view)."""
-    m = np.asarray(margin_grid, dtype=np.float64)
-    finite = m[np.isfinite(m)]
-    if not finite.size or finite.min() > 0 or finite.max() < 0:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ax.contour(a, b, m.T, levels=[0.0], colors=BOUNDARY, linewidths=2.2)
-
-
-def _eps_box(ax, eps: float) -> None:
-    """Dashed lines at ±ε along both axes: where the ε-ball's boundary crosses each axis."""
-    for v in (-eps, eps):
-        ax.axvline(v, color="0.35", linestyle=":", linewidth=1)
-        ax.axhline(v, color="0.35", linestyle=":", linewidth=1)
-
-
-def _margin_contours(ax, a: np.ndarray, plane, eps: float, norm):
-    """One 2-D panel: filled contours of the margin L (logits; blue > 0 correct, red < 0) with the
-    decision boundary L = 0 drawn on top, the sample as a star and ±ε dotted."""
-    m = np.asarray(plane.margin, dtype=np.float64)
-    cs = ax.contourf(a, a, m.T, levels=21, cmap="RdBu", norm=norm)
-    boundary = draw_boundary(ax, a, a, m)
-    _eps_box(ax, eps)
-    ax.plot([0], [0], marker="*", color="white", markeredgecolor="black", markersize=9, linestyle="none")
-    ax.grid(False)
-    return cs, boundary
-
-
-def _surface_3d(ax, a: np.ndarray, plane) -> None:
-    """The loss surface (nats) over the plane, with the L = 0 boundary projected on its floor."""
-    loss = np.asarray(plane.loss, dtype=np.float64)
-    m = np.asarray(plane.margin, dtype=np.float64)
-    A, B = np.meshgrid(a, a, indexing="ij")  # rows along u, as stored
-    ax.plot_surface(A, B, loss, cmap="viridis", linewidth=0, antialiased=False, rcount=len(a), ccount=len(a))
-    floor = float(np.nanmin(loss)) if np.isfinite(loss).any() else 0.0
-    if np.isfinite(m).any() and np.nanmin(m) <= 0 <= np.nanmax(m):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ax.contour(A, B, m, levels=[0.0], colors=BOUNDARY, linewidths=2, zdir="z", offset=floor)
-    ax.set_zlim(bottom=floor)
-    ax.set_xlabel("a (along u)", fontsize=8, labelpad=2)
-    ax.set_ylabel("b (along v)", fontsize=8, labelpad=2)
-    ax.set_zlabel("loss (nats)", fontsize=8, labelpad=4)
-    ax.tick_params(labelsize=7, pad=0)
-    ax.view_init(elev=30, azim=-60)
-
-
-SURFACE_COLUMNS = 3  # planes per row of the figure, so each panel is about 3 inches wide
-
-
-@styled
-def surface_sample_figure(sec, sample) -> str:
-    """For one sample, a grid of planes (three per row): for each, the margin contours with the L = 0
-    boundary (a along u horizontal, b along v vertical; threat norm, pixel scale, unclipped) and
-    below it the 3-D loss surface (nats) with the boundary projected on its floor. One colour
-    scale for the margins."""
-    from matplotlib.colors import TwoSlopeNorm
-
-    a = np.asarray(sec.axis, dtype=np.float64)
-    planes = [p for p in sample.planes if p.margin]
-    sym = norm_symbol(sec.norm)
-    k = len(planes)
-    cols = min(k, SURFACE_COLUMNS)
-    rows = -(-k // cols)
-    height = 6.2 * rows + 1.0
-    fig = figure(3.5 * cols + 1.2, height, layout=None)  # constrained layout with 3-D axes costs seconds
-    fig.subplots_adjust(left=0.07, right=0.88, top=1 - 1.0 / height, bottom=0.2 / height, wspace=0.35, hspace=0.22)
-    allm = np.concatenate([np.asarray(p.margin, dtype=np.float64).ravel() for p in planes])
-    finite = allm[np.isfinite(allm)]
-    norm = TwoSlopeNorm(vcenter=0.0, vmin=float(min(finite.min(), -1e-6)) if finite.size else -1.0,
-                        vmax=float(max(finite.max(), 1e-6)) if finite.size else 1.0)
-    cs = None
-    for j, plane in enumerate(planes):
-        r, c = divmod(j, cols)
-        top = fig.add_subplot(2 * rows, cols, 2 * r * cols + c + 1)
-        cs, boundary = _margin_contours(top, a, plane, sec.eps, norm)
-        top.set_title(f"u: {SURFACE_DIRECTIONS_SHORT.get(plane.name, plain(plane.name))}"
-                      + ("" if boundary is not None else " (no L = 0 in view)"), fontsize=10)
-        top.set_xlabel(f"a along u ({sym})", fontsize=8, labelpad=1)
-        top.set_ylabel(f"b along v = random ({sym})", fontsize=8)
-        top.tick_params(labelsize=7)
-        top.set_aspect("equal")
-        _surface_3d(fig.add_subplot(2 * rows, cols, (2 * r + 1) * cols + c + 1, projection="3d"), a, plane)
-    cax = fig.add_axes((0.91, 1 - 3.8 / height, 0.015, 2.6 / height))
-    fig.colorbar(cs, cax=cax, label="margin L (logits)")
-    fig.suptitle(f"Sample #{sample.index}: margin L on planes x + a·u + b·v (black: decision boundary L = 0, ★ = the sample,\n"
-                 f"dotted: ±ε = {sec.eps:.3g}); under each plane: the loss surface in 3-D", fontsize=10)
-    return to_data_uri(fig)
-
-
-@plots_for("surfaces")
-def surfaces_figures(sec, result) -> dict[str, Any]:
-    """One figure per stored sample (all its planes): ``fig.samples[i] = {"sample", "figure"}``."""
-    if not sec.axis:
-        return {}
-    out = [{"sample": s, "figure": surface_sample_figure(sec, s)} for s in sec.samples if any(p.margin for p in s.planes)]
-    return {"samples": out} if out else {}
-
-
-# --- landscape ---------------------------------------------------------------------------------------
-@plots_for("landscape")
-@styled
-def landscape_figures(sec, result) -> dict[str, Any]:
-    """Filter-normalized parameter-space landscape: 1-D loss (nats) and accuracy (%) along d₁, and
-    the 2-D loss contours over (d₁, d₂); a = 1 moves every filter by its own norm."""
-    if sec.skipped or not sec.loss_1d:
-        return {}
-    fig = figure(9.0, 3.5)
-    ax1 = fig.add_subplot(1, 2, 1)
-    x1 = np.asarray(sec.axis_1d, dtype=np.float64)
-    ax1.plot(x1, sec.loss_1d, color=NATURAL, marker="o", markersize=3, label="loss (nats)")
-    ax1.set_xlabel("a along d₁ (filter-normalized units)")
-    ax1.set_ylabel("batch-mean cross-entropy (nats)")
-    twin = ax1.twinx()
-    twin.plot(x1, 100 * np.asarray(sec.accuracy_1d, dtype=np.float64), color=_ATTACK_CYCLE[2], linestyle="--", label="accuracy (%)")
-    twin.set_ylabel("accuracy (%)")
-    twin.set_ylim(-2, 102)
-    twin.grid(False)
-    lines = ax1.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax1.legend(lines, [l.get_label() for l in lines], loc="upper center")
-    sharpness = "—" if sec.sharpness_1d is None else f"{sec.sharpness_1d:.3g}"  # None: no finite loss at θ
-    ax1.set_title(f"1-D landscape (n = {sec.n_samples}; sharpness {sharpness} nats)")
-    if sec.loss_2d:
-        ax2 = fig.add_subplot(1, 2, 2)
-        x2 = np.asarray(sec.axis_2d, dtype=np.float64)
-        loss = np.asarray(sec.loss_2d, dtype=np.float64)
-        cs = ax2.contourf(x2, x2, loss.T, levels=15, cmap="viridis")
-        ax2.contour(x2, x2, loss.T, levels=15, colors="white", linewidths=0.4)
-        ax2.plot([0], [0], marker="*", color="white", markeredgecolor="black", markersize=10, linestyle="none")
-        fig.colorbar(cs, ax=ax2, label="cross-entropy (nats)")
-        ax2.set_xlabel("a along d₁ (filter-normalized)")
-        ax2.set_ylabel("b along d₂ (filter-normalized)")
-        ax2.set_title("2-D loss landscape (★ = trained weights)")
-        ax2.grid(False)
-    return {"landscape": to_data_uri(fig)}
-

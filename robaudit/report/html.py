@@ -12,6 +12,7 @@ Deterministic: the result is first put through its JSON form (exactly what ``res
 holds), figures are PNGs without timestamps, so ``render_html(result)`` and
 ``render_html(ScanResult.read_json(path))`` give the same bytes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,7 @@ from ..outputs import atomic_write
 from ..results import ScanResult, to_jsonable
 from ..stats import Proportion, proportion
 from ..threat import format_eps
-from . import geometry_plots, plots  # noqa: F401  (geometry_plots registers its figures)
+from . import geometry_plots, plots, surface_plots  # noqa: F401  (each registers its sections' figures)
 from .bibliography import REFERENCES, cite, cite_attack, cited_keys, link_mentions
 from .flag_docs import flag_explanations
 from .verdict import headline as headline_numbers
@@ -102,7 +103,9 @@ def _value_text(v: Any) -> str:
             return ", ".join(_value_text(x) for x in v) if v else "(empty)"
         numeric = [float(x) for x in v if isinstance(x, (int, float)) and not isinstance(x, bool) and not _missing(x)]
         if len(numeric) == len(v):
-            return f"{len(v)} values: min {num(min(numeric))}, mean {num(sum(numeric) / len(numeric))}, max {num(max(numeric))}"
+            return (
+                f"{len(v)} values: min {num(min(numeric))}, mean {num(sum(numeric) / len(numeric))}, max {num(max(numeric))}"
+            )
         return f"{len(v)} items"
     if isinstance(v, float) or isinstance(v, bool) or v is None:
         return num(v, 6)
@@ -136,11 +139,23 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(pct=pct, num=num, eps=format_eps, slug=slug, norm_symbol=plots.norm_symbol, ci=ci,
-                       cites=lambda text: link_mentions(str(markupsafe.escape(text))))
-    env.globals.update(colors={"natural": plots.NATURAL, "adversarial": plots.ADVERSARIAL, "misclassified": plots.MISCLASSIFIED},
-                       directions=geometry_plots.SURFACE_DIRECTIONS, cite=cite, cite_attack=cite_attack,
-                       fraction_interval=fraction_interval, proportion=proportion)
+    env.filters.update(
+        pct=pct,
+        num=num,
+        eps=format_eps,
+        slug=slug,
+        norm_symbol=plots.norm_symbol,
+        ci=ci,
+        cites=lambda text: link_mentions(str(markupsafe.escape(text))),
+    )
+    env.globals.update(
+        colors={"natural": plots.NATURAL, "adversarial": plots.ADVERSARIAL, "misclassified": plots.MISCLASSIFIED},
+        directions=surface_plots.SURFACE_DIRECTIONS,
+        cite=cite,
+        cite_attack=cite_attack,
+        fraction_interval=fraction_interval,
+        proportion=proportion,
+    )
     return env
 
 
@@ -177,8 +192,14 @@ def _section_view(name: str, sec: Any, result: ScanResult) -> SectionView:
     metrics = tuple(sorted(sec.metrics().items())) if is_typed and hasattr(sec, "metrics") else ()
     fn = plots.SECTION_PLOTS.get(name) if is_typed else None
     return SectionView(
-        name, title, anchor, "sections/_generic.html.j2", sec,
-        fig=fn(sec, result) if fn else {}, rows=tuple(generic_rows(sec)), metrics=metrics,
+        name,
+        title,
+        anchor,
+        "sections/_generic.html.j2",
+        sec,
+        fig=fn(sec, result) if fn else {},
+        rows=tuple(generic_rows(sec)),
+        metrics=metrics,
     )
 
 
@@ -210,8 +231,16 @@ def _flag_groups(result: ScanResult) -> list[dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {}
     explained = flag_explanations()
     for flag in result.flags:
-        g = groups.setdefault(flag.code, {"code": flag.code, "anchor": f"flag-{slug(flag.code)}", "severity": flag.severity,
-                                          "messages": [], "explanation": explained.get(flag.code)})
+        g = groups.setdefault(
+            flag.code,
+            {
+                "code": flag.code,
+                "anchor": f"flag-{slug(flag.code)}",
+                "severity": flag.severity,
+                "messages": [],
+                "explanation": explained.get(flag.code),
+            },
+        )
         g["messages"].append(flag.message)
         if flag.severity == "error":
             g["severity"] = "error"
@@ -230,7 +259,7 @@ def render_html(result: ScanResult, gate_outcome=None) -> str:
     """The report as one self-contained HTML string. ``gate_outcome`` (a GateOutcome) goes in the verdict."""
     result = canonical(result)
     views = [_section_view(name, sec, result) for name, sec in result.sections.items()]
-    from .. import __version__
+    from .._version import __version__
 
     attacks = result.section("attacks")
     return _render_with_references(
@@ -259,7 +288,7 @@ def write_html(result: ScanResult, path: str | Path, gate_outcome=None) -> None:
 def render_compare_html(comparison, max_drop: float | None = None, significant: bool = False) -> str:
     """Side-by-side provenance, comparability warnings, per-metric deltas (accuracies first, with
     n, 95% intervals and the exact McNemar test)."""
-    from .. import __version__
+    from .._version import __version__
     from ..compare import is_accuracy_metric
 
     before, after = canonical(comparison.before), canonical(comparison.after)

@@ -1,22 +1,33 @@
-"""Figures for the HTML report, as deterministic base64 PNG data URIs.
-
-Scales, everywhere: ε and perturbations on the pixel scale [0,1]; accuracies are fractions in
-[0,1] drawn as percentages; the margin L(x) = Z_y − max_{i≠y} Z_i in logits; the loss in nats.
-
-Each section's figures come from one function registered with :func:`plots_for` under the
-section's name (``SECTION_PLOTS``); the HTML renderer looks it up by name and hands the result to
-that section's template partial as ``fig``. Rendering uses matplotlib's Agg canvas directly (no
-pyplot, no global state) with fixed style and PNG metadata, so the same result gives the same bytes.
+"""Figures of the core sections (clean, attacks, certify, margins) and compare's curve, as
+deterministic base64 PNG data URIs drawn with :mod:`.figures` (scales and colours: see there).
 """
+
 from __future__ import annotations
 
-import base64
-import io
-import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
+from .figures import (
+    ADVERSARIAL,
+    AFTER,
+    BEFORE,
+    MISCLASSIFIED,
+    NATURAL,
+    SECTION_PLOTS,
+    Bins,
+    attack_colors,
+    figure,
+    histogram_bins,
+    image_data_uri,
+    jacobian_heatmap_uri,
+    norm_symbol,
+    perturbation_data_uri,
+    plain,
+    plots_for,
+    styled,
+    to_data_uri,
+)
 
 __all__ = [
     "NATURAL",
@@ -37,183 +48,6 @@ __all__ = [
     "Bins",
     "histogram_bins",
 ]
-
-# Colours, defined once: natural (clean) inputs, adversarial inputs / the worst case, samples
-# already misclassified without an attack; compare's before/after.
-NATURAL = "#1f77b4"
-ADVERSARIAL = "#d62728"
-MISCLASSIFIED = "#7f7f7f"
-BEFORE = "#7f7f7f"
-AFTER = "#1f77b4"
-# Individual attacks (neither natural nor worst case), assigned in order of first appearance.
-_ATTACK_CYCLE = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79")
-
-DPI = 100
-_STYLE = {
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "legend.fontsize": 8,
-    "legend.frameon": False,
-    "text.usetex": False,
-    "svg.hashsalt": "robaudit",
-    "path.simplify": True,
-}
-
-PlotFn = Callable[[Any, Any], dict[str, Any]]
-SECTION_PLOTS: dict[str, PlotFn] = {}
-
-
-def plots_for(name: str) -> Callable[[PlotFn], PlotFn]:
-    """Register ``fn(section, result) -> dict`` as the figures of section ``name``.
-
-    Values are data URIs (``str``) or lists of dicts (e.g. a gallery); the partial
-    ``templates/sections/<name>.html.j2`` reads them as ``fig.<key>``.
-    """
-
-    def deco(fn: PlotFn) -> PlotFn:
-        SECTION_PLOTS[name] = fn
-        return fn
-
-    return deco
-
-
-# --- primitives ------------------------------------------------------------------------------------
-def figure(width: float = 6.4, height: float = 3.4, layout: str | None = "constrained"):
-    """A new Agg-backed Figure with the report style (use inside :func:`styled`); ``layout=None``
-    for manual placement (constrained layout is slow with 3-D axes)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def styled(fn: Callable) -> Callable:
-    """Run a plotting function under the fixed report rcParams."""
-
-    def wrapper(*args, **kwargs):
-        import matplotlib
-
-        with matplotlib.rc_context(_STYLE):
-            return fn(*args, **kwargs)
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
-
-
-def to_data_uri(fig) -> str:
-    """PNG bytes of ``fig`` as a data URI; no Software/date metadata, so bytes are reproducible."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _png_uri(array: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _to_uint8(img: np.ndarray, scale: int) -> np.ndarray:
-    """(C,H,W) in [0,1] → (H·s, W·s[, 3]) uint8, nearest-neighbour upscaled so pixels stay visible."""
-    arr = np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0)
-    arr = np.rint(arr * 255).astype(np.uint8)
-    arr = arr[0] if arr.shape[0] == 1 else np.transpose(arr[:3], (1, 2, 0))
-    return np.repeat(np.repeat(arr, scale, axis=0), scale, axis=1)
-
-
-def _upscale(shape: tuple[int, ...], target: int = 112) -> int:
-    return max(1, math.ceil(target / max(shape[-2:])))
-
-
-def image_data_uri(img: np.ndarray) -> str:
-    """A (C,H,W) image on the pixel scale [0,1] as a PNG data URI (upscaled to about 112 px)."""
-    return _png_uri(_to_uint8(img, _upscale(img.shape)))
-
-
-def perturbation_data_uri(clean: np.ndarray, adversarial: np.ndarray) -> tuple[str, float]:
-    """δ = adversarial − clean drawn as 0.5 + δ·k with k = 0.5 / max|δ| (mid-grey = no change,
-    black/white = the largest change), i.e. amplified to the full range. Returns (uri, k)."""
-    delta = np.asarray(adversarial, dtype=np.float64) - np.asarray(clean, dtype=np.float64)
-    peak = float(np.abs(delta).max()) if delta.size else 0.0
-    gain = 0.5 / peak if peak > 0 else 0.0
-    return image_data_uri(0.5 + delta * gain), gain
-
-
-@dataclass(frozen=True)
-class Bins:
-    """Histogram bin edges and the x scale to draw them on (``linear``, ``log`` or ``symlog`` with
-    ``linthresh``); ``constant``: every value is the same (the plot says so instead of one bar)."""
-
-    edges: np.ndarray
-    scale: str = "linear"
-    linthresh: float = 0.0
-    constant: float | None = None
-
-    def apply(self, ax) -> None:
-        if self.scale == "log":
-            ax.set_xscale("log")
-        elif self.scale == "symlog":
-            ax.set_xscale("symlog", linthresh=self.linthresh)
-        if self.constant is not None:
-            ax.text(0.5, 0.92, f"every sample: {self.constant:.4g}", transform=ax.transAxes, ha="center", va="top", fontsize=8)
-
-    def suffix(self) -> str:
-        return {"log": ", log scale", "symlog": ", log scale above the first bin"}.get(self.scale, "")
-
-
-def histogram_bins(data, count: int = 30, bounds: tuple[float, float] | None = None) -> Bins:
-    """Bins that show a distribution instead of one tall bar.
-
-    Over ``bounds`` (a natural range such as [0,1]) unless the values fill less than a fifth of it,
-    else over the values' own range. Non-negative values spanning more than two decades whose linear
-    bins would put half of them in one bin get logarithmic bins (a first bin [0, smallest positive)
-    holds exact zeros, drawn on a symlog axis); never within ``bounds``."""
-    parts = [np.asarray(d, dtype=np.float64) for d in data]
-    allv = np.concatenate([d[np.isfinite(d)] for d in parts] or [np.zeros(0)])
-    if not allv.size:
-        return Bins(np.linspace(0.0, 1.0, count + 1))
-    lo, hi = float(allv.min()), float(allv.max())
-    if hi <= lo:
-        pad = 0.5 * max(abs(lo), 1e-3)
-        return Bins(np.linspace(lo - pad, hi + pad, count + 1), constant=lo)
-    if bounds is not None and (hi - lo) >= 0.2 * (bounds[1] - bounds[0]):
-        return Bins(np.linspace(bounds[0], bounds[1], count + 1))
-    edges = np.linspace(lo, hi, count + 1)
-    crowded = np.histogram(allv, bins=edges)[0].max() >= 0.5 * allv.size
-    pos = allv[allv > 0]
-    if bounds is None and lo >= 0 and crowded and pos.size and hi / pos.min() > 100:
-        logs = np.geomspace(pos.min() * 0.999, hi * 1.001, count)
-        if lo == 0:
-            return Bins(np.concatenate([[0.0], logs]), "symlog", float(logs[0]))
-        return Bins(logs, "log")
-    return Bins(edges)
-
-
-def attack_colors(labels) -> dict[str, str]:
-    """A stable colour per attack label, in order of first appearance."""
-    out: dict[str, str] = {}
-    for label in labels:
-        if label not in out:
-            out[label] = _ATTACK_CYCLE[len(out) % len(_ATTACK_CYCLE)]
-    return out
-
-
-def norm_symbol(norm: str) -> str:
-    return {"linf": "ℓ∞", "l2": "ℓ2"}.get(norm, norm)
-
-
-def plain(text: Any) -> str:
-    """Text for a matplotlib label: ``$`` escaped so user strings never turn into mathtext."""
-    return str(text).replace("\\", "\\\\").replace("$", r"\$")
 
 
 # --- section figures -------------------------------------------------------------------------------
@@ -237,16 +71,20 @@ def clean_figures(sec, result) -> dict[str, Any]:
         per_class = sec.per_class_intervals().get("clean.accuracy", []) if hasattr(sec, "per_class_intervals") else []
         err = None
         if per_class:
-            err = [[100 * (v - per_class[i].lower) if per_class[i] else 0.0 for i, v in acc],
-                   [100 * (per_class[i].upper - v) if per_class[i] else 0.0 for i, v in acc]]
+            err = [
+                [100 * (v - per_class[i].lower) if per_class[i] else 0.0 for i, v in acc],
+                [100 * (per_class[i].upper - v) if per_class[i] else 0.0 for i, v in acc],
+            ]
         ax.bar(range(len(acc)), [100 * v for _, v in acc], color=NATURAL, yerr=err, capsize=3, ecolor="0.25")
         ax.set_xticks(range(len(acc)), labels, rotation=45 if len(acc) > 6 else 0, ha="right" if len(acc) > 6 else "center")
         ax.set_xlabel("class")
     ax.axhline(100 * sec.accuracy, color="black", linewidth=1, linestyle="--")
     ax.set_ylim(0, 100)
     ax.set_ylabel("clean accuracy (%)")
-    ax.set_title(f"Clean accuracy per class, natural inputs (n={sec.n}; dashed: overall {100 * sec.accuracy:.1f}%)"
-                 + ("\nerror bars: 95% intervals (per-class n is small)" if not many else ""))
+    ax.set_title(
+        f"Clean accuracy per class, natural inputs (n={sec.n}; dashed: overall {100 * sec.accuracy:.1f}%)"
+        + ("\nerror bars: 95% intervals (per-class n is small)" if not many else "")
+    )
     return {"per_class": to_data_uri(fig)}
 
 
@@ -294,16 +132,35 @@ def _robust_curve(sec, result) -> str:
     for label, color in colors.items():
         pts = sorted((r.eps, r.robust_accuracy) for r in sec.runs if r.attack == label)
         cis = [intervals.get(robust_acc_name(label, sec.norm, e)) for e, _ in pts]
-        _errorbar(ax, pts, cis, marker="o", markersize=4, linestyle="--", linewidth=1.2, color=color, label=plain(label), zorder=3)
+        _errorbar(
+            ax, pts, cis, marker="o", markersize=4, linestyle="--", linewidth=1.2, color=color, label=plain(label), zorder=3
+        )
     worst = sorted((e, sec.ensemble.get(format_eps(e))) for e in sec.eps)
     worst = [(e, a) for e, a in worst if a is not None]
     if worst:
         cis = [intervals.get(robust_acc_name("ensemble", sec.norm, e)) for e, _ in worst]
-        _errorbar(ax, worst, cis, marker="s", markersize=6, linewidth=2.2, color=ADVERSARIAL,
-                  label="worst case over attacks (adversarial)", zorder=2)
+        _errorbar(
+            ax,
+            worst,
+            cis,
+            marker="s",
+            markersize=6,
+            linewidth=2.2,
+            color=ADVERSARIAL,
+            label="worst case over attacks (adversarial)",
+            zorder=2,
+        )
     if clean_acc is not None:
-        _errorbar(ax, [(0.0, clean_acc)], [intervals.get("clean.accuracy")], marker="o", markersize=7, color=NATURAL,
-                  label=f"clean (natural), ε=0: {100 * clean_acc:.1f}%", zorder=4)
+        _errorbar(
+            ax,
+            [(0.0, clean_acc)],
+            [intervals.get("clean.accuracy")],
+            marker="o",
+            markersize=7,
+            color=NATURAL,
+            label=f"clean (natural), ε=0: {100 * clean_acc:.1f}%",
+            zorder=4,
+        )
     sym = norm_symbol(sec.norm)
     ax.set_xlabel(f"ε ({sym} radius, pixel scale [0,1])")
     ax.set_ylabel("robust accuracy (%)")
@@ -333,15 +190,41 @@ def certify_figures(sec, result) -> dict[str, Any]:
     lower = [(r.eps, r.certified_accuracy) for r in runs]
     upper = [(r.eps, r.upper_accuracy) for r in runs if r.upper_accuracy is not None]
     if len(upper) == len(runs):
-        ax.fill_between([e for e, _ in lower], [100 * a for _, a in lower], [100 * a for _, a in upper],
-                        color="#bbbbbb", alpha=0.45, linewidth=0, label="unresolved (neither certified nor broken)", zorder=1)
+        ax.fill_between(
+            [e for e, _ in lower],
+            [100 * a for _, a in lower],
+            [100 * a for _, a in upper],
+            color="#bbbbbb",
+            alpha=0.45,
+            linewidth=0,
+            label="unresolved (neither certified nor broken)",
+            zorder=1,
+        )
     if upper:
         cis = [intervals.get(certify_metric_name("upper", sec.method, sec.norm, e)) for e, _ in upper]
-        _errorbar(ax, upper, cis, marker="s", markersize=5, linewidth=2.0, color=ADVERSARIAL,
-                  label="attacked: upper bound (worst case over attacks)", zorder=3)
+        _errorbar(
+            ax,
+            upper,
+            cis,
+            marker="s",
+            markersize=5,
+            linewidth=2.0,
+            color=ADVERSARIAL,
+            label="attacked: upper bound (worst case over attacks)",
+            zorder=3,
+        )
     cis = [intervals.get(certified_acc_name(sec.method, sec.norm, e)) for e, _ in lower]
-    _errorbar(ax, lower, cis, marker="o", markersize=5, linewidth=2.0, color=NATURAL,
-              label=f"certified ({plain(sec.method)}): lower bound", zorder=4)
+    _errorbar(
+        ax,
+        lower,
+        cis,
+        marker="o",
+        markersize=5,
+        linewidth=2.0,
+        color=NATURAL,
+        label=f"certified ({plain(sec.method)}): lower bound",
+        zorder=4,
+    )
     sym = norm_symbol(sec.norm)
     ax.set_xlabel(f"ε ({sym} radius, pixel scale [0,1])")
     ax.set_ylabel("robust accuracy (%)")
@@ -371,7 +254,6 @@ def _gallery(sec, result) -> list[dict[str, Any]]:
     """Per weak sample: clean image, adversarial image, amplified perturbation, labels, margin, and
     the margin-Jacobian heatmap when the jacobian section stored one for the same sample."""
     from ..checks.attacks import decode_tensor
-    from .geometry_plots import jacobian_heatmap_uri
 
     jacobian = result.section("jacobian")
     heatmaps = {h.index: h for h in getattr(jacobian, "heatmaps", ()) or ()}
@@ -405,7 +287,13 @@ def margins_figures(sec, result) -> dict[str, Any]:
     groups = _sample_groups(sec, result)
     return {
         "margin": _hist(sec.margins, groups, "margin L(x) (logits)", "Margin L(x) = Z_y − max_{i≠y} Z_i", zero_line=True),
-        "probability": _hist(sec.true_class_probability, groups, "true-class probability softmax(Z)_y", "True-class probability", bounds=(0.0, 1.0)),
+        "probability": _hist(
+            sec.true_class_probability,
+            groups,
+            "true-class probability softmax(Z)_y",
+            "True-class probability",
+            bounds=(0.0, 1.0),
+        ),
         "loss": _hist(sec.loss, groups, "cross-entropy loss (nats)", "Cross-entropy loss"),
     }
 

@@ -27,9 +27,11 @@ all scanned), ci95_lower / ci95_upper (its 95% Clopper–Pearson interval), succ
 n_attacked, mean_perturbation (‖δ‖ in the norm, pixel scale), passes (forward + backward model
 passes per attacked sample), seconds; plus one ``ensemble`` row per ε with the worst case.
 """
+
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -53,13 +55,32 @@ _JACOBIAN_STATS = ("l1", "l2", "linf", "zero_fraction")
 # section -> dotted fields with one value per sample in the section's ``indices`` (a subset)
 _PER_SUBSET = {
     "curvature": (
-        "loss_values", "grad_norm", "frobenius_exact", "frobenius_fd", "hz_exact", "hz_fd", "cure_step",
-        "exact.lambda_max", "exact.lambda_min", "exact.alignment", "finite_difference.lambda_max",
+        "loss_values",
+        "grad_norm",
+        "frobenius_exact",
+        "frobenius_fd",
+        "hz_exact",
+        "hz_fd",
+        "cure_step",
+        "exact.lambda_max",
+        "exact.lambda_min",
+        "exact.alignment",
+        "finite_difference.lambda_max",
         "finite_difference.lambda_min",
     ),
     "indicator": (
-        "margin", "j_l1", "j_l2", "lambda_abs_max", "radius_linf", "radius_l2", "radii_linf", "radii_l2", "t",
-        "theorem1.exact.lower", "theorem1.exact.upper", "theorem1.finite_difference.lower",
+        "margin",
+        "j_l1",
+        "j_l2",
+        "lambda_abs_max",
+        "radius_linf",
+        "radius_l2",
+        "radii_linf",
+        "radii_l2",
+        "t",
+        "theorem1.exact.lower",
+        "theorem1.exact.upper",
+        "theorem1.finite_difference.lower",
         "theorem1.finite_difference.upper",
     ),
 }
@@ -120,8 +141,11 @@ def samples_table(result: ScanResult) -> pd.DataFrame:
     certify = result.section("certify")
     for run in _get(certify, "runs", ()) or ():
         name = f"{_get(certify, 'method')}.{_get(certify, 'norm')}@{format_eps(_get(run, 'eps'))}"
-        for field, prefix, convert in (("certified", "certified", list), ("lower", "certified_lower", _floats),
-                                       ("status", "certify_status", list)):
+        for field, prefix, convert in (
+            ("certified", "certified", list),
+            ("lower", "certified_lower", _floats),
+            ("status", "certify_status", list),
+        ):
             values = _get(run, field)
             if values is not None and len(values) == n:
                 cols[f"{prefix}.{name}"] = convert(values)
@@ -134,12 +158,12 @@ def samples_table(result: ScanResult) -> pd.DataFrame:
             values = _dotted(jacobian, f"{function}.{stat}")
             if values is not None and len(values) == n:
                 cols[f"jacobian.{function}.{stat}"] = _floats(values)
-    for name, fields in _PER_SUBSET.items():
+    for name, subset_fields in _PER_SUBSET.items():
         sec = result.section(name)
         indices = _get(sec, "indices")
         if not indices or any(not 0 <= int(i) < n for i in indices):
             continue
-        for field in fields:
+        for field in subset_fields:
             values = _dotted(sec, field)
             if values is None or len(values) != len(indices):
                 continue
@@ -156,7 +180,9 @@ def per_class_table(result: ScanResult) -> pd.DataFrame:
     if "label" not in samples or samples["label"].isna().any():
         from ..errors import InputError
 
-        raise InputError("this result has no labels for misclassified samples (written before robaudit stored them); re-run the scan")
+        raise InputError(
+            "this result has no labels for misclassified samples (written before robaudit stored them); re-run the scan"
+        )
     names = result.provenance.class_names
     classes = pd.DataFrame({"class": range(len(names)), "name": list(names)}).set_index("class")
     by_class = samples.assign(label=samples["label"].astype("int64")).groupby("label")
@@ -203,11 +229,33 @@ def robust_table(result: ScanResult) -> pd.DataFrame:
         )
     for eps in sorted(_get(attacks, "eps", ()) or ()):
         key = format_eps(eps)
-        rows.append({"attack": "ensemble", "norm": _get(attacks, "norm"), "eps": eps, "eps_label": key,
-                     **_interval_columns(intervals, robust_acc_name("ensemble", _get(attacks, "norm"), key)),
-                     "robust_accuracy": (_get(attacks, "ensemble", {}) or {}).get(key)})
-    columns = ["attack", "norm", "eps", "eps_label", "metric", "robust_accuracy", "k", "n", "ci95_lower", "ci95_upper",
-               "success_rate", "n_attacked", "mean_perturbation", "passes", "seconds"]
+        rows.append(
+            {
+                "attack": "ensemble",
+                "norm": _get(attacks, "norm"),
+                "eps": eps,
+                "eps_label": key,
+                **_interval_columns(intervals, robust_acc_name("ensemble", _get(attacks, "norm"), key)),
+                "robust_accuracy": (_get(attacks, "ensemble", {}) or {}).get(key),
+            }
+        )
+    columns = [
+        "attack",
+        "norm",
+        "eps",
+        "eps_label",
+        "metric",
+        "robust_accuracy",
+        "k",
+        "n",
+        "ci95_lower",
+        "ci95_upper",
+        "success_rate",
+        "n_attacked",
+        "mean_perturbation",
+        "passes",
+        "seconds",
+    ]
     table = pd.DataFrame(rows, columns=columns)
     for col in ("n_attacked", "k", "n"):
         table[col] = table[col].astype("Int64")  # empty on the ensemble rows / without per-sample results
@@ -225,6 +273,8 @@ def csv_texts(result: ScanResult) -> dict[str, str]:
 
 def write_csv(result: ScanResult, directory: str | Path) -> list[Path]:
     """Write :func:`csv_texts` into ``directory`` (all or none: robaudit.outputs); return their paths."""
-    files = {Path(directory) / name: text for name, text in csv_texts(result).items()}
+    files: dict[str | os.PathLike[str], str | bytes] = {
+        Path(directory) / name: text for name, text in csv_texts(result).items()
+    }
     atomic_write_all(files)
-    return list(files)
+    return [Path(p) for p in files]

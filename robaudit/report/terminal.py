@@ -2,16 +2,16 @@
 
 Colour is decoration only: every status is also a word, so NO_COLOR terminals read the same.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
 from ..console import make_console, styled
-
 from ..metric_names import robust_acc_name
 from ..results import ScanResult
 from ..stats import proportion
@@ -48,7 +48,7 @@ def _num(v, digits: int = 4) -> str:
     return "—" if v is None else f"{float(v):.{digits}g}"
 
 
-def _table(title: str, columns: list[str], row: list[str]) -> Table:
+def _table(title: str, columns: list[str], row: list[str | Text]) -> Table:
     """A one-row table: a few key numbers of one section."""
     t = Table(title=title, title_justify="left")
     for col in columns:
@@ -76,8 +76,15 @@ def _minimal_table(sec) -> Table:
     return _table(
         f"Minimal perturbation ‖δ‖ ({sec.norm}, pixel space [0,1]; attack-found upper bounds)",
         ["found / attacked", "q05", "q25", "median", "q75", "q95", "mean"],
-        [f"{sec.n_found}/{sec.n_attacked}", _num(q.get("05")), _num(q.get("25")), _num(sec.median), _num(q.get("75")),
-         _num(q.get("95")), _num(sec.mean)],
+        [
+            f"{sec.n_found}/{sec.n_attacked}",
+            _num(q.get("05")),
+            _num(q.get("25")),
+            _num(sec.median),
+            _num(q.get("75")),
+            _num(q.get("95")),
+            _num(sec.mean),
+        ],
     )
 
 
@@ -97,9 +104,14 @@ def _curvature_table(sec) -> Table:
     return _table(
         f"Curvature of the loss ({sec.n_samples} samples; nats/pixel², pixel space [0,1])",
         ["λ_max exact (median)", "λ_max FD (median)", "alignment exact", "alignment FD", "‖Hz‖ exact", "‖Hz‖ FD"],
-        [_num(getattr(ex, "lambda_max_median", None)), _num(getattr(fd, "lambda_max_median", None)),
-         _num(getattr(ex, "alignment_mean", None), 3), _num(getattr(fd, "alignment_mean", None), 3),
-         _num(_median(sec.hz_exact)), _num(_median(sec.hz_fd))],
+        [
+            _num(getattr(ex, "lambda_max_median", None)),
+            _num(getattr(fd, "lambda_max_median", None)),
+            _num(getattr(ex, "alignment_mean", None), 3),
+            _num(getattr(fd, "alignment_mean", None), 3),
+            _num(_median(sec.hz_exact)),
+            _num(_median(sec.hz_fd)),
+        ],
     )
 
 
@@ -110,8 +122,14 @@ def _indicator_table(sec) -> Table:
     return _table(
         f"Bounds and indicator ({sec.n_samples} samples; median radii, pixel scale; ρ vs attack radii)",
         ["Thm 1 within, FD", "Thm 1 within, exact", "indicator ℓ∞", "ρ ℓ∞", "indicator ℓ2", "ρ ℓ2"],
-        [_pct(getattr(fd, "fraction_within", None)), _pct(getattr(ex, "fraction_within", None)), _num(sec.indicator_linf),
-         _num(sec.spearman_linf, 3), _num(sec.indicator_l2), _num(sec.spearman_l2, 3)],
+        [
+            _pct(getattr(fd, "fraction_within", None)),
+            _pct(getattr(ex, "fraction_within", None)),
+            _num(sec.indicator_linf),
+            _num(sec.spearman_linf, 3),
+            _num(sec.indicator_l2),
+            _num(sec.spearman_l2, 3),
+        ],
     )
 
 
@@ -119,13 +137,17 @@ def _spectra_table(sec) -> Table | None:
     """Largest spectral norm, mean per-layer std and worst condition ratio (weight units)."""
     if not sec.layers:
         return None
-    largest = max(sec.layers, key=lambda l: l.sigma_max)
-    ratios = [l.ratio for l in sec.layers if l.ratio is not None]
+    largest = max(sec.layers, key=lambda layer: layer.sigma_max)
+    ratios = [layer.ratio for layer in sec.layers if layer.ratio is not None]
     return _table(
         f"Layer spectra ({len(sec.layers)} weight matrices; singular values in weight units)",
         ["largest σ_max", "in layer", "mean std of σ", "largest σ_max/σ_min"],
-        [_num(largest.sigma_max), Text(largest.name), _num(sum(l.std for l in sec.layers) / len(sec.layers)),
-         _num(max(ratios)) if ratios else "—"],
+        [
+            _num(largest.sigma_max),
+            Text(largest.name),
+            _num(sum(layer.std for layer in sec.layers) / len(sec.layers)),
+            _num(max(ratios)) if ratios else "—",
+        ],
     )
 
 
@@ -135,13 +157,20 @@ def _surfaces_table(sec) -> Table | None:
     names = [k.split(".")[1] for k in metrics if k.endswith(".fraction_misclassified_within_eps")]
     if not names:
         return None
-    t = Table(title=f"Decision surfaces ({len(sec.samples)} samples, {sec.norm} ε={sec.eps:g})",
-              title_justify="left")
-    for col, just in (("plane u", "left"), ("misclassified within ε", "right"), ("min L within ε (logits)", "right")):
+    t = Table(title=f"Decision surfaces ({len(sec.samples)} samples, {sec.norm} ε={sec.eps:g})", title_justify="left")
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("plane u", "left"),
+        ("misclassified within ε", "right"),
+        ("min L within ε (logits)", "right"),
+    )
+    for col, just in columns:
         t.add_column(col, justify=just)
     for name in names:
-        t.add_row(Text(name), _pct(metrics[f"surfaces.{name}.fraction_misclassified_within_eps"]),
-                  _num(metrics[f"surfaces.{name}.min_margin_within_eps"]))
+        t.add_row(
+            Text(name),
+            _pct(metrics[f"surfaces.{name}.fraction_misclassified_within_eps"]),
+            _num(metrics[f"surfaces.{name}.min_margin_within_eps"]),
+        )
     return t
 
 
@@ -173,7 +202,7 @@ def geometry_tables(result: ScanResult) -> list[Table]:
     for name in result.sections:
         fn = _GEOMETRY_TABLES.get(name)
         sec = _typed(result, name) if fn else None
-        table = fn(sec) if sec is not None else None
+        table = fn(sec) if fn is not None and sec is not None else None
         if table is not None:
             tables.append(table)
     return tables
@@ -184,8 +213,10 @@ def certify_lines(sec) -> list[str]:
     if sec.untraceable:
         return [f"CERTIFY: not run: the model's graph can't be traced ({sec.untraceable}); the rest of the scan ran"]
     if sec.blocked_by:
-        return [f"CERTIFY: not run: certification is blocked by {'; '.join(sec.blocked_by)} (operators outside "
-                "the supported set, docs/certify.md); the rest of the scan ran"]
+        return [
+            f"CERTIFY: not run: certification is blocked by {'; '.join(sec.blocked_by)} (operators outside "
+            "the supported set, docs/certify.md); the rest of the scan ran"
+        ]
     return []
 
 
@@ -199,9 +230,13 @@ def certify_table(sec, result: ScanResult) -> Table | None:
     intervals = result.intervals()
     exact = sec.method == "exact"
     inter = "" if sec.method == "ibp" or exact else f", pre-activation boxes by {sec.intermediate}"
-    t = Table(title=(f"Certified vs attacked robust accuracy ({sec.norm}, pixel space [0,1]; {sec.method}{inter}; "
-                     f"n={result.provenance.n}, 95% Clopper–Pearson interval): certified ≤ true ≤ attacked"),
-              title_justify="left")
+    t = Table(
+        title=(
+            f"Certified vs attacked robust accuracy ({sec.norm}, pixel space [0,1]; {sec.method}{inter}; "
+            f"n={result.provenance.n}, 95% Clopper–Pearson interval): certified ≤ true ≤ attacked"
+        ),
+        title_justify="left",
+    )
     columns = ["ε", f"certified ({sec.method}) [95% CI]", "attacked worst case [95% CI]", "unresolved"]
     if exact:
         columns += ["falsified", "timeout"]
@@ -225,10 +260,14 @@ def _fixed_batch_line(batch: int) -> str:
     if batch == 1:
         cost = "one model call per sample, no batching: about as slow as --batch-size 1"
     else:
-        cost = (f"{batch} samples per model call; smaller calls (the last batch, the samples an attack still "
-                f"queries) are padded to {batch} and pay for {batch}")
-    return (f"the model runs at batch size {batch} only, so it was audited at that size ({cost}); "
-            f"re-export it with a dynamic batch dimension to batch freely")
+        cost = (
+            f"{batch} samples per model call; smaller calls (the last batch, the samples an attack still "
+            f"queries) are padded to {batch} and pay for {batch}"
+        )
+    return (
+        f"the model runs at batch size {batch} only, so it was audited at that size ({cost}); "
+        f"re-export it with a dynamic batch dimension to batch freely"
+    )
 
 
 def _blackbox_only_line(c) -> str:
@@ -236,8 +275,7 @@ def _blackbox_only_line(c) -> str:
     head = f"black-box after white-box at ε={format_eps(c.eps)}: broke {c.broken} of {c.attacked} white-box survivors"
     if c.attacked:
         head += f" ({c.broken / c.attacked:.1%})"
-    need = (f"the masking flag needs ≥ {c.needed}" if c.needed is not None
-            else "too few survivors to test for masking")
+    need = f"the masking flag needs ≥ {c.needed}" if c.needed is not None else "too few survivors to test for masking"
     return f"{head}; {'flagged' if c.flagged else need} (docs/flags.md#flag-blackbox-beats-whitebox)"
 
 
@@ -259,29 +297,42 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
         console.print(styled("  ", ("FLAG", "yellow"), f" {flag.code}: {flag.message} (docs/flags.md#flag-{flag.code})"))
     for w in result.model_warnings:
         console.print(styled("  ", ("WARNING", "yellow"), f" {w}"))
-    console.print(Text(
-        f"  {p.checkpoint_format} sha256:{p.checkpoint_sha256[:12]} · arch {p.arch or 'embedded'} · "
-        f"device {p.device} · seed {p.seed} · pixel space [0,1]", style="dim",
-    ))
+    console.print(
+        Text(
+            f"  {p.checkpoint_format} sha256:{p.checkpoint_sha256[:12]} · arch {p.arch or 'embedded'} · "
+            f"device {p.device} · seed {p.seed} · pixel space [0,1]",
+            style="dim",
+        )
+    )
     fixed = getattr(p, "fixed_batch", None)
     if fixed:
         console.print(styled("  ", ("FIXED BATCH", "yellow"), f" {_fixed_batch_line(fixed)}"))
     precision = getattr(p, "precision", "float32")
     if precision != "float32":
-        console.print(styled("  ", ("PRECISION", "yellow"), f" attacks ran in {precision} (torch.autocast); every "
-                             "adversarial example was re-checked in float32 before it counted"))
+        console.print(
+            styled(
+                "  ",
+                ("PRECISION", "yellow"),
+                f" attacks ran in {precision} (torch.autocast); every "
+                "adversarial example was re-checked in float32 before it counted",
+            )
+        )
     memory = getattr(p, "memory_format", None)
     if memory is not None and (memory.channels_last or memory.probe_rows is not None):
         console.print(Text(f"  {memory.summary()}", style="dim"))
     elif getattr(p, "channels_last", False):
-        console.print(Text("  channels_last: the model and its image batches ran in torch.channels_last memory format", style="dim"))
+        console.print(
+            Text("  channels_last: the model and its image batches ran in torch.channels_last memory format", style="dim")
+        )
 
     if attacks is not None and attacks.runs:
         mode = "each attack alone" if attacks.mode == "independent" else "cascade: after this and earlier attacks"
         intervals = result.intervals()
-        t = Table(title=f"Robust accuracy ({attacks.norm}, pixel space [0,1]; {mode}; n={p.n}, 95% Clopper–Pearson interval)",
-                  title_justify="left")
-        for col, just in [
+        t = Table(
+            title=f"Robust accuracy ({attacks.norm}, pixel space [0,1]; {mode}; n={p.n}, 95% Clopper–Pearson interval)",
+            title_justify="left",
+        )
+        columns: list[tuple[str, JustifyMethod]] = [
             ("attack", "left"),
             ("ε", "right"),
             ("robust acc [95% CI]", "right"),
@@ -289,7 +340,8 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             (f"mean ‖δ‖ ({attacks.norm})", "right"),
             ("fwd+bwd / sample", "right"),
             ("time", "right"),
-        ]:
+        ]
+        for col, just in columns:
             t.add_column(col, justify=just)
         for r in attacks.runs:
             t.add_row(
@@ -322,10 +374,15 @@ def print_summary(result: ScanResult, console: Console | None = None) -> None:
             t.add_column(col, justify="right")
         q = margins.quantiles
         t.add_row(
-            _fixed(margins.mean), _fixed(q.get("05")), _fixed(q.get("25")), _fixed(margins.median), _fixed(q.get("75")),
+            _fixed(margins.mean),
+            _fixed(q.get("05")),
+            _fixed(q.get("25")),
+            _fixed(margins.median),
+            _fixed(q.get("75")),
             _fixed(q.get("95")),
             pct_ci(margins.fraction_negative, _negative_fraction_interval(margins.margins)),
-            _fixed(margins.mean_true_class_probability), _fixed(margins.mean_loss),
+            _fixed(margins.mean_true_class_probability),
+            _fixed(margins.mean_loss),
         )
         console.print(t)
     for table in geometry_tables(result):

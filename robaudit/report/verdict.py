@@ -7,6 +7,7 @@ its defaults or with a larger budget (more iterations, restarts, target classes 
 case over weaker attacks (FGSM + PGD-20, the ``quick`` preset) is an *upper bound* on robust accuracy
 that can be far from the true value.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,10 @@ class Recipe:
         over = " + ".join(self.attacks)
         if self.autoattack:
             return f"Worst case over {over} ({source}AutoAttack-grade: APGD-CE, APGD-T, FAB-T and Square at full budget)."
-        return (f"Worst case over {over} ({source}not AutoAttack-grade, lacking {', '.join(self.missing)} at full budget): "
-                "weaker attacks can overstate robustness; rerun with --attacks standard before relying on it.")
+        return (
+            f"Worst case over {over} ({source}not AutoAttack-grade, lacking {', '.join(self.missing)} at full budget): "
+            "weaker attacks can overstate robustness; rerun with --attacks standard before relying on it."
+        )
 
 
 def _get(obj, name, default=None):
@@ -81,7 +84,11 @@ def recipe(attacks) -> Recipe | None:
     if not runs:
         return None
     labels = tuple(dict.fromkeys(_get(r, "attack") for r in runs))
-    strong = {_get(r, "attack").split("[")[0] for r in runs if _at_full_budget(_get(r, "attack").split("[")[0], _get(r, "params", {}) or {})}
+    strong = {
+        _get(r, "attack").split("[")[0]
+        for r in runs
+        if _at_full_budget(_get(r, "attack").split("[")[0], _get(r, "params", {}) or {})
+    }
     missing = tuple(a for a in AUTOATTACK if a not in strong)
     return Recipe(_get(attacks, "preset"), labels, not missing, missing)
 
@@ -100,16 +107,27 @@ def headline(result) -> list[Headline]:
         sym = {"linf": "ℓ∞", "l2": "ℓ2"}.get(norm, norm)
         for eps in sorted(_get(attacks, "eps", ()) or ()):
             key = format_eps(eps)
-            out.append(Headline(f"robust accuracy, worst case, {sym} ε={key}", (_get(attacks, "ensemble", {}) or {}).get(key),
-                                intervals.get(f"robust_acc.ensemble.{norm}@{key}"), adversarial=True))
+            out.append(
+                Headline(
+                    f"robust accuracy, worst case, {sym} ε={key}",
+                    (_get(attacks, "ensemble", {}) or {}).get(key),
+                    intervals.get(f"robust_acc.ensemble.{norm}@{key}"),
+                    adversarial=True,
+                )
+            )
     certify = result.section("certify")
     if certify is not None:
         norm, method = _get(certify, "norm"), _get(certify, "method")
         sym = {"linf": "ℓ∞", "l2": "ℓ2"}.get(norm, norm)
         for run in _get(certify, "runs", ()) or ():
             key = format_eps(_get(run, "eps"))
-            out.append(Headline(f"certified accuracy ({method}), {sym} ε={key}", _get(run, "certified_accuracy"),
-                                intervals.get(f"certified_acc.{method}.{norm}@{key}")))
+            out.append(
+                Headline(
+                    f"certified accuracy ({method}), {sym} ε={key}",
+                    _get(run, "certified_accuracy"),
+                    intervals.get(f"certified_acc.{method}.{norm}@{key}"),
+                )
+            )
     return out
 
 

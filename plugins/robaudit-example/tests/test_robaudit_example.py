@@ -3,11 +3,11 @@
 Data: robaudit's embedded demo sample (the first 1000 Fashion-MNIST test images) and its embedded
 naturally trained small-cnn, so they run offline in a few seconds on CPU.
 """
+
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +20,6 @@ from robaudit.cli.main import app
 from robaudit.data import DataRequest, load_dataset
 from robaudit.models import build_architecture, load_model, save_model
 from robaudit.threat import Norm, ThreatModel
-
 from robaudit_example.calibration import calibration_bins
 
 N = 48
@@ -54,8 +53,9 @@ def test_mifgsm_stays_in_ball_and_box(demo, norm, eps):
 
 def test_mifgsm_at_least_as_strong_as_fgsm_and_calibration_section(demo):
     model, x, y = demo
-    result = robaudit.scan(model, (x, y), eps=[EPS], attacks="fgsm,mi-fgsm",
-                           checks=("clean", "attacks", "confidence-calibration"), device="cpu")
+    result = robaudit.scan(
+        model, (x, y), eps=[EPS], attacks="fgsm,mi-fgsm", checks=("clean", "attacks", "confidence-calibration"), device="cpu"
+    )
     m = result.metrics()
     clean = m["clean.accuracy"]
     fgsm, mi = m[f"robust_acc.fgsm.linf@{EPS:g}"], m[f"robust_acc.mi-fgsm.linf@{EPS:g}"]
@@ -107,11 +107,30 @@ def test_cli_plugins_lists_and_checks():
 
 def test_cli_scan_with_plugin_attack_check_and_report(tmp_path):
     out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
-    res = CliRunner().invoke(app, [
-        "scan", str(DEMO_MODEL), "--dataset", "demo", "--n", "24", "--eps", "0.1", "--device", "cpu",
-        "--attacks", "mi-fgsm:steps=3", "--checks", "clean,attacks,confidence-calibration:bins=10",
-        "--json", str(out_json), "--html", str(out_html), "-q",
-    ])
+    res = CliRunner().invoke(
+        app,
+        [
+            "scan",
+            str(DEMO_MODEL),
+            "--dataset",
+            "demo",
+            "--n",
+            "24",
+            "--eps",
+            "0.1",
+            "--device",
+            "cpu",
+            "--attacks",
+            "mi-fgsm:steps=3",
+            "--checks",
+            "clean,attacks,confidence-calibration:bins=10",
+            "--json",
+            str(out_json),
+            "--html",
+            str(out_html),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out_json.read_text())
     assert math.isfinite(data["sections"]["confidence-calibration"]["ece"])

@@ -1,4 +1,5 @@
 """Built-in architectures; importing this package registers them in ``ARCHITECTURES``."""
+
 from . import mlp, preact_resnet, resnet, small_cnn, wide_resnet, yu_convnet
 
 __all__ = ["small_cnn", "yu_convnet", "resnet", "preact_resnet", "wide_resnet", "mlp"]

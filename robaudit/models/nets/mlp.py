@@ -5,6 +5,7 @@ Xiao & Tedrake, "Evaluating Robustness of Neural Networks with Mixed Integer Pro
 2019, and of Wong & Kolter 2018): few enough ReLUs that ``--checks certify:method=exact`` decides
 every sample. ``hidden`` units in each of ``depth`` hidden layers.
 """
+
 from __future__ import annotations
 
 import torch

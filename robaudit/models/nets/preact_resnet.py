@@ -4,6 +4,7 @@ He et al., "Identity Mappings in Deep Residual Networks" (ECCV 2016), as used by
 "Overfitting in Adversarially Robust Deep Learning" (ICML 2020, github.com/locuslab/robust_overfitting)
 and RobustBench. Parameter names match those repositories.
 """
+
 from __future__ import annotations
 
 import torch

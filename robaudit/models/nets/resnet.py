@@ -4,6 +4,7 @@ He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016), in the CI
 github.com/kuangliu/pytorch-cifar used by Madry-style adversarial-training code. Parameter names
 match that repository, so its state dicts load as they are.
 """
+
 from __future__ import annotations
 
 import torch

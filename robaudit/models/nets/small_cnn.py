@@ -6,6 +6,7 @@ Decision Surface in Input Space" (2018, arXiv:1810.00144). The layout and defaul
 "Towards Deep Learning Models Resistant to Adversarial Attacks" (ICLR 2018,
 github.com/MadryLab/mnist_challenge).
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,6 +37,8 @@ class SmallCNN(nn.Module):
 
 
 @ARCHITECTURES.register("small-cnn")
-def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32, hidden: int = 1024, input_size: int = 28) -> SmallCNN:
+def small_cnn(
+    num_classes: int = 10, in_channels: int = 1, width: int = 32, hidden: int = 1024, input_size: int = 28
+) -> SmallCNN:
     """MNIST-style CNN (Madry et al. 2018 layout); ``width`` = first conv channels, ``hidden`` = fc size."""
     return SmallCNN(num_classes, in_channels, width=width, hidden=hidden, input_size=input_size)

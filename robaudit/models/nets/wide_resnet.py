@@ -5,6 +5,7 @@ CIFAR model, TRADES and RobustBench (``robustbench/model_zoo/architectures/wide_
 parameter names match, so their state dicts load as they are (TRADES checkpoints also carry an
 unused ``sub_block1``: pass ``sub_block1=true``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,6 +36,7 @@ class BasicBlock(nn.Module):
             shortcut = x
         else:
             x = self.relu1(self.bn1(x))
+            assert self.convShortcut is not None  # built when in and out planes differ
             out, shortcut = x, self.convShortcut(x)
         out = self.relu2(self.bn2(self.conv1(out)))
         if self.droprate > 0:
@@ -45,8 +47,10 @@ class BasicBlock(nn.Module):
 class NetworkBlock(nn.Module):
     def __init__(self, nb_layers: int, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0):
         super().__init__()
-        blocks = [BasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
-                  for i in range(nb_layers)]
+        blocks = [
+            BasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
+            for i in range(nb_layers)
+        ]
         self.layer = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,8 +59,13 @@ class NetworkBlock(nn.Module):
 
 class WideResNet(nn.Module):
     def __init__(
-        self, depth: int = 28, widen_factor: int = 10, num_classes: int = 10, in_channels: int = 3,
-        dropout: float = 0.0, sub_block1: bool = False,
+        self,
+        depth: int = 28,
+        widen_factor: int = 10,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        dropout: float = 0.0,
+        sub_block1: bool = False,
     ):
         super().__init__()
         if (depth - 4) % 6:
@@ -90,8 +99,12 @@ class WideResNet(nn.Module):
 
 @ARCHITECTURES.register("wrn-28-10")
 def wrn_28_10(
-    num_classes: int = 10, in_channels: int = 3, depth: int = 28, widen_factor: int = 10,
-    dropout: float = 0.0, sub_block1: bool = False,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    depth: int = 28,
+    widen_factor: int = 10,
+    dropout: float = 0.0,
+    sub_block1: bool = False,
 ) -> WideResNet:
     """WideResNet-28-10 (RobustBench layout); ``depth``/``widen_factor`` give e.g. WRN-34-10."""
     return WideResNet(depth, widen_factor, num_classes, in_channels, dropout, sub_block1)

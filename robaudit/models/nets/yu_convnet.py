@@ -5,6 +5,7 @@ Surface in Input Space" (2018, arXiv:1810.00144): a plain 5-layer ConvNet with g
 pooling. Channel widths (w, 2w, 2w, 4w, 4w; stride 2 at layers 2 and 4) and batch norm are
 robaudit's choices; ``width`` scales them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,11 @@ class YuConvNet(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            _conv(in_channels, w, 1), _conv(w, 2 * w, 2), _conv(2 * w, 2 * w, 1), _conv(2 * w, 4 * w, 2), _conv(4 * w, 4 * w, 1)
+            _conv(in_channels, w, 1),
+            _conv(w, 2 * w, 2),
+            _conv(2 * w, 2 * w, 1),
+            _conv(2 * w, 4 * w, 2),
+            _conv(4 * w, 4 * w, 1),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(4 * w, num_classes)

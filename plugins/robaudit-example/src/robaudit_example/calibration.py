@@ -6,11 +6,13 @@ paper); MCE = max_b |acc(B_b) − conf(B_b)|. Confidence = max softmax probabili
 logits of the ``clean`` check, so it costs no extra forward pass. Per-sample parts (confidence,
 correct) and a combine over all of them, so it runs in sharded and ``torchrun`` scans too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
 from robaudit.checks import Check
 from robaudit.errors import UsageError
 from robaudit.parts import Part
@@ -69,8 +71,7 @@ class CalibrationSection(Section):
     bin_accuracy: tuple[float | None, ...]
 
     def metrics(self) -> dict[str, float]:
-        return {"calibration.ece": self.ece, "calibration.mce": self.mce,
-                "calibration.mean_confidence": self.mean_confidence}
+        return {"calibration.ece": self.ece, "calibration.mce": self.mce, "calibration.mean_confidence": self.mean_confidence}
 
 
 class CalibrationCheck(Check):
@@ -100,9 +101,13 @@ class CalibrationCheck(Check):
         ece, mce, count, bin_conf, bin_acc = bins_from(conf, correct, self.bins)
         none_if_nan = lambda v: tuple(None if x != x else float(x) for x in v.tolist())  # noqa: E731
         return CalibrationSection(
-            n=len(t), n_bins=self.bins, ece=ece, mce=mce,
+            n=len(t),
+            n_bins=self.bins,
+            ece=ece,
+            mce=mce,
             mean_confidence=float(conf.mean()),
             accuracy=float(correct.double().mean()),
             bin_count=tuple(int(c) for c in count.tolist()),
-            bin_confidence=none_if_nan(bin_conf), bin_accuracy=none_if_nan(bin_acc),
+            bin_confidence=none_if_nan(bin_conf),
+            bin_accuracy=none_if_nan(bin_acc),
         )

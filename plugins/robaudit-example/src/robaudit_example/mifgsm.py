@@ -9,11 +9,13 @@ Cost: T forward + T backward passes of the batch (plus one forward per check of 
 
     >>> MIFGSM(steps=10).run(model, x, y, ThreatModel(Norm.LINF, 0.1))
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
 from robaudit.attacks.base import LOSSES, Attack, input_gradient, normalize_direction, project
 from robaudit.errors import UsageError
 from robaudit.threat import ThreatModel

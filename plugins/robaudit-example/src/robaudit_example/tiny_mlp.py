@@ -1,5 +1,6 @@
 """tiny-mlp: a two-layer perceptron (flatten → Linear → ReLU → Linear), a fast baseline that
 robaudit can rebuild from a checkpoint's metadata (``--arch tiny-mlp``)."""
+
 from __future__ import annotations
 
 from torch import nn
