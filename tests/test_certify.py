@@ -9,6 +9,7 @@
 * the check end to end: the bracket, metric names, gates, JSON/HTML/CSV, shards = one process,
   exact leaving nothing unresolved on a small trained net, refusals in one line.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,9 +106,15 @@ def test_linear_model_l2_bound_where_the_box_clips_the_ball():
     x0 = x.flatten().numpy()
     for k, j in enumerate(other_classes(y, 3)[0].tolist()):
         a, c = w[1] - w[j], b[1] - b[j]
-        res = minimize(lambda v, a=a, c=c: a @ v + c, x0, jac=lambda v, a=a: a, bounds=[(0, 1)] * 6, method="SLSQP",
-                       constraints=[{"type": "ineq", "fun": lambda v: eps**2 - ((v - x0) ** 2).sum(),
-                                     "jac": lambda v: -2 * (v - x0)}], options={"ftol": 1e-12, "maxiter": 500})
+        res = minimize(
+            lambda v, a=a, c=c: a @ v + c,
+            x0,
+            jac=lambda v, a=a: a,
+            bounds=[(0, 1)] * 6,
+            method="SLSQP",
+            constraints=[{"type": "ineq", "fun": lambda v: eps**2 - ((v - x0) ** 2).sum(), "jac": lambda v: -2 * (v - x0)}],
+            options={"ftol": 1e-12, "maxiter": 500},
+        )
         assert res.success
         assert float(got["crown"][0, k]) <= res.fun + 1e-9
         assert float(got["crown"][0, k]) >= res.fun - 1e-4
@@ -120,7 +127,9 @@ class MLP(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.LeakyReLU(0.1), nn.Linear(12, 4))
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.LeakyReLU(0.1), nn.Linear(12, 4)
+        )
         with torch.no_grad():
             for p in self.net.parameters():
                 p.mul_(2.0)
@@ -257,8 +266,9 @@ def test_no_certified_sample_is_broken_by_attacks_or_sampling(norm, eps):
     x = torch.rand(32, 1, 8, 8)
     y = model(x).argmax(1)
     y[-4:] = torch.arange(4)  # every class present (an in-memory dataset's classes are 0..max(y))
-    result = api.scan(model, (x, y), eps=[eps], norm=norm, checks="clean,attacks,certify:method=crown:skip_broken=false",
-                        attacks="standard")
+    result = api.scan(
+        model, (x, y), eps=[eps], norm=norm, checks="clean,attacks,certify:method=crown:skip_broken=false", attacks="standard"
+    )
     run = result.section("certify").runs[0]
     robust = result.section("attacks").ensemble_robust[next(iter(result.section("attacks").ensemble_robust))]
     certified = torch.tensor(run.certified)
@@ -274,7 +284,12 @@ def test_no_certified_sample_is_broken_by_attacks_or_sampling(norm, eps):
             if norm == "linf":
                 d = torch.where(torch.rand(d.shape, generator=gen) < 0.5, d.sign(), d) * eps
             else:
-                d = d / d.flatten(2).norm(dim=-1)[..., None, None, None] * eps * torch.rand(d.shape[:2], generator=gen)[..., None, None, None]
+                d = (
+                    d
+                    / d.flatten(2).norm(dim=-1)[..., None, None, None]
+                    * eps
+                    * torch.rand(d.shape[:2], generator=gen)[..., None, None, None]
+                )
             pts = (xs[:, None] + d).clamp(0, 1).flatten(0, 1)
             pred = model(pts).argmax(1).reshape(xs.shape[0], -1)
             assert (pred == ys[:, None]).all()
@@ -283,14 +298,17 @@ def test_no_certified_sample_is_broken_by_attacks_or_sampling(norm, eps):
 # --- tracing --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch, kwargs, shape", [
-    ("small-cnn", {"width": 4, "hidden": 16}, (1, 28, 28)),
-    ("yu-convnet", {}, (3, 32, 32)),
-    ("resnet18", {}, (3, 32, 32)),
-    ("preact-resnet18", {}, (3, 32, 32)),
-    ("wrn-28-10", {"depth": 10, "widen_factor": 1}, (3, 32, 32)),
-    ("mlp", {"hidden": 8}, (1, 28, 28)),
-])
+@pytest.mark.parametrize(
+    "arch, kwargs, shape",
+    [
+        ("small-cnn", {"width": 4, "hidden": 16}, (1, 28, 28)),
+        ("yu-convnet", {}, (3, 32, 32)),
+        ("resnet18", {}, (3, 32, 32)),
+        ("preact-resnet18", {}, (3, 32, 32)),
+        ("wrn-28-10", {"depth": 10, "widen_factor": 1}, (3, 32, 32)),
+        ("mlp", {"hidden": 8}, (1, 28, 28)),
+    ],
+)
 def test_registry_networks_trace(arch, kwargs, shape):
     from robaudit.models.architectures import ARCHITECTURES
 
@@ -396,9 +414,25 @@ def _cli_scan(path, *args):
 
 def test_cli_bracket_json_html_csv_gate(small_mlp_file, tmp_path):
     out = tmp_path / "r.json"
-    code, text = _cli_scan(small_mlp_file, "-n", 40, "--checks", "clean,attacks,certify", "--attacks", "fgsm,pgd",
-                           "--eps", "0.005,0.02", "--json", out, "--html", tmp_path / "r.html", "--csv", tmp_path / "csv",
-                           "--require", "certified_acc.crown.linf@0.005 >= 0.0")
+    code, text = _cli_scan(
+        small_mlp_file,
+        "-n",
+        40,
+        "--checks",
+        "clean,attacks,certify",
+        "--attacks",
+        "fgsm,pgd",
+        "--eps",
+        "0.005,0.02",
+        "--json",
+        out,
+        "--html",
+        tmp_path / "r.html",
+        "--csv",
+        tmp_path / "csv",
+        "--require",
+        "certified_acc.crown.linf@0.005 >= 0.0",
+    )
     assert code == 0, text
     data = json.loads(out.read_text())
     sec = data["sections"]["certify"]
@@ -417,51 +451,88 @@ def test_cli_bracket_json_html_csv_gate(small_mlp_file, tmp_path):
     header = (tmp_path / "csv" / "samples.csv").read_text().splitlines()[0]
     assert "certified.crown.linf@0.005" in header and "certified_lower.crown.linf@0.02" in header
     # the gate reads the certified accuracy with its interval
-    code, text = _cli_scan(small_mlp_file, "-n", 40, "--checks", "clean,certify", "--eps", "0.005",
-                           "--require", "lower(certified_acc.crown.linf@0.005) >= 0.99")
+    code, text = _cli_scan(
+        small_mlp_file,
+        "-n",
+        40,
+        "--checks",
+        "clean,certify",
+        "--eps",
+        "0.005",
+        "--require",
+        "lower(certified_acc.crown.linf@0.005) >= 0.99",
+    )
     assert code == 1, text
 
 
 def test_list_metrics_names_the_certified_accuracies(small_mlp_file):
-    code, text = _cli_scan(small_mlp_file, "--checks", "clean,attacks,certify:method=ibp", "--eps", "0.01,8/255", "--list-metrics")
+    code, text = _cli_scan(
+        small_mlp_file, "--checks", "clean,attacks,certify:method=ibp", "--eps", "0.01,8/255", "--list-metrics"
+    )
     assert code == 0, text
-    for name in ("certified_acc.ibp.linf@0.01", "certified_acc.ibp.linf@8/255", "certify.unresolved.ibp.linf@0.01",
-                 "certify.upper.ibp.linf@8/255"):
+    for name in (
+        "certified_acc.ibp.linf@0.01",
+        "certified_acc.ibp.linf@8/255",
+        "certify.unresolved.ibp.linf@0.01",
+        "certify.upper.ibp.linf@8/255",
+    ):
         assert name in text
 
 
 def test_exact_refusals_are_one_line(small_mlp_file):
     code, text = _cli_scan(small_mlp_file, "--checks", "clean,certify:method=exact", "--norm", "l2", "--eps", "0.1")
     assert code == 2 and "works with --norm linf only" in text and len(text.strip().splitlines()) == 1
-    code, text = _cli_scan(small_mlp_file, "-n", 20, "--checks", "clean,attacks,certify:method=exact:max_unstable=1",
-                           "--eps", "0.05", "--attacks", "standard")
+    code, text = _cli_scan(
+        small_mlp_file,
+        "-n",
+        20,
+        "--checks",
+        "clean,attacks,certify:method=exact:max_unstable=1",
+        "--eps",
+        "0.05",
+        "--attacks",
+        "standard",
+    )
     assert code == 2 and "max_unstable=1" in text and len(text.strip().splitlines()) == 1
     code, text = _cli_scan(small_mlp_file, "--checks", "certify:method=magic")
     assert code == 2 and "certify:method='magic'" in text
 
 
 def test_shards_merge_to_the_single_process_result(small_mlp_file, tmp_path):
-    args = ["-n", 24, "--checks", "clean,attacks,certify:radius=true:radius_steps=6", "--attacks", "fgsm", "--eps", "0.005,0.01"]
+    args = [
+        "-n",
+        24,
+        "--checks",
+        "clean,attacks,certify:radius=true:radius_steps=6",
+        "--attacks",
+        "fgsm",
+        "--eps",
+        "0.005,0.01",
+    ]
     code, text = _cli_scan(small_mlp_file, *args, "--json", tmp_path / "one.json")
     assert code == 0, text
     for k in range(2):
         code, text = _cli_scan(small_mlp_file, *args, "--shard", f"{k}/2", "--json", tmp_path / f"part{k}.json")
         assert code == 0, text
-    res = runner.invoke(app, ["merge", str(tmp_path / "part0.json"), str(tmp_path / "part1.json"), "-o", str(tmp_path / "m.json"), "-q"])
+    res = runner.invoke(
+        app, ["merge", str(tmp_path / "part0.json"), str(tmp_path / "part1.json"), "-o", str(tmp_path / "m.json"), "-q"]
+    )
     assert res.exit_code == 0, res.output
     one = json.loads((tmp_path / "one.json").read_text())["sections"]["certify"]
     merged = json.loads((tmp_path / "m.json").read_text())["sections"]["certify"]
     assert len(one["runs"]) == len(merged["runs"]) == 2
     for a, b in zip(one["runs"], merged["runs"]):
         assert a["certified"] == b["certified"] and a["status"] == b["status"]
-        np.testing.assert_allclose([v for v in a["lower"] if v is not None], [v for v in b["lower"] if v is not None], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            [v for v in a["lower"] if v is not None], [v for v in b["lower"] if v is not None], rtol=1e-5, atol=1e-5
+        )
     assert one["radius"] == merged["radius"]
     radii = [r for r in one["radius"] if r is not None]
     assert radii and all(0 <= r <= one["radius_max"] for r in radii)
     # a sample certified at ε has a certified radius of at least ε (to the bisection's resolution)
     for c, r in zip(one["runs"][0]["certified"], one["radius"]):
         if c:
-            assert r >= one["runs"][0]["eps"] - one["radius_max"] / 2 ** 6
+            assert r >= one["runs"][0]["eps"] - one["radius_max"] / 2**6
 
 
 def test_compare_guards_certified_accuracy(small_mlp_file, tmp_path):

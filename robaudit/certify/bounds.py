@@ -23,20 +23,29 @@ is the elementwise maximum with IBP's (CROWN is usually, not always, tighter).
 Everything is batched over samples and rows, differentiable in the weights, and runs on the
 tensors' device.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .graph import BoundGraph
-from .ops import LeakyReLU, MaxPool2d
+from .ops import Input, LeakyReLU, MaxPool2d
 from .patches import Patch, concretize_patch, patch_backward, unit_patch
+from .threat_set import Bounds, ThreatSet, margin_spec, other_classes
 
 __all__ = [
-    "ThreatSet", "margin_spec", "other_classes", "ibp_bounds", "intermediate_bounds", "spec_bounds",
-    "ibp_spec_lower", "crown_spec_lower", "METHODS", "DEFAULT_MAX_ELEMENTS",
+    "ThreatSet",
+    "margin_spec",
+    "other_classes",
+    "ibp_bounds",
+    "intermediate_bounds",
+    "spec_bounds",
+    "ibp_spec_lower",
+    "crown_spec_lower",
+    "METHODS",
+    "DEFAULT_MAX_ELEMENTS",
 ]
 
 METHODS = ("ibp", "crown", "alpha-crown")
@@ -52,91 +61,6 @@ def _budget(max_elements: int | None, like: torch.Tensor) -> int:
     if max_elements is not None:
         return int(max_elements)
     return DEFAULT_MAX_ELEMENTS.get(like.device.type, DEFAULT_MAX_ELEMENTS["cuda"])
-Bounds = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class ThreatSet:
-    """The ε-ball of ``norm`` ('linf' or 'l2') around each image of ``x`` [B, *shape], intersected
-    with the [0,1] box. ``eps``: a float or one radius per sample [B] (pixel scale)."""
-
-    x: torch.Tensor
-    eps: float | torch.Tensor
-    norm: str = "linf"
-
-    def __post_init__(self) -> None:
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"norm must be linf or l2, got {self.norm!r}")
-        eps = self.eps
-        if not isinstance(eps, torch.Tensor):
-            eps = torch.full((self.x.shape[0],), float(eps), dtype=self.x.dtype, device=self.x.device)
-        self.eps_t = eps.to(self.x.dtype).reshape(-1, *([1] * (self.x.ndim - 1)))
-        self.lo = (self.x - self.eps_t).clamp(min=0.0)
-        self.hi = (self.x + self.eps_t).clamp(max=1.0)  # an ℓ2 ball lies in the ℓ∞ ball of the same ε
-
-    def box(self) -> Bounds:
-        return self.lo, self.hi
-
-    def take(self, rows: torch.Tensor) -> "ThreatSet":
-        """The threat sets of the samples ``rows`` (repeats allowed), in that order."""
-        return ThreatSet(self.x[rows], self.eps_t.reshape(-1)[rows], self.norm)
-
-    def concretize(self, A: torch.Tensor) -> torch.Tensor:
-        """min over the set of Σ A·x' for each row: A [B, K, *shape] → [B, K]."""
-        lo, hi = self.lo[:, None], self.hi[:, None]
-        box = (A.clamp(min=0) * lo + A.clamp(max=0) * hi).flatten(2).sum(-1)
-        if self.norm == "linf":
-            return box  # the ℓ∞ ball ∩ box is a box: exact
-        return torch.maximum(box, self._l2_dual(A))
-
-    def _l2_dual(self, A: torch.Tensor, points: int = 12, rounds: int = 4) -> torch.Tensor:
-        """A lower bound of min Σ a·x' over {‖x' − x‖₂ ≤ ε} ∩ [0,1] by Lagrangian duality: for any
-        λ > 0, g(λ) = min_{x' in box} a·x' + (λ/2)(‖x' − x‖² − ε²) ≤ the minimum (weak duality);
-        the inner minimum is separable (x'_i = clip(x_i − a_i/λ, lo_i, hi_i)). g is concave in λ;
-        λ is searched on grids of log λ around ‖a‖/ε (the ball's own optimum), each round a finer
-        grid around the best point so far. Every g(λ) is sound; the best one is returned."""
-        B, K = A.shape[:2]
-        a = A.flatten(2)
-        x, lo, hi = self.x.flatten(1)[:, None], self.lo.flatten(1)[:, None], self.hi.flatten(1)[:, None]
-        eps = self.eps_t.flatten()[:, None]
-        norm_a = a.norm(dim=-1).clamp(min=1e-30)
-        centre = torch.log(norm_a / eps.clamp(min=1e-30))
-
-        def g(log_lam: torch.Tensor) -> torch.Tensor:
-            lam = log_lam.exp()
-            xp = torch.minimum(torch.maximum(x - a / lam[..., None], lo), hi)
-            d = xp - x
-            return (a * xp).sum(-1) + 0.5 * lam * ((d * d).sum(-1) - eps * eps)
-
-        best = torch.full((B, K), float("-inf"), dtype=A.dtype, device=A.device)
-        best_at, width = centre, 12.0
-        for _ in range(rounds):
-            step, around = 2 * width / (points - 1), best_at
-            for k in range(points):
-                t = around - width + k * step
-                value = g(t)
-                better = value > best
-                best = torch.where(better, value, best)
-                best_at = torch.where(better, t, best_at)
-            width = step
-        return best.reshape(B, K)
-
-
-def margin_spec(y: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
-    """C [B, num_classes − 1, num_classes]: rows e_y − e_j for every j ≠ y, in increasing j."""
-    B = y.shape[0]
-    eye = torch.eye(num_classes, dtype=dtype, device=y.device)
-    C = eye[y][:, None, :] - eye[None]  # [B, C, C]: row j = e_y − e_j
-    keep = torch.ones(B, num_classes, dtype=torch.bool, device=y.device)
-    keep[torch.arange(B, device=y.device), y] = False
-    return C[keep].reshape(B, num_classes - 1, num_classes)
-
-
-def other_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """[B, num_classes − 1]: the class j of each :func:`margin_spec` row."""
-    B = y.shape[0]
-    j = torch.arange(num_classes, device=y.device).expand(B, num_classes)
-    return j[j != y[:, None]].reshape(B, num_classes - 1)
 
 
 # --- IBP -----------------------------------------------------------------------------------------
@@ -174,19 +98,37 @@ class _Relaxations(dict):
         return r if rows is None else tuple(t[rows] for t in r)
 
 
-def _backward(graph: BoundGraph, start: int, A: torch.Tensor, bounds: Sequence[Bounds], threat: ThreatSet,
-              alphas: dict[int, torch.Tensor] | None = None, elide: bool = False,
-              relax: _Relaxations | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+def _backward(
+    graph: BoundGraph,
+    start: int,
+    A: torch.Tensor,
+    bounds: Sequence[Bounds],
+    threat: ThreatSet,
+    alphas: dict[int, torch.Tensor] | None = None,
+    elide: bool = False,
+    relax: _Relaxations | None = None,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Lower bound [R, K] of Σ A·node_start over the threat set. ``rows`` [R]: the sample of each
     row of A (default: row b is sample b); ``relax``: cached relaxations of ``bounds``. ``elide``:
     stop at every nonlinear node and concretize on its IBP box (IBP with the last affine layers
     applied exactly)."""
-    return _propagate(graph, {start: A}, torch.zeros(A.shape[:2], dtype=A.dtype, device=A.device), bounds, threat,
-                      alphas, elide, relax, rows)
+    return _propagate(
+        graph, {start: A}, torch.zeros(A.shape[:2], dtype=A.dtype, device=A.device), bounds, threat, alphas, elide, relax, rows
+    )
 
 
-def _propagate(graph, pending: dict[int, torch.Tensor], const: torch.Tensor, bounds, threat, alphas=None,
-               elide=False, relax=None, rows=None) -> torch.Tensor:
+def _propagate(
+    graph,
+    pending: dict[int, torch.Tensor | Patch],
+    const: torch.Tensor,
+    bounds,
+    threat,
+    alphas=None,
+    elide=False,
+    relax=None,
+    rows=None,
+) -> torch.Tensor:
     """:func:`_backward` from coefficients ``pending`` (node → [R, K, *shape]) and a constant [R, K]."""
     relax = relax if relax is not None else _Relaxations(graph, bounds)
     start = max(pending)
@@ -196,8 +138,13 @@ def _propagate(graph, pending: dict[int, torch.Tensor], const: torch.Tensor, bou
             continue
         node = graph.nodes[i]
         if isinstance(a, Patch):
-            step = patch_backward(node.op, a, relax.of(i, None) if node.op.nonlinear else None, rows,
-                                  graph.nodes[node.inputs[0]].shape) if len(node.inputs) == 1 else None
+            step = (
+                patch_backward(
+                    node.op, a, relax.of(i, None) if node.op.nonlinear else None, rows, graph.nodes[node.inputs[0]].shape
+                )
+                if len(node.inputs) == 1
+                else None
+            )
             if step is not None:
                 coef, c = step
                 const = const + c
@@ -246,8 +193,9 @@ def _spec_lower(graph, start, C, bounds, threat, max_elements, relax=None) -> to
     relax = relax if relax is not None else _Relaxations(graph, bounds)
     if step >= K:
         return _backward(graph, start, C, bounds, threat, relax=relax)
-    return torch.cat([_backward(graph, start, C[:, k:k + step], bounds, threat, relax=relax)
-                      for k in range(0, K, step)], dim=1)
+    return torch.cat(
+        [_backward(graph, start, C[:, k : k + step], bounds, threat, relax=relax) for k in range(0, K, step)], dim=1
+    )
 
 
 def _needs_tightening(graph: BoundGraph) -> set[int]:
@@ -258,7 +206,7 @@ def _needs_tightening(graph: BoundGraph) -> set[int]:
     for i in graph.nonlinear():
         for j in graph.nodes[i].inputs:
             op = graph.nodes[j].op
-            if op is not None and not op.monotone:
+            if not isinstance(op, Input) and not op.monotone:
                 out.add(j)
     return out
 
@@ -287,9 +235,13 @@ def tightened_nodes(graph: BoundGraph, norm: str) -> set[int]:
     return _needs_tightening(graph) - _exact_under_ibp(graph, norm)
 
 
-def intermediate_bounds(graph: BoundGraph, threat: ThreatSet, method: str = "crown",
-                        max_elements: int | None = None,
-                        progress: Callable[[float], None] | None = None) -> list[Bounds]:
+def intermediate_bounds(
+    graph: BoundGraph,
+    threat: ThreatSet,
+    method: str = "crown",
+    max_elements: int | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> list[Bounds]:
     """Boxes of every node: IBP (``method="ibp"``), or IBP tightened by CROWN on the neurons whose
     relaxation matters (``"crown"``): for each ReLU input, its neurons unstable under the current
     boxes (l < 0 < u); for each MaxPool input, every neuron."""
@@ -327,7 +279,7 @@ def _tighten(graph, i, lo, hi, select, bounds, threat, max_elements, relax) -> B
     step = max(1, _rows_per_chunk(graph, 2, max_elements))
     lows, highs = [], []
     for start in range(0, pairs.shape[0], step):
-        sample, neuron = pairs[start:start + step].unbind(1)
+        sample, neuron = pairs[start : start + step].unbind(1)
         pending, const = _unit_rows(graph, i, neuron, lo.dtype)
         low = _propagate(graph, pending, const, bounds, threat, relax=relax, rows=sample)
         lows.append(low[:, 0])
@@ -340,7 +292,7 @@ def _tighten(graph, i, lo, hi, select, bounds, threat, max_elements, relax) -> B
     return flat_lo.reshape(lo.shape), flat_hi.reshape(hi.shape)
 
 
-def _unit_rows(graph: BoundGraph, i: int, neuron: torch.Tensor, dtype) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+def _unit_rows(graph: BoundGraph, i: int, neuron: torch.Tensor, dtype) -> tuple[dict[int, torch.Tensor | Patch], torch.Tensor]:
     """The specifications +e_n and −e_n of node ``i`` (one neuron n per row, [R]) as coefficients
     [R, 2, *shape] on the nodes below it and a constant [R, 2]. One-hot rows are pushed through
     elementwise-affine and reshape nodes exactly, then through the first Conv2d / Linear by
@@ -399,18 +351,27 @@ def ibp_spec_lower(graph: BoundGraph, threat: ThreatSet, C: torch.Tensor, bounds
     return _backward(graph, graph.output, C, bounds, threat, elide=True)
 
 
-def crown_spec_lower(graph: BoundGraph, threat: ThreatSet, C: torch.Tensor, bounds: Sequence[Bounds],
-                     max_elements: int | None = None) -> torch.Tensor:
+def crown_spec_lower(
+    graph: BoundGraph, threat: ThreatSet, C: torch.Tensor, bounds: Sequence[Bounds], max_elements: int | None = None
+) -> torch.Tensor:
     """CROWN's lower bounds [B, K] of C·logits, relaxing every ReLU on the given pre-activation
     ``bounds`` (IBP boxes: CROWN-IBP's bound). Differentiable in the weights."""
     return _spec_lower(graph, graph.output, C, bounds, threat, _budget(max_elements, C))
 
 
-def spec_bounds(graph: BoundGraph, threat: ThreatSet, C: torch.Tensor, method: str = "crown", *,
-                bounds: list[Bounds] | None = None, intermediate: str | None = None,
-                alpha_steps: int = 20, alpha_lr: float = 0.25,
-                max_elements: int | None = None,
-                progress: Callable[[float], None] | None = None) -> tuple[torch.Tensor, list[Bounds]]:
+def spec_bounds(
+    graph: BoundGraph,
+    threat: ThreatSet,
+    C: torch.Tensor,
+    method: str = "crown",
+    *,
+    bounds: list[Bounds] | None = None,
+    intermediate: str | None = None,
+    alpha_steps: int = 20,
+    alpha_lr: float = 0.25,
+    max_elements: int | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> tuple[torch.Tensor, list[Bounds]]:
     """(lower bounds [B, K] of C·logits over the threat set, the node boxes used).
 
     ``method``: ``ibp``, ``crown`` or ``alpha-crown``; ``intermediate``: how the pre-activation

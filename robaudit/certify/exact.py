@@ -21,6 +21,7 @@ minimizes z_y − z_j. A sample ends
 Boxes are widened by 1e-6 (relative) before they are used as big-M constants, so float rounding
 in the bounds never cuts off a real point.
 """
+
 from __future__ import annotations
 
 import time
@@ -67,14 +68,16 @@ def count_binaries(graph: BoundGraph, bounds) -> torch.Tensor:
     for i in graph.nonlinear():
         node = graph.nodes[i]
         lo, hi = bounds[node.inputs[0]]
-        if isinstance(node.op, ops.LeakyReLU):
+        op = node.op
+        if isinstance(op, ops.LeakyReLU):
             plo = lo - _PAD * (1 + lo.abs())
             phi = hi + _PAD * (1 + hi.abs())
             n = ((plo < 0) & (phi > 0)).flatten(1).sum(1)
         else:
-            _, dominated, _ = node.op.select(lo, hi)
-            lw = node.op._windows(lo, float("-inf"))
-            hw = node.op._windows(hi, float("-inf"))
+            assert isinstance(op, ops.MaxPool2d)  # the only other nonlinear operator
+            _, dominated, _ = op.select(lo, hi)
+            lw = op._windows(lo, float("-inf"))
+            hw = op._windows(hi, float("-inf"))
             cand = (hw >= lw.amax(2, keepdim=True)) & ~dominated
             n = cand.flatten(1).sum(1)
         total = n if total is None else total + n
@@ -119,8 +122,9 @@ class ExactVerifier:
         self._jac[i] = (J, b.cpu().numpy())
         return self._jac[i]
 
-    def minimize(self, x: torch.Tensor, y: int, j: int, eps: float, bounds,
-                 time_limit: float | None = None) -> tuple[float | None, float | None, torch.Tensor | None]:
+    def minimize(
+        self, x: torch.Tensor, y: int, j: int, eps: float, bounds, time_limit: float | None = None
+    ) -> tuple[float | None, float | None, torch.Tensor | None]:
         """min of z_y − z_j over the threat set of one sample: (the solver's minimum, its proven lower
         bound, the minimizing image clipped to the threat box), Nones where it found none."""
         prog = _Program(self, x, eps, bounds)
@@ -129,8 +133,9 @@ class ExactVerifier:
         point = prog.image(res.x) if res.x is not None else None
         return (None if res.fun is None else float(res.fun)), (None if dual is None else float(dual)), point
 
-    def verify(self, x: torch.Tensor, y: int, eps: float, bounds, crown_lower: torch.Tensor,
-               others: torch.Tensor) -> ExactOutcome:
+    def verify(
+        self, x: torch.Tensor, y: int, eps: float, bounds, crown_lower: torch.Tensor, others: torch.Tensor
+    ) -> ExactOutcome:
         """One sample: ``x`` [*shape] in [0,1], its class ``y``, the boxes of every node for this
         sample (``bounds[i]`` = (lo, hi), each [*shape_i], from CROWN), ``crown_lower`` [C−1] the
         CROWN lower bounds of z_y − z_j for the classes ``others`` [C−1]. Classes whose CROWN bound
@@ -156,7 +161,7 @@ class ExactVerifier:
             if res.x is not None and res.fun is not None and res.fun < 0:
                 cand = prog.image(res.x)
                 logits = self._logits(cand)
-                margin = float(logits[y] - torch.cat([logits[:y], logits[y + 1:]]).max())
+                margin = float(logits[y] - torch.cat([logits[:y], logits[y + 1 :]]).max())
                 upper = margin if upper is None else min(upper, margin)
                 if int(logits.argmax()) != y:
                     witness = cand
@@ -179,7 +184,6 @@ class ExactVerifier:
         dev, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
         with torch.no_grad():
             return self.model(img[None].to(dev, dtype)).double().cpu()[0]
-
 
 
 class _Program:
@@ -217,8 +221,9 @@ class _Program:
             rhi.append(hi)
 
         box = [tuple(t.detach().double().cpu().reshape(-1).numpy() for t in b) for b in bounds]
-        self.idx: dict[int, np.ndarray] = {0: new_vars(self.lo_img.double().reshape(-1).numpy(),
-                                                       self.hi_img.double().reshape(-1).numpy())}
+        self.idx: dict[int, np.ndarray] = {
+            0: new_vars(self.lo_img.double().reshape(-1).numpy(), self.hi_img.double().reshape(-1).numpy())
+        }
         for i, node in enumerate(g.nodes[1:], 1):
             if i in ver._alias:
                 self.idx[i] = self.idx[ver._alias[i]]
@@ -231,8 +236,13 @@ class _Program:
                 m = out.size
                 r = np.arange(m)
                 sign = 1.0 if isinstance(op, ops.Add) else -1.0
-                add_rows(np.concatenate([r, r, r]), np.concatenate([out, ins[0], ins[1]]),
-                         np.concatenate([np.ones(m), -np.ones(m), -sign * np.ones(m)]), np.zeros(m), np.zeros(m))
+                add_rows(
+                    np.concatenate([r, r, r]),
+                    np.concatenate([out, ins[0], ins[1]]),
+                    np.concatenate([np.ones(m), -np.ones(m), -sign * np.ones(m)]),
+                    np.zeros(m),
+                    np.zeros(m),
+                )
             elif isinstance(op, ops.LeakyReLU):
                 plo, phi = _padded(*box[node.inputs[0]])
                 a = op.a
@@ -244,8 +254,13 @@ class _Program:
                 st = np.nonzero(~unstable)[0]
                 slope = np.where(active[st], 1.0, a)
                 r = np.arange(st.size)
-                add_rows(np.concatenate([r, r]), np.concatenate([out[st], xin[st]]),
-                         np.concatenate([np.ones(st.size), -slope]), np.zeros(st.size), np.zeros(st.size))
+                add_rows(
+                    np.concatenate([r, r]),
+                    np.concatenate([out[st], xin[st]]),
+                    np.concatenate([np.ones(st.size), -slope]),
+                    np.zeros(st.size),
+                    np.zeros(st.size),
+                )
                 un = np.nonzero(unstable)[0]
                 k = un.size
                 if k:
@@ -255,14 +270,36 @@ class _Program:
                     r = np.arange(k)
                     inf = np.full(k, np.inf)
                     # y − x ≥ 0 ; y − a·x ≥ 0
-                    add_rows(np.concatenate([r, r]), np.concatenate([yv, xv]), np.concatenate([np.ones(k), -np.ones(k)]), np.zeros(k), inf)
-                    add_rows(np.concatenate([r, r]), np.concatenate([yv, xv]), np.concatenate([np.ones(k), -a * np.ones(k)]), np.zeros(k), inf)
+                    add_rows(
+                        np.concatenate([r, r]),
+                        np.concatenate([yv, xv]),
+                        np.concatenate([np.ones(k), -np.ones(k)]),
+                        np.zeros(k),
+                        inf,
+                    )
+                    add_rows(
+                        np.concatenate([r, r]),
+                        np.concatenate([yv, xv]),
+                        np.concatenate([np.ones(k), -a * np.ones(k)]),
+                        np.zeros(k),
+                        inf,
+                    )
                     # y − x − (1−a)·l·z ≤ −(1−a)·l
-                    add_rows(np.concatenate([r, r, r]), np.concatenate([yv, xv, z]),
-                             np.concatenate([np.ones(k), -np.ones(k), -(1 - a) * l_]), -inf, -(1 - a) * l_)
+                    add_rows(
+                        np.concatenate([r, r, r]),
+                        np.concatenate([yv, xv, z]),
+                        np.concatenate([np.ones(k), -np.ones(k), -(1 - a) * l_]),
+                        -inf,
+                        -(1 - a) * l_,
+                    )
                     # y − a·x − (1−a)·u·z ≤ 0
-                    add_rows(np.concatenate([r, r, r]), np.concatenate([yv, xv, z]),
-                             np.concatenate([np.ones(k), -a * np.ones(k), -(1 - a) * u_]), -inf, np.zeros(k))
+                    add_rows(
+                        np.concatenate([r, r, r]),
+                        np.concatenate([yv, xv, z]),
+                        np.concatenate([np.ones(k), -a * np.ones(k), -(1 - a) * u_]),
+                        -inf,
+                        np.zeros(k),
+                    )
             elif isinstance(op, ops.MaxPool2d):
                 out = new_vars(lo, hi)
                 self._maxpool(op, node, ins[0], out, box[node.inputs[0]], new_vars, add_rows)
@@ -312,16 +349,26 @@ class _Program:
         cc, kq, ll = np.nonzero(np.broadcast_to(real[None], (C, kk, L)))
         m = cc.size
         r = np.arange(m)
-        add_rows(np.concatenate([r, r]), np.concatenate([out2[cc, ll], cols_in[cc, flat_in[kq, ll]]]),
-                 np.concatenate([np.ones(m), -np.ones(m)]), np.zeros(m), np.full(m, np.inf))
+        add_rows(
+            np.concatenate([r, r]),
+            np.concatenate([out2[cc, ll], cols_in[cc, flat_in[kq, ll]]]),
+            np.concatenate([np.ones(m), -np.ones(m)]),
+            np.zeros(m),
+            np.full(m, np.inf),
+        )
         cand = real[None] & (hw >= best_lo[:, None])  # inputs that can be the maximum
         n_cand = cand.sum(1)
         single = n_cand == 1  # exactly one can be the maximum: y = that input
         cs, ls = np.nonzero(single)
         ks = cand[cs, :, ls].argmax(1)
         r = np.arange(cs.size)
-        add_rows(np.concatenate([r, r]), np.concatenate([out2[cs, ls], cols_in[cs, flat_in[ks, ls]]]),
-                 np.concatenate([np.ones(cs.size), -np.ones(cs.size)]), np.zeros(cs.size), np.zeros(cs.size))
+        add_rows(
+            np.concatenate([r, r]),
+            np.concatenate([out2[cs, ls], cols_in[cs, flat_in[ks, ls]]]),
+            np.concatenate([np.ones(cs.size), -np.ones(cs.size)]),
+            np.zeros(cs.size),
+            np.zeros(cs.size),
+        )
         cc, kq, ll = np.nonzero(cand & ~single[:, None])
         k = cc.size
         if not k:
@@ -331,8 +378,13 @@ class _Program:
         r = np.arange(k)
         big = top[cc, ll] - lo_in[cc, flat_in[kq, ll]]
         # y − x_i + big·z_i ≤ big
-        add_rows(np.concatenate([r, r, r]), np.concatenate([out2[cc, ll], cols_in[cc, flat_in[kq, ll]], z]),
-                 np.concatenate([np.ones(k), -np.ones(k), big]), np.full(k, -np.inf), big)
+        add_rows(
+            np.concatenate([r, r, r]),
+            np.concatenate([out2[cc, ll], cols_in[cc, flat_in[kq, ll]], z]),
+            np.concatenate([np.ones(k), -np.ones(k), big]),
+            np.full(k, -np.inf),
+            big,
+        )
         # Σ_i z_i = 1 per window
         windows = cc * L + ll
         uniq, row = np.unique(windows, return_inverse=True)
@@ -347,9 +399,13 @@ class _Program:
         return c
 
     def solve(self, c: np.ndarray, time_limit: float):
-        return milp(c, integrality=self.integrality, bounds=SciBounds(self.lb, self.ub),
-                    constraints=LinearConstraint(self.A, self.rlo, self.rhi),
-                    options={"time_limit": max(float(time_limit), 0.01), "disp": False})
+        return milp(
+            c,
+            integrality=self.integrality,
+            bounds=SciBounds(self.lb, self.ub),
+            constraints=LinearConstraint(self.A, self.rlo, self.rhi),
+            options={"time_limit": max(float(time_limit), 0.01), "disp": False},
+        )
 
     def image(self, values: np.ndarray) -> torch.Tensor:
         """The solution's pixels as a float32 image, clipped to the threat box."""

@@ -15,17 +15,29 @@ Parameters are read from the live modules at call time, so bounds are differenti
 (certified training backpropagates through them). Weights are cast to the bounds' dtype (float64
 bounds of a float32 model).
 """
+
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "BoundOp", "Linear", "Conv2d", "ElementwiseAffine", "Reshape", "MonotoneLinear", "Add", "Sub",
-    "ReLU", "LeakyReLU", "MaxPool2d",
+    "BoundOp",
+    "Input",
+    "Linear",
+    "Conv2d",
+    "ElementwiseAffine",
+    "Reshape",
+    "MonotoneLinear",
+    "Add",
+    "Sub",
+    "ReLU",
+    "LeakyReLU",
+    "MaxPool2d",
 ]
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
@@ -48,26 +60,26 @@ def _merge(A: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
 class BoundOp:
     """Base class. ``arity``: number of variable inputs; ``nonlinear``: needs input bounds (a
     relaxation) in ``backward``; ``monotone``: nondecreasing elementwise in its input, so bounds of
-    its output from bounds of its input are exact (IBP needs no tightening after it)."""
+    its output from bounds of its input are exact (IBP needs no tightening after it).
+
+    Every operator defines ``forward(*inputs) -> Tensor`` (one tensor per variable input) and
+    ``ibp(*input_boxes) -> Bounds``, with as many arguments as its ``arity``."""
 
     arity: ClassVar[int] = 1
     nonlinear: ClassVar[bool] = False
     monotone: ClassVar[bool] = False
     kind: ClassVar[str] = "affine"
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def ibp(self, *bounds: Bounds) -> Bounds:
-        raise NotImplementedError
+    forward: Callable[..., torch.Tensor]
+    ibp: Callable[..., Bounds]
 
     def relax(self, in_bounds: Sequence[Bounds]) -> tuple:
         """Nonlinear operators: the linear relaxation on the input boxes ([B, *shape] tensors),
         computed once per sample and reused by every backward pass."""
         raise NotImplementedError
 
-    def backward(self, A: torch.Tensor, relax: tuple | None = None, alpha: torch.Tensor | None = None
-                 ) -> tuple[list[torch.Tensor], torch.Tensor | int]:
+    def backward(
+        self, A: torch.Tensor, relax: tuple | None = None, alpha: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor | int]:
         """(coefficients on each variable input, constant [B, K]); ``relax``: the relaxation of
         :meth:`relax`, one row per row of A (nonlinear operators only); ``alpha``: optimized lower
         slopes [B, K, *in_shape]."""
@@ -78,6 +90,19 @@ class BoundOp:
         return False
 
 
+class Input(BoundOp):
+    """The image itself (node 0 of every graph): no input; its box is the threat set's."""
+
+    arity = 0
+    monotone = True
+
+    def forward(self, *xs):
+        raise TypeError("the input node is given, not computed")
+
+    def ibp(self, *bounds):
+        raise TypeError("the input node's box is the threat set's")
+
+
 class Linear(BoundOp):
     """``x Wᵀ + b`` over the last dimension (``nn.Linear`` or ``F.linear`` with constant weights)."""
 
@@ -85,7 +110,7 @@ class Linear(BoundOp):
         self.weight, self.bias = weight, bias
 
     @classmethod
-    def of(cls, module: nn.Linear) -> "Linear":
+    def of(cls, module: nn.Linear) -> Linear:
         return cls(lambda: module.weight, lambda: module.bias)
 
     def _wb(self, like: torch.Tensor):
@@ -158,8 +183,10 @@ class Conv2d(BoundOp):
         out_h, out_w = a.shape[-2:]
         kh, kw = w.shape[-2:]
         extra = []
-        for size, o, s, p, d, k in ((h, out_h, self.stride[0], self.padding[0], self.dilation[0], kh),
-                                    (wd, out_w, self.stride[1], self.padding[1], self.dilation[1], kw)):
+        for size, o, s, p, d, k in (
+            (h, out_h, self.stride[0], self.padding[0], self.dilation[0], kh),
+            (wd, out_w, self.stride[1], self.padding[1], self.dilation[1], kw),
+        ):
             extra.append(size - ((o - 1) * s - 2 * p + d * (k - 1) + 1))
         back = F.conv_transpose2d(a, w, None, self.stride, self.padding, tuple(extra), self.groups, self.dilation)
         const = _flat_sum(A.sum((-2, -1)) * b) if b is not None else 0
@@ -205,17 +232,20 @@ class ElementwiseAffine(BoundOp):
         self.scale, self.shift = scale, shift
 
     @classmethod
-    def batch_norm(cls, m: nn.modules.batchnorm._BatchNorm, ndim: int) -> "ElementwiseAffine":
+    def batch_norm(cls, m: nn.modules.batchnorm._BatchNorm, ndim: int) -> ElementwiseAffine:
         """Eval-mode BatchNorm: (x − running_mean)/√(running_var + eps)·weight + bias, per channel."""
         shape = (-1,) + (1,) * (ndim - 2)  # channel axis 1 of [B, C, ...]
 
-        def scale():
-            s = (m.running_var + m.eps).rsqrt()
+        mean, var = m.running_mean, m.running_var
+        assert mean is not None and var is not None  # the tracer refuses BatchNorm without running statistics
+
+        def scale() -> torch.Tensor:
+            s = (var + m.eps).rsqrt()
             return (s * m.weight if m.weight is not None else s).reshape(shape)
 
-        def shift():
+        def shift() -> torch.Tensor:
             s = scale().reshape(-1)
-            t = -m.running_mean * s
+            t = -mean * s
             return (t + m.bias if m.bias is not None else t).reshape(shape)
 
         return cls(scale, shift)
@@ -238,6 +268,7 @@ class ElementwiseAffine(BoundOp):
 
     def backward(self, A, relax=None, alpha=None):
         s, t = self._st(A)
+        const: torch.Tensor | int
         if isinstance(t, torch.Tensor):
             const = _flat_sum(A * t)
         else:
@@ -453,4 +484,4 @@ class MaxPool2d(BoundOp):
         H, W = self.in_shape[-2:]
         out = torch.zeros(B, K, C, (H + 2 * ph) * (W + 2 * pw), dtype=A.dtype, device=A.device)
         out = out.scatter_add(3, target, to_input).reshape(B, K, C, H + 2 * ph, W + 2 * pw)
-        return [out[..., ph:ph + H, pw:pw + W]], const
+        return [out[..., ph : ph + H, pw : pw + W]], const

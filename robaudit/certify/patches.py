@@ -11,6 +11,7 @@ The values are exactly those of the dense computation (tests/test_certify.py che
 
 Positions of a window outside the map (a convolution's zero padding) always hold 0.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class Patch:
         inside = ((rows >= 0) & (rows < self.H))[:, :, None] & ((cols >= 0) & (cols < self.W))[:, None, :]
         return rows, cols, inside
 
-    def masked(self) -> "Patch":
+    def masked(self) -> Patch:
         _, _, inside = self.positions()
         return Patch(self.A * inside[:, None, None].to(self.A.dtype), self.oy, self.ox, self.H, self.W)
 
@@ -68,7 +69,7 @@ class Patch:
         """The coefficients as a dense tensor [R, K, C, H, W]."""
         R, K, C, h, w = self.A.shape
         r_idx, c_idx, inside = self.positions()
-        flat = (r_idx.clamp(0, self.H - 1)[:, :, None] * self.W + c_idx.clamp(0, self.W - 1)[:, None, :])
+        flat = r_idx.clamp(0, self.H - 1)[:, :, None] * self.W + c_idx.clamp(0, self.W - 1)[:, None, :]
         values = self.A * inside[:, None, None].to(self.A.dtype)
         out = torch.zeros(R, K, C, self.H * self.W, dtype=self.A.dtype, device=self.A.device)
         index = flat.reshape(R, 1, 1, -1).expand(R, K, C, h * w)
@@ -101,15 +102,16 @@ def unit_patch(op: ops.Conv2d, neuron: torch.Tensor, dtype, scale: torch.Tensor)
     return patch, const[:, None] * sign.reshape(1, 2)
 
 
-def patch_backward(op: ops.BoundOp, patch: Patch, relax: tuple | None, rows: torch.Tensor,
-                   in_shape: tuple[int, ...]) -> tuple[Patch, torch.Tensor | int] | None:
+def patch_backward(
+    op: ops.BoundOp, patch: Patch, relax: tuple | None, rows: torch.Tensor, in_shape: tuple[int, ...]
+) -> tuple[Patch, torch.Tensor | int] | None:
     """The operator's backward step on a patch (coefficients on its input as a patch, constant
     [R, K]), or None when the operator does not keep windows local (the caller densifies)."""
     if isinstance(op, ops.Conv2d):
         return _conv(op, patch)
-    if isinstance(op, ops.LeakyReLU):
+    if isinstance(op, ops.LeakyReLU) and relax is not None:
         return _relu(op, patch, relax, rows)
-    if isinstance(op, ops.MaxPool2d):
+    if isinstance(op, ops.MaxPool2d) and relax is not None:
         return _maxpool(op, patch, relax, rows, in_shape)
     if isinstance(op, ops.ElementwiseAffine):
         return _affine(op, patch)
@@ -154,8 +156,11 @@ def _maxpool(op: ops.MaxPool2d, patch: Patch, relax: tuple, rows: torch.Tensor, 
     hi, wi = (h - 1) * sh + dh * (kh - 1) + 1, (w - 1) * sw + dw * (kw - 1) + 1
     dev = A.device
     a, bb = sel // kw, sel % kw
-    local = ((torch.arange(h, device=dev)[None, None, :, None] * sh + a * dh) * wi
-             + torch.arange(w, device=dev)[None, None, None, :] * sw + bb * dw)  # [R, C, h, w]
+    local = (
+        (torch.arange(h, device=dev)[None, None, :, None] * sh + a * dh) * wi
+        + torch.arange(w, device=dev)[None, None, None, :] * sw
+        + bb * dw
+    )  # [R, C, h, w]
     out = torch.zeros(R, K, C, hi * wi, dtype=A.dtype, device=dev)
     out = out.scatter_add(3, local.reshape(R, 1, C, -1).expand(R, K, C, h * w), to_input.reshape(R, K, C, -1))
     H, W = in_shape[-2:]
@@ -177,6 +182,7 @@ def _affine(op: ops.ElementwiseAffine, patch: Patch) -> tuple[Patch, torch.Tenso
 
     s_l, t_l = local(s), local(t)
     coef = A * s_l
+    const: torch.Tensor | int
     if isinstance(t_l, torch.Tensor):
         const = (A * t_l).flatten(2).sum(-1)
     else:

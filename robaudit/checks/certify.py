@@ -13,6 +13,7 @@ and counts the *unresolved* samples (neither certified nor broken). ``method=exa
 sample within its time limit (certified, or falsified by a counterexample that the float32 model
 misclassifies, which lowers the upper bound like an attack success).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,9 +91,10 @@ class CertifySection(Section):
         out: dict[str, float] = {}
         for r in self.runs:
             out[certified_acc_name(self.method, self.norm, r.eps)] = r.certified_accuracy
-            if r.upper_accuracy is not None:
+            if r.upper_accuracy is not None and r.n_unresolved is not None:
                 out[certify_metric_name("upper", self.method, self.norm, r.eps)] = r.upper_accuracy
-                out[certify_metric_name("unresolved", self.method, self.norm, r.eps)] = r.n_unresolved / max(len(r.certified), 1)
+                unresolved = r.n_unresolved / max(len(r.certified), 1)
+                out[certify_metric_name("unresolved", self.method, self.norm, r.eps)] = unresolved
         radii = [v for v in self.radius if v is not None]
         if radii:
             out["certify.radius_median"] = float(torch.tensor(radii, dtype=torch.float64).median())
@@ -126,7 +128,9 @@ class CertifyCheck(Check):
     max_unstable: int = 400  # exact: refuse models whose probed samples need more binary variables
     radius: bool = False  # also the largest certified ε per sample (bisection with the method; crown for exact)
     radius_steps: int = 12
-    skip_broken: bool = True  # don't bound samples an attack of this scan broke at ε (false: bound them, a soundness cross-check)
+    skip_broken: bool = (
+        True  # don't bound samples an attack of this scan broke at ε (false: bound them, a soundness cross-check)
+    )
     dtype: str = "auto"  # bounds in float32 or float64 (auto: float64 for exact and under --compute-block)
 
     # --- settings ---------------------------------------------------------------------------------
@@ -138,8 +142,10 @@ class CertifyCheck(Check):
         if self.dtype not in ("auto", "float32", "float64"):
             raise UsageError(f"certify:dtype={self.dtype!r} must be auto, float32 or float64")
         if self.method == "exact" and norm != "linf":
-            raise UsageError("certify:method=exact works with --norm linf only (an ℓ2 ball is not a set of linear "
-                             "constraints); use certify:method=crown for ℓ2")
+            raise UsageError(
+                "certify:method=exact works with --norm linf only (an ℓ2 ball is not a set of linear "
+                "constraints); use certify:method=crown for ℓ2"
+            )
         for key in ("alpha_steps", "radius_steps", "max_unstable"):
             if getattr(self, key) < 0:
                 raise UsageError(f"certify:{key} must be >= 0")
@@ -171,8 +177,10 @@ class CertifyCheck(Check):
         for eps in sorted(plan.eps):
             names.append(certified_acc_name(self.method, norm, eps))
             if with_upper:
-                names += [certify_metric_name("upper", self.method, norm, eps),
-                          certify_metric_name("unresolved", self.method, norm, eps)]
+                names += [
+                    certify_metric_name("upper", self.method, norm, eps),
+                    certify_metric_name("unresolved", self.method, norm, eps),
+                ]
         if self.radius:
             names.append("certify.radius_median")
         return tuple(names)
@@ -228,7 +236,8 @@ class CertifyCheck(Check):
             raise UsageError(
                 f"certify:method=exact: sample {index} needs {int(counts[worst])} binary variables (unstable ReLUs) at "
                 f"ε={format_eps(eps)}, more than max_unstable={self.max_unstable}; exact verification could take hours — "
-                f"use certify:method=crown or alpha-crown, a smaller --eps, or raise certify:max_unstable")
+                f"use certify:method=crown or alpha-crown, a smaller --eps, or raise certify:max_unstable"
+            )
 
     def _trace(self, ctx):
         from ..certify import trace
@@ -315,8 +324,15 @@ class CertifyCheck(Check):
             threat = ThreatSet(x.to(dtype), eps, norm)
             spec = margin_spec(y, graph.num_classes, dtype)
             with torch.no_grad():
-                low, bounds = spec_bounds(graph, threat, spec, self._bound_method(), intermediate=self._intermediate(),
-                                          alpha_steps=self.alpha_steps, progress=ctx.within)
+                low, bounds = spec_bounds(
+                    graph,
+                    threat,
+                    spec,
+                    self._bound_method(),
+                    intermediate=self._intermediate(),
+                    alpha_steps=self.alpha_steps,
+                    progress=ctx.within,
+                )
             worst = low.min(1).values.double().cpu()
             for k, i in enumerate(local):
                 lower[i] = float(worst[k])
@@ -350,7 +366,9 @@ class CertifyCheck(Check):
                 status[i] = "skipped"
                 continue
             with _quiet_stdout():
-                out = verifier.verify(x[k], int(y[k]), eps, [(lo[k], hi[k]) for lo, hi in bounds], low[k].double().cpu(), others[k])
+                out = verifier.verify(
+                    x[k], int(y[k]), eps, [(lo[k], hi[k]) for lo, hi in bounds], low[k].double().cpu(), others[k]
+                )
             status[i] = out.status
             lower[i] = out.lower
             certified[i] = out.status == "certified"
@@ -376,8 +394,9 @@ class CertifyCheck(Check):
             def certified_at(eps: torch.Tensor) -> torch.Tensor:
                 threat = ThreatSet(x.to(dtype), eps.to(x.device, dtype), ctx.config.norm.value)
                 with torch.no_grad():
-                    low, _ = spec_bounds(graph, threat, spec, method, intermediate=self._intermediate(),
-                                         alpha_steps=self.alpha_steps)
+                    low, _ = spec_bounds(
+                        graph, threat, spec, method, intermediate=self._intermediate(), alpha_steps=self.alpha_steps
+                    )
                 return (low.min(1).values > 0).cpu()
 
             ok_top = certified_at(hi)
@@ -427,28 +446,37 @@ class CertifyCheck(Check):
             unresolved = (upper & ~certified) if upper is not None else None
             if upper is not None and bool((certified & ~upper).any()):
                 bad = int((certified & ~upper).sum())
-                info.flags.append(Flag("certified-but-broken", (
-                    f"at ε={format_eps(eps)}, {bad} sample(s) certified by {self.method} were broken by an attack: a "
-                    f"certificate must never be broken — this is a bug in the bound or the attack; please report it"),
-                    severity="error"))
+                info.flags.append(
+                    Flag(
+                        "certified-but-broken",
+                        (
+                            f"at ε={format_eps(eps)}, {bad} sample(s) certified by {self.method} were broken by an attack: a "
+                            f"certificate must never be broken — this is a bug in the bound or the attack; please report it"
+                        ),
+                        severity="error",
+                    )
+                )
             seconds = max((e["seconds"][r] for e in extras if e.get("seconds")), default=0.0)
-            runs.append(CertifyRun(
-                eps=eps,
-                certified_accuracy=float(certified.double().mean()) if n else 0.0,
-                n_certified=int(certified.sum()),
-                upper_accuracy=float(upper.double().mean()) if upper is not None and n else None,
-                n_unresolved=int(unresolved.sum()) if unresolved is not None else None,
-                n_falsified=int(falsified.sum()),
-                seconds=seconds,
-                certified=tuple(bool(v) for v in certified.tolist()),
-                lower=tuple(None if v is None else round(float(v), 6) for v in t.col(f"lower.{r}")),
-                status=tuple(status),
-                unresolved=tuple(bool(v) for v in unresolved.tolist()) if unresolved is not None else (),
-            ))
+            runs.append(
+                CertifyRun(
+                    eps=eps,
+                    certified_accuracy=float(certified.double().mean()) if n else 0.0,
+                    n_certified=int(certified.sum()),
+                    upper_accuracy=float(upper.double().mean()) if upper is not None and n else None,
+                    n_unresolved=int(unresolved.sum()) if unresolved is not None else None,
+                    n_falsified=int(falsified.sum()),
+                    seconds=seconds,
+                    certified=tuple(bool(v) for v in certified.tolist()),
+                    lower=tuple(None if v is None else round(float(v), 6) for v in t.col(f"lower.{r}")),
+                    status=tuple(status),
+                    unresolved=tuple(bool(v) for v in unresolved.tolist()) if unresolved is not None else (),
+                )
+            )
         radius = tuple(None if v is None else round(float(v), 6) for v in t.col("radius")) if t.has("radius") else ()
         relu = next((int(e["relu_units"]) for e in extras if "relu_units" in e), 0)
-        return CertifySection(**base, runs=tuple(runs), relu_units=relu, radius=radius,
-                              radius_max=self.radius_max(info.eps) if radius else None)
+        return CertifySection(
+            **base, runs=tuple(runs), relu_units=relu, radius=radius, radius_max=self.radius_max(info.eps) if radius else None
+        )
 
 
 @contextlib.contextmanager
