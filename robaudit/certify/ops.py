@@ -103,30 +103,42 @@ class Input(BoundOp):
         raise TypeError("the input node's box is the threat set's")
 
 
-class Linear(BoundOp):
-    """``x Wᵀ + b`` over the last dimension (``nn.Linear`` or ``F.linear`` with constant weights)."""
+class _Weighted(BoundOp):
+    """An affine operator with a weight and a bias read live from the model: ``apply(x, w, b)``
+    computes it; IBP is the centre–radius rule (Gowal et al. 2018, Eq. 6): centre through the
+    operator, radius through |W| without the bias."""
 
     def __init__(self, weight: Callable[[], torch.Tensor], bias: Callable[[], torch.Tensor | None]):
         self.weight, self.bias = weight, bias
 
-    @classmethod
-    def of(cls, module: nn.Linear) -> Linear:
-        return cls(lambda: module.weight, lambda: module.bias)
+    def apply(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
 
-    def _wb(self, like: torch.Tensor):
+    def _wb(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         w, b = self.weight(), self.bias()
         return w.to(like.dtype), (None if b is None else b.to(like.dtype))
 
     def forward(self, x):
         w, b = self._wb(x)
-        return F.linear(x, w, b)
+        return self.apply(x, w, b)
 
     def ibp(self, bounds):
         lo, hi = bounds
         w, b = self._wb(lo)
         mid, rad = (hi + lo) / 2, (hi - lo) / 2
-        c, r = F.linear(mid, w, b), F.linear(rad, w.abs())
+        c, r = self.apply(mid, w, b), self.apply(rad, w.abs())
         return c - r, c + r
+
+
+class Linear(_Weighted):
+    """``x Wᵀ + b`` over the last dimension (``nn.Linear`` or ``F.linear`` with constant weights)."""
+
+    @classmethod
+    def of(cls, module: nn.Linear) -> Linear:
+        return cls(lambda: module.weight, lambda: module.bias)
+
+    def apply(self, x, w, b=None):
+        return F.linear(x, w, b)
 
     def backward(self, A, relax=None, alpha=None):
         w, b = self._wb(A)
@@ -140,11 +152,11 @@ class Linear(BoundOp):
         return w[neuron], (b[neuron] if b is not None else torch.zeros(neuron.shape, dtype=dtype, device=w.device))
 
 
-class Conv2d(BoundOp):
+class Conv2d(_Weighted):
     """A 2-d convolution with constant weights (``nn.Conv2d`` or ``F.conv2d``)."""
 
     def __init__(self, weight, bias, stride, padding, dilation, groups, in_shape: Sequence[int]):
-        self.weight, self.bias = weight, bias
+        super().__init__(weight, bias)
         pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # noqa: E731
         self.stride, self.dilation, self.groups = pair(stride), pair(dilation), int(groups)
         if isinstance(padding, str):
@@ -158,23 +170,8 @@ class Conv2d(BoundOp):
             raise ValueError(f"padding_mode={m.padding_mode!r} is not supported (only zero padding)")
         return cls(lambda: m.weight, lambda: m.bias, m.stride, m.padding, m.dilation, m.groups, in_shape)
 
-    def _wb(self, like):
-        w, b = self.weight(), self.bias()
-        return w.to(like.dtype), (None if b is None else b.to(like.dtype))
-
-    def _conv(self, x, w, b=None):
+    def apply(self, x, w, b=None):
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
-
-    def forward(self, x):
-        w, b = self._wb(x)
-        return self._conv(x, w, b)
-
-    def ibp(self, bounds):
-        lo, hi = bounds
-        w, b = self._wb(lo)
-        mid, rad = (hi + lo) / 2, (hi - lo) / 2
-        c, r = self._conv(mid, w, b), self._conv(rad, w.abs())
-        return c - r, c + r
 
     def backward(self, A, relax=None, alpha=None):
         w, b = self._wb(A)
