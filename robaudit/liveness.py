@@ -9,7 +9,7 @@ are long by design: the ranks that finish their shard early wait for rank 0's mo
 and under ``harden`` the others wait while rank 0 evaluates each epoch.
 
 So robaudit never waits *in* a collective for long work. Before such a collective every rank calls
-:meth:`Liveness.wait_all`, which polls the store (a counter per wait) while a daemon thread of
+:meth:`Liveness.wait_all`, which polls the store (a counter per wait, then one per release) while a daemon thread of
 every rank bumps its heartbeat counter every :data:`BEAT_SECONDS`; a rank whose counter has not
 moved for ``ROBAUDIT_PEER_TIMEOUT`` seconds (default 120, at least 2 beats) is named in a RuntimeFailure (exit 4)
 and the run stops. The collective that follows starts with every rank present, so the process
@@ -92,10 +92,23 @@ class Liveness:
 
     def wait_all(self, what: str) -> None:
         """Return once every rank has called ``wait_all`` as often as this one (waits are matched by
-        their order); RuntimeFailure naming a rank whose heartbeat stopped for ``timeout`` seconds."""
+        their order) and every rank has seen that; RuntimeFailure naming a rank whose heartbeat
+        stopped for ``timeout`` seconds.
+
+        Two phases: *arrive* (a counter per wait), then *acknowledge* the release. A rank that
+        arrived early polls for a long time and may stop there; without the acknowledgement the last
+        rank to arrive would find the count complete, leave, and block in the next collective with
+        the stopped rank (measured: a SIGSTOPped early rank held rank 0 in ``broadcast`` until the
+        process group's timeout). A released rank acknowledges within one poll, so the window in
+        which a stop still reaches the collective is one poll, not the whole wait."""
         self._waits += 1
-        key = f"wait/{self._waits}"
-        self.store.add(key, 1)
+        for phase in ("arrived", "released"):
+            key = f"wait/{self._waits}/{phase}"
+            self.store.add(key, 1)
+            self._poll(key, what)
+
+    def _poll(self, key: str, what: str) -> None:
+        """Until the store counter ``key`` reaches the world size, checking the others' heartbeats."""
         seen: dict[int, tuple[int, float]] = {}
         next_check = 0.0
         while self.store.add(key, 0) < self.world:

@@ -526,7 +526,15 @@ def test_a_wait_names_the_rank_whose_heartbeat_stopped(monkeypatch):
     with pytest.raises(RuntimeFailure, match=r"rank 1 stopped responding: no heartbeat for \d+ s"):
         lonely.wait_all("the gather")
     assert time.monotonic() - t0 < 10
-    a.stop(), lonely.stop()
+    # a rank that arrived early and stopped while it waited (SIGSTOP): the last to arrive finds the
+    # count complete but is held at the release and names it, instead of entering a collective with it
+    early = liveness.Liveness(dist.PrefixStore("c/", store), 1, 2)
+    early.stop()
+    early.store.add("wait/1/arrived", 1)
+    late = liveness.Liveness(dist.PrefixStore("c/", store), 0, 2)
+    with pytest.raises(RuntimeFailure, match=r"rank 1 stopped responding: .*\(rank 0 combined the shards\)"):
+        late.wait_all("rank 0 combined the shards")
+    a.stop(), lonely.stop(), late.stop()
     monkeypatch.setenv("ROBAUDIT_PEER_TIMEOUT", "soon")
     from robaudit.errors import UsageError
 
