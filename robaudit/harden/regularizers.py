@@ -132,7 +132,7 @@ __all__ = [
 ]
 
 HARDENERS: Registry[type["Hardener"]] = Registry(
-    "hardener", "robaudit.hardeners", builtin_modules=("robaudit.harden.regularizers",)
+    "hardener", "robaudit.hardeners", builtin_modules=("robaudit.harden.regularizers", "robaudit.harden.certified")
 )
 
 # --- defaults (measured; see the module docstring) --------------------------
@@ -270,6 +270,10 @@ class Hardener(ABC):
     name: ClassVar[str] = "hardener"
     description: ClassVar[str] = ""
     measure_name: ClassVar[str] = ""
+    penalty_name: ClassVar[str] = "penalty"  # what StepOutput.penalty is, in progress lines and tables
+    certified: ClassVar[bool] = False  # trains a certified bound: the before/after scan adds the certify check
+    # the method's own defaults for harden()'s epochs, lr, lr_hold, lr_final, lr_decay (else harden's)
+    training_defaults: ClassVar[dict[str, float]] = {}
     double_backward: ClassVar[bool] = True
     # which CLI options map onto which fields: option name → field name
     options: ClassVar[dict[str, str]] = {}
@@ -279,6 +283,13 @@ class Hardener(ABC):
 
     def resolve(self, threat: ThreatModel, input_shape: tuple[int, ...]) -> None:
         """Fill in defaults that depend on the threat model or the input size (before training)."""
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        """Check that the method applies to ``model`` (before training; raises InputError)."""
+
+    def status(self, progress: float, threat: ThreatModel) -> dict[str, float]:
+        """Schedule values at ``progress`` (epochs) worth showing in the progress line (e.g. ε)."""
+        return {}
 
     @abstractmethod
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepOutput:
@@ -496,7 +507,7 @@ class Combined(Hardener):
     steps: int = 10
 
     def __post_init__(self) -> None:
-        if isinstance(self.base, (PGDAT, Combined)):
+        if isinstance(self.base, (PGDAT, Combined)) or self.base.certified:
             raise UsageError("--combine pgd-at adds PGD adversarial training to a regularizer; "
                              "use it with cure, jacobian or ce-grad")
 
@@ -513,6 +524,9 @@ class Combined(Hardener):
 
     def resolve(self, threat, input_shape) -> None:
         self.base.resolve(threat, input_shape)
+
+    def prepare(self, model, input_shape) -> None:
+        self.base.prepare(model, input_shape)
 
     def loss(self, model, x, y, ctx):
         x_adv = adversarial_batch(model, x, y, ctx, self.steps)

@@ -55,5 +55,6 @@ class LRSchedule:
 
     def params(self) -> dict[str, float | str]:
         """The schedule as hyper-parameters (absolute learning rates) for provenance."""
-        return {"lr": self.lr, "lr_schedule": "per-epoch hold then cosine", "lr_hold": self.hold,
+        shape = "constant" if self.final == 1 and self.decay == 1 else "per-epoch hold then cosine"
+        return {"lr": self.lr, "lr_schedule": shape, "lr_hold": self.hold,
                 "lr_end": self.lr * self.final, "lr_epoch_decay": self.decay}

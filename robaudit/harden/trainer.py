@@ -255,7 +255,8 @@ def train(
             "processes": world,
         }
 
-    reporter.start({"method": hardener.name, "measure_name": measure_label(hardener), "epochs": config.epochs,
+    reporter.start({"method": hardener.name, "measure_name": measure_label(hardener),
+                    "penalty_name": getattr(hardener, "penalty_name", "penalty"), "epochs": config.epochs,
                     "steps_per_epoch": steps_per_epoch, "n_train": n, "separate_eval": separate_eval,
                     "resumed_at": (epoch, start_step) if resume else None, "processes": world,
                     "batch_size": config.batch_size})
@@ -302,7 +303,8 @@ def train(
                     running[key] += value
                 running["seconds"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                reporter.step(epoch, done_steps, steps_per_epoch, _averages(running))
+                reporter.step(epoch, done_steps, steps_per_epoch,
+                              {**_averages(running), **hardener.status(ctx.progress, config.threat)})
                 if on_step is not None:
                     on_step(epoch, done_steps)
             # end of epoch: quick evaluation, history row, checkpoint for the next epoch (rank 0)
@@ -317,6 +319,8 @@ def train(
                            "lr": config.schedule.lr_at((epoch + 1) * steps_per_epoch - 1, steps_per_epoch)}
                     if isinstance(hardener, PGDAT):  # no penalty term
                         row["penalty"] = math.nan
+                    # the schedule at the epoch's last step (certified training: ε, κ, β)
+                    row.update(hardener.status(epoch + (steps_per_epoch - 1) / steps_per_epoch, config.threat))
                     if not isinstance(hardener, Combined):
                         row["adv_ce"] = math.nan
                     history.append(row)
