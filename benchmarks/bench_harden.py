@@ -13,9 +13,13 @@ load swings hit all methods of a round alike, so the ratios are stable even when
 times are not. The epoch is run ``--reps`` times and the fastest epoch per method is reported,
 plus the median over all rounds of the per-step ratio.
 
-Targets: jacobian ≤ 2.5× natural, cure ≤ 3.5×. pgd-at uses 10 PGD steps.
+Targets: jacobian ≤ 2.5× natural, cure ≤ 3.5×. pgd-at uses 10 PGD steps. ``ibp`` and
+``crown-ibp`` are timed inside their ramp (ε > 0; crown-ibp with β > 0, i.e. with its CROWN pass;
+after the ramp a crown-ibp step is an ibp step). ``--arch NAME`` times a randomly initialised
+registry architecture instead of the demo model (e.g. ``--arch cert-cnn``, the certified-training
+default).
 
-Run:  python benchmarks/bench_harden.py [--n 4096] [--reps 2] [--threads 2] [--device cpu]
+Run:  python benchmarks/bench_harden.py [--n 4096] [--reps 2] [--threads 2] [--device cpu] [--arch cert-cnn]
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from robaudit.cli.demo import DEMO_MODEL
 from robaudit.data import DataRequest, load_dataset
 from robaudit.engine import resolve_device
 from robaudit.geometry.margin import cross_entropy
-from robaudit.harden.regularizers import PGDAT, CEGrad, Cure, Hardener, JacobianReg, StepContext, StepOutput
+from robaudit.harden.adversarial import PGDAT
+from robaudit.harden.certified import CrownIBPTraining, IBPTraining
+from robaudit.harden.regularizers import CEGrad, Cure, Hardener, JacobianReg, StepContext, StepOutput
 from robaudit.harden.trainer import forward_backward
-from robaudit.models import load_model
+from robaudit.models import NormalizedModel, build_architecture, load_model
 from robaudit.threat import Norm, ThreatModel
 
 TARGETS = {"jacobian": 2.5, "cure": 3.5}
@@ -67,12 +73,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--arch", default=None, help="a randomly initialised registry architecture instead of the demo model")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = load_dataset("fashion-mnist", DataRequest(split="train", n=args.n, data_dir=args.data_dir))
-    parent = load_model(str(DEMO_MODEL)).model.to(device)
+    if args.arch:
+        torch.manual_seed(0)
+        inner = build_architecture(
+            args.arch, num_classes=data.num_classes, in_channels=data.input_shape[0], input_size=data.input_shape[1]
+        )
+        parent = NormalizedModel(inner).to(device)
+    else:
+        parent = load_model(str(DEMO_MODEL)).model.to(device)
     threat = ThreatModel(Norm.LINF, 0.1)
     methods: dict[str, Hardener] = {
         "natural": Natural(),
@@ -80,6 +94,8 @@ def main() -> None:
         "cure": Cure(h_ramp_epochs=0),  # full h from the first step (at h = 0 the second pass is skipped)
         "ce-grad": CEGrad(),
         "pgd-at (10 steps)": PGDAT(steps=10),
+        "ibp": IBPTraining(warmup_epochs=0, ramp_epochs=4),  # progress 1-2: ε = 0.025-0.05
+        "crown-ibp (β > 0)": CrownIBPTraining(warmup_epochs=0, ramp_epochs=4),  # β = 0.75-0.5
     }
     for h in methods.values():
         h.resolve(threat, data.input_shape)
@@ -117,8 +133,9 @@ def main() -> None:
             epoch_best[name] = min(epoch_best[name], total[name])
         print(f"  epoch {rep + 1}/{args.reps}: " + ", ".join(f"{k} {v:.1f}s" for k, v in total.items()), flush=True)
     base = epoch_best["natural"]
+    model_name = f"random {args.arch}" if args.arch else "demo small-cnn"
     print(
-        f"\nOne epoch of {data.n} Fashion-MNIST training images ({steps} steps of {args.batch_size}), demo small-cnn, "
+        f"\nOne epoch of {data.n} Fashion-MNIST training images ({steps} steps of {args.batch_size}), {model_name}, "
         f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}; methods interleaved per step:"
     )
     print(f"{'method':20s} {'epoch s':>8s} {'× natural':>10s} {'median step ×':>14s}   target")

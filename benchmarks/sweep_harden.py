@@ -18,6 +18,7 @@ reg_weight, reg_norm, lr, lr_hold, lr_final, lr_decay, batch_size, e.g.
 
 Run it with OMP_NUM_THREADS=2 (or --threads) and one sweep at a time on a shared machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,17 @@ def evaluate(parent: str, weights: dict, data_dir: str | None, n: int) -> tuple[
     """(clean accuracy, PGD-20 robust accuracy) at ℓ∞ ε = 0.1 on the first n test images."""
     model = load_model(parent).model
     model.inner.load_state_dict(weights)
-    result = robaudit.scan(model.eval(), "fashion-mnist", eps="0.1", attacks="pgd", checks=("clean", "attacks"), n=n,
-                           data_dir=data_dir, device="cpu", seed=0)
+    result = robaudit.scan(
+        model.eval(),
+        "fashion-mnist",
+        eps="0.1",
+        attacks="pgd",
+        checks=("clean", "attacks"),
+        n=n,
+        data_dir=data_dir,
+        device="cpu",
+        seed=0,
+    )
     metrics = result.metrics()
     return metrics["clean.accuracy"], metrics["robust_acc.pgd.linf@0.1"]
 
@@ -70,9 +80,21 @@ def run(setting: str, args) -> list[dict]:
             snapshots[epoch] = load_state(ckpt)["model"]
 
     t0 = time.perf_counter()
-    result = harden(args.parent, "fashion-mnist", out, method=method, data_dir=args.data_dir, train_n=args.train_n,
-                    eval_n=args.quick_eval_n, epochs=args.epochs, seed=args.seed, device="cpu", scan=False,
-                    on_step=snapshot, **options)
+    result = harden(
+        args.parent,
+        "fashion-mnist",
+        out,
+        method=method,
+        data_dir=args.data_dir,
+        train_n=args.train_n,
+        eval_n=args.quick_eval_n,
+        epochs=args.epochs,
+        seed=args.seed,
+        device="cpu",
+        scan=False,
+        on_step=snapshot,
+        **options,
+    )
     wall = time.perf_counter() - t0
     from safetensors.torch import load_file
 
@@ -81,10 +103,20 @@ def run(setting: str, args) -> list[dict]:
     for epoch in sorted(snapshots):
         clean, robust = evaluate(args.parent, snapshots[epoch], args.data_dir, args.eval_n)
         hist = result.history[epoch]
-        rows.append({"setting": setting, "epoch": epoch, "clean": clean, "pgd20": robust,
-                     "seconds_per_epoch": hist["seconds"], "quick_eval_pgd10": hist["robust_acc"],
-                     "measure": hist["measure"], "train_n": result.hyperparameters["train_n"], "wall": wall,
-                     "hyperparameters": result.hyperparameters})
+        rows.append(
+            {
+                "setting": setting,
+                "epoch": epoch,
+                "clean": clean,
+                "pgd20": robust,
+                "seconds_per_epoch": hist["seconds"],
+                "quick_eval_pgd10": hist["robust_acc"],
+                "measure": hist["measure"],
+                "train_n": result.hyperparameters["train_n"],
+                "wall": wall,
+                "hyperparameters": result.hyperparameters,
+            }
+        )
     shutil.rmtree(work, ignore_errors=True)
     return rows
 
@@ -107,8 +139,10 @@ def main() -> None:
     print(f"{'setting':<48} {'epoch':>5} {'clean':>7} {'PGD-20':>7} {'s/epoch':>8}", flush=True)
     for setting in args.settings:
         for row in run(setting, args):
-            print(f"{setting:<48} {row['epoch']:>5} {row['clean']:>7.1%} {row['pgd20']:>7.1%} "
-                  f"{row['seconds_per_epoch']:>8.0f}", flush=True)
+            print(
+                f"{setting:<48} {row['epoch']:>5} {row['clean']:>7.1%} {row['pgd20']:>7.1%} {row['seconds_per_epoch']:>8.0f}",
+                flush=True,
+            )
             if args.json:
                 with args.json.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")

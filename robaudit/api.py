@@ -85,7 +85,7 @@ def scan(
     stratified for image folders, first otherwise). ``compute_block``: see ``--compute-block``;
     ``precision``: ``--precision`` (float32, bfloat16, float16: the attacks' forward passes);
     ``channels_last``: True = ``--channels-last``, False = ``--no-channels-last``, None (default) =
-    chosen at scan start by a timed probe (README, "Speed and progress"); channels_last runs on a
+    chosen at scan start by a timed probe (docs/performance.md, "Speed and progress"); channels_last runs on a
     converted copy of the module, never the module itself (``result.provenance.memory_format`` says
     what was chosen and why).
     The module's train/eval mode, weights and memory format are left as they were."""

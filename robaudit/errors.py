@@ -1,6 +1,6 @@
 """Typed errors. Library code raises these; only the CLI turns them into one line + exit code.
 
-Exit codes (README "Exit codes"): 0 ok · 1 gate failed · 2 usage · 3 input (and outputs the machine
+Exit codes (docs/exit-codes.md): 0 ok · 1 gate failed · 2 usage · 3 input (and outputs the machine
 refuses to write) · 4 robaudit's own failure.
 """
 

@@ -12,6 +12,7 @@ Compared after normalizing both sides: Markdown links become their text, emphasi
 repeated spaces go, so re-wrapped lines and links re-pointed to docs pages still match. Prints
 each unit that is not found (exit 1), or a one-line summary (exit 0).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,13 @@ def main() -> None:
     parser.add_argument("rev", nargs="?", default="HEAD", help="git revision whose README.md to check (default HEAD)")
     parser.add_argument("--file", type=Path, help="an old README file instead of a git revision")
     args = parser.parse_args()
-    old = args.file.read_text(encoding="utf-8") if args.file else subprocess.run(
-        ["git", "show", f"{args.rev}:README.md"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    old = (
+        args.file.read_text(encoding="utf-8")
+        if args.file
+        else subprocess.run(
+            ["git", "show", f"{args.rev}:README.md"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    )
     text = corpus()
     missing = {kind: [u for u in us if u not in text] for kind, us in units(old).items()}
     total = sum(len(us) for us in units(old).values())

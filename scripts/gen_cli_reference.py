@@ -8,6 +8,7 @@ option with its help and default, read from ``robaudit.cli.main.app``) under a s
     python scripts/gen_cli_reference.py           # rewrite docs/cli.md
     python scripts/gen_cli_reference.py --check   # exit 1 when docs/cli.md is out of date
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,12 @@ def generate() -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     res = subprocess.run(
         [sys.executable, "-m", "typer", "robaudit.cli.main", "utils", "docs", "--name", "robaudit"],
-        capture_output=True, text=True, env=env, cwd=ROOT, check=False, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+        timeout=300,
     )
     if res.returncode != 0:
         raise RuntimeError(f"typer utils docs failed (exit {res.returncode}):\n{res.stderr[-3000:]}")

@@ -7,6 +7,7 @@ links re-pointed from the repository root into docs/ (``docs/tutorial.md`` → `
 the site has it as ``flags.md``. Any other README link outside docs/ fails ``mkdocs build
 --strict``, so the README, which is also the PyPI description, keeps to links GitHub renders.
 """
+
 from __future__ import annotations
 
 import re

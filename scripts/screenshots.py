@@ -15,6 +15,7 @@ PNGs are reduced to a 128-colour palette (flat UI, no dithering), so all of them
     python scripts/screenshots.py               # ~30 s of scan on 2 CPU cores, then a few s of Chromium
     python scripts/screenshots.py --keep tmp/   # also keep the scan's results.json, report.html, terminal.svg
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,16 @@ OUT = ROOT / "docs" / "img"
 DEMO_MODEL = ROOT / "robaudit" / "models" / "assets" / "demo_fashion_mnist_small_cnn.safetensors"
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [  # tests/test_browser.py's: offline, no sandbox (root in CI), no GPU
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
 ]
 GATE = "lower(robust_acc.ensemble.linf@0.1) >= 0.30"
 SCAN = ["-d", "demo", "-n", "500", "--eps", "0.05,0.1", "--require", GATE]  # the tour's scan (README)
@@ -66,20 +75,26 @@ window.addEventListener('load', function () {
 
 
 def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=180, check=True)
+    return subprocess.run(
+        [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=180, check=True
+    )
 
 
 def small_png(image: Image.Image, path: Path) -> None:
     """A 128-colour palette PNG: screenshots of flat UI lose nothing visible and shrink 3-5×."""
     image.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-        path, optimize=True)
+        path, optimize=True
+    )
 
 
 def run_scan(work: Path) -> tuple[Path, str]:
     """The scan, as a user runs it; its stdout with colours (Rich honours FORCE_COLOR)."""
-    env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": str(COLUMNS),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "FORCE_COLOR": "1",
+        "COLUMNS": str(COLUMNS),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     env.pop("NO_COLOR", None)
     cmd = [sys.executable, "-m", "robaudit", "scan", str(DEMO_MODEL), *SCAN, "--json", "results.json", "--html", "report.html"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work, timeout=1800)  # paths print as typed
@@ -90,8 +105,11 @@ def run_scan(work: Path) -> tuple[Path, str]:
 
 def terminal_picture(stdout: str, work: Path, profile: Path) -> None:
     console = Console(record=True, width=COLUMNS, file=io.StringIO(), force_terminal=True, color_system="truecolor")
-    shown = "robaudit scan demo_fashion_mnist_small_cnn.safetensors " + " ".join(
-        f"'{a}'" if " " in a else a for a in SCAN) + " --json results.json --html report.html"
+    shown = (
+        "robaudit scan demo_fashion_mnist_small_cnn.safetensors "
+        + " ".join(f"'{a}'" if " " in a else a for a in SCAN)
+        + " --json results.json --html report.html"
+    )
     console.print(Text("$ " + shown, style="bold"))
     console.print(Text.from_ansi(stdout.rstrip("\n")))
     svg = console.export_svg(title="robaudit scan")
@@ -99,8 +117,11 @@ def terminal_picture(stdout: str, work: Path, profile: Path) -> None:
     (work / "terminal.svg").write_text(svg, encoding="utf-8")
     w, h = (float(v) for v in re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', svg).groups())
     page = work / "terminal.html"
-    page.write_text(f'<html><body style="margin:0;background:#fff"><img src="terminal.svg" width="{w:.0f}" '
-                    f'height="{h:.0f}"></body></html>', encoding="utf-8")
+    page.write_text(
+        f'<html><body style="margin:0;background:#fff"><img src="terminal.svg" width="{w:.0f}" '
+        f'height="{h:.0f}"></body></html>',
+        encoding="utf-8",
+    )
     shot = work / "terminal.png"
     chromium(profile / "t", f"--window-size={int(w) + 1},{int(h) + 1}", f"--screenshot={shot}", page.as_uri())
     small_png(Image.open(shot).crop((0, 0, int(w), int(h))), OUT / "terminal-summary.png")
@@ -109,10 +130,12 @@ def terminal_picture(stdout: str, work: Path, profile: Path) -> None:
 def report_pictures(html: Path, work: Path, profile: Path) -> None:
     selectors = sorted({s for _, top, bottom in CROPS for s in (top, bottom)})
     probe = work / "probe.html"
-    probe.write_text(html.read_text(encoding="utf-8").replace("</body>", PROBE % json.dumps(selectors) + "</body>"),
-                     encoding="utf-8")
-    dom = chromium(profile / "p", f"--window-size={WIDTH},1000", "--virtual-time-budget=5000", "--dump-dom",
-                   probe.as_uri()).stdout
+    probe.write_text(
+        html.read_text(encoding="utf-8").replace("</body>", PROBE % json.dumps(selectors) + "</body>"), encoding="utf-8"
+    )
+    dom = chromium(
+        profile / "p", f"--window-size={WIDTH},1000", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()
+    ).stdout
     rects = json.loads(re.search(r'<pre id="rects">(.*?)</pre>', dom, flags=re.S).group(1))
     missing = [s for s in selectors if s not in rects]
     if missing:

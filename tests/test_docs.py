@@ -7,6 +7,7 @@ The site itself is built by `make docs` (``mkdocs build --strict``, which `make 
 run): broken links, unknown anchors and pages missing from the nav fail it as MkDocs renders them.
 These tests need no MkDocs and no network.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -64,7 +65,10 @@ def test_github_slugs_match_githubs_rules():
     assert github_slug("`robaudit scan`") == "robaudit-scan"
     assert github_slug("ONNX: data, once its names are robaudit's") == "onnx-data-once-its-names-are-robaudits"
     assert github_slug("Methods (`certify:method=…`)") == "methods-certifymethod"
-    assert github_slug("Certified robustness: the other half of the bracket") == "certified-robustness-the-other-half-of-the-bracket"
+    assert (
+        github_slug("Certified robustness: the other half of the bracket")
+        == "certified-robustness-the-other-half-of-the-bracket"
+    )
 
 
 def test_every_relative_link_and_anchor_resolves():
@@ -126,8 +130,14 @@ def test_the_cli_reference_is_the_generated_one():
     expected = gen.generate()
     committed = gen.PAGE.read_text(encoding="utf-8")
     if committed != expected:
-        diff = difflib.unified_diff(committed.splitlines(keepends=True), expected.splitlines(keepends=True),
-                                    "docs/cli.md (committed)", "docs/cli.md (generated from the app)")
-        pytest.fail(f"docs/cli.md is out of date with the command-line app; regenerate it with: "
-                    f"{gen.REGENERATE}\n" + "".join(list(diff)[:80]))
+        diff = difflib.unified_diff(
+            committed.splitlines(keepends=True),
+            expected.splitlines(keepends=True),
+            "docs/cli.md (committed)",
+            "docs/cli.md (generated from the app)",
+        )
+        pytest.fail(
+            f"docs/cli.md is out of date with the command-line app; regenerate it with: "
+            f"{gen.REGENERATE}\n" + "".join(list(diff)[:80])
+        )
     assert "### `robaudit scan`" in committed and "`--eps <str>`" in committed

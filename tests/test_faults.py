@@ -414,15 +414,23 @@ def _finish(proc: subprocess.Popen, seconds: float) -> tuple[int, str, float]:
 
 
 def _scanning(proc: subprocess.Popen, run_id: str) -> dict[int, int]:
-    """Both ranks' pids once rank 0 says it scans (the process group is up), plus 2 s into the scan."""
-    _wait_for(lambda: "samples on 2 processes" in _output(proc) or proc.poll() is not None, 300, "the scan to start")
+    """Both ranks' pids once rank 0 has started the attack check (both ranks attack their shards by
+    then: the checks before it take a second), plus 1 s into it. The fault must land inside the
+    shard's work: a stop that lands in the poll between a wait's release and the next collective
+    (one poll, 0.2 s) is beyond what heartbeats can see, and a scan that ends before its fault
+    proves nothing (measured: a PGD-only scan of the demo data ended 5 s after it started, so a
+    fixed delay from the start landed in that window)."""
+    _wait_for(lambda: "check 3/6: attacks" in _output(proc) or proc.poll() is not None, 300, "the attacks to start")
     ranks = _both_ranks(run_id)
-    time.sleep(2)
+    time.sleep(1)
     assert proc.poll() is None and ranks, f"the scan ended before the fault: {_output(proc)[-2000:]}"
     return ranks
 
 
-SCAN_LONG = [MODEL, "-d", "demo", "--num-samples", "1000", "--device", "cpu", "--attacks", "pgd", "--json", "r.json"]
+# ≈ 10 s of attacks per rank on 500 samples here (APGD-CE at two radii small enough that most samples
+# resist to the last step)
+SCAN_LONG = [MODEL, "-d", "demo", "--num-samples", "1000", "--device", "cpu", "--attacks", "apgd-ce"]
+SCAN_LONG += ["--eps", "0.005,0.01", "--json", "r.json"]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """robaudit harden: penalties (graph, gradient path, finite differences, per-sample), resume,
 metadata round trip, refusal of frozen graphs, and the CLI on tiny data."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,15 @@ from robaudit.cli.main import app
 from robaudit.errors import InputError, UsageError
 from robaudit.geometry.margin import cross_entropy
 from robaudit.harden import DEFAULT_LR, HARDENERS, HardenInterrupted, harden
+from robaudit.harden.adversarial import PGDAT, Combined
 from robaudit.harden.checkpointing import ckpt_path_for
 from robaudit.harden.regularizers import (
-    PGDAT, CEGrad, Combined, Cure, JacobianReg, StepContext, build_hardener, has_mode_dependent_layers,
+    CEGrad,
+    Cure,
+    JacobianReg,
+    StepContext,
+    build_hardener,
+    has_mode_dependent_layers,
 )
 from robaudit.models import load_model, save_model
 from robaudit.threat import Norm, ThreatModel
@@ -63,8 +70,9 @@ def _batch(n=16, classes=4, size=8, seed=0, dtype=torch.float32):
 
 
 def _ctx(progress=10.0, gen_seed=0, separate=False):
-    return StepContext(progress=progress, generator=torch.Generator().manual_seed(gen_seed),
-                       separate_eval=separate, threat=THREAT)
+    return StepContext(
+        progress=progress, generator=torch.Generator().manual_seed(gen_seed), separate_eval=separate, threat=THREAT
+    )
 
 
 def _hardeners():
@@ -180,8 +188,9 @@ def _penalty_fn(hard, model, x, y):
     return lambda: hard.loss(model, x, y, ctx).loss - _zero(hard).loss(model, x, y, ctx).loss
 
 
-@pytest.mark.parametrize("name,act", [("cure", nn.Softplus()), ("jacobian-l2", nn.Tanh()),
-                                      ("jacobian-l1", nn.Softplus()), ("ce-grad", nn.Tanh())])
+@pytest.mark.parametrize(
+    "name,act", [("cure", nn.Softplus()), ("jacobian-l2", nn.Tanh()), ("jacobian-l1", nn.Softplus()), ("ce-grad", nn.Tanh())]
+)
 def test_double_backprop_matches_finite_differences_float64(name, act):
     torch.manual_seed(0)
     model = SmoothNet(act).double().eval()
@@ -210,7 +219,7 @@ def test_penalty_is_per_sample_mean_without_1_over_B(name):
     x, y = _batch(n=5, dtype=torch.float64)
     hard = _hardeners()[name]
     whole = hard.loss(model, x, y, _ctx()).penalty
-    single = [hard.loss(model, x[i:i + 1], y[i:i + 1], _ctx()).penalty for i in range(5)]
+    single = [hard.loss(model, x[i : i + 1], y[i : i + 1], _ctx()).penalty for i in range(5)]
     assert whole == pytest.approx(sum(single) / 5, rel=1e-9)
 
 
@@ -244,12 +253,25 @@ def tiny(tmp_path):
     torch.manual_seed(0)
     net = build_architecture("small-cnn", num_classes=10, in_channels=1, kwargs={"width": 2, "hidden": 8}, input_size=28)
     parent = tmp_path / "parent.safetensors"
-    save_model(parent, net, arch="small-cnn", arch_kwargs={"width": 2, "hidden": 8}, num_classes=10,
-               input_shape=(1, 28, 28), mean=(0.25,), std=(0.5,), class_names=[f"c{i}" for i in range(10)])
+    save_model(
+        parent,
+        net,
+        arch="small-cnn",
+        arch_kwargs={"width": 2, "hidden": 8},
+        num_classes=10,
+        input_shape=(1, 28, 28),
+        mean=(0.25,),
+        std=(0.5,),
+        class_names=[f"c{i}" for i in range(10)],
+    )
     rng = np.random.default_rng(0)
     data = tmp_path / "tiny.npz"
-    np.savez(data, x=rng.integers(0, 256, (96, 28, 28), dtype=np.uint8), y=rng.integers(0, 10, 96),
-             class_names=np.array([f"c{i}" for i in range(10)]))
+    np.savez(
+        data,
+        x=rng.integers(0, 256, (96, 28, 28), dtype=np.uint8),
+        y=rng.integers(0, 10, 96),
+        class_names=np.array([f"c{i}" for i in range(10)]),
+    )
     return parent, data
 
 
@@ -393,9 +415,29 @@ def test_cli_end_to_end_and_scan_without_flags(tiny, tmp_path):
     parent, data = tiny
     out = tmp_path / "h.safetensors"
     js = tmp_path / "h.json"
-    res = runner.invoke(app, ["harden", str(parent), "--dataset", str(data), "--out", str(out), "--method", "jacobian",
-                              "--epochs", "1", "--batch-size", "48", "--eval-n", "16", "--device", "cpu",
-                              "--json", str(js)])
+    res = runner.invoke(
+        app,
+        [
+            "harden",
+            str(parent),
+            "--dataset",
+            str(data),
+            "--out",
+            str(out),
+            "--method",
+            "jacobian",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "48",
+            "--eval-n",
+            "16",
+            "--device",
+            "cpu",
+            "--json",
+            str(js),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "before → after" in res.output and "clean.accuracy" in res.output and "‖∂L/∂x‖" in res.output
     summary = json.loads(js.read_text())
@@ -425,8 +467,26 @@ def test_cli_ctrl_c_saves_and_says_how_to_resume(tiny, tmp_path, monkeypatch):
         return original(self, *a, **k)
 
     monkeypatch.setattr(CEGrad, "loss", flaky)
-    args = ["harden", str(parent), "--dataset", str(data), "--out", str(out), "--method", "ce-grad", "--epochs", "1",
-            "--batch-size", "32", "--eval-n", "8", "--device", "cpu", "--no-scan", "--quiet"]
+    args = [
+        "harden",
+        str(parent),
+        "--dataset",
+        str(data),
+        "--out",
+        str(out),
+        "--method",
+        "ce-grad",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--eval-n",
+        "8",
+        "--device",
+        "cpu",
+        "--no-scan",
+        "--quiet",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 130, res.output
     assert "--resume" in res.output and ckpt_path_for(out).exists()
@@ -440,9 +500,27 @@ def test_cli_on_real_fashion_mnist_demo_model(fashion_available, tmp_path):
     from robaudit.cli.demo import DEMO_MODEL
 
     out = tmp_path / "demo_cure.safetensors"
-    res = runner.invoke(app, ["harden", str(DEMO_MODEL), "--dataset", "fashion-mnist", "--out", str(out),
-                              "--method", "cure", "--train-n", "256", "--epochs", "1", "--eval-n", "40",
-                              "--device", "cpu"])
+    res = runner.invoke(
+        app,
+        [
+            "harden",
+            str(DEMO_MODEL),
+            "--dataset",
+            "fashion-mnist",
+            "--out",
+            str(out),
+            "--method",
+            "cure",
+            "--train-n",
+            "256",
+            "--epochs",
+            "1",
+            "--eval-n",
+            "40",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "robust_acc.pgd" in res.output
     loaded = load_model(str(out))

@@ -9,6 +9,7 @@ gradient's size, so after a few steps rounding moves a weight by far less than 1
 runs move the weights by ~lr per step (checked: > 1e-3) and a run with another batch lands
 ~1e-3 away (checked), so 1e-5 separates equal from different by two orders of magnitude.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,8 +93,11 @@ def _rank(rank: int, world: int, jobs: list[tuple[int, dict]], data: str, outcom
         except HardenInterrupted as exc:
             seen[kwargs["out"]] = {"interrupted": True, "saved": exc.saved}
         except RobauditError as exc:
-            seen[kwargs["out"]] = {"error": str(exc), "exit_code": exc.exit_code,
-                                   "reported_elsewhere": getattr(exc, "reported_elsewhere", False)}
+            seen[kwargs["out"]] = {
+                "error": str(exc),
+                "exit_code": exc.exit_code,
+                "reported_elsewhere": getattr(exc, "reported_elsewhere", False),
+            }
         finally:
             if original is not None:
                 from robaudit.harden.regularizers import Cure
@@ -109,28 +113,44 @@ def runs(tmp_path_factory):
     from robaudit.models import build_architecture
 
     tmp = tmp_path_factory.mktemp("ddp")
-    for name, arch, kwargs in (("parent", "small-cnn", {"width": 2, "hidden": 8, "input_size": 8}),
-                               ("bn-parent", "yu-convnet", {"width": 2})):
+    for name, arch, kwargs in (
+        ("parent", "small-cnn", {"width": 2, "hidden": 8, "input_size": 8}),
+        ("bn-parent", "yu-convnet", {"width": 2}),
+    ):
         torch.manual_seed(0)
         net = build_architecture(arch, num_classes=4, in_channels=1, kwargs=kwargs, input_size=8)
-        save_model(tmp / f"{name}.safetensors", net, arch=arch, arch_kwargs=kwargs, num_classes=4,
-                   input_shape=(1, 8, 8), class_names=[f"c{i}" for i in range(4)])
+        save_model(
+            tmp / f"{name}.safetensors",
+            net,
+            arch=arch,
+            arch_kwargs=kwargs,
+            num_classes=4,
+            input_shape=(1, 8, 8),
+            class_names=[f"c{i}" for i in range(4)],
+        )
     parent = tmp / "parent.safetensors"
     rng = np.random.default_rng(0)
     data = tmp / "tiny.npz"
-    np.savez(data, x=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), y=rng.integers(0, 4, 40),
-             class_names=np.array([f"c{i}" for i in range(4)]))
+    np.savez(
+        data,
+        x=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8),
+        y=rng.integers(0, 4, 40),
+        class_names=np.array([f"c{i}" for i in range(4)]),
+    )
     jobs = [
         {**RUN, **CURE, "batch_size": 8, "out": str(tmp / "cure2.safetensors")},
         {**RUN, **JACOBIAN, "batch_size": 8, "out": str(tmp / "jac2.safetensors")},
         {**RUN, **CURE, "batch_size": 8, "out": str(tmp / "resumed.safetensors"), "stop": STOP},
         {**BN_RUN, "batch_size": 8, "out": str(tmp / "bn2.safetensors"), "parent": str(tmp / "bn-parent.safetensors")},
     ]
-    jobs += [{**RUN, **RANDOM, "batch_size": 8, "out": str(tmp / "random.safetensors")},
-             {**RUN, **RANDOM, "batch_size": 8, "out": str(tmp / "random-resumed.safetensors"), "stop": STOP},
-             {**RUN, **RANDOM, "batch_size": 8, "out": str(tmp / "random-resumed.safetensors"), "resume": True}]
-    jobs += [{**RUN, **CURE, "batch_size": 8, "out": str(tmp / f"fail-{how}.safetensors"), "fail": how}
-             for how in ("nan", "raise")]
+    jobs += [
+        {**RUN, **RANDOM, "batch_size": 8, "out": str(tmp / "random.safetensors")},
+        {**RUN, **RANDOM, "batch_size": 8, "out": str(tmp / "random-resumed.safetensors"), "stop": STOP},
+        {**RUN, **RANDOM, "batch_size": 8, "out": str(tmp / "random-resumed.safetensors"), "resume": True},
+    ]
+    jobs += [
+        {**RUN, **CURE, "batch_size": 8, "out": str(tmp / f"fail-{how}.safetensors"), "fail": how} for how in ("nan", "raise")
+    ]
     jobs = [{"parent": str(parent), **job} for job in jobs]
     mp.spawn(_rank, args=(2, list(zip(_free_ports(len(jobs)), jobs)), str(data), str(tmp / "outcomes")), nprocs=2)
     return tmp, str(parent), str(data)
@@ -209,9 +229,33 @@ def test_torchrun_cli_prints_and_writes_once(runs):
 
     tmp, parent, data = runs
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "robaudit",
-           "harden", parent, "-d", data, "--train-n", "37", "--epochs", "1", "--batch-size", "8", "--eval-n", "8",
-           "--device", "cpu", "--out", "cli.safetensors", "--json", "cli.json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "robaudit",
+        "harden",
+        parent,
+        "-d",
+        data,
+        "--train-n",
+        "37",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--eval-n",
+        "8",
+        "--device",
+        "cpu",
+        "--out",
+        "cli.safetensors",
+        "--json",
+        "cli.json",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("hardened model written to") == 1 and proc.stdout.count("before → after") == 1
@@ -233,10 +277,13 @@ def test_random_draws_resume_exactly_on_the_same_process_count(runs):
     assert _max_diff(a, _weights(parent)) > 1e-3
 
 
-@pytest.mark.parametrize("how,message", [
-    ("nan", "rank 1: the cure loss became nan at epoch 1, step 2; lower --lr or the regularization weight"),
-    ("raise", "rank 1: internal error: RuntimeError: boom"),
-])
+@pytest.mark.parametrize(
+    "how,message",
+    [
+        ("nan", "rank 1: the cure loss became nan at epoch 1, step 2; lower --lr or the regularization weight"),
+        ("raise", "rank 1: internal error: RuntimeError: boom"),
+    ],
+)
 def test_an_error_on_one_rank_stops_every_rank_with_rank_0_reporting(runs, how, message):
     """Rank 1's loss fails at its second step: every rank raises the same error and exit code, only
     rank 0's is to be printed, and nothing is written."""

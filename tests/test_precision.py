@@ -39,8 +39,9 @@ def _scan(model, precision=None, attacks="pgd:steps=10"):
     loaded, data = _setup(model)
     kw = {} if precision is None else {"precision": precision}
     # the memory format forced: an automatic choice is timed, and two scans must compute alike
-    config = ScanConfig.parse(checks="clean,attacks", attacks=attacks, eps=str(EPS), device="cpu", batch_size=8,
-                              channels_last=False, **kw)
+    config = ScanConfig.parse(
+        checks="clean,attacks", attacks=attacks, eps=str(EPS), device="cpu", batch_size=8, channels_last=False, **kw
+    )
     return run_scan(loaded, data, config), data
 
 

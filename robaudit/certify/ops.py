@@ -233,16 +233,20 @@ class ElementwiseAffine(BoundOp):
         """Eval-mode BatchNorm: (x − running_mean)/√(running_var + eps)·weight + bias, per channel."""
         shape = (-1,) + (1,) * (ndim - 2)  # channel axis 1 of [B, C, ...]
 
-        mean, var = m.running_mean, m.running_var
-        assert mean is not None and var is not None  # the tracer refuses BatchNorm without running statistics
+        # the statistics are read at each call, never captured: certified training swaps in the clean
+        # batch's (robaudit.harden.certified), and eval-mode bounds read the running ones as they are now
+        def stats() -> tuple[torch.Tensor, torch.Tensor]:
+            mean, var = m.running_mean, m.running_var
+            assert mean is not None and var is not None  # the tracer refuses BatchNorm without running statistics
+            return mean, var
 
         def scale() -> torch.Tensor:
-            s = (var + m.eps).rsqrt()
+            s = (stats()[1] + m.eps).rsqrt()
             return (s * m.weight if m.weight is not None else s).reshape(shape)
 
         def shift() -> torch.Tensor:
             s = scale().reshape(-1)
-            t = -mean * s
+            t = -stats()[0] * s
             return (t + m.bias if m.bias is not None else t).reshape(shape)
 
         return cls(scale, shift)

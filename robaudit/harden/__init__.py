@@ -26,14 +26,17 @@ N × ``batch_size``; rank 0 alone evaluates, writes ``<out>.ckpt`` and ``out`` a
 before/after scan, and returns the HardenResult; the other ranks return None once ``out`` is
 written. An error on any rank is raised on every rank.
 """
+
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -48,7 +51,7 @@ from .trainer import HardenInterrupted, NullReporter, Reporter, TrainConfig, mea
 
 __all__ = ["harden", "HardenResult", "HardenInterrupted", "HARDENERS", "DEFAULT_EPOCHS", "DEFAULT_LR", "LRSchedule"]
 
-DEFAULT_EPOCHS = 2  # measured: README, harden (issue 17); later epochs keep improving
+DEFAULT_EPOCHS = 2  # measured: docs/harden.md (issue 17); later epochs keep improving
 
 
 @dataclass
@@ -65,6 +68,8 @@ class HardenResult:
     after: Any = None
     device: str = "cpu"
     measure_name: str = "measure"
+    penalty_name: str = "penalty"
+    parent_label: str = "parent"  # "random init" when trained from scratch
     notes: list[str] = field(default_factory=list)
 
     def comparison(self) -> list[tuple[str, float | None, float | None]]:
@@ -72,22 +77,32 @@ class HardenResult:
         if self.before is None or self.after is None:
             return []
         b, a = self.before.metrics(), self.after.metrics()
-        keys = ["clean.accuracy"] + sorted(k for k in b if k.startswith("robust_acc.")) + ["margins.mean", "margins.median"]
+        keys = (
+            ["clean.accuracy"]
+            + sorted(k for k in b if k.startswith("robust_acc."))
+            + sorted(k for k in b if k.startswith("certified_acc."))
+            + ["margins.mean", "margins.median"]
+        )
         return [(k, b.get(k), a.get(k)) for k in keys if k in b or k in a]
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "out": str(self.out), "sha256": self.sha256, "method": self.method, "device": self.device,
+            "out": str(self.out),
+            "sha256": self.sha256,
+            "method": self.method,
+            "device": self.device,
             "measure_name": self.measure_name,
+            "penalty_name": self.penalty_name,
             "hyperparameters": self.hyperparameters,
-            "history": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                        for r in self.history],
+            "history": [
+                {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in self.history
+            ],
             "comparison": [{"metric": k, "before": bv, "after": av} for k, bv, av in self.comparison()],
         }
 
 
 def harden(
-    checkpoint: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None,
     dataset: str,
     out: str | os.PathLike[str],
     *,
@@ -123,6 +138,10 @@ def harden(
     projections: int | None = None,
     pgd_steps: int | None = None,
     combine: str | None = None,
+    warmup_epochs: float | None = None,
+    ramp_epochs: float | None = None,
+    kappa_end: float | None = None,
+    train_eps_scale: float | None = None,
     resume: bool = False,
     scan: bool = True,
     scan_batch_size: int = 256,
@@ -131,6 +150,9 @@ def harden(
     log: Callable[[str], None] | None = None,
 ) -> HardenResult | None:
     """Fine-tune ``checkpoint`` with ``method`` on ``dataset``'s train split; write ``out``.
+
+    ``checkpoint=None`` trains ``arch`` from a random initialisation (seeded by ``seed``; the
+    "before" scan is of that initialisation).
 
     Raises UsageError (options), InputError (checkpoint/data), RuntimeFailure, and
     HardenInterrupted (a KeyboardInterrupt) on Ctrl-C after saving ``<out>.ckpt``. Under torchrun
@@ -142,28 +164,44 @@ def harden(
     from ..models import check_fits, detect_format, load_model, save_model
 
     log = log or (lambda _msg: None)
-    epochs = DEFAULT_EPOCHS if epochs is None else epochs
-    lr = DEFAULT_LR if lr is None else lr
     # --- options first: usage errors before any heavy work ---
+    hardener = build_hardener(
+        method,
+        {
+            "gamma": gamma,
+            "h": h,
+            "h_ramp_epochs": h_ramp_epochs,
+            "reg_weight": reg_weight,
+            "reg_norm": reg_norm,
+            "projections": projections,
+            "pgd_steps": pgd_steps,
+            "warmup_epochs": warmup_epochs,
+            "ramp_epochs": ramp_epochs,
+            "kappa_end": kappa_end,
+            "train_eps_scale": train_eps_scale,
+        },
+        combine,
+    )
+    own = getattr(hardener, "training_defaults", {})  # e.g. certified training: more epochs, a constant rate
+    epochs = own.get("epochs", DEFAULT_EPOCHS) if epochs is None else epochs
+    lr = own.get("lr", DEFAULT_LR) if lr is None else lr
     for name, value, lo in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--eval-n", eval_n, 1)):
         if value < lo:
             raise UsageError(f"{name} must be >= {lo}")
     if train_n is not None and train_n < 1:
         raise UsageError("--train-n must be >= 1")
-    schedule = LRSchedule(lr, **{k: v for k, v in (("hold", lr_hold), ("final", lr_final), ("decay", lr_decay))
-                                 if v is not None})
+    given = {"hold": lr_hold, "final": lr_final, "decay": lr_decay}
+    schedule = LRSchedule(
+        lr, **{k: v if v is not None else own[f"lr_{k}"] for k, v in given.items() if v is not None or f"lr_{k}" in own}
+    )
     threat_norm = Norm.parse(norm)
     eps_given = parse_eps(eps) if eps is not None else None
     if eps_given is not None:
         if eps_given <= 0:
             raise UsageError("--eps must be > 0")
         check_radii((eps_given,), threat_norm)
-    hardener = build_hardener(
-        method,
-        {"gamma": gamma, "h": h, "h_ramp_epochs": h_ramp_epochs, "reg_weight": reg_weight, "reg_norm": reg_norm,
-         "projections": projections, "pgd_steps": pgd_steps},
-        combine,
-    )
+    if checkpoint is None and not arch:
+        raise UsageError("no model: give a CHECKPOINT to fine-tune, or --arch NAME to train one from a random initialisation")
     out = Path(out)
     ckpt = ckpt_path_for(out)
     run = start_ddp(device)  # torchrun: this rank's process group and device; None in a plain process
@@ -178,7 +216,7 @@ def harden(
                 raise UsageError(
                     f"{ckpt} exists (an interrupted run); add --resume to continue it, or delete it to start over"
                 )
-            fmt = detect_format(checkpoint)
+            fmt = detect_format(checkpoint) if checkpoint is not None else "random-init"
             if fmt in ("torchscript", "torch-export"):
                 raise InputError(
                     f"{checkpoint} is a {fmt} archive: a frozen graph whose weights are baked-in constants and whose "
@@ -187,18 +225,44 @@ def harden(
                 )
 
             # --- data and model ---
-            req = dict(data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size)
+            req: dict[str, Any] = dict(
+                data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, image_size=image_size
+            )
             train_data = load_dataset(dataset, DataRequest(split="train", n=train_n, **req))
             eval_data = load_dataset(eval_dataset or dataset, DataRequest(split="test", n=eval_n, **req))
-            if eval_dataset is None and (Path(dataset).suffix.lower() in TENSOR_SUFFIXES
-                                         or train_data.source == eval_data.source and train_data.split == eval_data.split):
-                log(f"{dataset} has no train/test split: the evaluation slice is its first {eval_data.n} samples, "
-                    f"which are also trained on (--eval-dataset gives a held-out set)")
-            loaded = load_model(
-                str(checkpoint), arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes, input_shape=input_shape,
-                mean=mean, std=std, trust_checkpoint=trust_checkpoint,
-                default_num_classes=train_data.num_classes, default_input_shape=train_data.input_shape,
-            )
+            if eval_dataset is None and (
+                Path(dataset).suffix.lower() in TENSOR_SUFFIXES
+                or train_data.source == eval_data.source
+                and train_data.split == eval_data.split
+            ):
+                log(
+                    f"{dataset} has no train/test split: the evaluation slice is its first {eval_data.n} samples, "
+                    f"which are also trained on (--eval-dataset gives a held-out set)"
+                )
+            if checkpoint is None:
+                assert arch  # refused above without one
+                loaded = _random_init(
+                    arch,
+                    arch_kwargs,
+                    num_classes or train_data.num_classes,
+                    input_shape or train_data.input_shape,
+                    mean,
+                    std,
+                    seed,
+                )
+            else:
+                loaded = load_model(
+                    str(checkpoint),
+                    arch=arch,
+                    arch_kwargs=arch_kwargs,
+                    num_classes=num_classes,
+                    input_shape=input_shape,
+                    mean=mean,
+                    std=std,
+                    trust_checkpoint=trust_checkpoint,
+                    default_num_classes=train_data.num_classes,
+                    default_input_shape=train_data.input_shape,
+                )
             info = loaded.info
             if not info.arch:
                 raise InputError(
@@ -216,25 +280,53 @@ def harden(
             check_radii((eps_value,), threat_norm, train_data.input_shape)
             threat = ThreatModel(threat_norm, eps_value)
             hardener.resolve(threat, train_data.input_shape)
+            hardener.prepare(loaded.model, tuple(train_data.input_shape))  # e.g. ibp: a layer the bounds don't support
             hyper = {
-                "method": hardener.name, **hardener.params(), "epochs": epochs,
+                "method": hardener.name,
+                **hardener.params(),
+                "epochs": epochs,
                 **schedule.params(),
-                "optimizer": "adam", "batch_size": batch_size * world, "seed": seed, "train_n": train_data.n,
-                "dataset": train_data.name, "norm": threat_norm.value, "eps": eps_value,
+                "optimizer": "adam",
+                "batch_size": batch_size * world,
+                "seed": seed,
+                "train_n": train_data.n,
+                "dataset": train_data.name,
+                "norm": threat_norm.value,
+                "eps": eps_value,
             }
             if world > 1:  # batch_size above is the global batch, which a resume must keep
                 hyper.update(processes=world, batch_size_per_process=batch_size)
-            fingerprint = {**{k: v for k, v in hyper.items() if k not in ("processes", "batch_size_per_process")},
-                           "parent_sha256": info.sha256, "device_type": dev.type}
+            fingerprint = {
+                **{k: v for k, v in hyper.items() if k not in ("processes", "batch_size_per_process")},
+                "parent_sha256": info.sha256,
+                "device_type": dev.type,
+            }
 
         # --- train ---
         net = loaded.model
+        initial = copy.deepcopy(net) if checkpoint is None and scan and main else None  # the "before" of a from-scratch run
         torch.manual_seed(seed_for(seed, "torch"))
         history = train(
-            net, hardener, train_data.x, train_data.y, eval_data.x, eval_data.y,
-            TrainConfig(epochs=epochs, schedule=schedule, batch_size=batch_size, seed=seed, threat=threat,
-                        device=dev, fingerprint=fingerprint),
-            ckpt, resume=resume, reporter=reporter or NullReporter(), on_step=on_step, dist=run,
+            net,
+            hardener,
+            train_data.x,
+            train_data.y,
+            eval_data.x,
+            eval_data.y,
+            TrainConfig(
+                epochs=epochs,
+                schedule=schedule,
+                batch_size=batch_size,
+                seed=seed,
+                threat=threat,
+                device=dev,
+                fingerprint=fingerprint,
+            ),
+            ckpt,
+            resume=resume,
+            reporter=reporter or NullReporter(),
+            on_step=on_step,
+            dist=run,
         )
 
         # --- write the hardened model (rank 0; the others wait for it to succeed or fail) ---
@@ -244,17 +336,36 @@ def harden(
                 extra = {
                     "robaudit.harden.method": hardener.name,
                     "robaudit.harden.hyperparameters": json.dumps(hyper, sort_keys=True),
-                    "robaudit.harden.parent_sha256": info.sha256,
-                    "robaudit.harden.parent": Path(info.path).name,
                     "robaudit.harden.epochs": str(epochs),
                 }
+                if checkpoint is None:
+                    extra["robaudit.harden.init"] = f"random (seed {seed})"
+                else:
+                    extra.update(
+                        {"robaudit.harden.parent_sha256": info.sha256, "robaudit.harden.parent": Path(info.path).name}
+                    )
                 digest = save_model(
-                    out, net, arch=info.arch, arch_kwargs=info.arch_kwargs or None, num_classes=int(info.num_classes or train_data.num_classes),
-                    input_shape=info.input_shape or train_data.input_shape, class_names=class_names, extra_metadata=extra,
+                    out,
+                    net,
+                    arch=info.arch,
+                    arch_kwargs=info.arch_kwargs or None,
+                    num_classes=int(info.num_classes or train_data.num_classes),
+                    input_shape=info.input_shape or train_data.input_shape,
+                    class_names=class_names,
+                    extra_metadata=extra,
                 )
                 ckpt.unlink(missing_ok=True)
-                result = HardenResult(out=out, sha256=digest, method=hardener.name, hyperparameters=hyper, history=history,
-                                      device=str(dev), measure_name=measure_label(hardener))
+                result = HardenResult(
+                    out=out,
+                    sha256=digest,
+                    method=hardener.name,
+                    hyperparameters=hyper,
+                    history=history,
+                    device=str(dev),
+                    measure_name=measure_label(hardener),
+                    penalty_name=getattr(hardener, "penalty_name", "penalty"),
+                    parent_label="parent" if checkpoint is not None else "random init",
+                )
     finally:
         if run is not None:
             run.close()
@@ -263,10 +374,24 @@ def harden(
     # --- before/after scan on the held-out slice ---
     if scan:
         result.before, result.after = _scan_pair(
-            checkpoint, out, loaded_kwargs=dict(arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes,
-                                                input_shape=input_shape, mean=mean, std=std,
-                                                trust_checkpoint=trust_checkpoint),
-            data=eval_data, threat=threat, seed=seed, device=device, batch_size=scan_batch_size, log=log,
+            checkpoint if initial is None else replace(loaded, model=initial),
+            out,
+            loaded_kwargs=dict(
+                arch=arch,
+                arch_kwargs=arch_kwargs,
+                num_classes=num_classes,
+                input_shape=input_shape,
+                mean=mean,
+                std=std,
+                trust_checkpoint=trust_checkpoint,
+            ),
+            data=eval_data,
+            threat=threat,
+            seed=seed,
+            device=device,
+            batch_size=scan_batch_size,
+            log=log,
+            certify=getattr(hardener, "certified", False),
         )
     return result
 
@@ -291,23 +416,67 @@ def _class_names(metadata: dict[str, str]) -> list[str] | None:
     return [str(c) for c in names] if isinstance(names, list) else None
 
 
-def _scan_pair(parent, out, *, loaded_kwargs, data, threat, seed, device, batch_size, log):
-    """Scan the parent and the hardened model on the evaluation slice: clean, quick attacks, margins."""
+def _random_init(arch: str, arch_kwargs, num_classes: int, input_shape: Sequence[int], mean, std, seed: int):
+    """A LoadedModel of ``arch`` with random weights drawn from ``seed`` (train from scratch)."""
+    from ..models import NormalizedModel, build_architecture, parse_arch_kwargs
+    from ..models.spec import LoadedModel, ModelInfo
+
+    kwargs = parse_arch_kwargs(arch_kwargs) if isinstance(arch_kwargs, str) else dict(arch_kwargs or {})
+    c, h, w = (int(v) for v in input_shape)
+    shape = (c, h, w)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(seed, "init"))
+        net = build_architecture(arch, num_classes=int(num_classes), in_channels=shape[0], kwargs=kwargs, input_size=shape[1])
+    try:
+        model = NormalizedModel(net, mean, std)
+    except ValueError as exc:
+        raise UsageError(f"--mean/--std: {exc}") from None
+    info = ModelInfo(
+        path=f"random initialisation of {arch} (seed {seed})",
+        format="random-init",
+        sha256=f"random-init:{seed}",
+        arch=arch,
+        arch_kwargs=kwargs,
+        num_classes=int(num_classes),
+        input_shape=shape,
+        mean=tuple(mean) if mean is not None else None,
+        std=tuple(std) if std is not None else None,
+    )
+    return LoadedModel(model.eval(), info)
+
+
+def _scan_pair(parent, out, *, loaded_kwargs, data, threat, seed, device, batch_size, log, certify=False):
+    """Scan the parent (a path, or a LoadedModel: the random initialisation) and the hardened model
+    on the evaluation slice: clean, quick attacks, margins, and with ``certify`` the certify check
+    (CROWN), so the certified/attacked bracket of both is in the comparison."""
     from ..config import ScanConfig, parse_attack_list
     from ..engine import run_scan
     from ..models import load_model
+    from ..models.spec import LoadedModel
 
     # the default memory format, not a timed choice: the before/after figures repeat exactly run to run
-    config = ScanConfig(norm=threat.norm, eps=(threat.eps,), attacks=parse_attack_list("quick"),
-                        checks=("clean", "attacks", "margins"), seed=seed, device=device, batch_size=batch_size,
-                        channels_last=False)
+    checks = ("clean", "attacks", "margins") + (("certify",) if certify else ())
+    config = ScanConfig(
+        norm=threat.norm,
+        eps=(threat.eps,),
+        attacks=parse_attack_list("quick"),
+        checks=checks,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        channels_last=False,
+    )
     results = []
     # the hardened file's metadata names the parent's architecture; one the user typed (a file.py:Class)
     # must be typed again, since robaudit never imports a file named in metadata
     typed = {k: loaded_kwargs[k] for k in ("arch", "arch_kwargs")} if loaded_kwargs.get("arch") else {}
     for label, path, kwargs in (("before", parent, loaded_kwargs), ("after", out, typed)):
-        loaded = load_model(str(path), default_num_classes=data.num_classes, default_input_shape=data.input_shape,
-                            **kwargs)
+        if isinstance(path, LoadedModel):
+            loaded = path
+        else:
+            loaded = load_model(
+                str(path), default_num_classes=data.num_classes, default_input_shape=data.input_shape, **kwargs
+            )
         log(f"scanning the {label} model on {data.n} test samples")
         results.append(run_scan(loaded, data, config, quiet=True, command_line=f"robaudit harden ({label} scan)"))
     return results[0], results[1]

@@ -12,6 +12,7 @@ Under torchrun rank 0 writes it; the position counts global steps (``batch_size`
 is the global batch) and ``processes`` records how many processes wrote it, so a run may resume
 on another number of processes with the same global batch (:mod:`.ddp`).
 """
+
 from __future__ import annotations
 
 import io
@@ -26,7 +27,14 @@ from ..errors import CheckpointError, UsageError
 from ..outputs import atomic_write
 
 __all__ = [
-    "FORMAT", "ckpt_path_for", "save_state", "load_state", "resume_from", "capture_rng", "restore_rng", "check_fingerprint",
+    "FORMAT",
+    "ckpt_path_for",
+    "save_state",
+    "load_state",
+    "resume_from",
+    "capture_rng",
+    "restore_rng",
+    "check_fingerprint",
 ]
 
 FORMAT = "robaudit.harden/1"
@@ -80,6 +88,7 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _check_fields(state: dict[str, Any], path: Path) -> None:
     """Every field of :data:`FIELDS` present with its type; tensors where tensors belong."""
+
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{path} is damaged or not from this robaudit: {what}; delete it to start over")
 
@@ -104,7 +113,9 @@ def _check_fields(state: dict[str, Any], path: Path) -> None:
             raise bad(f"rng.{key} is not a random-generator state (a uint8 tensor)")
     if rng["device_generator"] is not None and not isinstance(rng["device_generator"], torch.Tensor):
         raise bad("rng.device_generator is not a random-generator state")
-    if rng["cuda"] is not None and not (isinstance(rng["cuda"], list) and all(isinstance(t, torch.Tensor) for t in rng["cuda"])):
+    if rng["cuda"] is not None and not (
+        isinstance(rng["cuda"], list) and all(isinstance(t, torch.Tensor) for t in rng["cuda"])
+    ):
         raise bad("rng.cuda is not a list of random-generator states")
     if not all(_is_number(v) for v in state["running"].values()):
         raise bad("running holds something other than numbers")
@@ -115,7 +126,9 @@ def _check_fields(state: dict[str, Any], path: Path) -> None:
         if missing:
             raise bad(f"history[{i}] lacks the numbers {', '.join(missing)}")
     if len(state["history"]) != state["epoch"] + 1:
-        raise bad(f"history has {len(state['history'])} rows for {state['epoch']} completed epochs (expected the parent's + one per epoch)")
+        raise bad(
+            f"history has {len(state['history'])} rows for {state['epoch']} completed epochs (expected the parent's + one per epoch)"
+        )
 
 
 def _is_number(v: Any) -> bool:
@@ -124,6 +137,7 @@ def _is_number(v: Any) -> bool:
 
 def _same_layout(saved: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
     """Keys of ``fresh`` that ``saved`` lacks or holds with another type (int and float count as one)."""
+
     def kind(v: Any) -> str:
         return "number" if _is_number(v) else type(v).__name__
 
@@ -131,8 +145,16 @@ def _same_layout(saved: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
 
 
 def resume_from(
-    path: Path, fingerprint: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-    device_generator: torch.Generator | None, *, epochs: int, steps_per_epoch: int, fresh_running: dict[str, float],
+    path: Path,
+    fingerprint: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device_generator: torch.Generator | None,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    fresh_running: dict[str, float],
 ) -> tuple[int, int, dict[str, float], list[dict[str, Any]], torch.Tensor]:
     """Load ``path`` into the model, optimizer, scheduler and random states of a run with these
     settings; return (epoch, step, running sums, history, the data generator's epoch-start state).
@@ -152,7 +174,10 @@ def resume_from(
         )
     # the scheduler's numbers and lists (its bool flags vary between torch versions and are harmless)
     scheduler_numbers = {k: v for k, v in scheduler.state_dict().items() if not isinstance(v, bool)}
-    for name, saved, fresh in (("scheduler", state["scheduler"], scheduler_numbers), ("running", state["running"], fresh_running)):
+    for name, saved, fresh in (
+        ("scheduler", state["scheduler"], scheduler_numbers),
+        ("running", state["running"], fresh_running),
+    ):
         wrong = _same_layout(saved, fresh)
         if wrong:
             raise CheckpointError(f"{path} is damaged: {name} lacks or mistypes {', '.join(wrong)}; delete it to start over")
@@ -162,7 +187,9 @@ def resume_from(
         for param, slots in optimizer.state.items():
             for key, value in slots.items():
                 if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
-                    raise ValueError(f"optimizer state {key!r} has shape {tuple(value.shape)}, its parameter {tuple(param.shape)}")
+                    raise ValueError(
+                        f"optimizer state {key!r} has shape {tuple(value.shape)}, its parameter {tuple(param.shape)}"
+                    )
         scheduler.load_state_dict(state["scheduler"])
         epoch_start = restore_rng(state["rng"], device_generator)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
@@ -213,8 +240,10 @@ def check_fingerprint(saved: str, current: dict[str, Any], path: Path) -> None:
     new = parse_json(json.dumps(current, sort_keys=True), "this run's settings")
     diffs = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if any(d.startswith("batch_size:") for d in diffs):  # torchrun: the global batch, processes × --batch-size
-        diffs.append("batch_size is the global batch (processes × --batch-size): keep it, e.g. with --batch-size "
-                     f"{old.get('batch_size')}/N on N processes")
+        diffs.append(
+            "batch_size is the global batch (processes × --batch-size): keep it, e.g. with --batch-size "
+            f"{old.get('batch_size')}/N on N processes"
+        )
     if diffs:
         raise UsageError(
             f"--resume: {path} was written by a run with other settings ({'; '.join(diffs)}); "

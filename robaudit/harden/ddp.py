@@ -31,19 +31,27 @@ Random draws (PGD starts, random projections, dropout) come, under torchrun, fro
 generators reseeded at every step from (seed, epoch, step, rank, N), so a resumed run needs no
 per-rank state and continues exactly with the same N.
 """
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..distributed import (
-    error_payload, raise_first_error, start_process_group, stop_process_group, torchrun_env, wait_for_all_ranks,
+    error_payload,
+    raise_first_error,
+    start_process_group,
+    stop_process_group,
+    torchrun_env,
+    wait_for_all_ranks,
 )
+from .seeds import seed_for
 
 __all__ = ["DDPRun", "start_ddp", "agreement"]
 
@@ -65,15 +73,13 @@ class DDPRun:
 
     def share(self, batch: torch.Tensor) -> tuple[torch.Tensor, int, float]:
         """(this rank's indices of the global batch, its real sample count, its loss scale N·b_r/b)."""
-        mine = batch[self.rank::self.world]
+        mine = batch[self.rank :: self.world]
         if mine.numel() == 0:
             return batch[:1], 0, 0.0
         return mine, int(mine.numel()), self.world * int(mine.numel()) / int(batch.numel())
 
     def seed_step(self, device_generator: torch.Generator, seed: int, epoch: int, step: int) -> None:
         """Reseed this rank's random streams for (epoch, step): attack starts, projections, dropout."""
-        from .trainer import seed_for
-
         where = f"{epoch}:{step}:{self.rank}/{self.world}"
         device_generator.manual_seed(seed_for(seed, f"device:{where}"))
         torch.manual_seed(seed_for(seed, f"torch:{where}"))
@@ -86,7 +92,9 @@ class DDPRun:
         ids = [self.device.index] if self.device.type == "cuda" else None
         # no buffer broadcast at each forward (torch >= 2.14 names it forward_sync_buffers)
         params = inspect.signature(DistributedDataParallel).parameters
-        sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+        sync: dict[str, Any] = (
+            {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+        )
         return DistributedDataParallel(net, device_ids=ids, **sync)
 
     def all_sum(self, values: Sequence[float]) -> list[float]:
@@ -115,12 +123,14 @@ class DDPRun:
         if not buffers:
             return
         with torch.no_grad():
-            flat = torch.cat([torch.full((1,), float(count), dtype=torch.float64, device=self.device)]
-                             + [b.detach().reshape(-1).to(torch.float64) * count for b in buffers])
+            flat = torch.cat(
+                [torch.full((1,), float(count), dtype=torch.float64, device=self.device)]
+                + [b.detach().reshape(-1).to(torch.float64) * count for b in buffers]
+            )
             dist.all_reduce(flat)
             total, offset = flat[0], 1
             for b in buffers:
-                b.copy_((flat[offset:offset + b.numel()] / total).view_as(b).to(b.dtype))
+                b.copy_((flat[offset : offset + b.numel()] / total).view_as(b).to(b.dtype))
                 offset += b.numel()
 
     def close(self) -> None:
@@ -150,4 +160,3 @@ def agreement(run: DDPRun | None):
     """A block every rank runs (or only rank 0 does work in): an error in it on any rank is raised
     on every rank at its end. No-op outside torchrun."""
     return nullcontext() if run is None else _agreeing(run)
-

@@ -41,7 +41,7 @@ Methods (all gradients are w.r.t. the [0,1] pixel input, i.e. through the model'
     barely moves the model (measured, h = 2, γ = 1, 10k images, 3 epochs: 9.6% robust vs 25.6%
     at 1e-3); the default schedule (:mod:`.schedule`) holds 3e-3 for 80% of each epoch, then
     anneals, each epoch peaking at half the previous one's (``--lr 1e-4 --epochs 20`` for the
-    paper's rate). Measured choice of lr, hold, γ, h ramp: README, "harden" (issue 17).
+    paper's rate). Measured choice of lr, hold, γ, h ramp: docs/harden.md (issue 17).
 
 ``jacobian`` — Yu, Liu, Wang & Chen, *Interpreting Adversarial Robustness: A View from Decision
     Surface in Input Space* (2018), Eq. 11–12: ``CE + c · R(∂L/∂x)`` on the margin
@@ -55,7 +55,7 @@ Methods (all gradients are w.r.t. the [0,1] pixel input, i.e. through the model'
     clean accuracy). Default c = ``DEFAULT_C`` = 0.014 with R = ℓ1, chosen by measurement on the
     demo model with the default schedule (60k images × 2 epochs, PGD-20 at ε = 0.1 on the first
     1000 test images: c = 0.0125 → 53.5% robust / 84.7% clean, 0.014 → 55.0 / 84.5, 0.015 →
-    55.9 / 83.9; README, "harden"). Earlier, with Adam 1e-3 → 1e-5 (500 test images): 10k images × 3 epochs —
+    55.9 / 83.9; docs/harden.md). Earlier, with Adam 1e-3 → 1e-5 (500 test images): 10k images × 3 epochs —
     c = 0.01: 10.4% robust / 91.0% clean; 0.05: 16.4 / 86.8; 0.2: 7.6 / 80.0; ℓ2² with c = 0.02:
     7.4 / 92.0; 20k images × 4 epochs — c = 0.02: 39.8 / 85.6; c = 0.05: 41.8 / 79.2 (parent
     3.4 / 91.8). The penalty can be lowered by shrinking the logit scale (the mean margin falls
@@ -96,13 +96,15 @@ precision), the penalties' second-order graphs underflow in fp16, and GradScaler
 scale ``autograd.grad(create_graph=True)`` results, so its inf/NaN protection would not cover
 them.
 """
+
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
-from typing import ClassVar, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -120,8 +122,6 @@ __all__ = [
     "Cure",
     "JacobianReg",
     "CEGrad",
-    "PGDAT",
-    "Combined",
     "has_mode_dependent_layers",
     "eval_mode",
     "build_hardener",
@@ -131,8 +131,10 @@ __all__ = [
     "DEFAULT_CE_GRAD",
 ]
 
-HARDENERS: Registry[type["Hardener"]] = Registry(
-    "hardener", "robaudit.hardeners", builtin_modules=("robaudit.harden.regularizers",)
+HARDENERS: Registry[type[Hardener]] = Registry(
+    "hardener",
+    "robaudit.hardeners",
+    builtin_modules=("robaudit.harden.regularizers", "robaudit.harden.adversarial", "robaudit.harden.certified"),
 )
 
 # --- defaults (measured; see the module docstring) --------------------------
@@ -140,7 +142,6 @@ DEFAULT_GAMMA = 1.0
 DEFAULT_H_RAMP = 1.0
 DEFAULT_C = 0.014
 DEFAULT_CE_GRAD = 10.0
-
 
 
 def default_h(threat: ThreatModel, input_shape) -> float:
@@ -270,6 +271,10 @@ class Hardener(ABC):
     name: ClassVar[str] = "hardener"
     description: ClassVar[str] = ""
     measure_name: ClassVar[str] = ""
+    penalty_name: ClassVar[str] = "penalty"  # what StepOutput.penalty is, in progress lines and tables
+    certified: ClassVar[bool] = False  # trains a certified bound: the before/after scan adds the certify check
+    # the method's own defaults for harden()'s epochs, lr, lr_hold, lr_final, lr_decay (else harden's)
+    training_defaults: ClassVar[dict[str, float]] = {}
     double_backward: ClassVar[bool] = True
     # which CLI options map onto which fields: option name → field name
     options: ClassVar[dict[str, str]] = {}
@@ -277,8 +282,15 @@ class Hardener(ABC):
     def params(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def resolve(self, threat: ThreatModel, input_shape: tuple[int, ...]) -> None:
+    def resolve(self, threat: ThreatModel, input_shape: tuple[int, ...]) -> None:  # noqa: B027 - an optional hook
         """Fill in defaults that depend on the threat model or the input size (before training)."""
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:  # noqa: B027 - an optional hook
+        """Check that the method applies to ``model`` (before training; raises InputError)."""
+
+    def status(self, progress: float, threat: ThreatModel) -> dict[str, float]:
+        """Schedule values at ``progress`` (epochs) worth showing in the progress line (e.g. ε)."""
+        return {}
 
     @abstractmethod
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepOutput:
@@ -333,8 +345,7 @@ class Cure(Hardener):
         with eval_mode(model, ctx.separate_eval):
             _, _, g_pos = input_grad(model, x + h * z, y, cross_entropy, create_graph=True)
         penalty = _per_sample_sq(g_pos - g).mean()
-        return StepOutput(loss=ce.mean() + self.gamma * penalty, ce=float(ce.detach().mean()),
-                          penalty=float(penalty.detach()))
+        return StepOutput(loss=ce.mean() + self.gamma * penalty, ce=float(ce.detach().mean()), penalty=float(penalty.detach()))
 
     def measure(self, model, x, y, threat):
         _, _, g = input_grad(model, x, y, cross_entropy, create_graph=False)
@@ -387,8 +398,9 @@ class JacobianReg(Hardener):
             return self._projected_loss(model, x, y, ctx)
         ce, g = train_ce_and_input_grad(model, x, y, margin, ctx.separate_eval)
         penalty = self._r(g).mean()
-        return StepOutput(loss=ce.mean() + self.reg_weight * penalty, ce=float(ce.detach().mean()),
-                          penalty=float(penalty.detach()))
+        return StepOutput(
+            loss=ce.mean() + self.reg_weight * penalty, ce=float(ce.detach().mean()), penalty=float(penalty.detach())
+        )
 
     def _projected_loss(self, model, x, y, ctx):
         xr = x.detach().requires_grad_(True)
@@ -401,15 +413,15 @@ class JacobianReg(Hardener):
             ce = cross_entropy(logits, y)
         c = logits.shape[1]
         total = torch.zeros((), device=x.device, dtype=logits.dtype)
-        for j in range(self.projections):
+        for _ in range(self.projections):
             v = torch.randn(logits.shape, generator=ctx.generator, device=x.device, dtype=logits.dtype)
             v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            (g,) = torch.autograd.grad((logits * v).sum(), xr, create_graph=True,
-                                       retain_graph=True)
+            (g,) = torch.autograd.grad((logits * v).sum(), xr, create_graph=True, retain_graph=True)
             total = total + _per_sample_sq(g).mean()
         penalty = total * (c / self.projections)
-        return StepOutput(loss=ce.mean() + self.reg_weight * penalty, ce=float(ce.detach().mean()),
-                          penalty=float(penalty.detach()))
+        return StepOutput(
+            loss=ce.mean() + self.reg_weight * penalty, ce=float(ce.detach().mean()), penalty=float(penalty.detach())
+        )
 
     def measure(self, model, x, y, threat):
         _, _, g = input_grad(model, x, y, margin, create_graph=False)
@@ -439,90 +451,12 @@ class CEGrad(Hardener):
     def loss(self, model, x, y, ctx):
         ce, g = train_ce_and_input_grad(model, x, y, cross_entropy, ctx.separate_eval)
         penalty = _per_sample_sq(g).mean()
-        return StepOutput(loss=ce.mean() + self.reg_weight * penalty, ce=float(ce.detach().mean()),
-                          penalty=float(penalty.detach()))
+        return StepOutput(
+            loss=ce.mean() + self.reg_weight * penalty, ce=float(ce.detach().mean()), penalty=float(penalty.detach())
+        )
 
     def measure(self, model, x, y, threat):
         return ce_grad_norm(model, x, y)
-
-
-# --- PGD adversarial training ------------------------------------------------------------------
-
-
-def _pgd(steps: int):
-    from ..attacks.pgd import PGD
-
-    return PGD(steps=steps)
-
-
-def adversarial_batch(model, x, y, ctx: StepContext, steps: int) -> torch.Tensor:
-    """robaudit's PGD (eval mode, weights untouched) at ctx.threat."""
-    return _pgd(steps).run(model, x, y, ctx.threat, ctx.generator).x_adv.detach()
-
-
-@HARDENERS.register("pgd-at")
-@dataclass
-class PGDAT(Hardener):
-    """Madry et al. 2018: train on robaudit's PGD adversarial examples (steps PGD steps, α = 2.5ε/steps)."""
-
-    name: ClassVar[str] = "pgd-at"
-    description: ClassVar[str] = "PGD adversarial training (Madry et al. 2018)"
-    measure_name: ClassVar[str] = "‖∇CE‖₂"
-    double_backward: ClassVar[bool] = False
-    options: ClassVar[dict[str, str]] = {"pgd_steps": "steps"}
-
-    steps: int = 10
-
-    def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise UsageError("pgd-at: --pgd-steps must be >= 1")
-
-    def loss(self, model, x, y, ctx):
-        x_adv = adversarial_batch(model, x, y, ctx, self.steps)
-        ce = cross_entropy(model(x_adv), y)  # train mode: the primary loss
-        return StepOutput(loss=ce.mean(), ce=float(ce.detach().mean()), penalty=math.nan)
-
-    def measure(self, model, x, y, threat):
-        return ce_grad_norm(model, x, y)
-
-
-@dataclass
-class Combined(Hardener):
-    """A regularizer plus the adversarial CE of pgd-at (Yu et al. Table 2 "Ours+AdvTrain").
-
-    The adversarial CE runs in eval mode (the clean batch is the train-mode pass)."""
-
-    base: Hardener = field(default_factory=Cure)
-    steps: int = 10
-
-    def __post_init__(self) -> None:
-        if isinstance(self.base, (PGDAT, Combined)):
-            raise UsageError("--combine pgd-at adds PGD adversarial training to a regularizer; "
-                             "use it with cure, jacobian or ce-grad")
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return f"{self.base.name}+pgd-at"
-
-    @property
-    def measure_name(self) -> str:  # type: ignore[override]
-        return self.base.measure_name
-
-    def params(self) -> dict:
-        return {**self.base.params(), "combine": "pgd-at", "pgd_steps": self.steps}
-
-    def resolve(self, threat, input_shape) -> None:
-        self.base.resolve(threat, input_shape)
-
-    def loss(self, model, x, y, ctx):
-        x_adv = adversarial_batch(model, x, y, ctx, self.steps)
-        out = self.base.loss(model, x, y, ctx)
-        with eval_mode(model, ctx.separate_eval):
-            adv_ce = cross_entropy(model(x_adv), y).mean()
-        return StepOutput(loss=out.loss + adv_ce, ce=out.ce, penalty=out.penalty, adv_ce=float(adv_ce.detach()))
-
-    def measure(self, model, x, y, threat):
-        return self.base.measure(model, x, y, threat)
 
 
 def build_hardener(method: str, options: dict[str, object], combine: str | None = None) -> Hardener:
@@ -543,5 +477,6 @@ def build_hardener(method: str, options: dict[str, object], combine: str | None 
     if combine:
         if combine.strip().lower() != "pgd-at":
             raise UsageError(f"--combine {combine!r}: only pgd-at can be combined with a regularizer")
-        return Combined(base=hardener, steps=int(pgd_steps) if pgd_steps is not None else 10)
+        pgd_at: Any = HARDENERS.get("pgd-at")  # robaudit.harden.adversarial.PGDAT, by name: it builds on this module
+        return pgd_at.around(hardener, steps=int(str(pgd_steps)) if pgd_steps is not None else 10)
     return hardener

@@ -7,12 +7,13 @@ follows a half cosine down to ``lr · final`` at its last step. So
   1-epoch run plus one more cycle, and every epoch ends annealed (its model is a finished one);
 * each later epoch starts lower (``decay``), refining what the earlier ones reached.
 
-Defaults (measured in the README's harden section, ``benchmarks/sweep_harden.py``): lr 3e-3, hold 0.8,
+Defaults (measured in docs/harden.md, ``benchmarks/sweep_harden.py``): lr 3e-3, hold 0.8,
 final 0.01, decay 0.5 — with 2 epochs of Fashion-MNIST, lr 1e-3 or 2e-3 and hold 0.5 left CURE and
 Jacobian regularization 1–2 points of PGD-20 accuracy short; decay 1 (no per-epoch decay) gained
 nothing for CURE; a third epoch still improves both (it never made a default run worse). The old schedule decayed log-linearly from lr to lr/100 over the whole run, so
 the second of 2 epochs trained at 1e-4 → 1e-5 and added nothing (issue 17).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,7 @@ from ..errors import UsageError
 
 __all__ = ["LRSchedule", "DEFAULT_LR"]
 
-DEFAULT_LR = 3e-3  # CURE's paper: 1e-4 over 20 epochs; measured choice: README, harden
+DEFAULT_LR = 3e-3  # CURE's paper: 1e-4 over 20 epochs; measured choice: docs/harden.md
 
 
 @dataclass(frozen=True)
@@ -55,5 +56,11 @@ class LRSchedule:
 
     def params(self) -> dict[str, float | str]:
         """The schedule as hyper-parameters (absolute learning rates) for provenance."""
-        return {"lr": self.lr, "lr_schedule": "per-epoch hold then cosine", "lr_hold": self.hold,
-                "lr_end": self.lr * self.final, "lr_epoch_decay": self.decay}
+        shape = "constant" if self.final == 1 and self.decay == 1 else "per-epoch hold then cosine"
+        return {
+            "lr": self.lr,
+            "lr_schedule": shape,
+            "lr_hold": self.hold,
+            "lr_end": self.lr * self.final,
+            "lr_epoch_decay": self.decay,
+        }

@@ -11,35 +11,43 @@ Under ``torchrun`` (``dist``, :mod:`.ddp`) ``TrainConfig.batch_size`` is per pro
 trains on a global batch of N × batch_size samples split over the N ranks, the schedule counts
 global steps, and rank 0 alone evaluates, reports and writes the checkpoint.
 """
+
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from ..errors import RuntimeFailure, WriteError
 from ..threat import ThreatModel
+from .adversarial import PGDAT, Combined
 from .checkpointing import capture_rng, resume_from, save_state
 from .ddp import agreement
-from .regularizers import PGDAT, Combined, Hardener, StepContext, has_mode_dependent_layers
+from .regularizers import Hardener, StepContext, has_mode_dependent_layers
 from .schedule import LRSchedule
+from .seeds import seed_for
 
 if TYPE_CHECKING:
     from .ddp import DDPRun
 
-__all__ = ["forward_backward", "measure_label", "TrainConfig", "Reporter", "NullReporter", "HardenInterrupted", "train", "quick_eval", "seed_for"]
-
-
-def seed_for(seed: int, tag: str) -> int:
-    digest = hashlib.sha256(f"harden:{seed}:{tag}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+__all__ = [
+    "forward_backward",
+    "measure_label",
+    "TrainConfig",
+    "Reporter",
+    "NullReporter",
+    "HardenInterrupted",
+    "train",
+    "quick_eval",
+    "seed_for",
+]
 
 
 class HardenInterrupted(KeyboardInterrupt):
@@ -97,8 +105,15 @@ def _pgd(steps: int):
 
 
 def quick_eval(
-    model: nn.Module, hardener: Hardener, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
-    device: torch.device, seed: int, steps: int = 10, batch_size: int = 250,
+    model: nn.Module,
+    hardener: Hardener,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    device: torch.device,
+    seed: int,
+    steps: int = 10,
+    batch_size: int = 250,
 ) -> dict[str, float]:
     """Clean accuracy, PGD-``steps`` robust accuracy and the method's measured quantity (mean) on x, y."""
     was = model.training
@@ -110,7 +125,7 @@ def quick_eval(
     measures: list[torch.Tensor] = []
     try:
         for i in range(0, x.shape[0], batch_size):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
             with torch.no_grad():
                 ok = model(xb).argmax(1) == yb
             correct += int(ok.sum())
@@ -134,8 +149,10 @@ def loss_failure(hardener: Hardener, loss: torch.Tensor, where: tuple[int, int])
     """The error line of a non-finite training loss, or None."""
     if torch.isfinite(loss.detach()):
         return None
-    return (f"the {hardener.name} loss became {float(loss)} at epoch {where[0] + 1}, step {where[1] + 1}; "
-            f"lower --lr or the regularization weight")
+    return (
+        f"the {hardener.name} loss became {float(loss)} at epoch {where[0] + 1}, step {where[1] + 1}; "
+        f"lower --lr or the regularization weight"
+    )
 
 
 def forward_backward(net, hardener: Hardener, params, optimizer, x, y, ctx: StepContext, where=(0, 0)):
@@ -154,13 +171,18 @@ def forward_backward(net, hardener: Hardener, params, optimizer, x, y, ctx: Step
 
 def step_sums(out, count: int) -> list[float]:
     """A step's contribution to the running sums: [count, loss·b, CE·b, penalty·b, adv CE·b]."""
-    return [count, float(out.loss.detach()) * count, out.ce * count,
-            (0.0 if math.isnan(out.penalty) else out.penalty) * count,
-            (0.0 if math.isnan(out.adv_ce) else out.adv_ce) * count]
+    return [
+        count,
+        float(out.loss.detach()) * count,
+        out.ce * count,
+        (0.0 if math.isnan(out.penalty) else out.penalty) * count,
+        (0.0 if math.isnan(out.adv_ce) else out.adv_ce) * count,
+    ]
 
 
-def ddp_forward_backward(run: "DDPRun", model, hardener: Hardener, params, optimizer, x, y, ctx: StepContext,
-                         count: int, scale: float, where=(0, 0)) -> list[float]:
+def ddp_forward_backward(
+    run: DDPRun, model, hardener: Hardener, params, optimizer, x, y, ctx: StepContext, count: int, scale: float, where=(0, 0)
+) -> list[float]:
     """:func:`forward_backward` on one rank's share under DDP; returns the step's running sums over
     every rank. The ranks agree (one all-reduce of the sums and a failure flag) before the backward,
     so an error or a non-finite loss on any rank stops every rank with rank 0 printing it."""
@@ -197,7 +219,7 @@ def train(
     resume: bool = False,
     reporter: Reporter | None = None,
     on_step: Callable[[int, int], None] | None = None,
-    dist: "DDPRun | None" = None,
+    dist: DDPRun | None = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune ``net`` (a NormalizedModel) in place; return the per-epoch history.
 
@@ -219,9 +241,7 @@ def train(
         raise RuntimeFailure("the model has no trainable parameters")
     model = dist.wrap(net) if dist is not None else net  # the training forward; evaluation uses net
     optimizer = torch.optim.Adam(params, lr=config.schedule.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: config.schedule.factor(step, steps_per_epoch)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: config.schedule.factor(step, steps_per_epoch))
     data_gen = torch.Generator()  # CPU: the data order doesn't depend on the device
     data_gen.manual_seed(seed_for(config.seed, "data"))
     dev_gen = torch.Generator(device=device)
@@ -236,8 +256,15 @@ def train(
     if resume:
         with agreement(dist):  # every rank reads the same file (on several nodes: a shared folder)
             epoch, start_step, running, history, epoch_start_state = resume_from(
-                ckpt, config.fingerprint, getattr(net, "inner", net), optimizer, scheduler, dev_gen,
-                epochs=config.epochs, steps_per_epoch=steps_per_epoch, fresh_running=running,
+                ckpt,
+                config.fingerprint,
+                getattr(net, "inner", net),
+                optimizer,
+                scheduler,
+                dev_gen,
+                epochs=config.epochs,
+                steps_per_epoch=steps_per_epoch,
+                fresh_running=running,
             )
 
     def snapshot(ep: int, st: int) -> dict[str, Any]:
@@ -255,15 +282,42 @@ def train(
             "processes": world,
         }
 
-    reporter.start({"method": hardener.name, "measure_name": measure_label(hardener), "epochs": config.epochs,
-                    "steps_per_epoch": steps_per_epoch, "n_train": n, "separate_eval": separate_eval,
-                    "resumed_at": (epoch, start_step) if resume else None, "processes": world,
-                    "batch_size": config.batch_size})
+    reporter.start(
+        {
+            "method": hardener.name,
+            "measure_name": measure_label(hardener),
+            "penalty_name": getattr(hardener, "penalty_name", "penalty"),
+            "epochs": config.epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "n_train": n,
+            "separate_eval": separate_eval,
+            "resumed_at": (epoch, start_step) if resume else None,
+            "processes": world,
+            "batch_size": config.batch_size,
+        }
+    )
+    row: dict[str, Any] | None
     if not history and main:
-        row = {"epoch": 0, **quick_eval(net, hardener, eval_x, eval_y, config.threat, device,
-                                        seed_for(config.seed, "eval"), config.eval_pgd_steps, config.eval_batch_size),
-               "loss": math.nan, "ce": math.nan, "penalty": math.nan, "adv_ce": math.nan, "seconds": math.nan,
-               "lr": config.schedule.lr}
+        row = {
+            "epoch": 0,
+            **quick_eval(
+                net,
+                hardener,
+                eval_x,
+                eval_y,
+                config.threat,
+                device,
+                seed_for(config.seed, "eval"),
+                config.eval_pgd_steps,
+                config.eval_batch_size,
+            ),
+            "loss": math.nan,
+            "ce": math.nan,
+            "penalty": math.nan,
+            "adv_ce": math.nan,
+            "seconds": math.nan,
+            "lr": config.schedule.lr,
+        }
         history.append(row)
         reporter.epoch(row)
 
@@ -276,21 +330,26 @@ def train(
             t0 = time.perf_counter()
             net.train()
             for step in range(start_step, steps_per_epoch):
-                idx = perm[step * global_batch:(step + 1) * global_batch]
+                idx = perm[step * global_batch : (step + 1) * global_batch]
                 count, scale = int(idx.numel()), 1.0
                 if dist is not None:
                     idx, count, scale = dist.share(idx)
                     dist.seed_step(dev_gen, config.seed, epoch, step)
                 x = train_x[idx].to(device, non_blocking=True)
                 y = train_y[idx].to(device, non_blocking=True)
-                ctx = StepContext(progress=epoch + step / steps_per_epoch, generator=dev_gen,
-                                  separate_eval=separate_eval, threat=config.threat)
+                ctx = StepContext(
+                    progress=epoch + step / steps_per_epoch,
+                    generator=dev_gen,
+                    separate_eval=separate_eval,
+                    threat=config.threat,
+                )
                 if dist is None:
                     out = forward_backward(net, hardener, params, optimizer, x, y, ctx, where=(epoch, step))
                     sums = step_sums(out, count)
                 else:
-                    sums = ddp_forward_backward(dist, model, hardener, params, optimizer, x, y, ctx, count, scale,
-                                                where=(epoch, step))
+                    sums = ddp_forward_backward(
+                        dist, model, hardener, params, optimizer, x, y, ctx, count, scale, where=(epoch, step)
+                    )
                 updating = True
                 optimizer.step()
                 scheduler.step()
@@ -302,21 +361,38 @@ def train(
                     running[key] += value
                 running["seconds"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                reporter.step(epoch, done_steps, steps_per_epoch, _averages(running))
+                reporter.step(
+                    epoch, done_steps, steps_per_epoch, {**_averages(running), **hardener.status(ctx.progress, config.threat)}
+                )
                 if on_step is not None:
                     on_step(epoch, done_steps)
             # end of epoch: quick evaluation, history row, checkpoint for the next epoch (rank 0)
             row = None
             with agreement(dist):
                 if main:
-                    ev = quick_eval(net, hardener, eval_x, eval_y, config.threat, device,
-                                    seed_for(config.seed, f"eval:{epoch + 1}"), config.eval_pgd_steps,
-                                    config.eval_batch_size)
+                    ev = quick_eval(
+                        net,
+                        hardener,
+                        eval_x,
+                        eval_y,
+                        config.threat,
+                        device,
+                        seed_for(config.seed, f"eval:{epoch + 1}"),
+                        config.eval_pgd_steps,
+                        config.eval_batch_size,
+                    )
                     avg = _averages(running)
-                    row = {"epoch": epoch + 1, **ev, **avg, "seconds": running["seconds"],
-                           "lr": config.schedule.lr_at((epoch + 1) * steps_per_epoch - 1, steps_per_epoch)}
+                    row = {
+                        "epoch": epoch + 1,
+                        **ev,
+                        **avg,
+                        "seconds": running["seconds"],
+                        "lr": config.schedule.lr_at((epoch + 1) * steps_per_epoch - 1, steps_per_epoch),
+                    }
                     if isinstance(hardener, PGDAT):  # no penalty term
                         row["penalty"] = math.nan
+                    # the schedule at the epoch's last step (certified training: ε, κ, β)
+                    row.update(hardener.status(epoch + (steps_per_epoch - 1) / steps_per_epoch, config.threat))
                     if not isinstance(hardener, Combined):
                         row["adv_ce"] = math.nan
                     history.append(row)

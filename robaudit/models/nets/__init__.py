@@ -1,5 +1,5 @@
 """Built-in architectures; importing this package registers them in ``ARCHITECTURES``."""
 
-from . import mlp, preact_resnet, resnet, small_cnn, wide_resnet, yu_convnet
+from . import cert_cnn, mlp, preact_resnet, resnet, small_cnn, wide_resnet, yu_convnet
 
-__all__ = ["small_cnn", "yu_convnet", "resnet", "preact_resnet", "wide_resnet", "mlp"]
+__all__ = ["cert_cnn", "small_cnn", "yu_convnet", "resnet", "preact_resnet", "wide_resnet", "mlp"]
