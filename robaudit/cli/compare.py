@@ -11,6 +11,7 @@ from rich.text import Text
 
 from ..errors import GateFailed, UsageError
 from ..outputs import check_outputs
+from . import _options as opt
 from ._common import error_boundary, make_console
 
 
@@ -34,7 +35,7 @@ def compare(
         False, "--force", help="Compare even if the data, threat model or samples differ (no paired test then)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only regressions."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """Per-metric deltas (after − before): accuracies first (largest drop first) with the exact McNemar
     test on their per-sample results, then the other metrics. Refuses mismatched data, threat models or

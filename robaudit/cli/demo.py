@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..outputs import check_outputs
 from ..report.terminal import print_summary
 from ..threat import Norm, parse_eps_list
+from . import _options as opt
 from ._common import command_line, error_boundary, make_console
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "assets" / "demo_fashion_mnist_small_cnn.safetensors"
@@ -25,7 +26,7 @@ def demo(
     device: str = typer.Option("auto", "--device"),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
-    debug: bool = typer.Option(False, "--debug"),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """Scan the embedded naturally trained Fashion-MNIST CNN on embedded test images (no network)."""
     from ..data import DataRequest, load_dataset  # torch-heavy: imported when the demo runs

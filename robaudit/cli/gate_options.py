@@ -16,6 +16,7 @@ from rich.text import Text
 from ..errors import GateFailed, UsageError
 from ..gating import GateOutcome, GateSpec, evaluate_gates, find_gate_file, junit_xml, load_gate_file, parse_requires
 from ..outputs import atomic_write, atomic_write_all, check_outputs
+from . import _options as opt
 
 __all__ = [
     "gate_file_option",
@@ -184,7 +185,7 @@ def gate(
         False, "--list-metrics", help="Print the result's metric names, values and 95% intervals, and exit."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Show only failed gates."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """Check an existing result against thresholds; exit 1 if any gate fails.
 

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from ..errors import RobauditError, UsageError
 from ..outputs import atomic_write, check_outputs
+from . import _options as opt
 from ._common import command_line, dataset_file, err_console, error_boundary, make_console, parse_floats, parse_shape, styled
 
 __all__ = ["harden_cli", "RichReporter"]
@@ -51,38 +52,20 @@ def harden_cli(
     method: str = typer.Option(
         "cure", "--method", "-m", help="cure, jacobian, ce-grad, pgd-at, ibp or crown-ibp (see `robaudit harden --help`)."
     ),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where the dataset lives (also $ROBAUDIT_DATA)."),
-    download: bool = typer.Option(
-        False, "--download", help="Download the dataset or the published weights if missing (needs internet)."
-    ),
-    image_size: int | None = typer.Option(None, "--image-size", help="imagefolder: resize short side + centre crop."),
+    data_dir: Path | None = opt.DATA_DIR,
+    download: bool = opt.DOWNLOAD,
+    image_size: int | None = opt.IMAGE_SIZE,
     eval_dataset: str | None = typer.Option(
         None, "--eval-dataset", help="Evaluate on this dataset's test split instead (default: --dataset)."
     ),
-    arch: str | None = typer.Option(
-        None,
-        "--arch",
-        help="Architecture: a built-in name, torchvision:NAME[:WEIGHTS], timm:NAME[.TAG], or path/to/net.py:Class.",
-    ),
-    weights: str | None = typer.Option(
-        None,
-        "--weights",
-        help="Published weights of a torchvision:/timm: --arch from the local cache (IMAGENET1K_V2, DEFAULT; a timm tag), or a weights file.",
-    ),
-    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs", help="JSON object or k=v,k=v for the architecture."),
-    num_classes: int | None = typer.Option(
-        None, "--num-classes", help="Classes of the model (default: metadata, else the dataset's)."
-    ),
-    input_shape: str | None = typer.Option(
-        None, "--input-shape", help="C,H,W the model expects (default: metadata, else the dataset's)."
-    ),
-    mean: str | None = typer.Option(None, "--mean", help="Per-channel normalization mean the model expects."),
-    std: str | None = typer.Option(None, "--std", help="Per-channel normalization std."),
-    trust_checkpoint: bool = typer.Option(
-        False,
-        "--trust-checkpoint",
-        help="Load a checkpoint that can run code: TorchScript, torch.export (.pt2), or a pickle of arbitrary Python objects. Only for files you trust (docs/security.md).",
-    ),
+    arch: str | None = opt.ARCH,
+    weights: str | None = opt.WEIGHTS,
+    arch_kwargs: str | None = opt.ARCH_KWARGS,
+    num_classes: int | None = opt.NUM_CLASSES,
+    input_shape: str | None = opt.INPUT_SHAPE,
+    mean: str | None = opt.MEAN,
+    std: str | None = opt.STD,
+    trust_checkpoint: bool = opt.TRUST_CHECKPOINT,
     train_n: int | None = typer.Option(None, "--train-n", help="Train on the first N training samples (default: all)."),
     eval_n: int = typer.Option(
         500, "--eval-n", help="Held-out test samples for the per-epoch evaluation and the before/after scan."
@@ -158,7 +141,7 @@ def harden_cli(
         None, "--json", metavar="PATH", help="Write the per-epoch history and the comparison as JSON here."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no tables."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """Fine-tune a checkpoint (or train --arch from scratch) for robustness (CURE, Jacobian, CE-gradient
     regularization, PGD-AT, certified training with IBP / CROWN-IBP) and compare.

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import UsageError
+from . import _options as opt
 from ._common import error_boundary, make_console
 
 # architecture factory arguments robaudit fills in itself (from the data / --num-classes / --input-shape)
@@ -129,7 +130,7 @@ def list_command(
         "-v",
         help="Also each entry's parameters with their defaults and its paper, and every model source with an example and its kwargs (imports plugins).",
     ),
-    debug: bool = typer.Option(False, "--debug"),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """List the registered architectures, datasets, attacks, checks and hardeners, with where each comes from."""
     with error_boundary(debug):

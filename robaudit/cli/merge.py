@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from . import _options as opt
 from ._common import error_boundary, make_console
 from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option, write_reports
 
@@ -21,7 +22,7 @@ def merge(
     require: list[str] | None = require_option(),
     junit: str | None = junit_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """Combine the part files of a `--shard K/N` scan (e.g. a Slurm job array) into one result.
 

@@ -10,12 +10,13 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from . import _options as opt
 from ._common import error_boundary, make_console, styled
 
 
 def plugins_command(
     check: bool = typer.Option(False, "--check", help="Import every plugin and check its interface; exit 1 if one fails."),
-    debug: bool = typer.Option(False, "--debug"),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """List installed plugins (entry points of the robaudit.* groups) with distribution and version."""
     from ..registry import GROUPS, discover

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..outputs import check_outputs
+from . import _options as opt
 from ._common import error_boundary, make_console
 from .gate_options import evaluate, finish, gate_file_option, junit_option, load_gates, require_option, write_reports
 
@@ -23,7 +24,7 @@ def report(
     require: list[str] | None = require_option(),
     junit: str | None = junit_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and failed gates."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """Render the self-contained HTML report (and CSV tables) from a saved result.
 

@@ -15,6 +15,7 @@ from ..gating import check_metric_names
 from ..outputs import check_outputs
 from ..report.terminal import print_summary
 from ..results import ScanResult
+from . import _options as opt
 from ._common import command_line, dataset_file, error_boundary, make_console, parse_floats, parse_shape
 from .gate_options import (
     evaluate,
@@ -39,10 +40,8 @@ def scan(
         "-d",
         help="cifar10, cifar100, mnist, fashion-mnist, svhn, demo, imagefolder:PATH, or a .npz/.safetensors/.pt tensor file.",
     ),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where the dataset lives (also $ROBAUDIT_DATA)."),
-    download: bool = typer.Option(
-        False, "--download", help="Download the dataset or the published weights if missing (needs internet)."
-    ),
+    data_dir: Path | None = opt.DATA_DIR,
+    download: bool = opt.DOWNLOAD,
     split: str = typer.Option("test", "--split", help="test or train."),
     n: int | None = typer.Option(
         None,
@@ -61,7 +60,7 @@ def scan(
         "--train-n",
         help="Also compute margins and loss on N training samples, chosen as --sample chooses (train/test loss gap).",
     ),
-    image_size: int | None = typer.Option(None, "--image-size", help="imagefolder: resize short side + centre crop."),
+    image_size: int | None = opt.IMAGE_SIZE,
     resize: int | None = typer.Option(
         None,
         "--resize",
@@ -77,32 +76,14 @@ def scan(
         "--workers",
         help="Processes decoding images of a lazy dataset (default: one per core beyond the first, at most 4).",
     ),
-    arch: str | None = typer.Option(
-        None,
-        "--arch",
-        help="Architecture: a built-in name, torchvision:NAME[:WEIGHTS], timm:NAME[.TAG], or path/to/net.py:Class.",
-    ),
-    weights: str | None = typer.Option(
-        None,
-        "--weights",
-        help="Published weights of a torchvision:/timm: --arch from the local cache (IMAGENET1K_V2, DEFAULT; a timm tag), or a weights file.",
-    ),
-    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs", help="JSON object or k=v,k=v for the architecture."),
-    num_classes: int | None = typer.Option(
-        None, "--num-classes", help="Classes of the model (default: metadata, else the dataset's)."
-    ),
-    input_shape: str | None = typer.Option(
-        None, "--input-shape", help="C,H,W the model expects (default: metadata, else the dataset's)."
-    ),
-    mean: str | None = typer.Option(
-        None, "--mean", help="Per-channel normalization mean the model expects, e.g. 0.4914,0.4822,0.4465."
-    ),
-    std: str | None = typer.Option(None, "--std", help="Per-channel normalization std."),
-    trust_checkpoint: bool = typer.Option(
-        False,
-        "--trust-checkpoint",
-        help="Load a checkpoint that can run code: TorchScript, torch.export (.pt2), or a pickle of arbitrary Python objects. Only for files you trust (docs/security.md).",
-    ),
+    arch: str | None = opt.ARCH,
+    weights: str | None = opt.WEIGHTS,
+    arch_kwargs: str | None = opt.ARCH_KWARGS,
+    num_classes: int | None = opt.NUM_CLASSES,
+    input_shape: str | None = opt.INPUT_SHAPE,
+    mean: str | None = opt.MEAN,
+    std: str | None = opt.STD,
+    trust_checkpoint: bool = opt.TRUST_CHECKPOINT,
     norm: str = typer.Option("linf", "--norm", help="Threat model: linf or l2."),
     eps: str | None = typer.Option(
         None,
@@ -161,7 +142,7 @@ def scan(
         help="Print the metric names this scan would produce (for --require / --gate) and exit; loads the data and model but runs nothing.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """Audit a checkpoint: clean accuracy, robust accuracy under attacks, margins.
 
