@@ -329,6 +329,8 @@ def test_cli_from_scratch_prints_eps_and_the_certified_bracket(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     assert "random init" in res.output and "verified CE" in res.output and "train ε" in res.output
     assert "certified_acc.crown.linf@0.1" in res.output  # the before/after scan ran the certify check
+    hint = " ".join(res.output.split("scan it with:")[1].split())
+    assert hint.startswith(f"robaudit scan {out} --dataset {data}") and "--arch" not in hint  # read from metadata
     summary = json.loads(js.read_text())
     metrics = {r["metric"] for r in summary["comparison"]}
     assert "certified_acc.crown.linf@0.1" in metrics and summary["history"][1]["eps"] == pytest.approx(0.1)

@@ -248,7 +248,10 @@ def harden_cli(
         if not quiet:
             print_history(result, console)
             print_comparison(result, console)
-            again = f" --arch {arch}" if arch else ""  # a typed file.py:Class is never read back from metadata
+            from ..models.architectures import is_file_spec
+
+            # a typed file.py:Class is never read back from metadata; a registry, torchvision: or timm: name is
+            again = f" --arch {arch}" if arch and is_file_spec(arch) else ""
             console.print(
                 Text(
                     f"  hardened model written to {result.out} (sha256:{result.sha256[:12]}); "

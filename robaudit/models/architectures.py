@@ -56,7 +56,7 @@ def build_architecture(
             )
         build = _torchvision.build if ref.family == "torchvision" else _timm.build
         return build(ref.name, num_classes, in_channels, kwargs)
-    from_file = _is_file_spec(spec)
+    from_file = is_file_spec(spec)
     factory = _load_from_file(spec) if from_file else ARCHITECTURES.get(spec)
     params = _parameters(factory)
     # registry factories follow the (num_classes, in_channels, **kwargs) convention; user classes
@@ -114,7 +114,8 @@ def _parse_scalar(raw: str) -> Any:
     return raw
 
 
-def _is_file_spec(spec: str) -> bool:
+def is_file_spec(spec: str) -> bool:
+    """Whether an --arch spec names a Python file (path.py:Class), which robaudit never reads back from metadata."""
     path, sep, name = spec.rpartition(":")
     return bool(sep and path and name) and (path.endswith(".py") or "/" in path or "\\" in path)
 
