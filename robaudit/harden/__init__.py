@@ -4,8 +4,10 @@
     >>> result = harden("model.safetensors", "fashion-mnist", "hardened.safetensors", method="cure", epochs=3)
 
 Methods (``HARDENERS``; see :mod:`robaudit.harden.regularizers` for the formulas, scales, the
-BatchNorm rule and the measured defaults): ``cure``, ``jacobian``, ``ce-grad``, ``pgd-at``;
-``combine="pgd-at"`` adds PGD adversarial training to a regularizer.
+BatchNorm rule and the measured defaults): ``cure``, ``jacobian``, ``ce-grad``, ``pgd-at``
+(:mod:`.adversarial`), ``ibp`` and ``crown-ibp`` (:mod:`.certified`: certified training);
+``combine="pgd-at"`` adds PGD adversarial training to a regularizer. With ``checkpoint=None`` and
+``arch`` the model is trained from a random initialisation seeded by ``seed``.
 
 Data: the TRAIN split (first ``train_n`` samples) for training, the first ``eval_n`` samples
 of the TEST split for the per-epoch quick evaluation and the before/after scan (a tensor file

@@ -76,7 +76,8 @@ Methods (all gradients are w.r.t. the [0,1] pixel input, i.e. through the model'
 ``pgd-at`` — Madry, Makelov, Schmidt, Tsipras & Vladu (ICLR 2018): robaudit's PGD (10 steps,
     α = 2.5ε/10, random start, eval mode) builds the adversarial batch, the training step is CE
     on it. ``--combine pgd-at`` adds this adversarial CE to a regularizer's loss (Yu et al.
-    Table 2, "Ours+AdvTrain").
+    Table 2, "Ours+AdvTrain"). Both live in :mod:`robaudit.harden.adversarial`; certified
+    training (``ibp``, ``crown-ibp``) in :mod:`robaudit.harden.certified`.
 
 **BatchNorm / dropout.** Exactly one forward per step runs in train mode: the one whose CE is
 the method's primary loss (the clean batch for the regularizers, the adversarial batch for
