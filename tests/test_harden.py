@@ -378,6 +378,8 @@ def test_more_epochs_never_change_the_first_ones(tiny, tmp_path):
     assert after_first and all(torch.equal(a[k], after_first[k]) for k in a)
     assert r1.history[1] == {**r2.history[1], "seconds": r1.history[1]["seconds"]}
     assert not all(torch.equal(a[k], _weights(two)[k]) for k in a)  # the second epoch trained
+    # the history's lr is each epoch's peak (both epochs anneal to the same floor, lr · final)
+    assert [row["lr"] for row in r2.history[1:]] == pytest.approx([DEFAULT_LR, DEFAULT_LR * 0.5])
 
 
 def test_metadata_round_trip(tiny, tmp_path):

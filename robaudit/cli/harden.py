@@ -406,7 +406,7 @@ def print_history(result, console: Console) -> None:
         measure_name,
         "clean acc",
         "PGD-10 acc",
-        "lr at end",  # the epoch's last step: epochs that share a peak but anneal differently show it here
+        "peak lr",  # each epoch's; all anneal to the same floor
         *(("train ε",) if ramp else ()),
         "time",
     ):

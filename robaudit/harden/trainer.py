@@ -387,7 +387,8 @@ def train(
                         **ev,
                         **avg,
                         "seconds": running["seconds"],
-                        "lr": config.schedule.lr_at((epoch + 1) * steps_per_epoch - 1, steps_per_epoch),
+                        # the epoch's peak rate (every epoch anneals to the same floor, lr · final)
+                        "lr": config.schedule.lr_at(epoch * steps_per_epoch, steps_per_epoch),
                     }
                     if isinstance(hardener, PGDAT):  # no penalty term
                         row["penalty"] = math.nan
