@@ -393,7 +393,8 @@ def print_history(result, console: Console) -> None:
     eps = result.hyperparameters.get("eps")
     t = Table(
         title=f"robaudit harden {result.method} · per epoch (quick eval: PGD-10 at "
-        f"{result.hyperparameters.get('norm')} ε={eps:g} on the held-out slice)",
+        f"{result.hyperparameters.get('norm')} ε={eps:g} on the held-out slice; ε and train ε in pixel space [0,1]; "
+        f"loss to adv CE: means over the epoch's batches, the cross-entropies in nats)",
         title_justify="left",
     )
     ramp = any("eps" in r for r in result.history)  # certified training: the training radius of each epoch's end
