@@ -365,6 +365,7 @@ def test_unsupported_model_is_refused_in_one_line_before_training(tiny, tmp_path
     assert res.exit_code == 3, res.output
     errors = [ln for ln in res.output.splitlines() if ln.startswith("error")]
     assert len(errors) == 1 and "Softplus" in errors[0] and "Traceback" not in res.output
+    assert "docs/certify.md" in errors[0] and "--arch cert-cnn" in errors[0]  # what to do instead
 
 
 # --- it works: certified accuracy after certified training vs natural training ------------------------

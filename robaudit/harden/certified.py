@@ -216,9 +216,15 @@ class CertifiedHardener(Hardener):
                 with eval_mode(net):
                     self._graphs[key] = trace(net, tuple(input_shape), device=device)
             except UnsupportedModel as exc:
-                raise InputError(f"--method {self.name} needs bounds through every layer; {exc}") from None
+                raise InputError(
+                    f"--method {self.name} needs bounds through every layer; {exc}. Use an architecture built from the "
+                    f"supported layers (docs/certify.md; e.g. --arch cert-cnn) or a method without bounds (pgd-at, cure)"
+                ) from None
             except UntraceableModel as exc:
-                raise InputError(f"--method {self.name} can't trace the model: {exc}") from None
+                raise InputError(
+                    f"--method {self.name} can't trace the model: {exc}. Certified training needs a model torch.fx can "
+                    f"trace (docs/certify.md); e.g. --arch cert-cnn"
+                ) from None
         return self._graphs[key]
 
     # --- the loss ------------------------------------------------------------------------------
