@@ -58,7 +58,8 @@ def sweeps(monkeypatch):
 
 def test_curvature_and_indicator_compute_each_hessian_once(sweeps, monkeypatch):
     loaded, data = _setup()
-    config = ScanConfig.parse(checks="clean,curvature,indicator", eps="0.05", device="cpu", batch_size=8)
+    # the memory format forced: an automatic choice is timed, and the two scans must differ only in the cache
+    config = ScanConfig.parse(checks="clean,curvature,indicator", eps="0.05", device="cpu", batch_size=8, channels_last=False)
     shared = run_scan(loaded, data, config)
     # one sweep over the points x + h·e_i for both functions, none for the margin alone
     assert sweeps == [["cross_entropy", "margin"]]
